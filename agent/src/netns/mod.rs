@@ -1,0 +1,1 @@
+//! Namespace plumbing (to be written).

@@ -1,0 +1,1 @@
+//! OVSDB client (to be written).

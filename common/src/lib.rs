@@ -1,0 +1,17 @@
+//! `ovl-common` is the shared language of ovl: the model (tenants, hosts, endpoints), the
+//! per-host intent the controller compiles, the wire protocol between the three processes, its
+//! framing, and the helpers that turn certificates into identities.
+//!
+//! It is the only crate whose types cross a process boundary. It does no networking of its own
+//! beyond reading and writing frames on a stream it is handed, and it holds no state.
+
+pub mod frame;
+pub mod identity;
+pub mod intent;
+pub mod model;
+pub mod proto;
+pub mod tls;
+
+pub use model::{
+    EndpointName, HostName, MacAddr, NetnsTarget, SegmentType, TenantName, ValidationError,
+};

@@ -1,0 +1,473 @@
+//! The model: tenants, hosts and endpoints as the controller stores them and the CLI shows them.
+//!
+//! Names are validated here, once, so that every process agrees on what a valid name is. This
+//! module does not allocate anything: allocation (VNIs, tags, addresses, MACs) is the
+//! controller's job.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+
+/// A request field that failed validation: which field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {problem}")]
+pub struct ValidationError {
+    /// The field as the user knows it (`name`, `subnet`, `--vni`…).
+    pub field: String,
+    /// A sentence saying what is wrong and, where it helps, what is allowed.
+    pub problem: String,
+}
+
+impl ValidationError {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Longest tenant, host or endpoint name. Short enough to show in tables and to derive Linux
+/// interface names (15 bytes) from ids rather than names.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// Checks the shared name rule: 1–32 characters of `a-z`, `0-9` and `-`, starting with a
+/// letter and not ending with `-` (DNS-label-like, so names are safe in paths, netns names and
+/// OVS `external_ids`).
+pub fn validate_name(field: &str, name: &str) -> Result<(), ValidationError> {
+    if name.is_empty() {
+        return Err(ValidationError::new(field, "must not be empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "'{name}' is {} characters long; at most {MAX_NAME_LEN} are allowed",
+                name.len()
+            ),
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(ValidationError::new(
+            field,
+            format!("'{name}' contains '{bad}'; use lowercase letters, digits and '-'"),
+        ));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Err(ValidationError::new(
+            field,
+            format!("'{name}' must start with a letter"),
+        ));
+    }
+    if name.ends_with('-') {
+        return Err(ValidationError::new(
+            field,
+            format!("'{name}' must not end with '-'"),
+        ));
+    }
+    Ok(())
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $ty:ident, $field:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $ty(String);
+
+        impl $ty {
+            /// Validates `name` (see [`validate_name`]).
+            pub fn new(name: impl Into<String>) -> Result<Self, ValidationError> {
+                let name = name.into();
+                validate_name($field, &name)?;
+                Ok(Self(name))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $ty {
+            type Error = ValidationError;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                Self::new(s)
+            }
+        }
+
+        impl From<$ty> for String {
+            fn from(n: $ty) -> String {
+                n.0
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = ValidationError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::new(s)
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $ty {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A tenant's name, unique in the cluster.
+    TenantName,
+    "tenant name"
+);
+name_type!(
+    /// A host's name, as written in its certificate.
+    HostName,
+    "host name"
+);
+name_type!(
+    /// An endpoint's name, unique in the cluster (so `ovl endpoint show web1` needs no tenant).
+    EndpointName,
+    "endpoint name"
+);
+
+/// How a tenant's frames cross between hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SegmentType {
+    /// VXLAN over UDP 4789; the segment key is the 24-bit VNI.
+    Vxlan,
+    /// GRE with a 32-bit key.
+    Gre,
+    /// An 802.1Q tag carried on a trunk over the hosts' shared L2 underlay; no tunnels.
+    Vlan,
+}
+
+impl SegmentType {
+    /// Bytes the encapsulation adds on an IPv4 underlay (outer Ethernet is not counted, as
+    /// MTU is an L3 figure): VXLAN 20 IP + 8 UDP + 8 VXLAN + 14 inner Ethernet = 50; GRE with a
+    /// key 20 IP + 8 GRE + 14 inner Ethernet = 42; a VLAN trunk adds nothing to the L3 MTU.
+    pub fn overhead(self) -> u16 {
+        match self {
+            SegmentType::Vxlan => 50,
+            SegmentType::Gre => 42,
+            SegmentType::Vlan => 0,
+        }
+    }
+
+    /// Whether the segment needs point-to-point tunnels to peer hosts.
+    pub fn is_tunnel(self) -> bool {
+        matches!(self, SegmentType::Vxlan | SegmentType::Gre)
+    }
+
+    /// Largest key the segment's header can carry.
+    pub fn max_key(self) -> u32 {
+        match self {
+            SegmentType::Vxlan => (1 << 24) - 1,
+            SegmentType::Gre => u32::MAX,
+            SegmentType::Vlan => 4094,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SegmentType::Vxlan => "vxlan",
+            SegmentType::Gre => "gre",
+            SegmentType::Vlan => "vlan",
+        }
+    }
+}
+
+impl fmt::Display for SegmentType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SegmentType {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "vxlan" => Ok(SegmentType::Vxlan),
+            "gre" => Ok(SegmentType::Gre),
+            "vlan" => Ok(SegmentType::Vlan),
+            other => Err(ValidationError::new(
+                "type",
+                format!("'{other}' is not a segment type; use vxlan, gre or vlan"),
+            )),
+        }
+    }
+}
+
+/// An Ethernet MAC address. Serialized as its text form so JSON output reads naturally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MacAddr(pub [u8; 6]);
+
+impl TryFrom<String> for MacAddr {
+    type Error = ValidationError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<MacAddr> for String {
+    fn from(m: MacAddr) -> String {
+        m.to_string()
+    }
+}
+
+impl MacAddr {
+    /// Whether the locally-administered bit is set and the multicast bit is clear, as every
+    /// MAC ovl hands out is.
+    pub fn is_local_unicast(&self) -> bool {
+        self.0[0] & 0x02 == 0x02 && self.0[0] & 0x01 == 0
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            ValidationError::new(
+                "mac",
+                format!("'{s}' is not a MAC address like 0a:58:00:00:00:01"),
+            )
+        };
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in out.iter_mut() {
+            let p = parts.next().ok_or_else(bad)?;
+            if p.len() != 2 {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+/// Where an endpoint's container network namespace is found on its host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetnsTarget {
+    /// A named namespace, `/run/netns/NAME` (as `ip netns add NAME` makes).
+    Name(String),
+    /// A namespace file anywhere, such as `/proc/1234/ns/net` or a bind mount.
+    Path(PathBuf),
+    /// The network namespace of a process, `/proc/PID/ns/net`.
+    Pid(u32),
+    /// A Docker container by name or id; the agent asks the Docker engine for its pid.
+    Docker(String),
+}
+
+impl NetnsTarget {
+    /// Checks the target's own syntax (not whether it exists: only the agent can know that).
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            NetnsTarget::Name(n) => {
+                if n.is_empty() || n.len() > 64 || n.contains('/') || n == "." || n == ".." {
+                    return Err(ValidationError::new(
+                        "netns",
+                        format!("'{n}' is not a namespace name (1-64 characters, no '/'); give a path with a '/' instead"),
+                    ));
+                }
+            }
+            NetnsTarget::Path(p) => {
+                if !p.is_absolute() {
+                    return Err(ValidationError::new(
+                        "netns",
+                        format!("'{}' must be an absolute path", p.display()),
+                    ));
+                }
+            }
+            NetnsTarget::Pid(pid) => {
+                if *pid == 0 {
+                    return Err(ValidationError::new("pid", "0 is not a process id"));
+                }
+            }
+            NetnsTarget::Docker(c) => {
+                let ok = !c.is_empty()
+                    && c.len() <= 128
+                    && c.chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch));
+                if !ok {
+                    return Err(ValidationError::new(
+                        "docker",
+                        format!("'{c}' is not a Docker container name or id"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for NetnsTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetnsTarget::Name(n) => write!(f, "netns:{n}"),
+            NetnsTarget::Path(p) => write!(f, "path:{}", p.display()),
+            NetnsTarget::Pid(p) => write!(f, "pid:{p}"),
+            NetnsTarget::Docker(c) => write!(f, "docker:{c}"),
+        }
+    }
+}
+
+/// Validates a Linux interface name: 1–15 bytes, no '/', ':' or whitespace.
+pub fn validate_ifname(field: &str, name: &str) -> Result<(), ValidationError> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(ValidationError::new(
+            field,
+            format!("'{name}' must be 1 to 15 bytes long (Linux IFNAMSIZ)"),
+        ));
+    }
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || !c.is_ascii())
+    {
+        return Err(ValidationError::new(
+            field,
+            format!("'{name}' is not a valid interface name"),
+        ));
+    }
+    Ok(())
+}
+
+/// A tenant as stored by the controller: one isolated L2 segment with its own addressing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    /// A cluster-unique number, never reused; agents derive short interface names from it.
+    pub id: u32,
+    pub name: TenantName,
+    pub segment: SegmentType,
+    /// VXLAN VNI or GRE key; for `vlan` segments the same as `vlan`.
+    pub key: u32,
+    /// The cluster-wide local VLAN tag on `br-int` (for `vlan` segments also the wire tag).
+    pub vlan: u16,
+    pub subnet: Ipv4Network,
+    pub gateway: Ipv4Addr,
+    /// The endpoint MTU: the one asked for, or the underlay MTU less the encapsulation overhead.
+    pub mtu: u16,
+    /// Whether `mtu` was given by the user (and so is not recomputed).
+    pub mtu_explicit: bool,
+    /// Unix time (seconds) the tenant was created.
+    pub created: u64,
+}
+
+/// A host as the controller knows it: registered on its first authenticated session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    /// A cluster-unique number, never reused; peers derive tunnel port names from it.
+    pub id: u32,
+    pub name: HostName,
+    /// The address its peers' tunnels point at, as the agent reported it.
+    pub underlay: Ipv4Addr,
+    pub underlay_mtu: u16,
+    /// Capabilities the agent announced (`datapath=netdev`, `segment=vxlan`, …).
+    pub capabilities: Vec<String>,
+    /// Unix time (seconds) of the first session.
+    pub registered: u64,
+}
+
+/// An endpoint: one container's interface on one tenant's segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// A cluster-unique number, never reused; the host-side veth name is derived from it.
+    pub id: u32,
+    pub name: EndpointName,
+    pub tenant: TenantName,
+    pub host: HostName,
+    pub target: NetnsTarget,
+    /// Interface name inside the container (`eth0` by default).
+    pub ifname: String,
+    pub mac: MacAddr,
+    pub ip: Ipv4Addr,
+    /// Unix time (seconds) the endpoint was created.
+    pub created: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_rule() {
+        for ok in ["a", "web-1", "t0", "abcdefghijklmnopqrstuvwxyz012345"] {
+            validate_name("name", ok).unwrap();
+        }
+        for bad in [
+            "",
+            "1abc",
+            "Web",
+            "a_b",
+            "a-",
+            "-a",
+            "abcdefghijklmnopqrstuvwxyz0123456",
+            "a b",
+            "ä",
+        ] {
+            let e = validate_name("name", bad).unwrap_err();
+            assert_eq!(e.field, "name");
+        }
+    }
+
+    #[test]
+    fn mac_round_trips() {
+        let m: MacAddr = "0a:58:0a:00:00:01".parse().unwrap();
+        assert_eq!(m.to_string(), "0a:58:0a:00:00:01");
+        assert!(m.is_local_unicast());
+        assert!("0a:58:0a:00:00".parse::<MacAddr>().is_err());
+        assert!("0a:58:0a:00:00:01:02".parse::<MacAddr>().is_err());
+        assert!("zz:58:0a:00:00:01".parse::<MacAddr>().is_err());
+    }
+
+    #[test]
+    fn serde_rejects_invalid_names() {
+        let bytes = postcard::to_stdvec(&"Bad Name".to_string()).unwrap();
+        assert!(postcard::from_bytes::<TenantName>(&bytes).is_err());
+    }
+
+    #[test]
+    fn ifnames_are_bounded() {
+        validate_ifname("ifname", "eth0").unwrap();
+        assert!(validate_ifname("ifname", "a-very-long-name0").is_err());
+        assert!(validate_ifname("ifname", "a/b").is_err());
+    }
+
+    #[test]
+    fn overheads() {
+        assert_eq!(SegmentType::Vxlan.overhead(), 50);
+        assert_eq!(SegmentType::Gre.overhead(), 42);
+    }
+}

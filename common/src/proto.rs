@@ -1,0 +1,292 @@
+//! The wire protocol: every message that crosses between the CLI, the controller and the
+//! agents.
+//!
+//! A connection opens one bidirectional QUIC stream. Its first frame is a [`ClientHello`] and
+//! the controller answers with a [`ServerHello`]; both start with the protocol version, which
+//! stays decodable across versions (postcard writes the leading `u32` first), so a mismatch is
+//! reported clearly on both sides. After that:
+//!
+//! - an agent receives [`ControllerToAgent`] frames and sends [`AgentToController`] frames;
+//! - the CLI sends an [`ApiRequest`] and receives one [`ApiResponse`], as many times as it
+//!   likes.
+//!
+//! Enums here are closed; new variants are only ever appended, and a change that is not
+//! append-only bumps [`PROTOCOL_VERSION`].
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::intent::{AppliedReport, HostIntent, ObjectStatus};
+use crate::model::{Endpoint, Host, HostName, Tenant};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The ALPN identifier both ends require.
+pub const ALPN: &[u8] = b"ovl/1";
+
+/// First frame of every connection, client to controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientHello {
+    /// Must stay the first field: the controller reads it even when it cannot read the rest.
+    pub version: u32,
+    pub role: ClientRole,
+}
+
+/// Who the client says it is. The controller checks this against the certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRole {
+    /// An agent opening its session.
+    Agent(AgentHello),
+    /// The `ovl` CLI (or any admin tool) about to send API requests.
+    Admin,
+}
+
+/// What an agent announces when its session opens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentHello {
+    /// Must equal the host named in the agent's certificate.
+    pub host: HostName,
+    /// The address peers' tunnels should point at.
+    pub underlay: Ipv4Addr,
+    pub underlay_mtu: u16,
+    /// Free-form capability words (`datapath=netdev`, `segment=vxlan`, …).
+    pub capabilities: Vec<String>,
+    /// The last generation this agent applied, if it remembers one.
+    pub last_applied: Option<u64>,
+    /// The agent's build version, for `ovl host show`.
+    pub agent_version: String,
+}
+
+/// The controller's answer to a [`ClientHello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerHello {
+    /// Must stay the first field (see [`ClientHello::version`]).
+    pub version: u32,
+    pub result: Result<Welcome, Refusal>,
+}
+
+/// The session is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The controller's build version.
+    pub controller_version: String,
+    /// The identity the controller read from the client's certificate.
+    pub identity: String,
+}
+
+/// Why a session was refused. The connection is closed right after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    #[error("protocol version mismatch: the controller speaks version {server}, this client version {client}; run matching ovl releases")]
+    VersionMismatch { server: u32, client: u32 },
+    #[error("certificate names {certificate} but the hello claims host '{claimed}'")]
+    IdentityMismatch {
+        certificate: String,
+        claimed: String,
+    },
+    #[error("{identity} is not allowed to {action}; {hint}")]
+    NotAuthorized {
+        identity: String,
+        action: String,
+        hint: String,
+    },
+    #[error("malformed hello: {0}")]
+    Malformed(String),
+}
+
+/// Frames the controller sends on an agent session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControllerToAgent {
+    /// The host's complete intent. Sent once right after the hello, then whenever it changes.
+    Intent(HostIntent),
+}
+
+/// Frames an agent sends on its session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentToController {
+    /// Sent after every apply of an intent (and after a resync that changed something), with
+    /// per-object outcomes.
+    Applied(AppliedReport),
+}
+
+/// A CLI request. Names and addresses travel as the user typed them: the controller validates
+/// every field (with [`crate::model`]'s rules) and names the field that is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApiRequest {
+    TenantCreate(TenantCreate),
+    TenantList,
+    TenantShow {
+        name: String,
+    },
+    /// Refused while the tenant has endpoints, unless `force` (which deletes them too).
+    TenantDelete {
+        name: String,
+        force: bool,
+    },
+    HostList,
+    HostShow {
+        name: String,
+    },
+    EndpointCreate(EndpointCreate),
+    EndpointList {
+        tenant: Option<String>,
+        host: Option<String>,
+    },
+    EndpointShow {
+        name: String,
+    },
+    EndpointDelete {
+        name: String,
+    },
+    /// Per-host session and apply state.
+    Status,
+}
+
+/// `ovl tenant create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantCreate {
+    pub name: String,
+    /// An IPv4 CIDR such as `10.10.0.0/24`.
+    pub subnet: String,
+    /// `vxlan` (default), `gre` or `vlan`.
+    pub segment: Option<String>,
+    /// VNI or GRE key; allocated from the controller's range when absent.
+    pub key: Option<u32>,
+    /// Local VLAN tag 1–4094; allocated when absent.
+    pub vlan: Option<u32>,
+    pub mtu: Option<u32>,
+}
+
+/// `ovl endpoint create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointCreate {
+    pub tenant: String,
+    pub host: String,
+    pub name: String,
+    pub target: crate::model::NetnsTarget,
+    /// Interface name in the namespace; `eth0` when absent.
+    pub ifname: Option<String>,
+    /// A fixed address in the tenant's subnet; allocated when absent.
+    pub ip: Option<String>,
+}
+
+/// The answer to one [`ApiRequest`].
+pub type ApiResponse = Result<ApiReply, ApiError>;
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "data", rename_all = "snake_case")]
+pub enum ApiReply {
+    Tenant(TenantInfo),
+    Tenants(Vec<TenantInfo>),
+    Host(HostInfo),
+    Hosts(Vec<HostInfo>),
+    Endpoint(EndpointInfo),
+    Endpoints(Vec<EndpointInfo>),
+    /// What a delete removed (the object and, with `--force`, its dependents).
+    Deleted {
+        removed: Vec<String>,
+    },
+    Status(Vec<HostStatus>),
+}
+
+/// A tenant with what depends on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantInfo {
+    #[serde(flatten)]
+    pub tenant: Tenant,
+    pub endpoints: u32,
+    /// Hosts with endpoints of this tenant.
+    pub hosts: Vec<HostName>,
+}
+
+/// A host with its session state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    #[serde(flatten)]
+    pub host: Host,
+    pub status: HostStatus,
+}
+
+/// A host's session and apply state, as `ovl status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostStatus {
+    pub name: HostName,
+    pub connected: bool,
+    /// Unix time (seconds) of the last frame from the agent.
+    pub last_contact: Option<u64>,
+    /// The peer address of the current session.
+    pub remote: Option<String>,
+    pub agent_version: Option<String>,
+    pub datapath: Option<String>,
+    pub desired_generation: u64,
+    pub applied_generation: Option<u64>,
+    pub endpoints: u32,
+    /// Objects that failed in the last report.
+    pub errors: Vec<ObjectStatus>,
+}
+
+/// An endpoint with its addressing and its host's last word on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointInfo {
+    #[serde(flatten)]
+    pub endpoint: Endpoint,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    pub mtu: u16,
+    pub vlan: u16,
+    /// `pending` until the host acknowledges a generation that includes the endpoint, then
+    /// `ok` or `error`.
+    pub state: String,
+    pub error: Option<String>,
+}
+
+/// A failed request: what kind of failure, which field, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{}{message}", field.as_ref().map(|f| format!("{f}: ")).unwrap_or_default())]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            field: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn field(code: ErrorCode, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<crate::model::ValidationError> for ApiError {
+    fn from(e: crate::model::ValidationError) -> Self {
+        ApiError::field(ErrorCode::InvalidArgument, e.field, e.problem)
+    }
+}
+
+/// Failure classes; the CLI maps each to its own exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    /// The request is valid but conflicts with current state (in use, has dependents).
+    Conflict,
+    /// A pool (VNIs, tags, addresses) has no free value left.
+    Exhausted,
+    PermissionDenied,
+    Internal,
+}

@@ -1,0 +1,192 @@
+//! TLS material and QUIC endpoint configuration.
+//!
+//! A credential bundle is a directory with three files: `ca.crt` (the cluster CA), `tls.crt`
+//! (this party's certificate) and `tls.key` (its private key, mode 0600). Both sides require
+//! TLS 1.3, the `ovl/1` ALPN and a certificate issued by the cluster CA: the controller
+//! verifies clients with webpki and the clients verify the controller under the fixed name
+//! [`SERVER_NAME`], so the controller's address can change without reissuing certificates.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use sha2::{Digest, Sha256};
+
+use crate::identity::{identity_of, Identity, IdentityError};
+use crate::proto::ALPN;
+
+/// The DNS name every controller certificate carries and every client verifies.
+pub const SERVER_NAME: &str = "ovl-controller";
+
+pub const CA_FILE: &str = "ca.crt";
+pub const CERT_FILE: &str = "tls.crt";
+pub const KEY_FILE: &str = "tls.key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} holds no {what}")]
+    Empty { path: PathBuf, what: &'static str },
+    #[error("{path} is not valid PEM: {source}")]
+    Pem {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("TLS configuration rejected: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client verifier: {0}")]
+    Verifier(String),
+    #[error("QUIC crypto configuration: {0}")]
+    Quic(String),
+    #[error("the peer presented no certificate")]
+    NoPeerCertificate,
+    #[error("peer certificate: {0}")]
+    Identity(#[from] IdentityError),
+}
+
+/// A CA, a certificate chain and its key, loaded from a bundle directory.
+#[derive(Debug)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub ca: Vec<CertificateDer<'static>>,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Bundle {
+    /// Loads `ca.crt`, `tls.crt` and `tls.key` from `dir`.
+    pub fn load(dir: &Path) -> Result<Self, TlsError> {
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            ca: load_certs(&dir.join(CA_FILE))?,
+            chain: load_certs(&dir.join(CERT_FILE))?,
+            key: load_key(&dir.join(KEY_FILE))?,
+        })
+    }
+
+    /// The identity named in this bundle's own certificate.
+    pub fn identity(&self) -> Result<Identity, TlsError> {
+        Ok(identity_of(&self.chain[0])?)
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads every certificate from a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            path: path.to_path_buf(),
+            what: "certificate",
+        });
+    }
+    Ok(certs)
+}
+
+/// Reads the first private key from a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    rustls_pemfile::private_key(&mut &pem[..])
+        .map_err(|source| TlsError::Pem {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .ok_or_else(|| TlsError::Empty {
+            path: path.to_path_buf(),
+            what: "private key",
+        })
+}
+
+/// `sha256:` and the hex SHA-256 of a certificate's DER: how a CA is pinned out of band.
+pub fn fingerprint(der: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(der)))
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(ca: &[CertificateDer<'static>]) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in ca {
+        roots.add(c.clone())?;
+    }
+    Ok(roots)
+}
+
+/// QUIC transport settings shared by both ends. Keep-alives every 2 s and a 10 s idle timeout
+/// mean a vanished peer is noticed within seconds, while a busy controller is not mistaken
+/// for a dead one.
+pub fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    t.max_idle_timeout(Some(
+        Duration::from_secs(10)
+            .try_into()
+            .expect("10 s fits a VarInt"),
+    ));
+    Arc::new(t)
+}
+
+/// The controller's QUIC configuration: TLS 1.3, client certificates required and verified
+/// against the cluster CA.
+pub fn server_config(bundle: &Bundle) -> Result<quinn::ServerConfig, TlsError> {
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&bundle.ca)?), provider())
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(bundle.chain.clone(), bundle.key.clone_key())?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// A client's QUIC configuration: verifies the controller as [`SERVER_NAME`] under the cluster
+/// CA and presents the bundle's certificate.
+pub fn client_config(bundle: &Bundle) -> Result<quinn::ClientConfig, TlsError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(&bundle.ca)?)
+        .with_client_auth_cert(bundle.chain.clone(), bundle.key.clone_key())?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// The verified identity of a connection's peer.
+pub fn peer_identity(conn: &quinn::Connection) -> Result<Identity, TlsError> {
+    let any = conn.peer_identity().ok_or(TlsError::NoPeerCertificate)?;
+    let certs = any
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| TlsError::NoPeerCertificate)?;
+    let leaf = certs.first().ok_or(TlsError::NoPeerCertificate)?;
+    Ok(identity_of(leaf)?)
+}

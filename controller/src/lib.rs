@@ -1,0 +1,8 @@
+//! `ovl-controller` owns the cluster's intent: the redb store and its allocators, the pure
+//! intent compiler, the PKI that issues every certificate, and the QUIC server that speaks to
+//! agents and to the CLI.
+//!
+//! It never touches a host's data plane itself; it only tells agents what to build.
+
+pub mod live;
+pub mod store;

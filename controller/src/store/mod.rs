@@ -1,0 +1,1 @@
+//! The redb store (to be written).

@@ -1,0 +1,1 @@
+//! Shared helpers for ovl's integration and end-to-end tests.
