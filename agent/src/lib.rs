@@ -1,9 +1,16 @@
 //! `ovl-agent` turns one host's intent into Open vSwitch ports, veth pairs and namespaces.
 //!
-//! Layers, top to bottom: the controller session (`session`), the event loop that drives
-//! reconciles, the `Datapath` trait with its real Open vSwitch implementation and a recording
-//! fake, and under the real one the OVSDB client (`ovsdb`) and the netlink plumbing (`netns`).
-//! It never decides what should exist: that is the controller's intent.
+//! Layers, top to bottom: the controller session (`session`), the one event loop that drives
+//! reconciles (`runner`), the [`datapath::Datapath`] trait with its real Open vSwitch
+//! implementation and a recording fake, and under the real one the OVSDB client (`ovsdb`), the
+//! Open vSwitch schema driver (`ovs`) and the netlink plumbing (`netns`). It never decides
+//! what should exist: that is the controller's intent.
 
+pub mod config;
+pub mod datapath;
 pub mod netns;
+pub mod ovs;
+pub mod ovs_datapath;
 pub mod ovsdb;
+pub mod runner;
+pub mod session;

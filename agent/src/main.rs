@@ -1,1 +1,199 @@
-fn main() {}
+//! `ovl-agent`: the per-host agent. `run` keeps a session with the controller and reconciles
+//! the host's data plane to its intent.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use ovl_agent::config::{AgentConfig, DatapathChoice, Driver, FileConfig};
+use ovl_agent::datapath::RecordingDatapath;
+use ovl_agent::session::SessionParams;
+use ovl_common::identity::Identity;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// The ovl agent: builds this host's part of every tenant network (Open vSwitch ports,
+/// VXLAN/GRE tunnels, veth pairs into container namespaces) as the controller says.
+#[derive(Parser, Debug)]
+#[command(
+    name = "ovl-agent",
+    version,
+    after_help = "\
+Example:
+  ovl-agent run --controller 10.0.0.1:7300 --credentials /etc/ovl/host
+The host name comes from the certificate in the credentials bundle."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Connect to the controller and keep this host's data plane in line with its intent.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Configuration file; flags override its keys.
+    #[arg(long, env = "OVL_AGENT_CONFIG", default_value = "/etc/ovl/agent.toml")]
+    config: PathBuf,
+    /// Controller address (UDP, QUIC).
+    #[arg(long)]
+    controller: Option<SocketAddr>,
+    /// Credentials bundle directory (ca.crt, tls.crt, tls.key).
+    #[arg(long)]
+    credentials: Option<PathBuf>,
+    /// Address peers' tunnels point at; by default the source address towards the controller.
+    #[arg(long)]
+    underlay_ip: Option<Ipv4Addr>,
+    #[arg(long)]
+    underlay_mtu: Option<u16>,
+    /// OVSDB remote (`unix:/var/run/openvswitch/db.sock` or `tcp:IP:PORT`).
+    #[arg(long)]
+    ovsdb: Option<String>,
+    /// Integration bridge name.
+    #[arg(long)]
+    bridge: Option<String>,
+    /// OVS datapath type for the integration bridge.
+    #[arg(long, value_enum)]
+    datapath: Option<DatapathChoice>,
+    /// `ovs` drives Open vSwitch; `fake` only records intents (tests and simulations).
+    #[arg(long, value_enum)]
+    driver: Option<Driver>,
+    /// With `--driver fake`: append each applied intent to this file as JSON.
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// Seconds between periodic reconciles.
+    #[arg(long)]
+    resync_secs: Option<u64>,
+    /// Directory for the agent's small state (last applied generation).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Underlay interface that carries `vlan` segments as an 802.1Q trunk.
+    #[arg(long)]
+    uplink: Option<String>,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Command::Run(args) = cli.command;
+    init_tracing(args.log_json);
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("OVL_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn merge(args: &RunArgs) -> anyhow::Result<AgentConfig> {
+    let mut f = if args.config.exists() {
+        FileConfig::load(&args.config)?
+    } else {
+        FileConfig::default()
+    };
+    macro_rules! over {
+        ($($field:ident),*) => { $( if let Some(v) = args.$field.clone() { f.$field = Some(v); } )* };
+    }
+    over!(
+        controller,
+        credentials,
+        underlay_ip,
+        underlay_mtu,
+        ovsdb,
+        bridge,
+        datapath,
+        driver,
+        record,
+        resync_secs,
+        state_dir,
+        uplink
+    );
+    Ok(AgentConfig::resolve(f)?)
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let cfg = merge(&args)?;
+    let bundle = ovl_common::tls::Bundle::load(&cfg.credentials)
+        .with_context(|| format!("loading credentials from {}", cfg.credentials.display()))?;
+    let host = match bundle.identity().context("reading the identity in tls.crt")? {
+        Identity::Host(h) => h,
+        other => bail!("{}/tls.crt belongs to {other}, not a host; issue one with `ovl-controller issue host NAME`", cfg.credentials.display()),
+    };
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            info!("shutting down; the data plane is left as it is");
+            s.cancel();
+        });
+        let mut params = SessionParams {
+            controller: cfg.controller,
+            host: host.clone(),
+            underlay: cfg.underlay_ip,
+            underlay_mtu: cfg.underlay_mtu,
+            capabilities: vec![],
+        };
+        info!(%host, controller = %cfg.controller, underlay = %cfg.underlay_ip, driver = ?cfg.driver, "agent starting");
+        let ready = |r: &ovl_common::intent::AppliedReport| {
+            info!(generation = r.generation, "first sync with the controller done");
+        };
+        match cfg.driver {
+            Driver::Fake => {
+                params.capabilities = vec!["datapath=fake".into()];
+                let dp = RecordingDatapath::new(cfg.record.clone());
+                ovl_agent::runner::run(params, bundle, dp, cfg.resync, cfg.state_dir.clone(), shutdown, ready).await;
+            }
+            Driver::Ovs => {
+                let dp = ovl_agent::ovs_datapath::OvsDatapath::start(&cfg).await.context("starting the Open vSwitch datapath")?;
+                params.capabilities = dp.capabilities();
+                ovl_agent::runner::run(params, bundle, dp, cfg.resync, cfg.state_dir.clone(), shutdown, ready).await;
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            error!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

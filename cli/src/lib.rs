@@ -1,2 +1,18 @@
-//! The `ovl` command-line interface: argument definitions, the controller client, and output
-//! rendering. Kept as a library so tests can drive the controller exactly as the CLI does.
+//! The `ovl` command-line interface as a library: argument definitions ([`args`]), their
+//! validation into typed requests ([`request`]), client settings ([`config`]), the controller
+//! client ([`client`]), `--wait` polling ([`wait`]), output rendering ([`output`]), exit codes
+//! ([`exit`]) and the command runner ([`run`]).
+//!
+//! It is a library so integration tests can drive the controller exactly as `ovl` does, through
+//! [`client::Client`]. It holds no state between invocations and never talks to agents.
+
+pub mod args;
+pub mod client;
+pub mod config;
+pub mod exit;
+pub mod output;
+pub mod request;
+pub mod run;
+pub mod wait;
+
+pub use client::{CallError, Client, ClientError, Timeouts};

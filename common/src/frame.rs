@@ -217,3 +217,103 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod reply_tests {
+    use super::*;
+    use crate::intent::{ObjectKind, ObjectStatus};
+    use crate::model::{Endpoint, Host, MacAddr, NetnsTarget, SegmentType, Tenant};
+    use crate::proto::{
+        ApiError, ApiReply, ApiResponse, EndpointInfo, ErrorCode, HostInfo, HostStatus, TenantInfo,
+    };
+
+    /// postcard cannot encode every serde feature (internally tagged enums, `flatten`); every
+    /// reply shape must survive a round trip.
+    #[test]
+    fn every_reply_round_trips() {
+        let tenant = Tenant {
+            id: 1,
+            name: "blue".parse().unwrap(),
+            segment: SegmentType::Vxlan,
+            key: 1000,
+            vlan: 1,
+            subnet: "10.0.0.0/24".parse().unwrap(),
+            gateway: "10.0.0.1".parse().unwrap(),
+            mtu: 1450,
+            mtu_explicit: false,
+            created: 5,
+        };
+        let host = Host {
+            id: 2,
+            name: "h1".parse().unwrap(),
+            underlay: "198.51.100.1".parse().unwrap(),
+            underlay_mtu: 1500,
+            capabilities: vec!["datapath=netdev".into()],
+            registered: 6,
+        };
+        let status = HostStatus {
+            name: host.name.clone(),
+            connected: true,
+            last_contact: Some(7),
+            remote: Some("127.0.0.1:5".into()),
+            agent_version: Some("0.1.0".into()),
+            datapath: Some("netdev".into()),
+            desired_generation: 3,
+            applied_generation: Some(3),
+            endpoints: 1,
+            errors: vec![ObjectStatus::failed(ObjectKind::Endpoint, "e", "boom")],
+        };
+        let endpoint = Endpoint {
+            id: 3,
+            name: "e1".parse().unwrap(),
+            tenant: tenant.name.clone(),
+            host: host.name.clone(),
+            target: NetnsTarget::Name("c1".into()),
+            ifname: "eth0".into(),
+            mac: MacAddr([0x0a, 0, 0, 0, 0, 1]),
+            ip: "10.0.0.2".parse().unwrap(),
+            created: 8,
+        };
+        let info = EndpointInfo {
+            endpoint,
+            prefix_len: 24,
+            gateway: tenant.gateway,
+            mtu: 1450,
+            vlan: 1,
+            state: "ok".into(),
+            error: None,
+        };
+        let replies: Vec<ApiResponse> = vec![
+            Ok(ApiReply::Tenant(TenantInfo {
+                tenant: tenant.clone(),
+                endpoints: 1,
+                hosts: vec![host.name.clone()],
+            })),
+            Ok(ApiReply::Tenants(vec![TenantInfo {
+                tenant,
+                endpoints: 0,
+                hosts: vec![],
+            }])),
+            Ok(ApiReply::Host(HostInfo {
+                host: host.clone(),
+                status: status.clone(),
+            })),
+            Ok(ApiReply::Hosts(vec![HostInfo {
+                host,
+                status: status.clone(),
+            }])),
+            Ok(ApiReply::Endpoint(info.clone())),
+            Ok(ApiReply::Endpoints(vec![info])),
+            Ok(ApiReply::Deleted {
+                removed: vec!["tenant blue".into()],
+            }),
+            Ok(ApiReply::Status(vec![status])),
+            Err(ApiError::field(ErrorCode::Conflict, "vni", "taken")),
+        ];
+        for r in replies {
+            let bytes = encode(&r).unwrap();
+            let (back, _) = decode_frame::<ApiResponse>(&bytes).unwrap().unwrap();
+            assert_eq!(back, r);
+        }
+    }
+}

@@ -175,9 +175,9 @@ pub struct EndpointCreate {
 /// The answer to one [`ApiRequest`].
 pub type ApiResponse = Result<ApiReply, ApiError>;
 
-/// A successful answer.
+/// A successful answer. (No serde attributes that postcard cannot encode: no internal
+/// tagging, no `flatten`; the CLI flattens for its JSON output itself.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "data", rename_all = "snake_case")]
 pub enum ApiReply {
     Tenant(TenantInfo),
     Tenants(Vec<TenantInfo>),
@@ -195,7 +195,6 @@ pub enum ApiReply {
 /// A tenant with what depends on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantInfo {
-    #[serde(flatten)]
     pub tenant: Tenant,
     pub endpoints: u32,
     /// Hosts with endpoints of this tenant.
@@ -205,7 +204,6 @@ pub struct TenantInfo {
 /// A host with its session state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostInfo {
-    #[serde(flatten)]
     pub host: Host,
     pub status: HostStatus,
 }
@@ -231,7 +229,6 @@ pub struct HostStatus {
 /// An endpoint with its addressing and its host's last word on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointInfo {
-    #[serde(flatten)]
     pub endpoint: Endpoint,
     pub prefix_len: u8,
     pub gateway: Ipv4Addr,

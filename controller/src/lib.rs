@@ -4,5 +4,11 @@
 //!
 //! It never touches a host's data plane itself; it only tells agents what to build.
 
+pub mod alloc;
+pub mod api;
+pub mod compile;
+pub mod ipam;
 pub mod live;
+pub mod pki;
+pub mod server;
 pub mod store;

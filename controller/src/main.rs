@@ -1,1 +1,293 @@
-fn main() {}
+//! `ovl-controller`: initialise the PKI, issue certificates, run the controller, audit the store.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use ovl_common::identity::Identity;
+use ovl_common::HostName;
+use ovl_controller::pki::{self, Ca, Validity};
+use ovl_controller::server::Server;
+use ovl_controller::store::{Settings, Store};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// The ovl controller: owns tenants, hosts, endpoints and their allocations, and pushes each
+/// host's intent to its agent over QUIC with mutual TLS.
+#[derive(Parser, Debug)]
+#[command(
+    name = "ovl-controller",
+    version,
+    after_help = "\
+First run:
+  ovl-controller init --pki /etc/ovl/pki
+  ovl-controller issue host node1 --pki /etc/ovl/pki     # copy pki/hosts/node1 to node1
+  ovl-controller run --pki /etc/ovl/pki --db /var/lib/ovl/controller.redb
+  ovl --controller 127.0.0.1:7300 --credentials /etc/ovl/pki/admin status"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create the cluster CA, the controller's certificate and the admin certificate.
+    ///
+    /// Writes PKI/ca.crt, PKI/ca.key (0600), PKI/controller/ and PKI/admin/ (each a bundle of
+    /// ca.crt, tls.crt and tls.key). Refuses to overwrite an existing CA unless --force.
+    Init {
+        /// PKI directory.
+        #[arg(long, env = "OVL_PKI", default_value = "/etc/ovl/pki")]
+        pki: PathBuf,
+        /// Extra DNS names for the controller's certificate (clients always verify
+        /// `ovl-controller`, so this is rarely needed).
+        #[arg(long = "dns")]
+        dns: Vec<String>,
+        /// Replace an existing CA; every certificate issued by the old one stops working.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a certificate bundle for a host or an extra admin.
+    Issue {
+        #[command(subcommand)]
+        what: IssueWhat,
+    },
+    /// Run the controller.
+    Run {
+        /// PKI directory; the controller uses its bundle PKI/controller.
+        #[arg(long, env = "OVL_PKI", default_value = "/etc/ovl/pki")]
+        pki: PathBuf,
+        /// The redb database file; created if missing.
+        #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
+        db: PathBuf,
+        /// UDP address to listen on for QUIC.
+        #[arg(long, env = "OVL_LISTEN", default_value = "0.0.0.0:7300")]
+        listen: SocketAddr,
+        /// Range for automatically allocated VNIs and GRE keys, as FIRST-LAST.
+        #[arg(long, default_value = "1000-999999")]
+        key_range: String,
+        /// Underlay MTU assumed for default tenant MTUs (tenant MTU = this − encapsulation).
+        #[arg(long, default_value_t = 1500)]
+        underlay_mtu: u16,
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Audit the store: no duplicated or leaked allocations, no dangling references.
+    /// Run it while the controller is stopped (the database is locked while it runs).
+    Check {
+        #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
+        db: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum IssueWhat {
+    /// A host's bundle (PKI/hosts/NAME unless --out); the agent on that host uses it.
+    Host {
+        name: String,
+        #[arg(long, env = "OVL_PKI", default_value = "/etc/ovl/pki")]
+        pki: PathBuf,
+        /// Where to write the bundle.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 825)]
+        days: i64,
+    },
+    /// An extra admin's bundle (PKI/admins/NAME unless --out).
+    Admin {
+        name: String,
+        #[arg(long, env = "OVL_PKI", default_value = "/etc/ovl/pki")]
+        pki: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 825)]
+        days: i64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log_json = matches!(cli.command, Command::Run { log_json: true, .. });
+    init_tracing(log_json);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("OVL_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn parse_range(s: &str) -> anyhow::Result<std::ops::RangeInclusive<u32>> {
+    let (a, b) = s
+        .split_once('-')
+        .with_context(|| format!("--key-range '{s}' must look like FIRST-LAST"))?;
+    let a: u32 = a
+        .trim()
+        .parse()
+        .with_context(|| format!("--key-range: '{a}' is not a number"))?;
+    let b: u32 = b
+        .trim()
+        .parse()
+        .with_context(|| format!("--key-range: '{b}' is not a number"))?;
+    if a == 0 || a > b || b > (1 << 24) - 1 {
+        bail!("--key-range {a}-{b} must satisfy 1 <= FIRST <= LAST <= 16777215 (the VNI space)");
+    }
+    Ok(a..=b)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init {
+            pki: dir,
+            dns,
+            force,
+        } => {
+            let r = pki::init(&dir, &dns, force)
+                .with_context(|| format!("initialising PKI in {}", dir.display()))?;
+            println!("cluster CA:          {}", r.ca.display());
+            println!("CA fingerprint:      {}", r.fingerprint);
+            println!("controller bundle:   {}", r.controller.display());
+            println!("admin bundle (CLI):  {}", r.admin.display());
+            println!(
+                "next: ovl-controller issue host NAME --pki {}",
+                dir.display()
+            );
+            Ok(())
+        }
+        Command::Issue { what } => {
+            let (identity, dir, out, days) = match what {
+                IssueWhat::Host {
+                    name,
+                    pki,
+                    out,
+                    days,
+                } => (
+                    Identity::Host(HostName::new(name).context("host name")?),
+                    pki,
+                    out,
+                    days,
+                ),
+                IssueWhat::Admin {
+                    name,
+                    pki,
+                    out,
+                    days,
+                } => {
+                    ovl_common::model::validate_name("admin name", &name)?;
+                    (Identity::Admin(name), pki, out, days)
+                }
+            };
+            if days < 1 {
+                bail!("--days must be at least 1");
+            }
+            let ca = Ca::load(&dir)?;
+            let out = out.unwrap_or_else(|| pki::bundle_dir(&dir, &identity));
+            ca.write_bundle(
+                &identity,
+                &[],
+                Validity::from_now(time::Duration::days(days)),
+                &out,
+            )
+            .with_context(|| format!("issuing a certificate for {identity}"))?;
+            println!(
+                "issued {} for {identity}: {}",
+                identity.to_uri(),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Check { db } => {
+            let store =
+                Store::open_existing(&db).with_context(|| format!("opening {}", db.display()))?;
+            let report = store.check().context("checking the store")?;
+            println!("{report}");
+            if !report.is_clean() {
+                bail!("the store is inconsistent");
+            }
+            Ok(())
+        }
+        Command::Run {
+            pki,
+            db,
+            listen,
+            key_range,
+            underlay_mtu,
+            log_json: _,
+        } => {
+            let settings = Settings {
+                key_range: parse_range(&key_range)?,
+                underlay_mtu,
+            };
+            if let Some(parent) = db.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            let store = Store::open(&db, settings)
+                .with_context(|| format!("opening the store {}", db.display()))?;
+            let bundle_dir = pki::bundle_dir(&pki, &Identity::Controller);
+            let bundle = ovl_common::tls::Bundle::load(&bundle_dir).with_context(|| {
+                format!(
+                    "loading the controller's credentials from {}",
+                    bundle_dir.display()
+                )
+            })?;
+            let config = ovl_common::tls::server_config(&bundle)
+                .context("building the TLS configuration")?;
+            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            rt.block_on(async move {
+                let endpoint = quinn::Endpoint::server(config, listen)
+                    .with_context(|| format!("listening on udp {listen}"))?;
+                info!(%listen, db = %db.display(), "controller listening");
+                let shutdown = CancellationToken::new();
+                let s = shutdown.clone();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    info!("shutting down");
+                    s.cancel();
+                });
+                Server::new(store).serve(endpoint, shutdown).await;
+                Ok::<_, anyhow::Error>(())
+            })?;
+            info!("controller stopped");
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            error!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -6,6 +6,10 @@
 //! starts with [`require_privileged`], which fails the test loudly, never skips it, when the
 //! machine cannot run it.
 
+pub mod cluster;
+pub mod netns;
+pub mod ovs;
+
 use std::path::PathBuf;
 
 /// Fails the calling test unless it runs as root and every named binary is on `PATH`.
@@ -53,6 +57,10 @@ pub fn bin_dir() -> PathBuf {
 /// Path of one of the workspace's binaries (`ovl`, `ovl-controller`, `ovl-agent`).
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.is_file(), "{} is not built; run `cargo build --workspace` first", p.display());
+    assert!(
+        p.is_file(),
+        "{} is not built; run `cargo build --workspace` first",
+        p.display()
+    );
     p
 }

@@ -1,0 +1,277 @@
+//! The Open vSwitch driver: reads and writes bridges and ports in the `Open_vSwitch` database
+//! through the OVSDB client (never by running `ovs-vsctl`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tracing::{debug, Instrument};
+
+use super::datapath::DatapathType;
+use super::plan::{plan_ensure_bridge, plan_port_changes, BridgeOutcome, Step};
+use super::port::{BridgeState, ObservedPort, PortChange};
+use super::view::{read_ops, DbView};
+use super::{Error, DB};
+use crate::ovsdb::{
+    self, Client, MonitorEvent, MonitorRequest, Mutation, Operation, OperationResult,
+};
+
+/// What the watcher reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OvsEvent {
+    /// The monitor (re)started: the database may differ in any way from before, as after an
+    /// OVS restart.
+    Resynced,
+    /// A bridge, port or interface changed (including ovs-vswitchd filling in `ofport` or
+    /// `error` after ovl's own changes).
+    Changed,
+}
+
+/// A running watcher; dropping it stops the watching.
+#[derive(Debug)]
+pub struct Watcher {
+    task: JoinHandle<()>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The Open vSwitch driver. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct OvsDriver {
+    client: Client,
+}
+
+impl OvsDriver {
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// `None` while connected to the database; otherwise a sentence for an operator, such as
+    /// "Open vSwitch is not reachable at unix:/var/run/openvswitch/db.sock: Connection refused
+    /// (os error 111); is ovsdb-server running?".
+    pub fn connection_problem(&self) -> Option<String> {
+        let state = self.client.state();
+        if state.connected {
+            return None;
+        }
+        let why = state
+            .last_error
+            .unwrap_or_else(|| "not connected yet".to_owned());
+        Some(format!(
+            "Open vSwitch is not reachable at {}: {why}; is ovsdb-server running?",
+            state.address
+        ))
+    }
+
+    async fn read(&self, action: impl FnOnce() -> String) -> Result<DbView, Error> {
+        let results = self
+            .client
+            .transact(DB, &read_ops())
+            .await
+            .map_err(|source| Error::Ovsdb {
+                action: action(),
+                source,
+            })?;
+        DbView::from_results(&results)
+    }
+
+    async fn run(&self, steps: &[Step], action: &str) -> Result<Vec<OperationResult>, Error> {
+        let ops: Vec<Operation> = steps.iter().map(|s| s.op.clone()).collect();
+        self.client
+            .transact(DB, &ops)
+            .await
+            .map_err(|source| match &source {
+                ovsdb::Error::OperationFailed { index, .. } => Error::Transaction {
+                    action: action.to_owned(),
+                    step: steps
+                        .get(*index)
+                        .map_or_else(|| "commit".to_owned(), |s| s.what.clone()),
+                    source,
+                },
+                _ => Error::Ovsdb {
+                    action: action.to_owned(),
+                    source,
+                },
+            })
+    }
+
+    /// Makes sure bridge `name` exists with `datapath` and at least the given `external_ids`:
+    /// `ovs-vsctl --may-exist add-br NAME -- set bridge NAME datapath_type=DP external_ids:K=V`.
+    /// Idempotent; a new bridge gets its local internal port, as `add-br` makes.
+    pub async fn ensure_bridge(
+        &self,
+        name: &str,
+        datapath: DatapathType,
+        external_ids: &BTreeMap<String, String>,
+    ) -> Result<BridgeOutcome, Error> {
+        let action = format!("ensuring bridge {name}");
+        let view = self.read(|| action.clone()).await?;
+        let (steps, outcome) = plan_ensure_bridge(&view, name, datapath, external_ids)?;
+        if !steps.is_empty() {
+            self.run(&steps, &action).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// The bridge with the ports ovl owns on it, or `None` if there is no such bridge.
+    pub async fn bridge_state(&self, bridge: &str) -> Result<Option<BridgeState>, Error> {
+        let view = self.read(|| format!("reading bridge {bridge}")).await?;
+        Ok(view.bridge_state(bridge))
+    }
+
+    /// The ports on `bridge` that ovl owns (`external_ids:ovl-owner=ovl-agent`), sorted by
+    /// name. Other ports are left out: ovl never touches them.
+    pub async fn owned_ports(&self, bridge: &str) -> Result<Vec<ObservedPort>, Error> {
+        self.bridge_state(bridge)
+            .await?
+            .map(|s| s.owned)
+            .ok_or_else(|| Error::BridgeNotFound {
+                bridge: bridge.to_owned(),
+            })
+    }
+
+    /// Applies a batch of port changes to `bridge` in one transaction: all of them or none.
+    /// Refuses to modify or delete a port ovl does not own, and to add a port whose name is
+    /// taken.
+    pub async fn apply(&self, bridge: &str, changes: &[PortChange]) -> Result<(), Error> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let action = format!("changing ports on bridge {bridge}");
+        let view = self.read(|| action.clone()).await?;
+        let steps = plan_port_changes(&view, bridge, changes)?;
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let results = self.run(&steps, &action).await?;
+        // If the bridge vanished since the read, the mutation matched nothing (and any new
+        // rows were garbage-collected): report that rather than a silent no-op.
+        let touches_bridge = steps
+            .last()
+            .is_some_and(|s| matches!(&s.op, Operation::Mutate { table, .. } if table == "Bridge"));
+        if touches_bridge && results.last().and_then(|r| r.count) != Some(1) {
+            return Err(Error::BridgeNotFound {
+                bridge: bridge.to_owned(),
+            });
+        }
+        debug!(%bridge, changes = changes.len(), "port changes applied");
+        Ok(())
+    }
+
+    /// Waits until ovs-vswitchd has applied every change committed so far, as `ovs-vsctl`
+    /// without `--no-wait` does: bump `next_cfg` and wait for `cur_cfg` to reach it. Fails
+    /// with [`Error::VswitchdTimeout`] if ovs-vswitchd is not running.
+    pub async fn wait_for_vswitchd(&self, timeout: Duration) -> Result<(), Error> {
+        let action = "asking ovs-vswitchd to report its configuration";
+        let bump = [
+            Operation::mutate(
+                "Open_vSwitch",
+                vec![],
+                vec![Mutation::add("next_cfg", 1i64)],
+            ),
+            Operation::select_columns("Open_vSwitch", vec![], &["next_cfg"]),
+        ];
+        let ovsdb_err = |source| Error::Ovsdb {
+            action: action.to_owned(),
+            source,
+        };
+        let r = self.client.transact(DB, &bump).await.map_err(ovsdb_err)?;
+        let read_cfg = |r: &OperationResult, column: &str| -> Result<i64, Error> {
+            let rows = r.rows().map_err(|source| Error::Data {
+                table: "Open_vSwitch",
+                source,
+            })?;
+            let [row] = rows else {
+                return Err(Error::RootRow { rows: rows.len() });
+            };
+            row.get(column)
+                .and_then(|v| v.as_i64())
+                .map_err(|source| Error::Data {
+                    table: "Open_vSwitch",
+                    source,
+                })
+        };
+        let target = read_cfg(&r[1], "next_cfg")?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let poll = [Operation::select_columns(
+            "Open_vSwitch",
+            vec![],
+            &["cur_cfg"],
+        )];
+        loop {
+            let r = self.client.transact(DB, &poll).await.map_err(ovsdb_err)?;
+            if read_cfg(&r[0], "cur_cfg")? >= target {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::VswitchdTimeout { timeout });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Watches bridges, ports and interfaces and calls `on_change` on every change; the first
+    /// call ([`OvsEvent::Resynced`]) comes once the monitor is established, and another after
+    /// every reconnect. The callback runs on the watcher's task and should only signal (send
+    /// on a channel), not block:
+    ///
+    /// ```no_run
+    /// # async fn demo(ovs: ovl_agent::ovs::OvsDriver) -> Result<(), ovl_agent::ovs::Error> {
+    /// let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    /// let _watcher = ovs.watch(move |_event| {
+    ///     // A full channel already holds a wake-up; one is enough.
+    ///     let _ = tx.try_send(());
+    /// }).await?;
+    /// while rx.recv().await.is_some() { /* reconcile */ }
+    /// # Ok(()) }
+    /// ```
+    pub async fn watch<F>(&self, mut on_change: F) -> Result<Watcher, Error>
+    where
+        F: FnMut(OvsEvent) + Send + 'static,
+    {
+        let requests = [
+            MonitorRequest::columns(
+                "Bridge",
+                &["name", "ports", "datapath_type", "external_ids"],
+            ),
+            MonitorRequest::columns(
+                "Port",
+                &["name", "interfaces", "tag", "trunks", "external_ids"],
+            ),
+            MonitorRequest::columns(
+                "Interface",
+                &["name", "type", "options", "external_ids", "ofport", "error"],
+            ),
+        ];
+        let mut stream =
+            self.client
+                .monitor(DB, &requests)
+                .await
+                .map_err(|source| Error::Ovsdb {
+                    action: "monitoring bridges, ports and interfaces".into(),
+                    source,
+                })?;
+        let span = tracing::info_span!("ovs-watcher");
+        let task = tokio::spawn(
+            async move {
+                while let Some(event) = stream.next().await {
+                    on_change(match event {
+                        MonitorEvent::Reset(_) => OvsEvent::Resynced,
+                        MonitorEvent::Update(_) => OvsEvent::Changed,
+                    });
+                }
+                debug!("the OVSDB client is gone; watcher stops");
+            }
+            .instrument(span),
+        );
+        Ok(Watcher { task })
+    }
+}

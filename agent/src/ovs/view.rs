@@ -1,0 +1,314 @@
+//! Reading the `Open_vSwitch` database: one transaction of `select`s gives a consistent view
+//! of the root row, the bridges, and every port with its interfaces.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::port::{is_owned, BridgeState, ObservedInterface, ObservedPort};
+use super::Error;
+use crate::ovsdb::{self, Operation, OperationResult, Row, Uuid};
+
+const ROOT_COLUMNS: &[&str] = &["_uuid", "bridges"];
+const BRIDGE_COLUMNS: &[&str] = &["_uuid", "name", "ports", "datapath_type", "external_ids"];
+const PORT_COLUMNS: &[&str] = &[
+    "_uuid",
+    "name",
+    "interfaces",
+    "tag",
+    "trunks",
+    "external_ids",
+];
+const INTERFACE_COLUMNS: &[&str] = &[
+    "_uuid",
+    "name",
+    "type",
+    "options",
+    "external_ids",
+    "ofport",
+    "error",
+];
+
+/// A Bridge row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BridgeRow {
+    pub uuid: Uuid,
+    pub name: String,
+    pub datapath_type: String,
+    pub external_ids: BTreeMap<String, String>,
+    pub ports: Vec<Uuid>,
+}
+
+/// The parts of the database the driver reads, at one instant.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DbView {
+    /// UUIDs of the `Open_vSwitch` rows (there should be exactly one).
+    pub roots: Vec<Uuid>,
+    pub bridges: Vec<BridgeRow>,
+    /// Every port, with its interfaces.
+    pub ports: BTreeMap<Uuid, ObservedPort>,
+    /// Every interface name, whichever port it belongs to.
+    pub interface_names: BTreeSet<String>,
+}
+
+/// The `select`s that [`DbView::from_results`] reads, in order.
+pub(crate) fn read_ops() -> Vec<Operation> {
+    vec![
+        Operation::select_columns("Open_vSwitch", vec![], ROOT_COLUMNS),
+        Operation::select_columns("Bridge", vec![], BRIDGE_COLUMNS),
+        Operation::select_columns("Port", vec![], PORT_COLUMNS),
+        Operation::select_columns("Interface", vec![], INTERFACE_COLUMNS),
+    ]
+}
+
+fn data(table: &'static str) -> impl Fn(ovsdb::Error) -> Error {
+    move |source| Error::Data { table, source }
+}
+
+fn vlan(table: &'static str, v: i64) -> Result<u16, Error> {
+    u16::try_from(v)
+        .ok()
+        .filter(|t| *t <= 4095)
+        .ok_or_else(|| Error::Data {
+            table,
+            source: ovsdb::Error::Value(format!("{v} is not a VLAN id")),
+        })
+}
+
+fn parse_interface(row: &Row) -> Result<ObservedInterface, ovsdb::Error> {
+    Ok(ObservedInterface {
+        uuid: row.uuid()?.clone(),
+        name: row.str("name")?.to_owned(),
+        iface_type: row.str("type")?.to_owned(),
+        options: row.string_map("options")?,
+        external_ids: row.string_map("external_ids")?,
+        ofport: row.get("ofport")?.optional_i64()?,
+        error: row.get("error")?.optional_str()?.map(str::to_owned),
+    })
+}
+
+fn parse_bridge(row: &Row) -> Result<BridgeRow, ovsdb::Error> {
+    Ok(BridgeRow {
+        uuid: row.uuid()?.clone(),
+        name: row.str("name")?.to_owned(),
+        datapath_type: row.str("datapath_type")?.to_owned(),
+        external_ids: row.string_map("external_ids")?,
+        ports: row.uuid_set("ports")?,
+    })
+}
+
+impl DbView {
+    /// Builds the view from the results of [`read_ops`].
+    pub(crate) fn from_results(results: &[OperationResult]) -> Result<Self, Error> {
+        let rows = |i: usize, table: &'static str| {
+            results
+                .get(i)
+                .ok_or_else(|| Error::Data {
+                    table,
+                    source: ovsdb::Error::Value("missing select result".into()),
+                })?
+                .rows()
+                .map_err(data(table))
+        };
+        let roots = rows(0, "Open_vSwitch")?
+            .iter()
+            .map(|r| r.uuid().cloned())
+            .collect::<Result<_, _>>()
+            .map_err(data("Open_vSwitch"))?;
+        let bridges = rows(1, "Bridge")?
+            .iter()
+            .map(parse_bridge)
+            .collect::<Result<_, _>>()
+            .map_err(data("Bridge"))?;
+        let mut interfaces = BTreeMap::new();
+        for row in rows(3, "Interface")? {
+            let iface = parse_interface(row).map_err(data("Interface"))?;
+            interfaces.insert(iface.uuid.clone(), iface);
+        }
+        let interface_names = interfaces.values().map(|i| i.name.clone()).collect();
+        let mut ports = BTreeMap::new();
+        for row in rows(2, "Port")? {
+            let uuid = row.uuid().map_err(data("Port"))?.clone();
+            let tag = match row.get("tag").and_then(|v| v.optional_i64()) {
+                Ok(t) => t.map(|t| vlan("Port", t)).transpose()?,
+                Err(e) => return Err(data("Port")(e)),
+            };
+            let trunks = row
+                .get("trunks")
+                .and_then(|v| v.i64_set())
+                .map_err(data("Port"))?
+                .into_iter()
+                .map(|t| vlan("Port", t))
+                .collect::<Result<_, _>>()?;
+            let port = ObservedPort {
+                uuid: uuid.clone(),
+                name: row.str("name").map_err(data("Port"))?.to_owned(),
+                tag,
+                trunks,
+                external_ids: row.string_map("external_ids").map_err(data("Port"))?,
+                // A reference to a missing row cannot happen in one consistent read; skip
+                // rather than fail if it ever does.
+                interfaces: row
+                    .uuid_set("interfaces")
+                    .map_err(data("Port"))?
+                    .iter()
+                    .filter_map(|u| interfaces.get(u).cloned())
+                    .collect(),
+            };
+            ports.insert(uuid, port);
+        }
+        Ok(DbView {
+            roots,
+            bridges,
+            ports,
+            interface_names,
+        })
+    }
+
+    pub(crate) fn bridge(&self, name: &str) -> Option<&BridgeRow> {
+        self.bridges.iter().find(|b| b.name == name)
+    }
+
+    /// The bridge holding a port of this name, and the port.
+    pub(crate) fn find_port(&self, name: &str) -> Option<(&BridgeRow, &ObservedPort)> {
+        self.bridges.iter().find_map(|b| {
+            b.ports
+                .iter()
+                .filter_map(|u| self.ports.get(u))
+                .find(|p| p.name == name)
+                .map(|p| (b, p))
+        })
+    }
+
+    /// The bridge's state, split into owned ports and the names of the others.
+    pub(crate) fn bridge_state(&self, name: &str) -> Option<BridgeState> {
+        let b = self.bridge(name)?;
+        let mut owned = Vec::new();
+        let mut foreign = Vec::new();
+        for p in b.ports.iter().filter_map(|u| self.ports.get(u)) {
+            // The bridge's own local port is never ovl's, whatever its external_ids say.
+            if p.name != b.name && is_owned(&p.external_ids) {
+                owned.push(p.clone());
+            } else {
+                foreign.push(p.name.clone());
+            }
+        }
+        owned.sort_by(|a, b| a.name.cmp(&b.name));
+        foreign.sort();
+        Some(BridgeState {
+            uuid: b.uuid.clone(),
+            name: b.name.clone(),
+            datapath_type: b.datapath_type.clone(),
+            external_ids: b.external_ids.clone(),
+            owned,
+            foreign,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::ovs::{OWNER_KEY, OWNER_VALUE};
+
+    pub(crate) const ROOT: &str = "00000000-0000-0000-0000-0000000000aa";
+    pub(crate) const BR: &str = "00000000-0000-0000-0000-0000000000b0";
+
+    fn u(n: u32) -> String {
+        format!("00000000-0000-0000-0000-{n:012x}")
+    }
+
+    fn result(rows: serde_json::Value) -> OperationResult {
+        OperationResult {
+            rows: Some(
+                rows.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| Row::from_json(r).unwrap())
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    /// A view of br-int holding its local port, an owned tunnel `vx1-1` (port 1, interface
+    /// 11), and a foreign port `eth9` (port 2, interface 12); bridge `br-ex` holds `ext0`.
+    pub(crate) fn sample_view() -> DbView {
+        let owned = json!(["map", [[OWNER_KEY, OWNER_VALUE], ["ovl-tenant", "blue"]]]);
+        let results = vec![
+            result(json!([{"_uuid": ["uuid", ROOT], "bridges": ["set", [["uuid", BR]]]}])),
+            result(json!([
+                {"_uuid": ["uuid", BR], "name": "br-int", "datapath_type": "netdev",
+                 "external_ids": ["map", []],
+                 "ports": ["set", [["uuid", u(1)], ["uuid", u(2)], ["uuid", u(3)]]]},
+                {"_uuid": ["uuid", u(0xb1)], "name": "br-ex", "datapath_type": "",
+                 "external_ids": ["map", []], "ports": ["uuid", u(4)]}
+            ])),
+            result(json!([
+                {"_uuid": ["uuid", u(1)], "name": "vx1-1", "interfaces": ["uuid", u(11)],
+                 "tag": 10, "trunks": ["set", []], "external_ids": owned},
+                {"_uuid": ["uuid", u(2)], "name": "eth9", "interfaces": ["uuid", u(12)],
+                 "tag": ["set", []], "trunks": ["set", [1, 2]], "external_ids": ["map", []]},
+                {"_uuid": ["uuid", u(3)], "name": "br-int", "interfaces": ["uuid", u(13)],
+                 "tag": ["set", []], "trunks": ["set", []], "external_ids": owned},
+                {"_uuid": ["uuid", u(4)], "name": "ext0", "interfaces": ["uuid", u(14)],
+                 "tag": ["set", []], "trunks": ["set", []], "external_ids": ["map", []]}
+            ])),
+            result(json!([
+                {"_uuid": ["uuid", u(11)], "name": "vx1-1", "type": "vxlan",
+                 "options": ["map", [["key", "100"], ["remote_ip", "192.0.2.1"]]],
+                 "external_ids": owned, "ofport": 1, "error": ["set", []]},
+                {"_uuid": ["uuid", u(12)], "name": "eth9", "type": "",
+                 "options": ["map", []], "external_ids": ["map", []],
+                 "ofport": -1, "error": "could not open network device eth9"},
+                {"_uuid": ["uuid", u(13)], "name": "br-int", "type": "internal",
+                 "options": ["map", []], "external_ids": ["map", []],
+                 "ofport": 65534, "error": ["set", []]},
+                {"_uuid": ["uuid", u(14)], "name": "ext0", "type": "",
+                 "options": ["map", []], "external_ids": ["map", []],
+                 "ofport": ["set", []], "error": ["set", []]}
+            ])),
+        ];
+        DbView::from_results(&results).unwrap()
+    }
+
+    #[test]
+    fn the_view_splits_owned_from_foreign_ports() {
+        let view = sample_view();
+        assert_eq!(view.roots.len(), 1);
+        let state = view.bridge_state("br-int").unwrap();
+        assert_eq!(state.datapath_type, "netdev");
+        assert_eq!(state.owned.len(), 1);
+        assert_eq!(state.foreign, vec!["br-int", "eth9"]);
+        let vx = &state.owned[0];
+        assert_eq!(vx.name, "vx1-1");
+        assert_eq!(vx.tag, Some(10));
+        assert_eq!(vx.interfaces[0].ofport, Some(1));
+        assert_eq!(vx.interfaces[0].options["remote_ip"], "192.0.2.1");
+        assert!(vx.error().is_none());
+        assert!(view.bridge_state("nope").is_none());
+        let (b, p) = view.find_port("ext0").unwrap();
+        assert_eq!(b.name, "br-ex");
+        assert_eq!(p.interfaces[0].ofport, None);
+        let (_, eth9) = view.find_port("eth9").unwrap();
+        assert_eq!(eth9.trunks.iter().copied().collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(eth9.error(), Some("could not open network device eth9"));
+    }
+
+    #[test]
+    fn out_of_range_vlans_are_reported_with_their_table() {
+        let mut results = vec![
+            result(json!([])),
+            result(json!([])),
+            result(
+                json!([{"_uuid": ["uuid", u(1)], "name": "p", "interfaces": ["set", []],
+                           "tag": 70000, "trunks": ["set", []], "external_ids": ["map", []]}]),
+            ),
+            result(json!([])),
+        ];
+        let e = DbView::from_results(&results).unwrap_err().to_string();
+        assert!(e.contains("Port") && e.contains("70000"), "{e}");
+        results.truncate(3);
+        assert!(DbView::from_results(&results).is_err());
+    }
+}

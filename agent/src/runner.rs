@@ -1,0 +1,158 @@
+//! The agent's one event loop. Everything that should make the agent reconcile arrives here as
+//! an [`Event`]: a new intent, a change observed under the datapath, a timer. Reconciles run
+//! one at a time, always against the latest intent, so the outcome depends on state, not on
+//! which event woke the loop.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ovl_common::intent::{AppliedReport, HostIntent};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::datapath::Datapath;
+use crate::session::{SessionEvent, SessionParams};
+
+/// Why the loop woke up.
+#[derive(Debug)]
+pub enum Event {
+    Session(SessionEvent),
+    /// The datapath saw its state change (OVSDB update, OVS restarted).
+    DatapathChanged,
+}
+
+/// Delay after a datapath change before reconciling, so a burst of OVSDB updates (most of them
+/// caused by our own apply) costs one reconcile.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+/// First retry delay after a failed apply; doubles up to the resync interval.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+
+/// Runs the agent until `shutdown`: the controller session, and the reconcile loop over `dp`.
+/// `ready` is called once, after the first intent from the controller has been applied.
+pub async fn run<D: Datapath>(
+    params: SessionParams,
+    bundle: ovl_common::tls::Bundle,
+    mut dp: D,
+    resync: Duration,
+    state_dir: PathBuf,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(&AppliedReport) + Send,
+) {
+    let (session_tx, mut session_rx) = mpsc::channel(16);
+    let (report_tx, report_rx) = watch::channel::<Option<AppliedReport>>(None);
+    let (applied_tx, applied_rx) = watch::channel(load_generation(&state_dir));
+    let (change_tx, mut change_rx) = mpsc::channel(1);
+    dp.watch(change_tx);
+
+    let session = tokio::spawn(crate::session::run(
+        params,
+        bundle,
+        session_tx,
+        report_rx,
+        applied_rx,
+        shutdown.clone(),
+    ));
+
+    let mut intent: Option<HostIntent> = None;
+    let mut ready = Some(ready);
+    let mut resync_at = Instant::now() + resync;
+    let mut retry = RETRY_MIN;
+    let mut pending: Option<Instant> = None;
+    loop {
+        let wake = pending.unwrap_or(resync_at).min(resync_at);
+        let event = tokio::select! {
+            e = session_rx.recv() => match e { Some(e) => Some(Event::Session(e)), None => break },
+            c = change_rx.recv() => { if c.is_some() { Some(Event::DatapathChanged) } else { change_rx = mpsc::channel(1).1; None } },
+            _ = tokio::time::sleep_until(wake) => None,
+            _ = shutdown.cancelled() => break,
+        };
+        match event {
+            Some(Event::Session(SessionEvent::Intent(i))) => {
+                info!(
+                    generation = i.generation,
+                    endpoints = i.endpoints.len(),
+                    tenants = i.tenants.len(),
+                    "new intent"
+                );
+                intent = Some(i);
+                pending = Some(Instant::now());
+            }
+            Some(Event::Session(SessionEvent::Connected)) => debug!("session up"),
+            Some(Event::Session(SessionEvent::Disconnected(why))) => {
+                debug!("session down: {why}; the data plane stays as it is");
+            }
+            Some(Event::DatapathChanged) => {
+                if pending.is_none() {
+                    pending = Some(Instant::now() + DEBOUNCE);
+                }
+            }
+            None => {
+                let now = Instant::now();
+                if now >= resync_at {
+                    pending = Some(now);
+                }
+            }
+        }
+        let due = pending.is_some_and(|p| p <= Instant::now());
+        let Some(current) = intent.as_ref().filter(|_| due) else {
+            continue;
+        };
+        pending = None;
+        // The intent came from the controller in this process's lifetime, so it is complete:
+        // owned objects it does not name may go.
+        let report = dp.apply(current, true).await;
+        let failed = report.errors().count();
+        if failed == 0 {
+            debug!(
+                generation = report.generation,
+                objects = report.objects.len(),
+                "reconciled"
+            );
+            retry = RETRY_MIN;
+            resync_at = Instant::now() + resync;
+        } else {
+            for o in report.errors() {
+                warn!(kind = ?o.kind, name = %o.name, "not applied: {}", o.error.as_deref().unwrap_or(""));
+            }
+            resync_at = Instant::now() + retry.min(resync);
+            retry = (retry * 2).min(resync);
+        }
+        if *applied_tx.borrow() != Some(report.generation) {
+            save_generation(&state_dir, report.generation);
+            applied_tx.send_replace(Some(report.generation));
+        }
+        if let Some(ready) = ready.take() {
+            ready(&report);
+        }
+        let changed = report_tx.borrow().as_ref() != Some(&report);
+        if changed {
+            report_tx.send_replace(Some(report));
+        }
+    }
+    let _ = session.await;
+}
+
+fn state_file(dir: &Path) -> PathBuf {
+    dir.join("last-applied-generation")
+}
+
+fn load_generation(dir: &Path) -> Option<u64> {
+    std::fs::read_to_string(state_file(dir))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn save_generation(dir: &Path, generation: u64) {
+    let res = std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(state_file(dir), format!("{generation}\n")));
+    if let Err(e) = res {
+        warn!(
+            "cannot record the applied generation in {}: {e}",
+            dir.display()
+        );
+    }
+}

@@ -1,0 +1,465 @@
+//! The `ovl` command line as clap definitions, and nothing else.
+//!
+//! This module says which commands and flags exist and how `--help` explains them. It does not
+//! validate values beyond their Rust type (that is [`crate::request`]), read configuration
+//! ([`crate::config`]) or talk to the controller ([`crate::run`]). To add a command family such
+//! as `ovl lab …`, add a variant to [`Command`] with its own subcommand enum and handle it in
+//! [`crate::run::run`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+
+/// Help text after the top-level `--help`: configuration sources and exit codes.
+const TOP_AFTER_HELP: &str = "\
+Examples:
+  ovl tenant create blue --subnet 10.10.0.0/24
+  ovl endpoint create blue --host node1 --name web1 --netns web1 --wait
+  ovl status
+
+Configuration (a flag beats the environment, which beats the config file):
+  controller   --controller, OVL_CONTROLLER, `controller = \"HOST:PORT\"` in the config file
+  credentials  --credentials, OVL_CREDENTIALS, `credentials = \"/path\"` in the config file
+  config file  --config, OVL_CONFIG, else $XDG_CONFIG_HOME/ovl/config.toml
+               or ~/.config/ovl/config.toml
+  OVL_LOG      log filter for diagnostics on stderr (e.g. OVL_LOG=debug)
+
+Exit codes:
+  0  success
+  1  other or internal error (also: a --wait saw the host fail to apply the change)
+  2  usage: bad command line, or missing/invalid client configuration
+  3  not found
+  4  already exists, or conflicts with current state
+  5  invalid argument
+  6  a pool (VNIs, VLAN tags, addresses) is exhausted
+  7  permission denied, authentication or TLS failure, unusable credential bundle,
+     session refused
+  8  controller unreachable or timed out (also: a --wait ran out of time)
+  9  protocol version mismatch between ovl and the controller";
+
+/// `ovl`: drive an ovl cluster's controller.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ovl",
+    version,
+    about = "Manage ovl overlay networks: tenants, hosts and container endpoints",
+    long_about = "Manage ovl overlay networks.\n\n\
+        A tenant is an isolated L2 segment (VXLAN, GRE or VLAN) with its own IPv4 subnet. An \
+        endpoint attaches one container network namespace on one host to a tenant. Hosts \
+        register themselves when their agent first connects. Every command talks to the \
+        controller over QUIC with mutual TLS, using an admin credential bundle.",
+    after_help = TOP_AFTER_HELP,
+    propagate_version = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command accepts.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
+pub struct GlobalArgs {
+    /// Controller address as HOST:PORT [env: OVL_CONTROLLER] [config: controller]
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    pub controller: Option<String>,
+
+    /// Admin credential bundle: a directory with ca.crt, tls.crt and tls.key
+    /// [env: OVL_CREDENTIALS] [config: credentials]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub credentials: Option<PathBuf>,
+
+    /// Config file [env: OVL_CONFIG] [default: ~/.config/ovl/config.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Output format; every command supports both
+    #[arg(short, long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// Longest wait for one answer from the controller (e.g. 30s, 2m, 500ms)
+    #[arg(long, global = true, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Longest wait to connect and authenticate to the controller
+    #[arg(long, global = true, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+/// How replies are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for lists, `key: value` blocks for single objects.
+    Table,
+    /// The reply's data as pretty-printed JSON, for scripts.
+    Json,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, list, show and delete tenants (isolated L2 segments)
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+
+    /// List and show hosts (registered by their agents)
+    #[command(subcommand)]
+    Host(HostCommand),
+
+    /// Attach container network namespaces to tenants
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
+
+    /// Show every host's session and apply state
+    #[command(
+        long_about = "Show every host's session and apply state: whether its agent is \
+            connected, when the controller last heard from it, the generation of intent it has \
+            applied against the one the controller wants it to have, its datapath, how many \
+            endpoints it carries, and objects that failed in its last report.",
+        after_help = "Example:\n  ovl status\n  ovl status -o json"
+    )]
+    Status,
+}
+
+/// `ovl tenant …`
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant
+    #[command(
+        long_about = "Create a tenant: an isolated L2 segment with its own IPv4 subnet. The \
+            controller allocates the segment key (VXLAN VNI or GRE key), the local VLAN tag and \
+            the gateway address unless given, and derives the MTU from the hosts' underlay MTU \
+            less the encapsulation overhead unless --mtu is given.",
+        after_help = "Examples:\n  \
+            ovl tenant create blue --subnet 10.10.0.0/24\n  \
+            ovl tenant create red --subnet 10.20.0.0/16 --type gre --key 4242\n  \
+            ovl tenant create green --subnet 10.30.0.0/24 --type vlan --vlan 300"
+    )]
+    Create(TenantCreateArgs),
+
+    /// List tenants
+    #[command(after_help = "Example:\n  ovl tenant list\n  ovl tenant list -o json")]
+    List,
+
+    /// Show one tenant
+    #[command(after_help = "Example:\n  ovl tenant show blue")]
+    Show(NameArg),
+
+    /// Delete a tenant (with --force, also its endpoints)
+    #[command(
+        long_about = "Delete a tenant. The controller refuses while the tenant still has \
+            endpoints (exit code 4); --force deletes those endpoints too, tearing down their \
+            interfaces on their hosts. With --wait, ovl returns once every host that carried \
+            the tenant has applied the change.",
+        after_help = "Examples:\n  ovl tenant delete blue\n  ovl tenant delete blue --force --wait"
+    )]
+    Delete(TenantDeleteArgs),
+}
+
+/// `ovl tenant create`.
+#[derive(Debug, Clone, Args)]
+pub struct TenantCreateArgs {
+    /// Tenant name: 1-32 of a-z, 0-9 and '-', starting with a letter
+    pub name: String,
+
+    /// The tenant's IPv4 subnet, as a network address and prefix (e.g. 10.10.0.0/24)
+    #[arg(long, value_name = "CIDR")]
+    pub subnet: String,
+
+    /// Segment type: vxlan (default), gre or vlan
+    #[arg(long = "type", value_name = "TYPE")]
+    pub segment: Option<String>,
+
+    /// VXLAN VNI or GRE key (allocated when absent)
+    #[arg(long, visible_alias = "key", value_name = "N")]
+    pub vni: Option<u32>,
+
+    /// VLAN tag 1-4094: the local tag on br-int, and for --type vlan the tag on the wire
+    /// (allocated when absent)
+    #[arg(long, value_name = "TAG")]
+    pub vlan: Option<u32>,
+
+    /// Endpoint MTU in bytes (default: underlay MTU less the encapsulation overhead)
+    #[arg(long, value_name = "BYTES")]
+    pub mtu: Option<u32>,
+}
+
+/// `ovl tenant delete`.
+#[derive(Debug, Clone, Args)]
+pub struct TenantDeleteArgs {
+    /// The tenant to delete
+    pub name: String,
+
+    /// Also delete the tenant's endpoints (their interfaces are removed from their hosts)
+    #[arg(long)]
+    pub force: bool,
+
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// A single object name.
+#[derive(Debug, Clone, Args)]
+pub struct NameArg {
+    /// The object's name
+    pub name: String,
+}
+
+/// `--wait[=DURATION]`, shared by commands whose effect a host has to apply.
+#[derive(Debug, Clone, Default, Args)]
+pub struct WaitArgs {
+    /// Wait until the host(s) applied the change, printing progress to stderr; gives up after
+    /// 60s, or after DURATION with --wait=DURATION
+    #[arg(
+        long,
+        value_name = "DURATION",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "60s",
+        value_parser = parse_duration
+    )]
+    pub wait: Option<Duration>,
+}
+
+/// `ovl host …`
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// List hosts with their session state
+    #[command(after_help = "Example:\n  ovl host list")]
+    List,
+
+    /// Show one host: addresses, capabilities, session and apply state, errors
+    #[command(after_help = "Example:\n  ovl host show node1")]
+    Show(NameArg),
+}
+
+/// `ovl endpoint …`
+#[derive(Debug, Subcommand)]
+pub enum EndpointCommand {
+    /// Attach a container network namespace to a tenant
+    #[command(
+        long_about = "Attach a container network namespace on a host to a tenant. The agent \
+            on the host creates a veth pair, plugs one end into br-int with the tenant's tag, \
+            and moves the other into the namespace as --ifname (eth0) with the endpoint's MAC, \
+            address, MTU and a default route via the tenant's gateway.\n\n\
+            Name the namespace with exactly one of --netns (a name from `ip netns`, or a path \
+            when the value contains '/'), --pid (the namespace of that process) or --docker \
+            (a container's name or id).",
+        after_help = "Examples:\n  \
+            ovl endpoint create blue --host node1 --name web1 --netns web1\n  \
+            ovl endpoint create blue --host node1 --name db1 --docker db --ip 10.10.0.20 --wait\n  \
+            ovl endpoint create blue --host node2 --name job7 --pid 4242 --ifname ovl0"
+    )]
+    Create(EndpointCreateArgs),
+
+    /// List endpoints, optionally of one tenant and/or on one host
+    #[command(
+        after_help = "Examples:\n  ovl endpoint list\n  ovl endpoint list --tenant blue --host node1"
+    )]
+    List(EndpointListArgs),
+
+    /// Show one endpoint with its addressing and its host's apply state
+    #[command(after_help = "Example:\n  ovl endpoint show web1")]
+    Show(NameArg),
+
+    /// Delete an endpoint (its interfaces are removed from its host)
+    #[command(after_help = "Example:\n  ovl endpoint delete web1 --wait")]
+    Delete(EndpointDeleteArgs),
+}
+
+/// `ovl endpoint create`.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["netns", "pid", "docker"])))]
+pub struct EndpointCreateArgs {
+    /// The tenant to attach to
+    pub tenant: String,
+
+    /// The host the namespace lives on
+    #[arg(long, value_name = "HOST")]
+    pub host: String,
+
+    /// Endpoint name, unique in the cluster
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+
+    /// Network namespace: a name (as `ip netns add NAME` makes) or, if it contains '/', a path
+    #[arg(long, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
+
+    /// The network namespace of this process
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// The network namespace of this Docker container (name or id)
+    #[arg(long, value_name = "CONTAINER")]
+    pub docker: Option<String>,
+
+    /// Interface name inside the namespace [default: eth0]
+    #[arg(long, value_name = "NAME")]
+    pub ifname: Option<String>,
+
+    /// A fixed IPv4 address in the tenant's subnet, without prefix (allocated when absent)
+    #[arg(long, value_name = "ADDR")]
+    pub ip: Option<String>,
+
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// `ovl endpoint list`.
+#[derive(Debug, Clone, Args)]
+pub struct EndpointListArgs {
+    /// Only endpoints of this tenant
+    #[arg(long, value_name = "TENANT")]
+    pub tenant: Option<String>,
+
+    /// Only endpoints on this host
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+}
+
+/// `ovl endpoint delete`.
+#[derive(Debug, Clone, Args)]
+pub struct EndpointDeleteArgs {
+    /// The endpoint to delete
+    pub name: String,
+
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// Parses `30s`, `2m`, `500ms` (humantime syntax) or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration like 30s, 2m or 500ms: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ovl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = parse(&["tenant", "list", "-o", "json", "--controller", "c:1"]).unwrap();
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        assert_eq!(cli.global.controller.as_deref(), Some("c:1"));
+        assert_eq!(cli.global.timeout, Duration::from_secs(30));
+        assert_eq!(cli.global.connect_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn key_is_an_alias_of_vni() {
+        let cli = parse(&[
+            "tenant",
+            "create",
+            "r",
+            "--subnet",
+            "10.0.0.0/24",
+            "--key",
+            "7",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Tenant(TenantCommand::Create(a)) => assert_eq!(a.vni, Some(7)),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn endpoint_needs_exactly_one_target() {
+        let base = [
+            "endpoint", "create", "blue", "--host", "h1", "--name", "web1",
+        ];
+        let e = parse(&base).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
+        assert!(e.to_string().contains("--netns"), "{e}");
+
+        let mut two = base.to_vec();
+        two.extend(["--netns", "x", "--pid", "3"]);
+        assert_eq!(parse(&two).unwrap_err().kind(), ErrorKind::ArgumentConflict);
+
+        let mut one = base.to_vec();
+        one.extend(["--docker", "db"]);
+        parse(&one).unwrap();
+    }
+
+    #[test]
+    fn wait_takes_an_optional_duration_after_equals() {
+        let cli = parse(&["endpoint", "delete", "--wait", "web1"]).unwrap();
+        match cli.command {
+            Command::Endpoint(EndpointCommand::Delete(a)) => {
+                assert_eq!(a.name, "web1");
+                assert_eq!(a.wait.wait, Some(Duration::from_secs(60)));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = parse(&["tenant", "delete", "blue", "--force", "--wait=2m"]).unwrap();
+        match cli.command {
+            Command::Tenant(TenantCommand::Delete(a)) => {
+                assert!(a.force);
+                assert_eq!(a.wait.wait, Some(Duration::from_secs(120)));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = parse(&["tenant", "delete", "blue"]).unwrap();
+        match cli.command {
+            Command::Tenant(TenantCommand::Delete(a)) => assert_eq!(a.wait.wait, None),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("soon").unwrap_err().contains("'soon'"));
+        let e = parse(&["status", "--timeout", "soon"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn help_teaches_exit_codes_and_examples() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("Exit codes:"), "{help}");
+        assert!(help.contains("OVL_CONTROLLER"), "{help}");
+        let mut cmd = Cli::command();
+        let create = cmd
+            .find_subcommand_mut("endpoint")
+            .and_then(|c| c.find_subcommand_mut("create"))
+            .expect("endpoint create exists");
+        let help = create.render_long_help().to_string();
+        assert!(help.contains("Examples:"), "{help}");
+        assert!(help.contains("--docker"), "{help}");
+        let mut cmd = Cli::command();
+        let delete = cmd
+            .find_subcommand_mut("tenant")
+            .and_then(|c| c.find_subcommand_mut("delete"))
+            .expect("tenant delete exists");
+        let help = delete.render_long_help().to_string();
+        let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            flat.contains("--force deletes those endpoints too"),
+            "{help}"
+        );
+    }
+}

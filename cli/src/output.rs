@@ -1,0 +1,810 @@
+//! Rendering replies for people (aligned tables, `key: value` blocks) and for scripts (JSON).
+//!
+//! Everything here is a pure function from a reply to a string; the current time is passed in
+//! so "3s ago" renders deterministically in tests. Printing is the caller's job.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use ovl_common::intent::{ObjectKind, ObjectStatus};
+use ovl_common::proto::{ApiReply, EndpointInfo, HostInfo, HostStatus, TenantInfo};
+use serde_json::Value;
+
+use crate::args::OutputFormat;
+
+/// Renders a reply in the chosen format, ending with a newline.
+pub fn render(
+    reply: &ApiReply,
+    format: OutputFormat,
+    now: u64,
+) -> Result<String, serde_json::Error> {
+    match format {
+        OutputFormat::Table => Ok(render_text(reply, now)),
+        OutputFormat::Json => render_json(reply),
+    }
+}
+
+/// The reply's payload (without the variant's name) as pretty-printed JSON. Each tenant, host or
+/// endpoint is one flat object (its own fields beside `endpoints`, `status`, `state`…), so
+/// scripts can write `jq '.[].name'` whether or not the wire types nest the object.
+pub fn render_json(reply: &ApiReply) -> Result<String, serde_json::Error> {
+    // Serialize the payload itself, so the JSON does not depend on how the wire enum is tagged.
+    let mut data = match reply {
+        ApiReply::Tenant(t) => serde_json::to_value(t)?,
+        ApiReply::Tenants(ts) => serde_json::to_value(ts)?,
+        ApiReply::Host(h) => serde_json::to_value(h)?,
+        ApiReply::Hosts(hs) => serde_json::to_value(hs)?,
+        ApiReply::Endpoint(e) => serde_json::to_value(e)?,
+        ApiReply::Endpoints(es) => serde_json::to_value(es)?,
+        ApiReply::Deleted { removed } => serde_json::json!({ "removed": removed }),
+        ApiReply::Status(s) => serde_json::to_value(s)?,
+    };
+    if let Some(key) = nested_object(reply) {
+        match &mut data {
+            Value::Array(items) => items.iter_mut().for_each(|item| hoist(item, key)),
+            one => hoist(one, key),
+        }
+    }
+    let mut out = serde_json::to_string_pretty(&data)?;
+    out.push('\n');
+    Ok(out)
+}
+
+/// The field under which an info reply carries its object, if the wire types nest it.
+fn nested_object(reply: &ApiReply) -> Option<&'static str> {
+    match reply {
+        ApiReply::Tenant(_) | ApiReply::Tenants(_) => Some("tenant"),
+        ApiReply::Host(_) | ApiReply::Hosts(_) => Some("host"),
+        ApiReply::Endpoint(_) | ApiReply::Endpoints(_) => Some("endpoint"),
+        ApiReply::Deleted { .. } | ApiReply::Status(_) => None,
+    }
+}
+
+/// Moves the fields of the object under `key` up into `v`. Does nothing when `v[key]` is not
+/// an object (already flat, or a plain field of that name).
+pub fn hoist(v: &mut Value, key: &str) {
+    let Value::Object(map) = v else { return };
+    if !matches!(map.get(key), Some(Value::Object(_))) {
+        return;
+    }
+    if let Some(Value::Object(inner)) = map.remove(key) {
+        for (k, x) in inner {
+            map.entry(k).or_insert(x);
+        }
+    }
+}
+
+/// The reply as tables and `key: value` blocks.
+pub fn render_text(reply: &ApiReply, now: u64) -> String {
+    match reply {
+        ApiReply::Tenant(t) => tenant_block(t),
+        ApiReply::Tenants(ts) => tenants_table(ts),
+        ApiReply::Host(h) => host_block(h, now),
+        ApiReply::Hosts(hs) => hosts_table(hs, now),
+        ApiReply::Endpoint(e) => endpoint_block(e),
+        ApiReply::Endpoints(es) => endpoints_table(es),
+        ApiReply::Deleted { removed } => deleted(removed),
+        ApiReply::Status(hs) => status_table(hs, now),
+    }
+}
+
+/// A plain-text table: columns separated by two spaces, each as wide as its widest cell; no
+/// trailing spaces.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Self {
+        Self {
+            header: header.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let cols = self.header.len();
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (i, cell) in row.iter().enumerate().take(cols) {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate().take(cols) {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                line.push_str(cell);
+                let pad = widths[i].saturating_sub(cell.chars().count());
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// `key: value` lines with the values aligned.
+fn block(pairs: &[(&str, String)]) -> String {
+    let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    let mut out = String::new();
+    for (k, v) in pairs {
+        out.push_str(format!("{:<width$} {v}", format!("{k}:")).trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn dash_if_empty(s: String) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s
+    }
+}
+
+fn opt<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.into()
+}
+
+/// A Unix time as RFC 3339 UTC, to the second.
+pub fn timestamp(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+/// How long ago `then` was, compactly: `3s ago`, `2m5s ago`, `4h12m ago`, `3d2h ago`, or
+/// `never`. A time in the future (clocks disagree) shows as `0s ago`.
+pub fn ago(then: Option<u64>, now: u64) -> String {
+    let Some(then) = then else {
+        return "never".into();
+    };
+    let d = now.saturating_sub(then);
+    let (days, hours, mins, secs) = (d / 86400, d / 3600 % 24, d / 60 % 60, d % 60);
+    if d < 60 {
+        format!("{secs}s ago")
+    } else if d < 3600 {
+        format!("{mins}m{secs}s ago")
+    } else if d < 86400 {
+        format!("{hours}h{mins}m ago")
+    } else {
+        format!("{days}d{hours}h ago")
+    }
+}
+
+/// `applied/desired`, with `-` for a host that never applied anything.
+fn generations(s: &HostStatus) -> String {
+    format!("{}/{}", opt(&s.applied_generation), s.desired_generation)
+}
+
+fn kind(k: ObjectKind) -> &'static str {
+    match k {
+        ObjectKind::Bridge => "bridge",
+        ObjectKind::Tunnel => "tunnel",
+        ObjectKind::Endpoint => "endpoint",
+        ObjectKind::Tenant => "tenant",
+    }
+}
+
+fn object_error(o: &ObjectStatus) -> String {
+    format!(
+        "{} {}: {}",
+        kind(o.kind),
+        o.name,
+        o.error.as_deref().unwrap_or("failed")
+    )
+}
+
+pub fn tenants_table(ts: &[TenantInfo]) -> String {
+    let mut t = Table::new(&[
+        "NAME",
+        "TYPE",
+        "KEY",
+        "VLAN",
+        "SUBNET",
+        "GATEWAY",
+        "MTU",
+        "ENDPOINTS",
+        "HOSTS",
+    ]);
+    for i in ts {
+        let x = &i.tenant;
+        t.row(vec![
+            x.name.to_string(),
+            x.segment.to_string(),
+            x.key.to_string(),
+            x.vlan.to_string(),
+            x.subnet.to_string(),
+            x.gateway.to_string(),
+            x.mtu.to_string(),
+            i.endpoints.to_string(),
+            dash_if_empty(join(&i.hosts)),
+        ]);
+    }
+    t.render()
+}
+
+fn join<T: ToString>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn tenant_block(i: &TenantInfo) -> String {
+    let x = &i.tenant;
+    let key_label = match x.segment {
+        ovl_common::SegmentType::Vxlan => "vni",
+        ovl_common::SegmentType::Gre => "key",
+        ovl_common::SegmentType::Vlan => "wire tag",
+    };
+    block(&[
+        ("name", x.name.to_string()),
+        ("id", x.id.to_string()),
+        ("type", x.segment.to_string()),
+        (key_label, x.key.to_string()),
+        ("vlan", x.vlan.to_string()),
+        ("subnet", x.subnet.to_string()),
+        ("gateway", x.gateway.to_string()),
+        (
+            "mtu",
+            format!(
+                "{} ({})",
+                x.mtu,
+                if x.mtu_explicit {
+                    "set"
+                } else {
+                    "derived from the underlay"
+                }
+            ),
+        ),
+        ("endpoints", i.endpoints.to_string()),
+        ("hosts", dash_if_empty(join(&i.hosts))),
+        ("created", timestamp(x.created)),
+    ])
+}
+
+pub fn endpoints_table(es: &[EndpointInfo]) -> String {
+    let mut t = Table::new(&[
+        "NAME", "TENANT", "HOST", "IP", "MAC", "IFNAME", "TARGET", "STATE",
+    ]);
+    for i in es {
+        let e = &i.endpoint;
+        t.row(vec![
+            e.name.to_string(),
+            e.tenant.to_string(),
+            e.host.to_string(),
+            format!("{}/{}", e.ip, i.prefix_len),
+            e.mac.to_string(),
+            e.ifname.clone(),
+            e.target.to_string(),
+            i.state.clone(),
+        ]);
+    }
+    t.render()
+}
+
+pub fn endpoint_block(i: &EndpointInfo) -> String {
+    let e = &i.endpoint;
+    let mut pairs = vec![
+        ("name", e.name.to_string()),
+        ("id", e.id.to_string()),
+        ("tenant", e.tenant.to_string()),
+        ("host", e.host.to_string()),
+        ("target", e.target.to_string()),
+        ("ifname", e.ifname.clone()),
+        ("mac", e.mac.to_string()),
+        ("ip", format!("{}/{}", e.ip, i.prefix_len)),
+        ("gateway", i.gateway.to_string()),
+        ("mtu", i.mtu.to_string()),
+        ("vlan", i.vlan.to_string()),
+        ("state", i.state.clone()),
+    ];
+    if let Some(err) = &i.error {
+        pairs.push(("error", err.clone()));
+    }
+    pairs.push(("created", timestamp(e.created)));
+    block(&pairs)
+}
+
+pub fn hosts_table(hs: &[HostInfo], now: u64) -> String {
+    let mut t = Table::new(&[
+        "NAME",
+        "UNDERLAY",
+        "CONNECTED",
+        "LAST-CONTACT",
+        "APPLIED/DESIRED",
+        "DATAPATH",
+        "ENDPOINTS",
+    ]);
+    for h in hs {
+        let s = &h.status;
+        t.row(vec![
+            h.host.name.to_string(),
+            h.host.underlay.to_string(),
+            yes_no(s.connected),
+            ago(s.last_contact, now),
+            generations(s),
+            opt(&s.datapath),
+            s.endpoints.to_string(),
+        ]);
+    }
+    t.render()
+}
+
+pub fn host_block(h: &HostInfo, now: u64) -> String {
+    let (x, s) = (&h.host, &h.status);
+    let mut out = block(&[
+        ("name", x.name.to_string()),
+        ("id", x.id.to_string()),
+        ("underlay", x.underlay.to_string()),
+        ("underlay mtu", x.underlay_mtu.to_string()),
+        ("capabilities", dash_if_empty(x.capabilities.join(" "))),
+        ("registered", timestamp(x.registered)),
+        ("connected", yes_no(s.connected)),
+        ("remote", opt(&s.remote)),
+        ("agent version", opt(&s.agent_version)),
+        ("last contact", ago(s.last_contact, now)),
+        ("applied/desired", generations(s)),
+        ("datapath", opt(&s.datapath)),
+        ("endpoints", s.endpoints.to_string()),
+    ]);
+    out.push_str(&errors_section(&s.errors, ""));
+    out
+}
+
+/// `errors: none`, or `errors:` and one indented line per failed object.
+fn errors_section(errors: &[ObjectStatus], prefix: &str) -> String {
+    if errors.is_empty() {
+        return "errors: none\n".into();
+    }
+    let mut out = String::from("errors:\n");
+    for o in errors {
+        out.push_str(&format!("  {prefix}{}\n", object_error(o)));
+    }
+    out
+}
+
+pub fn status_table(hs: &[HostStatus], now: u64) -> String {
+    let mut t = Table::new(&[
+        "HOST",
+        "CONNECTED",
+        "LAST-CONTACT",
+        "APPLIED/DESIRED",
+        "DATAPATH",
+        "ENDPOINTS",
+        "ERRORS",
+    ]);
+    for s in hs {
+        t.row(vec![
+            s.name.to_string(),
+            yes_no(s.connected),
+            ago(s.last_contact, now),
+            generations(s),
+            opt(&s.datapath),
+            s.endpoints.to_string(),
+            s.errors.len().to_string(),
+        ]);
+    }
+    let mut out = t.render();
+    let failed: Vec<_> = hs.iter().filter(|s| !s.errors.is_empty()).collect();
+    if !failed.is_empty() {
+        out.push_str("\nerrors:\n");
+        for s in failed {
+            for o in &s.errors {
+                out.push_str(&format!("  {}: {}\n", s.name, object_error(o)));
+            }
+        }
+    }
+    out
+}
+
+pub fn deleted(removed: &[String]) -> String {
+    if removed.is_empty() {
+        return "nothing removed\n".into();
+    }
+    removed.iter().map(|r| format!("removed {r}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ovl_common::model::{Endpoint, Host, NetnsTarget, SegmentType, Tenant};
+    use ovl_common::{EndpointName, HostName, TenantName};
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn tenant(name: &str, segment: SegmentType, key: u32, vlan: u16, hosts: &[&str]) -> TenantInfo {
+        TenantInfo {
+            tenant: Tenant {
+                id: vlan as u32,
+                name: TenantName::new(name).unwrap(),
+                segment,
+                key,
+                vlan,
+                subnet: "10.10.0.0/24".parse().unwrap(),
+                gateway: "10.10.0.1".parse().unwrap(),
+                mtu: 1450,
+                mtu_explicit: false,
+                created: NOW - 100,
+            },
+            endpoints: hosts.len() as u32,
+            hosts: hosts.iter().map(|h| HostName::new(*h).unwrap()).collect(),
+        }
+    }
+
+    fn status(
+        name: &str,
+        connected: bool,
+        applied: Option<u64>,
+        errors: Vec<ObjectStatus>,
+    ) -> HostStatus {
+        HostStatus {
+            name: HostName::new(name).unwrap(),
+            connected,
+            last_contact: connected.then_some(NOW - 3),
+            remote: connected.then(|| "192.168.56.11:40000".to_string()),
+            agent_version: Some("0.1.0".into()),
+            datapath: connected.then(|| "netdev".to_string()),
+            desired_generation: 7,
+            applied_generation: applied,
+            endpoints: 2,
+            errors,
+        }
+    }
+
+    fn endpoint(name: &str, target: NetnsTarget, state: &str, error: Option<&str>) -> EndpointInfo {
+        EndpointInfo {
+            endpoint: Endpoint {
+                id: 12,
+                name: EndpointName::new(name).unwrap(),
+                tenant: TenantName::new("blue").unwrap(),
+                host: HostName::new("node1").unwrap(),
+                target,
+                ifname: "eth0".into(),
+                mac: "0a:58:0a:0a:00:02".parse().unwrap(),
+                ip: "10.10.0.2".parse().unwrap(),
+                created: NOW - 60,
+            },
+            prefix_len: 24,
+            gateway: "10.10.0.1".parse().unwrap(),
+            mtu: 1450,
+            vlan: 101,
+            state: state.into(),
+            error: error.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn table_aligns_columns_without_trailing_spaces() {
+        let mut t = Table::new(&["A", "LONG-HEADER", "C"]);
+        t.row(vec!["wide-cell".into(), "x".into(), "".into()]);
+        t.row(vec!["b".into(), "y".into(), "z".into()]);
+        assert_eq!(
+            t.render(),
+            "A          LONG-HEADER  C\n\
+             wide-cell  x\n\
+             b          y            z\n"
+        );
+    }
+
+    #[test]
+    fn tenants_golden() {
+        let out = render_text(
+            &ApiReply::Tenants(vec![
+                tenant("blue", SegmentType::Vxlan, 5001, 101, &["node1", "node2"]),
+                tenant("red", SegmentType::Gre, 42, 102, &[]),
+            ]),
+            NOW,
+        );
+        assert_eq!(
+            out,
+            "NAME  TYPE   KEY   VLAN  SUBNET        GATEWAY    MTU   ENDPOINTS  HOSTS\n\
+             blue  vxlan  5001  101   10.10.0.0/24  10.10.0.1  1450  2          node1,node2\n\
+             red   gre    42    102   10.10.0.0/24  10.10.0.1  1450  0          -\n"
+        );
+    }
+
+    #[test]
+    fn empty_list_is_just_the_header() {
+        assert_eq!(
+            render_text(&ApiReply::Tenants(vec![]), NOW),
+            "NAME  TYPE  KEY  VLAN  SUBNET  GATEWAY  MTU  ENDPOINTS  HOSTS\n"
+        );
+    }
+
+    #[test]
+    fn tenant_show_golden() {
+        let out = render_text(
+            &ApiReply::Tenant(tenant("red", SegmentType::Gre, 42, 102, &["node1"])),
+            NOW,
+        );
+        assert_eq!(
+            out,
+            "name:      red\n\
+             id:        102\n\
+             type:      gre\n\
+             key:       42\n\
+             vlan:      102\n\
+             subnet:    10.10.0.0/24\n\
+             gateway:   10.10.0.1\n\
+             mtu:       1450 (derived from the underlay)\n\
+             endpoints: 1\n\
+             hosts:     node1\n\
+             created:   2023-11-14T22:11:40Z\n"
+        );
+    }
+
+    #[test]
+    fn endpoints_golden() {
+        let out = render_text(
+            &ApiReply::Endpoints(vec![
+                endpoint("web1", NetnsTarget::Name("web1".into()), "ok", None),
+                endpoint("db1", NetnsTarget::Docker("db".into()), "pending", None),
+            ]),
+            NOW,
+        );
+        assert_eq!(
+            out,
+            "NAME  TENANT  HOST   IP            MAC                IFNAME  TARGET      STATE\n\
+             web1  blue    node1  10.10.0.2/24  0a:58:0a:0a:00:02  eth0    netns:web1  ok\n\
+             db1   blue    node1  10.10.0.2/24  0a:58:0a:0a:00:02  eth0    docker:db   pending\n"
+        );
+    }
+
+    #[test]
+    fn endpoint_show_golden_with_error() {
+        let out = render_text(
+            &ApiReply::Endpoint(endpoint(
+                "web1",
+                NetnsTarget::Pid(4242),
+                "error",
+                Some("/proc/4242/ns/net: no such process"),
+            )),
+            NOW,
+        );
+        assert_eq!(
+            out,
+            "name:    web1\n\
+             id:      12\n\
+             tenant:  blue\n\
+             host:    node1\n\
+             target:  pid:4242\n\
+             ifname:  eth0\n\
+             mac:     0a:58:0a:0a:00:02\n\
+             ip:      10.10.0.2/24\n\
+             gateway: 10.10.0.1\n\
+             mtu:     1450\n\
+             vlan:    101\n\
+             state:   error\n\
+             error:   /proc/4242/ns/net: no such process\n\
+             created: 2023-11-14T22:12:20Z\n"
+        );
+    }
+
+    fn host(name: &str, s: HostStatus) -> HostInfo {
+        HostInfo {
+            host: Host {
+                id: 1,
+                name: HostName::new(name).unwrap(),
+                underlay: "192.168.56.11".parse().unwrap(),
+                underlay_mtu: 1500,
+                capabilities: vec!["datapath=netdev".into(), "segment=vxlan".into()],
+                registered: NOW - 3600,
+            },
+            status: s,
+        }
+    }
+
+    #[test]
+    fn hosts_golden() {
+        let out = render_text(
+            &ApiReply::Hosts(vec![
+                host("node1", status("node1", true, Some(7), vec![])),
+                host("node2", status("node2", false, None, vec![])),
+            ]),
+            NOW,
+        );
+        assert_eq!(
+            out,
+            "NAME   UNDERLAY       CONNECTED  LAST-CONTACT  APPLIED/DESIRED  DATAPATH  ENDPOINTS\n\
+             node1  192.168.56.11  yes        3s ago        7/7              netdev    2\n\
+             node2  192.168.56.11  no         never         -/7              -         2\n"
+        );
+    }
+
+    #[test]
+    fn host_show_golden() {
+        let errors = vec![ObjectStatus::failed(
+            ObjectKind::Tunnel,
+            "blue@node2",
+            "remote_ip unreachable",
+        )];
+        let out = render_text(
+            &ApiReply::Host(host("node1", status("node1", true, Some(6), errors))),
+            NOW,
+        );
+        assert_eq!(
+            out,
+            "name:            node1\n\
+             id:              1\n\
+             underlay:        192.168.56.11\n\
+             underlay mtu:    1500\n\
+             capabilities:    datapath=netdev segment=vxlan\n\
+             registered:      2023-11-14T21:13:20Z\n\
+             connected:       yes\n\
+             remote:          192.168.56.11:40000\n\
+             agent version:   0.1.0\n\
+             last contact:    3s ago\n\
+             applied/desired: 6/7\n\
+             datapath:        netdev\n\
+             endpoints:       2\n\
+             errors:\n\
+             \x20 tunnel blue@node2: remote_ip unreachable\n"
+        );
+    }
+
+    #[test]
+    fn status_golden() {
+        let errors = vec![ObjectStatus::failed(
+            ObjectKind::Endpoint,
+            "web3",
+            "cannot open /run/netns/web3: No such file or directory",
+        )];
+        let out = render_text(
+            &ApiReply::Status(vec![
+                status("node1", true, Some(7), vec![]),
+                status("node2", true, Some(5), errors),
+            ]),
+            NOW,
+        );
+        assert_eq!(
+            out,
+            "HOST   CONNECTED  LAST-CONTACT  APPLIED/DESIRED  DATAPATH  ENDPOINTS  ERRORS\n\
+             node1  yes        3s ago        7/7              netdev    2          0\n\
+             node2  yes        3s ago        5/7              netdev    2          1\n\
+             \n\
+             errors:\n\
+             \x20 node2: endpoint web3: cannot open /run/netns/web3: No such file or directory\n"
+        );
+    }
+
+    #[test]
+    fn deleted_lines() {
+        let out = render_text(
+            &ApiReply::Deleted {
+                removed: vec!["tenant blue".into(), "endpoint web1".into()],
+            },
+            NOW,
+        );
+        assert_eq!(out, "removed tenant blue\nremoved endpoint web1\n");
+        assert_eq!(
+            render_text(&ApiReply::Deleted { removed: vec![] }, NOW),
+            "nothing removed\n"
+        );
+    }
+
+    #[test]
+    fn ago_is_compact() {
+        assert_eq!(ago(None, NOW), "never");
+        assert_eq!(ago(Some(NOW), NOW), "0s ago");
+        assert_eq!(ago(Some(NOW + 5), NOW), "0s ago");
+        assert_eq!(ago(Some(NOW - 59), NOW), "59s ago");
+        assert_eq!(ago(Some(NOW - 125), NOW), "2m5s ago");
+        assert_eq!(ago(Some(NOW - (4 * 3600 + 12 * 60 + 9)), NOW), "4h12m ago");
+        assert_eq!(ago(Some(NOW - (3 * 86400 + 2 * 3600)), NOW), "3d2h ago");
+    }
+
+    #[test]
+    fn json_is_the_reply_data() {
+        let out = render_json(&ApiReply::Tenants(vec![tenant(
+            "blue",
+            SegmentType::Vxlan,
+            5001,
+            101,
+            &["node1"],
+        )]))
+        .unwrap();
+        assert!(out.ends_with('\n'));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let list = v.as_array().expect("a list renders as a JSON array");
+        assert_eq!(list.len(), 1);
+        let t = &list[0];
+        assert_eq!(t["name"], "blue");
+        assert_eq!(t["segment"], "vxlan");
+        assert_eq!(t["key"], 5001);
+        assert_eq!(t["subnet"], "10.10.0.0/24");
+        assert_eq!(t["endpoints"], 1);
+        assert_eq!(t["hosts"], serde_json::json!(["node1"]));
+        assert!(t.get("kind").is_none() && t.get("data").is_none());
+
+        let out = render_json(&ApiReply::Endpoint(endpoint(
+            "web1",
+            NetnsTarget::Path("/run/netns/x".into()),
+            "ok",
+            None,
+        )))
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["name"], "web1");
+        assert_eq!(v["mac"], "0a:58:0a:0a:00:02");
+        assert_eq!(v["ip"], "10.10.0.2");
+        assert_eq!(v["prefix_len"], 24);
+        assert_eq!(v["target"], serde_json::json!({"path": "/run/netns/x"}));
+        assert_eq!(v["state"], "ok");
+
+        let out = render_json(&ApiReply::Deleted {
+            removed: vec!["tenant blue".into()],
+        })
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v, serde_json::json!({"removed": ["tenant blue"]}));
+
+        let out = render_json(&ApiReply::Status(vec![status(
+            "node1",
+            false,
+            None,
+            vec![],
+        )]))
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v[0]["name"], "node1");
+        assert_eq!(v[0]["connected"], false);
+        assert_eq!(v[0]["applied_generation"], serde_json::Value::Null);
+        assert_eq!(v[0]["desired_generation"], 7);
+    }
+
+    #[test]
+    fn nested_objects_are_flattened_for_json() {
+        let mut nested = serde_json::json!({
+            "tenant": {"id": 1, "name": "blue"},
+            "endpoints": 2,
+            "hosts": ["node1"],
+        });
+        hoist(&mut nested, "tenant");
+        assert_eq!(
+            nested,
+            serde_json::json!({"id": 1, "name": "blue", "endpoints": 2, "hosts": ["node1"]})
+        );
+        // A plain field of the same name stays.
+        let mut flat = serde_json::json!({"name": "web1", "tenant": "blue"});
+        hoist(&mut flat, "tenant");
+        assert_eq!(flat, serde_json::json!({"name": "web1", "tenant": "blue"}));
+
+        let out = render_json(&ApiReply::Hosts(vec![host(
+            "node1",
+            status("node1", true, Some(7), vec![]),
+        )]))
+        .unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v[0]["name"], "node1");
+        assert_eq!(v[0]["underlay"], "192.168.56.11");
+        assert_eq!(v[0]["status"]["applied_generation"], 7);
+    }
+
+    #[test]
+    fn render_dispatches_on_format() {
+        let reply = ApiReply::Deleted { removed: vec![] };
+        assert_eq!(
+            render(&reply, OutputFormat::Table, NOW).unwrap(),
+            "nothing removed\n"
+        );
+        assert_eq!(
+            render(&reply, OutputFormat::Json, NOW).unwrap(),
+            "{\n  \"removed\": []\n}\n"
+        );
+    }
+}

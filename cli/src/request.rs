@@ -1,0 +1,579 @@
+//! Turns parsed command lines into typed API requests, validating every value first.
+//!
+//! The controller validates every request again; checking here means a mistake is reported
+//! before any connection is made, naming the flag the user typed. The rules come from
+//! [`ovl_common::model`] so both sides agree. This module does no I/O.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnetwork::Ipv4Network;
+use ovl_common::model::{
+    validate_ifname, validate_name, NetnsTarget, SegmentType, ValidationError,
+};
+use ovl_common::proto::{ApiRequest, EndpointCreate, TenantCreate};
+
+use crate::args::{
+    EndpointCommand, EndpointCreateArgs, HostCommand, TenantCommand, TenantCreateArgs,
+};
+
+/// A validated request and whether to wait for the hosts to apply it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub request: ApiRequest,
+    /// `--wait`: how long to wait for the affected hosts to apply the change.
+    pub wait: Option<Duration>,
+}
+
+impl Plan {
+    fn now(request: ApiRequest) -> Self {
+        Self {
+            request,
+            wait: None,
+        }
+    }
+}
+
+/// Gives a validation error the name of the flag the user typed.
+fn as_flag(flag: &str) -> impl FnOnce(ValidationError) -> ValidationError + '_ {
+    move |e| ValidationError::new(flag, e.problem)
+}
+
+/// `ovl tenant …`
+pub fn tenant(cmd: &TenantCommand) -> Result<Plan, ValidationError> {
+    Ok(match cmd {
+        TenantCommand::Create(a) => Plan::now(ApiRequest::TenantCreate(tenant_create(a)?)),
+        TenantCommand::List => Plan::now(ApiRequest::TenantList),
+        TenantCommand::Show(a) => {
+            validate_name("tenant name", &a.name)?;
+            Plan::now(ApiRequest::TenantShow {
+                name: a.name.clone(),
+            })
+        }
+        TenantCommand::Delete(a) => {
+            validate_name("tenant name", &a.name)?;
+            Plan {
+                request: ApiRequest::TenantDelete {
+                    name: a.name.clone(),
+                    force: a.force,
+                },
+                wait: a.wait.wait,
+            }
+        }
+    })
+}
+
+/// `ovl host …`
+pub fn host(cmd: &HostCommand) -> Result<Plan, ValidationError> {
+    Ok(match cmd {
+        HostCommand::List => Plan::now(ApiRequest::HostList),
+        HostCommand::Show(a) => {
+            validate_name("host name", &a.name)?;
+            Plan::now(ApiRequest::HostShow {
+                name: a.name.clone(),
+            })
+        }
+    })
+}
+
+/// `ovl endpoint …`
+pub fn endpoint(cmd: &EndpointCommand) -> Result<Plan, ValidationError> {
+    Ok(match cmd {
+        EndpointCommand::Create(a) => Plan {
+            request: ApiRequest::EndpointCreate(endpoint_create(a)?),
+            wait: a.wait.wait,
+        },
+        EndpointCommand::List(a) => {
+            if let Some(t) = &a.tenant {
+                validate_name("--tenant", t)?;
+            }
+            if let Some(h) = &a.host {
+                validate_name("--host", h)?;
+            }
+            Plan::now(ApiRequest::EndpointList {
+                tenant: a.tenant.clone(),
+                host: a.host.clone(),
+            })
+        }
+        EndpointCommand::Show(a) => {
+            validate_name("endpoint name", &a.name)?;
+            Plan::now(ApiRequest::EndpointShow {
+                name: a.name.clone(),
+            })
+        }
+        EndpointCommand::Delete(a) => {
+            validate_name("endpoint name", &a.name)?;
+            Plan {
+                request: ApiRequest::EndpointDelete {
+                    name: a.name.clone(),
+                },
+                wait: a.wait.wait,
+            }
+        }
+    })
+}
+
+/// `ovl status`
+pub fn status() -> Plan {
+    Plan::now(ApiRequest::Status)
+}
+
+/// Validates `ovl tenant create`.
+pub fn tenant_create(a: &TenantCreateArgs) -> Result<TenantCreate, ValidationError> {
+    validate_name("tenant name", &a.name)?;
+    let subnet = parse_subnet(&a.subnet)?;
+    let segment = match &a.segment {
+        Some(s) => SegmentType::from_str(s).map_err(as_flag("--type"))?,
+        None => SegmentType::Vxlan,
+    };
+    if let Some(key) = a.vni {
+        if segment == SegmentType::Vlan {
+            return Err(ValidationError::new(
+                "--vni",
+                "a vlan segment has no VNI or key; give its tag with --vlan",
+            ));
+        }
+        if key > segment.max_key() {
+            return Err(ValidationError::new(
+                "--vni",
+                format!(
+                    "{key} does not fit a {segment} segment; the largest is {}",
+                    segment.max_key()
+                ),
+            ));
+        }
+    }
+    if let Some(tag) = a.vlan {
+        if !(1..=4094).contains(&tag) {
+            return Err(ValidationError::new(
+                "--vlan",
+                format!("{tag} is not a VLAN tag; use 1-4094"),
+            ));
+        }
+    }
+    if let Some(mtu) = a.mtu {
+        // Linux refuses an Ethernet MTU below 68 (RFC 791's minimum) or above 65535.
+        if !(68..=65535).contains(&mtu) {
+            return Err(ValidationError::new(
+                "--mtu",
+                format!("{mtu} is not a usable MTU; use 68-65535 (typically 1400-9000)"),
+            ));
+        }
+    }
+    Ok(TenantCreate {
+        name: a.name.clone(),
+        subnet: subnet.to_string(),
+        segment: a.segment.as_ref().map(|_| segment.to_string()),
+        key: a.vni,
+        vlan: a.vlan,
+        mtu: a.mtu,
+    })
+}
+
+/// Parses a tenant subnet: an IPv4 network address with a prefix of at most /30 (a gateway and
+/// at least one endpoint must fit).
+pub fn parse_subnet(s: &str) -> Result<Ipv4Network, ValidationError> {
+    let bad =
+        |why: &str| ValidationError::new("--subnet", format!("'{s}' is not an IPv4 CIDR: {why}"));
+    let Some((addr, prefix)) = s.split_once('/') else {
+        return Err(bad("it has no prefix length; write it like 10.10.0.0/24"));
+    };
+    let addr: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| bad(&format!("'{addr}' is not an IPv4 address")))?;
+    let prefix: u8 = match prefix.parse() {
+        Ok(p) if p <= 32 => p,
+        _ => return Err(bad("prefix must be 0-32")),
+    };
+    let net = Ipv4Network::new(addr, prefix).map_err(|_| bad("prefix must be 0-32"))?;
+    if net.network() != addr {
+        return Err(ValidationError::new(
+            "--subnet",
+            format!(
+                "'{s}' has host bits set; did you mean {}/{prefix}?",
+                net.network()
+            ),
+        ));
+    }
+    if prefix > 30 {
+        return Err(ValidationError::new(
+            "--subnet",
+            format!("'{s}' is too small for a gateway and endpoints; use /30 or larger"),
+        ));
+    }
+    Ok(net)
+}
+
+/// Validates `ovl endpoint create`.
+pub fn endpoint_create(a: &EndpointCreateArgs) -> Result<EndpointCreate, ValidationError> {
+    validate_name("tenant name", &a.tenant)?;
+    validate_name("--host", &a.host)?;
+    validate_name("--name", &a.name)?;
+    let target = target(a)?;
+    if let Some(ifname) = &a.ifname {
+        validate_ifname("--ifname", ifname)?;
+    }
+    if let Some(ip) = &a.ip {
+        parse_ip(ip)?;
+    }
+    Ok(EndpointCreate {
+        tenant: a.tenant.clone(),
+        host: a.host.clone(),
+        name: a.name.clone(),
+        target,
+        ifname: a.ifname.clone(),
+        ip: a.ip.clone(),
+    })
+}
+
+/// The namespace target: exactly one of `--netns`, `--pid`, `--docker`. A `--netns` value with
+/// a '/' is a path, otherwise a name under `/run/netns`.
+pub fn target(a: &EndpointCreateArgs) -> Result<NetnsTarget, ValidationError> {
+    let (target, flag) = match (&a.netns, a.pid, &a.docker) {
+        (Some(n), None, None) if n.contains('/') => {
+            (NetnsTarget::Path(PathBuf::from(n)), "--netns")
+        }
+        (Some(n), None, None) => (NetnsTarget::Name(n.clone()), "--netns"),
+        (None, Some(pid), None) => (NetnsTarget::Pid(pid), "--pid"),
+        (None, None, Some(c)) => (NetnsTarget::Docker(c.clone()), "--docker"),
+        _ => {
+            return Err(ValidationError::new(
+                "namespace",
+                "give exactly one of --netns NAME|PATH, --pid PID or --docker CONTAINER",
+            ))
+        }
+    };
+    target.validate().map_err(as_flag(flag))?;
+    Ok(target)
+}
+
+fn parse_ip(ip: &str) -> Result<Ipv4Addr, ValidationError> {
+    if ip.contains('/') {
+        return Err(ValidationError::new(
+            "--ip",
+            format!(
+                "'{ip}' has a prefix; give the address alone, the tenant's subnet sets the prefix"
+            ),
+        ));
+    }
+    ip.parse()
+        .map_err(|_| ValidationError::new("--ip", format!("'{ip}' is not an IPv4 address")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::{Cli, Command};
+    use crate::exit::ExitStatus;
+    use clap::Parser;
+
+    /// Parses a command line and builds its plan, as `run` does.
+    fn plan(args: &[&str]) -> Result<Plan, ValidationError> {
+        let cli = Cli::try_parse_from(std::iter::once("ovl").chain(args.iter().copied()))
+            .expect("the command line parses");
+        match &cli.command {
+            Command::Tenant(c) => tenant(c),
+            Command::Host(c) => host(c),
+            Command::Endpoint(c) => endpoint(c),
+            Command::Status => Ok(status()),
+        }
+    }
+
+    /// Asserts that a command line is refused with exit status 5 and this exact message.
+    fn refused(args: &[&str], message: &str) {
+        let e = plan(args).expect_err("the arguments are refused");
+        assert_eq!(e.to_string(), message, "for {args:?}");
+        assert_eq!(
+            ExitStatus::classify(&anyhow::Error::new(e)),
+            ExitStatus::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn tenant_create_builds_the_request() {
+        let p = plan(&[
+            "tenant",
+            "create",
+            "red",
+            "--subnet",
+            "10.20.0.0/16",
+            "--type",
+            "gre",
+            "--key",
+            "4242",
+            "--vlan",
+            "20",
+            "--mtu",
+            "1400",
+        ])
+        .unwrap();
+        assert_eq!(
+            p.request,
+            ApiRequest::TenantCreate(TenantCreate {
+                name: "red".into(),
+                subnet: "10.20.0.0/16".into(),
+                segment: Some("gre".into()),
+                key: Some(4242),
+                vlan: Some(20),
+                mtu: Some(1400),
+            })
+        );
+        assert_eq!(p.wait, None);
+        let p = plan(&["tenant", "create", "blue", "--subnet", "10.10.0.0/24"]).unwrap();
+        assert_eq!(
+            p.request,
+            ApiRequest::TenantCreate(TenantCreate {
+                name: "blue".into(),
+                subnet: "10.10.0.0/24".into(),
+                segment: None,
+                key: None,
+                vlan: None,
+                mtu: None,
+            })
+        );
+    }
+
+    #[test]
+    fn bad_tenant_arguments() {
+        let create = |extra: &[&'static str]| {
+            let mut v = vec!["tenant", "create"];
+            v.extend_from_slice(extra);
+            v
+        };
+        refused(
+            &create(&["blue", "--subnet", "10.0.0.0/33"]),
+            "invalid --subnet: '10.0.0.0/33' is not an IPv4 CIDR: prefix must be 0-32",
+        );
+        refused(
+            &create(&["blue", "--subnet", "10.0.0.5/24"]),
+            "invalid --subnet: '10.0.0.5/24' has host bits set; did you mean 10.0.0.0/24?",
+        );
+        refused(
+            &create(&["blue", "--subnet", "10.0.0.0"]),
+            "invalid --subnet: '10.0.0.0' is not an IPv4 CIDR: it has no prefix length; write it like 10.10.0.0/24",
+        );
+        refused(
+            &create(&["blue", "--subnet", "10.0.0.256/24"]),
+            "invalid --subnet: '10.0.0.256/24' is not an IPv4 CIDR: '10.0.0.256' is not an IPv4 address",
+        );
+        refused(
+            &create(&["blue", "--subnet", "fd00::/64"]),
+            "invalid --subnet: 'fd00::/64' is not an IPv4 CIDR: 'fd00::' is not an IPv4 address",
+        );
+        refused(
+            &create(&["blue", "--subnet", "10.0.0.0/31"]),
+            "invalid --subnet: '10.0.0.0/31' is too small for a gateway and endpoints; use /30 or larger",
+        );
+        refused(
+            &create(&["Blue", "--subnet", "10.0.0.0/24"]),
+            "invalid tenant name: 'Blue' contains 'B'; use lowercase letters, digits and '-'",
+        );
+        refused(
+            &create(&["blue", "--subnet", "10.0.0.0/24", "--type", "geneve"]),
+            "invalid --type: 'geneve' is not a segment type; use vxlan, gre or vlan",
+        );
+        refused(
+            &create(&["blue", "--subnet", "10.0.0.0/24", "--vni", "16777216"]),
+            "invalid --vni: 16777216 does not fit a vxlan segment; the largest is 16777215",
+        );
+        refused(
+            &create(&[
+                "blue",
+                "--subnet",
+                "10.0.0.0/24",
+                "--type",
+                "vlan",
+                "--key",
+                "5",
+            ]),
+            "invalid --vni: a vlan segment has no VNI or key; give its tag with --vlan",
+        );
+        refused(
+            &create(&["blue", "--subnet", "10.0.0.0/24", "--vlan", "4095"]),
+            "invalid --vlan: 4095 is not a VLAN tag; use 1-4094",
+        );
+        refused(
+            &create(&["blue", "--subnet", "10.0.0.0/24", "--vlan", "0"]),
+            "invalid --vlan: 0 is not a VLAN tag; use 1-4094",
+        );
+        refused(
+            &create(&["blue", "--subnet", "10.0.0.0/24", "--mtu", "40"]),
+            "invalid --mtu: 40 is not a usable MTU; use 68-65535 (typically 1400-9000)",
+        );
+        refused(
+            &["tenant", "delete", "a_b"],
+            "invalid tenant name: 'a_b' contains '_'; use lowercase letters, digits and '-'",
+        );
+        // GRE keys use the whole u32.
+        plan(&create(&[
+            "blue",
+            "--subnet",
+            "10.0.0.0/24",
+            "--type",
+            "gre",
+            "--key",
+            "4294967295",
+        ]))
+        .unwrap();
+    }
+
+    #[test]
+    fn endpoint_create_builds_the_request() {
+        let base = [
+            "endpoint", "create", "blue", "--host", "h1", "--name", "web1",
+        ];
+        let with = |extra: &[&'static str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            plan(&v)
+        };
+        let p = with(&[
+            "--netns", "web1", "--ifname", "eth1", "--ip", "10.0.0.9", "--wait",
+        ])
+        .unwrap();
+        assert_eq!(
+            p.request,
+            ApiRequest::EndpointCreate(EndpointCreate {
+                tenant: "blue".into(),
+                host: "h1".into(),
+                name: "web1".into(),
+                target: NetnsTarget::Name("web1".into()),
+                ifname: Some("eth1".into()),
+                ip: Some("10.0.0.9".into()),
+            })
+        );
+        assert_eq!(p.wait, Some(Duration::from_secs(60)));
+        let target_of = |p: Plan| match p.request {
+            ApiRequest::EndpointCreate(e) => e.target,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            target_of(with(&["--netns", "/proc/7/ns/net"]).unwrap()),
+            NetnsTarget::Path("/proc/7/ns/net".into())
+        );
+        assert_eq!(
+            target_of(with(&["--pid", "7"]).unwrap()),
+            NetnsTarget::Pid(7)
+        );
+        assert_eq!(
+            target_of(with(&["--docker", "db_1"]).unwrap()),
+            NetnsTarget::Docker("db_1".into())
+        );
+    }
+
+    #[test]
+    fn bad_endpoint_arguments() {
+        let base = [
+            "endpoint", "create", "blue", "--host", "h1", "--name", "web1",
+        ];
+        let with = |extra: &[&'static str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            v
+        };
+        refused(
+            &with(&["--pid", "0"]),
+            "invalid --pid: 0 is not a process id",
+        );
+        refused(
+            &with(&["--netns", "run/netns/x"]),
+            "invalid --netns: 'run/netns/x' must be an absolute path",
+        );
+        refused(
+            &with(&["--netns", ".."]),
+            "invalid --netns: '..' is not a namespace name (1-64 characters, no '/'); give a path with a '/' instead",
+        );
+        refused(
+            &with(&["--docker", "my container"]),
+            "invalid --docker: 'my container' is not a Docker container name or id",
+        );
+        refused(
+            &with(&["--netns", "x", "--ifname", "a-very-long-name0"]),
+            "invalid --ifname: 'a-very-long-name0' must be 1 to 15 bytes long (Linux IFNAMSIZ)",
+        );
+        refused(
+            &with(&["--netns", "x", "--ip", "10.0.0.5/24"]),
+            "invalid --ip: '10.0.0.5/24' has a prefix; give the address alone, the tenant's subnet sets the prefix",
+        );
+        refused(
+            &with(&["--netns", "x", "--ip", "ten"]),
+            "invalid --ip: 'ten' is not an IPv4 address",
+        );
+        refused(
+            &[
+                "endpoint", "create", "blue", "--host", "H1", "--name", "web1", "--pid", "3",
+            ],
+            "invalid --host: 'H1' contains 'H'; use lowercase letters, digits and '-'",
+        );
+        refused(
+            &[
+                "endpoint", "create", "blue", "--host", "h1", "--name", "web-", "--pid", "3",
+            ],
+            "invalid --name: 'web-' must not end with '-'",
+        );
+        refused(
+            &["endpoint", "list", "--tenant", "9lives"],
+            "invalid --tenant: '9lives' must start with a letter",
+        );
+        refused(
+            &["endpoint", "show", ""],
+            "invalid endpoint name: must not be empty",
+        );
+        refused(
+            &["host", "show", "node_1"],
+            "invalid host name: 'node_1' contains '_'; use lowercase letters, digits and '-'",
+        );
+    }
+
+    #[test]
+    fn the_target_is_required_even_without_clap() {
+        let a = EndpointCreateArgs {
+            tenant: "blue".into(),
+            host: "h1".into(),
+            name: "web1".into(),
+            netns: None,
+            pid: None,
+            docker: None,
+            ifname: None,
+            ip: None,
+            wait: Default::default(),
+        };
+        let e = endpoint_create(&a).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid namespace: give exactly one of --netns NAME|PATH, --pid PID or --docker CONTAINER"
+        );
+    }
+
+    #[test]
+    fn simple_requests() {
+        assert_eq!(
+            plan(&["tenant", "list"]).unwrap().request,
+            ApiRequest::TenantList
+        );
+        assert_eq!(
+            plan(&["host", "list"]).unwrap().request,
+            ApiRequest::HostList
+        );
+        assert_eq!(plan(&["status"]).unwrap().request, ApiRequest::Status);
+        assert_eq!(
+            plan(&["endpoint", "list", "--host", "h2"]).unwrap().request,
+            ApiRequest::EndpointList {
+                tenant: None,
+                host: Some("h2".into())
+            }
+        );
+        assert_eq!(
+            plan(&["tenant", "delete", "blue", "--force", "--wait=5s"]).unwrap(),
+            Plan {
+                request: ApiRequest::TenantDelete {
+                    name: "blue".into(),
+                    force: true
+                },
+                wait: Some(Duration::from_secs(5)),
+            }
+        );
+    }
+}

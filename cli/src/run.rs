@@ -1,0 +1,200 @@
+//! Running a parsed command line: validate, resolve settings, connect, call, print, and wait.
+//!
+//! This is the only module that prints. Validation happens before anything else, so a bad
+//! argument is reported even when no controller is configured. Errors carry context naming
+//! what was being done; [`crate::exit`] turns them into exit codes.
+
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use ovl_common::model::HostName;
+use ovl_common::proto::{ApiReply, ApiRequest};
+
+use crate::args::{Cli, Command, GlobalArgs, OutputFormat};
+use crate::client::{CallError, Client};
+use crate::config;
+use crate::output;
+use crate::request::{self, Plan};
+use crate::wait::{self, WaitError};
+
+/// Runs `ovl` with parsed arguments.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let plan = match &cli.command {
+        Command::Tenant(c) => request::tenant(c)?,
+        Command::Host(c) => request::host(c)?,
+        Command::Endpoint(c) => request::endpoint(c)?,
+        Command::Status => request::status(),
+    };
+    api(&cli.global, plan).await
+}
+
+/// Runs one API command against the configured controller.
+pub async fn api(global: &GlobalArgs, plan: Plan) -> anyhow::Result<()> {
+    let settings = config::resolve(global, |k| std::env::var(k).ok())?;
+    let mut client = Client::connect(
+        &settings.controller,
+        &settings.credentials,
+        settings.timeouts,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot open a session with the controller at {} (set by {})",
+            settings.controller, settings.controller_origin
+        )
+    })?;
+    let result = execute(&mut client, plan, global.output).await;
+    client.close().await;
+    result
+}
+
+/// What a request does, for error context: "cannot create tenant 'blue'".
+pub fn describe(req: &ApiRequest) -> String {
+    match req {
+        ApiRequest::TenantCreate(t) => format!("create tenant '{}'", t.name),
+        ApiRequest::TenantList => "list tenants".into(),
+        ApiRequest::TenantShow { name } => format!("show tenant '{name}'"),
+        ApiRequest::TenantDelete { name, .. } => format!("delete tenant '{name}'"),
+        ApiRequest::HostList => "list hosts".into(),
+        ApiRequest::HostShow { name } => format!("show host '{name}'"),
+        ApiRequest::EndpointCreate(e) => format!("create endpoint '{}'", e.name),
+        ApiRequest::EndpointList { .. } => "list endpoints".into(),
+        ApiRequest::EndpointShow { name } => format!("show endpoint '{name}'"),
+        ApiRequest::EndpointDelete { name } => format!("delete endpoint '{name}'"),
+        ApiRequest::Status => "get the hosts' status".into(),
+    }
+}
+
+async fn call(client: &mut Client, req: ApiRequest) -> anyhow::Result<ApiReply> {
+    let what = describe(&req);
+    client
+        .call(req)
+        .await
+        .with_context(|| format!("cannot {what}"))
+}
+
+/// Sends the plan's request, prints the reply, and waits if asked.
+pub async fn execute(client: &mut Client, plan: Plan, format: OutputFormat) -> anyhow::Result<()> {
+    let Some(limit) = plan.wait else {
+        let reply = call(client, plan.request).await?;
+        return print_reply(&reply, format);
+    };
+    let mut progress = |line: &str| eprintln!("{line}");
+    match plan.request {
+        ApiRequest::EndpointCreate(create) => {
+            let name = create.name.clone();
+            call(client, ApiRequest::EndpointCreate(create)).await?;
+            let info = wait::endpoint_settled(client, &name, limit, &mut progress)
+                .await
+                .with_context(|| {
+                    format!("endpoint '{name}' was created, but waiting for its host failed")
+                })?;
+            print_reply(&ApiReply::Endpoint(info.clone()), format)?;
+            if info.state == "error" {
+                return Err(WaitError::Failed {
+                    name,
+                    host: info.endpoint.host.to_string(),
+                    error: info.error.unwrap_or_else(|| "no reason given".into()),
+                }
+                .into());
+            }
+            Ok(())
+        }
+        ApiRequest::EndpointDelete { name } => {
+            let show = ApiRequest::EndpointShow { name: name.clone() };
+            let hosts = affected_hosts(client, show, |r| match r {
+                ApiReply::Endpoint(e) => vec![e.endpoint.host.clone()],
+                _ => vec![],
+            })
+            .await?;
+            delete_and_wait(
+                client,
+                ApiRequest::EndpointDelete { name },
+                hosts,
+                limit,
+                format,
+            )
+            .await
+        }
+        ApiRequest::TenantDelete { name, force } => {
+            let show = ApiRequest::TenantShow { name: name.clone() };
+            let hosts = affected_hosts(client, show, |r| match r {
+                ApiReply::Tenant(t) => t.hosts.clone(),
+                _ => vec![],
+            })
+            .await?;
+            let delete = ApiRequest::TenantDelete { name, force };
+            delete_and_wait(client, delete, hosts, limit, format).await
+        }
+        other => {
+            // Only changes that hosts apply take --wait; anything else has nothing to wait for.
+            let reply = call(client, other).await?;
+            print_reply(&reply, format)
+        }
+    }
+}
+
+/// The hosts a delete will affect, read before deleting. If the object cannot be shown, the
+/// delete itself will say why, so that is not an error here.
+async fn affected_hosts(
+    client: &mut Client,
+    show: ApiRequest,
+    hosts_of: impl Fn(&ApiReply) -> Vec<HostName>,
+) -> anyhow::Result<Vec<HostName>> {
+    match client.call(show.clone()).await {
+        Ok(reply) => Ok(hosts_of(&reply)),
+        Err(CallError::Api(_)) => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot {}", describe(&show))),
+    }
+}
+
+async fn delete_and_wait(
+    client: &mut Client,
+    delete: ApiRequest,
+    hosts: Vec<HostName>,
+    limit: std::time::Duration,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    let what = describe(&delete);
+    let reply = call(client, delete).await?;
+    print_reply(&reply, format)?;
+    if hosts.is_empty() {
+        eprintln!("no host had to apply this change");
+        return Ok(());
+    }
+    let mut progress = |line: &str| eprintln!("{line}");
+    let status = wait::status(client)
+        .await
+        .with_context(|| format!("{what}: done, but cannot wait for the hosts"))?;
+    let targets = wait::targets(&status, &hosts);
+    wait::hosts_applied(client, &targets, limit, &mut progress)
+        .await
+        .with_context(|| format!("{what}: done, but waiting for the hosts failed"))?;
+    eprintln!(
+        "applied on {}",
+        hosts
+            .iter()
+            .map(|h| h.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Prints a reply to stdout. A closed pipe (`ovl tenant list | head -1`) is not an error.
+pub fn print_reply(reply: &ApiReply, format: OutputFormat) -> anyhow::Result<()> {
+    let text = output::render(reply, format, now()).context("cannot render the reply as JSON")?;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write to stdout"),
+    }
+}

@@ -1,0 +1,818 @@
+//! The meaning of every CLI request: validation of each field (named as the CLI flag that
+//! carries it), the allocations a create makes and a delete frees, and the shape of each reply.
+//!
+//! Mutations run against the tables of one write transaction that the store opened; any error
+//! returned from here makes the store abort that transaction, so a failed request writes
+//! nothing. Queries read an already loaded [`State`]. This module does not compile intents,
+//! commit, or talk to sessions: the store and the server do.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use ovl_common::intent::ObjectKind;
+use ovl_common::model::{validate_ifname, validate_name, Endpoint, Host, Tenant};
+use ovl_common::proto::{
+    ApiError, ApiReply, ApiRequest, ApiResponse, EndpointCreate, EndpointInfo, ErrorCode, HostInfo,
+    HostStatus, TenantCreate, TenantInfo,
+};
+use ovl_common::{EndpointName, HostName, SegmentType, TenantName, ValidationError};
+
+use crate::alloc::{
+    key_pool, key_space, key_space_pool, key_word, vlan_pool, Claim, Pool, VLAN_MAX, VLAN_MIN,
+};
+use crate::ipam::{ip_from_key, ip_key, mac_from_key, mac_key, mac_pool, SubnetPlan};
+use crate::live::Live;
+use crate::store::tables::{meta, StoredEndpoint, WriteTables};
+use crate::store::{Settings, State, StoreError};
+
+/// Smallest MTU a tenant may ask for (the IPv4 minimum every host must accept).
+pub const MIN_MTU: u32 = 576;
+/// Largest MTU a tenant may ask for (a common jumbo-frame ceiling).
+pub const MAX_MTU: u32 = 9000;
+/// Interface name inside the namespace when the request gives none.
+pub const DEFAULT_IFNAME: &str = "eth0";
+/// How many dependents a refusal names before it says "and N more".
+const NAMES_SHOWN: usize = 10;
+
+/// Why a request failed: the caller's fault (answered as is) or the store's (logged, and
+/// answered as an internal error).
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Api(ApiError),
+    Store(StoreError),
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Failure::Api(e)
+    }
+}
+
+impl From<ValidationError> for Failure {
+    fn from(e: ValidationError) -> Self {
+        Failure::Api(e.into())
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Store(e)
+    }
+}
+
+impl From<redb::StorageError> for Failure {
+    fn from(e: redb::StorageError) -> Self {
+        Failure::Store(e.into())
+    }
+}
+
+/// What a mutation did, so the reply can be built once intents are recompiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Done {
+    TenantCreated(TenantName),
+    EndpointCreated(EndpointName),
+    Deleted(Vec<String>),
+}
+
+/// Whether a request changes the store (and so runs in a write transaction).
+pub fn is_mutation(req: &ApiRequest) -> bool {
+    matches!(
+        req,
+        ApiRequest::TenantCreate(_)
+            | ApiRequest::TenantDelete { .. }
+            | ApiRequest::EndpointCreate(_)
+            | ApiRequest::EndpointDelete { .. }
+    )
+}
+
+/// Applies one mutation to the tables of the store's open write transaction.
+pub(crate) fn mutate(
+    t: &mut WriteTables<'_>,
+    req: &ApiRequest,
+    settings: &Settings,
+    now: u64,
+) -> Result<Done, Failure> {
+    match req {
+        ApiRequest::TenantCreate(c) => tenant_create(t, c, settings, now),
+        ApiRequest::TenantDelete { name, force } => tenant_delete(t, name, *force),
+        ApiRequest::EndpointCreate(c) => endpoint_create(t, c, now),
+        ApiRequest::EndpointDelete { name } => endpoint_delete(t, name),
+        other => Err(Failure::Api(ApiError::new(
+            ErrorCode::Internal,
+            format!("{} is not a change", request_kind(other)),
+        ))),
+    }
+}
+
+/// The reply to a mutation that succeeded, built from the state after it.
+pub(crate) fn reply(state: &State, done: &Done, live: &dyn Live) -> ApiResponse {
+    match done {
+        Done::TenantCreated(name) => {
+            let t = state
+                .tenants
+                .get(name)
+                .ok_or_else(|| missing("tenant", name.as_str()))?;
+            Ok(ApiReply::Tenant(tenant_info(state, t)))
+        }
+        Done::EndpointCreated(name) => {
+            let e = state
+                .endpoints
+                .get(name)
+                .ok_or_else(|| missing("endpoint", name.as_str()))?;
+            Ok(ApiReply::Endpoint(endpoint_info(state, e, live)?))
+        }
+        Done::Deleted(removed) => Ok(ApiReply::Deleted {
+            removed: removed.clone(),
+        }),
+    }
+}
+
+/// Answers a read-only request from a loaded state.
+pub(crate) fn query(state: &State, req: &ApiRequest, live: &dyn Live) -> ApiResponse {
+    match req {
+        ApiRequest::TenantList => Ok(ApiReply::Tenants(
+            state
+                .tenants
+                .values()
+                .map(|t| tenant_info(state, t))
+                .collect(),
+        )),
+        ApiRequest::TenantShow { name } => {
+            let t = find_tenant(state, "name", name)?;
+            Ok(ApiReply::Tenant(tenant_info(state, t)))
+        }
+        ApiRequest::HostList => Ok(ApiReply::Hosts(
+            state
+                .hosts
+                .values()
+                .map(|h| host_info(state, h, live))
+                .collect(),
+        )),
+        ApiRequest::HostShow { name } => {
+            let h = find_host(state, "name", name)?;
+            Ok(ApiReply::Host(host_info(state, h, live)))
+        }
+        ApiRequest::EndpointList { tenant, host } => {
+            let tenant = tenant
+                .as_deref()
+                .map(|n| find_tenant(state, "tenant", n).map(|t| &t.name))
+                .transpose()?;
+            let host = host
+                .as_deref()
+                .map(|n| find_host(state, "host", n).map(|h| &h.name))
+                .transpose()?;
+            state
+                .endpoints
+                .values()
+                .filter(|e| tenant.is_none_or(|t| *t == e.endpoint.tenant))
+                .filter(|e| host.is_none_or(|h| *h == e.endpoint.host))
+                .map(|e| endpoint_info(state, e, live))
+                .collect::<Result<Vec<_>, _>>()
+                .map(ApiReply::Endpoints)
+        }
+        ApiRequest::EndpointShow { name } => {
+            validate_name("name", name)?;
+            let e = EndpointName::new(name.as_str())
+                .ok()
+                .and_then(|n| state.endpoints.get(&n))
+                .ok_or_else(|| {
+                    ApiError::field(
+                        ErrorCode::NotFound,
+                        "name",
+                        format!("no endpoint named '{name}'"),
+                    )
+                })?;
+            Ok(ApiReply::Endpoint(endpoint_info(state, e, live)?))
+        }
+        ApiRequest::Status => Ok(ApiReply::Status(
+            state
+                .hosts
+                .values()
+                .map(|h| host_status(state, h, live))
+                .collect(),
+        )),
+        other => Err(ApiError::new(
+            ErrorCode::Internal,
+            format!(
+                "{} changes the store and cannot be answered read-only",
+                request_kind(other)
+            ),
+        )),
+    }
+}
+
+/// A tenant with its endpoint count and the hosts those endpoints are on (sorted by name).
+pub fn tenant_info(state: &State, t: &Tenant) -> TenantInfo {
+    let mut hosts = BTreeSet::new();
+    let mut endpoints = 0u32;
+    for e in state
+        .endpoints
+        .values()
+        .filter(|e| e.endpoint.tenant == t.name)
+    {
+        endpoints += 1;
+        hosts.insert(e.endpoint.host.clone());
+    }
+    TenantInfo {
+        tenant: t.clone(),
+        endpoints,
+        hosts: hosts.into_iter().collect(),
+    }
+}
+
+pub fn host_info(state: &State, h: &Host, live: &dyn Live) -> HostInfo {
+    HostInfo {
+        host: h.clone(),
+        status: host_status(state, h, live),
+    }
+}
+
+/// A host's session state (from `live`), its desired generation (from the stored intent) and
+/// the objects that failed in its last report.
+pub fn host_status(state: &State, h: &Host, live: &dyn Live) -> HostStatus {
+    let l = live.host(&h.name).unwrap_or_default();
+    HostStatus {
+        name: h.name.clone(),
+        connected: l.connected,
+        last_contact: l.last_contact,
+        remote: l.remote,
+        agent_version: l.agent_version,
+        datapath: l.datapath,
+        desired_generation: state.intents.get(&h.name).map_or(0, |i| i.generation),
+        applied_generation: l.applied_generation,
+        endpoints: state
+            .endpoints
+            .values()
+            .filter(|e| e.endpoint.host == h.name)
+            .count() as u32,
+        errors: l
+            .objects
+            .into_iter()
+            .filter(|o| o.error.is_some())
+            .collect(),
+    }
+}
+
+/// An endpoint with its tenant's addressing and its host's last word on it: `pending` until
+/// the host has applied the generation that first included it, then `error` (with the
+/// message) if the host's report has a failed line for it, else `ok`.
+pub fn endpoint_info(
+    state: &State,
+    e: &StoredEndpoint,
+    live: &dyn Live,
+) -> Result<EndpointInfo, ApiError> {
+    let ep = &e.endpoint;
+    let t = state
+        .tenants
+        .get(&ep.tenant)
+        .ok_or_else(|| missing("tenant", ep.tenant.as_str()))?;
+    let l = live.host(&ep.host).unwrap_or_default();
+    let applied = l
+        .applied_generation
+        .is_some_and(|g| e.first_generation > 0 && g >= e.first_generation);
+    let (status, error) = if !applied {
+        ("pending", None)
+    } else {
+        let failure = l.objects.iter().find(|o| {
+            o.kind == ObjectKind::Endpoint && o.name == ep.name.as_str() && o.error.is_some()
+        });
+        match failure {
+            Some(o) => ("error", o.error.clone()),
+            None => ("ok", None),
+        }
+    };
+    Ok(EndpointInfo {
+        endpoint: ep.clone(),
+        prefix_len: t.subnet.prefix(),
+        gateway: t.gateway,
+        mtu: t.mtu,
+        vlan: t.vlan,
+        state: status.to_string(),
+        error,
+    })
+}
+
+/// `ovl tenant create`: validates every field, then takes the VLAN tag and the key.
+fn tenant_create(
+    t: &mut WriteTables<'_>,
+    c: &TenantCreate,
+    settings: &Settings,
+    now: u64,
+) -> Result<Done, Failure> {
+    let name = tenant_name("name", &c.name)?;
+    let plan = SubnetPlan::parse(&c.subnet)?;
+    let segment: SegmentType = match c.segment.as_deref() {
+        None => SegmentType::Vxlan,
+        Some(s) => s.trim().parse()?,
+    };
+    let key_word = key_word(segment);
+    if let Some(key) = c.key {
+        if !segment.is_tunnel() {
+            return Err(invalid(
+                "vni",
+                format!(
+                    "a {segment} tenant has no VNI or key: its key is its VLAN tag; leave out --vni and give --vlan instead"
+                ),
+            ));
+        }
+        let space = key_space(segment);
+        if !space.contains(&key) {
+            return Err(invalid(
+                "vni",
+                format!(
+                    "{key_word} {key} is out of range; {segment} carries {} to {}",
+                    space.start(),
+                    space.end()
+                ),
+            ));
+        }
+    }
+    if let Some(vlan) = c.vlan {
+        if !(u32::from(VLAN_MIN)..=u32::from(VLAN_MAX)).contains(&vlan) {
+            return Err(invalid(
+                "vlan",
+                format!("VLAN tag {vlan} is out of range; use {VLAN_MIN} to {VLAN_MAX}"),
+            ));
+        }
+    }
+    let overhead = segment.overhead();
+    let max_mtu = settings.underlay_mtu.saturating_sub(overhead);
+    let (mtu, mtu_explicit) = match c.mtu {
+        None => (max_mtu, false),
+        Some(mtu) => {
+            if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
+                return Err(invalid(
+                    "mtu",
+                    format!("MTU {mtu} is out of range; use {MIN_MTU} to {MAX_MTU}"),
+                ));
+            }
+            if mtu > u32::from(max_mtu) {
+                return Err(invalid(
+                    "mtu",
+                    format!(
+                        "MTU {mtu} does not fit: the underlay MTU is {} and {segment} encapsulation takes {overhead} bytes, so a {segment} tenant can use at most {} - {overhead} = {max_mtu}",
+                        settings.underlay_mtu, settings.underlay_mtu
+                    ),
+                ));
+            }
+            // In range 576..=9000, so it fits in a u16.
+            (mtu as u16, true)
+        }
+    };
+
+    if t.tenant(name.as_str())?.is_some() {
+        return Err(Failure::Api(ApiError::field(
+            ErrorCode::AlreadyExists,
+            "name",
+            format!("tenant '{name}' already exists"),
+        )));
+    }
+
+    let vlan = match c.vlan {
+        Some(vlan) => {
+            claim(
+                &vlan_pool(),
+                &mut t.vlans,
+                u64::from(vlan),
+                &name,
+                "vlan",
+                "tenant",
+            )?;
+            vlan as u16
+        }
+        None => {
+            let pool = vlan_pool();
+            let got = pool.allocate(&mut t.vlans, name.as_str())?.ok_or_else(|| {
+                ApiError::field(
+                    ErrorCode::Exhausted,
+                    "vlan",
+                    format!(
+                        "all {} VLAN tags ({VLAN_MIN}-{VLAN_MAX}) are in use; delete a tenant first",
+                        pool.size()
+                    ),
+                )
+            })?;
+            got as u16
+        }
+    };
+
+    let key = if !segment.is_tunnel() {
+        u32::from(vlan)
+    } else {
+        match c.key {
+            Some(key) => {
+                claim(
+                    &key_space_pool(segment),
+                    &mut t.keys,
+                    u64::from(key),
+                    &name,
+                    "vni",
+                    "tenant",
+                )?;
+                key
+            }
+            None => {
+                let pool = key_pool(segment, &settings.key_range);
+                let got = pool.allocate(&mut t.keys, name.as_str())?.ok_or_else(|| {
+                    ApiError::field(
+                        ErrorCode::Exhausted,
+                        "vni",
+                        format!(
+                            "no free {key_word} is left in the controller's range {}-{}; delete a tenant, give one with --vni, or widen the controller's key range",
+                            pool.range().start(),
+                            pool.range().end()
+                        ),
+                    )
+                })?;
+                // The pool's range lies within u32 (see key_pool).
+                got as u32
+            }
+        }
+    };
+
+    let id = t.next_id(meta::NEXT_TENANT_ID)?;
+    let tenant = Tenant {
+        id,
+        name: name.clone(),
+        segment,
+        key,
+        vlan,
+        subnet: plan.network(),
+        gateway: plan.gateway(),
+        mtu,
+        mtu_explicit,
+        created: now,
+    };
+    t.put_tenant(&tenant)?;
+    Ok(Done::TenantCreated(name))
+}
+
+/// `ovl tenant delete [--force]`: refused while endpoints remain unless forced, in which case
+/// they go in the same transaction. Frees the key, the tag, and the endpoints' addresses.
+fn tenant_delete(t: &mut WriteTables<'_>, name: &str, force: bool) -> Result<Done, Failure> {
+    let name = tenant_name("name", name)?;
+    let tenant = t.tenant(name.as_str())?.ok_or_else(|| {
+        ApiError::field(
+            ErrorCode::NotFound,
+            "name",
+            format!("no tenant named '{name}'"),
+        )
+    })?;
+    let endpoints: Vec<StoredEndpoint> = t
+        .all_endpoints()?
+        .into_iter()
+        .filter(|e| e.endpoint.tenant == name)
+        .collect();
+    if !endpoints.is_empty() && !force {
+        let names: Vec<&str> = endpoints.iter().map(|e| e.endpoint.name.as_str()).collect();
+        return Err(Failure::Api(ApiError::field(
+            ErrorCode::Conflict,
+            "name",
+            format!(
+                "tenant '{name}' has {} ({}); delete them first or pass --force",
+                count_of(endpoints.len(), "endpoint"),
+                list_names(&names)
+            ),
+        )));
+    }
+
+    let mut removed = Vec::with_capacity(endpoints.len() + 1);
+    for e in &endpoints {
+        remove_endpoint(t, e, &tenant)?;
+        removed.push(format!("endpoint {}", e.endpoint.name));
+    }
+    release(
+        &vlan_pool(),
+        &mut t.vlans,
+        u64::from(tenant.vlan),
+        name.as_str(),
+    )?;
+    if tenant.segment.is_tunnel() {
+        release(
+            &key_space_pool(tenant.segment),
+            &mut t.keys,
+            u64::from(tenant.key),
+            name.as_str(),
+        )?;
+    }
+    t.remove_tenant(name.as_str())?;
+    removed.push(format!("tenant {name}"));
+    Ok(Done::Deleted(removed))
+}
+
+/// `ovl endpoint create`: validates every field, then takes an address and a MAC and a new id.
+fn endpoint_create(t: &mut WriteTables<'_>, c: &EndpointCreate, now: u64) -> Result<Done, Failure> {
+    let name = endpoint_name("name", &c.name)?;
+    let tenant_name = tenant_name("tenant", &c.tenant)?;
+    let host_name = host_name("host", &c.host)?;
+    let ifname = c.ifname.as_deref().unwrap_or(DEFAULT_IFNAME);
+    validate_ifname("ifname", ifname)?;
+    c.target.validate()?;
+    let wanted_ip: Option<Ipv4Addr> =
+        c.ip.as_deref()
+            .map(|s| {
+                s.trim().parse().map_err(|_| {
+                    invalid("ip", format!("'{s}' is not an IPv4 address like 10.10.0.5"))
+                })
+            })
+            .transpose()?;
+
+    let tenant = t.tenant(tenant_name.as_str())?.ok_or_else(|| {
+        ApiError::field(
+            ErrorCode::NotFound,
+            "tenant",
+            format!("no tenant named '{tenant_name}'; create it with `ovl tenant create`"),
+        )
+    })?;
+    let host = t.host(host_name.as_str())?.ok_or_else(|| {
+        ApiError::field(
+            ErrorCode::NotFound,
+            "host",
+            format!(
+                "no host named '{host_name}' has registered; a host exists once its agent has connected to the controller"
+            ),
+        )
+    })?;
+    if let Some(existing) = t.endpoint(name.as_str())? {
+        return Err(Failure::Api(ApiError::field(
+            ErrorCode::AlreadyExists,
+            "name",
+            format!(
+                "endpoint '{name}' already exists (tenant '{}', host '{}'); endpoint names are unique in the cluster",
+                existing.endpoint.tenant, existing.endpoint.host
+            ),
+        )));
+    }
+    if let Some(clash) = t.all_endpoints()?.into_iter().find(|e| {
+        e.endpoint.host == host.name && e.endpoint.target == c.target && e.endpoint.ifname == ifname
+    }) {
+        return Err(Failure::Api(ApiError::field(
+            ErrorCode::Conflict,
+            "ifname",
+            format!(
+                "endpoint '{}' already has {ifname} in {} on host '{}'; pick another --ifname",
+                clash.endpoint.name, c.target, host.name
+            ),
+        )));
+    }
+
+    let plan = plan_of(&tenant)?;
+    let pool = plan.pool(tenant.id);
+    let ip = match wanted_ip {
+        Some(ip) => {
+            plan.check_endpoint_ip(ip)?;
+            claim(
+                &pool,
+                &mut t.ips,
+                ip_key(tenant.id, ip),
+                &name,
+                "ip",
+                "endpoint",
+            )?;
+            ip
+        }
+        None => {
+            let key = pool.allocate(&mut t.ips, name.as_str())?.ok_or_else(|| {
+                ApiError::field(
+                    ErrorCode::Exhausted,
+                    "ip",
+                    format!(
+                        "tenant '{}' has no free address left in {} ({} fit); delete an endpoint or use a larger subnet",
+                        tenant.name,
+                        tenant.subnet,
+                        count_of(plan.capacity() as usize, "endpoint")
+                    ),
+                )
+            })?;
+            ip_from_key(key).1
+        }
+    };
+
+    let macs = mac_pool();
+    let cursor = t.meta(meta::NEXT_MAC)?.unwrap_or(*macs.range().start());
+    let mac_key_taken = macs
+        .allocate_from(&mut t.macs, cursor, name.as_str())?
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Exhausted,
+                format!("all {} MAC addresses are in use", macs.size()),
+            )
+        })?;
+    let next = if mac_key_taken >= *macs.range().end() {
+        *macs.range().start()
+    } else {
+        mac_key_taken + 1
+    };
+    t.set_meta(meta::NEXT_MAC, next)?;
+
+    let id = t.next_id(meta::NEXT_ENDPOINT_ID)?;
+    let endpoint = StoredEndpoint {
+        endpoint: Endpoint {
+            id,
+            name: name.clone(),
+            tenant: tenant.name.clone(),
+            host: host.name.clone(),
+            target: c.target.clone(),
+            ifname: ifname.to_string(),
+            mac: mac_from_key(mac_key_taken),
+            ip,
+            created: now,
+        },
+        // Set by the store once the host's intent that includes the endpoint is numbered.
+        first_generation: 0,
+    };
+    t.put_endpoint(&endpoint)?;
+    Ok(Done::EndpointCreated(name))
+}
+
+/// `ovl endpoint delete`: frees its address and MAC.
+fn endpoint_delete(t: &mut WriteTables<'_>, name: &str) -> Result<Done, Failure> {
+    let name = endpoint_name("name", name)?;
+    let e = t.endpoint(name.as_str())?.ok_or_else(|| {
+        ApiError::field(
+            ErrorCode::NotFound,
+            "name",
+            format!("no endpoint named '{name}'"),
+        )
+    })?;
+    let tenant = t.tenant(e.endpoint.tenant.as_str())?.ok_or_else(|| {
+        StoreError::Inconsistent(format!(
+            "endpoint '{name}' belongs to tenant '{}', which does not exist",
+            e.endpoint.tenant
+        ))
+    })?;
+    remove_endpoint(t, &e, &tenant)?;
+    Ok(Done::Deleted(vec![format!("endpoint {name}")]))
+}
+
+/// Removes an endpoint row and frees what it held.
+fn remove_endpoint(
+    t: &mut WriteTables<'_>,
+    e: &StoredEndpoint,
+    tenant: &Tenant,
+) -> Result<(), Failure> {
+    let ep = &e.endpoint;
+    let plan = plan_of(tenant)?;
+    release(
+        &plan.pool(tenant.id),
+        &mut t.ips,
+        ip_key(tenant.id, ep.ip),
+        ep.name.as_str(),
+    )?;
+    release(&mac_pool(), &mut t.macs, mac_key(ep.mac), ep.name.as_str())?;
+    t.remove_endpoint(ep.name.as_str())?;
+    Ok(())
+}
+
+/// Takes a value the user asked for, or says who holds it.
+fn claim(
+    pool: &Pool,
+    table: &mut crate::alloc::PoolTable<'_>,
+    value: u64,
+    owner: &impl AsRef<str>,
+    field: &str,
+    holder_kind: &str,
+) -> Result<(), Failure> {
+    match pool.claim(table, value, owner.as_ref())? {
+        Claim::Claimed => Ok(()),
+        Claim::Taken { holder } => Err(Failure::Api(ApiError::field(
+            ErrorCode::Conflict,
+            field,
+            format!(
+                "{} {} is already used by {holder_kind} '{holder}'",
+                pool.what(),
+                show_value(pool, value)
+            ),
+        ))),
+        Claim::OutOfRange => Err(Failure::Api(ApiError::field(
+            ErrorCode::InvalidArgument,
+            field,
+            format!(
+                "{} {} is out of range",
+                pool.what(),
+                show_value(pool, value)
+            ),
+        ))),
+    }
+}
+
+/// Frees a value held by `owner`; anything else means the tables disagree with the rows.
+fn release(
+    pool: &Pool,
+    table: &mut crate::alloc::PoolTable<'_>,
+    value: u64,
+    owner: &str,
+) -> Result<(), Failure> {
+    if pool.release(table, value, owner)? {
+        Ok(())
+    } else {
+        Err(Failure::Store(StoreError::Inconsistent(format!(
+            "{} {} is not held by '{owner}'",
+            pool.what(),
+            show_value(pool, value)
+        ))))
+    }
+}
+
+/// A pool value as a user knows it (addresses as addresses, MACs as MACs).
+fn show_value(pool: &Pool, value: u64) -> String {
+    match pool.what() {
+        "address" => ip_from_key(value).1.to_string(),
+        "MAC address" => mac_from_key(value).to_string(),
+        _ => value.to_string(),
+    }
+}
+
+fn plan_of(tenant: &Tenant) -> Result<SubnetPlan, StoreError> {
+    SubnetPlan::new(tenant.subnet).map_err(|e| {
+        StoreError::Inconsistent(format!(
+            "tenant '{}' has an invalid stored subnet: {}",
+            tenant.name, e.problem
+        ))
+    })
+}
+
+fn find_tenant<'s>(state: &'s State, field: &str, name: &str) -> Result<&'s Tenant, ApiError> {
+    let n = tenant_name(field, name)?;
+    state.tenants.get(&n).ok_or_else(|| {
+        ApiError::field(
+            ErrorCode::NotFound,
+            field,
+            format!("no tenant named '{name}'"),
+        )
+    })
+}
+
+fn find_host<'s>(state: &'s State, field: &str, name: &str) -> Result<&'s Host, ApiError> {
+    let n = host_name(field, name)?;
+    state.hosts.get(&n).ok_or_else(|| {
+        ApiError::field(
+            ErrorCode::NotFound,
+            field,
+            format!("no host named '{name}' has registered"),
+        )
+    })
+}
+
+/// Validates a name against the shared rule, reporting it under the CLI's `field`.
+fn tenant_name(field: &str, name: &str) -> Result<TenantName, ApiError> {
+    validate_name(field, name)?;
+    Ok(TenantName::new(name)?)
+}
+
+fn host_name(field: &str, name: &str) -> Result<HostName, ApiError> {
+    validate_name(field, name)?;
+    Ok(HostName::new(name)?)
+}
+
+fn endpoint_name(field: &str, name: &str) -> Result<EndpointName, ApiError> {
+    validate_name(field, name)?;
+    Ok(EndpointName::new(name)?)
+}
+
+fn invalid(field: &str, message: String) -> Failure {
+    Failure::Api(ApiError::field(ErrorCode::InvalidArgument, field, message))
+}
+
+fn missing(kind: &str, name: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::Internal,
+        format!("{kind} '{name}' vanished from the store; run `ovl-controller check`"),
+    )
+}
+
+fn count_of(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+fn list_names(names: &[&str]) -> String {
+    if names.len() <= NAMES_SHOWN {
+        names.join(", ")
+    } else {
+        format!(
+            "{}, and {} more",
+            names[..NAMES_SHOWN].join(", "),
+            names.len() - NAMES_SHOWN
+        )
+    }
+}
+
+fn request_kind(req: &ApiRequest) -> &'static str {
+    match req {
+        ApiRequest::TenantCreate(_) => "tenant create",
+        ApiRequest::TenantList => "tenant list",
+        ApiRequest::TenantShow { .. } => "tenant show",
+        ApiRequest::TenantDelete { .. } => "tenant delete",
+        ApiRequest::HostList => "host list",
+        ApiRequest::HostShow { .. } => "host show",
+        ApiRequest::EndpointCreate(_) => "endpoint create",
+        ApiRequest::EndpointList { .. } => "endpoint list",
+        ApiRequest::EndpointShow { .. } => "endpoint show",
+        ApiRequest::EndpointDelete { .. } => "endpoint delete",
+        ApiRequest::Status => "status",
+    }
+}

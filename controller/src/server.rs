@@ -1,0 +1,466 @@
+//! The controller's QUIC server: authenticates every connection by its certificate, then
+//! serves either an agent session or CLI API calls on it.
+//!
+//! Each connection gets its own task and tracing span. A connection opens one bidirectional
+//! stream whose first frame is a `ClientHello`; identities come from the verified certificate,
+//! never from what the hello says, and a hello that claims something else is refused with a
+//! `Refusal` before the connection is closed. The store is the only shared state besides the
+//! live session table; all writes go through it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ovl_common::frame::{self, FrameError};
+use ovl_common::identity::Identity;
+use ovl_common::intent::HostIntent;
+use ovl_common::proto::{
+    AgentHello, AgentToController, ApiError, ApiRequest, ApiResponse, ClientHello, ClientRole,
+    ControllerToAgent, ErrorCode, Refusal, ServerHello, Welcome, PROTOCOL_VERSION,
+};
+use ovl_common::HostName;
+use quinn::{RecvStream, SendStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken as CancelToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::live::{Live, LiveHost};
+use crate::store::Store;
+
+/// How long a client has to complete the handshake and send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The build version reported in hellos.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// One host's entry in the session table.
+#[derive(Debug)]
+struct Entry {
+    live: LiveHost,
+    /// The latest intent; every session of the host watches it.
+    intent: watch::Sender<Option<HostIntent>>,
+    /// Identifies the current session so an old one ending does not mark a newer one down.
+    session: u64,
+    /// Closes the current session's connection when a newer session replaces it.
+    conn: Option<quinn::Connection>,
+}
+
+/// The live session table, shared by every connection task.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    hosts: Mutex<HashMap<HostName, Entry>>,
+    next_session: std::sync::atomic::AtomicU64,
+}
+
+impl Sessions {
+    fn with_entry<R>(&self, host: &HostName, f: impl FnOnce(&mut Entry) -> R) -> R {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = hosts.entry(host.clone()).or_insert_with(|| Entry {
+            live: LiveHost::default(),
+            intent: watch::channel(None).0,
+            session: 0,
+            conn: None,
+        });
+        f(entry)
+    }
+
+    /// Makes new intents visible to the sessions of their hosts.
+    pub fn publish(&self, intents: Vec<HostIntent>) {
+        for intent in intents {
+            let host = intent.host.clone();
+            self.with_entry(&host, |e| {
+                e.intent.send_replace(Some(intent));
+            });
+        }
+    }
+}
+
+impl Live for Sessions {
+    fn host(&self, name: &HostName) -> Option<LiveHost> {
+        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts.get(name).map(|e| e.live.clone())
+    }
+}
+
+/// The server: an endpoint, the store and the session table.
+#[derive(Clone)]
+pub struct Server {
+    store: Arc<Store>,
+    sessions: Arc<Sessions>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store: Arc::new(store),
+            sessions: Arc::new(Sessions::default()),
+        }
+    }
+
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+
+    /// Accepts connections until `shutdown` fires, then closes the endpoint.
+    pub async fn serve(self, endpoint: quinn::Endpoint, shutdown: CancelToken) {
+        loop {
+            let incoming = tokio::select! {
+                i = endpoint.accept() => match i { Some(i) => i, None => break },
+                _ = shutdown.cancelled() => break,
+            };
+            let remote = incoming.remote_address();
+            let this = self.clone();
+            tokio::spawn(
+                async move {
+                    if let Err(e) = this.connection(incoming, remote).await {
+                        debug!("connection ended: {e}");
+                    }
+                }
+                .instrument(info_span!("conn", %remote)),
+            );
+        }
+        endpoint.close(0u32.into(), b"controller shutting down");
+        endpoint.wait_idle().await;
+    }
+
+    async fn connection(
+        &self,
+        incoming: quinn::Incoming,
+        remote: SocketAddr,
+    ) -> anyhow::Result<()> {
+        let conn = match tokio::time::timeout(HELLO_TIMEOUT, incoming).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                // Missing or foreign client certificates end here, inside the TLS handshake.
+                info!("handshake refused: {e}");
+                return Ok(());
+            }
+            Err(_) => {
+                info!("handshake timed out");
+                return Ok(());
+            }
+        };
+        let identity = match ovl_common::tls::peer_identity(&conn) {
+            Ok(i) => i,
+            Err(e) => {
+                warn!("refusing connection: {e}");
+                conn.close(1u32.into(), b"no ovl identity in certificate");
+                return Ok(());
+            }
+        };
+        let (mut send, mut recv) = match tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await
+        {
+            Ok(Ok(s)) => s,
+            _ => {
+                debug!(%identity, "no stream opened");
+                conn.close(1u32.into(), b"no hello");
+                return Ok(());
+            }
+        };
+        let body = match tokio::time::timeout(HELLO_TIMEOUT, frame::read_body(&mut recv)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                info!(%identity, "bad hello frame: {e}");
+                refuse(&conn, &mut send, Refusal::Malformed(e.to_string())).await;
+                return Ok(());
+            }
+            Err(_) => {
+                info!(%identity, "hello timed out");
+                conn.close(1u32.into(), b"hello timed out");
+                return Ok(());
+            }
+        };
+        // Read the version on its own first: it decodes whatever the rest of the hello holds.
+        match postcard::take_from_bytes::<u32>(&body) {
+            Ok((v, _)) if v != PROTOCOL_VERSION => {
+                info!(%identity, client = v, "protocol version mismatch");
+                refuse(
+                    &conn,
+                    &mut send,
+                    Refusal::VersionMismatch {
+                        server: PROTOCOL_VERSION,
+                        client: v,
+                    },
+                )
+                .await;
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                refuse(&conn, &mut send, Refusal::Malformed(e.to_string())).await;
+                return Ok(());
+            }
+        }
+        let hello: ClientHello = match frame::decode_body(&body) {
+            Ok(h) => h,
+            Err(e) => {
+                info!(%identity, "malformed hello: {e}");
+                refuse(&conn, &mut send, Refusal::Malformed(e.to_string())).await;
+                return Ok(());
+            }
+        };
+        match (hello.role, identity) {
+            (ClientRole::Admin, Identity::Admin(name)) => {
+                welcome(&mut send, format!("admin:{name}")).await?;
+                self.api(&mut send, &mut recv)
+                    .instrument(info_span!("api", admin = %name))
+                    .await;
+            }
+            (ClientRole::Agent(h), Identity::Host(cert_host)) if h.host == cert_host => {
+                self.agent(conn.clone(), send, recv, h, remote)
+                    .instrument(info_span!("agent", host = %cert_host))
+                    .await;
+            }
+            (ClientRole::Agent(h), Identity::Host(cert_host)) => {
+                warn!(certificate = %cert_host, claimed = %h.host, "refusing agent: hello claims another host");
+                let r = Refusal::IdentityMismatch {
+                    certificate: format!("host '{cert_host}'"),
+                    claimed: h.host.to_string(),
+                };
+                refuse(&conn, &mut send, r).await;
+            }
+            (ClientRole::Agent(h), other) => {
+                warn!(identity = %other, claimed = %h.host, "refusing agent session from a non-host certificate");
+                let r = Refusal::NotAuthorized {
+                    identity: other.to_string(),
+                    action: "open an agent session".into(),
+                    hint: "agents need a host certificate from `ovl-controller issue host NAME`"
+                        .into(),
+                };
+                refuse(&conn, &mut send, r).await;
+            }
+            (ClientRole::Admin, other) => {
+                warn!(identity = %other, "refusing admin API call from a non-admin certificate");
+                let r = Refusal::NotAuthorized {
+                    identity: other.to_string(),
+                    action: "call the admin API".into(),
+                    hint: "use the admin bundle from `ovl-controller init` (PKI_DIR/admin)".into(),
+                };
+                refuse(&conn, &mut send, r).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Serves API requests until the client closes its stream.
+    async fn api(&self, send: &mut SendStream, recv: &mut RecvStream) {
+        loop {
+            let body = match frame::read_body(recv).await {
+                Ok(b) => b,
+                Err(FrameError::Closed) => return,
+                Err(e) => {
+                    debug!("api stream ended: {e}");
+                    return;
+                }
+            };
+            let response: ApiResponse = match frame::decode_body::<ApiRequest>(&body) {
+                Ok(req) => {
+                    let kind = request_kind(&req);
+                    let store = self.store.clone();
+                    let sessions = self.sessions.clone();
+                    let joined = tokio::task::spawn_blocking(move || {
+                        let (resp, changed) = store.handle(&req, sessions.as_ref(), unix_now());
+                        sessions.publish(changed);
+                        resp
+                    })
+                    .await;
+                    let resp = joined.unwrap_or_else(|e| {
+                        Err(ApiError::new(
+                            ErrorCode::Internal,
+                            format!("request handler failed: {e}"),
+                        ))
+                    });
+                    match &resp {
+                        Ok(_) => info!(request = kind, "ok"),
+                        Err(e) => info!(request = kind, code = ?e.code, "refused: {e}"),
+                    }
+                    resp
+                }
+                Err(e) => {
+                    warn!("malformed request: {e}");
+                    Err(ApiError::new(
+                        ErrorCode::InvalidArgument,
+                        format!("malformed request frame: {e}"),
+                    ))
+                }
+            };
+            if let Err(e) = frame::write_frame(send, &response).await {
+                debug!("cannot answer: {e}");
+                return;
+            }
+        }
+    }
+
+    /// Runs one agent session: register, push intents, record reports.
+    async fn agent(
+        &self,
+        conn: quinn::Connection,
+        mut send: SendStream,
+        mut recv: RecvStream,
+        hello: AgentHello,
+        remote: SocketAddr,
+    ) {
+        let host = hello.host.clone();
+        let session = self
+            .sessions
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        // Subscribe before registering so no intent published in between is missed.
+        let mut rx = self.sessions.with_entry(&host, |e| e.intent.subscribe());
+        let store = self.store.clone();
+        let h = hello.clone();
+        let registered =
+            tokio::task::spawn_blocking(move || store.register_host(&h, unix_now())).await;
+        let (intent, changed) = match registered {
+            Ok(Ok((_host, intent, changed))) => (intent, changed),
+            Ok(Err(e)) => {
+                warn!("cannot register host: {e}");
+                conn.close(2u32.into(), b"controller store error");
+                return;
+            }
+            Err(e) => {
+                warn!("register task failed: {e}");
+                return;
+            }
+        };
+        self.sessions.publish(changed);
+        if welcome(&mut send, format!("host:{host}")).await.is_err() {
+            return;
+        }
+        let previous = self.sessions.with_entry(&host, |e| {
+            e.session = session;
+            e.live.connected = true;
+            e.live.last_contact = Some(unix_now());
+            e.live.remote = Some(remote.to_string());
+            e.live.agent_version = Some(hello.agent_version.clone());
+            e.conn.replace(conn.clone())
+        });
+        if let Some(old) = previous {
+            info!("a new session replaces the previous one");
+            old.close(3u32.into(), b"replaced by a newer session");
+        }
+        info!(underlay = %hello.underlay, last_applied = ?hello.last_applied, generation = intent.generation, "agent connected");
+        let mut sent = intent.generation;
+        let mut ok = frame::write_frame(&mut send, &ControllerToAgent::Intent(intent))
+            .await
+            .is_ok();
+        // Frames are read in their own task: a read interrupted by `select!` would lose the
+        // bytes it had taken, so reads must never be cancelled halfway.
+        let (msg_tx, mut msgs) = tokio::sync::mpsc::channel(16);
+        let reader = tokio::spawn(async move {
+            loop {
+                let m = frame::read_frame::<_, AgentToController>(&mut recv).await;
+                let end = m.is_err();
+                if msg_tx.send(m).await.is_err() || end {
+                    break;
+                }
+            }
+        });
+        while ok {
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() { break; }
+                    let next = rx.borrow_and_update().clone();
+                    if let Some(next) = next {
+                        if next.generation > sent {
+                            sent = next.generation;
+                            debug!(generation = sent, "pushing intent");
+                            ok = frame::write_frame(&mut send, &ControllerToAgent::Intent(next)).await.is_ok();
+                        }
+                    }
+                }
+                msg = msgs.recv() => match msg.unwrap_or(Err(FrameError::Closed)) {
+                    Ok(AgentToController::Applied(report)) => {
+                        let failed = report.errors().count();
+                        if failed > 0 {
+                            warn!(generation = report.generation, failed, "agent applied with errors");
+                        } else {
+                            info!(generation = report.generation, objects = report.objects.len(), "agent applied");
+                        }
+                        self.sessions.with_entry(&host, |e| {
+                            if e.session == session {
+                                e.live.last_contact = Some(unix_now());
+                                e.live.applied_generation = Some(report.generation);
+                                e.live.datapath = Some(report.datapath.clone());
+                                e.live.objects = report.objects;
+                            }
+                        });
+                    }
+                    Err(FrameError::Closed) => break,
+                    Err(e) => {
+                        warn!("agent session ended: {e}");
+                        break;
+                    }
+                },
+                reason = conn.closed() => {
+                    info!("agent connection closed: {reason}");
+                    break;
+                }
+            }
+        }
+        reader.abort();
+        self.sessions.with_entry(&host, |e| {
+            if e.session == session {
+                e.live.connected = false;
+                e.conn = None;
+            }
+        });
+        info!("agent disconnected");
+    }
+}
+
+async fn welcome(send: &mut SendStream, identity: String) -> Result<(), FrameError> {
+    let hello = ServerHello {
+        version: PROTOCOL_VERSION,
+        result: Ok(Welcome {
+            controller_version: VERSION.to_string(),
+            identity,
+        }),
+    };
+    frame::write_frame(send, &hello).await
+}
+
+async fn refuse(conn: &quinn::Connection, send: &mut SendStream, refusal: Refusal) {
+    let reason = refusal.to_string();
+    let hello = ServerHello {
+        version: PROTOCOL_VERSION,
+        result: Err(refusal),
+    };
+    if frame::write_frame(send, &hello).await.is_ok() {
+        let _ = send.finish();
+        // Give the refusal a moment to reach the client before the close overtakes it.
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    }
+    conn.close(1u32.into(), reason.as_bytes());
+}
+
+fn request_kind(req: &ApiRequest) -> &'static str {
+    match req {
+        ApiRequest::TenantCreate(_) => "tenant create",
+        ApiRequest::TenantList => "tenant list",
+        ApiRequest::TenantShow { .. } => "tenant show",
+        ApiRequest::TenantDelete { .. } => "tenant delete",
+        ApiRequest::HostList => "host list",
+        ApiRequest::HostShow { .. } => "host show",
+        ApiRequest::EndpointCreate(_) => "endpoint create",
+        ApiRequest::EndpointList { .. } => "endpoint list",
+        ApiRequest::EndpointShow { .. } => "endpoint show",
+        ApiRequest::EndpointDelete { .. } => "endpoint delete",
+        ApiRequest::Status => "status",
+    }
+}

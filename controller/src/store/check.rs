@@ -1,0 +1,389 @@
+//! The consistency audit behind `ovl-controller check` and the store's tests: every row is
+//! cross-checked against the allocation tables and the compiler, in one read transaction.
+//!
+//! It only reads and reports; it never repairs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use ovl_common::model::{validate_ifname, Tenant};
+use redb::{ReadTransaction, ReadableTable};
+
+use super::tables::{self, meta};
+use super::{assemble_state, open_read_table, Settings, StoreError, SCHEMA_VERSION};
+use crate::alloc::{key_space, vlan_pool};
+use crate::api::{MAX_MTU, MIN_MTU};
+use crate::ipam::{ip_from_key, ip_key, mac_from_key, mac_key, mac_pool, SubnetPlan};
+
+/// The outcome of [`super::Store::check`]: counts, and one sentence per problem found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    pub tenants: usize,
+    pub hosts: usize,
+    pub endpoints: usize,
+    /// Rows in the allocation tables (keys, tags, addresses, MACs).
+    pub allocations: usize,
+    pub problems: Vec<String>,
+}
+
+impl CheckReport {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} tenants, {} hosts, {} endpoints, {} allocations: {}",
+            self.tenants,
+            self.hosts,
+            self.endpoints,
+            self.allocations,
+            if self.is_clean() {
+                "consistent".to_string()
+            } else {
+                format!("{} problems", self.problems.len())
+            }
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckReport, StoreError> {
+    let mut problems = Vec::new();
+    let mut p = |s: String| problems.push(s);
+
+    // Meta: schema version and counters.
+    let meta_table = open_read_table(txn, tables::META)?;
+    let meta_value = |key: &str| -> Result<Option<u64>, StoreError> {
+        Ok(meta_table.get(key)?.map(|g| g.value()))
+    };
+    match meta_value(meta::SCHEMA_VERSION)? {
+        Some(SCHEMA_VERSION) => {}
+        other => p(format!(
+            "schema version is {other:?}, expected {SCHEMA_VERSION}"
+        )),
+    }
+    let next_tenant = meta_value(meta::NEXT_TENANT_ID)?.unwrap_or(0);
+    let next_host = meta_value(meta::NEXT_HOST_ID)?.unwrap_or(0);
+    let next_endpoint = meta_value(meta::NEXT_ENDPOINT_ID)?.unwrap_or(0);
+    let macs = mac_pool();
+    if let Some(cursor) = meta_value(meta::NEXT_MAC)? {
+        if !macs.contains(cursor) {
+            p(format!(
+                "the MAC cursor {cursor:#x} lies outside the MAC pool"
+            ));
+        }
+    }
+
+    // Rows, with their keys.
+    let tenant_rows = tables::all_rows::<tables::TenantRow>(
+        &open_read_table(txn, tables::TENANTS)?,
+        tables::TENANTS,
+    )?;
+    let host_rows =
+        tables::all_rows::<tables::HostRow>(&open_read_table(txn, tables::HOSTS)?, tables::HOSTS)?;
+    let endpoint_rows = tables::all_rows::<tables::EndpointRow>(
+        &open_read_table(txn, tables::ENDPOINTS)?,
+        tables::ENDPOINTS,
+    )?;
+    let intent_rows = tables::all_intents(&open_read_table(txn, tables::INTENTS)?)?;
+    for (key, row) in &tenant_rows {
+        let t = Tenant::from(row.clone());
+        if t.name.as_str() != key {
+            p(format!("tenant row '{key}' holds tenant '{}'", t.name));
+        }
+    }
+    for (key, row) in &host_rows {
+        let h = ovl_common::model::Host::from(row.clone());
+        if h.name.as_str() != key {
+            p(format!("host row '{key}' holds host '{}'", h.name));
+        }
+    }
+    for (key, row) in &endpoint_rows {
+        let e = tables::StoredEndpoint::from(row.clone());
+        if e.endpoint.name.as_str() != key {
+            p(format!(
+                "endpoint row '{key}' holds endpoint '{}'",
+                e.endpoint.name
+            ));
+        }
+    }
+    for (key, intent) in &intent_rows {
+        if intent.host.as_str() != key {
+            p(format!(
+                "intent row '{key}' holds the intent of '{}'",
+                intent.host
+            ));
+        }
+    }
+    let state = assemble_state(tenant_rows, host_rows, endpoint_rows, intent_rows);
+
+    // Allocation tables as maps.
+    let load = |def: redb::TableDefinition<'static, u64, &'static str>| -> Result<BTreeMap<u64, String>, StoreError> {
+        let table = open_read_table(txn, def)?;
+        let mut out = BTreeMap::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.insert(k.value(), v.value().to_string());
+        }
+        Ok(out)
+    };
+    let keys = load(tables::KEYS)?;
+    let vlans = load(tables::VLANS)?;
+    let ips = load(tables::IPS)?;
+    let mac_table = load(tables::MACS)?;
+
+    // Tenants.
+    let mut tenant_ids = BTreeSet::new();
+    for t in state.tenants.values() {
+        let n = &t.name;
+        if !tenant_ids.insert(t.id) {
+            p(format!("tenant id {} is used twice (again by '{n}')", t.id));
+        }
+        if u64::from(t.id) >= next_tenant {
+            p(format!(
+                "tenant '{n}' has id {} but the counter is at {next_tenant}",
+                t.id
+            ));
+        }
+        match SubnetPlan::new(t.subnet) {
+            Ok(plan) if plan.gateway() != t.gateway => p(format!(
+                "tenant '{n}' has gateway {} instead of {}",
+                t.gateway,
+                plan.gateway()
+            )),
+            Ok(_) => {}
+            Err(e) => p(format!("tenant '{n}' has an invalid subnet: {}", e.problem)),
+        }
+        if !vlan_pool().contains(u64::from(t.vlan)) {
+            p(format!(
+                "tenant '{n}' has VLAN tag {} outside 1-4094",
+                t.vlan
+            ));
+        }
+        if vlans.get(&u64::from(t.vlan)) != Some(&n.to_string()) {
+            p(format!(
+                "tenant '{n}' has VLAN tag {} but the tag table says {:?}",
+                t.vlan,
+                vlans.get(&u64::from(t.vlan))
+            ));
+        }
+        if t.segment.is_tunnel() {
+            if !key_space(t.segment).contains(&t.key) {
+                p(format!(
+                    "tenant '{n}' has key {} outside what {} carries",
+                    t.key, t.segment
+                ));
+            }
+            if keys.get(&u64::from(t.key)) != Some(&n.to_string()) {
+                p(format!(
+                    "tenant '{n}' has key {} but the key table says {:?}",
+                    t.key,
+                    keys.get(&u64::from(t.key))
+                ));
+            }
+        } else if t.key != u32::from(t.vlan) {
+            p(format!(
+                "vlan tenant '{n}' has key {} but tag {}",
+                t.key, t.vlan
+            ));
+        }
+        let derived = settings.underlay_mtu.saturating_sub(t.segment.overhead());
+        if t.mtu_explicit {
+            if !(MIN_MTU..=MAX_MTU).contains(&u32::from(t.mtu)) {
+                p(format!(
+                    "tenant '{n}' has MTU {} outside {MIN_MTU}-{MAX_MTU}",
+                    t.mtu
+                ));
+            }
+        } else if t.mtu != derived {
+            p(format!(
+                "tenant '{n}' has derived MTU {} instead of {derived}",
+                t.mtu
+            ));
+        }
+    }
+    for (key, owner) in &keys {
+        let ok = state
+            .tenants
+            .values()
+            .any(|t| t.name.as_str() == owner && t.segment.is_tunnel() && u64::from(t.key) == *key);
+        if !ok {
+            p(format!("key {key} is held by '{owner}', which is not a tunnel tenant with that key (leaked)"));
+        }
+    }
+    for (tag, owner) in &vlans {
+        let ok = state
+            .tenants
+            .values()
+            .any(|t| t.name.as_str() == owner && u64::from(t.vlan) == *tag);
+        if !ok {
+            p(format!(
+                "VLAN tag {tag} is held by '{owner}', which is not a tenant with that tag (leaked)"
+            ));
+        }
+    }
+
+    // Hosts.
+    let mut host_ids = BTreeSet::new();
+    for h in state.hosts.values() {
+        if !host_ids.insert(h.id) {
+            p(format!(
+                "host id {} is used twice (again by '{}')",
+                h.id, h.name
+            ));
+        }
+        if u64::from(h.id) >= next_host {
+            p(format!(
+                "host '{}' has id {} but the counter is at {next_host}",
+                h.name, h.id
+            ));
+        }
+    }
+
+    // Endpoints.
+    let mut endpoint_ids = BTreeSet::new();
+    let mut seen_ips = BTreeMap::new();
+    let mut seen_macs = BTreeMap::new();
+    for se in state.endpoints.values() {
+        let e = &se.endpoint;
+        let n = &e.name;
+        if !endpoint_ids.insert(e.id) {
+            p(format!(
+                "endpoint id {} is used twice (again by '{n}')",
+                e.id
+            ));
+        }
+        if u64::from(e.id) >= next_endpoint {
+            p(format!(
+                "endpoint '{n}' has id {} but the counter is at {next_endpoint}",
+                e.id
+            ));
+        }
+        if validate_ifname("ifname", &e.ifname).is_err() {
+            p(format!(
+                "endpoint '{n}' has an invalid ifname '{}'",
+                e.ifname
+            ));
+        }
+        if e.target.validate().is_err() {
+            p(format!("endpoint '{n}' has an invalid target {}", e.target));
+        }
+        if !state.hosts.contains_key(&e.host) {
+            p(format!(
+                "endpoint '{n}' is on host '{}', which does not exist",
+                e.host
+            ));
+        }
+        match state.tenants.get(&e.tenant) {
+            None => p(format!(
+                "endpoint '{n}' belongs to tenant '{}', which does not exist",
+                e.tenant
+            )),
+            Some(t) => {
+                if let Ok(plan) = SubnetPlan::new(t.subnet) {
+                    if let Err(err) = plan.check_endpoint_ip(e.ip) {
+                        p(format!("endpoint '{n}' has a bad address: {}", err.problem));
+                    }
+                }
+                let k = ip_key(t.id, e.ip);
+                if let Some(other) = seen_ips.insert(k, n.clone()) {
+                    p(format!(
+                        "endpoints '{other}' and '{n}' share address {} in tenant '{}'",
+                        e.ip, t.name
+                    ));
+                }
+                if ips.get(&k) != Some(&n.to_string()) {
+                    p(format!(
+                        "endpoint '{n}' has address {} but the address table says {:?}",
+                        e.ip,
+                        ips.get(&k)
+                    ));
+                }
+            }
+        }
+        if !e.mac.is_local_unicast() || !macs.contains(mac_key(e.mac)) {
+            p(format!(
+                "endpoint '{n}' has MAC {} outside ovl's pool",
+                e.mac
+            ));
+        }
+        if let Some(other) = seen_macs.insert(e.mac, n.clone()) {
+            p(format!("endpoints '{other}' and '{n}' share MAC {}", e.mac));
+        }
+        if mac_table.get(&mac_key(e.mac)) != Some(&n.to_string()) {
+            p(format!(
+                "endpoint '{n}' has MAC {} but the MAC table says {:?}",
+                e.mac,
+                mac_table.get(&mac_key(e.mac))
+            ));
+        }
+        let host_generation = state.intents.get(&e.host).map_or(0, |i| i.generation);
+        if se.first_generation == 0 || se.first_generation > host_generation {
+            p(format!(
+                "endpoint '{n}' was first included at generation {} but its host is at {host_generation}",
+                se.first_generation
+            ));
+        }
+    }
+    for (k, owner) in &ips {
+        let (tenant_id, ip) = ip_from_key(*k);
+        let ok = state.endpoints.values().any(|se| {
+            se.endpoint.name.as_str() == owner
+                && se.endpoint.ip == ip
+                && state.tenants.get(&se.endpoint.tenant).map(|t| t.id) == Some(tenant_id)
+        });
+        if !ok {
+            p(format!("address {ip} of tenant id {tenant_id} is held by '{owner}', which is not an endpoint with that address (leaked)"));
+        }
+    }
+    for (k, owner) in &mac_table {
+        let mac = mac_from_key(*k);
+        let ok = state
+            .endpoints
+            .values()
+            .any(|se| se.endpoint.name.as_str() == owner && se.endpoint.mac == mac);
+        if !ok {
+            p(format!(
+                "MAC {mac} is held by '{owner}', which is not an endpoint with that MAC (leaked)"
+            ));
+        }
+    }
+
+    // Intents: one per host, each equal to a fresh compilation.
+    let fresh = state.compile();
+    for (name, intent) in &state.intents {
+        if !state.hosts.contains_key(name) {
+            p(format!(
+                "there is an intent for '{name}', which is not a registered host"
+            ));
+        }
+        if intent.generation == 0 {
+            p(format!("the intent of '{name}' has generation 0"));
+        }
+    }
+    for (name, want) in &fresh {
+        match state.intents.get(name) {
+            None => p(format!("host '{name}' has no stored intent")),
+            Some(have) if !have.same_content(want) => p(format!(
+                "the stored intent of '{name}' (generation {}) differs from a fresh compilation",
+                have.generation
+            )),
+            Some(_) => {}
+        }
+    }
+
+    Ok(CheckReport {
+        tenants: state.tenants.len(),
+        hosts: state.hosts.len(),
+        endpoints: state.endpoints.len(),
+        allocations: keys.len() + vlans.len() + ips.len() + mac_table.len(),
+        problems,
+    })
+}

@@ -1,0 +1,458 @@
+//! The on-disk layout: table definitions, the row formats, and typed access to them.
+//!
+//! Layout (schema version 1):
+//!
+//! | table         | key                          | value                                    |
+//! |---------------|------------------------------|------------------------------------------|
+//! | `meta`        | setting name                 | `u64` (schema version, id counters, MAC cursor, settings) |
+//! | `tenants`     | tenant name                  | postcard [`TenantRow`]                   |
+//! | `hosts`       | host name                    | postcard [`HostRow`]                     |
+//! | `endpoints`   | endpoint name                | postcard [`EndpointRow`]                 |
+//! | `intents`     | host name                    | (generation, postcard `HostIntent`)      |
+//! | `alloc_keys`  | VNI / GRE key                | tenant name                              |
+//! | `alloc_vlans` | VLAN tag                     | tenant name                              |
+//! | `alloc_ips`   | `tenant id << 32 \| address` | endpoint name                            |
+//! | `alloc_macs`  | MAC as a 48-bit number       | endpoint name                            |
+//!
+//! Rows are store-owned types, not the model types from `ovl-common`, wrapped in an enum whose
+//! variant is the row's version: a later release (tenant NAT flag, gateway host, published
+//! ports) adds a `V2` variant and keeps decoding `V1` rows, so the wire types can grow without
+//! breaking old databases. Changes that need a rewrite of existing rows or new tables bump
+//! [`SCHEMA_VERSION`] and add a step to `migrate` in the parent module. An intent's generation
+//! is kept beside (not inside) its encoded intent so that it survives even when the intent format
+//! changes: intents can always be recompiled, generations cannot.
+
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use ovl_common::intent::HostIntent;
+use ovl_common::model::{Endpoint, Host, Tenant};
+use ovl_common::{EndpointName, HostName, MacAddr, NetnsTarget, SegmentType, TenantName};
+use redb::{ReadableTable, Table, TableDefinition, TableHandle, WriteTransaction};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+
+/// The table layout this build reads and writes.
+pub const SCHEMA_VERSION: u64 = 1;
+
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
+pub(crate) const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
+pub(crate) const ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("endpoints");
+pub(crate) const INTENTS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("intents");
+pub(crate) const KEYS: TableDefinition<u64, &str> = TableDefinition::new("alloc_keys");
+pub(crate) const VLANS: TableDefinition<u64, &str> = TableDefinition::new("alloc_vlans");
+pub(crate) const IPS: TableDefinition<u64, &str> = TableDefinition::new("alloc_ips");
+pub(crate) const MACS: TableDefinition<u64, &str> = TableDefinition::new("alloc_macs");
+
+/// Names of every table of the current layout.
+pub(crate) const ALL_TABLES: [&str; 9] = [
+    "meta",
+    "tenants",
+    "hosts",
+    "endpoints",
+    "intents",
+    "alloc_keys",
+    "alloc_vlans",
+    "alloc_ips",
+    "alloc_macs",
+];
+
+/// Keys of the `meta` table.
+pub(crate) mod meta {
+    pub const SCHEMA_VERSION: &str = "schema_version";
+    pub const NEXT_TENANT_ID: &str = "next_tenant_id";
+    pub const NEXT_HOST_ID: &str = "next_host_id";
+    pub const NEXT_ENDPOINT_ID: &str = "next_endpoint_id";
+    /// Where the next MAC search starts (MACs are allocated next-fit).
+    pub const NEXT_MAC: &str = "next_mac";
+    pub const COUNTERS: [&str; 3] = [NEXT_TENANT_ID, NEXT_HOST_ID, NEXT_ENDPOINT_ID];
+    /// The settings of the last `Store::open`, which derived MTUs were computed from; read back
+    /// by `Store::open_existing` so an inspection sees the settings the data was made with.
+    pub const UNDERLAY_MTU: &str = "underlay_mtu";
+    pub const KEY_RANGE_START: &str = "key_range_start";
+    pub const KEY_RANGE_END: &str = "key_range_end";
+}
+
+/// A stored tenant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum TenantRow {
+    V1(TenantV1),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TenantV1 {
+    id: u32,
+    name: TenantName,
+    segment: SegmentType,
+    key: u32,
+    vlan: u16,
+    subnet: Ipv4Network,
+    gateway: Ipv4Addr,
+    mtu: u16,
+    mtu_explicit: bool,
+    created: u64,
+}
+
+impl From<&Tenant> for TenantRow {
+    fn from(t: &Tenant) -> Self {
+        TenantRow::V1(TenantV1 {
+            id: t.id,
+            name: t.name.clone(),
+            segment: t.segment,
+            key: t.key,
+            vlan: t.vlan,
+            subnet: t.subnet,
+            gateway: t.gateway,
+            mtu: t.mtu,
+            mtu_explicit: t.mtu_explicit,
+            created: t.created,
+        })
+    }
+}
+
+impl From<TenantRow> for Tenant {
+    fn from(row: TenantRow) -> Self {
+        let TenantRow::V1(t) = row;
+        Tenant {
+            id: t.id,
+            name: t.name,
+            segment: t.segment,
+            key: t.key,
+            vlan: t.vlan,
+            subnet: t.subnet,
+            gateway: t.gateway,
+            mtu: t.mtu,
+            mtu_explicit: t.mtu_explicit,
+            created: t.created,
+        }
+    }
+}
+
+/// A stored host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum HostRow {
+    V1(HostV1),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct HostV1 {
+    id: u32,
+    name: HostName,
+    underlay: Ipv4Addr,
+    underlay_mtu: u16,
+    capabilities: Vec<String>,
+    registered: u64,
+}
+
+impl From<&Host> for HostRow {
+    fn from(h: &Host) -> Self {
+        HostRow::V1(HostV1 {
+            id: h.id,
+            name: h.name.clone(),
+            underlay: h.underlay,
+            underlay_mtu: h.underlay_mtu,
+            capabilities: h.capabilities.clone(),
+            registered: h.registered,
+        })
+    }
+}
+
+impl From<HostRow> for Host {
+    fn from(row: HostRow) -> Self {
+        let HostRow::V1(h) = row;
+        Host {
+            id: h.id,
+            name: h.name,
+            underlay: h.underlay,
+            underlay_mtu: h.underlay_mtu,
+            capabilities: h.capabilities,
+            registered: h.registered,
+        }
+    }
+}
+
+/// An endpoint as the store keeps it: the model plus what only the store needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEndpoint {
+    pub endpoint: Endpoint,
+    /// The generation of the host intent that first included the endpoint: once the host has
+    /// applied this generation, the endpoint exists there.
+    pub first_generation: u64,
+}
+
+/// A stored endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum EndpointRow {
+    V1(EndpointV1),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct EndpointV1 {
+    id: u32,
+    name: EndpointName,
+    tenant: TenantName,
+    host: HostName,
+    target: NetnsTarget,
+    ifname: String,
+    mac: MacAddr,
+    ip: Ipv4Addr,
+    created: u64,
+    first_generation: u64,
+}
+
+impl From<&StoredEndpoint> for EndpointRow {
+    fn from(s: &StoredEndpoint) -> Self {
+        let e = &s.endpoint;
+        EndpointRow::V1(EndpointV1 {
+            id: e.id,
+            name: e.name.clone(),
+            tenant: e.tenant.clone(),
+            host: e.host.clone(),
+            target: e.target.clone(),
+            ifname: e.ifname.clone(),
+            mac: e.mac,
+            ip: e.ip,
+            created: e.created,
+            first_generation: s.first_generation,
+        })
+    }
+}
+
+impl From<EndpointRow> for StoredEndpoint {
+    fn from(row: EndpointRow) -> Self {
+        let EndpointRow::V1(e) = row;
+        StoredEndpoint {
+            endpoint: Endpoint {
+                id: e.id,
+                name: e.name,
+                tenant: e.tenant,
+                host: e.host,
+                target: e.target,
+                ifname: e.ifname,
+                mac: e.mac,
+                ip: e.ip,
+                created: e.created,
+            },
+            first_generation: e.first_generation,
+        }
+    }
+}
+
+pub(crate) fn encode<T: Serialize>(
+    table: &str,
+    key: &str,
+    value: &T,
+) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(value).map_err(|source| StoreError::Encode {
+        table: table.to_string(),
+        key: key.to_string(),
+        source,
+    })
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(
+    table: &str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|source| StoreError::Decode {
+        table: table.to_string(),
+        key: key.to_string(),
+        source,
+    })
+}
+
+/// Reads one row of a record table.
+pub(crate) fn get_row<R: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    def: TableDefinition<&str, &[u8]>,
+    key: &str,
+) -> Result<Option<R>, StoreError> {
+    match table.get(key)? {
+        Some(bytes) => decode(def.name(), key, bytes.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads every row of a record table, in key order.
+pub(crate) fn all_rows<R: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    def: TableDefinition<&str, &[u8]>,
+) -> Result<Vec<(String, R)>, StoreError> {
+    let mut out = Vec::new();
+    for entry in table.iter()? {
+        let (k, v) = entry?;
+        let key = k.value().to_string();
+        let row = decode(def.name(), &key, v.value())?;
+        out.push((key, row));
+    }
+    Ok(out)
+}
+
+/// Reads every stored intent, in host-name order: (key, intent with its generation).
+pub(crate) fn all_intents(
+    table: &impl ReadableTable<&'static str, (u64, &'static [u8])>,
+) -> Result<Vec<(String, HostIntent)>, StoreError> {
+    let mut out = Vec::new();
+    for entry in table.iter()? {
+        let (k, v) = entry?;
+        let key = k.value().to_string();
+        let (generation, bytes) = v.value();
+        let mut intent: HostIntent = decode("intents", &key, bytes)?;
+        intent.generation = generation;
+        out.push((key, intent));
+    }
+    Ok(out)
+}
+
+pub(crate) fn get_intent(
+    table: &impl ReadableTable<&'static str, (u64, &'static [u8])>,
+    host: &str,
+) -> Result<Option<HostIntent>, StoreError> {
+    match table.get(host)? {
+        Some(v) => {
+            let (generation, bytes) = v.value();
+            let mut intent: HostIntent = decode("intents", host, bytes)?;
+            intent.generation = generation;
+            Ok(Some(intent))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Every table of the layout, opened in one write transaction.
+pub(crate) struct WriteTables<'txn> {
+    pub meta: Table<'txn, &'static str, u64>,
+    pub tenants: Table<'txn, &'static str, &'static [u8]>,
+    pub hosts: Table<'txn, &'static str, &'static [u8]>,
+    pub endpoints: Table<'txn, &'static str, &'static [u8]>,
+    pub intents: Table<'txn, &'static str, (u64, &'static [u8])>,
+    pub keys: Table<'txn, u64, &'static str>,
+    pub vlans: Table<'txn, u64, &'static str>,
+    pub ips: Table<'txn, u64, &'static str>,
+    pub macs: Table<'txn, u64, &'static str>,
+}
+
+pub(crate) fn open_write_table<'txn, K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &'txn WriteTransaction,
+    def: TableDefinition<'static, K, V>,
+) -> Result<Table<'txn, K, V>, StoreError> {
+    txn.open_table(def).map_err(|source| StoreError::Table {
+        table: def.name().to_string(),
+        source: Box::new(source),
+    })
+}
+
+impl<'txn> WriteTables<'txn> {
+    /// Opens (creating where missing) every table.
+    pub fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            meta: open_write_table(txn, META)?,
+            tenants: open_write_table(txn, TENANTS)?,
+            hosts: open_write_table(txn, HOSTS)?,
+            endpoints: open_write_table(txn, ENDPOINTS)?,
+            intents: open_write_table(txn, INTENTS)?,
+            keys: open_write_table(txn, KEYS)?,
+            vlans: open_write_table(txn, VLANS)?,
+            ips: open_write_table(txn, IPS)?,
+            macs: open_write_table(txn, MACS)?,
+        })
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.meta.get(key)?.map(|g| g.value()))
+    }
+
+    pub fn set_meta(&mut self, key: &str, value: u64) -> Result<(), StoreError> {
+        self.meta.insert(key, value)?;
+        Ok(())
+    }
+
+    /// Takes the next number from an id counter. Counters only ever go up, so an id is never
+    /// reused, not even after its object is deleted.
+    pub fn next_id(&mut self, counter: &str) -> Result<u32, StoreError> {
+        let next = self.meta(counter)?.unwrap_or(1);
+        let id = u32::try_from(next).map_err(|_| {
+            StoreError::Inconsistent(format!("id counter {counter} is exhausted ({next})"))
+        })?;
+        self.set_meta(counter, next + 1)?;
+        Ok(id)
+    }
+
+    pub fn tenant(&self, name: &str) -> Result<Option<Tenant>, StoreError> {
+        Ok(get_row::<TenantRow>(&self.tenants, TENANTS, name)?.map(Tenant::from))
+    }
+
+    pub fn put_tenant(&mut self, t: &Tenant) -> Result<(), StoreError> {
+        let bytes = encode("tenants", t.name.as_str(), &TenantRow::from(t))?;
+        self.tenants.insert(t.name.as_str(), bytes.as_slice())?;
+        Ok(())
+    }
+
+    pub fn remove_tenant(&mut self, name: &str) -> Result<(), StoreError> {
+        self.tenants.remove(name)?;
+        Ok(())
+    }
+
+    pub fn all_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        Ok(all_rows::<TenantRow>(&self.tenants, TENANTS)?
+            .into_iter()
+            .map(|(_, r)| r.into())
+            .collect())
+    }
+
+    pub fn host(&self, name: &str) -> Result<Option<Host>, StoreError> {
+        Ok(get_row::<HostRow>(&self.hosts, HOSTS, name)?.map(Host::from))
+    }
+
+    pub fn put_host(&mut self, h: &Host) -> Result<(), StoreError> {
+        let bytes = encode("hosts", h.name.as_str(), &HostRow::from(h))?;
+        self.hosts.insert(h.name.as_str(), bytes.as_slice())?;
+        Ok(())
+    }
+
+    pub fn all_hosts(&self) -> Result<Vec<Host>, StoreError> {
+        Ok(all_rows::<HostRow>(&self.hosts, HOSTS)?
+            .into_iter()
+            .map(|(_, r)| r.into())
+            .collect())
+    }
+
+    pub fn endpoint(&self, name: &str) -> Result<Option<StoredEndpoint>, StoreError> {
+        Ok(get_row::<EndpointRow>(&self.endpoints, ENDPOINTS, name)?.map(StoredEndpoint::from))
+    }
+
+    pub fn put_endpoint(&mut self, e: &StoredEndpoint) -> Result<(), StoreError> {
+        let name = e.endpoint.name.as_str();
+        let bytes = encode("endpoints", name, &EndpointRow::from(e))?;
+        self.endpoints.insert(name, bytes.as_slice())?;
+        Ok(())
+    }
+
+    pub fn remove_endpoint(&mut self, name: &str) -> Result<(), StoreError> {
+        self.endpoints.remove(name)?;
+        Ok(())
+    }
+
+    pub fn all_endpoints(&self) -> Result<Vec<StoredEndpoint>, StoreError> {
+        Ok(all_rows::<EndpointRow>(&self.endpoints, ENDPOINTS)?
+            .into_iter()
+            .map(|(_, r)| r.into())
+            .collect())
+    }
+
+    pub fn put_intent(&mut self, intent: &HostIntent) -> Result<(), StoreError> {
+        let name = intent.host.as_str();
+        let bytes = encode("intents", name, intent)?;
+        self.intents
+            .insert(name, (intent.generation, bytes.as_slice()))?;
+        Ok(())
+    }
+
+    pub fn intent(&self, host: &str) -> Result<Option<HostIntent>, StoreError> {
+        get_intent(&self.intents, host)
+    }
+}

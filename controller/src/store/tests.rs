@@ -1,0 +1,1310 @@
+//! Tests of the store through its public API, on real redb files in temporary directories.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ovl_common::intent::{ObjectKind, ObjectStatus};
+use ovl_common::proto::{
+    AgentHello, ApiError, ApiReply, ApiRequest, EndpointCreate, EndpointInfo, ErrorCode,
+    TenantCreate, TenantInfo,
+};
+use ovl_common::{HostName, NetnsTarget, SegmentType};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tempfile::TempDir;
+
+use super::*;
+use crate::live::{LiveHost, NoLive};
+
+const NOW: u64 = 1_700_000_000;
+
+struct Fixture {
+    _dir: TempDir,
+    path: PathBuf,
+    store: Option<Store>,
+    settings: Settings,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self::with(Settings::default())
+    }
+
+    fn with(settings: Settings) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("ovl.redb");
+        let store = Store::open(&path, settings.clone()).expect("open store");
+        Self {
+            _dir: dir,
+            path,
+            store: Some(store),
+            settings,
+        }
+    }
+
+    fn store(&self) -> &Store {
+        self.store.as_ref().expect("store is open")
+    }
+
+    fn reopen(&mut self) {
+        self.reopen_with(self.settings.clone());
+    }
+
+    fn reopen_with(&mut self, settings: Settings) {
+        // Drop first: redb refuses a second open of the same file.
+        self.store = None;
+        self.store = Some(Store::open(&self.path, settings.clone()).expect("reopen store"));
+        self.settings = settings;
+    }
+
+    fn hello(&self, host: &str, last_octet: u8) -> (Host, HostIntent, Vec<HostIntent>) {
+        self.store()
+            .register_host(&hello(host, Ipv4Addr::new(192, 168, 50, last_octet)), NOW)
+            .expect("register host")
+    }
+
+    /// Runs a request that must succeed.
+    fn ok(&self, req: ApiRequest) -> (ApiReply, Vec<HostIntent>) {
+        self.ok_live(req, &NoLive)
+    }
+
+    fn ok_live(&self, req: ApiRequest, live: &dyn Live) -> (ApiReply, Vec<HostIntent>) {
+        let (resp, changed) = self.store().handle(&req, live, NOW);
+        match resp {
+            Ok(reply) => (reply, changed),
+            Err(e) => panic!("{req:?} failed: {e:?}"),
+        }
+    }
+
+    /// Runs a request that must fail, and checks that it changed nothing at all.
+    fn fails(&self, req: ApiRequest) -> ApiError {
+        let before = self.store().dump().unwrap();
+        let (resp, changed) = self.store().handle(&req, &NoLive, NOW);
+        let after = self.store().dump().unwrap();
+        assert_eq!(before, after, "a failed {req:?} changed the store");
+        assert!(
+            changed.is_empty(),
+            "a failed request reported changed intents"
+        );
+        match resp {
+            Ok(reply) => panic!("{req:?} succeeded: {reply:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn tenant(&self, create: TenantCreate) -> TenantInfo {
+        match self.ok(ApiRequest::TenantCreate(create)).0 {
+            ApiReply::Tenant(t) => t,
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    fn endpoint(&self, create: EndpointCreate) -> (EndpointInfo, Vec<HostIntent>) {
+        match self.ok(ApiRequest::EndpointCreate(create)) {
+            (ApiReply::Endpoint(e), changed) => (e, changed),
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    fn assert_clean(&self) {
+        let report = self.store().check().unwrap();
+        assert!(report.is_clean(), "check found problems:\n{report}");
+    }
+}
+
+fn hello(host: &str, underlay: Ipv4Addr) -> AgentHello {
+    AgentHello {
+        host: HostName::new(host).unwrap(),
+        underlay,
+        underlay_mtu: 1500,
+        capabilities: vec!["datapath=netdev".into()],
+        last_applied: None,
+        agent_version: "test".into(),
+    }
+}
+
+fn tenant(name: &str, subnet: &str) -> TenantCreate {
+    TenantCreate {
+        name: name.into(),
+        subnet: subnet.into(),
+        segment: None,
+        key: None,
+        vlan: None,
+        mtu: None,
+    }
+}
+
+fn endpoint(name: &str, tenant: &str, host: &str) -> EndpointCreate {
+    EndpointCreate {
+        tenant: tenant.into(),
+        host: host.into(),
+        name: name.into(),
+        target: NetnsTarget::Name(name.into()),
+        ifname: None,
+        ip: None,
+    }
+}
+
+fn hn(name: &str) -> HostName {
+    HostName::new(name).unwrap()
+}
+
+#[derive(Default)]
+struct FakeLive(HashMap<HostName, LiveHost>);
+
+impl Live for FakeLive {
+    fn host(&self, name: &HostName) -> Option<LiveHost> {
+        self.0.get(name).cloned()
+    }
+}
+
+#[test]
+fn tenants_get_keys_tags_and_mtus() {
+    let f = Fixture::new();
+    let red = f.tenant(tenant("red", "10.1.0.0/24"));
+    assert_eq!(red.tenant.id, 1);
+    assert_eq!(red.tenant.segment, SegmentType::Vxlan);
+    assert_eq!(red.tenant.key, 1000, "the lowest key of the default range");
+    assert_eq!(red.tenant.vlan, 1);
+    assert_eq!(red.tenant.mtu, 1450);
+    assert!(!red.tenant.mtu_explicit);
+    assert_eq!(red.tenant.gateway, Ipv4Addr::new(10, 1, 0, 1));
+    assert_eq!(red.tenant.created, NOW);
+    assert_eq!(red.endpoints, 0);
+
+    let blue = f.tenant(TenantCreate {
+        segment: Some("gre".into()),
+        mtu: Some(1400),
+        ..tenant("blue", "10.2.0.0/16")
+    });
+    assert_eq!((blue.tenant.key, blue.tenant.vlan), (1001, 2));
+    assert_eq!(blue.tenant.mtu, 1400);
+    assert!(blue.tenant.mtu_explicit);
+
+    let green = f.tenant(TenantCreate {
+        segment: Some("vlan".into()),
+        vlan: Some(300),
+        ..tenant("green", "10.1.0.0/24")
+    });
+    assert_eq!(
+        (green.tenant.key, green.tenant.vlan),
+        (300, 300),
+        "a vlan tenant's key is its tag"
+    );
+    assert_eq!(green.tenant.mtu, 1500);
+
+    let gre_max = f.tenant(TenantCreate {
+        segment: Some("gre".into()),
+        key: Some(u32::MAX),
+        ..tenant("big", "10.3.0.0/24")
+    });
+    assert_eq!(gre_max.tenant.key, u32::MAX);
+
+    let names: Vec<String> = match f.ok(ApiRequest::TenantList).0 {
+        ApiReply::Tenants(list) => list.iter().map(|t| t.tenant.name.to_string()).collect(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(names, ["big", "blue", "green", "red"]);
+    f.assert_clean();
+}
+
+#[test]
+fn bad_tenant_requests_name_the_field_and_change_nothing() {
+    let f = Fixture::with(Settings {
+        key_range: 1000..=1001,
+        ..Settings::default()
+    });
+    f.tenant(TenantCreate {
+        key: Some(5000),
+        vlan: Some(7),
+        ..tenant("taken", "10.0.0.0/24")
+    });
+
+    let cases: Vec<(TenantCreate, ErrorCode, &str, &str)> = vec![
+        (
+            tenant("Bad", "10.0.0.0/24"),
+            ErrorCode::InvalidArgument,
+            "name",
+            "lowercase",
+        ),
+        (
+            tenant("", "10.0.0.0/24"),
+            ErrorCode::InvalidArgument,
+            "name",
+            "empty",
+        ),
+        (
+            tenant("x", "10.0.0.1/24"),
+            ErrorCode::InvalidArgument,
+            "subnet",
+            "10.0.0.0/24",
+        ),
+        (
+            tenant("x", "banana"),
+            ErrorCode::InvalidArgument,
+            "subnet",
+            "CIDR",
+        ),
+        (
+            tenant("x", "10.0.0.0"),
+            ErrorCode::InvalidArgument,
+            "subnet",
+            "CIDR",
+        ),
+        (
+            tenant("x", "10.0.0.0/31"),
+            ErrorCode::InvalidArgument,
+            "subnet",
+            "/30",
+        ),
+        (
+            TenantCreate {
+                segment: Some("geneve".into()),
+                ..tenant("x", "10.0.0.0/24")
+            },
+            ErrorCode::InvalidArgument,
+            "type",
+            "vxlan",
+        ),
+        (
+            TenantCreate {
+                key: Some(0),
+                ..tenant("x", "10.0.0.0/24")
+            },
+            ErrorCode::InvalidArgument,
+            "vni",
+            "16777215",
+        ),
+        (
+            TenantCreate {
+                key: Some(16_777_216),
+                ..tenant("x", "10.0.0.0/24")
+            },
+            ErrorCode::InvalidArgument,
+            "vni",
+            "out of range",
+        ),
+        (
+            TenantCreate {
+                segment: Some("gre".into()),
+                key: Some(0),
+                ..tenant("x", "10.0.0.0/24")
+            },
+            ErrorCode::InvalidArgument,
+            "vni",
+            "out of range",
+        ),
+        (
+            TenantCreate {
+                segment: Some("vlan".into()),
+                key: Some(5),
+                ..tenant("x", "10.0.0.0/24")
+            },
+            ErrorCode::InvalidArgument,
+            "vni",
+            "VLAN tag",
+        ),
+        (
+            TenantCreate {
+                vlan: Some(0),
+                ..tenant("x", "10.0.0.0/24")
+            },
+            ErrorCode::InvalidArgument,
+            "vlan",
+            "1 to 4094",
+        ),
+        (
+            TenantCreate {
+                vlan: Some(4095),
+                ..tenant("x", "10.0.0.0/24")
+            },
+            ErrorCode::InvalidArgument,
+            "vlan",
+            "1 to 4094",
+        ),
+        (
+            TenantCreate {
+                mtu: Some(575),
+                ..tenant("x", "10.0.0.0/24")
+            },
+            ErrorCode::InvalidArgument,
+            "mtu",
+            "576",
+        ),
+        (
+            TenantCreate {
+                mtu: Some(9001),
+                ..tenant("x", "10.0.0.0/24")
+            },
+            ErrorCode::InvalidArgument,
+            "mtu",
+            "9000",
+        ),
+        (
+            TenantCreate {
+                mtu: Some(1451),
+                ..tenant("x", "10.0.0.0/24")
+            },
+            ErrorCode::InvalidArgument,
+            "mtu",
+            "1500 - 50 = 1450",
+        ),
+        (
+            TenantCreate {
+                segment: Some("gre".into()),
+                mtu: Some(1459),
+                ..tenant("x", "10.0.0.0/24")
+            },
+            ErrorCode::InvalidArgument,
+            "mtu",
+            "1500 - 42 = 1458",
+        ),
+        (
+            tenant("taken", "10.9.0.0/24"),
+            ErrorCode::AlreadyExists,
+            "name",
+            "'taken'",
+        ),
+        (
+            TenantCreate {
+                key: Some(5000),
+                ..tenant("x", "10.0.0.0/24")
+            },
+            ErrorCode::Conflict,
+            "vni",
+            "tenant 'taken'",
+        ),
+        (
+            TenantCreate {
+                segment: Some("gre".into()),
+                key: Some(5000),
+                ..tenant("x", "10.0.0.0/24")
+            },
+            ErrorCode::Conflict,
+            "vni",
+            "tenant 'taken'",
+        ),
+        (
+            TenantCreate {
+                vlan: Some(7),
+                ..tenant("x", "10.0.0.0/24")
+            },
+            ErrorCode::Conflict,
+            "vlan",
+            "tenant 'taken'",
+        ),
+    ];
+    for (req, code, field, needle) in cases {
+        let e = f.fails(ApiRequest::TenantCreate(req.clone()));
+        assert_eq!(e.code, code, "{req:?}: {e}");
+        assert_eq!(e.field.as_deref(), Some(field), "{req:?}: {e}");
+        assert!(
+            e.message.contains(needle),
+            "{req:?}: '{}' lacks '{needle}'",
+            e.message
+        );
+    }
+
+    // The automatic key range holds two keys: the third tunnel tenant finds it exhausted, and
+    // a vlan tenant (which needs no key) still fits.
+    f.tenant(tenant("one", "10.0.1.0/24"));
+    f.tenant(tenant("two", "10.0.2.0/24"));
+    let e = f.fails(ApiRequest::TenantCreate(tenant("three", "10.0.3.0/24")));
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        (ErrorCode::Exhausted, Some("vni"))
+    );
+    assert!(e.message.contains("1000-1001"), "{}", e.message);
+    f.tenant(TenantCreate {
+        segment: Some("vlan".into()),
+        ..tenant("three", "10.0.3.0/24")
+    });
+    f.assert_clean();
+}
+
+#[test]
+fn bad_endpoint_requests_name_the_field_and_change_nothing() {
+    let f = Fixture::new();
+    f.hello("h1", 1);
+    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.tenant(tenant("tiny", "10.2.0.0/30"));
+    f.endpoint(EndpointCreate {
+        ip: Some("10.1.0.9".into()),
+        ..endpoint("web", "red", "h1")
+    });
+    f.endpoint(endpoint("only", "tiny", "h1"));
+
+    let cases: Vec<(EndpointCreate, ErrorCode, &str, &str)> = vec![
+        (
+            endpoint("Web", "red", "h1"),
+            ErrorCode::InvalidArgument,
+            "name",
+            "lowercase",
+        ),
+        (
+            endpoint("a", "Red", "h1"),
+            ErrorCode::InvalidArgument,
+            "tenant",
+            "lowercase",
+        ),
+        (
+            endpoint("a", "red", "h_1"),
+            ErrorCode::InvalidArgument,
+            "host",
+            "'_'",
+        ),
+        (
+            endpoint("a", "blue", "h1"),
+            ErrorCode::NotFound,
+            "tenant",
+            "'blue'",
+        ),
+        (
+            endpoint("a", "red", "h2"),
+            ErrorCode::NotFound,
+            "host",
+            "'h2'",
+        ),
+        (
+            endpoint("web", "red", "h1"),
+            ErrorCode::AlreadyExists,
+            "name",
+            "'web'",
+        ),
+        (
+            endpoint("web", "tiny", "h1"),
+            ErrorCode::AlreadyExists,
+            "name",
+            "'web'",
+        ),
+        (
+            EndpointCreate {
+                ifname: Some("much-too-long-name".into()),
+                ..endpoint("a", "red", "h1")
+            },
+            ErrorCode::InvalidArgument,
+            "ifname",
+            "15 bytes",
+        ),
+        (
+            EndpointCreate {
+                ifname: Some("a/b".into()),
+                ..endpoint("a", "red", "h1")
+            },
+            ErrorCode::InvalidArgument,
+            "ifname",
+            "interface name",
+        ),
+        (
+            EndpointCreate {
+                target: NetnsTarget::Name("x/y".into()),
+                ..endpoint("a", "red", "h1")
+            },
+            ErrorCode::InvalidArgument,
+            "netns",
+            "namespace name",
+        ),
+        (
+            EndpointCreate {
+                target: NetnsTarget::Path("relative/path".into()),
+                ..endpoint("a", "red", "h1")
+            },
+            ErrorCode::InvalidArgument,
+            "netns",
+            "absolute",
+        ),
+        (
+            EndpointCreate {
+                target: NetnsTarget::Pid(0),
+                ..endpoint("a", "red", "h1")
+            },
+            ErrorCode::InvalidArgument,
+            "pid",
+            "process id",
+        ),
+        (
+            EndpointCreate {
+                target: NetnsTarget::Docker("no spaces".into()),
+                ..endpoint("a", "red", "h1")
+            },
+            ErrorCode::InvalidArgument,
+            "docker",
+            "container",
+        ),
+        (
+            EndpointCreate {
+                ip: Some("10.1.0.300".into()),
+                ..endpoint("a", "red", "h1")
+            },
+            ErrorCode::InvalidArgument,
+            "ip",
+            "IPv4 address",
+        ),
+        (
+            EndpointCreate {
+                ip: Some("10.9.0.5".into()),
+                ..endpoint("a", "red", "h1")
+            },
+            ErrorCode::InvalidArgument,
+            "ip",
+            "outside",
+        ),
+        (
+            EndpointCreate {
+                ip: Some("10.1.0.0".into()),
+                ..endpoint("a", "red", "h1")
+            },
+            ErrorCode::InvalidArgument,
+            "ip",
+            "network address",
+        ),
+        (
+            EndpointCreate {
+                ip: Some("10.1.0.1".into()),
+                ..endpoint("a", "red", "h1")
+            },
+            ErrorCode::InvalidArgument,
+            "ip",
+            "gateway",
+        ),
+        (
+            EndpointCreate {
+                ip: Some("10.1.0.255".into()),
+                ..endpoint("a", "red", "h1")
+            },
+            ErrorCode::InvalidArgument,
+            "ip",
+            "broadcast",
+        ),
+        (
+            EndpointCreate {
+                ip: Some("10.1.0.9".into()),
+                ..endpoint("a", "red", "h1")
+            },
+            ErrorCode::Conflict,
+            "ip",
+            "endpoint 'web'",
+        ),
+        (
+            EndpointCreate {
+                target: NetnsTarget::Name("web".into()),
+                ..endpoint("a", "red", "h1")
+            },
+            ErrorCode::Conflict,
+            "ifname",
+            "endpoint 'web'",
+        ),
+        (
+            endpoint("second", "tiny", "h1"),
+            ErrorCode::Exhausted,
+            "ip",
+            "1 endpoint fit",
+        ),
+    ];
+    for (req, code, field, needle) in cases {
+        let e = f.fails(ApiRequest::EndpointCreate(req.clone()));
+        assert_eq!(e.code, code, "{req:?}: {e}");
+        assert_eq!(e.field.as_deref(), Some(field), "{req:?}: {e}");
+        assert!(
+            e.message.contains(needle),
+            "{req:?}: '{}' lacks '{needle}'",
+            e.message
+        );
+    }
+
+    for (req, code, field) in [
+        (
+            ApiRequest::EndpointDelete {
+                name: "nope".into(),
+            },
+            ErrorCode::NotFound,
+            "name",
+        ),
+        (
+            ApiRequest::EndpointDelete { name: "No".into() },
+            ErrorCode::InvalidArgument,
+            "name",
+        ),
+        (
+            ApiRequest::TenantDelete {
+                name: "nope".into(),
+                force: true,
+            },
+            ErrorCode::NotFound,
+            "name",
+        ),
+    ] {
+        let e = f.fails(req);
+        assert_eq!((e.code, e.field.as_deref()), (code, Some(field)));
+    }
+
+    // Same namespace, another interface name: fine.
+    f.endpoint(EndpointCreate {
+        target: NetnsTarget::Name("web".into()),
+        ifname: Some("eth1".into()),
+        ..endpoint("web-two", "red", "h1")
+    });
+    f.assert_clean();
+}
+
+#[test]
+fn endpoints_get_addresses_macs_and_fresh_ids() {
+    let f = Fixture::new();
+    f.hello("h1", 1);
+    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.tenant(tenant("blue", "10.1.0.0/24"));
+
+    let (a, _) = f.endpoint(endpoint("a", "red", "h1"));
+    let (b, _) = f.endpoint(endpoint("b", "red", "h1"));
+    let (c, _) = f.endpoint(endpoint("c", "blue", "h1"));
+    assert_eq!(a.endpoint.ip, Ipv4Addr::new(10, 1, 0, 2));
+    assert_eq!(b.endpoint.ip, Ipv4Addr::new(10, 1, 0, 3));
+    assert_eq!(
+        c.endpoint.ip,
+        Ipv4Addr::new(10, 1, 0, 2),
+        "another tenant: its own address space"
+    );
+    assert_eq!((a.endpoint.id, b.endpoint.id, c.endpoint.id), (1, 2, 3));
+    assert_eq!(a.endpoint.ifname, "eth0");
+    assert_eq!(
+        (a.prefix_len, a.gateway, a.mtu, a.vlan),
+        (24, Ipv4Addr::new(10, 1, 0, 1), 1450, 1)
+    );
+    let macs: BTreeSet<_> = [a.endpoint.mac, b.endpoint.mac, c.endpoint.mac].into();
+    assert_eq!(macs.len(), 3);
+    assert!(macs.iter().all(|m| m.is_local_unicast()));
+
+    let (reply, _) = f.ok(ApiRequest::EndpointDelete { name: "a".into() });
+    assert_eq!(
+        reply,
+        ApiReply::Deleted {
+            removed: vec!["endpoint a".into()]
+        }
+    );
+    let (d, _) = f.endpoint(endpoint("d", "red", "h1"));
+    assert_eq!(
+        d.endpoint.ip, a.endpoint.ip,
+        "a freed address is the lowest free again"
+    );
+    assert_eq!(d.endpoint.id, 4, "ids are never reused");
+    assert!(
+        !macs.contains(&d.endpoint.mac),
+        "a freed MAC is not handed straight back out"
+    );
+
+    // The name is free again too, with a new id.
+    let (a2, _) = f.endpoint(endpoint("a", "red", "h1"));
+    assert_eq!(a2.endpoint.id, 5);
+
+    let list = |tenant: Option<&str>, host: Option<&str>| -> Vec<String> {
+        match f
+            .ok(ApiRequest::EndpointList {
+                tenant: tenant.map(Into::into),
+                host: host.map(Into::into),
+            })
+            .0
+        {
+            ApiReply::Endpoints(v) => v.into_iter().map(|e| e.endpoint.name.to_string()).collect(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(list(None, None), ["a", "b", "c", "d"]);
+    assert_eq!(list(Some("red"), None), ["a", "b", "d"]);
+    assert_eq!(list(Some("blue"), Some("h1")), ["c"]);
+    let e = f.fails(ApiRequest::EndpointList {
+        tenant: Some("green".into()),
+        host: None,
+    });
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        (ErrorCode::NotFound, Some("tenant"))
+    );
+    let e = f.fails(ApiRequest::EndpointList {
+        tenant: None,
+        host: Some("h9".into()),
+    });
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        (ErrorCode::NotFound, Some("host"))
+    );
+    f.assert_clean();
+}
+
+#[test]
+fn tenant_delete_needs_force_while_endpoints_remain() {
+    let f = Fixture::new();
+    f.hello("h1", 1);
+    f.hello("h2", 2);
+    f.tenant(TenantCreate {
+        key: Some(4242),
+        vlan: Some(42),
+        ..tenant("red", "10.1.0.0/24")
+    });
+    for (name, host) in [("c", "h1"), ("a", "h2"), ("b", "h1")] {
+        f.endpoint(endpoint(name, "red", host));
+    }
+    let info = match f.ok(ApiRequest::TenantShow { name: "red".into() }).0 {
+        ApiReply::Tenant(t) => t,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(info.endpoints, 3);
+    assert_eq!(info.hosts, [hn("h1"), hn("h2")]);
+
+    let e = f.fails(ApiRequest::TenantDelete {
+        name: "red".into(),
+        force: false,
+    });
+    assert_eq!(e.code, ErrorCode::Conflict);
+    assert_eq!(
+        e.message,
+        "tenant 'red' has 3 endpoints (a, b, c); delete them first or pass --force"
+    );
+
+    let (reply, changed) = f.ok(ApiRequest::TenantDelete {
+        name: "red".into(),
+        force: true,
+    });
+    assert_eq!(
+        reply,
+        ApiReply::Deleted {
+            removed: vec![
+                "endpoint a".into(),
+                "endpoint b".into(),
+                "endpoint c".into(),
+                "tenant red".into()
+            ]
+        }
+    );
+    let hosts: Vec<&str> = changed.iter().map(|i| i.host.as_str()).collect();
+    assert_eq!(hosts, ["h1", "h2"]);
+    assert!(changed
+        .iter()
+        .all(|i| i.endpoints.is_empty() && i.tenants.is_empty()));
+    let dump = f.store().dump().unwrap();
+    for table in [
+        "tenants",
+        "endpoints",
+        "alloc_keys",
+        "alloc_vlans",
+        "alloc_ips",
+        "alloc_macs",
+    ] {
+        assert!(
+            dump.tables[table].is_empty(),
+            "{table} still has rows: {:?}",
+            dump.tables[table]
+        );
+    }
+    f.assert_clean();
+
+    // The key and the tag are free again.
+    let again = f.tenant(TenantCreate {
+        key: Some(4242),
+        vlan: Some(42),
+        ..tenant("red", "10.1.0.0/24")
+    });
+    assert_eq!(again.tenant.id, 2, "tenant ids are never reused");
+    f.ok(ApiRequest::TenantDelete {
+        name: "red".into(),
+        force: false,
+    });
+    f.assert_clean();
+}
+
+#[test]
+fn intents_follow_endpoints_and_generations_only_grow() {
+    let f = Fixture::new();
+    let (h1, i1, others) = f.hello("h1", 1);
+    assert_eq!(h1.id, 1);
+    assert_eq!(
+        i1.generation, 1,
+        "a new host starts at its empty intent, generation 1"
+    );
+    assert!(i1.endpoints.is_empty() && others.is_empty());
+    let (h2, i2, others) = f.hello("h2", 2);
+    assert_eq!((h2.id, i2.generation), (2, 1));
+    assert!(
+        others.is_empty(),
+        "a host without endpoints changes nobody's intent"
+    );
+    f.hello("h3", 3);
+
+    f.tenant(tenant("red", "10.1.0.0/24"));
+    let (_, changed) = f.ok(ApiRequest::TenantList);
+    assert!(changed.is_empty());
+
+    let (a, changed) = f.endpoint(endpoint("a", "red", "h1"));
+    assert_eq!(changed.len(), 1);
+    assert_eq!((changed[0].host.as_str(), changed[0].generation), ("h1", 2));
+    assert_eq!(a.state, "pending");
+    assert!(changed[0].tenants[0].peers.is_empty());
+
+    let (_, changed) = f.endpoint(endpoint("b", "red", "h2"));
+    let by_host: HashMap<&str, &HostIntent> =
+        changed.iter().map(|i| (i.host.as_str(), i)).collect();
+    assert_eq!(by_host.len(), 2, "h1 gains a peer, h2 gains the endpoint");
+    assert_eq!(by_host["h1"].generation, 3);
+    assert_eq!(by_host["h2"].generation, 2);
+    let peer = &by_host["h1"].tenants[0].peers[0];
+    assert_eq!(
+        (peer.host.as_str(), peer.underlay),
+        ("h2", Ipv4Addr::new(192, 168, 50, 2))
+    );
+    assert_eq!(by_host["h2"].tenants[0].peers[0].host.as_str(), "h1");
+    assert!(f
+        .store()
+        .intent(&hn("h3"))
+        .unwrap()
+        .unwrap()
+        .tenants
+        .is_empty());
+
+    // h2 moves: h1's peer address changes, h2's own intent does not.
+    let (_, own, others) = f
+        .store()
+        .register_host(&hello("h2", Ipv4Addr::new(192, 168, 60, 2)), NOW + 5)
+        .unwrap();
+    assert_eq!(own.generation, 2);
+    assert_eq!(others.len(), 1);
+    assert_eq!(others[0].host.as_str(), "h1");
+    assert_eq!(others[0].generation, 4);
+    assert_eq!(
+        others[0].tenants[0].peers[0].underlay,
+        Ipv4Addr::new(192, 168, 60, 2)
+    );
+    let h2_host = f
+        .store()
+        .hosts()
+        .unwrap()
+        .into_iter()
+        .find(|h| h.name == hn("h2"))
+        .unwrap();
+    assert_eq!(
+        h2_host.registered, NOW,
+        "re-registration keeps the first registration time"
+    );
+    assert_eq!(h2_host.id, 2);
+
+    // The same hello again writes nothing.
+    let before = f.store().dump().unwrap();
+    let (_, own, others) = f
+        .store()
+        .register_host(&hello("h2", Ipv4Addr::new(192, 168, 60, 2)), NOW + 9)
+        .unwrap();
+    assert_eq!(own.generation, 2);
+    assert!(others.is_empty());
+    assert_eq!(f.store().dump().unwrap(), before);
+
+    // Deleting b removes the peer again.
+    let (_, changed) = f.ok(ApiRequest::EndpointDelete { name: "b".into() });
+    let by_host: HashMap<&str, &HostIntent> =
+        changed.iter().map(|i| (i.host.as_str(), i)).collect();
+    assert!(by_host["h1"].tenants[0].peers.is_empty());
+    assert_eq!(by_host["h1"].generation, 5);
+    assert!(by_host["h2"].tenants.is_empty());
+    assert_eq!(by_host["h2"].generation, 3);
+    f.assert_clean();
+
+    let e = f
+        .store()
+        .register_host(&hello("h4", Ipv4Addr::UNSPECIFIED), NOW)
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Hello { .. }), "{e}");
+}
+
+#[test]
+fn everything_survives_a_restart() {
+    let mut f = Fixture::new();
+    f.hello("h1", 1);
+    f.hello("h2", 2);
+    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate {
+        segment: Some("gre".into()),
+        ..tenant("blue", "10.2.0.0/24")
+    });
+    f.endpoint(endpoint("a", "red", "h1"));
+    f.endpoint(endpoint("b", "red", "h2"));
+    f.endpoint(endpoint("c", "blue", "h2"));
+    f.ok(ApiRequest::EndpointDelete { name: "a".into() });
+    let dump = f.store().dump().unwrap();
+    let state = f.store().state().unwrap();
+
+    f.reopen();
+    assert_eq!(
+        f.store().dump().unwrap(),
+        dump,
+        "reopening changed the store"
+    );
+    assert_eq!(f.store().state().unwrap(), state);
+    f.assert_clean();
+
+    // Allocation continues where it left off: no value is handed out twice.
+    let (d, _) = f.endpoint(endpoint("d", "red", "h1"));
+    assert_eq!(d.endpoint.id, 4);
+    let used_macs: BTreeSet<_> = state.endpoints.values().map(|e| e.endpoint.mac).collect();
+    assert!(!used_macs.contains(&d.endpoint.mac));
+    let t = f.tenant(tenant("green", "10.3.0.0/24"));
+    assert_eq!((t.tenant.id, t.tenant.key, t.tenant.vlan), (3, 1002, 3));
+    let h1 = f.store().intent(&hn("h1")).unwrap().unwrap();
+    assert!(h1.generation > state.intents[&hn("h1")].generation);
+    let (h3, ..) = f.hello("h3", 3);
+    assert_eq!(h3.id, 3);
+    f.assert_clean();
+}
+
+#[test]
+fn derived_mtus_follow_the_underlay_across_restarts() {
+    let mut f = Fixture::new();
+    f.hello("h1", 1);
+    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate {
+        mtu: Some(1400),
+        ..tenant("fixed", "10.2.0.0/24")
+    });
+    f.endpoint(endpoint("a", "red", "h1"));
+    f.endpoint(endpoint("b", "fixed", "h1"));
+    let generation = f.store().intent(&hn("h1")).unwrap().unwrap().generation;
+
+    f.reopen_with(Settings {
+        underlay_mtu: 9000,
+        ..Settings::default()
+    });
+    let state = f.store().state().unwrap();
+    let red = &state.tenants[&TenantName::new("red").unwrap()];
+    assert_eq!(red.mtu, 8950);
+    assert_eq!(state.tenants[&TenantName::new("fixed").unwrap()].mtu, 1400);
+    let intent = f.store().intent(&hn("h1")).unwrap().unwrap();
+    assert_eq!(intent.generation, generation + 1);
+    assert_eq!(
+        intent.endpoints.iter().map(|e| e.mtu).collect::<Vec<_>>(),
+        [8950, 1400]
+    );
+    f.assert_clean();
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let mut f = Fixture::new();
+    f.store = None;
+    {
+        let db = Database::create(&f.path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(tables::META)
+            .unwrap()
+            .insert(meta::SCHEMA_VERSION, SCHEMA_VERSION + 1)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let e = Store::open(&f.path, Settings::default()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::SchemaTooNew {
+                found: 2,
+                supported: 1
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_settings_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for settings in [
+        Settings {
+            key_range: 0..=10,
+            ..Settings::default()
+        },
+        Settings {
+            underlay_mtu: 600,
+            ..Settings::default()
+        },
+    ] {
+        let e = Store::open(&dir.path().join("x.redb"), settings).unwrap_err();
+        assert!(matches!(e, StoreError::Settings(_)), "{e}");
+    }
+}
+
+#[test]
+fn endpoint_state_follows_the_host_report() {
+    let f = Fixture::new();
+    f.hello("h1", 1);
+    f.hello("h2", 2);
+    f.tenant(tenant("red", "10.1.0.0/24"));
+    let (a, _) = f.endpoint(endpoint("a", "red", "h1"));
+    f.endpoint(endpoint("b", "red", "h1"));
+    let gen_a = f.store().state().unwrap().endpoints[&a.endpoint.name].first_generation;
+    assert_eq!(gen_a, 2);
+
+    let show = |live: &FakeLive, name: &str| -> EndpointInfo {
+        match f
+            .ok_live(ApiRequest::EndpointShow { name: name.into() }, live)
+            .0
+        {
+            ApiReply::Endpoint(e) => e,
+            other => panic!("{other:?}"),
+        }
+    };
+    let mut live = FakeLive::default();
+    assert_eq!(
+        show(&live, "a").state,
+        "pending",
+        "never connected, nothing applied"
+    );
+
+    live.0.insert(
+        hn("h1"),
+        LiveHost {
+            connected: true,
+            applied_generation: Some(1),
+            ..LiveHost::default()
+        },
+    );
+    assert_eq!(
+        show(&live, "a").state,
+        "pending",
+        "applied an older generation"
+    );
+
+    live.0.insert(
+        hn("h1"),
+        LiveHost {
+            connected: true,
+            applied_generation: Some(2),
+            datapath: Some("fake".into()),
+            objects: vec![
+                ObjectStatus::ok(ObjectKind::Endpoint, "a"),
+                ObjectStatus::failed(ObjectKind::Tunnel, "red@h2", "no route"),
+            ],
+            ..LiveHost::default()
+        },
+    );
+    let a = show(&live, "a");
+    assert_eq!((a.state.as_str(), a.error.as_deref()), ("ok", None));
+    assert_eq!(
+        show(&live, "b").state,
+        "pending",
+        "b came with generation 3"
+    );
+
+    live.0.insert(
+        hn("h1"),
+        LiveHost {
+            connected: false,
+            applied_generation: Some(3),
+            objects: vec![ObjectStatus::failed(
+                ObjectKind::Endpoint,
+                "b",
+                "netns b does not exist",
+            )],
+            ..LiveHost::default()
+        },
+    );
+    let b = show(&live, "b");
+    assert_eq!(
+        (b.state.as_str(), b.error.as_deref()),
+        ("error", Some("netns b does not exist"))
+    );
+    assert_eq!(show(&live, "a").state, "ok");
+
+    // Status and host show.
+    let status = match f.ok_live(ApiRequest::Status, &live).0 {
+        ApiReply::Status(s) => s,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        status.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["h1", "h2"]
+    );
+    assert_eq!(status[0].desired_generation, 3);
+    assert_eq!(status[0].applied_generation, Some(3));
+    assert_eq!(status[0].endpoints, 2);
+    assert_eq!(status[0].errors.len(), 1);
+    assert!(!status[0].connected);
+    assert_eq!((status[1].desired_generation, status[1].endpoints), (1, 0));
+    assert_eq!(status[1].applied_generation, None);
+
+    let host = match f
+        .ok_live(ApiRequest::HostShow { name: "h1".into() }, &live)
+        .0
+    {
+        ApiReply::Host(h) => h,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(host.host.underlay, Ipv4Addr::new(192, 168, 50, 1));
+    assert_eq!(host.status, status[0]);
+    let e = f.fails(ApiRequest::HostShow { name: "h9".into() });
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        (ErrorCode::NotFound, Some("name"))
+    );
+    let e = f.fails(ApiRequest::TenantShow { name: "Red".into() });
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        (ErrorCode::InvalidArgument, Some("name"))
+    );
+    match f.ok(ApiRequest::HostList).0 {
+        ApiReply::Hosts(h) => assert_eq!(h.len(), 2),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A seeded random workload of creates and deletes, checked after every step against the
+/// audit and against a model of what must be unique.
+#[test]
+fn random_workloads_stay_consistent() {
+    for seed in 0..4u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut f = Fixture::with(Settings {
+            key_range: 1000..=1011,
+            ..Settings::default()
+        });
+        let hosts = ["h1", "h2", "h3", "h4"];
+        for (i, h) in hosts.iter().enumerate() {
+            f.hello(h, i as u8 + 1);
+        }
+        let mut ever_ids: BTreeSet<u32> = BTreeSet::new();
+        for step in 0..120 {
+            let r = rng.gen_range(0..100);
+            let tenants: Vec<String> = f
+                .store()
+                .state()
+                .unwrap()
+                .tenants
+                .keys()
+                .map(|t| t.to_string())
+                .collect();
+            let endpoints: Vec<String> = f
+                .store()
+                .state()
+                .unwrap()
+                .endpoints
+                .keys()
+                .map(|e| e.to_string())
+                .collect();
+            let (resp, _) = if r < 20 {
+                let segment = ["vxlan", "gre", "vlan"][rng.gen_range(0..3)];
+                let prefix = rng.gen_range(28..=30);
+                let req = TenantCreate {
+                    segment: Some(segment.into()),
+                    ..tenant(
+                        &format!("t{}", rng.gen_range(0..8)),
+                        &format!("10.{}.0.0/{prefix}", rng.gen_range(0..4)),
+                    )
+                };
+                f.store()
+                    .handle(&ApiRequest::TenantCreate(req), &NoLive, NOW)
+            } else if r < 30 && !tenants.is_empty() {
+                let name = tenants[rng.gen_range(0..tenants.len())].clone();
+                f.store().handle(
+                    &ApiRequest::TenantDelete {
+                        name,
+                        force: rng.gen_bool(0.5),
+                    },
+                    &NoLive,
+                    NOW,
+                )
+            } else if r < 75 && !tenants.is_empty() {
+                let t = &tenants[rng.gen_range(0..tenants.len())];
+                let mut req = endpoint(
+                    &format!("e{}", rng.gen_range(0..40)),
+                    t,
+                    hosts[rng.gen_range(0..4)],
+                );
+                if rng.gen_bool(0.3) {
+                    req.ip = Some(format!(
+                        "10.{}.0.{}",
+                        rng.gen_range(0..4),
+                        rng.gen_range(0..8)
+                    ));
+                }
+                f.store()
+                    .handle(&ApiRequest::EndpointCreate(req), &NoLive, NOW)
+            } else if !endpoints.is_empty() {
+                let name = endpoints[rng.gen_range(0..endpoints.len())].clone();
+                f.store()
+                    .handle(&ApiRequest::EndpointDelete { name }, &NoLive, NOW)
+            } else {
+                continue;
+            };
+            if let Err(e) = &resp {
+                assert_ne!(e.code, ErrorCode::Internal, "seed {seed} step {step}: {e}");
+            }
+            if let Ok(ApiReply::Endpoint(e)) = &resp {
+                assert!(
+                    ever_ids.insert(e.endpoint.id),
+                    "endpoint id {} reused",
+                    e.endpoint.id
+                );
+            }
+            if step % 40 == 39 {
+                f.reopen();
+            }
+            let report = f.store().check().unwrap();
+            assert!(report.is_clean(), "seed {seed} step {step}:\n{report}");
+        }
+    }
+}
+
+#[test]
+fn inspection_writes_nothing_and_sees_the_stored_settings() {
+    let settings = Settings {
+        key_range: 5000..=6000,
+        underlay_mtu: 9000,
+    };
+    let mut f = Fixture::with(settings.clone());
+    f.hello("h1", 1);
+    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.endpoint(endpoint("a", "red", "h1"));
+    let dump = f.store().dump().unwrap();
+    f.store = None;
+
+    let inspected = Store::open_existing(&f.path).unwrap();
+    assert_eq!(inspected.settings(), &settings);
+    let report = inspected.check().unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!((report.tenants, report.hosts, report.endpoints), (1, 1, 1));
+    assert_eq!(report.allocations, 4, "key, tag, address and MAC");
+    assert_eq!(inspected.dump().unwrap(), dump);
+    drop(inspected);
+
+    let missing = f.path.with_file_name("missing.redb");
+    assert!(Store::open_existing(&missing).is_err());
+    assert!(!missing.exists(), "inspection must not create a store");
+}
+
+/// The audit really finds problems: corrupt the tables behind the store's back.
+#[test]
+fn check_reports_leaks_and_dangling_rows() {
+    let mut f = Fixture::new();
+    f.hello("h1", 1);
+    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.endpoint(endpoint("a", "red", "h1"));
+    f.assert_clean();
+    f.store = None;
+    {
+        let db = Database::create(&f.path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = WriteTables::open(&txn).unwrap();
+            // A leaked tag, a lost address, and an endpoint on a host that never registered.
+            t.vlans.insert(99, "ghost").unwrap();
+            t.ips.retain(|_, _| false).unwrap();
+            let mut e = t.endpoint("a").unwrap().unwrap();
+            e.endpoint.host = hn("nowhere");
+            t.put_endpoint(&e).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let report = Store::open_existing(&f.path).unwrap().check().unwrap();
+    let all = report.problems.join("\n");
+    assert!(all.contains("VLAN tag 99 is held by 'ghost'"), "{all}");
+    assert!(all.contains("the address table says None"), "{all}");
+    assert!(
+        all.contains("host 'nowhere', which does not exist"),
+        "{all}"
+    );
+    assert!(all.contains("differs from a fresh compilation"), "{all}");
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the Debian packages ovl needs on a host, a lab machine or CI. Idempotent: it only
+# calls apt when something is missing. Run as root.
+set -euo pipefail
+
+packages=(openvswitch-switch iproute2 nftables iputils-ping ethtool iperf3 tcpdump procps psmisc)
+if [[ "${OVL_DEV_PACKAGES:-0}" == 1 ]]; then
+    # Used by the test suite's deployment checks.
+    packages+=(shellcheck systemd vagrant)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+
+if ((${#missing[@]} > 0)); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "install-deps: missing packages: ${missing[*]}; run this script as root" >&2
+        exit 1
+    fi
+    echo "install-deps: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Open vSwitch's tools expect this directory even when every instance has its own run dir.
+mkdir -p /var/run/openvswitch /run/netns
+echo "install-deps: all packages present" >&2

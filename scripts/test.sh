@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit tests, and the privileged tests that run real
+# Open vSwitch, namespaces, QUIC and redb. Needs root (namespaces, OVS) and a Debian machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OVL_DEV_PACKAGES=1 bash deploy/install-deps.sh
+
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+    cargo install --locked cargo-nextest
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== build"
+cargo build --workspace --all-targets --locked
+echo "== tests (privileged tests included: --run-ignored all)"
+cargo nextest run --workspace --locked --run-ignored all --no-fail-fast

@@ -1,0 +1,320 @@
+//! A control-plane cluster of real processes on loopback: one `ovl-controller`, any number of
+//! `ovl-agent`s (fake or real datapath), and the `ovl` CLI, all with real certificates in a
+//! temporary directory. Everything is killed and removed on drop, also when a test panics.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ovl_common::intent::HostIntent;
+use serde_json::Value;
+
+use crate::bin;
+
+/// A free UDP port on loopback (bound and released; good enough for tests).
+pub fn free_udp_port() -> u16 {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral UDP port");
+    s.local_addr().expect("local addr").port()
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends SIGTERM and waits up to 10 s, then SIGKILL.
+pub fn terminate(child: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A running agent process.
+#[derive(Debug)]
+pub struct AgentProc {
+    pub child: Child,
+    pub record: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+/// One controller, its agents and a CLI configuration.
+#[derive(Debug)]
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub pki: PathBuf,
+    pub db: PathBuf,
+    pub addr: SocketAddr,
+    controller: Option<Child>,
+    pub agents: BTreeMap<String, AgentProc>,
+    restarts: u32,
+}
+
+impl Cluster {
+    /// Initialises a PKI with the real `ovl-controller init` and picks a port.
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("ovl-cluster-")
+            .tempdir()
+            .expect("tempdir");
+        let pki = dir.path().join("pki");
+        let out = Command::new(bin("ovl-controller"))
+            .args(["init", "--pki"])
+            .arg(&pki)
+            .output()
+            .expect("run ovl-controller init");
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+        let db = dir.path().join("controller.redb");
+        Self {
+            dir,
+            pki,
+            db,
+            addr,
+            controller: None,
+            agents: BTreeMap::new(),
+            restarts: 0,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts the controller and waits until it answers `ovl status`.
+    pub fn start_controller(&mut self) {
+        assert!(self.controller.is_none(), "controller already running");
+        let log = self
+            .path()
+            .join(format!("controller-{}.log", self.restarts));
+        self.restarts += 1;
+        let child = Command::new(bin("ovl-controller"))
+            .args(["run", "--pki"])
+            .arg(&self.pki)
+            .arg("--db")
+            .arg(&self.db)
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .env("OVL_LOG", "info,ovl_controller=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("controller log"))
+            .spawn()
+            .expect("spawn ovl-controller");
+        self.controller = Some(child);
+        wait_for("the controller to answer", Duration::from_secs(20), || {
+            self.ovl(&["status"]).status.success().then_some(())
+        });
+    }
+
+    /// Stops the controller with SIGTERM.
+    pub fn stop_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            terminate(&mut c);
+        }
+    }
+
+    /// Issues a host bundle with the real `ovl-controller issue host`.
+    pub fn issue_host(&self, name: &str) -> PathBuf {
+        let out = Command::new(bin("ovl-controller"))
+            .args(["issue", "host", name, "--pki"])
+            .arg(&self.pki)
+            .output()
+            .expect("run ovl-controller issue");
+        assert!(
+            out.status.success(),
+            "issue failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.pki.join("hosts").join(name)
+    }
+
+    pub fn admin_credentials(&self) -> PathBuf {
+        self.pki.join("admin")
+    }
+
+    /// Starts an agent with the recording fake datapath.
+    pub fn start_fake_agent(&mut self, name: &str, underlay: &str) {
+        let creds = self.pki.join("hosts").join(name);
+        if !creds.exists() {
+            self.issue_host(name);
+        }
+        let record = self.path().join(format!("{name}.intents.jsonl"));
+        let state_dir = self.path().join(format!("{name}-state"));
+        let log = self.path().join(format!("agent-{name}.log"));
+        let child = Command::new(bin("ovl-agent"))
+            .args([
+                "run",
+                "--config",
+                "/nonexistent/agent.toml",
+                "--driver",
+                "fake",
+                "--controller",
+            ])
+            .arg(self.addr.to_string())
+            .arg("--credentials")
+            .arg(&creds)
+            .args(["--underlay-ip", underlay, "--record"])
+            .arg(&record)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .env("OVL_LOG", "info,ovl_agent=debug")
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .expect("agent log"),
+            )
+            .spawn()
+            .expect("spawn ovl-agent");
+        self.agents.insert(
+            name.to_string(),
+            AgentProc {
+                child,
+                record,
+                state_dir,
+                log,
+            },
+        );
+    }
+
+    pub fn stop_agent(&mut self, name: &str) {
+        if let Some(a) = self.agents.get_mut(name) {
+            terminate(&mut a.child);
+        }
+    }
+
+    /// Runs `ovl` with the admin credentials and `--output json`.
+    pub fn ovl(&self, args: &[&str]) -> Output {
+        self.ovl_as(&self.admin_credentials(), args)
+    }
+
+    /// Runs `ovl` with the given credentials bundle.
+    pub fn ovl_as(&self, creds: &Path, args: &[&str]) -> Output {
+        Command::new(bin("ovl"))
+            .arg("--controller")
+            .arg(self.addr.to_string())
+            .arg("--credentials")
+            .arg(creds)
+            .args(["--config", "/nonexistent/ovl.toml", "--output", "json"])
+            .args(args)
+            .output()
+            .expect("run ovl")
+    }
+
+    /// Runs `ovl`, asserts success, and parses its JSON output.
+    pub fn ovl_json(&self, args: &[&str]) -> Value {
+        let out = self.ovl(args);
+        assert!(
+            out.status.success(),
+            "ovl {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "ovl {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Every intent a fake agent has applied, oldest first.
+    pub fn records(&self, host: &str) -> Vec<HostIntent> {
+        let path = &self.agents[host].record;
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("recorded intent parses"))
+            .collect()
+    }
+
+    /// The last intent a fake agent applied.
+    pub fn last_intent(&self, host: &str) -> Option<HostIntent> {
+        self.records(host).pop()
+    }
+
+    /// Waits until every named host is connected and has applied its desired generation.
+    pub fn wait_converged(&self, hosts: &[&str]) {
+        wait_for(
+            &format!("hosts {hosts:?} to converge"),
+            Duration::from_secs(30),
+            || {
+                let out = self.ovl(&["status"]);
+                if !out.status.success() {
+                    return None;
+                }
+                let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+                let rows = v.as_array()?;
+                let ok = hosts.iter().all(|h| {
+                    rows.iter().any(|r| {
+                        r["name"] == *h
+                            && r["connected"] == true
+                            && r["applied_generation"].as_u64() == r["desired_generation"].as_u64()
+                    })
+                });
+                ok.then_some(())
+            },
+        )
+    }
+
+    /// A controller log, for failure messages.
+    pub fn controller_log(&self) -> String {
+        (0..self.restarts)
+            .map(|i| {
+                std::fs::read_to_string(self.path().join(format!("controller-{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for a in self.agents.values_mut() {
+            let _ = a.child.kill();
+            let _ = a.child.wait();
+        }
+        if let Some(c) = self.controller.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            // Keep the evidence: logs and databases stay for the failure report.
+            let kept = self.dir.path().to_path_buf();
+            eprintln!("cluster files kept in {}", kept.display());
+            let _ = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")).keep();
+        }
+    }
+}
