@@ -12,5 +12,6 @@ pub mod netns;
 pub mod ovs;
 pub mod ovs_datapath;
 pub mod ovsdb;
+pub mod reconcile;
 pub mod runner;
 pub mod session;

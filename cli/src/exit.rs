@@ -82,6 +82,7 @@ impl ExitStatus {
                     ExitStatus::Denied
                 }
                 Refusal::Malformed(_) => ExitStatus::Other,
+                Refusal::Join(_) => ExitStatus::Denied,
             },
             ClientError::VersionMismatch { .. } => ExitStatus::VersionMismatch,
             ClientError::Bind { .. }

@@ -10,6 +10,7 @@ pub mod args;
 pub mod client;
 pub mod config;
 pub mod exit;
+pub mod lab;
 pub mod output;
 pub mod request;
 pub mod run;

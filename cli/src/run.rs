@@ -25,6 +25,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Host(c) => request::host(c)?,
         Command::Endpoint(c) => request::endpoint(c)?,
         Command::Status => request::status(),
+        Command::Lab(c) => return crate::lab::cmd::run(c, &cli.global).await,
     };
     api(&cli.global, plan).await
 }

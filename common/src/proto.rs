@@ -8,7 +8,9 @@
 //!
 //! - an agent receives [`ControllerToAgent`] frames and sends [`AgentToController`] frames;
 //! - the CLI sends an [`ApiRequest`] and receives one [`ApiResponse`], as many times as it
-//!   likes.
+//!   likes;
+//! - a joining host (on the join endpoint, without a client certificate) receives one
+//!   [`JoinAccepted`] frame.
 //!
 //! Enums here are closed; new variants are only ever appended, and a change that is not
 //! append-only bumps [`PROTOCOL_VERSION`].
@@ -26,6 +28,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The ALPN identifier both ends require.
 pub const ALPN: &[u8] = b"ovl/1";
 
+/// The ALPN identifier of the join endpoint, where a host without a certificate redeems a
+/// join token (see [`JoinRequest`]). It differs from [`ALPN`] so that a client pointed at the
+/// wrong port fails in the handshake instead of sending a token where none is expected.
+pub const JOIN_ALPN: &[u8] = b"ovl-join/1";
+
 /// First frame of every connection, client to controller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientHello {
@@ -41,6 +48,37 @@ pub enum ClientRole {
     Agent(AgentHello),
     /// The `ovl` CLI (or any admin tool) about to send API requests.
     Admin,
+    /// `ovl-agent join`: a host without a certificate asks for one. Only accepted on the join
+    /// endpoint (ALPN [`JOIN_ALPN`]), which is authenticated by the token and by the client
+    /// pinning the cluster CA; the mutually authenticated endpoint refuses it. The controller
+    /// answers with a [`ServerHello`] and, when it welcomes the join, one [`JoinAccepted`]
+    /// frame, then closes the connection.
+    Join(JoinRequest),
+}
+
+/// A host's request for a certificate. The private key never leaves the host: the request
+/// carries a certificate signing request, and the controller takes only its public key
+/// (after checking the request's self-signature, which proves the host holds the key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The one-time token from `ovl-controller token create`.
+    pub token: String,
+    /// The host name asked for. `None` takes the name the token is bound to.
+    pub host: Option<String>,
+    /// A PKCS#10 certificate signing request in DER. Everything but its public key and its
+    /// signature is ignored: the controller decides what the certificate says.
+    pub csr: Vec<u8>,
+}
+
+/// The controller's answer to a welcomed [`JoinRequest`]: the host's new certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinAccepted {
+    /// The host the certificate names.
+    pub host: HostName,
+    /// The cluster CA certificate (PEM); its SHA-256 must equal the pinned hash.
+    pub ca_pem: String,
+    /// The host's certificate (PEM), over the public key of the request.
+    pub cert_pem: String,
 }
 
 /// What an agent announces when its session opens.
@@ -94,6 +132,41 @@ pub enum Refusal {
     },
     #[error("malformed hello: {0}")]
     Malformed(String),
+    /// A [`ClientRole::Join`] was refused; the token stays as it was (a refused join never
+    /// uses a token up).
+    #[error("join refused: {0}")]
+    Join(JoinRefusal),
+}
+
+/// Why the controller refused a join.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum JoinRefusal {
+    /// No such token: never issued, revoked, mistyped, or pruned after expiring.
+    #[error("the token is not valid; create one with `ovl-controller token create`")]
+    UnknownToken,
+    /// The token has been redeemed already; tokens are single-use.
+    #[error(
+        "the token has already been used; create a new one with `ovl-controller token create`"
+    )]
+    UsedToken,
+    #[error("the token expired at {expired} (unix time); create a new one with `ovl-controller token create`")]
+    ExpiredToken { expired: u64 },
+    /// The token is bound to another host name.
+    #[error("the token is for host '{bound}', not '{asked}'")]
+    WrongHost { bound: String, asked: String },
+    /// Neither the token nor the request names the host.
+    #[error("the token is not bound to a host name; pass --host NAME")]
+    NoHostName,
+    /// An unbound token cannot take the name of a host the controller already knows; a
+    /// token created with `--host NAME` can (re-joining a reinstalled host).
+    #[error("host '{0}' is already known to the controller; re-join it with a token created by `ovl-controller token create --host {0}`")]
+    HostExists(String),
+    /// The request itself is wrong (a bad host name, an unreadable signing request).
+    #[error("{0}")]
+    Invalid(String),
+    /// The controller cannot issue a certificate now (no CA key, an I/O error).
+    #[error("the controller cannot issue certificates: {0}")]
+    Unavailable(String),
 }
 
 /// Frames the controller sends on an agent session.

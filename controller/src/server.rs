@@ -115,6 +115,11 @@ impl Server {
         &self.sessions
     }
 
+    /// The store, shared with the join endpoint (which reads which hosts exist).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
     /// Accepts connections until `shutdown` fires, then closes the endpoint.
     pub async fn serve(self, endpoint: quinn::Endpoint, shutdown: CancelToken) {
         loop {
@@ -249,6 +254,17 @@ impl Server {
                     identity: other.to_string(),
                     action: "call the admin API".into(),
                     hint: "use the admin bundle from `ovl-controller init` (PKI_DIR/admin)".into(),
+                };
+                refuse(&conn, &mut send, r).await;
+            }
+            (ClientRole::Join(_), other) => {
+                // Joins belong on the join endpoint (`crate::join`); a party that already holds
+                // a certificate has nothing to join, and a token never travels here.
+                warn!(identity = %other, "refusing a join on the authenticated endpoint");
+                let r = Refusal::NotAuthorized {
+                    identity: other.to_string(),
+                    action: "join on the authenticated endpoint".into(),
+                    hint: "`ovl-agent join` talks to the join endpoint (`ovl-controller run --join-listen`, port 7301 by default)".into(),
                 };
                 refuse(&conn, &mut send, r).await;
             }

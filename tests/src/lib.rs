@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod netns;
 pub mod ovs;
+pub mod sim;
 
 use std::path::PathBuf;
 
@@ -47,11 +48,16 @@ fn nix_euid() -> u32 {
 }
 
 /// The directory holding the workspace's built binaries (`target/debug` or `target/release`),
-/// found from the running test executable (`target/<profile>/deps/<test>`).
+/// found from the running executable: a test (`target/<profile>/deps/<test>`) or one of this
+/// crate's own binaries such as `ovl-bench-control` (`target/<profile>/<bin>`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let deps = exe.parent().expect("test exe has a parent");
-    deps.parent().expect("deps has a parent").to_path_buf()
+    let dir = exe.parent().expect("the executable has a parent directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("deps has a parent").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Path of one of the workspace's binaries (`ovl`, `ovl-controller`, `ovl-agent`).

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{debug, Instrument};
+use tracing::{debug, error, Instrument};
 
 use super::datapath::DatapathType;
 use super::plan::{plan_ensure_bridge, plan_port_changes, BridgeOutcome, Step};
@@ -13,7 +14,7 @@ use super::port::{BridgeState, ObservedPort, PortChange};
 use super::view::{read_ops, DbView};
 use super::{Error, DB};
 use crate::ovsdb::{
-    self, Client, MonitorEvent, MonitorRequest, Mutation, Operation, OperationResult,
+    self, Client, MonitorEvent, MonitorRequest, MonitorStream, Mutation, Operation, OperationResult,
 };
 
 /// What the watcher reports.
@@ -76,10 +77,7 @@ impl OvsDriver {
             .client
             .transact(DB, &read_ops())
             .await
-            .map_err(|source| Error::Ovsdb {
-                action: action(),
-                source,
-            })?;
+            .map_err(|source| Error::ovsdb(action(), source))?;
         DbView::from_results(&results)
     }
 
@@ -94,12 +92,9 @@ impl OvsDriver {
                     step: steps
                         .get(*index)
                         .map_or_else(|| "commit".to_owned(), |s| s.what.clone()),
-                    source,
+                    source: Box::new(source),
                 },
-                _ => Error::Ovsdb {
-                    action: action.to_owned(),
-                    source,
-                },
+                _ => Error::ovsdb(action, source),
             })
     }
 
@@ -179,25 +174,18 @@ impl OvsDriver {
             ),
             Operation::select_columns("Open_vSwitch", vec![], &["next_cfg"]),
         ];
-        let ovsdb_err = |source| Error::Ovsdb {
-            action: action.to_owned(),
-            source,
-        };
+        let ovsdb_err = |source| Error::ovsdb(action, source);
         let r = self.client.transact(DB, &bump).await.map_err(ovsdb_err)?;
         let read_cfg = |r: &OperationResult, column: &str| -> Result<i64, Error> {
-            let rows = r.rows().map_err(|source| Error::Data {
-                table: "Open_vSwitch",
-                source,
-            })?;
+            let rows = r
+                .rows()
+                .map_err(|source| Error::data("Open_vSwitch", source))?;
             let [row] = rows else {
                 return Err(Error::RootRow { rows: rows.len() });
             };
             row.get(column)
                 .and_then(|v| v.as_i64())
-                .map_err(|source| Error::Data {
-                    table: "Open_vSwitch",
-                    source,
-                })
+                .map_err(|source| Error::data("Open_vSwitch", source))
         };
         let target = read_cfg(&r[1], "next_cfg")?;
         let deadline = tokio::time::Instant::now() + timeout;
@@ -233,10 +221,41 @@ impl OvsDriver {
     /// while rx.recv().await.is_some() { /* reconcile */ }
     /// # Ok(()) }
     /// ```
-    pub async fn watch<F>(&self, mut on_change: F) -> Result<Watcher, Error>
+    pub async fn watch<F>(&self, on_change: F) -> Result<Watcher, Error>
     where
         F: FnMut(OvsEvent) + Send + 'static,
     {
+        let stream = self.monitor_all().await?;
+        let span = tracing::info_span!("ovs-watcher");
+        let task = tokio::spawn(forward(stream, on_change).instrument(span));
+        Ok(Watcher { task })
+    }
+
+    /// [`watch`](Self::watch) for callers that cannot await: sends `()` on `notify` at every
+    /// event, dropping it when the channel is full (one pending wake-up is as good as
+    /// several). A refused monitor, which only a database without the Open vSwitch schema
+    /// would cause, is logged and ends the watcher.
+    pub fn spawn_watcher(&self, notify: mpsc::Sender<()>) -> Watcher {
+        let this = self.clone();
+        let span = tracing::info_span!("ovs-watcher");
+        let task = tokio::spawn(
+            async move {
+                match this.monitor_all().await {
+                    Ok(stream) => {
+                        forward(stream, move |_| {
+                            let _ = notify.try_send(());
+                        })
+                        .await
+                    }
+                    Err(e) => error!(error = %e, "cannot watch Open vSwitch"),
+                }
+            }
+            .instrument(span),
+        );
+        Watcher { task }
+    }
+
+    async fn monitor_all(&self) -> Result<MonitorStream, Error> {
         let requests = [
             MonitorRequest::columns(
                 "Bridge",
@@ -251,27 +270,55 @@ impl OvsDriver {
                 &["name", "type", "options", "external_ids", "ofport", "error"],
             ),
         ];
-        let mut stream =
-            self.client
-                .monitor(DB, &requests)
-                .await
-                .map_err(|source| Error::Ovsdb {
-                    action: "monitoring bridges, ports and interfaces".into(),
-                    source,
-                })?;
-        let span = tracing::info_span!("ovs-watcher");
-        let task = tokio::spawn(
-            async move {
-                while let Some(event) = stream.next().await {
-                    on_change(match event {
-                        MonitorEvent::Reset(_) => OvsEvent::Resynced,
-                        MonitorEvent::Update(_) => OvsEvent::Changed,
-                    });
-                }
-                debug!("the OVSDB client is gone; watcher stops");
-            }
-            .instrument(span),
+        self.client
+            .monitor(DB, &requests)
+            .await
+            .map_err(|source| Error::ovsdb("monitoring bridges, ports and interfaces", source))
+    }
+}
+
+async fn forward(mut stream: MonitorStream, mut on_change: impl FnMut(OvsEvent)) {
+    while let Some(event) = stream.next().await {
+        on_change(match event {
+            MonitorEvent::Reset(_) => OvsEvent::Resynced,
+            MonitorEvent::Update(_) => OvsEvent::Changed,
+        });
+    }
+    debug!("the OVSDB client is gone; the watcher stops");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ovsdb::ClientOptions;
+
+    #[tokio::test]
+    async fn an_unreachable_ovs_is_described_for_operators() {
+        let dir = tempfile::tempdir().unwrap();
+        let address = format!("unix:{}/db.sock", dir.path().display());
+        let client = Client::start(address.parse().unwrap(), ClientOptions::default());
+        let ovs = OvsDriver::new(client.clone());
+        let mut states = client.watch_state();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            states.wait_for(|s| s.last_error.is_some()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let problem = ovs.connection_problem().unwrap();
+        assert!(
+            problem.starts_with(&format!("Open vSwitch is not reachable at {address}: "))
+                && problem.contains("No such file or directory")
+                && problem.ends_with("is ovsdb-server running?"),
+            "{problem}"
         );
-        Ok(Watcher { task })
+        let e = ovs.owned_ports("br-int").await.unwrap_err();
+        assert!(e.is_connection_error(), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("reading bridge br-int: not connected"),
+            "{e}"
+        );
     }
 }

@@ -53,7 +53,7 @@ pub enum Error {
     Ovsdb {
         action: String,
         #[source]
-        source: ovsdb::Error,
+        source: Box<ovsdb::Error>,
     },
 
     /// The server refused one step of a transaction; nothing of it was applied.
@@ -63,7 +63,7 @@ pub enum Error {
         /// What the failed operation was for, such as `create port vx3-a`.
         step: String,
         #[source]
-        source: ovsdb::Error,
+        source: Box<ovsdb::Error>,
     },
 
     #[error("the Open_vSwitch table has {rows} rows instead of one; initialise the database with `ovs-vsctl init` (the openvswitch-switch service does) before starting ovl-agent")]
@@ -99,7 +99,7 @@ pub enum Error {
     Data {
         table: &'static str,
         #[source]
-        source: ovsdb::Error,
+        source: Box<ovsdb::Error>,
     },
 
     #[error(
@@ -109,6 +109,20 @@ pub enum Error {
 }
 
 impl Error {
+    pub(crate) fn ovsdb(action: impl Into<String>, source: ovsdb::Error) -> Self {
+        Error::Ovsdb {
+            action: action.into(),
+            source: Box::new(source),
+        }
+    }
+
+    pub(crate) fn data(table: &'static str, source: ovsdb::Error) -> Self {
+        Error::Data {
+            table,
+            source: Box::new(source),
+        }
+    }
+
     /// Whether the database could not be reached (as opposed to refusing a change): the
     /// agent should report OVS as down and retry once it is back.
     pub fn is_connection_error(&self) -> bool {

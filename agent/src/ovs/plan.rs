@@ -167,6 +167,7 @@ fn port_row(spec: &PortSpec) -> Row {
     Row::new()
         .with("tag", Value::optional(spec.tag))
         .with("trunks", Value::set(spec.trunks.iter().copied()))
+        .with("protected", spec.protected)
         .with(
             "external_ids",
             Value::from_string_map(&spec.owned_external_ids()),

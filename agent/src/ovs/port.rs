@@ -104,6 +104,10 @@ pub struct PortSpec {
     /// The VLANs a trunk port carries (`trunks`). With no `tag`, OVS reads an empty set as
     /// "all VLANs".
     pub trunks: BTreeSet<u16>,
+    /// `protected`: OVS does not forward between two protected ports. Set on every tunnel
+    /// port, it is the split horizon that keeps a full mesh of tunnels from looping
+    /// broadcasts (a frame that came in over one tunnel never leaves over another).
+    pub protected: bool,
     /// What the port is for (`ovl-tenant`, `ovl-endpoint`, `ovl-peer`, …), written to both
     /// rows. The driver adds the ownership key itself; it must not be given here.
     pub external_ids: BTreeMap<String, String>,
@@ -116,8 +120,14 @@ impl PortSpec {
             kind,
             tag: None,
             trunks: BTreeSet::new(),
+            protected: false,
             external_ids: BTreeMap::new(),
         }
+    }
+
+    pub fn protected(mut self) -> Self {
+        self.protected = true;
+        self
     }
 
     pub fn with_tag(mut self, tag: u16) -> Self {
@@ -218,6 +228,7 @@ pub struct ObservedPort {
     pub name: String,
     pub tag: Option<u16>,
     pub trunks: BTreeSet<u16>,
+    pub protected: bool,
     /// All of the row's `external_ids`, the ownership key included.
     pub external_ids: BTreeMap<String, String>,
     pub interfaces: Vec<ObservedInterface>,
@@ -250,6 +261,7 @@ impl ObservedPort {
             kind: PortKind::from_interface(&iface.iface_type, &iface.options),
             tag: self.tag,
             trunks: self.trunks.clone(),
+            protected: self.protected,
             external_ids,
         })
     }
@@ -396,6 +408,7 @@ mod tests {
             name: "vx3-a".into(),
             tag: Some(10),
             trunks: BTreeSet::new(),
+            protected: false,
             external_ids: spec.owned_external_ids(),
             interfaces: vec![iface.clone()],
         };

@@ -15,6 +15,7 @@ const PORT_COLUMNS: &[&str] = &[
     "interfaces",
     "tag",
     "trunks",
+    "protected",
     "external_ids",
 ];
 const INTERFACE_COLUMNS: &[&str] = &[
@@ -60,17 +61,14 @@ pub(crate) fn read_ops() -> Vec<Operation> {
 }
 
 fn data(table: &'static str) -> impl Fn(ovsdb::Error) -> Error {
-    move |source| Error::Data { table, source }
+    move |source| Error::data(table, source)
 }
 
 fn vlan(table: &'static str, v: i64) -> Result<u16, Error> {
     u16::try_from(v)
         .ok()
         .filter(|t| *t <= 4095)
-        .ok_or_else(|| Error::Data {
-            table,
-            source: ovsdb::Error::Value(format!("{v} is not a VLAN id")),
-        })
+        .ok_or_else(|| Error::data(table, ovsdb::Error::Value(format!("{v} is not a VLAN id"))))
 }
 
 fn parse_interface(row: &Row) -> Result<ObservedInterface, ovsdb::Error> {
@@ -101,9 +99,8 @@ impl DbView {
         let rows = |i: usize, table: &'static str| {
             results
                 .get(i)
-                .ok_or_else(|| Error::Data {
-                    table,
-                    source: ovsdb::Error::Value("missing select result".into()),
+                .ok_or_else(|| {
+                    Error::data(table, ovsdb::Error::Value("missing select result".into()))
                 })?
                 .rows()
                 .map_err(data(table))
@@ -143,6 +140,11 @@ impl DbView {
                 name: row.str("name").map_err(data("Port"))?.to_owned(),
                 tag,
                 trunks,
+                // Older schemas lack the column; absent reads as unprotected.
+                protected: row
+                    .get("protected")
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false),
                 external_ids: row.string_map("external_ids").map_err(data("Port"))?,
                 // A reference to a missing row cannot happen in one consistent read; skip
                 // rather than fail if it ever does.

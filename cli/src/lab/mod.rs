@@ -22,6 +22,8 @@
 //! namespace and link carries the lab's prefix, so `ovl lab down` (or a failed `up`, which
 //! calls it) removes all of it.
 
+pub mod cmd;
+pub mod demo;
 pub mod ovs;
 pub mod sys;
 
@@ -37,16 +39,28 @@ use ovs::OvsPaths;
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
     #[error("`{command}` failed ({status}): {stderr}")]
-    Command { command: String, status: String, stderr: String },
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
     #[error("cannot run `{command}`: {source}")]
-    Spawn { command: String, source: std::io::Error },
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the lab needs root (network namespaces, Open vSwitch); run it with sudo")]
     NotRoot,
     #[error("`{0}` is not installed; run deploy/install-deps.sh (as root) first")]
     Missing(String),
-    #[error("{0} is not built next to this `ovl`; run `cargo build --release` (or pass --bin-dir)")]
+    #[error(
+        "{0} is not built next to this `ovl`; run `cargo build --release` (or pass --bin-dir)"
+    )]
     MissingBinary(PathBuf),
     #[error("--hosts must be between 1 and 20, not {0}")]
     Hosts(u8),
@@ -152,18 +166,28 @@ impl LabState {
     /// Loads the state of the lab in `dir`.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = Self::path(dir);
-        let text = std::fs::read_to_string(&path).map_err(|_| LabError::NoLab(dir.to_path_buf()))?;
-        serde_json::from_str(&text).map_err(|e| LabError::State { path, reason: e.to_string() })
+        let text =
+            std::fs::read_to_string(&path).map_err(|_| LabError::NoLab(dir.to_path_buf()))?;
+        serde_json::from_str(&text).map_err(|e| LabError::State {
+            path,
+            reason: e.to_string(),
+        })
     }
 
     fn save(&self) -> Result<()> {
         let path = Self::path(&self.spec.dir);
-        let text = serde_json::to_string_pretty(self).map_err(|e| LabError::State { path: path.clone(), reason: e.to_string() })?;
+        let text = serde_json::to_string_pretty(self).map_err(|e| LabError::State {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         std::fs::write(&path, text).map_err(|source| LabError::Io { path, source })
     }
 
     pub fn host(&self, name: &str) -> Result<&LabHost> {
-        self.hosts.iter().find(|h| h.name == name).ok_or_else(|| LabError::UnknownHost(name.to_string()))
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .ok_or_else(|| LabError::UnknownHost(name.to_string()))
     }
 
     /// The host's index, for paths and addresses.
@@ -179,7 +203,15 @@ fn check_prerequisites(spec: &LabSpec) -> Result<()> {
     if spec.hosts == 0 || spec.hosts > 20 {
         return Err(LabError::Hosts(spec.hosts));
     }
-    for tool in ["ip", "ovsdb-server", "ovs-vswitchd", "ovsdb-tool", "ovs-vsctl", "ethtool", "ping"] {
+    for tool in [
+        "ip",
+        "ovsdb-server",
+        "ovs-vswitchd",
+        "ovsdb-tool",
+        "ovs-vsctl",
+        "ethtool",
+        "ping",
+    ] {
         if sys::which(tool).is_none() {
             return Err(LabError::Missing(tool.to_string()));
         }
@@ -196,16 +228,22 @@ fn check_prerequisites(spec: &LabSpec) -> Result<()> {
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:").map(|r| r.split_whitespace().nth(1) == Some("0"))))
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("Uid:")
+                    .map(|r| r.split_whitespace().nth(1) == Some("0"))
+            })
+        })
         .unwrap_or(false)
 }
 
 /// Whether every process of a recorded lab is running.
 pub fn healthy(state: &LabState) -> bool {
     let ctl = state.controller_pid.is_some_and(sys::alive);
-    let hosts = state.hosts.iter().all(|h| {
-        h.agent_pid.is_some_and(sys::alive) && state.spec.ovs(h.index).pids().len() == 2
-    });
+    let hosts = state
+        .hosts
+        .iter()
+        .all(|h| h.agent_pid.is_some_and(sys::alive) && state.spec.ovs(h.index).pids().len() == 2);
     ctl && hosts && state.hosts.len() == state.spec.hosts as usize
 }
 
@@ -236,35 +274,73 @@ pub fn up(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabState> {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LabError + '_ {
-    move |source| LabError::Io { path: path.to_path_buf(), source }
+    move |source| LabError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn build(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabState> {
     std::fs::create_dir_all(&spec.dir).map_err(io(&spec.dir))?;
-    let mut state = LabState { spec: spec.clone(), hosts: vec![], controller_pid: None, containers: vec![], wrote_cli_config: false };
+    let mut state = LabState {
+        spec: spec.clone(),
+        hosts: vec![],
+        controller_pid: None,
+        containers: vec![],
+        wrote_cli_config: false,
+    };
     state.save()?;
     let rtr = spec.router_ns();
     let net = spec.net;
 
-    progress(&format!("underlay: router namespace {rtr}, hosts in 10.{net}.<i>.0/24"));
+    progress(&format!(
+        "underlay: router namespace {rtr}, hosts in 10.{net}.<i>.0/24"
+    ));
     sys::ip(&["netns", "add", &rtr])?;
     sys::in_ns(&rtr, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
     sys::ip(&["-n", &rtr, "link", "set", "lo", "up"])?;
     sys::ip(&["-n", &rtr, "link", "add", "trunk", "type", "bridge"])?;
     sys::ip(&["-n", &rtr, "link", "set", "trunk", "up"])?;
     let root = spec.root_link();
-    sys::ip(&["link", "add", &root, "type", "veth", "peer", "name", "mgmt", "netns", &rtr])?;
+    sys::ip(&[
+        "link", "add", &root, "type", "veth", "peer", "name", "mgmt", "netns", &rtr,
+    ])?;
     sys::ip(&["addr", "add", &format!("10.{net}.0.1/24"), "dev", &root])?;
     sys::ip(&["link", "set", &root, "up"])?;
-    sys::ip(&["-n", &rtr, "addr", "add", &format!("10.{net}.0.254/24"), "dev", "mgmt"])?;
+    sys::ip(&[
+        "-n",
+        &rtr,
+        "addr",
+        "add",
+        &format!("10.{net}.0.254/24"),
+        "dev",
+        "mgmt",
+    ])?;
     sys::ip(&["-n", &rtr, "link", "set", "mgmt", "up"])?;
-    sys::ip(&["route", "add", &format!("10.{net}.0.0/16"), "via", &format!("10.{net}.0.254"), "dev", &root])?;
+    sys::ip(&[
+        "route",
+        "add",
+        &format!("10.{net}.0.0/16"),
+        "via",
+        &format!("10.{net}.0.254"),
+        "dev",
+        &root,
+    ])?;
 
     for i in 1..=spec.hosts {
         let name = LabSpec::host_name(i);
         let ns = spec.host_ns(i);
-        progress(&format!("host {name}: namespace {ns}, underlay {} (Open vSwitch, netdev datapath)", spec.underlay_ip(i)));
-        state.hosts.push(LabHost { name: name.clone(), index: i, netns: ns.clone(), underlay: spec.underlay_ip(i), agent_pid: None });
+        progress(&format!(
+            "host {name}: namespace {ns}, underlay {} (Open vSwitch, netdev datapath)",
+            spec.underlay_ip(i)
+        ));
+        state.hosts.push(LabHost {
+            name: name.clone(),
+            index: i,
+            netns: ns.clone(),
+            underlay: spec.underlay_ip(i),
+            agent_pid: None,
+        });
         state.save()?;
         build_host(spec, i)?;
     }
@@ -272,18 +348,46 @@ fn build(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabState> {
     progress("PKI: cluster CA, controller, admin and host certificates");
     let ctl = spec.bin_dir.join("ovl-controller");
     let pki = spec.pki();
-    sys::run(&ctl.display().to_string(), ["init".as_ref(), "--force".as_ref(), "--pki".as_ref(), pki.as_os_str()])?;
+    sys::run(
+        &ctl.display().to_string(),
+        [
+            "init".as_ref(),
+            "--force".as_ref(),
+            "--pki".as_ref(),
+            pki.as_os_str(),
+        ],
+    )?;
     for h in &state.hosts {
-        sys::run(&ctl.display().to_string(), ["issue".as_ref(), "host".as_ref(), h.name.as_ref(), "--pki".as_ref(), pki.as_os_str()])?;
+        sys::run(
+            &ctl.display().to_string(),
+            [
+                "issue".as_ref(),
+                "host".as_ref(),
+                h.name.as_ref(),
+                "--pki".as_ref(),
+                pki.as_os_str(),
+            ],
+        )?;
     }
 
-    progress(&format!("controller: listening on {}", spec.controller_addr()));
+    progress(&format!(
+        "controller: listening on {}",
+        spec.controller_addr()
+    ));
     let db = spec.dir.join("controller.redb");
     let addr = spec.controller_addr().to_string();
     let pid = spawn_daemon(
         None,
         &ctl,
-        &["run".as_ref(), "--pki".as_ref(), pki.as_os_str(), "--db".as_ref(), db.as_os_str(), "--listen".as_ref(), addr.as_ref()],
+        &[
+            "run".as_ref(),
+            "--pki".as_ref(),
+            pki.as_os_str(),
+            "--db".as_ref(),
+            db.as_os_str(),
+            "--listen".as_ref(),
+            addr.as_ref(),
+        ],
         &spec.dir.join("controller.log"),
     )?;
     state.controller_pid = Some(pid);
@@ -311,9 +415,21 @@ fn build_host(spec: &LabSpec, i: u8) -> Result<()> {
     sys::ip(&["netns", "add", &ns])?;
     sys::ip(&["-n", &ns, "link", "set", "lo", "up"])?;
     // The routed underlay link and the shared L2 trunk.
-    sys::ip(&["-n", &ns, "link", "add", "ul0", "type", "veth", "peer", "name", &hi, "netns", &rtr])?;
-    sys::ip(&["-n", &ns, "link", "add", "tr0", "type", "veth", "peer", "name", &ti, "netns", &rtr])?;
-    sys::ip(&["-n", &rtr, "addr", "add", &format!("{}/24", spec.router_ip(i)), "dev", &hi])?;
+    sys::ip(&[
+        "-n", &ns, "link", "add", "ul0", "type", "veth", "peer", "name", &hi, "netns", &rtr,
+    ])?;
+    sys::ip(&[
+        "-n", &ns, "link", "add", "tr0", "type", "veth", "peer", "name", &ti, "netns", &rtr,
+    ])?;
+    sys::ip(&[
+        "-n",
+        &rtr,
+        "addr",
+        "add",
+        &format!("{}/24", spec.router_ip(i)),
+        "dev",
+        &hi,
+    ])?;
     sys::ip(&["-n", &rtr, "link", "set", &hi, "up"])?;
     sys::ip(&["-n", &rtr, "link", "set", &ti, "master", "trunk", "up"])?;
     for link in ["ul0", "tr0"] {
@@ -327,17 +443,56 @@ fn build_host(spec: &LabSpec, i: u8) -> Result<()> {
     }
     let ovs = spec.ovs(i);
     ovs::start(&ns, &ovs)?;
-    ovs.vsctl(&["--may-exist", "add-br", "br-phy", "--", "set", "bridge", "br-phy", "datapath_type=netdev", "--", "--may-exist", "add-port", "br-phy", "ul0"])?;
-    sys::ip(&["-n", &ns, "addr", "add", &format!("{}/24", spec.underlay_ip(i)), "dev", "br-phy"])?;
+    ovs.vsctl(&[
+        "--may-exist",
+        "add-br",
+        "br-phy",
+        "--",
+        "set",
+        "bridge",
+        "br-phy",
+        "datapath_type=netdev",
+        "--",
+        "--may-exist",
+        "add-port",
+        "br-phy",
+        "ul0",
+    ])?;
+    sys::ip(&[
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("{}/24", spec.underlay_ip(i)),
+        "dev",
+        "br-phy",
+    ])?;
     sys::ip(&["-n", &ns, "link", "set", "br-phy", "up"])?;
-    sys::ip(&["-n", &ns, "route", "add", "default", "via", &spec.router_ip(i).to_string()])?;
+    sys::ip(&[
+        "-n",
+        &ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        &spec.router_ip(i).to_string(),
+    ])?;
     Ok(())
 }
 
 /// Starts a long-running process detached from the terminal (its own process group, so a
 /// Ctrl-C at the shell that ran `ovl lab up` does not reach it), inside `ns` when given.
-fn spawn_daemon(ns: Option<&str>, program: &Path, args: &[&std::ffi::OsStr], log: &Path) -> Result<u32> {
-    let logf = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(io(log))?;
+fn spawn_daemon(
+    ns: Option<&str>,
+    program: &Path,
+    args: &[&std::ffi::OsStr],
+    log: &Path,
+) -> Result<u32> {
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io(log))?;
     let logf2 = logf.try_clone().map_err(io(log))?;
     let mut cmd = match ns {
         Some(ns) => {
@@ -347,8 +502,15 @@ fn spawn_daemon(ns: Option<&str>, program: &Path, args: &[&std::ffi::OsStr], log
         }
         None => Command::new(program),
     };
-    cmd.args(args).stdin(Stdio::null()).stdout(logf).stderr(logf2).process_group(0);
-    let child = cmd.spawn().map_err(|e| LabError::Spawn { command: program.display().to_string(), source: e })?;
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(logf)
+        .stderr(logf2)
+        .process_group(0);
+    let child = cmd.spawn().map_err(|e| LabError::Spawn {
+        command: program.display().to_string(),
+        source: e,
+    })?;
     // `ip netns exec` execs the program, so this pid is the daemon's own.
     Ok(child.id())
 }
@@ -382,13 +544,22 @@ pub fn start_agent(spec: &LabSpec, h: &LabHost) -> Result<u32> {
         "--state-dir".as_ref(),
         state_dir.as_os_str(),
     ];
-    spawn_daemon(Some(&h.netns), &spec.bin_dir.join("ovl-agent"), &args, &dir.join("agent.log"))
+    spawn_daemon(
+        Some(&h.netns),
+        &spec.bin_dir.join("ovl-agent"),
+        &args,
+        &dir.join("agent.log"),
+    )
 }
 
 /// Stops the agent of one host (the data plane stays).
 pub fn stop_agent(state: &mut LabState, host: &str) -> Result<()> {
     let idx = state.host_index(host)?;
-    let h = state.hosts.iter_mut().find(|h| h.index == idx).ok_or_else(|| LabError::UnknownHost(host.into()))?;
+    let h = state
+        .hosts
+        .iter_mut()
+        .find(|h| h.index == idx)
+        .ok_or_else(|| LabError::UnknownHost(host.into()))?;
     if let Some(pid) = h.agent_pid.take() {
         sys::kill(pid);
     }
@@ -400,7 +571,11 @@ pub fn restart_agent(state: &mut LabState, host: &str) -> Result<u32> {
     stop_agent(state, host)?;
     let h = state.host(host)?.clone();
     let pid = start_agent(&state.spec, &h)?;
-    state.hosts.iter_mut().filter(|x| x.name == host).for_each(|x| x.agent_pid = Some(pid));
+    state
+        .hosts
+        .iter_mut()
+        .filter(|x| x.name == host)
+        .for_each(|x| x.agent_pid = Some(pid));
     state.save()?;
     Ok(pid)
 }
@@ -422,7 +597,15 @@ pub fn start_controller(state: &mut LabState) -> Result<u32> {
     let pid = spawn_daemon(
         None,
         &spec.bin_dir.join("ovl-controller"),
-        &["run".as_ref(), "--pki".as_ref(), pki.as_os_str(), "--db".as_ref(), db.as_os_str(), "--listen".as_ref(), addr.as_ref()],
+        &[
+            "run".as_ref(),
+            "--pki".as_ref(),
+            pki.as_os_str(),
+            "--db".as_ref(),
+            db.as_os_str(),
+            "--listen".as_ref(),
+            addr.as_ref(),
+        ],
         &spec.dir.join("controller.log"),
     )?;
     state.controller_pid = Some(pid);
@@ -464,11 +647,15 @@ fn write_cli_config(spec: &LabSpec, path: &Path, progress: &mut dyn FnMut(&str))
 pub fn add_container(dir: &Path, name: &str, host: &str) -> Result<LabContainer> {
     let mut state = LabState::load(dir)?;
     state.host(host)?;
-    ovl_common::model::validate_name("container name", name).map_err(|e| LabError::Other(e.to_string()))?;
+    ovl_common::model::validate_name("container name", name)
+        .map_err(|e| LabError::Other(e.to_string()))?;
     if sys::netns_list().iter().any(|n| n == name) {
         return Err(LabError::NamespaceExists(name.to_string()));
     }
-    let c = LabContainer { name: name.to_string(), host: host.to_string() };
+    let c = LabContainer {
+        name: name.to_string(),
+        host: host.to_string(),
+    };
     state.containers.push(c.clone());
     state.save()?;
     sys::ip(&["netns", "add", name])?;
@@ -535,7 +722,10 @@ pub fn down(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<()> {
 /// Removes every namespace and root link with the lab's prefix, killing what runs inside.
 fn sweep(spec: &LabSpec, progress: &mut dyn FnMut(&str)) {
     let prefix = format!("{}-", spec.prefix);
-    for ns in sys::netns_list().into_iter().filter(|n| n.starts_with(&prefix)) {
+    for ns in sys::netns_list()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+    {
         for pid in sys::netns_pids(&ns) {
             sys::kill(pid);
         }
@@ -583,7 +773,12 @@ pub fn status(dir: &Path) -> Result<LabReport> {
             agent: h.agent_pid,
             agent_running: h.agent_pid.is_some_and(sys::alive),
             ovs_running: state.spec.ovs(h.index).pids().len() == 2,
-            containers: state.containers.iter().filter(|c| c.host == h.name).map(|c| c.name.clone()).collect(),
+            containers: state
+                .containers
+                .iter()
+                .filter(|c| c.host == h.name)
+                .map(|c| c.name.clone())
+                .collect(),
         })
         .collect();
     Ok(LabReport {

@@ -19,7 +19,9 @@ pub struct OvsPaths {
 
 impl OvsPaths {
     pub fn new(dir: &Path) -> Self {
-        Self { dir: dir.to_path_buf() }
+        Self {
+            dir: dir.to_path_buf(),
+        }
     }
     pub fn db_sock(&self) -> PathBuf {
         self.dir.join("db.sock")
@@ -32,7 +34,11 @@ impl OvsPaths {
         self.dir.join(format!("{daemon}.pid"))
     }
     fn env(&self) -> Vec<(&'static str, &Path)> {
-        vec![("OVS_RUNDIR", &self.dir), ("OVS_DBDIR", &self.dir), ("OVS_LOGDIR", &self.dir)]
+        vec![
+            ("OVS_RUNDIR", &self.dir),
+            ("OVS_DBDIR", &self.dir),
+            ("OVS_LOGDIR", &self.dir),
+        ]
     }
 
     /// `ovs-vsctl --db=unix:… ARGS…`
@@ -55,7 +61,10 @@ impl OvsPaths {
 
 /// Creates the database (if new) and starts ovsdb-server then ovs-vswitchd inside `ns`.
 pub fn start(ns: &str, paths: &OvsPaths) -> Result<(), LabError> {
-    std::fs::create_dir_all(&paths.dir).map_err(|e| LabError::Io { path: paths.dir.clone(), source: e })?;
+    std::fs::create_dir_all(&paths.dir).map_err(|e| LabError::Io {
+        path: paths.dir.clone(),
+        source: e,
+    })?;
     let db = paths.dir.join("conf.db");
     if !db.exists() {
         let db = db.display().to_string();
@@ -69,8 +78,14 @@ pub fn start(ns: &str, paths: &OvsPaths) -> Result<(), LabError> {
 fn daemon_args(paths: &OvsPaths, daemon: &str) -> Vec<String> {
     vec![
         format!("--pidfile={}", paths.pid(daemon).display()),
-        format!("--unixctl={}", paths.dir.join(format!("{daemon}.ctl")).display()),
-        format!("--log-file={}", paths.dir.join(format!("{daemon}.log")).display()),
+        format!(
+            "--unixctl={}",
+            paths.dir.join(format!("{daemon}.ctl")).display()
+        ),
+        format!(
+            "--log-file={}",
+            paths.dir.join(format!("{daemon}.log")).display()
+        ),
         "--detach".into(),
         "--no-chdir".into(),
     ]
@@ -93,7 +108,13 @@ pub fn start_ovsdb(ns: &str, paths: &OvsPaths) -> Result<(), LabError> {
 
 /// Starts ovs-vswitchd (again, after a stop).
 pub fn start_vswitchd(ns: &str, paths: &OvsPaths) -> Result<(), LabError> {
-    let mut args = vec!["netns".to_string(), "exec".into(), ns.into(), "ovs-vswitchd".into(), paths.remote()];
+    let mut args = vec![
+        "netns".to_string(),
+        "exec".into(),
+        ns.into(),
+        "ovs-vswitchd".into(),
+        paths.remote(),
+    ];
     args.extend(daemon_args(paths, "ovs-vswitchd"));
     run_env("ip", &args, &paths.env())?;
     Ok(())

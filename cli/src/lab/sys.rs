@@ -17,11 +17,17 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
-    let out = Command::new(program).args(&args).output().map_err(|e| LabError::Spawn {
-        command: render(program, &args),
-        source: e,
-    })?;
+    let args: Vec<_> = args
+        .into_iter()
+        .map(|a| a.as_ref().to_os_string())
+        .collect();
+    let out = Command::new(program)
+        .args(&args)
+        .output()
+        .map_err(|e| LabError::Spawn {
+            command: render(program, &args),
+            source: e,
+        })?;
     check(program, &args, out)
 }
 
@@ -31,13 +37,19 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
+    let args: Vec<_> = args
+        .into_iter()
+        .map(|a| a.as_ref().to_os_string())
+        .collect();
     let mut cmd = Command::new(program);
     cmd.args(&args);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().map_err(|e| LabError::Spawn { command: render(program, &args), source: e })?;
+    let out = cmd.output().map_err(|e| LabError::Spawn {
+        command: render(program, &args),
+        source: e,
+    })?;
     check(program, &args, out)
 }
 
@@ -77,14 +89,23 @@ pub fn in_ns(ns: &str, program: &str, args: &[&str]) -> Result<String, LabError>
 /// Names of all network namespaces (`ip netns list`).
 pub fn netns_list() -> Vec<String> {
     run("ip", ["netns", "list"])
-        .map(|s| s.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect())
+        .map(|s| {
+            s.lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// Pids of processes in a namespace (`ip netns pids NS`).
 pub fn netns_pids(ns: &str) -> Vec<u32> {
     run("ip", ["netns", "pids", ns])
-        .map(|s| s.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -93,7 +114,9 @@ pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             // The state follows the parenthesised command name.
-            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
             !matches!(state, Some("Z") | Some("X") | None)
         }
         Err(_) => false,

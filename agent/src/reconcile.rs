@@ -1,0 +1,433 @@
+//! The reconciler's planner: pure functions from the intent and the observed Open vSwitch
+//! ports to the port changes that close the gap. No I/O happens here, so every rule is unit
+//! tested without root; [`crate::ovs_datapath`] observes, calls these, applies and verifies.
+//!
+//! Rules:
+//! - every endpoint gets an access port (its veth's host end) tagged with its tenant's local
+//!   VLAN tag;
+//! - every (tunnel tenant, peer) pair gets one VXLAN or GRE port with the peer's underlay
+//!   address as `remote_ip`, the tenant's VNI/key as `key` and the tenant's tag;
+//! - `vlan` tenants get no tunnels: the uplink becomes a trunk carrying exactly their tags
+//!   (never the tunnel tenants' local tags, which must not leak onto the wire);
+//! - an owned port that differs from its spec is updated in place; one the intent no longer
+//!   names is deleted only when garbage collection is allowed;
+//! - a port whose endpoint could not be plumbed this round is neither added nor deleted, so a
+//!   transient failure never removes a working port.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ovl_common::intent::{HostIntent, ObjectKind, ObjectStatus};
+use ovl_common::SegmentType;
+
+use crate::ovs::{
+    endpoint_port_name, tunnel_port_name, ObservedPort, PortChange, PortKind, PortSpec,
+};
+
+pub const KIND_KEY: &str = "ovl-kind";
+pub const TENANT_KEY: &str = "ovl-tenant";
+pub const ENDPOINT_KEY: &str = "ovl-endpoint";
+pub const PEER_KEY: &str = "ovl-peer";
+
+/// What a desired port stands for, for per-object status lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortRole {
+    Endpoint(String),
+    Tunnel { tenant: String, peer: String },
+    Uplink,
+}
+
+impl PortRole {
+    /// The status line's kind and name.
+    pub fn object(&self) -> (ObjectKind, String) {
+        match self {
+            PortRole::Endpoint(n) => (ObjectKind::Endpoint, n.clone()),
+            PortRole::Tunnel { tenant, peer } => (ObjectKind::Tunnel, format!("{tenant}@{peer}")),
+            PortRole::Uplink => (ObjectKind::Bridge, "uplink".into()),
+        }
+    }
+}
+
+/// The ports an intent needs, with what each stands for, and the intent-level problems found
+/// while deriving them.
+#[derive(Debug, Clone, Default)]
+pub struct Desired {
+    pub ports: Vec<(PortSpec, PortRole)>,
+    pub problems: Vec<ObjectStatus>,
+}
+
+/// Derives the desired ports of `intent`. `uplink` is the interface that carries `vlan`
+/// tenants as a trunk, if the host has one.
+pub fn desired_ports(intent: &HostIntent, uplink: Option<&str>) -> Desired {
+    let mut d = Desired::default();
+    for e in &intent.endpoints {
+        let spec = PortSpec::new(endpoint_port_name(e.id), PortKind::System)
+            .with_tag(e.vlan)
+            .with_external_id(KIND_KEY, "endpoint")
+            .with_external_id(ENDPOINT_KEY, e.name.as_str())
+            .with_external_id(TENANT_KEY, e.tenant.as_str());
+        d.ports.push((spec, PortRole::Endpoint(e.name.to_string())));
+    }
+    let mut trunk_tags = BTreeSet::new();
+    for t in &intent.tenants {
+        match t.segment {
+            SegmentType::Vxlan | SegmentType::Gre => {
+                for p in &t.peers {
+                    let kind = match t.segment {
+                        SegmentType::Vxlan => PortKind::Vxlan {
+                            remote_ip: p.underlay,
+                            key: t.key,
+                        },
+                        _ => PortKind::Gre {
+                            remote_ip: p.underlay,
+                            key: t.key,
+                        },
+                    };
+                    let spec = PortSpec::new(tunnel_port_name(t.segment, p.id, t.id), kind)
+                        .with_tag(t.vlan)
+                        .protected()
+                        .with_external_id(KIND_KEY, "tunnel")
+                        .with_external_id(TENANT_KEY, t.name.as_str())
+                        .with_external_id(PEER_KEY, p.host.as_str());
+                    d.ports.push((
+                        spec,
+                        PortRole::Tunnel {
+                            tenant: t.name.to_string(),
+                            peer: p.host.to_string(),
+                        },
+                    ));
+                }
+            }
+            SegmentType::Vlan => {
+                if uplink.is_some() {
+                    trunk_tags.insert(t.vlan);
+                } else {
+                    d.problems.push(ObjectStatus::failed(
+                        ObjectKind::Tenant,
+                        t.name.as_str(),
+                        "vlan tenants need an uplink interface; set `uplink` in the agent configuration",
+                    ));
+                }
+            }
+        }
+    }
+    if let (Some(uplink), false) = (uplink, trunk_tags.is_empty()) {
+        let spec = PortSpec::new(uplink, PortKind::System)
+            .with_trunks(trunk_tags)
+            .with_external_id(KIND_KEY, "uplink");
+        d.ports.push((spec, PortRole::Uplink));
+    }
+    d
+}
+
+/// The changes that turn `observed` (owned ports only) into `desired`. Ports named in `hold`
+/// are left exactly as they are. Deletions happen only with `collect_garbage`.
+pub fn plan_ports(
+    desired: &[PortSpec],
+    observed: &[ObservedPort],
+    hold: &BTreeSet<String>,
+    collect_garbage: bool,
+) -> Vec<PortChange> {
+    let seen: BTreeMap<&str, &ObservedPort> =
+        observed.iter().map(|p| (p.name.as_str(), p)).collect();
+    let wanted: BTreeSet<&str> = desired.iter().map(|s| s.name.as_str()).collect();
+    let mut changes = Vec::new();
+    if collect_garbage {
+        for p in observed {
+            if !wanted.contains(p.name.as_str()) && !hold.contains(&p.name) {
+                changes.push(PortChange::Delete {
+                    name: p.name.clone(),
+                });
+            }
+        }
+    }
+    for spec in desired {
+        if hold.contains(&spec.name) {
+            continue;
+        }
+        match seen.get(spec.name.as_str()) {
+            None => changes.push(PortChange::Add(spec.clone())),
+            Some(p) if p.spec().as_ref() != Some(spec) => {
+                if p.interface().is_none() {
+                    // Not the one-interface shape ovl creates: replace it.
+                    changes.push(PortChange::Delete {
+                        name: p.name.clone(),
+                    });
+                    changes.push(PortChange::Add(spec.clone()));
+                } else {
+                    changes.push(PortChange::Update(spec.clone()));
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    changes
+}
+
+/// One line per change, for logs.
+pub fn describe(change: &PortChange) -> String {
+    match change {
+        PortChange::Add(s) => format!("add port {} ({})", s.name, kind_text(s)),
+        PortChange::Update(s) => format!("update port {} ({})", s.name, kind_text(s)),
+        PortChange::Delete { name } => format!("delete port {name}"),
+    }
+}
+
+fn kind_text(s: &PortSpec) -> String {
+    let mut t = match &s.kind {
+        PortKind::Vxlan { remote_ip, key } => format!("vxlan remote_ip={remote_ip} key={key}"),
+        PortKind::Gre { remote_ip, key } => format!("gre remote_ip={remote_ip} key={key}"),
+        k => format!(
+            "type={}",
+            if k.interface_type().is_empty() {
+                "system"
+            } else {
+                k.interface_type()
+            }
+        ),
+    };
+    if let Some(tag) = s.tag {
+        t.push_str(&format!(" tag={tag}"));
+    }
+    if !s.trunks.is_empty() {
+        let list: Vec<String> = s.trunks.iter().map(u16::to_string).collect();
+        t.push_str(&format!(" trunks={}", list.join(",")));
+    }
+    t
+}
+
+/// Checks an observed port against its spec after applying: `None` when it is in place and
+/// ovs-vswitchd configured it, else why not.
+pub fn verify_port(spec: &PortSpec, observed: Option<&ObservedPort>) -> Option<String> {
+    let Some(p) = observed else {
+        return Some(format!("port {} is missing from the bridge", spec.name));
+    };
+    if let Some(err) = p.error() {
+        return Some(format!("Open vSwitch cannot use port {}: {err}", spec.name));
+    }
+    if p.interface().and_then(|i| i.ofport) == Some(-1) {
+        return Some(format!(
+            "Open vSwitch could not configure port {}",
+            spec.name
+        ));
+    }
+    if p.spec().as_ref() != Some(spec) {
+        return Some(format!("port {} does not match its intent", spec.name));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ovl_common::intent::{EndpointIntent, Peer, TenantIntent};
+    use ovl_common::{MacAddr, NetnsTarget};
+
+    fn tenant(
+        id: u32,
+        name: &str,
+        segment: SegmentType,
+        vlan: u16,
+        peers: &[(u32, &str, &str)],
+    ) -> TenantIntent {
+        TenantIntent {
+            id,
+            name: name.parse().unwrap(),
+            segment,
+            key: 5000 + id,
+            vlan,
+            subnet: "10.0.0.0/24".parse().unwrap(),
+            gateway: "10.0.0.1".parse().unwrap(),
+            mtu: 1450,
+            peers: peers
+                .iter()
+                .map(|(id, h, ip)| Peer {
+                    id: *id,
+                    host: h.parse().unwrap(),
+                    underlay: ip.parse().unwrap(),
+                })
+                .collect(),
+        }
+    }
+
+    fn endpoint(id: u32, name: &str, tenant: &str, vlan: u16) -> EndpointIntent {
+        EndpointIntent {
+            id,
+            name: name.parse().unwrap(),
+            tenant: tenant.parse().unwrap(),
+            tenant_id: 1,
+            target: NetnsTarget::Name(name.into()),
+            ifname: "eth0".into(),
+            mac: MacAddr([0x0a, 0x58, 0, 0, 0, id as u8]),
+            ip: "10.0.0.2".parse().unwrap(),
+            prefix_len: 24,
+            gateway: "10.0.0.1".parse().unwrap(),
+            mtu: 1450,
+            vlan,
+        }
+    }
+
+    fn intent() -> HostIntent {
+        HostIntent {
+            host: "h1".parse().unwrap(),
+            generation: 3,
+            tenants: vec![
+                tenant(
+                    1,
+                    "blue",
+                    SegmentType::Vxlan,
+                    10,
+                    &[(2, "h2", "10.0.2.1"), (3, "h3", "10.0.3.1")],
+                ),
+                tenant(2, "red", SegmentType::Gre, 11, &[(2, "h2", "10.0.2.1")]),
+                tenant(3, "green", SegmentType::Vlan, 300, &[(2, "h2", "10.0.2.1")]),
+            ],
+            endpoints: vec![
+                endpoint(7, "b1", "blue", 10),
+                endpoint(8, "r1", "red", 11),
+                endpoint(9, "g1", "green", 300),
+            ],
+        }
+    }
+
+    /// Turns specs into what OVSDB would show after applying them.
+    fn observe(specs: &[PortSpec]) -> Vec<ObservedPort> {
+        use crate::ovs::ObservedInterface;
+        specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ObservedPort {
+                uuid: crate::ovsdb::Uuid::parse(&format!("00000000-0000-0000-0000-{i:012}"))
+                    .unwrap(),
+                name: s.name.clone(),
+                tag: s.tag,
+                trunks: s.trunks.clone(),
+                protected: s.protected,
+                external_ids: s.owned_external_ids(),
+                interfaces: vec![ObservedInterface {
+                    uuid: crate::ovsdb::Uuid::parse(&format!("10000000-0000-0000-0000-{i:012}"))
+                        .unwrap(),
+                    name: s.name.clone(),
+                    iface_type: s.kind.interface_type().to_string(),
+                    options: s.kind.options(),
+                    external_ids: s.owned_external_ids(),
+                    ofport: Some(i as i64 + 1),
+                    error: None,
+                }],
+            })
+            .collect()
+    }
+
+    fn specs(d: &Desired) -> Vec<PortSpec> {
+        d.ports.iter().map(|(s, _)| s.clone()).collect()
+    }
+
+    #[test]
+    fn an_intent_becomes_access_tunnel_and_trunk_ports() {
+        let d = desired_ports(&intent(), Some("tr0"));
+        assert!(d.problems.is_empty());
+        let names: Vec<&str> = d.ports.iter().map(|(s, _)| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["ovl-e7", "ovl-e8", "ovl-e9", "vx2-1", "vx3-1", "gr2-2", "tr0"]
+        );
+        let vx = &d.ports[3].0;
+        assert_eq!(
+            vx.kind,
+            PortKind::Vxlan {
+                remote_ip: "10.0.2.1".parse().unwrap(),
+                key: 5001
+            }
+        );
+        assert_eq!(vx.tag, Some(10));
+        assert_eq!(vx.external_ids[PEER_KEY], "h2");
+        assert!(vx.protected, "tunnels are split-horizon");
+        assert!(!d.ports[0].0.protected, "access ports are not");
+        // The trunk carries the vlan tenant's tag only, never a tunnel tenant's local tag.
+        assert_eq!(d.ports[6].0.trunks, BTreeSet::from([300]));
+        assert_eq!(d.ports[6].0.tag, None);
+    }
+
+    #[test]
+    fn vlan_tenants_without_uplink_are_reported() {
+        let d = desired_ports(&intent(), None);
+        assert_eq!(d.problems.len(), 1);
+        assert_eq!(d.problems[0].name, "green");
+        assert!(d.ports.iter().all(|(s, _)| s.trunks.is_empty()));
+    }
+
+    #[test]
+    fn from_nothing_everything_is_added_and_then_nothing_changes() {
+        let want = specs(&desired_ports(&intent(), Some("tr0")));
+        let plan = plan_ports(&want, &[], &BTreeSet::new(), true);
+        assert_eq!(plan.len(), want.len());
+        assert!(plan.iter().all(|c| matches!(c, PortChange::Add(_))));
+        // Once applied, a second plan is empty: the reconcile is idempotent.
+        let again = plan_ports(&want, &observe(&want), &BTreeSet::new(), true);
+        assert!(again.is_empty(), "{again:?}");
+    }
+
+    #[test]
+    fn drift_is_updated_in_place_and_stale_ports_go_only_with_gc() {
+        let want = specs(&desired_ports(&intent(), Some("tr0")));
+        let mut seen = observe(&want);
+        seen[0].tag = Some(99);
+        let mut stale = observe(&[PortSpec::new(
+            "vx9-9",
+            PortKind::Vxlan {
+                remote_ip: "10.9.9.9".parse().unwrap(),
+                key: 1,
+            },
+        )
+        .with_tag(5)]);
+        stale[0].uuid = crate::ovsdb::Uuid::parse("20000000-0000-0000-0000-000000000000").unwrap();
+        seen.extend(stale);
+        let plan = plan_ports(&want, &seen, &BTreeSet::new(), false);
+        assert_eq!(plan, vec![PortChange::Update(want[0].clone())]);
+        let plan = plan_ports(&want, &seen, &BTreeSet::new(), true);
+        assert!(plan.contains(&PortChange::Delete {
+            name: "vx9-9".into()
+        }));
+        assert!(plan.contains(&PortChange::Update(want[0].clone())));
+    }
+
+    #[test]
+    fn held_ports_are_neither_added_nor_deleted() {
+        let want = specs(&desired_ports(&intent(), None));
+        let hold = BTreeSet::from(["ovl-e7".to_string(), "ovl-e8".to_string()]);
+        let seen = observe(&want[1..2]);
+        let plan = plan_ports(&want, &seen, &hold, true);
+        assert!(
+            plan.iter()
+                .all(|c| c.port_name() != "ovl-e7" && c.port_name() != "ovl-e8"),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn a_peer_leaving_removes_exactly_its_tunnel() {
+        let before = specs(&desired_ports(&intent(), Some("tr0")));
+        let mut i = intent();
+        i.tenants[0].peers.retain(|p| p.host.as_str() != "h3");
+        let after = specs(&desired_ports(&i, Some("tr0")));
+        let plan = plan_ports(&after, &observe(&before), &BTreeSet::new(), true);
+        assert_eq!(
+            plan,
+            vec![PortChange::Delete {
+                name: "vx3-1".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn verification_reports_vswitchd_errors() {
+        let want = specs(&desired_ports(&intent(), None));
+        let mut seen = observe(&want);
+        assert_eq!(verify_port(&want[0], Some(&seen[0])), None);
+        seen[0].interfaces[0].error =
+            Some("could not open network device ovl-e7 (No such device)".into());
+        assert!(verify_port(&want[0], Some(&seen[0]))
+            .unwrap()
+            .contains("No such device"));
+        assert!(verify_port(&want[1], None).unwrap().contains("missing"));
+    }
+}
