@@ -8,7 +8,9 @@
 
 pub mod config;
 pub mod datapath;
+pub mod join;
 pub mod netns;
+pub mod notify;
 pub mod ovs;
 pub mod ovs_datapath;
 pub mod ovsdb;

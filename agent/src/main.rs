@@ -34,6 +34,43 @@ struct Cli {
 enum Command {
     /// Connect to the controller and keep this host's data plane in line with its intent.
     Run(RunArgs),
+    /// Obtain this host's certificate with a one-time token from `ovl-controller token create`.
+    ///
+    /// Generates the host's key here (it never leaves the host), checks that the controller's
+    /// CA matches --ca-hash before sending the token, and writes the bundle (ca.crt, tls.crt,
+    /// tls.key 0600) that `ovl-agent run` uses.
+    Join(JoinArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct JoinArgs {
+    /// The controller's join endpoint, `IP[:PORT]` (port 7301 when omitted).
+    #[arg(long, value_parser = parse_join_addr)]
+    controller: SocketAddr,
+    /// The token `ovl-controller token create` printed.
+    #[arg(long, env = "OVL_JOIN_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The cluster CA's hash (`sha256:…`), as `ovl-controller init` and `token create` print it.
+    #[arg(long)]
+    ca_hash: String,
+    /// The host name to join as; the name the token is bound to when omitted.
+    #[arg(long)]
+    host: Option<String>,
+    /// Where to write the bundle.
+    #[arg(long, default_value = "/etc/ovl/host")]
+    out: PathBuf,
+    /// Replace a key already in --out (the host gets a new identity).
+    #[arg(long)]
+    force: bool,
+}
+
+fn parse_join_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, ovl_agent::join::DEFAULT_JOIN_PORT))
+        .map_err(|_| format!("'{s}' is not IP or IP:PORT"))
 }
 
 #[derive(clap::Args, Debug)]
@@ -83,9 +120,14 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Command::Run(args) = cli.command;
-    init_tracing(args.log_json);
-    match run(args) {
+    let result = match cli.command {
+        Command::Run(args) => {
+            init_tracing(args.log_json);
+            run(args)
+        }
+        Command::Join(args) => join(args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -164,6 +206,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         info!(%host, controller = %cfg.controller, underlay = %cfg.underlay_ip, driver = ?cfg.driver, "agent starting");
         let ready = |r: &ovl_common::intent::AppliedReport| {
             info!(generation = r.generation, "first sync with the controller done");
+            let status = format!("generation {} applied", r.generation);
+            if let Err(e) = ovl_agent::notify::ready(&status) {
+                error!("cannot report readiness to systemd: {e}");
+            }
         };
         match cfg.driver {
             Driver::Fake => {
@@ -179,6 +225,28 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         Ok::<_, anyhow::Error>(())
     })?;
+    Ok(())
+}
+
+fn join(args: JoinArgs) -> anyhow::Result<()> {
+    let params = ovl_agent::join::JoinParams {
+        controller: args.controller,
+        token: args.token,
+        ca_hash: args.ca_hash,
+        host: args.host,
+        out: args.out,
+        force: args.force,
+    };
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let joined = rt
+        .block_on(ovl_agent::join::join(&params))
+        .with_context(|| format!("joining through {}", params.controller))?;
+    println!(
+        "joined as host '{}'; credentials written to {} (CA {})",
+        joined.host,
+        joined.dir.display(),
+        joined.ca_hash
+    );
     Ok(())
 }
 

@@ -8,9 +8,11 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use ovl_common::identity::Identity;
 use ovl_common::HostName;
+use ovl_controller::join::JoinService;
 use ovl_controller::pki::{self, Ca, Validity};
-use ovl_controller::server::Server;
+use ovl_controller::server::{unix_now, Server};
 use ovl_controller::store::{Settings, Store};
+use ovl_controller::tokens::Tokens;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -25,7 +27,12 @@ First run:
   ovl-controller init --pki /etc/ovl/pki
   ovl-controller issue host node1 --pki /etc/ovl/pki     # copy pki/hosts/node1 to node1
   ovl-controller run --pki /etc/ovl/pki --db /var/lib/ovl/controller.redb
-  ovl --controller 127.0.0.1:7300 --credentials /etc/ovl/pki/admin status"
+  ovl --controller 127.0.0.1:7300 --credentials /etc/ovl/pki/admin status
+
+Joining hosts with tokens instead of copying bundles:
+  ovl-controller run ... --join-listen 0.0.0.0:7301
+  ovl-controller token create --host node2 --ttl 1h       # prints the token
+  ovl-agent join --controller CONTROLLER:7301 --token TOKEN --ca-hash sha256:...   # on node2"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -75,12 +82,79 @@ enum Command {
         /// Log as JSON lines instead of text.
         #[arg(long)]
         log_json: bool,
+        /// Also listen for `ovl-agent join` on this UDP address (7301 by convention). Joins
+        /// need no client certificate, only a token from `ovl-controller token create`, and
+        /// need the CA key (PKI/ca.key). Off unless given.
+        #[arg(long, env = "OVL_JOIN_LISTEN")]
+        join_listen: Option<SocketAddr>,
+        #[command(flatten)]
+        tokens: TokenDir,
+    },
+    /// Manage one-time join tokens, with which a host obtains its certificate
+    /// (`ovl-agent join`) without copying a bundle.
+    Token {
+        #[command(subcommand)]
+        what: TokenWhat,
     },
     /// Audit the store: no duplicated or leaked allocations, no dangling references.
     /// Run it while the controller is stopped (the database is locked while it runs).
     Check {
         #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
         db: PathBuf,
+    },
+}
+
+/// Where join tokens are kept.
+#[derive(clap::Args, Debug)]
+struct TokenDir {
+    /// Token directory; `join-tokens` beside the database (--db) when not given.
+    #[arg(long = "tokens", env = "OVL_TOKENS")]
+    dir: Option<PathBuf>,
+}
+
+impl TokenDir {
+    fn resolve(&self, db: &std::path::Path) -> Tokens {
+        Tokens::new(self.dir.clone().unwrap_or_else(|| Tokens::default_dir(db)))
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenWhat {
+    /// Create a one-time join token and print it (only the token, on stdout).
+    ///
+    /// The token lets one host obtain one certificate with `ovl-agent join`: for the name
+    /// given with --host, or, without --host, for any name the controller does not know yet.
+    /// It works once and expires after --ttl. Only its SHA-256 is stored.
+    Create {
+        /// Bind the token to this host name.
+        #[arg(long)]
+        host: Option<String>,
+        /// How long the token is valid (`30m`, `1h`, `2d`; at most 30 days).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// The database the controller runs with; the token directory is beside it.
+        #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
+        db: PathBuf,
+        #[command(flatten)]
+        tokens: TokenDir,
+        /// PKI directory, to print the CA hash the joining host pins.
+        #[arg(long, env = "OVL_PKI", default_value = "/etc/ovl/pki")]
+        pki: PathBuf,
+    },
+    /// List the tokens on record (never the tokens themselves: an id, a host, an expiry).
+    List {
+        #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
+        db: PathBuf,
+        #[command(flatten)]
+        tokens: TokenDir,
+    },
+    /// Delete an unused token by the id `token list` shows (or a unique prefix of it).
+    Revoke {
+        id: String,
+        #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
+        db: PathBuf,
+        #[command(flatten)]
+        tokens: TokenDir,
     },
 }
 
@@ -218,6 +292,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Token { what } => token(what),
         Command::Check { db } => {
             let store =
                 Store::open_existing(&db).with_context(|| format!("opening {}", db.display()))?;
@@ -235,6 +310,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             key_range,
             underlay_mtu,
             log_json: _,
+            join_listen,
+            tokens,
         } => {
             let settings = Settings {
                 key_range: parse_range(&key_range)?,
@@ -255,6 +332,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             let config = ovl_common::tls::server_config(&bundle)
                 .context("building the TLS configuration")?;
+            let join = match join_listen {
+                Some(addr) => {
+                    let ca = Ca::load(&pki).context("the join endpoint signs certificates, so it needs the CA key; drop --join-listen to run without it")?;
+                    let tokens = tokens.resolve(&db);
+                    tokens
+                        .ensure()
+                        .context("preparing the join token directory")?;
+                    let config = ovl_controller::join::server_config(&bundle)
+                        .context("building the join endpoint's TLS configuration")?;
+                    Some((addr, ca, tokens, config))
+                }
+                None => None,
+            };
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
             rt.block_on(async move {
                 let endpoint = quinn::Endpoint::server(config, listen)
@@ -267,10 +357,108 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     info!("shutting down");
                     s.cancel();
                 });
-                Server::new(store).serve(endpoint, shutdown).await;
+                let server = Server::new(store);
+                let joins = match join {
+                    Some((addr, ca, tokens, config)) => {
+                        let endpoint = quinn::Endpoint::server(config, addr)
+                            .with_context(|| format!("listening for joins on udp {addr}"))?;
+                        info!(%addr, tokens = %tokens.dir().display(), "join endpoint listening");
+                        let service = JoinService::new(ca, tokens, server.store().clone());
+                        Some(tokio::spawn(ovl_controller::join::serve(
+                            endpoint,
+                            std::sync::Arc::new(service),
+                            shutdown.clone(),
+                        )))
+                    }
+                    None => None,
+                };
+                server.serve(endpoint, shutdown).await;
+                if let Some(joins) = joins {
+                    let _ = joins.await;
+                }
                 Ok::<_, anyhow::Error>(())
             })?;
             info!("controller stopped");
+            Ok(())
+        }
+    }
+}
+
+fn token(what: TokenWhat) -> anyhow::Result<()> {
+    let when = |t: u64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
+            .to_string()
+    };
+    match what {
+        TokenWhat::Create {
+            host,
+            ttl,
+            db,
+            tokens,
+            pki,
+        } => {
+            let host = host
+                .map(|h| HostName::new(h).context("--host"))
+                .transpose()?;
+            let tokens = tokens.resolve(&db);
+            let t = tokens
+                .create(host.clone(), ttl, unix_now())
+                .with_context(|| format!("creating a token in {}", tokens.dir().display()))?;
+            println!("{}", t.token);
+            let for_whom = match &host {
+                Some(h) => format!("host '{h}'"),
+                None => "any new host name (the joining host passes --host NAME)".to_string(),
+            };
+            eprintln!(
+                "join token {} for {for_whom}, valid until {}",
+                t.id,
+                when(t.record.expires)
+            );
+            let ca_hash = ovl_common::tls::load_certs(&pki.join(ovl_common::tls::CA_FILE))
+                .map(|certs| ovl_common::tls::fingerprint(&certs[0]))
+                .unwrap_or_else(|_| {
+                    format!(
+                        "<the hash `ovl-controller init` printed for {}>",
+                        pki.display()
+                    )
+                });
+            let host_arg = if host.is_some() { "" } else { " --host NAME" };
+            eprintln!(
+                "on the host: ovl-agent join --controller CONTROLLER_ADDRESS:7301 --token {} --ca-hash {ca_hash}{host_arg}",
+                t.token
+            );
+            Ok(())
+        }
+        TokenWhat::List { db, tokens } => {
+            let tokens = tokens.resolve(&db);
+            let list = tokens
+                .list(unix_now())
+                .with_context(|| format!("listing {}", tokens.dir().display()))?;
+            println!(
+                "{:<12}  {:<8}  {:<20}  {:<20}",
+                "ID", "STATE", "HOST", "EXPIRES"
+            );
+            for t in list {
+                let host = t
+                    .record
+                    .host
+                    .as_ref()
+                    .map(|h| h.to_string())
+                    .unwrap_or_else(|| "(any new)".into());
+                println!(
+                    "{:<12}  {:<8}  {:<20}  {:<20}",
+                    t.id,
+                    t.state,
+                    host,
+                    when(t.record.expires)
+                );
+            }
+            Ok(())
+        }
+        TokenWhat::Revoke { id, db, tokens } => {
+            let tokens = tokens.resolve(&db);
+            let gone = tokens.revoke(&id)?;
+            println!("revoked token {}", gone.id);
             Ok(())
         }
     }

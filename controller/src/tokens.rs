@@ -102,7 +102,7 @@ pub enum TokenState {
 
 impl std::fmt::Display for TokenState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             TokenState::Valid => "valid",
             TokenState::Expired => "expired",
             TokenState::Used => "used",
@@ -145,7 +145,7 @@ fn hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TokenError + '_ {
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> TokenError + 'a {
     move |source| TokenError::Io {
         action,
         path: path.to_path_buf(),
@@ -360,7 +360,7 @@ impl Tokens {
             [] => return Err(TokenError::NoSuchId(id)),
             _ => return Err(TokenError::AmbiguousId(id)),
         };
-        let record = self.read(&path)?.ok_or_else(|| TokenError::NoSuchId(id))?;
+        let record = self.read(&path)?.ok_or(TokenError::NoSuchId(id))?;
         fs::remove_file(&path).map_err(io("delete", &path))?;
         Ok(TokenInfo {
             id: hash[..ID_LEN].to_string(),

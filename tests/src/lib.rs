@@ -7,6 +7,8 @@
 //! machine cannot run it.
 
 pub mod cluster;
+pub mod datapath;
+pub mod lab;
 pub mod netns;
 pub mod ovs;
 pub mod sim;

@@ -75,8 +75,13 @@ fn default_bin_dir() -> anyhow::Result<PathBuf> {
     Ok(exe.parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
+/// Where `ovl` looks for its configuration by default (see `crate::config`).
 fn cli_config_path() -> Option<PathBuf> {
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/ovl/config.toml"))
+    std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|x| !x.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .map(|base| base.join("ovl/config.toml"))
 }
 
 pub async fn run(cmd: &LabCommand, global: &GlobalArgs) -> anyhow::Result<()> {

@@ -1,0 +1,196 @@
+//! A lab for end-to-end tests: the real `ovl lab` (namespaces, OVS per host, controller,
+//! agents) with a private prefix, address block and port, always torn down on drop.
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use ovl_cli::lab::demo::{self, PingResult};
+use ovl_cli::lab::{self, LabSpec, LabState};
+use ovl_cli::Client;
+use ovl_common::proto::{ApiReply, ApiRequest, EndpointCreate, TenantCreate};
+use ovl_common::NetnsTarget;
+
+/// A running lab.
+#[derive(Debug)]
+pub struct TestLab {
+    pub state: LabState,
+    _dir: tempfile::TempDir,
+}
+
+impl TestLab {
+    /// Builds a lab of `hosts` hosts and waits for every agent. `prefix` names its namespaces,
+    /// `net` picks `10.<net>.0.0/16`, `port` the controller's port: tests that may run at the
+    /// same time as other labs use their own.
+    pub async fn up(prefix: &str, net: u8, port: u16, hosts: u8) -> Self {
+        crate::require_privileged(&[
+            "ip",
+            "ovsdb-server",
+            "ovs-vswitchd",
+            "ovs-vsctl",
+            "ethtool",
+            "ping",
+            "tcpdump",
+            "iperf3",
+        ]);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{prefix}-"))
+            .tempdir()
+            .expect("tempdir");
+        let spec = LabSpec {
+            hosts,
+            dir: dir.path().join("lab"),
+            prefix: prefix.to_string(),
+            net,
+            port,
+            bin_dir: crate::bin_dir(),
+            cli_config: None,
+        };
+        let s = spec.clone();
+        let state =
+            tokio::task::spawn_blocking(move || lab::up(&s, &mut |l| eprintln!("lab: {l}")))
+                .await
+                .expect("lab up task")
+                .expect("lab up");
+        let me = Self { state, _dir: dir };
+        lab::cmd::wait_for_agents(&me.state, Duration::from_secs(60), |l| {
+            eprintln!("lab: {l}")
+        })
+        .await
+        .expect("agents connect");
+        me
+    }
+
+    pub async fn client(&self) -> Client {
+        lab::cmd::lab_client(&self.state).await.expect("lab client")
+    }
+
+    /// The namespace of lab host `name`.
+    pub fn host_ns(&self, name: &str) -> String {
+        self.state.host(name).expect("lab host").netns.clone()
+    }
+
+    /// Creates a tenant and returns it.
+    pub async fn tenant(
+        &self,
+        name: &str,
+        subnet: &str,
+        segment: &str,
+        vlan: Option<u32>,
+    ) -> ovl_common::proto::TenantInfo {
+        let mut c = self.client().await;
+        let r = c
+            .call(ApiRequest::TenantCreate(TenantCreate {
+                name: name.into(),
+                subnet: subnet.into(),
+                segment: Some(segment.into()),
+                key: None,
+                vlan,
+                mtu: None,
+            }))
+            .await
+            .expect("tenant create");
+        c.close().await;
+        match r {
+            ApiReply::Tenant(t) => t,
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    /// Creates a lab container and its endpoint; returns the endpoint.
+    pub async fn endpoint(
+        &self,
+        name: &str,
+        tenant: &str,
+        host: &str,
+        ip: &str,
+    ) -> ovl_common::proto::EndpointInfo {
+        lab::add_container(&self.state.spec.dir, name, host).expect("lab container");
+        let mut c = self.client().await;
+        let r = c
+            .call(ApiRequest::EndpointCreate(EndpointCreate {
+                tenant: tenant.into(),
+                host: host.into(),
+                name: name.into(),
+                target: NetnsTarget::Name(name.into()),
+                ifname: None,
+                ip: Some(ip.into()),
+            }))
+            .await
+            .expect("endpoint create");
+        c.close().await;
+        match r {
+            ApiReply::Endpoint(e) => e,
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    /// Waits until every named endpoint is applied by its host.
+    pub async fn wait_ok(&self, names: &[&str]) {
+        let mut c = self.client().await;
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        demo::wait_endpoints_ok(&mut c, &names, Duration::from_secs(60))
+            .await
+            .expect("endpoints applied");
+        c.close().await;
+    }
+
+    /// Deletes an object through the API.
+    pub async fn call(&self, req: ApiRequest) -> ApiReply {
+        let mut c = self.client().await;
+        let r = c
+            .call(req.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{req:?}: {e}"));
+        c.close().await;
+        r
+    }
+
+    /// Waits until every host has applied its desired generation.
+    pub async fn wait_converged(&self) {
+        let started = std::time::Instant::now();
+        loop {
+            if let ApiReply::Status(hosts) = self.call(ApiRequest::Status).await {
+                if hosts.iter().all(|h| {
+                    h.connected
+                        && h.applied_generation == Some(h.desired_generation)
+                        && h.errors.is_empty()
+                }) {
+                    return;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "hosts did not converge: {hosts:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        if let Err(e) = lab::down(&self.state.spec.dir, &mut |_| {}) {
+            eprintln!("lab down: {e}");
+        }
+    }
+}
+
+/// Pings from a namespace (`count` pings, 0.2 s apart, 1 s timeout each).
+pub fn ping(ns: &str, ip: Ipv4Addr, count: u32) -> PingResult {
+    demo::ping(ns, ip, count)
+}
+
+/// Runs a command inside a namespace and returns its output.
+pub fn ns_exec(ns: &str, args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .expect("ip netns exec")
+}
+
+/// The MAC `ns` resolved `ip` to.
+pub fn neighbour_mac(ns: &str, ip: Ipv4Addr) -> Option<String> {
+    demo::neighbour_mac(ns, ip)
+}
