@@ -70,6 +70,7 @@ pub struct FileConfig {
     pub resync_secs: Option<u64>,
     pub state_dir: Option<PathBuf>,
     pub uplink: Option<String>,
+    pub router_netns_prefix: Option<String>,
 }
 
 impl FileConfig {
@@ -105,6 +106,8 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// The underlay NIC (or OVS bridge) that carries `vlan` segments as a trunk.
     pub uplink: Option<String>,
+    /// Tenant router namespaces are named this prefix and the tenant id (`ovl-r-7`).
+    pub router_netns_prefix: String,
 }
 
 impl AgentConfig {
@@ -134,6 +137,9 @@ impl AgentConfig {
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from("/var/lib/ovl-agent")),
             uplink: f.uplink,
+            router_netns_prefix: f
+                .router_netns_prefix
+                .unwrap_or_else(|| crate::router::layout::DEFAULT_NETNS_PREFIX.into()),
         })
     }
 }

@@ -111,6 +111,9 @@ impl Datapath for RecordingDatapath {
                 _ => ObjectStatus::ok(ObjectKind::Endpoint, e.name.as_str()),
             });
         }
+        for r in &intent.routers {
+            objects.push(ObjectStatus::ok(ObjectKind::Router, r.tenant.as_str()));
+        }
         AppliedReport {
             generation: intent.generation,
             datapath: self.kind(),

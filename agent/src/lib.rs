@@ -3,17 +3,20 @@
 //! Layers, top to bottom: the controller session (`session`), the one event loop that drives
 //! reconciles (`runner`), the [`datapath::Datapath`] trait with its real Open vSwitch
 //! implementation and a recording fake, and under the real one the OVSDB client (`ovsdb`), the
-//! Open vSwitch schema driver (`ovs`) and the netlink plumbing (`netns`). It never decides
-//! what should exist: that is the controller's intent.
+//! Open vSwitch schema driver (`ovs`), the netlink plumbing (`netns`), and the tenant routers
+//! (`router`) with their nftables rules (`nat`). It never decides what should exist: that is
+//! the controller's intent.
 
 pub mod config;
 pub mod datapath;
 pub mod join;
+pub mod nat;
 pub mod netns;
 pub mod notify;
 pub mod ovs;
 pub mod ovs_datapath;
 pub mod ovsdb;
 pub mod reconcile;
+pub mod router;
 pub mod runner;
 pub mod session;

@@ -113,6 +113,9 @@ struct RunArgs {
     /// Underlay interface that carries `vlan` segments as an 802.1Q trunk.
     #[arg(long)]
     uplink: Option<String>,
+    /// Prefix of tenant router namespace names (the tenant id follows); [default: ovl-r-]
+    #[arg(long)]
+    router_netns_prefix: Option<String>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -174,7 +177,8 @@ fn merge(args: &RunArgs) -> anyhow::Result<AgentConfig> {
         record,
         resync_secs,
         state_dir,
-        uplink
+        uplink,
+        router_netns_prefix
     );
     Ok(AgentConfig::resolve(f)?)
 }

@@ -12,6 +12,9 @@
 //! 5. With garbage collection allowed, veths ovl made that no endpoint wants are deleted.
 //! 6. Every port is checked as ovs-vswitchd left it, and the report says, per object, whether
 //!    it is in place.
+//!
+//! Tenant routers ([`crate::router`]) take part in steps 3 (their namespaces and veths,
+//! before the ports) and 5 (their nftables tables, forwarding, and stale routers, after).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -29,6 +32,7 @@ use crate::ovs::{
 };
 use crate::ovsdb::{Client, ClientOptions};
 use crate::reconcile::{self, PortRole};
+use crate::router::{RouterSettings, Routers};
 
 /// Prefix of every host-side veth ovl creates (see [`endpoint_port_name`]).
 pub const VETH_PREFIX: &str = "ovl-e";
@@ -43,6 +47,8 @@ pub enum StartError {
     Address { address: String, reason: String },
     #[error("cannot set up netlink: {0}")]
     Netlink(#[from] crate::netns::Error),
+    #[error("invalid router settings: {0}")]
+    Routers(String),
 }
 
 /// The outcome of one reconcile: the report for the controller and what was changed.
@@ -83,6 +89,7 @@ pub struct OvsDatapath {
     settings: OvsSettings,
     driver: OvsDriver,
     plumber: Plumber,
+    routers: Routers,
     watcher: Option<Watcher>,
 }
 
@@ -98,11 +105,20 @@ impl OvsDatapath {
     /// Starts the OVSDB client (it connects, and reconnects, in the background) and the
     /// netlink plumbing. Open vSwitch need not be up yet: reconciles report it until it is.
     pub async fn start(cfg: &AgentConfig) -> Result<Self, StartError> {
-        Self::with_settings(
+        let mut dp = Self::with_settings(
             OvsSettings::from_config(cfg),
             Plumber::new(Resolver::default())?,
         )
-        .await
+        .await?;
+        dp.routers
+            .configure(RouterSettings {
+                netns_prefix: cfg.router_netns_prefix.clone(),
+                underlay_ip: Some(cfg.underlay_ip),
+                uplink_mtu: cfg.underlay_mtu,
+                state_dir: Some(cfg.state_dir.clone()),
+            })
+            .map_err(StartError::Routers)?;
+        Ok(dp)
     }
 
     /// Like [`start`](Self::start) with explicit settings and plumbing (tests put the host
@@ -119,12 +135,14 @@ impl OvsDatapath {
                     address: settings.ovsdb.clone(),
                     reason: e.to_string(),
                 })?;
+        let routers = Routers::new(RouterSettings::default(), plumber.host_netns()).await?;
         let client = Client::start(address, ClientOptions::default());
         info!(datapath = settings.datapath.as_str(), ovsdb = %settings.ovsdb, bridge = %settings.bridge, "Open vSwitch datapath");
         Ok(Self {
             settings,
             driver: OvsDriver::new(client),
             plumber,
+            routers,
             watcher: None,
         })
     }
@@ -146,8 +164,14 @@ impl OvsDatapath {
         &self.driver
     }
 
+    /// The tenant router driver, to configure it (tests run it with their own settings).
+    pub fn routers_mut(&mut self) -> &mut Routers {
+        &mut self.routers
+    }
+
     /// One full reconcile; see the module documentation.
     pub async fn reconcile(&mut self, intent: &HostIntent, collect_garbage: bool) -> Reconciled {
+        let started = std::time::Instant::now();
         let mut changes = Vec::new();
         let mut objects = Vec::new();
         let desired = reconcile::desired_ports(intent, self.settings.uplink.as_deref());
@@ -225,8 +249,14 @@ impl OvsDatapath {
             }
         }
 
+        // Tenant routers: namespaces and veths before their ports.
+        let mut routed = self.routers.prepare(intent, &self.plumber, netdev).await;
+        changes.append(&mut routed.changes);
+        hold.extend(routed.hold.iter().cloned());
+
         // Ports.
         let specs: Vec<ovs::PortSpec> = desired.ports.iter().map(|(s, _)| s.clone()).collect();
+        let mut vswitchd_problem = None;
         let port_error = match self.driver.owned_ports(&bridge).await {
             Ok(observed) => {
                 let plan = reconcile::plan_ports(&specs, &observed, &hold, collect_garbage);
@@ -241,6 +271,7 @@ impl OvsDatapath {
                             changes.extend(plan.iter().map(reconcile::describe));
                             if let Err(e) = self.driver.wait_for_vswitchd(VSWITCHD_WAIT).await {
                                 warn!("ovs-vswitchd did not confirm the changes: {e}");
+                                vswitchd_problem = Some(e.to_string());
                             }
                             None
                         }
@@ -250,6 +281,18 @@ impl OvsDatapath {
             }
             Err(e) => Some(format!("cannot read ports on {bridge}: {e}")),
         };
+
+        // Router rules and stale routers, once router ports are on the bridge.
+        self.routers
+            .finish(
+                intent,
+                &mut routed,
+                &self.plumber,
+                netdev,
+                collect_garbage && port_error.is_none(),
+            )
+            .await;
+        changes.append(&mut routed.changes);
 
         // Stale veths go after their ports.
         if collect_garbage && port_error.is_none() {
@@ -283,10 +326,10 @@ impl OvsDatapath {
         };
         for (spec, role) in &desired.ports {
             let (kind, name) = role.object();
-            let error = if let PortRole::Endpoint(n) = role {
-                endpoint_errors.get(n).cloned()
-            } else {
-                None
+            let error = match role {
+                PortRole::Endpoint(n) => endpoint_errors.get(n).cloned(),
+                PortRole::Router(t) => routed.errors.get(t).cloned(),
+                _ => None,
             };
             let error = error
                 .or_else(|| port_error.clone())
@@ -299,15 +342,28 @@ impl OvsDatapath {
                 Some(e) => ObjectStatus::failed(kind, name, e),
             });
         }
+        // The rows are in OVSDB but nothing forwards until ovs-vswitchd takes them: say so
+        // on the bridge, so neither the controller nor the runner's retry mistakes a running
+        // ovsdb-server for a running Open vSwitch.
+        if let Some(problem) = vswitchd_problem {
+            if let Some(b) = objects
+                .iter_mut()
+                .find(|o| o.kind == ObjectKind::Bridge && o.name == bridge)
+            {
+                b.error = Some(problem);
+            }
+        }
+        let took_ms = started.elapsed().as_millis() as u64;
         if changes.is_empty() {
             debug!(
                 generation = intent.generation,
-                "host already matches the intent"
+                took_ms, "host already matches the intent"
             );
         } else {
             info!(
                 generation = intent.generation,
                 changes = changes.len(),
+                took_ms,
                 "reconciled"
             );
         }

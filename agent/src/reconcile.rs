@@ -34,6 +34,8 @@ pub enum PortRole {
     Endpoint(String),
     Tunnel { tenant: String, peer: String },
     Uplink,
+    /// A tenant router's port on `br-int` (see [`crate::router`]); the tenant's name.
+    Router(String),
 }
 
 impl PortRole {
@@ -43,6 +45,7 @@ impl PortRole {
             PortRole::Endpoint(n) => (ObjectKind::Endpoint, n.clone()),
             PortRole::Tunnel { tenant, peer } => (ObjectKind::Tunnel, format!("{tenant}@{peer}")),
             PortRole::Uplink => (ObjectKind::Bridge, "uplink".into()),
+            PortRole::Router(t) => (ObjectKind::Router, t.clone()),
         }
     }
 }
@@ -67,6 +70,7 @@ pub fn desired_ports(intent: &HostIntent, uplink: Option<&str>) -> Desired {
             .with_external_id(TENANT_KEY, e.tenant.as_str());
         d.ports.push((spec, PortRole::Endpoint(e.name.to_string())));
     }
+    d.ports.extend(crate::router::layout::ports(intent));
     let mut trunk_tags = BTreeSet::new();
     for t in &intent.tenants {
         match t.segment {
@@ -213,6 +217,14 @@ pub fn verify_port(spec: &PortSpec, observed: Option<&ObservedPort>) -> Option<S
     if p.spec().as_ref() != Some(spec) {
         return Some(format!("port {} does not match its intent", spec.name));
     }
+    // ovs-vswitchd fills in `ofport` when it takes an interface; a row without one exists
+    // only in the database.
+    if p.interface().is_some_and(|i| i.ofport.is_none()) {
+        return Some(format!(
+            "ovs-vswitchd has not configured port {} (it has no OpenFlow port number); is ovs-vswitchd running?",
+            spec.name
+        ));
+    }
     None
 }
 
@@ -286,6 +298,7 @@ mod tests {
                 endpoint(8, "r1", "red", 11),
                 endpoint(9, "g1", "green", 300),
             ],
+            routers: vec![],
         }
     }
 
@@ -429,5 +442,9 @@ mod tests {
             .unwrap()
             .contains("No such device"));
         assert!(verify_port(&want[1], None).unwrap().contains("missing"));
+        seen[1].interfaces[0].ofport = None;
+        assert!(verify_port(&want[1], Some(&seen[1]))
+            .unwrap()
+            .contains("is ovs-vswitchd running?"));
     }
 }

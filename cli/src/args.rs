@@ -16,6 +16,8 @@ const TOP_AFTER_HELP: &str = "\
 Examples:
   ovl tenant create blue --subnet 10.10.0.0/24
   ovl endpoint create blue --host node1 --name web1 --netns web1 --wait
+  ovl tenant set blue --nat on
+  ovl publish web1 8080:80
   ovl status
 
 Configuration (a flag beats the environment, which beats the config file):
@@ -113,6 +115,22 @@ pub enum Command {
     /// Attach container network namespaces to tenants
     #[command(subcommand)]
     Endpoint(EndpointCommand),
+
+    /// Publish a port of an endpoint on its tenant's gateway host (like `docker run -p`)
+    #[command(
+        long_about = "Publish a port of an endpoint: connections to HOSTPORT on the underlay \
+            address of the host that carries the tenant's router (its gateway host) are \
+            forwarded to PORT of the endpoint. The protocol is tcp unless /udp is given. A \
+            protocol and host port can be published once in the cluster (routers move between \
+            hosts when one is lost). `ovl endpoint show` lists an endpoint's published ports and \
+            where they are reachable.",
+        after_help = "Examples:\n  ovl publish web1 8080:80\n  ovl publish dns1 5353:53/udp --wait"
+    )]
+    Publish(PublishArgs),
+
+    /// Stop publishing a port of an endpoint
+    #[command(after_help = "Examples:\n  ovl unpublish web1 8080\n  ovl unpublish dns1 5353/udp")]
+    Unpublish(PublishArgs),
 
     /// Show every host's session and apply state
     #[command(
@@ -261,6 +279,19 @@ pub enum TenantCommand {
     #[command(after_help = "Example:\n  ovl tenant show blue")]
     Show(NameArg),
 
+    /// Change a tenant's gateway settings: NAT, gateway host
+    #[command(
+        long_about = "Change a tenant's gateway settings. --nat on masquerades the tenant's \
+            traffic to the outside behind its gateway host's underlay address; --nat off stops \
+            it (published ports keep working). --gateway-host HOST moves the tenant's router to \
+            HOST now; --gateway-host auto lets the controller choose (the router stays where \
+            it is until that host is lost).",
+        after_help = "Examples:\n  ovl tenant set blue --nat on\n  \
+            ovl tenant set blue --gateway-host node2 --wait\n  \
+            ovl tenant set blue --gateway-host auto"
+    )]
+    Set(TenantSetArgs),
+
     /// Delete a tenant (with --force, also its endpoints)
     #[command(
         long_about = "Delete a tenant. The controller refuses while the tenant still has \
@@ -298,6 +329,56 @@ pub struct TenantCreateArgs {
     /// Endpoint MTU in bytes (default: underlay MTU less the encapsulation overhead)
     #[arg(long, value_name = "BYTES")]
     pub mtu: Option<u32>,
+
+    /// Masquerade the tenant's traffic to the outside behind its gateway host's underlay
+    /// address (SNAT)
+    #[arg(long)]
+    pub nat: bool,
+
+    /// The host to run the tenant's router on (default: the controller chooses the host with
+    /// the most endpoints of the tenant)
+    #[arg(long, value_name = "HOST")]
+    pub gateway_host: Option<String>,
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+/// `ovl tenant set`.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("change").required(true).multiple(true).args(["nat", "gateway_host"])))]
+pub struct TenantSetArgs {
+    /// The tenant to change
+    pub name: String,
+
+    /// Masquerade the tenant's traffic to the outside (on) or not (off)
+    #[arg(long, value_enum, value_name = "on|off")]
+    pub nat: Option<OnOff>,
+
+    /// Move the tenant's router to HOST, or let the controller choose (auto)
+    #[arg(long, value_name = "HOST|auto")]
+    pub gateway_host: Option<String>,
+
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// `ovl publish` and `ovl unpublish`.
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    /// The endpoint whose port to publish
+    pub endpoint: String,
+
+    /// HOSTPORT:PORT[/tcp|/udp] to publish; HOSTPORT[/tcp|/udp] to unpublish
+    #[arg(value_name = "PORTS")]
+    pub ports: String,
+
+    #[command(flatten)]
+    pub wait: WaitArgs,
 }
 
 /// `ovl tenant delete`.

@@ -195,6 +195,7 @@ fn kind(k: ObjectKind) -> &'static str {
         ObjectKind::Tunnel => "tunnel",
         ObjectKind::Endpoint => "endpoint",
         ObjectKind::Tenant => "tenant",
+        ObjectKind::Router => "router",
     }
 }
 
@@ -218,6 +219,8 @@ pub fn tenants_table(ts: &[TenantInfo]) -> String {
         "MTU",
         "ENDPOINTS",
         "HOSTS",
+        "ROUTER",
+        "NAT",
     ]);
     for i in ts {
         let x = &i.tenant;
@@ -231,9 +234,15 @@ pub fn tenants_table(ts: &[TenantInfo]) -> String {
             x.mtu.to_string(),
             i.endpoints.to_string(),
             dash_if_empty(join(&i.hosts)),
+            opt(&x.router_host),
+            on_off(x.nat),
         ]);
     }
     t.render()
+}
+
+fn on_off(b: bool) -> String {
+    if b { "on" } else { "off" }.into()
 }
 
 fn join<T: ToString>(items: &[T]) -> String {
@@ -273,6 +282,21 @@ pub fn tenant_block(i: &TenantInfo) -> String {
         ),
         ("endpoints", i.endpoints.to_string()),
         ("hosts", dash_if_empty(join(&i.hosts))),
+        ("gateway mac", x.gateway_mac.to_string()),
+        ("nat", on_off(x.nat)),
+        (
+            "gateway host",
+            x.gateway_host
+                .as_ref()
+                .map_or_else(|| "auto".to_string(), ToString::to_string),
+        ),
+        (
+            "router",
+            x.router_host.as_ref().map_or_else(
+                || "- (placed with the first endpoint)".to_string(),
+                |h| h.to_string(),
+            ),
+        ),
         ("created", timestamp(x.created)),
     ])
 }
@@ -315,6 +339,19 @@ pub fn endpoint_block(i: &EndpointInfo) -> String {
     ];
     if let Some(err) = &i.error {
         pairs.push(("error", err.clone()));
+    }
+    if !e.publishes.is_empty() {
+        let ports = e
+            .publishes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let at = match (&i.gateway_address, &i.gateway_host) {
+            (Some(a), Some(h)) => format!(" (on {a}, gateway host {h})"),
+            _ => " (no gateway host yet)".to_string(),
+        };
+        pairs.push(("published", format!("{ports}{at}")));
     }
     pairs.push(("created", timestamp(e.created)));
     block(&pairs)
@@ -440,6 +477,10 @@ mod tests {
                 mtu: 1450,
                 mtu_explicit: false,
                 created: NOW - 100,
+                gateway_mac: "0a:58:00:00:00:01".parse().unwrap(),
+                nat: !hosts.is_empty(),
+                gateway_host: None,
+                router_host: hosts.first().map(|h| HostName::new(*h).unwrap()),
             },
             endpoints: hosts.len() as u32,
             hosts: hosts.iter().map(|h| HostName::new(*h).unwrap()).collect(),
@@ -478,6 +519,7 @@ mod tests {
                 mac: "0a:58:0a:0a:00:02".parse().unwrap(),
                 ip: "10.10.0.2".parse().unwrap(),
                 created: NOW - 60,
+                publishes: vec![],
             },
             prefix_len: 24,
             gateway: "10.10.0.1".parse().unwrap(),
@@ -485,6 +527,8 @@ mod tests {
             vlan: 101,
             state: state.into(),
             error: error.map(str::to_string),
+            gateway_host: None,
+            gateway_address: None,
         }
     }
 
@@ -512,9 +556,9 @@ mod tests {
         );
         assert_eq!(
             out,
-            "NAME  TYPE   KEY   VLAN  SUBNET        GATEWAY    MTU   ENDPOINTS  HOSTS\n\
-             blue  vxlan  5001  101   10.10.0.0/24  10.10.0.1  1450  2          node1,node2\n\
-             red   gre    42    102   10.10.0.0/24  10.10.0.1  1450  0          -\n"
+            "NAME  TYPE   KEY   VLAN  SUBNET        GATEWAY    MTU   ENDPOINTS  HOSTS        ROUTER  NAT\n\
+             blue  vxlan  5001  101   10.10.0.0/24  10.10.0.1  1450  2          node1,node2  node1   on\n\
+             red   gre    42    102   10.10.0.0/24  10.10.0.1  1450  0          -            -       off\n"
         );
     }
 
@@ -522,7 +566,7 @@ mod tests {
     fn empty_list_is_just_the_header() {
         assert_eq!(
             render_text(&ApiReply::Tenants(vec![]), NOW),
-            "NAME  TYPE  KEY  VLAN  SUBNET  GATEWAY  MTU  ENDPOINTS  HOSTS\n"
+            "NAME  TYPE  KEY  VLAN  SUBNET  GATEWAY  MTU  ENDPOINTS  HOSTS  ROUTER  NAT\n"
         );
     }
 
@@ -534,17 +578,21 @@ mod tests {
         );
         assert_eq!(
             out,
-            "name:      red\n\
-             id:        102\n\
-             type:      gre\n\
-             key:       42\n\
-             vlan:      102\n\
-             subnet:    10.10.0.0/24\n\
-             gateway:   10.10.0.1\n\
-             mtu:       1450 (derived from the underlay)\n\
-             endpoints: 1\n\
-             hosts:     node1\n\
-             created:   2023-11-14T22:11:40Z\n"
+            "name:         red\n\
+             id:           102\n\
+             type:         gre\n\
+             key:          42\n\
+             vlan:         102\n\
+             subnet:       10.10.0.0/24\n\
+             gateway:      10.10.0.1\n\
+             mtu:          1450 (derived from the underlay)\n\
+             endpoints:    1\n\
+             hosts:        node1\n\
+             gateway mac:  0a:58:00:00:00:01\n\
+             nat:          on\n\
+             gateway host: auto\n\
+             router:       node1\n\
+             created:      2023-11-14T22:11:40Z\n"
         );
     }
 
@@ -593,6 +641,25 @@ mod tests {
              error:   /proc/4242/ns/net: no such process\n\
              created: 2023-11-14T22:12:20Z\n"
         );
+    }
+
+    #[test]
+    fn endpoint_show_lists_published_ports_and_where() {
+        let mut e = endpoint("web1", NetnsTarget::Name("web1".into()), "ok", None);
+        e.endpoint.publishes = vec!["8080:80".parse().unwrap(), "5353:53/udp".parse().unwrap()];
+        e.gateway_host = Some(HostName::new("node2").unwrap());
+        e.gateway_address = Some("192.168.56.12".parse().unwrap());
+        let out = render_text(&ApiReply::Endpoint(e.clone()), NOW);
+        assert!(
+            out.contains(
+                "published: 8080:80/tcp, 5353:53/udp (on 192.168.56.12, gateway host node2)\n"
+            ),
+            "{out}"
+        );
+        let json: Value = serde_json::from_str(&render_json(&ApiReply::Endpoint(e)).unwrap()).unwrap();
+        assert_eq!(json["publishes"][1]["proto"], "udp");
+        assert_eq!(json["publishes"][1]["host_port"], 5353);
+        assert_eq!(json["gateway_address"], "192.168.56.12");
     }
 
     fn host(name: &str, s: HostStatus) -> HostInfo {

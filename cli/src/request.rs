@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
 use ovl_common::model::{
-    validate_ifname, validate_name, NetnsTarget, SegmentType, ValidationError,
+    validate_ifname, validate_name, NetnsTarget, Publish, SegmentType, ValidationError,
 };
 use ovl_common::proto::{ApiRequest, EndpointCreate, TenantCreate};
 
 use crate::args::{
-    EndpointCommand, EndpointCreateArgs, HostCommand, TenantCommand, TenantCreateArgs,
+    EndpointCommand, EndpointCreateArgs, HostCommand, OnOff, PublishArgs, TenantCommand,
+    TenantCreateArgs, TenantSetArgs,
 };
 
 /// A validated request and whether to wait for the hosts to apply it.
@@ -44,7 +45,25 @@ fn as_flag(flag: &str) -> impl FnOnce(ValidationError) -> ValidationError + '_ {
 /// `ovl tenant …`
 pub fn tenant(cmd: &TenantCommand) -> Result<Plan, ValidationError> {
     Ok(match cmd {
-        TenantCommand::Create(a) => Plan::now(ApiRequest::TenantCreate(tenant_create(a)?)),
+        TenantCommand::Create(a) => {
+            let create = tenant_create(a)?;
+            if let Some(h) = &a.gateway_host {
+                validate_name("--gateway-host", h)?;
+            }
+            if a.nat || a.gateway_host.is_some() {
+                Plan::now(ApiRequest::TenantCreateGateway {
+                    create,
+                    nat: a.nat,
+                    gateway_host: a.gateway_host.clone(),
+                })
+            } else {
+                Plan::now(ApiRequest::TenantCreate(create))
+            }
+        }
+        TenantCommand::Set(a) => Plan {
+            request: tenant_set(a)?,
+            wait: a.wait.wait,
+        },
         TenantCommand::List => Plan::now(ApiRequest::TenantList),
         TenantCommand::Show(a) => {
             validate_name("tenant name", &a.name)?;
@@ -118,6 +137,50 @@ pub fn endpoint(cmd: &EndpointCommand) -> Result<Plan, ValidationError> {
 /// `ovl status`
 pub fn status() -> Plan {
     Plan::now(ApiRequest::Status)
+}
+
+/// Validates `ovl tenant set`.
+pub fn tenant_set(a: &TenantSetArgs) -> Result<ApiRequest, ValidationError> {
+    validate_name("tenant name", &a.name)?;
+    let gateway_host = match a.gateway_host.as_deref() {
+        None => None,
+        Some("auto") => Some(None),
+        Some(h) => {
+            validate_name("--gateway-host", h)?;
+            Some(Some(h.to_string()))
+        }
+    };
+    Ok(ApiRequest::TenantUpdate {
+        name: a.name.clone(),
+        nat: a.nat.map(|n| n == OnOff::On),
+        gateway_host,
+    })
+}
+
+/// `ovl publish`: `HOSTPORT:PORT[/tcp|/udp]`.
+pub fn publish(a: &PublishArgs) -> Result<Plan, ValidationError> {
+    validate_name("endpoint name", &a.endpoint)?;
+    let p: Publish = a.ports.parse()?;
+    Ok(Plan {
+        request: ApiRequest::Publish {
+            endpoint: a.endpoint.clone(),
+            publish: p.to_string(),
+        },
+        wait: a.wait.wait,
+    })
+}
+
+/// `ovl unpublish`: `HOSTPORT[/tcp|/udp]` (a whole `HOSTPORT:PORT[/…]` is accepted too).
+pub fn unpublish(a: &PublishArgs) -> Result<Plan, ValidationError> {
+    validate_name("endpoint name", &a.endpoint)?;
+    let (proto, port) = Publish::parse_key(&a.ports)?;
+    Ok(Plan {
+        request: ApiRequest::Unpublish {
+            endpoint: a.endpoint.clone(),
+            publish: format!("{port}/{proto}"),
+        },
+        wait: a.wait.wait,
+    })
 }
 
 /// Validates `ovl tenant create`.
@@ -278,6 +341,9 @@ mod tests {
             Command::Host(c) => host(c),
             Command::Endpoint(c) => endpoint(c),
             Command::Status => Ok(status()),
+            Command::Publish(a) => publish(a),
+            Command::Unpublish(a) => unpublish(a),
+            Command::Lab(_) => panic!("`ovl lab` builds no API request"),
         }
     }
 
@@ -574,6 +640,66 @@ mod tests {
                 },
                 wait: Some(Duration::from_secs(5)),
             }
+        );
+    }
+
+    #[test]
+    fn gateway_commands_build_their_requests() {
+        match plan(&["tenant", "create", "red", "--subnet", "10.20.0.0/24", "--nat", "--gateway-host", "h2"])
+            .unwrap()
+            .request
+        {
+            ApiRequest::TenantCreateGateway {
+                create,
+                nat,
+                gateway_host,
+            } => {
+                assert_eq!(create.name, "red");
+                assert!(nat);
+                assert_eq!(gateway_host.as_deref(), Some("h2"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            plan(&["tenant", "set", "red", "--nat", "off", "--gateway-host", "auto", "--wait"]).unwrap(),
+            Plan {
+                request: ApiRequest::TenantUpdate {
+                    name: "red".into(),
+                    nat: Some(false),
+                    gateway_host: Some(None),
+                },
+                wait: Some(Duration::from_secs(60)),
+            }
+        );
+        assert_eq!(
+            plan(&["tenant", "set", "red", "--gateway-host", "h1"]).unwrap().request,
+            ApiRequest::TenantUpdate {
+                name: "red".into(),
+                nat: None,
+                gateway_host: Some(Some("h1".into())),
+            }
+        );
+        assert_eq!(
+            plan(&["publish", "web1", "8080:80"]).unwrap().request,
+            ApiRequest::Publish {
+                endpoint: "web1".into(),
+                publish: "8080:80/tcp".into(),
+            }
+        );
+        assert_eq!(
+            plan(&["unpublish", "web1", "53/udp"]).unwrap().request,
+            ApiRequest::Unpublish {
+                endpoint: "web1".into(),
+                publish: "53/udp".into(),
+            }
+        );
+        refused(
+            &["publish", "web1", "8080"],
+            "invalid publish: '8080' is not HOSTPORT:PORT[/tcp|/udp], like 8080:80 or 5353:53/udp",
+        );
+        refused(
+            &["tenant", "set", "red", "--gateway-host", "Bad"],
+            "invalid --gateway-host: 'Bad' contains 'B'; use lowercase letters, digits and '-'",
         );
     }
 }

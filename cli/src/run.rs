@@ -25,6 +25,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Host(c) => request::host(c)?,
         Command::Endpoint(c) => request::endpoint(c)?,
         Command::Status => request::status(),
+        Command::Publish(a) => request::publish(a)?,
+        Command::Unpublish(a) => request::unpublish(a)?,
         Command::Lab(c) => return crate::lab::cmd::run(c, &cli.global).await,
     };
     api(&cli.global, plan).await
@@ -64,6 +66,16 @@ pub fn describe(req: &ApiRequest) -> String {
         ApiRequest::EndpointShow { name } => format!("show endpoint '{name}'"),
         ApiRequest::EndpointDelete { name } => format!("delete endpoint '{name}'"),
         ApiRequest::Status => "get the hosts' status".into(),
+        ApiRequest::TenantCreateGateway { create, .. } => {
+            format!("create tenant '{}'", create.name)
+        }
+        ApiRequest::TenantUpdate { name, .. } => format!("change tenant '{name}'"),
+        ApiRequest::Publish { endpoint, publish } => {
+            format!("publish {publish} of endpoint '{endpoint}'")
+        }
+        ApiRequest::Unpublish { endpoint, publish } => {
+            format!("unpublish {publish} of endpoint '{endpoint}'")
+        }
     }
 }
 
@@ -127,6 +139,32 @@ pub async fn execute(client: &mut Client, plan: Plan, format: OutputFormat) -> a
             .await?;
             let delete = ApiRequest::TenantDelete { name, force };
             delete_and_wait(client, delete, hosts, limit, format).await
+        }
+        change @ (ApiRequest::Publish { .. }
+        | ApiRequest::Unpublish { .. }
+        | ApiRequest::TenantUpdate { .. }) => {
+            // The tenant's gateway host applies these.
+            let what = describe(&change);
+            let reply = call(client, change).await?;
+            print_reply(&reply, format)?;
+            let hosts: Vec<HostName> = match &reply {
+                ApiReply::Endpoint(e) => e.gateway_host.iter().cloned().collect(),
+                ApiReply::Tenant(t) => t.tenant.router_host.iter().cloned().collect(),
+                _ => Vec::new(),
+            };
+            if hosts.is_empty() {
+                eprintln!("no host had to apply this change (the tenant has no router yet)");
+                return Ok(());
+            }
+            let status = wait::status(client)
+                .await
+                .with_context(|| format!("{what}: done, but cannot wait for the hosts"))?;
+            let targets = wait::targets(&status, &hosts);
+            wait::hosts_applied(client, &targets, limit, &mut progress)
+                .await
+                .with_context(|| format!("{what}: done, but waiting for the hosts failed"))?;
+            eprintln!("applied on {}", hosts[0]);
+            Ok(())
         }
         other => {
             // Only changes that hosts apply take --wait; anything else has nothing to wait for.

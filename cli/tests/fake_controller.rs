@@ -256,6 +256,10 @@ fn tenant_info(name: &str, hosts: &[&str]) -> TenantInfo {
             mtu: 1450,
             mtu_explicit: false,
             created: 1_700_000_000,
+            gateway_mac: "0a:58:00:00:00:01".parse().unwrap(),
+            nat: false,
+            gateway_host: None,
+            router_host: None,
         },
         endpoints: hosts.len() as u32,
         hosts: hosts.iter().map(|h| HostName::new(*h).unwrap()).collect(),
@@ -274,6 +278,7 @@ fn endpoint_info(name: &str, state: &str) -> EndpointInfo {
             mac: "0a:58:0a:0a:00:02".parse().unwrap(),
             ip: "10.10.0.2".parse().unwrap(),
             created: 1_700_000_000,
+            publishes: vec![],
         },
         prefix_len: 24,
         gateway: "10.10.0.1".parse().unwrap(),
@@ -281,6 +286,8 @@ fn endpoint_info(name: &str, state: &str) -> EndpointInfo {
         vlan: 101,
         state: state.into(),
         error: None,
+        gateway_host: None,
+        gateway_address: None,
     }
 }
 

@@ -242,6 +242,10 @@ mod reply_tests {
             mtu: 1450,
             mtu_explicit: false,
             created: 5,
+            gateway_mac: MacAddr([0x0a, 0x58, 0, 0, 0, 9]),
+            nat: true,
+            gateway_host: Some("h1".parse().unwrap()),
+            router_host: Some("h1".parse().unwrap()),
         };
         let host = Host {
             id: 2,
@@ -273,6 +277,7 @@ mod reply_tests {
             mac: MacAddr([0x0a, 0, 0, 0, 0, 1]),
             ip: "10.0.0.2".parse().unwrap(),
             created: 8,
+            publishes: vec!["8080:80".parse().unwrap(), "53:53/udp".parse().unwrap()],
         };
         let info = EndpointInfo {
             endpoint,
@@ -282,6 +287,8 @@ mod reply_tests {
             vlan: 1,
             state: "ok".into(),
             error: None,
+            gateway_host: Some(host.name.clone()),
+            gateway_address: Some(host.underlay),
         };
         let replies: Vec<ApiResponse> = vec![
             Ok(ApiReply::Tenant(TenantInfo {
@@ -315,5 +322,72 @@ mod reply_tests {
             let (back, _) = decode_frame::<ApiResponse>(&bytes).unwrap().unwrap();
             assert_eq!(back, r);
         }
+    }
+
+    /// The gateway requests and an intent with a router survive a round trip.
+    #[test]
+    fn gateway_requests_and_routers_round_trip() {
+        use crate::intent::{HostIntent, PublishIntent, RouterIntent};
+        use crate::proto::{ApiRequest, ControllerToAgent, TenantCreate};
+        use crate::Protocol;
+        let requests = vec![
+            ApiRequest::TenantCreateGateway {
+                create: TenantCreate {
+                    name: "red".into(),
+                    subnet: "10.0.0.0/24".into(),
+                    segment: None,
+                    key: None,
+                    vlan: None,
+                    mtu: None,
+                },
+                nat: true,
+                gateway_host: Some("h2".into()),
+            },
+            ApiRequest::TenantUpdate {
+                name: "red".into(),
+                nat: Some(false),
+                gateway_host: Some(None),
+            },
+            ApiRequest::TenantUpdate {
+                name: "red".into(),
+                nat: None,
+                gateway_host: Some(Some("h1".into())),
+            },
+            ApiRequest::Publish {
+                endpoint: "web".into(),
+                publish: "8080:80/tcp".into(),
+            },
+            ApiRequest::Unpublish {
+                endpoint: "web".into(),
+                publish: "8080".into(),
+            },
+        ];
+        for r in requests {
+            let bytes = encode(&r).unwrap();
+            let (back, _) = decode_frame::<ApiRequest>(&bytes).unwrap().unwrap();
+            assert_eq!(back, r);
+        }
+        let mut intent = HostIntent::empty("h1".parse().unwrap());
+        intent.routers.push(RouterIntent {
+            tenant_id: 4,
+            tenant: "red".parse().unwrap(),
+            vlan: 7,
+            subnet: "10.0.0.0/24".parse().unwrap(),
+            gateway: "10.0.0.1".parse().unwrap(),
+            mac: MacAddr([0x0a, 0x58, 0, 0, 0, 3]),
+            mtu: 1450,
+            nat: true,
+            publishes: vec![PublishIntent {
+                proto: Protocol::Udp,
+                host_port: 5353,
+                endpoint: "dns".parse().unwrap(),
+                ip: "10.0.0.5".parse().unwrap(),
+                port: 53,
+            }],
+        });
+        let msg = ControllerToAgent::Intent(intent);
+        let bytes = encode(&msg).unwrap();
+        let (back, _) = decode_frame::<ControllerToAgent>(&bytes).unwrap().unwrap();
+        assert_eq!(back, msg);
     }
 }

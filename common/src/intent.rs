@@ -10,7 +10,9 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{EndpointName, HostName, MacAddr, NetnsTarget, SegmentType, TenantName};
+use crate::model::{
+    EndpointName, HostName, MacAddr, NetnsTarget, Protocol, SegmentType, TenantName,
+};
 
 /// Everything ovl wants on one host, at one generation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +25,9 @@ pub struct HostIntent {
     pub tenants: Vec<TenantIntent>,
     /// This host's endpoints, sorted by id.
     pub endpoints: Vec<EndpointIntent>,
+    /// The tenant routers this host carries, sorted by tenant id. Each router's tenant is
+    /// also in `tenants`, so the host has the tunnels to the tenant's endpoints.
+    pub routers: Vec<RouterIntent>,
 }
 
 impl HostIntent {
@@ -33,6 +38,7 @@ impl HostIntent {
             generation: 0,
             tenants: Vec::new(),
             endpoints: Vec::new(),
+            routers: Vec::new(),
         }
     }
 
@@ -41,6 +47,7 @@ impl HostIntent {
         self.host == other.host
             && self.tenants == other.tenants
             && self.endpoints == other.endpoints
+            && self.routers == other.routers
     }
 }
 
@@ -89,6 +96,48 @@ pub struct EndpointIntent {
     pub vlan: u16,
 }
 
+/// A tenant's router on this host: a network namespace plugged into `br-int` as an access
+/// port with the tenant's tag, holding the gateway address and MAC. With NAT or published
+/// ports it is also linked to the host's namespace, through which the tenant reaches the
+/// outside and the outside reaches published ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterIntent {
+    pub tenant_id: u32,
+    pub tenant: TenantName,
+    /// The tenant's local VLAN tag: the router port's `tag`.
+    pub vlan: u16,
+    pub subnet: Ipv4Network,
+    /// The gateway address the router holds (its prefix is the subnet's).
+    pub gateway: Ipv4Addr,
+    /// The gateway address's MAC.
+    pub mac: MacAddr,
+    pub mtu: u16,
+    /// Masquerade the tenant's traffic to the outside behind the host's underlay address.
+    pub nat: bool,
+    /// Published ports of the tenant's endpoints, sorted by protocol and host port.
+    pub publishes: Vec<PublishIntent>,
+}
+
+impl RouterIntent {
+    /// Whether the router needs its link to the host's namespace (for NAT or published
+    /// ports); a router without either only holds the gateway address.
+    pub fn needs_uplink(&self) -> bool {
+        self.nat || !self.publishes.is_empty()
+    }
+}
+
+/// A published port as the router host applies it: `host_port` on the host's underlay
+/// address is forwarded to `ip:port`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishIntent {
+    pub proto: Protocol,
+    pub host_port: u16,
+    /// The endpoint the port belongs to (for status and logs).
+    pub endpoint: EndpointName,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+}
+
 /// What kind of object a status line is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -101,6 +150,8 @@ pub enum ObjectKind {
     Endpoint,
     /// A tenant-level object such as a VLAN trunk (`name` is the tenant's name).
     Tenant,
+    /// A tenant's router: its namespace, ports and NAT rules (`name` is the tenant's name).
+    Router,
 }
 
 /// The outcome of applying one object of an intent.

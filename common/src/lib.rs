@@ -13,5 +13,6 @@ pub mod proto;
 pub mod tls;
 
 pub use model::{
-    EndpointName, HostName, MacAddr, NetnsTarget, SegmentType, TenantName, ValidationError,
+    EndpointName, HostName, MacAddr, NetnsTarget, Protocol, Publish, SegmentType, TenantName,
+    ValidationError,
 };

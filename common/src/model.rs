@@ -383,6 +383,18 @@ pub struct Tenant {
     pub mtu_explicit: bool,
     /// Unix time (seconds) the tenant was created.
     pub created: u64,
+    /// The MAC of the gateway address: the tenant router's interface on the segment. Drawn
+    /// from the same cluster-wide pool as endpoint MACs.
+    pub gateway_mac: MacAddr,
+    /// Whether the tenant's traffic to the outside leaves masqueraded behind its router
+    /// host's underlay address (SNAT).
+    pub nat: bool,
+    /// The host the user wants the tenant's router on; `None` lets the controller choose.
+    pub gateway_host: Option<HostName>,
+    /// The host the tenant's router is on now, as the controller placed it (the configured
+    /// gateway host, or after a failover another one); `None` while the tenant has no
+    /// endpoint.
+    pub router_host: Option<HostName>,
 }
 
 /// A host as the controller knows it: registered on its first authenticated session.
@@ -415,6 +427,108 @@ pub struct Endpoint {
     pub ip: Ipv4Addr,
     /// Unix time (seconds) the endpoint was created.
     pub created: u64,
+    /// Ports published on the tenant's router host, sorted.
+    pub publishes: Vec<Publish>,
+}
+
+/// A transport protocol a port can be published for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            other => Err(ValidationError::new(
+                "publish",
+                format!("'{other}' is not a protocol; use tcp or udp"),
+            )),
+        }
+    }
+}
+
+/// A published port, as `docker run -p` has them: connections to `host_port` on the underlay
+/// address of the tenant's router host go to `port` of the endpoint. Written
+/// `HOSTPORT:PORT[/tcp|/udp]` (tcp when no protocol is given).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Publish {
+    pub proto: Protocol,
+    pub host_port: u16,
+    pub port: u16,
+}
+
+impl fmt::Display for Publish {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.host_port, self.port, self.proto)
+    }
+}
+
+impl FromStr for Publish {
+    type Err = ValidationError;
+    /// Parses `HOSTPORT:PORT[/tcp|/udp]`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ports, proto) = split_protocol(s)?;
+        let Some((host_port, port)) = ports.split_once(':') else {
+            return Err(ValidationError::new(
+                "publish",
+                format!("'{s}' is not HOSTPORT:PORT[/tcp|/udp], like 8080:80 or 5353:53/udp"),
+            ));
+        };
+        Ok(Publish {
+            proto,
+            host_port: parse_port(s, host_port)?,
+            port: parse_port(s, port)?,
+        })
+    }
+}
+
+impl Publish {
+    /// Parses what names a published port for removal: `HOSTPORT[/tcp|/udp]`, or a whole
+    /// `HOSTPORT:PORT[/…]` (whose `PORT` is then ignored). A host port is published at most
+    /// once per protocol, so the pair identifies it.
+    pub fn parse_key(s: &str) -> Result<(Protocol, u16), ValidationError> {
+        let (ports, proto) = split_protocol(s)?;
+        let host_port = ports.split_once(':').map_or(ports, |(h, _)| h);
+        Ok((proto, parse_port(s, host_port)?))
+    }
+}
+
+fn split_protocol(s: &str) -> Result<(&str, Protocol), ValidationError> {
+    match s.trim().split_once('/') {
+        Some((ports, proto)) => Ok((ports, proto.parse()?)),
+        None => Ok((s.trim(), Protocol::Tcp)),
+    }
+}
+
+fn parse_port(whole: &str, p: &str) -> Result<u16, ValidationError> {
+    match p.parse::<u16>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(ValidationError::new(
+            "publish",
+            format!("'{p}' in '{whole}' is not a port; use 1-65535"),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -463,6 +577,39 @@ mod tests {
         validate_ifname("ifname", "eth0").unwrap();
         assert!(validate_ifname("ifname", "a-very-long-name0").is_err());
         assert!(validate_ifname("ifname", "a/b").is_err());
+    }
+
+    #[test]
+    fn publishes_parse_and_print() {
+        let p: Publish = "8080:80".parse().unwrap();
+        assert_eq!(
+            p,
+            Publish {
+                proto: Protocol::Tcp,
+                host_port: 8080,
+                port: 80
+            }
+        );
+        assert_eq!(p.to_string(), "8080:80/tcp");
+        let u: Publish = "5353:53/udp".parse().unwrap();
+        assert_eq!((u.proto, u.host_port, u.port), (Protocol::Udp, 5353, 53));
+        for bad in ["80", "0:80", "80:0", "70000:80", "a:80", "80:80/sctp", ":80"] {
+            let e = bad.parse::<Publish>().unwrap_err();
+            assert_eq!(e.field, "publish", "{bad}");
+        }
+        assert_eq!(
+            Publish::parse_key("8080").unwrap(),
+            (Protocol::Tcp, 8080)
+        );
+        assert_eq!(
+            Publish::parse_key("53/udp").unwrap(),
+            (Protocol::Udp, 53)
+        );
+        assert_eq!(
+            Publish::parse_key("8080:80/tcp").unwrap(),
+            (Protocol::Tcp, 8080)
+        );
+        assert!(Publish::parse_key("0").is_err());
     }
 
     #[test]

@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::intent::{AppliedReport, HostIntent, ObjectStatus};
 use crate::model::{Endpoint, Host, HostName, Tenant};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this build speaks. Version 2 added tenant gateways: NAT, gateway and
+/// router hosts on tenants, published ports on endpoints, routers in host intents.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The ALPN identifier both ends require.
 pub const ALPN: &[u8] = b"ovl/1";
@@ -215,6 +216,31 @@ pub enum ApiRequest {
     },
     /// Per-host session and apply state.
     Status,
+    /// `ovl tenant create` with gateway options (`--nat`, `--gateway-host`): the tenant and
+    /// its gateway settings in one transaction. A variant of its own so that
+    /// [`TenantCreate`] keeps its shape. Answered with [`ApiReply::Tenant`].
+    TenantCreateGateway {
+        create: TenantCreate,
+        nat: bool,
+        /// The host to put the tenant's router on; `None` lets the controller choose.
+        gateway_host: Option<String>,
+    },
+    /// `ovl tenant set`: changes a tenant's gateway settings. `None` leaves a setting as it
+    /// is; `gateway_host: Some(None)` gives the choice back to the controller, and
+    /// `Some(Some(host))` moves the router to that host now. Answered with
+    /// [`ApiReply::Tenant`].
+    TenantUpdate {
+        name: String,
+        nat: Option<bool>,
+        gateway_host: Option<Option<String>>,
+    },
+    /// `ovl publish ENDPOINT HOSTPORT:PORT[/tcp|/udp]`: forwards a port of the tenant's router
+    /// host's underlay address to the endpoint. A protocol and host port are published at
+    /// most once in the cluster (routers move between hosts). Answered with
+    /// [`ApiReply::Endpoint`].
+    Publish { endpoint: String, publish: String },
+    /// `ovl unpublish ENDPOINT HOSTPORT[/tcp|/udp]`. Answered with [`ApiReply::Endpoint`].
+    Unpublish { endpoint: String, publish: String },
 }
 
 /// `ovl tenant create`.
@@ -311,6 +337,10 @@ pub struct EndpointInfo {
     /// `ok` or `error`.
     pub state: String,
     pub error: Option<String>,
+    /// The host carrying the tenant's router, where published ports are reachable.
+    pub gateway_host: Option<HostName>,
+    /// That host's underlay address: published ports are reachable on it.
+    pub gateway_address: Option<Ipv4Addr>,
 }
 
 /// A failed request: what kind of failure, which field, and what to do.

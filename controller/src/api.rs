@@ -15,14 +15,17 @@ use ovl_common::proto::{
     ApiError, ApiReply, ApiRequest, ApiResponse, EndpointCreate, EndpointInfo, ErrorCode, HostInfo,
     HostStatus, TenantCreate, TenantInfo,
 };
-use ovl_common::{EndpointName, HostName, SegmentType, TenantName, ValidationError};
+use ovl_common::{
+    EndpointName, HostName, MacAddr, Protocol, Publish, SegmentType, TenantName, ValidationError,
+};
 
 use crate::alloc::{
     key_pool, key_space, key_space_pool, key_word, vlan_pool, Claim, Pool, VLAN_MAX, VLAN_MIN,
 };
+use crate::gateway::{gateway_mac_owner, port_from_key, port_key, port_pool, RESERVED_UDP_PORTS};
 use crate::ipam::{ip_from_key, ip_key, mac_from_key, mac_key, mac_pool, SubnetPlan};
 use crate::live::Live;
-use crate::store::tables::{meta, StoredEndpoint, WriteTables};
+use crate::store::tables::{meta, StoredEndpoint, WriteTables, NO_MAC};
 use crate::store::{Settings, State, StoreError};
 
 /// Smallest MTU a tenant may ask for (the IPv4 minimum every host must accept).
@@ -72,6 +75,10 @@ pub(crate) enum Done {
     TenantCreated(TenantName),
     EndpointCreated(EndpointName),
     Deleted(Vec<String>),
+    /// A tenant's settings changed (answered like a create).
+    TenantChanged(TenantName),
+    /// An endpoint's published ports changed (answered like a create).
+    EndpointChanged(EndpointName),
 }
 
 /// Whether a request changes the store (and so runs in a write transaction).
@@ -82,6 +89,10 @@ pub fn is_mutation(req: &ApiRequest) -> bool {
             | ApiRequest::TenantDelete { .. }
             | ApiRequest::EndpointCreate(_)
             | ApiRequest::EndpointDelete { .. }
+            | ApiRequest::TenantCreateGateway { .. }
+            | ApiRequest::TenantUpdate { .. }
+            | ApiRequest::Publish { .. }
+            | ApiRequest::Unpublish { .. }
     )
 }
 
@@ -97,6 +108,34 @@ pub(crate) fn mutate(
         ApiRequest::TenantDelete { name, force } => tenant_delete(t, name, *force),
         ApiRequest::EndpointCreate(c) => endpoint_create(t, c, now),
         ApiRequest::EndpointDelete { name } => endpoint_delete(t, name),
+        ApiRequest::TenantCreateGateway {
+            create,
+            nat,
+            gateway_host,
+        } => {
+            // Checked first, so a bad host is reported before the other fields.
+            let gateway_host = gateway_host
+                .as_deref()
+                .map(|h| registered_host(t, "gateway-host", h))
+                .transpose()?;
+            let done = tenant_create(t, create, settings, now)?;
+            if let Done::TenantCreated(name) = &done {
+                let mut tenant = t.tenant(name.as_str())?.ok_or_else(|| {
+                    StoreError::Inconsistent(format!("new tenant '{name}' is not stored"))
+                })?;
+                tenant.nat = *nat;
+                tenant.gateway_host = gateway_host;
+                t.put_tenant(&tenant)?;
+            }
+            Ok(done)
+        }
+        ApiRequest::TenantUpdate {
+            name,
+            nat,
+            gateway_host,
+        } => tenant_update(t, name, *nat, gateway_host.as_ref()),
+        ApiRequest::Publish { endpoint, publish } => publish_port(t, endpoint, publish),
+        ApiRequest::Unpublish { endpoint, publish } => unpublish_port(t, endpoint, publish),
         other => Err(Failure::Api(ApiError::new(
             ErrorCode::Internal,
             format!("{} is not a change", request_kind(other)),
@@ -124,6 +163,20 @@ pub(crate) fn reply(state: &State, done: &Done, live: &dyn Live) -> ApiResponse 
         Done::Deleted(removed) => Ok(ApiReply::Deleted {
             removed: removed.clone(),
         }),
+        Done::TenantChanged(name) => {
+            let t = state
+                .tenants
+                .get(name)
+                .ok_or_else(|| missing("tenant", name.as_str()))?;
+            Ok(ApiReply::Tenant(tenant_info(state, t)))
+        }
+        Done::EndpointChanged(name) => {
+            let e = state
+                .endpoints
+                .get(name)
+                .ok_or_else(|| missing("endpoint", name.as_str()))?;
+            Ok(ApiReply::Endpoint(endpoint_info(state, e, live)?))
+        }
     }
 }
 
@@ -281,6 +334,7 @@ pub fn endpoint_info(
             None => ("ok", None),
         }
     };
+    let router = t.router_host.as_ref().and_then(|h| state.hosts.get(h));
     Ok(EndpointInfo {
         endpoint: ep.clone(),
         prefix_len: t.subnet.prefix(),
@@ -289,6 +343,8 @@ pub fn endpoint_info(
         vlan: t.vlan,
         state: status.to_string(),
         error,
+        gateway_host: router.map(|h| h.name.clone()),
+        gateway_address: router.map(|h| h.underlay),
     })
 }
 
@@ -430,6 +486,7 @@ fn tenant_create(
         }
     };
 
+    let gateway_mac = allocate_mac(t, &gateway_mac_owner(name.as_str()))?;
     let id = t.next_id(meta::NEXT_TENANT_ID)?;
     let tenant = Tenant {
         id,
@@ -442,6 +499,10 @@ fn tenant_create(
         mtu,
         mtu_explicit,
         created: now,
+        gateway_mac,
+        nat: false,
+        gateway_host: None,
+        router_host: None,
     };
     t.put_tenant(&tenant)?;
     Ok(Done::TenantCreated(name))
@@ -493,6 +554,14 @@ fn tenant_delete(t: &mut WriteTables<'_>, name: &str, force: bool) -> Result<Don
             &mut t.keys,
             u64::from(tenant.key),
             name.as_str(),
+        )?;
+    }
+    if tenant.gateway_mac != NO_MAC {
+        release(
+            &mac_pool(),
+            &mut t.macs,
+            mac_key(tenant.gateway_mac),
+            &gateway_mac_owner(name.as_str()),
         )?;
     }
     t.remove_tenant(name.as_str())?;
@@ -588,22 +657,7 @@ fn endpoint_create(t: &mut WriteTables<'_>, c: &EndpointCreate, now: u64) -> Res
         }
     };
 
-    let macs = mac_pool();
-    let cursor = t.meta(meta::NEXT_MAC)?.unwrap_or(*macs.range().start());
-    let mac_key_taken = macs
-        .allocate_from(&mut t.macs, cursor, name.as_str())?
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::Exhausted,
-                format!("all {} MAC addresses are in use", macs.size()),
-            )
-        })?;
-    let next = if mac_key_taken >= *macs.range().end() {
-        *macs.range().start()
-    } else {
-        mac_key_taken + 1
-    };
-    t.set_meta(meta::NEXT_MAC, next)?;
+    let mac = allocate_mac(t, name.as_str())?;
 
     let id = t.next_id(meta::NEXT_ENDPOINT_ID)?;
     let endpoint = StoredEndpoint {
@@ -614,9 +668,10 @@ fn endpoint_create(t: &mut WriteTables<'_>, c: &EndpointCreate, now: u64) -> Res
             host: host.name.clone(),
             target: c.target.clone(),
             ifname: ifname.to_string(),
-            mac: mac_from_key(mac_key_taken),
+            mac,
             ip,
             created: now,
+            publishes: Vec::new(),
         },
         // Set by the store once the host's intent that includes the endpoint is numbered.
         first_generation: 0,
@@ -660,8 +715,165 @@ fn remove_endpoint(
         ep.name.as_str(),
     )?;
     release(&mac_pool(), &mut t.macs, mac_key(ep.mac), ep.name.as_str())?;
+    for p in &ep.publishes {
+        release(
+            &port_pool(),
+            &mut t.ports,
+            port_key(p.proto, p.host_port),
+            ep.name.as_str(),
+        )?;
+    }
     t.remove_endpoint(ep.name.as_str())?;
     Ok(())
+}
+
+/// Takes the next free MAC (next fit, see [`Pool::allocate_from`]) for `owner`: an endpoint,
+/// or a tenant's gateway.
+pub(crate) fn allocate_mac(t: &mut WriteTables<'_>, owner: &str) -> Result<MacAddr, Failure> {
+    let macs = mac_pool();
+    let cursor = t.meta(meta::NEXT_MAC)?.unwrap_or(*macs.range().start());
+    let taken = macs
+        .allocate_from(&mut t.macs, cursor, owner)?
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Exhausted,
+                format!("all {} MAC addresses are in use", macs.size()),
+            )
+        })?;
+    let next = if taken >= *macs.range().end() {
+        *macs.range().start()
+    } else {
+        taken + 1
+    };
+    t.set_meta(meta::NEXT_MAC, next)?;
+    Ok(mac_from_key(taken))
+}
+
+/// A registered host, for a field that names one.
+fn registered_host(t: &WriteTables<'_>, field: &str, name: &str) -> Result<HostName, Failure> {
+    let name = host_name(field, name)?;
+    if t.host(name.as_str())?.is_none() {
+        return Err(Failure::Api(ApiError::field(
+            ErrorCode::NotFound,
+            field,
+            format!(
+                "no host named '{name}' has registered; a host exists once its agent has connected to the controller"
+            ),
+        )));
+    }
+    Ok(name)
+}
+
+/// `ovl tenant set`: NAT on or off, and the gateway host. Naming a gateway host moves the
+/// router there now (when the tenant has endpoints); giving the choice back to the controller
+/// leaves the router where it is.
+fn tenant_update(
+    t: &mut WriteTables<'_>,
+    name: &str,
+    nat: Option<bool>,
+    gateway_host: Option<&Option<String>>,
+) -> Result<Done, Failure> {
+    let name = tenant_name("name", name)?;
+    let gateway_host = match gateway_host {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(h)) => Some(Some(registered_host(t, "gateway-host", h)?)),
+    };
+    let mut tenant = t.tenant(name.as_str())?.ok_or_else(|| {
+        ApiError::field(
+            ErrorCode::NotFound,
+            "name",
+            format!("no tenant named '{name}'"),
+        )
+    })?;
+    if let Some(nat) = nat {
+        tenant.nat = nat;
+    }
+    if let Some(host) = gateway_host {
+        if let Some(h) = &host {
+            // The placement keeps a placed router where it is; an explicit choice moves it.
+            if tenant.router_host.is_some() {
+                tenant.router_host = Some(h.clone());
+            }
+        }
+        tenant.gateway_host = host;
+    }
+    t.put_tenant(&tenant)?;
+    Ok(Done::TenantChanged(name))
+}
+
+/// `ovl publish`: takes the protocol and host port cluster-wide for the endpoint.
+fn publish_port(t: &mut WriteTables<'_>, endpoint: &str, spec: &str) -> Result<Done, Failure> {
+    let name = endpoint_name("endpoint", endpoint)?;
+    let publish: Publish = spec.parse()?;
+    if publish.proto == Protocol::Udp && RESERVED_UDP_PORTS.contains(&publish.host_port) {
+        return Err(invalid(
+            "publish",
+            format!(
+                "udp port {} is reserved: VXLAN between hosts arrives on it",
+                publish.host_port
+            ),
+        ));
+    }
+    let mut e = find_endpoint(t, &name)?;
+    claim(
+        &port_pool(),
+        &mut t.ports,
+        port_key(publish.proto, publish.host_port),
+        &name,
+        "publish",
+        "endpoint",
+    )?;
+    e.endpoint.publishes.push(publish);
+    e.endpoint.publishes.sort();
+    t.put_endpoint(&e)?;
+    Ok(Done::EndpointChanged(name))
+}
+
+/// `ovl unpublish`: frees the endpoint's protocol and host port.
+fn unpublish_port(t: &mut WriteTables<'_>, endpoint: &str, spec: &str) -> Result<Done, Failure> {
+    let name = endpoint_name("endpoint", endpoint)?;
+    let (proto, host_port) = Publish::parse_key(spec)?;
+    let mut e = find_endpoint(t, &name)?;
+    let Some(at) = e
+        .endpoint
+        .publishes
+        .iter()
+        .position(|p| p.proto == proto && p.host_port == host_port)
+    else {
+        let published: Vec<String> = e.endpoint.publishes.iter().map(|p| p.to_string()).collect();
+        return Err(Failure::Api(ApiError::field(
+            ErrorCode::NotFound,
+            "publish",
+            format!(
+                "endpoint '{name}' does not publish {proto} port {host_port}; it publishes {}",
+                if published.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    published.join(", ")
+                }
+            ),
+        )));
+    };
+    release(
+        &port_pool(),
+        &mut t.ports,
+        port_key(proto, host_port),
+        name.as_str(),
+    )?;
+    e.endpoint.publishes.remove(at);
+    t.put_endpoint(&e)?;
+    Ok(Done::EndpointChanged(name))
+}
+
+fn find_endpoint(t: &WriteTables<'_>, name: &EndpointName) -> Result<StoredEndpoint, Failure> {
+    Ok(t.endpoint(name.as_str())?.ok_or_else(|| {
+        ApiError::field(
+            ErrorCode::NotFound,
+            "endpoint",
+            format!("no endpoint named '{name}'"),
+        )
+    })?)
 }
 
 /// Takes a value the user asked for, or says who holds it.
@@ -719,6 +931,10 @@ fn show_value(pool: &Pool, value: u64) -> String {
     match pool.what() {
         "address" => ip_from_key(value).1.to_string(),
         "MAC address" => mac_from_key(value).to_string(),
+        "published port" => {
+            let (proto, port) = port_from_key(value);
+            format!("{proto} {port}")
+        }
         _ => value.to_string(),
     }
 }
@@ -814,5 +1030,9 @@ fn request_kind(req: &ApiRequest) -> &'static str {
         ApiRequest::EndpointShow { .. } => "endpoint show",
         ApiRequest::EndpointDelete { .. } => "endpoint delete",
         ApiRequest::Status => "status",
+        ApiRequest::TenantCreateGateway { .. } => "tenant create",
+        ApiRequest::TenantUpdate { .. } => "tenant set",
+        ApiRequest::Publish { .. } => "publish",
+        ApiRequest::Unpublish { .. } => "unpublish",
     }
 }

@@ -8,10 +8,14 @@
 //! Objects that point at something missing (an endpoint whose tenant or host is gone) are left
 //! out rather than reported: the store never writes such a state, and `Store::check` is where
 //! inconsistencies are found.
+//!
+//! A tenant with endpoints and a router host (see [`crate::gateway`]) gets a router on that
+//! host. The router host counts as one of the tenant's hosts: it gets the tenant's segment
+//! and its tunnels, and the endpoints' hosts get a tunnel to it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ovl_common::intent::{EndpointIntent, HostIntent, Peer, TenantIntent};
+use ovl_common::intent::{EndpointIntent, HostIntent, Peer, PublishIntent, RouterIntent, TenantIntent};
 use ovl_common::model::{Endpoint, Host, Tenant};
 use ovl_common::{HostName, TenantName};
 
@@ -41,6 +45,33 @@ pub fn compile<'a>(
             .insert((h.id, &h.name));
     }
 
+    // A router host is one of its tenant's hosts, for tunnels both ways. Routers exist only
+    // for tenants with endpoints.
+    let mut routers: Vec<(&Tenant, &Host)> = Vec::new();
+    for t in tenants.values() {
+        let Some(router_host) = t.router_host.as_ref().and_then(|h| hosts.get(h)) else {
+            continue;
+        };
+        if let Some(members) = tenant_hosts.get_mut(&t.name) {
+            members.insert((router_host.id, &router_host.name));
+            routers.push((t, router_host));
+        }
+    }
+    let peers_of = |t: &Tenant, me: &HostName| -> Vec<Peer> {
+        tenant_hosts
+            .get(&t.name)
+            .into_iter()
+            .flatten()
+            .filter(|(_, name)| *name != me)
+            .filter_map(|(_, name)| hosts.get(name))
+            .map(|peer| Peer {
+                id: peer.id,
+                host: peer.name.clone(),
+                underlay: peer.underlay,
+            })
+            .collect()
+    };
+
     let mut intents: BTreeMap<HostName, HostIntent> = hosts
         .keys()
         .map(|name| ((*name).clone(), HostIntent::empty((*name).clone())))
@@ -52,25 +83,48 @@ pub fn compile<'a>(
         };
         intent.endpoints.push(endpoint_intent(e, t));
         if !intent.tenants.iter().any(|ti| ti.id == t.id) {
-            let peers = tenant_hosts
-                .get(&t.name)
-                .into_iter()
-                .flatten()
-                .filter(|(_, name)| **name != h.name)
-                .filter_map(|(_, name)| hosts.get(name))
-                .map(|peer| Peer {
-                    id: peer.id,
-                    host: peer.name.clone(),
-                    underlay: peer.underlay,
-                })
-                .collect();
-            intent.tenants.push(tenant_intent(t, peers));
+            intent.tenants.push(tenant_intent(t, peers_of(t, &h.name)));
         }
+    }
+
+    for (t, h) in routers {
+        let Some(intent) = intents.get_mut(&h.name) else {
+            continue;
+        };
+        if !intent.tenants.iter().any(|ti| ti.id == t.id) {
+            intent.tenants.push(tenant_intent(t, peers_of(t, &h.name)));
+        }
+        let mut publishes: Vec<PublishIntent> = endpoints
+            .iter()
+            .filter(|(e, _, _)| e.tenant == t.name)
+            .flat_map(|(e, _, _)| {
+                e.publishes.iter().map(|p| PublishIntent {
+                    proto: p.proto,
+                    host_port: p.host_port,
+                    endpoint: e.name.clone(),
+                    ip: e.ip,
+                    port: p.port,
+                })
+            })
+            .collect();
+        publishes.sort_by_key(|p| (p.proto, p.host_port));
+        intent.routers.push(RouterIntent {
+            tenant_id: t.id,
+            tenant: t.name.clone(),
+            vlan: t.vlan,
+            subnet: t.subnet,
+            gateway: t.gateway,
+            mac: t.gateway_mac,
+            mtu: t.mtu,
+            nat: t.nat,
+            publishes,
+        });
     }
 
     for intent in intents.values_mut() {
         intent.endpoints.sort_by_key(|e| e.id);
         intent.tenants.sort_by_key(|t| t.id);
+        intent.routers.sort_by_key(|r| r.tenant_id);
     }
     intents
 }
@@ -163,6 +217,10 @@ pub(crate) mod tests {
             mtu: 1500 - segment.overhead(),
             mtu_explicit: false,
             created: 0,
+            gateway_mac: MacAddr([0x0a, 0x58, 0xff, 0, 0, id as u8]),
+            nat: false,
+            gateway_host: None,
+            router_host: None,
         }
     }
 
@@ -188,6 +246,7 @@ pub(crate) mod tests {
             mac: MacAddr([0x0a, 0x58, 0, 0, 0, id as u8]),
             ip: Ipv4Addr::new(10, tenant.id as u8, 0, 1 + id as u8),
             created: 0,
+            publishes: vec![],
         }
     }
 
@@ -328,6 +387,45 @@ pub(crate) mod tests {
         assert_eq!(moved.changed, [hn("a")]);
         assert_eq!(moved.intents[&hn("a")].generation, 3);
         assert_eq!(moved.intents[&hn("b")].generation, 2);
+    }
+
+    #[test]
+    fn a_router_lives_on_its_host_with_tunnels_to_the_endpoints() {
+        let mut red = tenant(1, "red", SegmentType::Vxlan);
+        let (a, b, c) = (host(1, "a"), host(2, "b"), host(3, "c"));
+        let hosts = [a.clone(), b.clone(), c.clone()];
+        red.router_host = Some(c.name.clone());
+        red.nat = true;
+        let mut ea = endpoint(1, "ea", &red, &a);
+        ea.publishes = vec!["8080:80".parse().unwrap()];
+        let mut eb = endpoint(2, "eb", &red, &b);
+        eb.publishes = vec!["53:53/udp".parse().unwrap(), "22:22".parse().unwrap()];
+        let out = compile([&red], &hosts, [&ea, &eb]);
+        // c has no endpoint but carries the router, and tunnels to both endpoint hosts.
+        let ic = &out[&hn("c")];
+        assert!(ic.endpoints.is_empty());
+        assert_eq!(peers_of(ic, "red"), ["a", "b"]);
+        assert_eq!(peers_of(&out[&hn("a")], "red"), ["b", "c"]);
+        assert_eq!(ic.routers.len(), 1);
+        let r = &ic.routers[0];
+        assert_eq!((r.tenant_id, r.vlan, r.gateway, r.mac), (1, red.vlan, red.gateway, red.gateway_mac));
+        assert!(r.nat);
+        let ports: Vec<String> = r
+            .publishes
+            .iter()
+            .map(|p| format!("{}/{} {}:{}", p.host_port, p.proto, p.ip, p.port))
+            .collect();
+        assert_eq!(ports, ["22/tcp 10.1.0.3:22", "8080/tcp 10.1.0.2:80", "53/udp 10.1.0.3:53"]);
+        assert!(out[&hn("a")].routers.is_empty());
+
+        // Without endpoints there is no router, and no tenant on c.
+        let none = compile([&red], &hosts, []);
+        assert!(none[&hn("c")].routers.is_empty() && none[&hn("c")].tenants.is_empty());
+        // A router host that is not registered is left out.
+        red.router_host = Some(hn("gone"));
+        let gone = compile([&red], &hosts, [&ea]);
+        assert!(gone.values().all(|i| i.routers.is_empty()));
+        assert!(peers_of(&gone[&hn("a")], "red").is_empty());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod alloc;
 pub mod api;
 pub mod compile;
+pub mod gateway;
 pub mod ipam;
 pub mod join;
 pub mod live;

@@ -89,6 +89,10 @@ enum Command {
         join_listen: Option<SocketAddr>,
         #[command(flatten)]
         tokens: TokenDir,
+        /// Seconds a tenant router's host may be disconnected before the router moves to
+        /// another host.
+        #[arg(long, env = "OVL_GATEWAY_FAILOVER_SECS", default_value_t = 30)]
+        gateway_failover_secs: u64,
     },
     /// Manage one-time join tokens, with which a host obtains its certificate
     /// (`ovl-agent join`) without copying a bundle.
@@ -312,6 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             log_json: _,
             join_listen,
             tokens,
+            gateway_failover_secs,
         } => {
             let settings = Settings {
                 key_range: parse_range(&key_range)?,
@@ -372,7 +377,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     None => None,
                 };
+                let gateways = tokio::spawn(ovl_controller::gateway::run(
+                    server.store().clone(),
+                    server.sessions().clone(),
+                    std::time::Duration::from_secs(gateway_failover_secs),
+                    shutdown.clone(),
+                ));
                 server.serve(endpoint, shutdown).await;
+                let _ = gateways.await;
                 if let Some(joins) = joins {
                     let _ = joins.await;
                 }

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken as CancelToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::gateway::Presence;
 use crate::live::{Live, LiveHost};
 use crate::store::Store;
 
@@ -51,6 +52,9 @@ struct Entry {
     session: u64,
     /// Closes the current session's connection when a newer session replaces it.
     conn: Option<quinn::Connection>,
+    /// When the host's last session ended (`None` while connected or never connected); the
+    /// gateway failover counts from here.
+    lost_since: Option<std::time::Instant>,
 }
 
 /// The live session table, shared by every connection task.
@@ -68,8 +72,25 @@ impl Sessions {
             intent: watch::channel(None).0,
             session: 0,
             conn: None,
+            lost_since: None,
         });
         f(entry)
+    }
+
+    /// Every known host's session presence, for the gateway failover task.
+    pub fn presence(&self) -> std::collections::BTreeMap<HostName, Presence> {
+        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts
+            .iter()
+            .map(|(name, e)| {
+                let p = match (e.live.connected, e.lost_since) {
+                    (true, _) => Presence::Connected,
+                    (false, Some(t)) => Presence::LostSince(t),
+                    (false, None) => Presence::NeverConnected,
+                };
+                (name.clone(), p)
+            })
+            .collect()
     }
 
     /// Makes new intents visible to the sessions of their hosts.
@@ -277,9 +298,15 @@ impl Server {
         loop {
             let body = match frame::read_body(recv).await {
                 Ok(b) => b,
-                Err(FrameError::Closed) => return,
                 Err(e) => {
-                    debug!("api stream ended: {e}");
+                    if !matches!(e, FrameError::Closed) {
+                        debug!("api stream ended: {e}");
+                    }
+                    // The connection closes when this task ends, and a close discards what is
+                    // still unsent: let the answers already written reach the client first (a
+                    // client may send its last request and end its side at once).
+                    let _ = send.finish();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
                     return;
                 }
             };
@@ -361,6 +388,7 @@ impl Server {
         let previous = self.sessions.with_entry(&host, |e| {
             e.session = session;
             e.live.connected = true;
+            e.lost_since = None;
             e.live.last_contact = Some(unix_now());
             e.live.remote = Some(remote.to_string());
             e.live.agent_version = Some(hello.agent_version.clone());
@@ -434,6 +462,7 @@ impl Server {
             if e.session == session {
                 e.live.connected = false;
                 e.conn = None;
+                e.lost_since = Some(std::time::Instant::now());
             }
         });
         info!("agent disconnected");
@@ -478,5 +507,9 @@ fn request_kind(req: &ApiRequest) -> &'static str {
         ApiRequest::EndpointShow { .. } => "endpoint show",
         ApiRequest::EndpointDelete { .. } => "endpoint delete",
         ApiRequest::Status => "status",
+        ApiRequest::TenantCreateGateway { .. } => "tenant create",
+        ApiRequest::TenantUpdate { .. } => "tenant set",
+        ApiRequest::Publish { .. } => "publish",
+        ApiRequest::Unpublish { .. } => "unpublish",
     }
 }

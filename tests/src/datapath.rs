@@ -362,6 +362,7 @@ pub fn intent(
         generation,
         tenants,
         endpoints,
+        routers: vec![],
     }
 }
 

@@ -8,6 +8,9 @@
 //!   asked to apply;
 //! - raw QUIC peers ([`RawPeer`]) for abuse and authentication tests, including clients that
 //!   present no certificate or speak another ALPN;
+//! - load: [`churn`] runs many admin clients that create and delete endpoints and tenants
+//!   at once and keeps the ledger of what must exist afterwards; [`measure_change`] follows
+//!   one change to every simulated agent it concerns;
 //! - figures: a process's memory from `/proc`, latency percentiles ([`Summary`]);
 //! - a consistency audit of what the API reports ([`audit`]).
 //!
@@ -102,16 +105,37 @@ impl HostAcks {
 #[derive(Debug, Default)]
 pub struct AckLog {
     hosts: Mutex<HashMap<HostName, HostAcks>>,
+    /// The last intent each host applied, when asked for (it costs a copy per apply).
+    intents: Option<Mutex<HashMap<HostName, HostIntent>>>,
 }
 
 impl AckLog {
-    fn record(&self, host: &HostName, generation: u64, at: Instant) {
+    /// A log that also keeps each host's last applied intent when `keep_intents`.
+    pub fn new(keep_intents: bool) -> Self {
+        Self {
+            hosts: Mutex::default(),
+            intents: keep_intents.then(Mutex::default),
+        }
+    }
+
+    fn record(&self, host: &HostName, intent: &HostIntent, at: Instant) {
+        if let Some(intents) = &self.intents {
+            let mut intents = intents.lock().unwrap_or_else(|p| p.into_inner());
+            intents.insert(host.clone(), intent.clone());
+        }
         let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
         hosts
             .entry(host.clone())
             .or_default()
             .applies
-            .push((generation, at));
+            .push((intent.generation, at));
+    }
+
+    /// The last intent `host` applied, if the log keeps intents.
+    pub fn last_intent(&self, host: &HostName) -> Option<HostIntent> {
+        let intents = self.intents.as_ref()?;
+        let intents = intents.lock().unwrap_or_else(|p| p.into_inner());
+        intents.get(host).cloned()
     }
 
     /// A copy of one host's applies.
@@ -188,8 +212,7 @@ impl Datapath for AckDatapath {
     }
 
     async fn apply(&mut self, intent: &HostIntent, _collect_garbage: bool) -> AppliedReport {
-        self.log
-            .record(&self.host, intent.generation, Instant::now());
+        self.log.record(&self.host, intent, Instant::now());
         let mut objects = vec![ObjectStatus::ok(ObjectKind::Bridge, "br-int")];
         for t in &intent.tenants {
             for p in &t.peers {
@@ -255,9 +278,14 @@ pub struct Fleet {
 impl Fleet {
     /// Starts one agent per host against the controller at `controller`. Must be called
     /// inside a tokio runtime. State files (the last applied generation) go under
-    /// `state_root/NAME`.
-    pub fn start(controller: SocketAddr, hosts: &[SimHost], state_root: &Path) -> Fleet {
-        let log = Arc::new(AckLog::default());
+    /// `state_root/NAME`. With `keep_intents` the log keeps each host's last intent.
+    pub fn start(
+        controller: SocketAddr,
+        hosts: &[SimHost],
+        state_root: &Path,
+        keep_intents: bool,
+    ) -> Fleet {
+        let log = Arc::new(AckLog::new(keep_intents));
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::with_capacity(hosts.len());
         for h in hosts {
@@ -487,6 +515,445 @@ pub fn audit(view: &ApiView) -> Vec<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Propagation of one change to the simulated agents
+
+/// How one change reached the agents it concerns.
+#[derive(Debug, Clone)]
+pub struct Wave {
+    /// Hosts whose desired generation the change moved.
+    pub concerned: Vec<HostName>,
+    /// For each concerned host, from sending the request to its agent applying the new
+    /// generation (its report leaves right after).
+    pub per_host: Vec<Duration>,
+    /// From sending the request to the controller answering it (committed and published).
+    pub answered: Duration,
+    /// From sending the request to the controller's status showing every concerned host's
+    /// report (polled every 10 ms).
+    pub all_acked: Duration,
+    /// Problems: a concerned host that applied another generation than the one the
+    /// controller computed, or a host the change did not concern that applied something.
+    pub problems: Vec<String>,
+}
+
+fn desired(status: &[HostStatus]) -> BTreeMap<HostName, u64> {
+    status
+        .iter()
+        .map(|h| (h.name.clone(), h.desired_generation))
+        .collect()
+}
+
+/// Sends `req` and follows it to every agent it concerns: the hosts whose desired generation
+/// it moved must each apply exactly that generation, and no other host may apply anything.
+/// Assumes nothing else changes the cluster meanwhile.
+pub async fn measure_change(
+    client: &mut Client,
+    fleet: &Fleet,
+    req: ApiRequest,
+    timeout: Duration,
+) -> anyhow::Result<Wave> {
+    let before = desired(&status(client).await?);
+    let applied_before = fleet.log().last_generations();
+    let t0 = Instant::now();
+    client
+        .call(req.clone())
+        .await
+        .with_context(|| format!("{req:?}"))?;
+    let answered = t0.elapsed();
+    let after = desired(&status(client).await?);
+    let targets: BTreeMap<HostName, u64> = after
+        .iter()
+        .filter(|(h, g)| before.get(*h) != Some(*g))
+        .map(|(h, g)| (h.clone(), *g))
+        .collect();
+    let reached = fleet
+        .log()
+        .wait_for(&targets, timeout)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let per_host = reached.values().map(|t| t.duration_since(t0)).collect();
+    let all_acked = loop {
+        let s = status(client).await?;
+        let done = s.iter().all(|h| {
+            targets
+                .get(&h.name)
+                .is_none_or(|g| h.applied_generation.is_some_and(|a| a >= *g))
+        });
+        if done {
+            break t0.elapsed();
+        }
+        if t0.elapsed() > timeout {
+            anyhow::bail!("the controller did not see every report within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut problems = Vec::new();
+    for (h, g) in &targets {
+        let acks = fleet.log().host(h);
+        if !acks.applies.iter().any(|(a, _)| a == g) {
+            problems.push(format!(
+                "{h} never applied generation {g} (applied {:?})",
+                acks.last()
+            ));
+        }
+    }
+    for (h, last) in fleet.log().last_generations() {
+        if !targets.contains_key(&h) && applied_before.get(&h) != Some(&last) {
+            problems.push(format!(
+                "{h} was not concerned but applied {last:?} (had {:?})",
+                applied_before.get(&h)
+            ));
+        }
+    }
+    Ok(Wave {
+        concerned: targets.into_keys().collect(),
+        per_host,
+        answered,
+        all_acked,
+        problems,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load: many admin clients changing the cluster at once
+
+/// A tenant (already created) that churn clients put endpoints in.
+#[derive(Debug, Clone)]
+pub struct ChurnTenant {
+    pub name: String,
+    pub subnet: ipnetwork::Ipv4Network,
+}
+
+/// What the churn clients do, and for how long.
+#[derive(Debug, Clone)]
+pub struct ChurnPlan {
+    pub clients: usize,
+    pub duration: Duration,
+    pub tenants: Vec<ChurnTenant>,
+    /// Registered hosts that endpoints go on.
+    pub hosts: Vec<HostName>,
+    /// How many of the clients create and delete whole tenants (with endpoints in them)
+    /// instead of endpoints in `tenants`.
+    pub tenant_churners: usize,
+    pub seed: u64,
+}
+
+/// One kind of operation: how many succeeded, how many were refused with which code, and how
+/// long each call took.
+#[derive(Debug, Clone, Default)]
+pub struct OpStats {
+    pub ok: u64,
+    pub refused: BTreeMap<String, u64>,
+    pub latencies: Vec<Duration>,
+}
+
+/// What a churn run did, and what must exist after it.
+#[derive(Debug, Default)]
+pub struct ChurnReport {
+    pub ops: BTreeMap<&'static str, OpStats>,
+    /// Transport failures, internal errors, and refusals that no race between the clients
+    /// explains (such as a client's own endpoint vanishing).
+    pub failures: Vec<String>,
+    /// Endpoints and tenants that must exist afterwards: the names whose successful creates
+    /// outnumber their successful deletes (by exactly one; anything else is a failure).
+    pub endpoints: BTreeSet<String>,
+    pub tenants: BTreeSet<String>,
+    pub elapsed: Duration,
+}
+
+impl ChurnReport {
+    pub fn calls(&self) -> u64 {
+        self.ops
+            .values()
+            .map(|o| o.ok + o.refused.values().sum::<u64>())
+            .sum()
+    }
+}
+
+impl fmt::Display for ChurnReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let calls = self.calls();
+        writeln!(
+            f,
+            "{calls} calls in {:.1?} ({:.0} calls/s); {} endpoints and {} tenants left",
+            self.elapsed,
+            calls as f64 / self.elapsed.as_secs_f64().max(0.001),
+            self.endpoints.len(),
+            self.tenants.len()
+        )?;
+        for (op, s) in &self.ops {
+            let lat = Summary::of(&s.latencies)
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            writeln!(
+                f,
+                "  {op:<16} ok {:>6}  refused {:?}  {lat}",
+                s.ok, s.refused
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates minus deletes, per name.
+#[derive(Debug, Default)]
+struct Ledger {
+    endpoints: Mutex<BTreeMap<String, i64>>,
+    tenants: Mutex<BTreeMap<String, i64>>,
+}
+
+impl Ledger {
+    fn add(map: &Mutex<BTreeMap<String, i64>>, name: &str, delta: i64) {
+        let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(name.to_string()).or_default() += delta;
+    }
+}
+
+/// One client's view of its own run.
+#[derive(Debug, Default)]
+struct ClientRun {
+    ops: BTreeMap<&'static str, OpStats>,
+    failures: Vec<String>,
+}
+
+impl ClientRun {
+    /// Makes one call and files its outcome; `allowed` are the refusals a race explains.
+    async fn call(
+        &mut self,
+        client: &mut Client,
+        op: &'static str,
+        req: ApiRequest,
+        allowed: &[ovl_common::proto::ErrorCode],
+    ) -> Option<ApiReply> {
+        let t = Instant::now();
+        let result = client.call(req.clone()).await;
+        let stats = self.ops.entry(op).or_default();
+        stats.latencies.push(t.elapsed());
+        match result {
+            Ok(reply) => {
+                stats.ok += 1;
+                Some(reply)
+            }
+            Err(ovl_cli::client::CallError::Api(e)) => {
+                *stats.refused.entry(format!("{:?}", e.code)).or_default() += 1;
+                if !allowed.contains(&e.code) {
+                    self.failures
+                        .push(format!("{op} {req:?}: {e} ({:?})", e.code));
+                }
+                None
+            }
+            Err(e) => {
+                self.failures.push(format!("{op}: transport failure: {e}"));
+                None
+            }
+        }
+    }
+}
+
+/// An address an endpoint of `subnet` may have (not the network, gateway or broadcast).
+fn endpoint_address(rng: &mut Rng, subnet: ipnetwork::Ipv4Network) -> Ipv4Addr {
+    let first = u32::from(subnet.network()) + 2;
+    let last = u32::from(subnet.broadcast()) - 1;
+    Ipv4Addr::from(first + rng.below(u64::from(last - first + 1)) as u32)
+}
+
+async fn churn_client(
+    i: usize,
+    addr: SocketAddr,
+    creds: PathBuf,
+    plan: Arc<ChurnPlan>,
+    deadline: Instant,
+    ledger: Arc<Ledger>,
+) -> ClientRun {
+    use ovl_common::proto::{EndpointCreate, ErrorCode, TenantCreate};
+    let mut run = ClientRun::default();
+    let mut client = match Client::connect(&addr.to_string(), &creds, Timeouts::default()).await {
+        Ok(c) => c,
+        Err(e) => {
+            run.failures.push(format!("client {i} cannot connect: {e}"));
+            return run;
+        }
+    };
+    let mut rng = Rng::new(plan.seed ^ (i as u64 + 1).wrapping_mul(0x1000_0001));
+    let mut mine: Vec<String> = Vec::new();
+    let mut n = 0u64;
+    let endpoint = |tenant: &str, host: &HostName, name: &str, ip: Option<Ipv4Addr>| {
+        ApiRequest::EndpointCreate(EndpointCreate {
+            tenant: tenant.into(),
+            host: host.to_string(),
+            name: name.into(),
+            target: ovl_common::NetnsTarget::Name(name.into()),
+            ifname: None,
+            ip: ip.map(|a| a.to_string()),
+        })
+    };
+    while Instant::now() < deadline {
+        n += 1;
+        if i < plan.tenant_churners {
+            // A whole tenant: create it (sometimes with a contested VNI and tag), put
+            // endpoints in it, delete it with --force.
+            let name = format!("x{i}-{n}");
+            let contested = rng.chance(30);
+            let segment = if rng.chance(50) { "vxlan" } else { "gre" };
+            let req = ApiRequest::TenantCreate(TenantCreate {
+                name: name.clone(),
+                subnet: format!("10.{}.{}.0/24", 100 + i % 100, n % 250),
+                segment: Some(segment.into()),
+                key: contested.then(|| 7000 + rng.below(8) as u32),
+                vlan: contested.then(|| 3000 + rng.below(8) as u32),
+                mtu: None,
+            });
+            if run
+                .call(&mut client, "tenant create", req, &[ErrorCode::Conflict])
+                .await
+                .is_none()
+            {
+                continue;
+            }
+            Ledger::add(&ledger.tenants, &name, 1);
+            for k in 0..1 + rng.below(3) {
+                let e = format!("{name}-e{k}");
+                let host = &plan.hosts[rng.below(plan.hosts.len() as u64) as usize];
+                if run
+                    .call(
+                        &mut client,
+                        "endpoint create",
+                        endpoint(&name, host, &e, None),
+                        &[],
+                    )
+                    .await
+                    .is_some()
+                {
+                    Ledger::add(&ledger.endpoints, &e, 1);
+                }
+            }
+            let req = ApiRequest::TenantDelete {
+                name: name.clone(),
+                force: true,
+            };
+            if let Some(ApiReply::Deleted { removed }) =
+                run.call(&mut client, "tenant delete", req, &[]).await
+            {
+                Ledger::add(&ledger.tenants, &name, -1);
+                for r in removed {
+                    if let Some(e) = r.strip_prefix("endpoint ") {
+                        Ledger::add(&ledger.endpoints, e, -1);
+                    }
+                }
+            }
+            continue;
+        }
+        if mine.is_empty() || rng.chance(55) {
+            let shared = rng.chance(15);
+            let name = if shared {
+                format!("s-{}", rng.below(30))
+            } else {
+                format!("c{i}-{n}")
+            };
+            let t = &plan.tenants[rng.below(plan.tenants.len() as u64) as usize];
+            let host = &plan.hosts[rng.below(plan.hosts.len() as u64) as usize];
+            let ip = rng.chance(20).then(|| endpoint_address(&mut rng, t.subnet));
+            let allowed: &[ErrorCode] = match (shared, ip.is_some()) {
+                (true, _) => &[
+                    ErrorCode::AlreadyExists,
+                    ErrorCode::Conflict,
+                    ErrorCode::Exhausted,
+                ],
+                (false, true) => &[ErrorCode::Conflict, ErrorCode::Exhausted],
+                (false, false) => &[ErrorCode::Exhausted],
+            };
+            let req = endpoint(&t.name, host, &name, ip);
+            if run
+                .call(&mut client, "endpoint create", req, allowed)
+                .await
+                .is_some()
+            {
+                Ledger::add(&ledger.endpoints, &name, 1);
+                if !shared {
+                    mine.push(name);
+                }
+            }
+        } else {
+            let shared = rng.chance(15);
+            let name = if shared {
+                format!("s-{}", rng.below(30))
+            } else {
+                mine.swap_remove(rng.below(mine.len() as u64) as usize)
+            };
+            let allowed: &[ErrorCode] = if shared { &[ErrorCode::NotFound] } else { &[] };
+            let req = ApiRequest::EndpointDelete { name: name.clone() };
+            if run
+                .call(&mut client, "endpoint delete", req, allowed)
+                .await
+                .is_some()
+            {
+                Ledger::add(&ledger.endpoints, &name, -1);
+            }
+        }
+    }
+    client.close().await;
+    run
+}
+
+/// Runs `plan.clients` admin clients at once, each on its own QUIC connection, until
+/// `plan.duration` has passed (a call in flight then completes).
+pub async fn churn(addr: SocketAddr, creds: &Path, plan: ChurnPlan) -> ChurnReport {
+    let plan = Arc::new(plan);
+    let ledger = Arc::new(Ledger::default());
+    let start = Instant::now();
+    let deadline = start + plan.duration;
+    let tasks: Vec<_> = (0..plan.clients)
+        .map(|i| {
+            tokio::spawn(churn_client(
+                i,
+                addr,
+                creds.to_path_buf(),
+                plan.clone(),
+                deadline,
+                ledger.clone(),
+            ))
+        })
+        .collect();
+    let mut report = ChurnReport::default();
+    for t in tasks {
+        match t.await {
+            Ok(run) => {
+                for (op, s) in run.ops {
+                    let total = report.ops.entry(op).or_default();
+                    total.ok += s.ok;
+                    for (code, k) in s.refused {
+                        *total.refused.entry(code).or_default() += k;
+                    }
+                    total.latencies.extend(s.latencies);
+                }
+                report.failures.extend(run.failures);
+            }
+            Err(e) => report
+                .failures
+                .push(format!("a churn client panicked: {e}")),
+        }
+    }
+    report.elapsed = start.elapsed();
+    for (map, out, what) in [
+        (&ledger.endpoints, &mut report.endpoints, "endpoint"),
+        (&ledger.tenants, &mut report.tenants, "tenant"),
+    ] {
+        let m = map.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, count) in m.iter() {
+            match count {
+                0 => {}
+                1 => {
+                    out.insert(name.clone());
+                }
+                other => report.failures.push(format!(
+                    "{what} {name} was created {other} more times than deleted"
+                )),
+            }
+        }
+    }
+    report
+}
+
+// ---------------------------------------------------------------------------------------------
 // Raw QUIC peers
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -679,6 +1146,19 @@ pub fn memory_of(pid: u32) -> Option<Memory> {
         rss_kib: field("VmRSS:")?,
         peak_kib: field("VmHWM:")?,
     })
+}
+
+/// The CPU time (user + system) a process has used so far, from `/proc/PID/stat`.
+pub fn cpu_of(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3 (state); utime
+    // and stime are fields 14 and 15, in clock ticks.
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    #[allow(unsafe_code)]
+    let hz = unsafe { libc_sysconf_clk_tck() };
+    Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
 }
 
 /// The pid of the controller a [`crate::cluster::Cluster`] started (found by its database path).

@@ -489,6 +489,15 @@ async fn garbage_collection_removes_stale_owned_ports_with_their_veths_and_spare
     let r = reconcile(&mut dp, &smaller, true).await;
     assert_eq!(r.changes, Vec::<String>::new());
     assert_eq!(lab.ports(), ["byhand", "ovl-ea", "vx2-1", "vx9-1"]);
+
+    // Drift on an owned port (someone retags it by hand) is put back in place, same row.
+    let uuid = lab.row("Port", "ovl-ea").expect("b1's port").uuid();
+    lab.ovs.vsctl(&["set", "Port", "ovl-ea", "tag=99"]).unwrap();
+    let r = reconcile(&mut dp, &smaller, true).await;
+    assert_all_ok(&r);
+    assert_eq!(r.changes, ["update port ovl-ea (type=system tag=10)"]);
+    let port = lab.row("Port", "ovl-ea").expect("b1's port");
+    assert_eq!((port.uuid(), port.int("tag")), (uuid, Some(10)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -748,5 +757,66 @@ async fn deleting_an_owned_port_by_hand_wakes_the_watcher_and_the_next_reconcile
     assert!(
         ping_within(&ns_b1, b2.ip, PING_LIMIT),
         "no ping once the port is back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: runs ovsdb-server, and ovs-vswitchd later, in a network namespace"]
+async fn ports_ovs_vswitchd_has_not_taken_are_reported_until_it_runs() {
+    require_privileged(BINARIES);
+    let mut lab = DatapathLab::start().expect("start OVS");
+    let (ns_b1, ns_b2) = (TestNetns::new(), TestNetns::new());
+    let blue = tenant(1, "blue", SegmentType::Vxlan, 10, "10.1.0.0/24", &[]);
+    let b1 = endpoint(1, "b1", &blue, target(&ns_b1), 2);
+    let b2 = endpoint(2, "b2", &blue, target(&ns_b2), 3);
+    let want = intent(1, vec![blue], vec![b1, b2.clone()]);
+    let mut dp = lab.datapath().await;
+    // ovsdb-server alone answers every OVSDB request, but nothing forwards.
+    lab.ovs.kill(Daemon::Vswitchd);
+
+    let r = reconcile(&mut dp, &want, true).await;
+    assert_eq!(lab.ports(), ["ovl-e1", "ovl-e2"], "the rows are written");
+    let bridge = r
+        .report
+        .objects
+        .iter()
+        .find(|o| o.kind == ObjectKind::Bridge)
+        .expect("a bridge line");
+    assert!(
+        bridge
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("is ovs-vswitchd running?")),
+        "{bridge:?}"
+    );
+    let check_endpoints = |r: &Reconciled| {
+        for name in ["b1", "b2"] {
+            let o = r
+                .report
+                .objects
+                .iter()
+                .find(|o| o.name == name)
+                .expect("an endpoint line");
+            assert!(
+                o.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("is ovs-vswitchd running?")),
+                "{o:?}"
+            );
+        }
+    };
+    check_endpoints(&r);
+    // Nothing left to write, yet still not in place: the report keeps saying so.
+    let again = reconcile(&mut dp, &want, true).await;
+    assert_eq!(again.changes, Vec::<String>::new());
+    check_endpoints(&again);
+
+    lab.ovs.start_vswitchd().expect("start ovs-vswitchd");
+    let up = reconcile(&mut dp, &want, true).await;
+    assert_all_ok(&up);
+    assert_eq!(up.changes, Vec::<String>::new());
+    assert!(
+        ping_within(&ns_b1, b2.ip, PING_LIMIT),
+        "no ping once ovs-vswitchd runs"
     );
 }

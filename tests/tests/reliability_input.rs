@@ -23,7 +23,8 @@ use ovl_cli::client::CallError;
 use ovl_common::frame::{self, decode_body, decode_frame, FrameError, MAX_FRAME_LEN};
 use ovl_common::identity::Identity;
 use ovl_common::intent::{
-    AppliedReport, EndpointIntent, HostIntent, ObjectKind, ObjectStatus, Peer, TenantIntent,
+    AppliedReport, EndpointIntent, HostIntent, ObjectKind, ObjectStatus, Peer, PublishIntent,
+    RouterIntent, TenantIntent,
 };
 use ovl_common::proto::{
     AgentHello, AgentToController, ApiRequest, ApiResponse, ClientHello, ClientRole,
@@ -31,7 +32,7 @@ use ovl_common::proto::{
     PROTOCOL_VERSION,
 };
 use ovl_common::tls::Bundle;
-use ovl_common::{MacAddr, NetnsTarget, SegmentType};
+use ovl_common::{MacAddr, NetnsTarget, Protocol, SegmentType};
 use ovl_controller::pki::Ca;
 use ovl_controller::store::Store;
 use ovl_tests::cluster::Cluster;
@@ -73,6 +74,9 @@ fn framed(body: &[u8]) -> Vec<u8> {
 fn enc<T: Serialize>(msg: &T) -> Vec<u8> {
     postcard::to_stdvec(msg).expect("sample messages encode")
 }
+
+/// This build's protocol version, as the hand-made hellos write it.
+const VERSION: u64 = PROTOCOL_VERSION as u64;
 
 /// postcard's varint (LEB128), as used for lengths, enum tags and integers.
 fn varint(mut v: u64) -> Vec<u8> {
@@ -233,6 +237,36 @@ fn sample_requests() -> Vec<(&'static str, ApiRequest)> {
             ApiRequest::EndpointDelete { name: "w".into() },
         ),
         ("status", ApiRequest::Status),
+        (
+            "tenant-create-gateway",
+            ApiRequest::TenantCreateGateway {
+                create: tenant_create("green", "10.2.0.0/24"),
+                nat: true,
+                gateway_host: Some("h1".into()),
+            },
+        ),
+        (
+            "tenant-update",
+            ApiRequest::TenantUpdate {
+                name: "green".into(),
+                nat: Some(false),
+                gateway_host: Some(None),
+            },
+        ),
+        (
+            "publish",
+            ApiRequest::Publish {
+                endpoint: "w".into(),
+                publish: "8080:80/tcp".into(),
+            },
+        ),
+        (
+            "unpublish",
+            ApiRequest::Unpublish {
+                endpoint: "w".into(),
+                publish: "8080".into(),
+            },
+        ),
     ];
     let names = [
         "endpoint-create-netns",
@@ -322,6 +356,23 @@ fn sample_intent() -> HostIntent {
             },
         ],
         endpoints,
+        routers: vec![RouterIntent {
+            tenant_id: 1,
+            tenant: "blue".parse().unwrap(),
+            vlan: 10,
+            subnet: "10.1.0.0/24".parse().unwrap(),
+            gateway: "10.1.0.1".parse().unwrap(),
+            mac: MacAddr([0x0a, 0x58, 0, 0, 0, 0x99]),
+            mtu: 1450,
+            nat: true,
+            publishes: vec![PublishIntent {
+                proto: Protocol::Udp,
+                host_port: 5353,
+                endpoint: "web1".parse().unwrap(),
+                ip: Ipv4Addr::new(10, 1, 0, 2),
+                port: 53,
+            }],
+        }],
     }
 }
 
@@ -366,7 +417,7 @@ fn frame_corpus() -> Vec<(String, Vec<u8>)> {
 
     // In place of the hello.
     let agent_body = enc(&raw_agent_hello("h1"));
-    c.push(("hello-version-only", framed(&varint(1))));
+    c.push(("hello-version-only", framed(&varint(VERSION))));
     c.push((
         "hello-version-zero",
         framed(&enc(&ClientHello {
@@ -383,7 +434,7 @@ fn frame_corpus() -> Vec<(String, Vec<u8>)> {
     ));
     c.push((
         "hello-role-out-of-range",
-        framed(&concat(&[&varint(1), &varint(7)])),
+        framed(&concat(&[&varint(VERSION), &varint(7)])),
     ));
     c.push((
         "hello-bad-host-name",
@@ -405,7 +456,7 @@ fn frame_corpus() -> Vec<(String, Vec<u8>)> {
     c.push((
         "hello-huge-string-length",
         framed(&concat(&[
-            &varint(1),
+            &varint(VERSION),
             &varint(0),
             &varint(u64::from(u32::MAX)),
             b"h1",
@@ -414,7 +465,7 @@ fn frame_corpus() -> Vec<(String, Vec<u8>)> {
     c.push((
         "hello-huge-capability-count",
         framed(&concat(&[
-            &varint(1),
+            &varint(VERSION),
             &varint(0),
             &string(b"h1"),
             &[198, 51, 100, 1],
@@ -425,12 +476,16 @@ fn frame_corpus() -> Vec<(String, Vec<u8>)> {
     ));
     c.push((
         "hello-invalid-utf8-host",
-        framed(&concat(&[&varint(1), &varint(0), &string(&[0xff, 0xfe])])),
+        framed(&concat(&[
+            &varint(VERSION),
+            &varint(0),
+            &string(&[0xff, 0xfe]),
+        ])),
     ));
     c.push((
         "hello-option-tag-2",
         framed(&concat(&[
-            &varint(1),
+            &varint(VERSION),
             &varint(0),
             &string(b"h1"),
             &[198, 51, 100, 1],
@@ -557,7 +612,7 @@ fn frame_corpus() -> Vec<(String, Vec<u8>)> {
             &varint(0),
             &varint(9),
             &string(b"fake"),
-            &varint(1),
+            &varint(VERSION),
             &varint(0),
             &string(b"br-int"),
             &[1],
@@ -905,7 +960,23 @@ async fn read_errors(recv: &mut quinn::RecvStream) -> Result<usize, String> {
     }
 }
 
-/// `bytes` after an admin's accepted hello.
+/// How many whole frames within the size bound `bytes` starts with: the controller answers
+/// each of them (with an error, in this corpus) before the stream ends.
+fn whole_frames(bytes: &[u8]) -> usize {
+    let mut rest = bytes;
+    let mut n = 0;
+    while rest.len() >= 4 {
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if len > MAX_FRAME_LEN || rest.len() < 4 + len {
+            break;
+        }
+        n += 1;
+        rest = &rest[4 + len..];
+    }
+    n
+}
+
+/// `bytes` after an admin's accepted hello: one error answer per whole frame, then the end.
 async fn case_api(addr: SocketAddr, admin: &Bundle, bytes: &[u8]) -> Result<Outcome, String> {
     let mut p = RawPeer::with_bundle(addr, admin)
         .await
@@ -915,7 +986,14 @@ async fn case_api(addr: SocketAddr, admin: &Bundle, bytes: &[u8]) -> Result<Outc
         return Err(format!("admin refused: {hello:?}"));
     }
     write_and_finish(&mut p.send, bytes).await;
-    let outcome = read_errors(&mut p.recv).await.map(Outcome::Errors);
+    let outcome = match read_errors(&mut p.recv).await {
+        Ok(n) if n == whole_frames(bytes) => Ok(Outcome::Errors(n)),
+        Ok(n) => Err(format!(
+            "{n} error answers to {} whole frames",
+            whole_frames(bytes)
+        )),
+        Err(e) => Err(e),
+    };
     p.close().await;
     outcome
 }
@@ -1778,6 +1856,146 @@ fn validation_cases() -> Vec<Case> {
         Exhausted,
         "ip",
     ));
+
+    // tenant create with gateway options, tenant set
+    let gateway = |host: &str| ApiRequest::TenantCreateGateway {
+        create: tenant_create("fresh", "10.50.0.0/24"),
+        nat: true,
+        gateway_host: Some(host.into()),
+    };
+    let update = |name: &str, host: Option<&str>| ApiRequest::TenantUpdate {
+        name: name.into(),
+        nat: Some(true),
+        gateway_host: host.map(|h| Some(h.to_string())),
+    };
+    for (what, name) in bad_names() {
+        cases.push(case(
+            format!("tenant create: gateway-host {what}"),
+            gateway(&name),
+            InvalidArgument,
+            "gateway-host",
+        ));
+        cases.push(case(
+            format!("tenant set: name {what}"),
+            update(&name, None),
+            InvalidArgument,
+            "name",
+        ));
+        cases.push(case(
+            format!("tenant set: gateway-host {what}"),
+            update("blue", Some(&name)),
+            InvalidArgument,
+            "gateway-host",
+        ));
+    }
+    cases.push(case(
+        "tenant create: unknown gateway-host",
+        gateway("nope"),
+        NotFound,
+        "gateway-host",
+    ));
+    cases.push(case(
+        "tenant create: gateway options, bad subnet",
+        ApiRequest::TenantCreateGateway {
+            create: tenant_create("fresh", "10.50.0.0/33"),
+            nat: false,
+            gateway_host: None,
+        },
+        InvalidArgument,
+        "subnet",
+    ));
+    cases.push(case(
+        "tenant set: unknown name",
+        update("nope", None),
+        NotFound,
+        "name",
+    ));
+    cases.push(case(
+        "tenant set: unknown gateway-host",
+        update("blue", Some("nope")),
+        NotFound,
+        "gateway-host",
+    ));
+
+    // publish, unpublish
+    let publish = |endpoint: &str, spec: &str| ApiRequest::Publish {
+        endpoint: endpoint.into(),
+        publish: spec.into(),
+    };
+    let unpublish = |endpoint: &str, spec: &str| ApiRequest::Unpublish {
+        endpoint: endpoint.into(),
+        publish: spec.into(),
+    };
+    for (what, name) in bad_names() {
+        cases.push(case(
+            format!("publish: endpoint {what}"),
+            publish(&name, "9090:90"),
+            InvalidArgument,
+            "endpoint",
+        ));
+        cases.push(case(
+            format!("unpublish: endpoint {what}"),
+            unpublish(&name, "8080"),
+            InvalidArgument,
+            "endpoint",
+        ));
+    }
+    cases.push(case(
+        "publish: unknown endpoint",
+        publish("nope", "9090:90"),
+        NotFound,
+        "endpoint",
+    ));
+    cases.push(case(
+        "unpublish: unknown endpoint",
+        unpublish("nope", "8080"),
+        NotFound,
+        "endpoint",
+    ));
+    for spec in [
+        "",
+        "80",
+        "0:80",
+        "8080:0",
+        "65536:80",
+        "8080:65536",
+        "-1:80",
+        "a:b",
+        "8080:80/sctp",
+        "8080:80/",
+        "8080:80/TCP",
+        "8080:80:90",
+        " :80",
+        "4789:4789/udp",
+        "0x50:80",
+    ] {
+        cases.push(case(
+            format!("publish: {spec:?}"),
+            publish("b2", spec),
+            InvalidArgument,
+            "publish",
+        ));
+    }
+    cases.push(case(
+        "publish: host port taken",
+        publish("b2", "8080:8080"),
+        Conflict,
+        "publish",
+    ));
+    for spec in ["", "x", "0", "65536", "8080/icmp", "-5"] {
+        cases.push(case(
+            format!("unpublish: {spec:?}"),
+            unpublish("b1", spec),
+            InvalidArgument,
+            "publish",
+        ));
+    }
+    cases.push(case(
+        "unpublish: not published",
+        unpublish("b1", "9999"),
+        NotFound,
+        "publish",
+    ));
     cases
 }
 
@@ -1806,6 +2024,10 @@ async fn every_request_field_is_validated() {
             ..endpoint_create("blue", "h1", "b2")
         }),
         ApiRequest::EndpointCreate(endpoint_create("tiny", "h1", "t1")),
+        ApiRequest::Publish {
+            endpoint: "b1".into(),
+            publish: "8080:80".into(),
+        },
     ];
     for req in setup {
         client
@@ -1813,6 +2035,14 @@ async fn every_request_field_is_validated() {
             .await
             .unwrap_or_else(|e| panic!("{req:?}: {e}"));
     }
+    // Settled first, so that the endpoints' states do not move while the cases run.
+    sim::wait_converged(
+        &mut client,
+        &[sim::host_name("h1")],
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
     let before = sim::api_view(&mut client).await.unwrap();
 
     let cases = validation_cases();

@@ -72,6 +72,11 @@ impl Plumber {
         &self.resolver
     }
 
+    /// The namespace the host ends live in.
+    pub fn host_netns(&self) -> &NetnsFile {
+        &self.host_file
+    }
+
     /// Opens a target's namespace and a netlink handle in it, refusing the host's own.
     async fn enter_target(&self, target: &NetnsTarget) -> Result<(NetnsFile, NetlinkNs)> {
         let file = self.resolver.open(target).await?;

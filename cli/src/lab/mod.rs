@@ -13,7 +13,11 @@
 //! ```
 //!
 //! Every host sits in its own subnet behind the router, so VXLAN and GRE really cross an L3
-//! underlay. Each host runs its own ovsdb-server and ovs-vswitchd (userspace `netdev` datapath,
+//! underlay. A namespace `<prefix>-ext` (10.NET.250.1, behind the router at 10.NET.250.254)
+//! stands for the internet: tenants with NAT reach it, and it reaches published ports, through
+//! the hosts' underlay addresses. Agents name their tenant router namespaces
+//! `<prefix>-h<i>-r<tenant id>`, so two labs (and the hosts of one lab, which share
+//! `/run/netns` here) never claim each other's. Each host runs its own ovsdb-server and ovs-vswitchd (userspace `netdev` datapath,
 //! the underlay address on the internal port of `br-phy` as OVS's userspace tunnelling needs)
 //! and its own `ovl-agent`. The `trunk` bridge is a shared L2 segment that carries `vlan`
 //! tenants' 802.1Q tags between the hosts' `tr0` uplinks.
@@ -116,6 +120,18 @@ impl LabSpec {
     fn router_ip(&self, i: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, self.net, i, 254)
     }
+    /// The namespace standing for the internet.
+    pub fn external_ns(&self) -> String {
+        format!("{}-ext", self.prefix)
+    }
+    /// The external namespace's address (its subnet is 10.NET.250.0/24; hosts are 1–20).
+    pub fn external_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, self.net, 250, 1)
+    }
+    /// The prefix of host `i`'s tenant router namespaces.
+    pub fn router_netns_prefix(&self, i: u8) -> String {
+        format!("{}-h{i}-r", self.prefix)
+    }
     pub fn pki(&self) -> PathBuf {
         self.dir.join("pki")
     }
@@ -156,6 +172,9 @@ pub struct LabState {
     pub containers: Vec<LabContainer>,
     /// Whether the CLI configuration at `spec.cli_config` was written by the lab.
     pub wrote_cli_config: bool,
+    /// The namespace standing for the internet, once created.
+    #[serde(default)]
+    pub external: Option<String>,
 }
 
 impl LabState {
@@ -211,6 +230,8 @@ fn check_prerequisites(spec: &LabSpec) -> Result<()> {
         "ovs-vsctl",
         "ethtool",
         "ping",
+        "nsenter",
+        "nft",
     ] {
         if sys::which(tool).is_none() {
             return Err(LabError::Missing(tool.to_string()));
@@ -288,6 +309,7 @@ fn build(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabState> {
         controller_pid: None,
         containers: vec![],
         wrote_cli_config: false,
+        external: None,
     };
     state.save()?;
     let rtr = spec.router_ns();
@@ -326,6 +348,15 @@ fn build(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabState> {
         "dev",
         &root,
     ])?;
+
+    let ext = spec.external_ns();
+    progress(&format!(
+        "external: namespace {ext} at {} stands for the internet",
+        spec.external_ip()
+    ));
+    state.external = Some(ext.clone());
+    state.save()?;
+    build_external(spec)?;
 
     for i in 1..=spec.hosts {
         let name = LabSpec::host_name(i);
@@ -406,6 +437,48 @@ fn build(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabState> {
         state.save()?;
     }
     Ok(state)
+}
+
+/// The internet stand-in: a namespace on the lab router with a default route back to it, so
+/// it answers whatever reaches it (tenants' NATed traffic arrives from hosts' underlay
+/// addresses).
+fn build_external(spec: &LabSpec) -> Result<()> {
+    let (ext, rtr, net) = (spec.external_ns(), spec.router_ns(), spec.net);
+    sys::ip(&["netns", "add", &ext])?;
+    sys::ip(&["-n", &ext, "link", "set", "lo", "up"])?;
+    sys::ip(&[
+        "-n", &rtr, "link", "add", "ext", "type", "veth", "peer", "name", "eth0", "netns", &ext,
+    ])?;
+    sys::ip(&[
+        "-n",
+        &rtr,
+        "addr",
+        "add",
+        &format!("10.{net}.250.254/24"),
+        "dev",
+        "ext",
+    ])?;
+    sys::ip(&["-n", &rtr, "link", "set", "ext", "up"])?;
+    sys::ip(&[
+        "-n",
+        &ext,
+        "addr",
+        "add",
+        &format!("{}/24", spec.external_ip()),
+        "dev",
+        "eth0",
+    ])?;
+    sys::ip(&["-n", &ext, "link", "set", "eth0", "up"])?;
+    sys::ip(&[
+        "-n",
+        &ext,
+        "route",
+        "add",
+        "default",
+        "via",
+        &format!("10.{net}.250.254"),
+    ])?;
+    Ok(())
 }
 
 fn build_host(spec: &LabSpec, i: u8) -> Result<()> {
@@ -495,9 +568,12 @@ fn spawn_daemon(
         .map_err(io(log))?;
     let logf2 = logf.try_clone().map_err(io(log))?;
     let mut cmd = match ns {
+        // Not `ip netns exec`: that also gives the daemon a mount namespace of its own, where
+        // the router namespaces an agent mounts under /run/netns would be invisible to
+        // everyone else and would vanish with the agent.
         Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(program);
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(program);
             c
         }
         None => Command::new(program),
@@ -511,7 +587,7 @@ fn spawn_daemon(
         command: program.display().to_string(),
         source: e,
     })?;
-    // `ip netns exec` execs the program, so this pid is the daemon's own.
+    // `nsenter` execs the program, so this pid is the daemon's own.
     Ok(child.id())
 }
 
@@ -523,6 +599,7 @@ pub fn start_agent(spec: &LabSpec, h: &LabHost) -> Result<u32> {
     let underlay = h.underlay.to_string();
     let ovsdb = spec.ovs(h.index).remote();
     let state_dir = dir.join("agent");
+    let router_prefix = spec.router_netns_prefix(h.index);
     let args: Vec<&std::ffi::OsStr> = vec![
         "run".as_ref(),
         "--config".as_ref(),
@@ -543,6 +620,8 @@ pub fn start_agent(spec: &LabSpec, h: &LabHost) -> Result<u32> {
         "10".as_ref(),
         "--state-dir".as_ref(),
         state_dir.as_os_str(),
+        "--router-netns-prefix".as_ref(),
+        router_prefix.as_ref(),
     ];
     spawn_daemon(
         Some(&h.netns),
@@ -590,22 +669,30 @@ pub fn stop_controller(state: &mut LabState) -> Result<()> {
 
 /// Starts the controller again on its database.
 pub fn start_controller(state: &mut LabState) -> Result<u32> {
+    start_controller_with(state, &[])
+}
+
+/// Starts the controller again on its database, with extra `ovl-controller run` flags (tests
+/// shorten `--gateway-failover-secs` this way).
+pub fn start_controller_with(state: &mut LabState, extra: &[&str]) -> Result<u32> {
     let spec = &state.spec;
     let pki = spec.pki();
     let db = spec.dir.join("controller.redb");
     let addr = spec.controller_addr().to_string();
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "run".as_ref(),
+        "--pki".as_ref(),
+        pki.as_os_str(),
+        "--db".as_ref(),
+        db.as_os_str(),
+        "--listen".as_ref(),
+        addr.as_ref(),
+    ];
+    args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
     let pid = spawn_daemon(
         None,
         &spec.bin_dir.join("ovl-controller"),
-        &[
-            "run".as_ref(),
-            "--pki".as_ref(),
-            pki.as_os_str(),
-            "--db".as_ref(),
-            db.as_os_str(),
-            "--listen".as_ref(),
-            addr.as_ref(),
-        ],
+        &args,
         &spec.dir.join("controller.log"),
     )?;
     state.controller_pid = Some(pid);

@@ -13,6 +13,7 @@ use super::tables::{self, meta};
 use super::{assemble_state, open_read_table, Settings, StoreError, SCHEMA_VERSION};
 use crate::alloc::{key_space, vlan_pool};
 use crate::api::{MAX_MTU, MIN_MTU};
+use crate::gateway::{gateway_mac_owner, port_from_key, port_key};
 use crate::ipam::{ip_from_key, ip_key, mac_from_key, mac_key, mac_pool, SubnetPlan};
 
 /// The outcome of [`super::Store::check`]: counts, and one sentence per problem found.
@@ -138,6 +139,7 @@ pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckR
     let vlans = load(tables::VLANS)?;
     let ips = load(tables::IPS)?;
     let mac_table = load(tables::MACS)?;
+    let ports = load(tables::PORTS)?;
 
     // Tenants.
     let mut tenant_ids = BTreeSet::new();
@@ -192,6 +194,29 @@ pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckR
             p(format!(
                 "vlan tenant '{n}' has key {} but tag {}",
                 t.key, t.vlan
+            ));
+        }
+        let owner = gateway_mac_owner(n.as_str());
+        if mac_table.get(&mac_key(t.gateway_mac)) != Some(&owner) {
+            p(format!(
+                "tenant '{n}' has gateway MAC {} but the MAC table says {:?}",
+                t.gateway_mac,
+                mac_table.get(&mac_key(t.gateway_mac))
+            ));
+        }
+        for (field, host) in [("gateway host", &t.gateway_host), ("router host", &t.router_host)] {
+            if let Some(h) = host {
+                if !state.hosts.contains_key(h) {
+                    p(format!("tenant '{n}' has {field} '{h}', which is not a registered host"));
+                }
+            }
+        }
+        let has_endpoints = state.endpoints.values().any(|e| e.endpoint.tenant == *n);
+        if has_endpoints != t.router_host.is_some() {
+            p(format!(
+                "tenant '{n}' has {} but router host {:?}",
+                if has_endpoints { "endpoints" } else { "no endpoints" },
+                t.router_host
             ));
         }
         let derived = settings.underlay_mtu.saturating_sub(t.segment.overhead());
@@ -317,6 +342,20 @@ pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckR
         if let Some(other) = seen_macs.insert(e.mac, n.clone()) {
             p(format!("endpoints '{other}' and '{n}' share MAC {}", e.mac));
         }
+        if let Some(t) = state.tenants.values().find(|t| t.gateway_mac == e.mac) {
+            p(format!(
+                "endpoint '{n}' has MAC {}, the gateway MAC of tenant '{}'",
+                e.mac, t.name
+            ));
+        }
+        for pb in &e.publishes {
+            if ports.get(&port_key(pb.proto, pb.host_port)) != Some(&n.to_string()) {
+                p(format!(
+                    "endpoint '{n}' publishes {pb} but the port table says {:?}",
+                    ports.get(&port_key(pb.proto, pb.host_port))
+                ));
+            }
+        }
         if mac_table.get(&mac_key(e.mac)) != Some(&n.to_string()) {
             p(format!(
                 "endpoint '{n}' has MAC {} but the MAC table says {:?}",
@@ -348,10 +387,30 @@ pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckR
         let ok = state
             .endpoints
             .values()
-            .any(|se| se.endpoint.name.as_str() == owner && se.endpoint.mac == mac);
+            .any(|se| se.endpoint.name.as_str() == owner && se.endpoint.mac == mac)
+            || state
+                .tenants
+                .values()
+                .any(|t| gateway_mac_owner(t.name.as_str()) == *owner && t.gateway_mac == mac);
         if !ok {
             p(format!(
-                "MAC {mac} is held by '{owner}', which is not an endpoint with that MAC (leaked)"
+                "MAC {mac} is held by '{owner}', which is not an endpoint or tenant gateway with that MAC (leaked)"
+            ));
+        }
+    }
+    for (k, owner) in &ports {
+        let (proto, port) = port_from_key(*k);
+        let ok = state.endpoints.values().any(|se| {
+            se.endpoint.name.as_str() == owner
+                && se
+                    .endpoint
+                    .publishes
+                    .iter()
+                    .any(|pb| pb.proto == proto && pb.host_port == port)
+        });
+        if !ok {
+            p(format!(
+                "{proto} port {port} is held by '{owner}', which is not an endpoint publishing it (leaked)"
             ));
         }
     }
@@ -383,7 +442,7 @@ pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckR
         tenants: state.tenants.len(),
         hosts: state.hosts.len(),
         endpoints: state.endpoints.len(),
-        allocations: keys.len() + vlans.len() + ips.len() + mac_table.len(),
+        allocations: keys.len() + vlans.len() + ips.len() + mac_table.len() + ports.len(),
         problems,
     })
 }

@@ -29,6 +29,7 @@ use redb::{
 
 use crate::api::{self, Done, Failure};
 use crate::compile;
+use crate::gateway::{self, Move};
 use crate::live::Live;
 
 pub use check::CheckReport;
@@ -271,9 +272,14 @@ impl Store {
                         supported: SCHEMA_VERSION,
                     });
                 }
-                // Version 1 is the first layout: there is nothing to migrate from yet. A later
-                // layout adds its step here and then records the new version.
-                Some(_) => {}
+                Some(found) => {
+                    if found < 2 {
+                        migrate_to_v2(&mut t)?;
+                    }
+                    if found < SCHEMA_VERSION {
+                        t.set_meta(meta::SCHEMA_VERSION, SCHEMA_VERSION)?;
+                    }
+                }
             }
             t.set_meta(meta::UNDERLAY_MTU, u64::from(self.settings.underlay_mtu))?;
             t.set_meta(
@@ -396,6 +402,41 @@ impl Store {
         Ok((registered.host, registered.intent, registered.others))
     }
 
+    /// Moves routers as the gateway task planned (see [`crate::gateway`]), in one transaction
+    /// with the recompiled intents. A move whose tenant is gone or whose router is no longer
+    /// on `from` (the store changed since the plan) is skipped. Returns the moves applied and
+    /// the changed intents.
+    pub fn move_routers(&self, moves: &[Move]) -> Result<(Vec<Move>, Vec<HostIntent>), StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut applied = Vec::new();
+        let changed = {
+            let mut t = WriteTables::open(&txn)?;
+            for m in moves {
+                let Some(mut tenant) = t.tenant(m.tenant.as_str())? else {
+                    continue;
+                };
+                if tenant.router_host.as_ref() != Some(&m.from) || t.host(m.to.as_str())?.is_none()
+                {
+                    continue;
+                }
+                tenant.router_host = Some(m.to.clone());
+                t.put_tenant(&tenant)?;
+                applied.push(m.clone());
+            }
+            if applied.is_empty() {
+                Vec::new()
+            } else {
+                recompile(&mut t)?.1
+            }
+        };
+        if applied.is_empty() {
+            txn.abort()?;
+        } else {
+            txn.commit()?;
+        }
+        Ok((applied, changed))
+    }
+
     /// A host's current intent, if the host is registered.
     pub fn intent(&self, host: &HostName) -> Result<Option<HostIntent>, StoreError> {
         let txn = self.db.begin_read()?;
@@ -459,7 +500,13 @@ impl Store {
                 |(g, v)| format!("generation {g}: {}", to_hex(v)),
             )?,
         );
-        for def in [tables::KEYS, tables::VLANS, tables::IPS, tables::MACS] {
+        for def in [
+            tables::KEYS,
+            tables::VLANS,
+            tables::IPS,
+            tables::MACS,
+            tables::PORTS,
+        ] {
             tables.insert(
                 def.name().into(),
                 dump_table(&txn, def, |k| k.to_string(), |v| v.to_string())?,
@@ -644,10 +691,40 @@ fn assemble_state(
     }
 }
 
+/// Schema 1 → 2: every tenant gets a gateway MAC (and is rewritten as a `V2` row); the
+/// `alloc_ports` table is created by opening the tables.
+fn migrate_to_v2(t: &mut WriteTables<'_>) -> Result<(), StoreError> {
+    let rows = tables::all_rows::<tables::TenantRow>(&t.tenants, tables::TENANTS)?;
+    for (name, row) in rows {
+        if !row.is_v1() {
+            continue;
+        }
+        let mut tenant = Tenant::from(row);
+        tenant.gateway_mac = match api::allocate_mac(t, &gateway::gateway_mac_owner(&name)) {
+            Ok(mac) => mac,
+            Err(Failure::Store(e)) => return Err(e),
+            Err(Failure::Api(e)) => {
+                return Err(StoreError::Inconsistent(format!(
+                    "cannot give tenant '{name}' a gateway MAC while migrating: {}",
+                    e.message
+                )))
+            }
+        };
+        tracing::info!(tenant = %name, mac = %tenant.gateway_mac, "schema 2: tenant gets a gateway MAC");
+        t.put_tenant(&tenant)?;
+    }
+    Ok(())
+}
+
 /// Recompiles every host's intent inside the open transaction and writes those that changed.
+/// Router placement that needs no liveness ([`gateway::place_routers`]) is settled first.
 /// Returns the state with the new intents and the changed intents, sorted by host name.
 fn recompile(t: &mut WriteTables<'_>) -> Result<(State, Vec<HostIntent>), StoreError> {
     let mut state = load_state_write(t)?;
+    for tenant in gateway::place_routers(&state) {
+        t.put_tenant(&tenant)?;
+        state.tenants.insert(tenant.name.clone(), tenant);
+    }
     let fresh = state.compile();
     let recompiled = compile::assign_generations(fresh, &state.intents);
     let mut changed = Vec::with_capacity(recompiled.changed.len());

@@ -1,6 +1,6 @@
 //! The on-disk layout: table definitions, the row formats, and typed access to them.
 //!
-//! Layout (schema version 1):
+//! Layout (schema version 2):
 //!
 //! | table         | key                          | value                                    |
 //! |---------------|------------------------------|------------------------------------------|
@@ -12,13 +12,17 @@
 //! | `alloc_keys`  | VNI / GRE key                | tenant name                              |
 //! | `alloc_vlans` | VLAN tag                     | tenant name                              |
 //! | `alloc_ips`   | `tenant id << 32 \| address` | endpoint name                            |
-//! | `alloc_macs`  | MAC as a 48-bit number       | endpoint name                            |
+//! | `alloc_macs`  | MAC as a 48-bit number       | endpoint name, or `tenant:NAME` for a tenant's gateway MAC |
+//! | `alloc_ports` | `protocol << 16 \| host port` (tcp 0, udp 1) | endpoint name (published ports) |
 //!
 //! Rows are store-owned types, not the model types from `ovl-common`, wrapped in an enum whose
 //! variant is the row's version: a later release (tenant NAT flag, gateway host, published
 //! ports) adds a `V2` variant and keeps decoding `V1` rows, so the wire types can grow without
 //! breaking old databases. Changes that need a rewrite of existing rows or new tables bump
-//! [`SCHEMA_VERSION`] and add a step to `migrate` in the parent module. An intent's generation
+//! [`SCHEMA_VERSION`] and add a step to `migrate` in the parent module. Version 2 added the
+//! gateway (tenant `V2` rows with a gateway MAC, NAT flag, gateway and router hosts; endpoint
+//! `V2` rows with published ports; the `alloc_ports` table); its migration gives every `V1`
+//! tenant a gateway MAC. An intent's generation
 //! is kept beside (not inside) its encoded intent so that it survives even when the intent format
 //! changes: intents can always be recompiled, generations cannot.
 
@@ -27,7 +31,9 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use ovl_common::intent::HostIntent;
 use ovl_common::model::{Endpoint, Host, Tenant};
-use ovl_common::{EndpointName, HostName, MacAddr, NetnsTarget, SegmentType, TenantName};
+use ovl_common::{
+    EndpointName, HostName, MacAddr, NetnsTarget, Publish, SegmentType, TenantName,
+};
 use redb::{ReadableTable, Table, TableDefinition, TableHandle, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -35,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use super::StoreError;
 
 /// The table layout this build reads and writes.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
@@ -46,9 +52,10 @@ pub(crate) const KEYS: TableDefinition<u64, &str> = TableDefinition::new("alloc_
 pub(crate) const VLANS: TableDefinition<u64, &str> = TableDefinition::new("alloc_vlans");
 pub(crate) const IPS: TableDefinition<u64, &str> = TableDefinition::new("alloc_ips");
 pub(crate) const MACS: TableDefinition<u64, &str> = TableDefinition::new("alloc_macs");
+pub(crate) const PORTS: TableDefinition<u64, &str> = TableDefinition::new("alloc_ports");
 
 /// Names of every table of the current layout.
-pub(crate) const ALL_TABLES: [&str; 9] = [
+pub(crate) const ALL_TABLES: [&str; 10] = [
     "meta",
     "tenants",
     "hosts",
@@ -58,6 +65,7 @@ pub(crate) const ALL_TABLES: [&str; 9] = [
     "alloc_vlans",
     "alloc_ips",
     "alloc_macs",
+    "alloc_ports",
 ];
 
 /// Keys of the `meta` table.
@@ -80,6 +88,33 @@ pub(crate) mod meta {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum TenantRow {
     V1(TenantV1),
+    V2(TenantV2),
+}
+
+/// A tenant with its gateway settings (schema 2).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TenantV2 {
+    base: TenantV1,
+    gateway_mac: MacAddr,
+    nat: bool,
+    gateway_host: Option<HostName>,
+    router_host: Option<HostName>,
+}
+
+impl TenantRow {
+    /// Whether the row predates gateways (and so has no gateway MAC yet).
+    pub fn is_v1(&self) -> bool {
+        matches!(self, TenantRow::V1(_))
+    }
+
+    /// The schema 1 row of a tenant, as a store written before gateways holds it.
+    #[cfg(test)]
+    pub(crate) fn v1(t: &Tenant) -> Self {
+        match TenantRow::from(t) {
+            TenantRow::V2(v) => TenantRow::V1(v.base),
+            v1 => v1,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,24 +133,38 @@ pub(crate) struct TenantV1 {
 
 impl From<&Tenant> for TenantRow {
     fn from(t: &Tenant) -> Self {
-        TenantRow::V1(TenantV1 {
-            id: t.id,
-            name: t.name.clone(),
-            segment: t.segment,
-            key: t.key,
-            vlan: t.vlan,
-            subnet: t.subnet,
-            gateway: t.gateway,
-            mtu: t.mtu,
-            mtu_explicit: t.mtu_explicit,
-            created: t.created,
+        TenantRow::V2(TenantV2 {
+            base: TenantV1 {
+                id: t.id,
+                name: t.name.clone(),
+                segment: t.segment,
+                key: t.key,
+                vlan: t.vlan,
+                subnet: t.subnet,
+                gateway: t.gateway,
+                mtu: t.mtu,
+                mtu_explicit: t.mtu_explicit,
+                created: t.created,
+            },
+            gateway_mac: t.gateway_mac,
+            nat: t.nat,
+            gateway_host: t.gateway_host.clone(),
+            router_host: t.router_host.clone(),
         })
     }
 }
 
+/// The MAC a tenant read from a `V1` row shows until the schema 2 migration has given it one
+/// (the migration runs in the same transaction that first opens the old store, so only the
+/// migration itself sees it).
+pub(crate) const NO_MAC: MacAddr = MacAddr([0; 6]);
+
 impl From<TenantRow> for Tenant {
     fn from(row: TenantRow) -> Self {
-        let TenantRow::V1(t) = row;
+        let (t, gateway_mac, nat, gateway_host, router_host) = match row {
+            TenantRow::V1(t) => (t, NO_MAC, false, None, None),
+            TenantRow::V2(v) => (v.base, v.gateway_mac, v.nat, v.gateway_host, v.router_host),
+        };
         Tenant {
             id: t.id,
             name: t.name,
@@ -127,6 +176,10 @@ impl From<TenantRow> for Tenant {
             mtu: t.mtu,
             mtu_explicit: t.mtu_explicit,
             created: t.created,
+            gateway_mac,
+            nat,
+            gateway_host,
+            router_host,
         }
     }
 }
@@ -187,6 +240,14 @@ pub struct StoredEndpoint {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum EndpointRow {
     V1(EndpointV1),
+    V2(EndpointV2),
+}
+
+/// An endpoint with its published ports (schema 2).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct EndpointV2 {
+    base: EndpointV1,
+    publishes: Vec<Publish>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -206,24 +267,30 @@ pub(crate) struct EndpointV1 {
 impl From<&StoredEndpoint> for EndpointRow {
     fn from(s: &StoredEndpoint) -> Self {
         let e = &s.endpoint;
-        EndpointRow::V1(EndpointV1 {
-            id: e.id,
-            name: e.name.clone(),
-            tenant: e.tenant.clone(),
-            host: e.host.clone(),
-            target: e.target.clone(),
-            ifname: e.ifname.clone(),
-            mac: e.mac,
-            ip: e.ip,
-            created: e.created,
-            first_generation: s.first_generation,
+        EndpointRow::V2(EndpointV2 {
+            base: EndpointV1 {
+                id: e.id,
+                name: e.name.clone(),
+                tenant: e.tenant.clone(),
+                host: e.host.clone(),
+                target: e.target.clone(),
+                ifname: e.ifname.clone(),
+                mac: e.mac,
+                ip: e.ip,
+                created: e.created,
+                first_generation: s.first_generation,
+            },
+            publishes: e.publishes.clone(),
         })
     }
 }
 
 impl From<EndpointRow> for StoredEndpoint {
     fn from(row: EndpointRow) -> Self {
-        let EndpointRow::V1(e) = row;
+        let (e, publishes) = match row {
+            EndpointRow::V1(e) => (e, Vec::new()),
+            EndpointRow::V2(v) => (v.base, v.publishes),
+        };
         StoredEndpoint {
             endpoint: Endpoint {
                 id: e.id,
@@ -235,6 +302,7 @@ impl From<EndpointRow> for StoredEndpoint {
                 mac: e.mac,
                 ip: e.ip,
                 created: e.created,
+                publishes,
             },
             first_generation: e.first_generation,
         }
@@ -334,6 +402,7 @@ pub(crate) struct WriteTables<'txn> {
     pub vlans: Table<'txn, u64, &'static str>,
     pub ips: Table<'txn, u64, &'static str>,
     pub macs: Table<'txn, u64, &'static str>,
+    pub ports: Table<'txn, u64, &'static str>,
 }
 
 pub(crate) fn open_write_table<'txn, K: redb::Key + 'static, V: redb::Value + 'static>(
@@ -359,6 +428,7 @@ impl<'txn> WriteTables<'txn> {
             vlans: open_write_table(txn, VLANS)?,
             ips: open_write_table(txn, IPS)?,
             macs: open_write_table(txn, MACS)?,
+            ports: open_write_table(txn, PORTS)?,
         })
     }
 

@@ -1001,8 +1001,8 @@ fn a_newer_schema_is_refused() {
         matches!(
             e,
             StoreError::SchemaTooNew {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: 2
             }
         ),
         "{e}"
@@ -1266,7 +1266,10 @@ fn inspection_writes_nothing_and_sees_the_stored_settings() {
     let report = inspected.check().unwrap();
     assert!(report.is_clean(), "{report}");
     assert_eq!((report.tenants, report.hosts, report.endpoints), (1, 1, 1));
-    assert_eq!(report.allocations, 4, "key, tag, address and MAC");
+    assert_eq!(
+        report.allocations, 5,
+        "key, tag, address, MAC and gateway MAC"
+    );
     assert_eq!(inspected.dump().unwrap(), dump);
     drop(inspected);
 

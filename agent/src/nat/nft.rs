@@ -1,0 +1,137 @@
+//! Running `nft` inside a network namespace to replace, read back or remove the `ovl` table.
+//!
+//! In commands, for namespace NS: `ip netns exec NS nft -f -` with the script from
+//! [`super::rules::replace_script`], and `ip netns exec NS nft list table ip ovl`. The agent
+//! starts `nft` from a helper thread that entered the namespace (see
+//! [`crate::router::namespace`]), so it needs neither `ip` nor a shell.
+//!
+//! [`Nft`] remembers, per namespace, the table it last installed and how `nft` listed it
+//! afterwards, so a reconcile that wants the same table only lists it (one `nft` run) and
+//! replaces it only when it drifted.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::rules::{replace_script, TABLE};
+use crate::router::namespace;
+
+/// A failed `nft` run, with the namespace and what `nft` said.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("nftables: `nft` is not installed (it ships in the Debian package nftables)")]
+    Missing,
+    #[error("nftables in {}: {source}", ns.display())]
+    Run {
+        ns: PathBuf,
+        #[source]
+        source: namespace::Error,
+    },
+    #[error("nftables in {}: `nft {what}` failed: {stderr}", ns.display())]
+    Failed {
+        ns: PathBuf,
+        what: String,
+        stderr: String,
+    },
+}
+
+/// What was last installed in one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Installed {
+    /// The table text the agent rendered (`None`: removed).
+    table: Option<String>,
+    /// `nft list table` right after installing it (`None`: the table is absent).
+    listing: Option<String>,
+}
+
+/// The `ovl` tables of the namespaces the agent manages.
+#[derive(Debug, Default)]
+pub struct Nft {
+    installed: BTreeMap<PathBuf, Installed>,
+}
+
+impl Nft {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes the `ovl` table in the namespace at `ns` exactly `table` (`None` removes it).
+    /// Returns whether anything was changed.
+    pub fn ensure(&mut self, ns: &Path, table: Option<&str>) -> Result<bool, NftError> {
+        let current = list(ns)?;
+        if let Some(known) = self.installed.get(ns) {
+            if known.table.as_deref() == table && known.listing == current {
+                return Ok(false);
+            }
+        }
+        if table.is_none() && current.is_none() {
+            self.installed.insert(
+                ns.to_path_buf(),
+                Installed {
+                    table: None,
+                    listing: None,
+                },
+            );
+            return Ok(false);
+        }
+        run(ns, &["-f", "-"], &replace_script(table))?;
+        let listing = list(ns)?;
+        self.installed.insert(
+            ns.to_path_buf(),
+            Installed {
+                table: table.map(str::to_string),
+                listing,
+            },
+        );
+        Ok(true)
+    }
+
+    /// Forgets a namespace that is gone.
+    pub fn forget(&mut self, ns: &Path) {
+        self.installed.remove(ns);
+    }
+}
+
+/// `nft list table ip ovl` in `ns`, or `None` when there is no such table.
+pub fn list(ns: &Path) -> Result<Option<String>, NftError> {
+    let out = namespace::command_in(ns, "nft", &["list", "table", "ip", TABLE], "")
+        .map_err(|e| classify(ns, e))?;
+    if out.status.success() {
+        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("No such file or directory") {
+        Ok(None)
+    } else {
+        Err(NftError::Failed {
+            ns: ns.to_path_buf(),
+            what: format!("list table ip {TABLE}"),
+            stderr: stderr.trim().to_string(),
+        })
+    }
+}
+
+fn run(ns: &Path, args: &[&str], stdin: &str) -> Result<(), NftError> {
+    let out = namespace::command_in(ns, "nft", args, stdin).map_err(|e| classify(ns, e))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NftError::Failed {
+            ns: ns.to_path_buf(),
+            what: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+fn classify(ns: &Path, e: namespace::Error) -> NftError {
+    match &e {
+        namespace::Error::Inside { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+            NftError::Missing
+        }
+        _ => NftError::Run {
+            ns: ns.to_path_buf(),
+            source: e,
+        },
+    }
+}

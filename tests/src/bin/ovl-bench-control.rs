@@ -1,0 +1,405 @@
+//! `ovl-bench-control`: the control plane under load, measured and printed (issue 7, item 5).
+//!
+//! It starts the real `ovl-controller` binary (found beside this one, so build both with the
+//! same profile) with a fresh PKI and database in a temporary directory, then in this one
+//! process:
+//!
+//! 1. issues `--agents` host certificates with the library and connects that many simulated
+//!    agents (the real agent session and event loop over real QUIC with mutual TLS; a datapath
+//!    that only timestamps each generation it is given);
+//! 2. spreads one tenant over `--span` of those hosts, one endpoint create at a time, with
+//!    every agent connected;
+//! 3. `--waves` times, adds an endpoint on one more host and deletes it again; each of those
+//!    changes concerns every host of the tenant, and the time from sending the request to each
+//!    concerned agent applying the new generation is one sample;
+//! 4. runs `--clients` admin clients creating and deleting endpoints for `--churn-secs`;
+//! 5. reads the controller's resident memory (`VmRSS`, `VmHWM` from `/proc/PID/status`)
+//!    between the steps, and checks the stopped store with `ovl-controller check`.
+//!
+//! It prints the figures as Markdown and asserts nothing about speed; `docs/reliability.md`
+//! records a run with its machine. The correctness of the same paths is asserted, bounded for
+//! CI, by `tests/tests/reliability_load.rs`.
+//!
+//! ```text
+//! cargo build --release -p ovl-controller -p ovl-tests --bins
+//! target/release/ovl-bench-control --agents 500 --span 500 --waves 10
+//! ```
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ovl_common::proto::{ApiRequest, EndpointCreate, TenantCreate};
+use ovl_common::{HostName, NetnsTarget};
+use ovl_controller::pki::Ca;
+use ovl_tests::cluster::Cluster;
+use ovl_tests::sim::{self, ChurnPlan, ChurnTenant, Fleet, Memory, Summary};
+
+#[derive(Debug, Clone)]
+struct Options {
+    agents: u32,
+    span: u32,
+    waves: u32,
+    clients: usize,
+    churn_secs: u64,
+}
+
+const USAGE: &str =
+    "usage: ovl-bench-control [--agents N] [--span N] [--waves N] [--clients N] [--churn-secs N]
+  --agents N      simulated agents connected at once (default 500)
+  --span N        hosts the measured tenant spans (default: all agents but the waves' hosts)
+  --waves N       measured changes each way (add a host to the tenant, remove it) (default 10)
+  --clients N     concurrent admin clients in the churn step (default 50)
+  --churn-secs N  length of the churn step, 0 to skip it (default 30)";
+
+fn options() -> Result<Options> {
+    let mut o = Options {
+        agents: 500,
+        span: 0,
+        waves: 10,
+        clients: 50,
+        churn_secs: 30,
+    };
+    let mut span = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "-h" || flag == "--help" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let number = || {
+            value
+                .parse::<u64>()
+                .with_context(|| format!("{flag} {value}: not a number"))
+        };
+        match flag.as_str() {
+            "--agents" => o.agents = number()? as u32,
+            "--span" => span = Some(number()? as u32),
+            "--waves" => o.waves = number()? as u32,
+            "--clients" => o.clients = number()? as usize,
+            "--churn-secs" => o.churn_secs = number()?,
+            other => bail!("unknown option {other}\n{USAGE}"),
+        }
+    }
+    if o.agents < o.waves + 2 {
+        bail!("--agents must exceed --waves by at least 2");
+    }
+    o.span = span.unwrap_or(o.agents - o.waves).min(o.agents - o.waves);
+    if o.span == 0 {
+        bail!("--span must be at least 1");
+    }
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    let o = match options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(bench(o)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn endpoint(tenant: &str, host: &HostName, name: &str) -> ApiRequest {
+    ApiRequest::EndpointCreate(EndpointCreate {
+        tenant: tenant.into(),
+        host: host.to_string(),
+        name: name.into(),
+        target: NetnsTarget::Name(name.into()),
+        ifname: None,
+        ip: None,
+    })
+}
+
+fn tenant(name: &str, subnet: &str) -> ApiRequest {
+    ApiRequest::TenantCreate(TenantCreate {
+        name: name.into(),
+        subnet: subnet.into(),
+        segment: None,
+        key: None,
+        vlan: None,
+        mtu: None,
+    })
+}
+
+/// One line of `/proc/cpuinfo`, the memory and the kernel, for the record.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or("?".into(), |k| format!("{:.1} GiB", k as f64 / 1048576.0));
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    format!("{cores} × {cpu}, {mem} RAM, Linux {kernel}, {profile} build")
+}
+
+async fn bench(o: Options) -> Result<()> {
+    println!("# ovl-bench-control\n");
+    println!("- machine: {}", machine());
+    println!(
+        "- options: {} agents, tenant over {} hosts, {} waves each way, {} clients for {} s\n",
+        o.agents, o.span, o.waves, o.clients, o.churn_secs
+    );
+    let mut c = tokio::task::spawn_blocking(|| {
+        let mut c = Cluster::new();
+        c.start_controller();
+        c
+    })
+    .await?;
+    let pid = sim::controller_pid(&c.db).context("finding the controller's pid")?;
+    let mem = || sim::memory_of(pid).context("reading the controller's memory");
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let idle: Memory = mem()?;
+    rows.push(("controller RSS, idle".into(), mib(idle.rss_kib)));
+
+    let t = Instant::now();
+    let ca = Ca::load(&c.pki)?;
+    let hosts = sim::issue_sim_hosts(&ca, "sim", o.agents, &c.path().join("hosts"));
+    rows.push((
+        format!("issue {} host certificates (library)", o.agents),
+        ms(t.elapsed()),
+    ));
+    let names: Vec<HostName> = hosts.iter().map(|h| h.name.clone()).collect();
+
+    // The admin connects first: while the agents handshake at once, a new connection waits
+    // its turn behind them.
+    let mut admin = sim::admin_client(c.addr, &c.admin_credentials()).await;
+    let t = Instant::now();
+    let fleet = Fleet::start(c.addr, &hosts, &c.path().join("agents"), false);
+    sim::wait_converged(&mut admin, &names, Duration::from_secs(300)).await?;
+    rows.push((
+        format!("{} agents connect, register and ack", o.agents),
+        ms(t.elapsed()),
+    ));
+    let connected: Memory = mem()?;
+    rows.push((
+        format!("controller RSS, {} agents connected", o.agents),
+        mib(connected.rss_kib),
+    ));
+
+    // The wide tenant, built with every agent connected.
+    admin.call(tenant("wide", "10.64.0.0/12")).await?;
+    let t = Instant::now();
+    let mut build = Vec::new();
+    for h in &names[..o.span as usize] {
+        let s = Instant::now();
+        admin.call(endpoint("wide", h, &format!("w-{h}"))).await?;
+        build.push(s.elapsed());
+    }
+    sim::wait_converged(&mut admin, &names, Duration::from_secs(600)).await?;
+    rows.push((
+        format!(
+            "spread one tenant over {} hosts (one create at a time, all acked)",
+            o.span
+        ),
+        ms(t.elapsed()),
+    ));
+    if let Some(s) = Summary::of(&build) {
+        rows.push((
+            "endpoint create answered, while spreading".into(),
+            format!("p50 {} p99 {} max {}", ms(s.p50), ms(s.p99), ms(s.max)),
+        ));
+    }
+    let spread: Memory = mem()?;
+    rows.push((
+        format!("controller RSS, tenant over {} hosts", o.span),
+        mib(spread.rss_kib),
+    ));
+
+    // The measured changes.
+    let mut per_host = Vec::new();
+    let mut answered = Vec::new();
+    let mut all_acked = Vec::new();
+    let mut last = Vec::new();
+    for k in 0..o.waves {
+        let extra = &names[(o.span + k) as usize];
+        let name = format!("x-{extra}");
+        for req in [
+            endpoint("wide", extra, &name),
+            ApiRequest::EndpointDelete { name: name.clone() },
+        ] {
+            let wave =
+                sim::measure_change(&mut admin, &fleet, req, Duration::from_secs(120)).await?;
+            if !wave.problems.is_empty() {
+                bail!("a change went wrong: {:#?}", wave.problems);
+            }
+            if wave.concerned.len() != o.span as usize + 1 {
+                bail!(
+                    "a change concerned {} hosts, expected {}",
+                    wave.concerned.len(),
+                    o.span + 1
+                );
+            }
+            last.push(wave.per_host.iter().copied().max().unwrap_or_default());
+            per_host.extend(wave.per_host);
+            answered.push(wave.answered);
+            all_acked.push(wave.all_acked);
+        }
+    }
+    let fmt = |s: Option<Summary>| {
+        s.map_or("-".into(), |s| {
+            format!("p50 {} p99 {} max {}", ms(s.p50), ms(s.p99), ms(s.max))
+        })
+    };
+    rows.push((
+        format!(
+            "change → each concerned agent applied ({} changes × {} hosts)",
+            2 * o.waves,
+            o.span + 1
+        ),
+        fmt(Summary::of(&per_host)),
+    ));
+    rows.push((
+        "change → request answered".into(),
+        fmt(Summary::of(&answered)),
+    ));
+    rows.push((
+        "change → last concerned agent applied".into(),
+        fmt(Summary::of(&last)),
+    ));
+    rows.push((
+        "change → controller status shows every ack".into(),
+        fmt(Summary::of(&all_acked)),
+    ));
+
+    // A change that concerns one host.
+    admin.call(tenant("lone", "10.200.0.0/24")).await?;
+    let lone = &names[o.agents as usize - 1];
+    let mut single = Vec::new();
+    for k in 0..o.waves.max(5) {
+        let n = format!("l{k}");
+        for req in [
+            endpoint("lone", lone, &n),
+            ApiRequest::EndpointDelete { name: n.clone() },
+        ] {
+            let wave =
+                sim::measure_change(&mut admin, &fleet, req, Duration::from_secs(60)).await?;
+            if wave.concerned.len() != 1 || !wave.problems.is_empty() {
+                bail!("a one-host change went wrong: {wave:?}");
+            }
+            single.extend(wave.per_host);
+        }
+    }
+    rows.push((
+        "change → agent applied, change concerning one host".into(),
+        fmt(Summary::of(&single)),
+    ));
+    let after: Memory = mem()?;
+    rows.push((
+        "controller RSS after the changes".into(),
+        mib(after.rss_kib),
+    ));
+
+    // Many admin clients at once.
+    if o.churn_secs > 0 {
+        let churn_tenants = [("ca", "10.201.0.0/22"), ("cb", "10.202.0.0/22")];
+        for (n, s) in churn_tenants {
+            admin.call(tenant(n, s)).await?;
+        }
+        let plan = ChurnPlan {
+            clients: o.clients,
+            duration: Duration::from_secs(o.churn_secs),
+            tenants: churn_tenants
+                .iter()
+                .map(|(n, s)| ChurnTenant {
+                    name: n.to_string(),
+                    subnet: s.parse().expect("static subnet"),
+                })
+                .collect(),
+            hosts: names[..16.min(names.len())].to_vec(),
+            tenant_churners: 5.min(o.clients / 10),
+            seed: 11,
+        };
+        let report = sim::churn(c.addr, &c.admin_credentials(), plan).await;
+        if !report.failures.is_empty() {
+            bail!("the churn failed: {:#?}", report.failures);
+        }
+        rows.push((
+            format!("{} clients churning for {} s", o.clients, o.churn_secs),
+            format!(
+                "{} calls, {:.0} calls/s",
+                report.calls(),
+                report.calls() as f64 / report.elapsed.as_secs_f64()
+            ),
+        ));
+        for (op, s) in &report.ops {
+            rows.push((
+                format!("  {op} ({} ok, refused {:?})", s.ok, s.refused),
+                fmt(Summary::of(&s.latencies)),
+            ));
+        }
+        let view = sim::api_view(&mut admin).await?;
+        let problems = sim::audit(&view);
+        if !problems.is_empty() {
+            bail!("the API shows an inconsistent state: {problems:#?}");
+        }
+    }
+    let end: Memory = mem()?;
+    rows.push(("controller RSS at the end".into(), mib(end.rss_kib)));
+    rows.push(("controller peak RSS (VmHWM)".into(), mib(end.peak_kib)));
+
+    admin.close().await;
+    fleet.stop().await;
+    let (clean, check) = tokio::task::spawn_blocking(move || {
+        c.stop_controller();
+        sim::check_store(&c.db)
+    })
+    .await?;
+
+    println!("| measure | value |");
+    println!("|---|---|");
+    for (k, v) in rows {
+        println!("| {k} | {v} |");
+    }
+    println!("\n`ovl-controller check`: {}", check.trim());
+    if !clean {
+        bail!("the store is inconsistent after the benchmark");
+    }
+    Ok(())
+}
