@@ -13,7 +13,9 @@ repo=$(pwd)
 bin_dir="${1:-$repo/target/debug}"
 
 scratch=$(mktemp -d -t ovl-check-deploy.XXXXXX)
-trap 'rm -rf "$scratch"' EXIT
+# A deliberately broken Vagrantfile sits beside the real one while it is checked.
+broken_vagrantfile="vagrant/.Vagrantfile.broken.$$"
+trap 'rm -rf "$scratch" "$broken_vagrantfile"' EXIT
 
 fail() {
     echo "check-deploy: FAIL: $*" >&2
@@ -35,7 +37,9 @@ done < <(find . \( -name target -o -name .git -o -name .vagrant -o -name .lab \)
     -o -type f -print0)
 ((${#scripts[@]} > 0)) || fail "no shell scripts found"
 echo "check-deploy: shellcheck on ${#scripts[@]} scripts" >&2
+printf '  %s\n' "${scripts[@]}" >&2
 shellcheck --external-sources "${scripts[@]}"
+# shellcheck disable=SC2016 # the $ is meant literally: it is the bug planted in the script
 printf '#!/bin/sh\necho $undefined_and_unquoted\n' >"$scratch/broken.sh"
 if shellcheck "$scratch/broken.sh" >/dev/null 2>&1; then
     fail "shellcheck accepted a broken script; the check proves nothing"
@@ -86,10 +90,13 @@ fi
 # still evaluated and checked.
 export VAGRANT_CHECKPOINT_DISABLE=1
 export VAGRANT_HOME="$scratch/vagrant.d"
+# Vagrant's per-project state (.vagrant/) goes to the scratch directory, not the tree.
+export VAGRANT_DOTFILE_PATH="$scratch/dotvagrant"
 echo "check-deploy: vagrant validate" >&2
 (cd vagrant && vagrant validate --ignore-provider) || fail "vagrant validate rejected vagrant/Vagrantfile"
-sed 's/config\.vm\.box = /config.vm.boxx = /' vagrant/Vagrantfile >"$scratch/Vagrantfile.broken"
-if (cd vagrant && VAGRANT_VAGRANTFILE="$scratch/Vagrantfile.broken" \
+# The broken copy sits beside the original so its relative provisioner paths still resolve.
+sed 's/config\.vm\.box = /config.vm.boxx = /' vagrant/Vagrantfile >"$broken_vagrantfile"
+if (cd vagrant && VAGRANT_VAGRANTFILE="$(basename "$broken_vagrantfile")" \
     vagrant validate --ignore-provider >/dev/null 2>&1); then
     fail "vagrant validate accepted a broken Vagrantfile"
 fi

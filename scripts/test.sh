@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit tests, and the privileged tests that run real
-# Open vSwitch, namespaces, QUIC and redb. Needs root (namespaces, OVS) and a Debian machine.
+# The whole test suite: formatting, lints, unit tests, the deployment checks (units, scripts,
+# Vagrantfile), and the privileged tests that run real Open vSwitch, namespaces, QUIC and redb.
+# Needs root (namespaces, OVS) and a Debian machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,5 +17,7 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build"
 cargo build --workspace --all-targets --locked
+echo "== deployment checks (shellcheck, systemd-analyze verify, vagrant validate)"
+bash scripts/check-deploy.sh target/debug
 echo "== tests (privileged tests included: --run-ignored all)"
 cargo nextest run --workspace --locked --run-ignored all --no-fail-fast

@@ -125,7 +125,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => {
-            init_tracing(args.log_json);
+            ovl_common::daemon::init_tracing(args.log_json);
             run(args)
         }
         Command::Join(args) => join(args),
@@ -143,18 +143,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(json: bool) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("OVL_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
 
 fn merge(args: &RunArgs) -> anyhow::Result<AgentConfig> {
     let mut f = if args.config.exists() {
@@ -196,7 +184,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            ovl_common::daemon::wait_for_signal().await;
             info!("shutting down; the data plane is left as it is");
             s.cancel();
         });
@@ -254,18 +242,3 @@ fn join(args: JoinArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(e) => {
-            error!("cannot watch SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}

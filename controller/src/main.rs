@@ -14,7 +14,7 @@ use ovl_controller::server::{unix_now, Server};
 use ovl_controller::store::{Settings, Store};
 use ovl_controller::tokens::Tokens;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::info;
 
 /// The ovl controller: owns tenants, hosts, endpoints and their allocations, and pushes each
 /// host's intent to its agent over QUIC with mutual TLS.
@@ -191,7 +191,7 @@ enum IssueWhat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let log_json = matches!(cli.command, Command::Run { log_json: true, .. });
-    init_tracing(log_json);
+    ovl_common::daemon::init_tracing(log_json);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -204,18 +204,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(json: bool) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("OVL_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
 
 fn parse_range(s: &str) -> anyhow::Result<std::ops::RangeInclusive<u32>> {
     let (a, b) = s
@@ -358,7 +346,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let shutdown = CancellationToken::new();
                 let s = shutdown.clone();
                 tokio::spawn(async move {
-                    wait_for_signal().await;
+                    ovl_common::daemon::wait_for_signal().await;
                     info!("shutting down");
                     s.cancel();
                 });
@@ -476,18 +464,3 @@ fn token(what: TokenWhat) -> anyhow::Result<()> {
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(e) => {
-            error!("cannot watch SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}

@@ -383,37 +383,37 @@ fn sample_intent() -> HostIntent {
 /// [`every_corpus_file_survives_the_decoders`]).
 fn frame_corpus() -> Vec<(String, Vec<u8>)> {
     let mut rng = Rng::new(0x0f1e_2d3c);
-    let mut c: Vec<(&str, Vec<u8>)> = Vec::new();
-
     // Anywhere: broken framing and plain garbage.
-    c.push(("any-empty", vec![]));
-    c.push(("any-length-1-byte", vec![0]));
-    c.push(("any-length-3-bytes", vec![0, 0, 1]));
-    c.push(("any-zero-length", vec![0, 0, 0, 0]));
-    c.push((
-        "any-truncated-body",
-        concat(&[&100u32.to_be_bytes(), &rng.bytes(10)]),
-    ));
-    c.push((
-        "any-oversized-length",
-        concat(&[&(MAX_FRAME_LEN as u32 + 1).to_be_bytes(), &rng.bytes(16)]),
-    ));
-    c.push((
-        "any-max-u32-length",
-        concat(&[&u32::MAX.to_be_bytes(), &rng.bytes(16)]),
-    ));
-    c.push(("any-garbage-body", framed(&rng.bytes(64))));
-    c.push(("any-all-ones-body", framed(&[0xff; 32])));
-    c.push(("any-varint-overflow", framed(&[0xff; 11])));
-    c.push((
-        "any-http-request",
-        b"GET / HTTP/1.1\r\nHost: ovl-controller\r\n\r\n".to_vec(),
-    ));
-    c.push((
-        "any-tls-record",
-        vec![0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x00],
-    ));
-    c.push(("any-many-tiny-frames", framed(&[0xff]).repeat(1000)));
+    let mut c: Vec<(&str, Vec<u8>)> = vec![
+        ("any-empty", vec![]),
+        ("any-length-1-byte", vec![0]),
+        ("any-length-3-bytes", vec![0, 0, 1]),
+        ("any-zero-length", vec![0, 0, 0, 0]),
+        (
+            "any-truncated-body",
+            concat(&[&100u32.to_be_bytes(), &rng.bytes(10)]),
+        ),
+        (
+            "any-oversized-length",
+            concat(&[&(MAX_FRAME_LEN as u32 + 1).to_be_bytes(), &rng.bytes(16)]),
+        ),
+        (
+            "any-max-u32-length",
+            concat(&[&u32::MAX.to_be_bytes(), &rng.bytes(16)]),
+        ),
+        ("any-garbage-body", framed(&rng.bytes(64))),
+        ("any-all-ones-body", framed(&[0xff; 32])),
+        ("any-varint-overflow", framed(&[0xff; 11])),
+        (
+            "any-http-request",
+            b"GET / HTTP/1.1\r\nHost: ovl-controller\r\n\r\n".to_vec(),
+        ),
+        (
+            "any-tls-record",
+            vec![0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x00],
+        ),
+        ("any-many-tiny-frames", framed(&[0xff]).repeat(1000)),
+    ];
 
     // In place of the hello.
     let agent_body = enc(&raw_agent_hello("h1"));

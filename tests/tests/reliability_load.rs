@@ -211,9 +211,11 @@ async fn five_hundred_simulated_agents_ack_every_change() {
     assert_eq!(connected, AGENTS as usize, "agents connected at once");
     let pid = sim::controller_pid(&c.db).expect("the controller's pid");
     println!(
-        "{AGENTS} agents connected and acked in {:.1?}; controller {}",
+        "{AGENTS} agents connected and acked in {:.1?}; controller {}, CPU {:.1?}; this process CPU {:.1?}",
         started.elapsed(),
-        sim::memory_of(pid).unwrap()
+        sim::memory_of(pid).unwrap(),
+        sim::cpu_of(pid).unwrap(),
+        sim::cpu_of(std::process::id()).unwrap(),
     );
 
     // A tenant over SPAN hosts; then each measured change adds or removes one more host, which

@@ -193,6 +193,14 @@ impl LabState {
         })
     }
 
+    /// Reloads the state from its file. Other calls (`add_container`, another `ovl lab`
+    /// command) update the file, so a copy held in memory must be refreshed before it is
+    /// changed and saved, or it would write their records away.
+    pub fn refresh(&mut self) -> Result<()> {
+        *self = Self::load(&self.spec.dir)?;
+        Ok(())
+    }
+
     fn save(&self) -> Result<()> {
         let path = Self::path(&self.spec.dir);
         let text = serde_json::to_string_pretty(self).map_err(|e| LabError::State {
@@ -633,6 +641,7 @@ pub fn start_agent(spec: &LabSpec, h: &LabHost) -> Result<u32> {
 
 /// Stops the agent of one host (the data plane stays).
 pub fn stop_agent(state: &mut LabState, host: &str) -> Result<()> {
+    state.refresh()?;
     let idx = state.host_index(host)?;
     let h = state
         .hosts
@@ -648,6 +657,7 @@ pub fn stop_agent(state: &mut LabState, host: &str) -> Result<()> {
 /// Restarts the agent of one host.
 pub fn restart_agent(state: &mut LabState, host: &str) -> Result<u32> {
     stop_agent(state, host)?;
+    state.refresh()?;
     let h = state.host(host)?.clone();
     let pid = start_agent(&state.spec, &h)?;
     state
@@ -661,6 +671,7 @@ pub fn restart_agent(state: &mut LabState, host: &str) -> Result<u32> {
 
 /// Stops the controller (the data plane stays).
 pub fn stop_controller(state: &mut LabState) -> Result<()> {
+    state.refresh()?;
     if let Some(pid) = state.controller_pid.take() {
         sys::kill(pid);
     }
@@ -675,6 +686,7 @@ pub fn start_controller(state: &mut LabState) -> Result<u32> {
 /// Starts the controller again on its database, with extra `ovl-controller run` flags (tests
 /// shorten `--gateway-failover-secs` this way).
 pub fn start_controller_with(state: &mut LabState, extra: &[&str]) -> Result<u32> {
+    state.refresh()?;
     let spec = &state.spec;
     let pki = spec.pki();
     let db = spec.dir.join("controller.redb");

@@ -60,8 +60,9 @@ const CLASSIC_TAG: u16 = 4000;
 const CLASSIC_VNI: u32 = 5_000_000;
 const CLASSIC_SUBNET: &str = "172.16.30";
 
-/// Length of each iperf3 run.
+/// Length of each iperf3 run, and how many rounds of underlay, VXLAN, GRE runs there are.
 const IPERF_SECS: u32 = 3;
+const IPERF_ROUNDS: usize = 3;
 const IPERF_PORT: &str = "5201";
 
 fn say(line: &str) {
@@ -255,10 +256,11 @@ struct Attach {
     classic_reachable: Duration,
 }
 
+/// One entry per round, per path.
 struct Throughput {
-    underlay: Iperf,
-    vxlan: Iperf,
-    gre: Iperf,
+    underlay: Vec<Iperf>,
+    vxlan: Vec<Iperf>,
+    gre: Vec<Iperf>,
     vxlan_mtu: u16,
     gre_mtu: u16,
 }
@@ -278,6 +280,20 @@ fn percentile(samples: &[Duration], q: f64) -> Duration {
     s[rank - 1]
 }
 
+/// The median of a sample (the mean of the middle two for an even count); 0 when empty.
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
@@ -292,18 +308,25 @@ impl Results {
         let l = &self.latency;
         let a = &self.attach;
         let t = &self.throughput;
-        let gbps = |i: &Iperf| {
+        let median_bps = |runs: &[Iperf]| median(runs.iter().map(|r| r.bps).collect());
+        let path = |runs: &[Iperf]| {
+            let each: Vec<String> = runs.iter().map(|r| format!("{:.3}", r.bps / 1e9)).collect();
+            let retrans = median(
+                runs.iter()
+                    .filter_map(|r| r.retransmits)
+                    .map(|r| r as f64)
+                    .collect(),
+            );
             format!(
-                "{:6.3} Gbit/s{}",
-                i.bps / 1e9,
-                i.retransmits
-                    .map(|r| format!("  ({r} retransmits)"))
-                    .unwrap_or_default()
+                "{:.3} Gbit/s  (runs {}; median {retrans:.0} retransmits)",
+                median_bps(runs) / 1e9,
+                each.join(" ")
             )
         };
-        let ratio = |i: &Iperf| {
-            if t.underlay.bps > 0.0 {
-                format!("{:.2}", i.bps / t.underlay.bps)
+        let ratio = |runs: &[Iperf]| {
+            let under = median_bps(&t.underlay);
+            if under > 0.0 {
+                format!("{:.2}", median_bps(runs) / under)
             } else {
                 "n/a".into()
             }
@@ -353,16 +376,18 @@ impl Results {
             a.ovl_applied.as_secs_f64() / a.classic_script.as_secs_f64(),
         ));
         out.push_str(&format!(
-            "\n3. TCP throughput h1 -> h2, iperf3 -t {IPERF_SECS}, one stream\n   \
-             underlay (br-phy to br-phy, MTU 1500)  {}\n   \
-             overlay VXLAN (endpoint MTU {})      {}   = {} of underlay\n   \
-             overlay GRE   (endpoint MTU {})      {}   = {} of underlay\n",
-            gbps(&t.underlay),
+            "\n3. TCP throughput h1 -> h2: iperf3 -t {IPERF_SECS}, one stream, {IPERF_ROUNDS} interleaved \
+             rounds, medians\n   \
+             underlay (br-phy to br-phy, MTU 1500): {}\n   \
+             overlay VXLAN (endpoint MTU {}):      {}\n   \
+             overlay GRE   (endpoint MTU {}):      {}\n   \
+             overlay / underlay: VXLAN {}, GRE {}\n",
+            path(&t.underlay),
             t.vxlan_mtu,
-            gbps(&t.vxlan),
-            ratio(&t.vxlan),
+            path(&t.vxlan),
             t.gre_mtu,
-            gbps(&t.gre),
+            path(&t.gre),
+            ratio(&t.vxlan),
             ratio(&t.gre),
         ));
         out.push_str("===================================================\n");
@@ -585,13 +610,10 @@ async fn sweep(probes: Vec<Probe>, limit: Duration) -> Result<()> {
 // 3. Throughput
 
 async fn throughput(state: &LabState, client: &mut Client) -> Result<Throughput> {
-    say("throughput: underlay, then VXLAN and GRE endpoints on h1 and h2");
+    say("throughput: VXLAN and GRE endpoints on h1 and h2, against the underlay");
     let h1 = &state.hosts[0];
     let h2 = &state.hosts[1];
-    let underlay = iperf(&h2.netns, h2.underlay, &h1.netns).await?;
-    say(&format!("  underlay {:.3} Gbit/s", underlay.bps / 1e9));
-
-    let mut over = Vec::new();
+    let mut pairs = Vec::new();
     for (tenant, segment, subnet, a, b) in [
         ("tput-vx", "vxlan", "172.16.1.0/24", "ovlb-tv1", "ovlb-tv2"),
         ("tput-gre", "gre", "172.16.2.0/24", "ovlb-tg1", "ovlb-tg2"),
@@ -607,21 +629,34 @@ async fn throughput(state: &LabState, client: &mut Client) -> Result<Throughput>
         wait_endpoints_ok(client, &[a.into(), b.into()], Duration::from_secs(60)).await?;
         // ARP and MAC learning first, so the measured seconds carry only TCP.
         ping_until_reply(a, server.endpoint.ip, Duration::from_secs(10)).await?;
-        let r = iperf(b, server.endpoint.ip, a).await?;
-        say(&format!(
-            "  {segment} {:.3} Gbit/s (endpoint MTU {})",
-            r.bps / 1e9,
-            server.mtu
-        ));
-        over.push((r, server.mtu));
+        pairs.push((a, b, server.endpoint.ip, server.mtu));
     }
-    Ok(Throughput {
-        underlay,
-        vxlan: over[0].0,
-        vxlan_mtu: over[0].1,
-        gre: over[1].0,
-        gre_mtu: over[1].1,
-    })
+    let mut t = Throughput {
+        underlay: vec![],
+        vxlan: vec![],
+        gre: vec![],
+        vxlan_mtu: pairs[0].3,
+        gre_mtu: pairs[1].3,
+    };
+    // Interleaved rounds, so a burst of load elsewhere on the machine hits all three paths
+    // alike rather than one of them.
+    for round in 1..=IPERF_ROUNDS {
+        let u = iperf(&h2.netns, h2.underlay, &h1.netns).await?;
+        let (a, b, ip, _) = pairs[0];
+        let v = iperf(b, ip, a).await?;
+        let (a, b, ip, _) = pairs[1];
+        let g = iperf(b, ip, a).await?;
+        say(&format!(
+            "  round {round}: underlay {:.3}, vxlan {:.3}, gre {:.3} Gbit/s",
+            u.bps / 1e9,
+            v.bps / 1e9,
+            g.bps / 1e9
+        ));
+        t.underlay.push(u);
+        t.vxlan.push(v);
+        t.gre.push(g);
+    }
+    Ok(t)
 }
 
 /// One iperf3 TCP run from `client_ns` to a one-shot server on `server_ip` in `server_ns`.
@@ -1008,5 +1043,12 @@ mod tests {
         assert_eq!(percentile(&s, 0.95), Duration::from_millis(19));
         assert_eq!(percentile(&s, 0.0), Duration::from_millis(1));
         assert_eq!(percentile(&s, 1.0), Duration::from_millis(20));
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_samples() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![]), 0.0);
     }
 }
