@@ -198,7 +198,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         info!(%host, controller = %cfg.controller, underlay = %cfg.underlay_ip, driver = ?cfg.driver, "agent starting");
         let ready = |r: &ovl_common::intent::AppliedReport| {
             info!(generation = r.generation, "first sync with the controller done");
-            let status = format!("generation {} applied", r.generation);
+            let status = match r.errors().count() {
+                0 => format!("generation {} applied", r.generation),
+                n => format!("generation {} applied; {n} objects failed", r.generation),
+            };
             if let Err(e) = ovl_agent::notify::ready(&status) {
                 error!("cannot report readiness to systemd: {e}");
             }

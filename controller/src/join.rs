@@ -45,6 +45,11 @@ use crate::tokens::{RedeemError, Tokens};
 
 /// How long a joining client has for each step (handshake, stream, hello).
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest join hello read. Peers here are not authenticated, so they do not get the
+/// 4 MiB frames authenticated peers may send; a token, a name and a CSR take well under 2 KiB.
+const MAX_JOIN_HELLO: usize = 16 * 1024;
+/// Joins served at once; more are refused at the door rather than queued.
+const MAX_CONCURRENT_JOINS: usize = 64;
 
 /// The join endpoint's QUIC configuration: TLS 1.3, no client certificate, ALPN
 /// [`JOIN_ALPN`], and a chain of the controller's certificate followed by the CA, so a
@@ -60,8 +65,36 @@ pub fn server_config(bundle: &Bundle) -> Result<quinn::ServerConfig, TlsError> {
     tls.alpn_protocols = vec![JOIN_ALPN.to_vec()];
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(ovl_common::tls::transport());
+    // A join is one request on one stream.
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(1u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .max_idle_timeout(Some(
+            STEP_TIMEOUT
+                .try_into()
+                .map_err(|e| TlsError::Quic(format!("idle timeout: {e}")))?,
+        ));
+    cfg.transport_config(Arc::new(transport));
     Ok(cfg)
+}
+
+/// Reads the join hello's frame body, refusing a length above [`MAX_JOIN_HELLO`] before
+/// allocating anything for it.
+async fn read_hello(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, FrameError> {
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; 4];
+    AsyncReadExt::read_exact(recv, &mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_JOIN_HELLO {
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_JOIN_HELLO,
+        });
+    }
+    let mut body = vec![0u8; len];
+    AsyncReadExt::read_exact(recv, &mut body).await?;
+    Ok(body)
 }
 
 /// Picks the host name a join gets. `bound` is the token's name, `asked` the request's, and
@@ -171,18 +204,25 @@ pub async fn serve(
     service: Arc<JoinService>,
     shutdown: CancellationToken,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_JOINS));
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i { Some(i) => i, None => break },
             _ = shutdown.cancelled() => break,
         };
         let remote = incoming.remote_address();
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            warn!(%remote, "refusing a join: {MAX_CONCURRENT_JOINS} joins are in progress");
+            incoming.refuse();
+            continue;
+        };
         let service = service.clone();
         tokio::spawn(
             async move {
                 if let Err(e) = connection(service, incoming).await {
                     debug!("join connection ended: {e}");
                 }
+                drop(slot);
             }
             .instrument(info_span!("join", %remote)),
         );
@@ -213,7 +253,7 @@ async fn connection(
             return Ok(());
         }
     };
-    let body = match tokio::time::timeout(STEP_TIMEOUT, frame::read_body(&mut recv)).await {
+    let body = match tokio::time::timeout(STEP_TIMEOUT, read_hello(&mut recv)).await {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
             refuse(&conn, &mut send, Refusal::Malformed(e.to_string())).await;

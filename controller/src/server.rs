@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ovl_common::frame::{self, FrameError};
 use ovl_common::identity::Identity;
-use ovl_common::intent::HostIntent;
+use ovl_common::intent::{HostIntent, ObjectStatus};
 use ovl_common::proto::{
     AgentHello, AgentToController, ApiError, ApiRequest, ApiResponse, ClientHello, ClientRole,
     ControllerToAgent, ErrorCode, Refusal, ServerHello, Welcome, PROTOCOL_VERSION,
@@ -247,6 +247,11 @@ impl Server {
                     .await;
             }
             (ClientRole::Agent(h), Identity::Host(cert_host)) if h.host == cert_host => {
+                if let Err(problem) = check_agent_hello(&h) {
+                    warn!(host = %cert_host, "refusing agent: {problem}");
+                    refuse(&conn, &mut send, Refusal::Malformed(problem)).await;
+                    return Ok(());
+                }
                 self.agent(conn.clone(), send, recv, h, remote)
                     .instrument(info_span!("agent", host = %cert_host))
                     .await;
@@ -341,7 +346,27 @@ impl Server {
                     ))
                 }
             };
-            if let Err(e) = frame::write_frame(send, &response).await {
+            // An answer too large for one frame (a listing of a very large cluster) is
+            // replaced by an error that says so; the connection stays usable.
+            let bytes = match frame::encode(&response) {
+                Err(FrameError::TooLarge { len, max }) => {
+                    warn!(len, "an answer does not fit in one frame");
+                    let too_large: ApiResponse = Err(ApiError::new(
+                        ErrorCode::Internal,
+                        format!(
+                            "the answer is {len} bytes, more than the {max}-byte frame limit; \
+                             ask for less (filter `endpoint list` by --tenant or --host)"
+                        ),
+                    ));
+                    frame::encode(&too_large)
+                }
+                other => other,
+            };
+            let written = match bytes {
+                Ok(b) => send.write_all(&b).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = written {
                 debug!("cannot answer: {e}");
                 return;
             }
@@ -440,8 +465,10 @@ impl Server {
                             if e.session == session {
                                 e.live.last_contact = Some(unix_now());
                                 e.live.applied_generation = Some(report.generation);
-                                e.live.datapath = Some(report.datapath.clone());
-                                e.live.objects = report.objects;
+                                let mut datapath = report.datapath.clone();
+                                truncate(&mut datapath, MAX_HELLO_WORD);
+                                e.live.datapath = Some(datapath);
+                                e.live.objects = kept_objects(report.objects);
                             }
                         });
                     }
@@ -467,6 +494,74 @@ impl Server {
         });
         info!("agent disconnected");
     }
+}
+
+/// Most capabilities an agent's hello may announce, and the longest capability or version
+/// word: far above what any agent sends, and small enough that no host can bloat the store
+/// or the answers that list hosts (`host list` sends every host's hello back in one frame).
+const MAX_CAPABILITIES: usize = 64;
+const MAX_HELLO_WORD: usize = 128;
+/// What the controller keeps of an agent's report for `status` and `endpoint show`, which
+/// send it back to admins: at most this many objects, of them at most this many failed ones,
+/// with names and error messages cut to these lengths. Real reports stay far below.
+const MAX_KEPT_OBJECTS: usize = 65_536;
+const MAX_KEPT_FAILURES: usize = 1_024;
+const MAX_KEPT_NAME: usize = 256;
+const MAX_KEPT_ERROR: usize = 1_024;
+
+/// Checks the parts of an agent's hello that the store keeps and admins read back.
+fn check_agent_hello(h: &AgentHello) -> Result<(), String> {
+    if h.capabilities.len() > MAX_CAPABILITIES {
+        return Err(format!(
+            "the hello announces {} capabilities; at most {MAX_CAPABILITIES} are allowed",
+            h.capabilities.len()
+        ));
+    }
+    if let Some(c) = h.capabilities.iter().find(|c| c.len() > MAX_HELLO_WORD) {
+        return Err(format!(
+            "a capability is {} bytes long; at most {MAX_HELLO_WORD} are allowed",
+            c.len()
+        ));
+    }
+    if h.agent_version.len() > MAX_HELLO_WORD {
+        return Err(format!(
+            "the agent version is {} bytes long; at most {MAX_HELLO_WORD} are allowed",
+            h.agent_version.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Cuts `s` to at most `max` bytes (at a character boundary), marking the cut.
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+        s.push('…');
+    }
+}
+
+/// The bounded part of a report's objects that the controller keeps (see the limits above).
+fn kept_objects(objects: Vec<ObjectStatus>) -> Vec<ObjectStatus> {
+    let mut failures = 0;
+    objects
+        .into_iter()
+        .filter(|o| {
+            failures += usize::from(o.error.is_some());
+            o.error.is_none() || failures <= MAX_KEPT_FAILURES
+        })
+        .take(MAX_KEPT_OBJECTS)
+        .map(|mut o| {
+            truncate(&mut o.name, MAX_KEPT_NAME);
+            if let Some(e) = o.error.as_mut() {
+                truncate(e, MAX_KEPT_ERROR);
+            }
+            o
+        })
+        .collect()
 }
 
 async fn welcome(send: &mut SendStream, identity: String) -> Result<(), FrameError> {

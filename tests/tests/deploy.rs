@@ -1,8 +1,9 @@
 //! `deploy/install.sh` into a scratch root (DESTDIR): the layout and modes it creates, that a
 //! reinstall keeps edited configuration, that uninstall removes what it installed and keeps
 //! data, that `--purge` leaves nothing, and that the units, sample configs and binaries agree
-//! with each other (paths, directories, flag names). Needs no privileges: with a destdir the
-//! script changes no owner and never calls systemctl.
+//! with each other (paths, directories, flag names). Also the agent's `Type=notify` readiness,
+//! with a socket standing in for systemd's. Needs no privileges: with a destdir the script
+//! changes no owner and never calls systemctl.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use ovl_agent::config::FileConfig;
+use ovl_tests::cluster::{terminate, Cluster};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -359,4 +361,71 @@ fn units_and_sample_configs_agree() {
     }
     assert!(vars["OVL_DB"].starts_with(&format!("/var/lib/{}/", controller["StateDirectory"][0])));
     assert_eq!(vars["OVL_PKI"], "/etc/ovl/pki");
+}
+
+/// Kills the process on drop.
+struct Reaper(std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        terminate(&mut self.0);
+    }
+}
+
+#[test]
+fn the_agent_tells_systemd_it_is_ready_after_its_first_sync_only() {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Duration;
+
+    let mut c = Cluster::new();
+    let creds = c.issue_host("h1");
+    let socket_path = c.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let log = c.path().join("agent.log");
+    let _agent = Reaper(
+        Command::new(ovl_tests::bin("ovl-agent"))
+            .args([
+                "run",
+                "--config",
+                "/nonexistent/agent.toml",
+                "--driver",
+                "fake",
+            ])
+            .arg("--controller")
+            .arg(c.addr.to_string())
+            .arg("--credentials")
+            .arg(&creds)
+            .args(["--underlay-ip", "198.51.100.1", "--state-dir"])
+            .arg(c.path().join("state"))
+            .env("NOTIFY_SOCKET", &socket_path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn ovl-agent"),
+    );
+
+    // No controller yet, so no first sync, so not ready.
+    socket
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    assert!(
+        socket.recv(&mut buf).is_err(),
+        "the agent said it was ready before any intent arrived"
+    );
+
+    c.start_controller();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let n = socket.recv(&mut buf).unwrap_or_else(|e| {
+        panic!(
+            "no readiness notification ({e}); agent log: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    let msg = String::from_utf8_lossy(&buf[..n]);
+    assert!(msg.starts_with("READY=1\n"), "{msg}");
+    assert!(msg.contains("STATUS=generation "), "{msg}");
+    c.wait_converged(&["h1"]);
 }

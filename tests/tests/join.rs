@@ -334,6 +334,16 @@ fn the_join_endpoint_serves_only_joins_and_the_main_endpoint_refuses_them() {
         );
     }
 
+    // An oversized hello is refused from its length alone: unauthenticated peers do not get
+    // the frame size authenticated ones do.
+    let ans = rt
+        .block_on(oversized_join_hello(ctl.join, &ca_hash(&c)))
+        .unwrap();
+    assert!(
+        matches!(&ans.result, Err(Refusal::Malformed(m)) if m.contains("exceeds the 16384-byte limit")),
+        "{ans:?}"
+    );
+
     // With a certificate, on the authenticated endpoint: no joins there.
     let t = token(&c, &["--host", "h1"]);
     let hello = ClientHello {
@@ -393,6 +403,19 @@ async fn join_hello(
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     ep.set_default_client_config(ovl_agent::join::client_config(verifier)?);
     exchange(&ep, addr, hello).await
+}
+
+/// Announces a 1 MiB hello on the join endpoint and reads the answer.
+async fn oversized_join_hello(addr: SocketAddr, pin: &str) -> anyhow::Result<ServerHello> {
+    let verifier = Arc::new(ovl_agent::join::PinnedCa::new(pin.to_string()));
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    ep.set_default_client_config(ovl_agent::join::client_config(verifier)?);
+    let conn = ep.connect(addr, ovl_common::tls::SERVER_NAME)?.await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&(1u32 << 20).to_be_bytes()).await?;
+    let answer =
+        tokio::time::timeout(Duration::from_secs(10), frame::read_frame(&mut recv)).await??;
+    Ok(answer)
 }
 
 async fn exchange(

@@ -2106,3 +2106,176 @@ async fn every_request_field_is_validated() {
     let (clean, report) = sim::check_store(&c.db);
     assert!(clean, "ovl-controller check: {report}");
 }
+
+// =============================================================================================
+// Oversized but well-formed input from authenticated hosts
+
+/// An agent's hello and reports are stored or kept for `status`, and `host list`, `host show`
+/// and `status` send them back to admins in one frame of at most 4 MiB. A host (a compromised
+/// one, say) must not be able to make those answers impossible: the controller refuses a hello
+/// with absurd capabilities or version and keeps only a bounded part of each error message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cannot_bloat_what_admins_read() {
+    let c = tokio::task::spawn_blocking(|| {
+        let mut c = Cluster::new();
+        c.start_controller();
+        c
+    })
+    .await
+    .unwrap();
+    let ca = Ca::load(&c.pki).unwrap();
+    let bundle = |name: &str| {
+        sim::issue_bundle(
+            &ca,
+            &Identity::Host(sim::host_name(name)),
+            sim::valid_now(),
+            &c.path().join("issued").join(name),
+        )
+    };
+    let hello = |name: &str, capabilities: Vec<String>, version: String| ClientHello {
+        version: PROTOCOL_VERSION,
+        role: ClientRole::Agent(AgentHello {
+            capabilities,
+            agent_version: version,
+            ..match agent_hello(name, Ipv4Addr::new(198, 51, 100, 7)).role {
+                ClientRole::Agent(a) => a,
+                _ => unreachable!("agent_hello makes an agent hello"),
+            }
+        }),
+    };
+
+    // Hellos carrying megabytes: many capabilities, one huge capability, a huge version.
+    let huge = "c".repeat(3 << 20);
+    let cases = [
+        (
+            "many-caps",
+            vec!["datapath=netdev".to_string(); 100_000],
+            "0.1.0".to_string(),
+        ),
+        ("long-cap", vec![huge.clone()], "0.1.0".to_string()),
+        ("long-version", vec![], huge.clone()),
+    ];
+    for (name, caps, version) in cases {
+        let mut p = RawPeer::with_bundle(c.addr, &bundle(name)).await.unwrap();
+        let ans = p.hello(&hello(name, caps, version)).await.unwrap();
+        assert!(
+            matches!(ans.result, Err(ovl_common::proto::Refusal::Malformed(_))),
+            "{name}: {ans:?}"
+        );
+        p.close().await;
+    }
+
+    // Reports whose error messages are megabytes long, from two hosts.
+    let mut peers = Vec::new();
+    for name in ["loud-0", "loud-1"] {
+        let mut p = RawPeer::with_bundle(c.addr, &bundle(name)).await.unwrap();
+        let ans = p.hello(&hello(name, vec![], "0.1.0".into())).await.unwrap();
+        assert!(ans.result.is_ok(), "{ans:?}");
+        let ControllerToAgent::Intent(intent) = frame::read_frame(&mut p.recv).await.unwrap();
+        let report = AppliedReport {
+            generation: intent.generation,
+            datapath: "fake".into(),
+            objects: vec![
+                ObjectStatus::failed(ObjectKind::Bridge, "br-int", "e".repeat(2 << 20)),
+                ObjectStatus::failed(ObjectKind::Endpoint, "n".repeat(1 << 20), "x"),
+            ],
+        };
+        frame::write_frame(&mut p.send, &AgentToController::Applied(report))
+            .await
+            .unwrap();
+        peers.push(p);
+    }
+    // The admin's views still answer, on one connection that stays usable.
+    let mut admin = sim::admin_client(c.addr, &c.admin_credentials()).await;
+    let mut shown = 0;
+    for _ in 0..100 {
+        let status = sim::status(&mut admin).await.unwrap();
+        shown = status.iter().filter(|h| !h.errors.is_empty()).count();
+        if shown == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(shown, 2, "both hosts' errors are shown");
+    for req in [
+        ApiRequest::Status,
+        ApiRequest::HostList,
+        ApiRequest::HostShow {
+            name: "loud-0".into(),
+        },
+    ] {
+        let reply = admin.call(req.clone()).await;
+        assert!(reply.is_ok(), "{req:?}: {reply:?}");
+    }
+    let status = sim::status(&mut admin).await.unwrap();
+    for h in &status {
+        for e in &h.errors {
+            let size = e.name.len() + e.error.as_ref().map_or(0, String::len);
+            assert!(size <= 4096, "{} keeps a {size}-byte error line", h.name);
+        }
+    }
+    admin.close().await;
+    for p in peers {
+        p.close().await;
+    }
+}
+
+/// An answer too large for one frame (here `host list` of 560 hosts that each announce as many
+/// capabilities as a hello may carry) is answered with an error that says so, and the
+/// connection stays usable; it used to end the connection without an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_too_large_for_a_frame_is_an_error() {
+    let c = tokio::task::spawn_blocking(|| {
+        let mut c = Cluster::new();
+        c.start_controller();
+        c
+    })
+    .await
+    .unwrap();
+    let ca = Arc::new(Ca::load(&c.pki).unwrap());
+    let limit = Arc::new(Semaphore::new(8));
+    let dir = c.path().join("issued");
+    let tasks: Vec<_> = (0..560u32)
+        .map(|i| {
+            let (ca, limit, dir, addr) = (ca.clone(), limit.clone(), dir.clone(), c.addr);
+            tokio::spawn(async move {
+                let _permit = limit.acquire_owned().await.unwrap();
+                let name = format!("fat-{i:03}");
+                let bundle = sim::issue_bundle(
+                    &ca,
+                    &Identity::Host(sim::host_name(&name)),
+                    sim::valid_now(),
+                    &dir.join(&name),
+                );
+                let mut hello = agent_hello(&name, sim::sim_underlay(i));
+                if let ClientRole::Agent(a) = &mut hello.role {
+                    a.capabilities = (0..64).map(|k| format!("{k:0>128}")).collect();
+                }
+                let mut p = RawPeer::with_bundle(addr, &bundle).await.unwrap();
+                let ans = p.hello(&hello).await.unwrap();
+                assert!(ans.result.is_ok(), "{name}: {ans:?}");
+                p.close().await;
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut admin = sim::admin_client(c.addr, &c.admin_credentials()).await;
+    match admin.call(ApiRequest::HostList).await {
+        Err(CallError::Api(e)) => {
+            assert_eq!(e.code, ErrorCode::Internal, "{e}");
+            assert!(e.message.contains("frame limit"), "{e}");
+        }
+        other => panic!("host list of 560 fat hosts: {other:?}"),
+    }
+    let status = sim::status(&mut admin).await.unwrap();
+    assert_eq!(status.len(), 560);
+    admin
+        .call(ApiRequest::HostShow {
+            name: "fat-000".into(),
+        })
+        .await
+        .unwrap();
+    admin.close().await;
+}

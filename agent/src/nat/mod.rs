@@ -13,5 +13,5 @@
 pub mod nft;
 pub mod rules;
 
-pub use nft::{Nft, NftError};
+pub use nft::{Installed, Nft, NftError};
 pub use rules::{host_table, router_table, HostRouter, RouterRules, TABLE};

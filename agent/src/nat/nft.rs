@@ -7,11 +7,14 @@
 //!
 //! [`Nft`] remembers, per namespace, the table it last installed and how `nft` listed it
 //! afterwards, so a reconcile that wants the same table only lists it (one `nft` run) and
-//! replaces it only when it drifted.
+//! replaces it only when it drifted. The caller keeps that memory across restarts
+//! ([`Nft::installed`], [`Nft::with_installed`]), so a restarted agent replaces nothing.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 use super::rules::{replace_script, TABLE};
 use crate::router::namespace;
@@ -36,12 +39,12 @@ pub enum NftError {
 }
 
 /// What was last installed in one namespace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Installed {
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Installed {
     /// The table text the agent rendered (`None`: removed).
-    table: Option<String>,
+    pub table: Option<String>,
     /// `nft list table` right after installing it (`None`: the table is absent).
-    listing: Option<String>,
+    pub listing: Option<String>,
 }
 
 /// The `ovl` tables of the namespaces the agent manages.
@@ -53,6 +56,16 @@ pub struct Nft {
 impl Nft {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An `Nft` that remembers what an earlier run installed.
+    pub fn with_installed(installed: BTreeMap<PathBuf, Installed>) -> Self {
+        Self { installed }
+    }
+
+    /// What is installed, per namespace file, to remember across restarts.
+    pub fn installed(&self) -> &BTreeMap<PathBuf, Installed> {
+        &self.installed
     }
 
     /// Makes the `ovl` table in the namespace at `ns` exactly `table` (`None` removes it).

@@ -129,12 +129,13 @@ impl Routers {
         let file = NetnsFile::open(host_netns.label(), host_netns.path())?;
         let host = NetlinkNs::enter(&file).await?;
         let state_file = StateFile::new(settings.state_dir.as_deref());
+        let state = state_file.load();
         Ok(Self {
-            state: state_file.load(),
+            nft: Nft::with_installed(state.tables.clone()),
+            state,
             file: state_file,
             host_path: host_netns.path().to_path_buf(),
             host,
-            nft: Nft::new(),
             settings,
         })
     }
@@ -144,6 +145,7 @@ impl Routers {
         layout::check_netns_prefix(&settings.netns_prefix)?;
         self.file = StateFile::new(settings.state_dir.as_deref());
         self.state = self.file.load();
+        self.nft = Nft::with_installed(self.state.tables.clone());
         self.settings = settings;
         Ok(())
     }
@@ -253,6 +255,12 @@ impl Routers {
         Ok((changes, fresh))
     }
 
+    /// Records the installed tables in the state file.
+    fn remember_tables(&mut self) {
+        self.state.tables = self.nft.installed().clone();
+        self.file.save(&self.state);
+    }
+
     /// The host's end of a router link holds exactly the host's address of the /30.
     async fn ensure_host_address(
         &self,
@@ -295,9 +303,11 @@ impl Routers {
             }
             let ns = namespace::path_of(&l.netns);
             match self.nft.ensure(&ns, l.table.as_deref()) {
-                Ok(true) => p
-                    .changes
-                    .push(format!("router {}: nftables table ovl replaced", l.tenant)),
+                Ok(true) => {
+                    p.changes
+                        .push(format!("router {}: nftables table ovl replaced", l.tenant));
+                    self.remember_tables();
+                }
                 Ok(false) => {}
                 Err(e) => {
                     p.errors.insert(l.tenant.clone(), e.to_string());
@@ -352,6 +362,7 @@ impl Routers {
         match self.nft.ensure(&self.host_path, table.as_deref()) {
             Ok(changed) => {
                 if changed {
+                    self.remember_tables();
                     p.changes.push(match table {
                         Some(_) => "host: nftables table ovl replaced".to_string(),
                         None => "host: nftables table ovl removed".to_string(),
@@ -425,6 +436,7 @@ impl Routers {
                 }
             }
             self.nft.forget(&namespace::path_of(&ns));
+            self.remember_tables();
             match namespace::delete(&ns) {
                 Ok(gone) => {
                     if gone {

@@ -2,12 +2,14 @@
 //! agent's state directory (`routers.json`): which router namespaces it created (it deletes
 //! only those), whether it installed the host's `ovl` table, and the host's
 //! `net.ipv4.ip_forward` before the agent turned it on (to put it back when no router needs
-//! it any more).
+//! it any more), and the nftables tables it installed (so a restart replaces none).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::nat::Installed;
 
 /// The file name in the state directory.
 pub const FILE: &str = "routers.json";
@@ -24,6 +26,9 @@ pub struct Persisted {
     /// `net.ipv4.ip_forward` of the host before the agent set it to 1, while it holds it.
     #[serde(default)]
     pub forwarding_before: Option<String>,
+    /// The `ovl` tables installed, per namespace file.
+    #[serde(default)]
+    pub tables: BTreeMap<PathBuf, Installed>,
 }
 
 /// Where [`Persisted`] lives; `None` keeps it in memory only (tests).
@@ -89,6 +94,13 @@ mod tests {
             namespaces: BTreeSet::from(["ovl-r-3".to_string()]),
             host_table: true,
             forwarding_before: Some("0".into()),
+            tables: BTreeMap::from([(
+                PathBuf::from("/run/netns/ovl-r-3"),
+                Installed {
+                    table: Some("table ip ovl {}".into()),
+                    listing: None,
+                },
+            )]),
         };
         f.save(&s);
         assert_eq!(f.load(), s);

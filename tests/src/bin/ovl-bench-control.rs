@@ -179,9 +179,17 @@ fn machine() -> String {
     format!("{cores} × {cpu}, {mem} RAM, Linux {kernel}, {profile} build")
 }
 
+/// The 1-, 5- and 15-minute load averages: other work on the machine skews every figure.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 async fn bench(o: Options) -> Result<()> {
     println!("# ovl-bench-control\n");
     println!("- machine: {}", machine());
+    println!("- load average at the start: {}", load());
     println!(
         "- options: {} agents, tenant over {} hosts, {} waves each way, {} clients for {} s\n",
         o.agents, o.span, o.waves, o.clients, o.churn_secs
@@ -398,6 +406,7 @@ async fn bench(o: Options) -> Result<()> {
         println!("| {k} | {v} |");
     }
     println!("\n`ovl-controller check`: {}", check.trim());
+    println!("\nload average at the end: {}", load());
     if !clean {
         bail!("the store is inconsistent after the benchmark");
     }

@@ -62,7 +62,7 @@ const CLASSIC_SUBNET: &str = "172.16.30";
 
 /// Length of each iperf3 run, and how many rounds of underlay, VXLAN, GRE runs there are.
 const IPERF_SECS: u32 = 3;
-const IPERF_ROUNDS: usize = 3;
+const IPERF_ROUNDS: usize = 5;
 const IPERF_PORT: &str = "5201";
 
 fn say(line: &str) {
