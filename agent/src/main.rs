@@ -143,7 +143,6 @@ fn main() -> ExitCode {
     }
 }
 
-
 fn merge(args: &RunArgs) -> anyhow::Result<AgentConfig> {
     let mut f = if args.config.exists() {
         FileConfig::load(&args.config)?
@@ -244,4 +243,3 @@ fn join(args: JoinArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
-

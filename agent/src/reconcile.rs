@@ -32,7 +32,10 @@ pub const PEER_KEY: &str = "ovl-peer";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PortRole {
     Endpoint(String),
-    Tunnel { tenant: String, peer: String },
+    Tunnel {
+        tenant: String,
+        peer: String,
+    },
     Uplink,
     /// A tenant router's port on `br-int` (see [`crate::router`]); the tenant's name.
     Router(String),

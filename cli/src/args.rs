@@ -181,7 +181,7 @@ pub enum LabCommand {
     Container(LabContainerArgs),
     /// Run a command inside a lab container or host (`ip netns exec`)
     #[command(
-        after_help = "Example:\n  ovl lab exec web1 -- ping -c 3 10.10.0.12\n  ovl lab exec h1 -- ovs-vsctl show"
+        after_help = "Example:\n  ovl lab exec web1 -- ping -c 3 10.10.0.12\n  ovl lab exec h1 -- ovs-vsctl show\n  ovl lab exec ext -- ip addr"
     )]
     Exec(LabExecArgs),
     /// Show ovl at work: two tenants with the same subnet across the hosts, pings that prove
@@ -246,7 +246,8 @@ pub struct LabContainerArgs {
 /// `ovl lab exec`
 #[derive(Debug, Clone, Args)]
 pub struct LabExecArgs {
-    /// Container name, or a lab host name (h1, …)
+    /// Container name, a lab host name (h1, …), or `ext` (the namespace standing for the
+    /// internet)
     pub name: String,
     /// The command and its arguments
     #[arg(last = true, required = true)]

@@ -656,7 +656,8 @@ mod tests {
             ),
             "{out}"
         );
-        let json: Value = serde_json::from_str(&render_json(&ApiReply::Endpoint(e)).unwrap()).unwrap();
+        let json: Value =
+            serde_json::from_str(&render_json(&ApiReply::Endpoint(e)).unwrap()).unwrap();
         assert_eq!(json["publishes"][1]["proto"], "udp");
         assert_eq!(json["publishes"][1]["host_port"], 5353);
         assert_eq!(json["gateway_address"], "192.168.56.12");

@@ -645,9 +645,18 @@ mod tests {
 
     #[test]
     fn gateway_commands_build_their_requests() {
-        match plan(&["tenant", "create", "red", "--subnet", "10.20.0.0/24", "--nat", "--gateway-host", "h2"])
-            .unwrap()
-            .request
+        match plan(&[
+            "tenant",
+            "create",
+            "red",
+            "--subnet",
+            "10.20.0.0/24",
+            "--nat",
+            "--gateway-host",
+            "h2",
+        ])
+        .unwrap()
+        .request
         {
             ApiRequest::TenantCreateGateway {
                 create,
@@ -661,7 +670,17 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            plan(&["tenant", "set", "red", "--nat", "off", "--gateway-host", "auto", "--wait"]).unwrap(),
+            plan(&[
+                "tenant",
+                "set",
+                "red",
+                "--nat",
+                "off",
+                "--gateway-host",
+                "auto",
+                "--wait"
+            ])
+            .unwrap(),
             Plan {
                 request: ApiRequest::TenantUpdate {
                     name: "red".into(),
@@ -672,7 +691,9 @@ mod tests {
             }
         );
         assert_eq!(
-            plan(&["tenant", "set", "red", "--gateway-host", "h1"]).unwrap().request,
+            plan(&["tenant", "set", "red", "--gateway-host", "h1"])
+                .unwrap()
+                .request,
             ApiRequest::TenantUpdate {
                 name: "red".into(),
                 nat: None,

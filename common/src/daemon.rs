@@ -6,7 +6,8 @@ use std::io::IsTerminal;
 /// Logs to stderr, filtered by `OVL_LOG` (default `info`), as JSON lines when asked. Colours
 /// only on a terminal, so log files and journald get plain text that tools can search.
 pub fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OVL_LOG").unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("OVL_LOG").unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -302,6 +302,12 @@ impl NetnsTarget {
                 }
             }
             NetnsTarget::Path(p) => {
+                if p.as_os_str().len() > 4096 {
+                    return Err(ValidationError::new(
+                        "netns",
+                        "the path is longer than 4096 bytes (PATH_MAX)",
+                    ));
+                }
                 if !p.is_absolute() {
                     return Err(ValidationError::new(
                         "netns",
@@ -593,18 +599,20 @@ mod tests {
         assert_eq!(p.to_string(), "8080:80/tcp");
         let u: Publish = "5353:53/udp".parse().unwrap();
         assert_eq!((u.proto, u.host_port, u.port), (Protocol::Udp, 5353, 53));
-        for bad in ["80", "0:80", "80:0", "70000:80", "a:80", "80:80/sctp", ":80"] {
+        for bad in [
+            "80",
+            "0:80",
+            "80:0",
+            "70000:80",
+            "a:80",
+            "80:80/sctp",
+            ":80",
+        ] {
             let e = bad.parse::<Publish>().unwrap_err();
             assert_eq!(e.field, "publish", "{bad}");
         }
-        assert_eq!(
-            Publish::parse_key("8080").unwrap(),
-            (Protocol::Tcp, 8080)
-        );
-        assert_eq!(
-            Publish::parse_key("53/udp").unwrap(),
-            (Protocol::Udp, 53)
-        );
+        assert_eq!(Publish::parse_key("8080").unwrap(), (Protocol::Tcp, 8080));
+        assert_eq!(Publish::parse_key("53/udp").unwrap(), (Protocol::Udp, 53));
         assert_eq!(
             Publish::parse_key("8080:80/tcp").unwrap(),
             (Protocol::Tcp, 8080)

@@ -238,9 +238,15 @@ pub enum ApiRequest {
     /// host's underlay address to the endpoint. A protocol and host port are published at
     /// most once in the cluster (routers move between hosts). Answered with
     /// [`ApiReply::Endpoint`].
-    Publish { endpoint: String, publish: String },
+    Publish {
+        endpoint: String,
+        publish: String,
+    },
     /// `ovl unpublish ENDPOINT HOSTPORT[/tcp|/udp]`. Answered with [`ApiReply::Endpoint`].
-    Unpublish { endpoint: String, publish: String },
+    Unpublish {
+        endpoint: String,
+        publish: String,
+    },
 }
 
 /// `ovl tenant create`.

@@ -15,7 +15,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ovl_common::intent::{EndpointIntent, HostIntent, Peer, PublishIntent, RouterIntent, TenantIntent};
+use ovl_common::intent::{
+    EndpointIntent, HostIntent, Peer, PublishIntent, RouterIntent, TenantIntent,
+};
 use ovl_common::model::{Endpoint, Host, Tenant};
 use ovl_common::{HostName, TenantName};
 
@@ -408,14 +410,24 @@ pub(crate) mod tests {
         assert_eq!(peers_of(&out[&hn("a")], "red"), ["b", "c"]);
         assert_eq!(ic.routers.len(), 1);
         let r = &ic.routers[0];
-        assert_eq!((r.tenant_id, r.vlan, r.gateway, r.mac), (1, red.vlan, red.gateway, red.gateway_mac));
+        assert_eq!(
+            (r.tenant_id, r.vlan, r.gateway, r.mac),
+            (1, red.vlan, red.gateway, red.gateway_mac)
+        );
         assert!(r.nat);
         let ports: Vec<String> = r
             .publishes
             .iter()
             .map(|p| format!("{}/{} {}:{}", p.host_port, p.proto, p.ip, p.port))
             .collect();
-        assert_eq!(ports, ["22/tcp 10.1.0.3:22", "8080/tcp 10.1.0.2:80", "53/udp 10.1.0.3:53"]);
+        assert_eq!(
+            ports,
+            [
+                "22/tcp 10.1.0.3:22",
+                "8080/tcp 10.1.0.2:80",
+                "53/udp 10.1.0.3:53"
+            ]
+        );
         assert!(out[&hn("a")].routers.is_empty());
 
         // Without endpoints there is no router, and no tenant on c.

@@ -304,7 +304,11 @@ pub async fn run(
         match round {
             Ok(Ok((applied, changed))) => {
                 for m in &applied {
-                    warn!(tenant = %m.tenant, from = %m.from, to = %m.to, "moving the tenant's router: {}", m.reason);
+                    if matches!(m.reason, MoveReason::Failover(_)) {
+                        warn!(tenant = %m.tenant, from = %m.from, to = %m.to, "moving the tenant's router: {}", m.reason);
+                    } else {
+                        info!(tenant = %m.tenant, from = %m.from, to = %m.to, "moving the tenant's router: {}", m.reason);
+                    }
                 }
                 sessions.publish(changed);
             }

@@ -204,7 +204,6 @@ fn main() -> ExitCode {
     }
 }
 
-
 fn parse_range(s: &str) -> anyhow::Result<std::ops::RangeInclusive<u32>> {
     let (a, b) = s
         .split_once('-')
@@ -463,4 +462,3 @@ fn token(what: TokenWhat) -> anyhow::Result<()> {
         }
     }
 }
-

@@ -38,7 +38,10 @@ where
                 break;
             }
             Err(FrameError::TooLarge { len, max }) => {
-                assert!(len > max, "refused a {len}-byte frame under the {max}-byte bound");
+                assert!(
+                    len > max,
+                    "refused a {len}-byte frame under the {max}-byte bound"
+                );
                 break;
             }
             Err(_) => break,

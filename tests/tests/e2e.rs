@@ -11,7 +11,9 @@ use ovl_tests::lab::{neighbour_mac, ns_exec, ping, TestLab};
 /// Starts `tcpdump -nn -e -l` on `link` in `ns` with `filter`, writing text to a file.
 fn capture(ns: &str, link: &str, filter: &str, out: &std::path::Path) -> Child {
     let child = Command::new("ip")
-        .args(["netns", "exec", ns, "tcpdump", "-nn", "-e", "-l", "-i", link, filter])
+        .args([
+            "netns", "exec", ns, "tcpdump", "-nn", "-e", "-l", "-i", link, filter,
+        ])
         .stdout(std::fs::File::create(out).expect("capture file"))
         .stderr(Stdio::null())
         .spawn()
@@ -23,7 +25,9 @@ fn capture(ns: &str, link: &str, filter: &str, out: &std::path::Path) -> Child {
 
 fn stop_capture(mut child: Child, out: &std::path::Path) -> String {
     std::thread::sleep(Duration::from_millis(300));
-    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
     let _ = child.wait();
     std::fs::read_to_string(out).unwrap_or_default()
 }
@@ -37,14 +41,23 @@ fn iperf(server_ns: &str, client_ns: &str, server_ip: Ipv4Addr) -> f64 {
         .spawn()
         .expect("iperf3 server");
     std::thread::sleep(Duration::from_millis(500));
-    let out = ns_exec(client_ns, &["iperf3", "-c", &server_ip.to_string(), "-t", "2", "-J"]);
+    let out = ns_exec(
+        client_ns,
+        &["iperf3", "-c", &server_ip.to_string(), "-t", "2", "-J"],
+    );
     let _ = server.kill();
     let _ = server.wait();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("iperf3 output is not JSON ({e}): {} {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "iperf3 output is not JSON ({e}): {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     });
     assert!(v.get("error").is_none(), "iperf3 failed: {}", v["error"]);
-    v["end"]["sum_received"]["bits_per_second"].as_f64().expect("iperf3 received bits")
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("iperf3 received bits")
 }
 
 fn ip(s: &str) -> Ipv4Addr {
@@ -84,14 +97,22 @@ async fn vxlan_and_gre_tenants_connect_isolate_and_clean_up() {
             let _ = ping(&from, to, 1);
             let r = ping(&from, to, 3);
             assert_eq!(r.received, 3, "{from} -> {to}: {r:?}");
-            assert_eq!(neighbour_mac(&from, to), Some(mac_of(&format!("{t}-{j}"))), "{from} -> {to} answered by the wrong endpoint");
+            assert_eq!(
+                neighbour_mac(&from, to),
+                Some(mac_of(&format!("{t}-{j}"))),
+                "{from} -> {to} answered by the wrong endpoint"
+            );
         }
     }
     // Across tenants: nothing.
     for from in ["ta-1", "ta-2"] {
         let r = ping(from, ip("10.20.0.99"), 3);
         assert_eq!(r.received, 0, "{from} reached tenant tb's 10.20.0.99");
-        assert_eq!(neighbour_mac(from, ip("10.20.0.99")), None, "{from} resolved tenant tb's address");
+        assert_eq!(
+            neighbour_mac(from, ip("10.20.0.99")),
+            None,
+            "{from} resolved tenant tb's address"
+        );
     }
 
     // The underlay carries A in VXLAN with A's VNI and B in GRE with B's key.
@@ -103,37 +124,105 @@ async fn vxlan_and_gre_tenants_connect_isolate_and_clean_up() {
     let text = stop_capture(cap, &pcap);
     let vxlan_a = format!("vni {}", a.tenant.key);
     let gre_b = format!("key=0x{:x}", b.tenant.key);
-    assert!(text.lines().any(|l| l.contains("VXLAN") && l.contains(&vxlan_a)), "no VXLAN with VNI {} on the underlay:\n{text}", a.tenant.key);
-    assert!(text.lines().any(|l| l.contains("GRE") && l.contains(&gre_b)), "no GRE with key {} on the underlay:\n{text}", b.tenant.key);
-    assert!(!text.lines().any(|l| l.contains("VXLAN") && !l.contains(&vxlan_a)), "VXLAN with another VNI:\n{text}");
-    assert!(!text.lines().any(|l| l.contains("GRE") && !l.contains(&gre_b)), "GRE with another key:\n{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("VXLAN") && l.contains(&vxlan_a)),
+        "no VXLAN with VNI {} on the underlay:\n{text}",
+        a.tenant.key
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("GRE") && l.contains(&gre_b)),
+        "no GRE with key {} on the underlay:\n{text}",
+        b.tenant.key
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("VXLAN") && !l.contains(&vxlan_a)),
+        "VXLAN with another VNI:\n{text}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("GRE") && !l.contains(&gre_b)),
+        "GRE with another key:\n{text}"
+    );
 
     // TCP across hosts, in both encapsulations: the MTU and offloads are right.
     for (t, server, client) in [("ta", "ta-3", "ta-1"), ("tb", "tb-2", "tb-1")] {
-        let server_ip = if server.ends_with('3') { ip("10.20.0.13") } else { ip("10.20.0.12") };
+        let server_ip = if server.ends_with('3') {
+            ip("10.20.0.13")
+        } else {
+            ip("10.20.0.12")
+        };
         let bps = iperf(server, client, server_ip);
         eprintln!("iperf3 {t} {client} -> {server}: {:.1} Mbit/s", bps / 1e6);
-        assert!(bps > 1e6, "TCP across hosts in tenant {t} is stalled: {bps} bit/s");
+        assert!(
+            bps > 1e6,
+            "TCP across hosts in tenant {t} is stalled: {bps} bit/s"
+        );
     }
 
     // Deleting everything leaves no owned OVS rows, links or endpoint interfaces anywhere.
-    lab.call(ApiRequest::TenantDelete { name: "ta".into(), force: true }).await;
-    lab.call(ApiRequest::TenantDelete { name: "tb".into(), force: true }).await;
+    lab.call(ApiRequest::TenantDelete {
+        name: "ta".into(),
+        force: true,
+    })
+    .await;
+    lab.call(ApiRequest::TenantDelete {
+        name: "tb".into(),
+        force: true,
+    })
+    .await;
     lab.wait_converged().await;
     for h in &lab.state.hosts {
         let ovs = lab.state.spec.ovs(h.index);
-        let rows = ovs.vsctl(&["--format=csv", "--columns=name", "find", "port", "external_ids:ovl-owner=ovl-agent"]).unwrap();
-        assert_eq!(rows.lines().skip(1).count(), 0, "owned ports left on {}: {rows}", h.name);
-        let ifaces = ovs.vsctl(&["--format=csv", "--columns=name", "find", "interface", "external_ids:ovl-owner=ovl-agent"]).unwrap();
-        assert_eq!(ifaces.lines().skip(1).count(), 0, "owned interfaces left on {}: {ifaces}", h.name);
+        let rows = ovs
+            .vsctl(&[
+                "--format=csv",
+                "--columns=name",
+                "find",
+                "port",
+                "external_ids:ovl-owner=ovl-agent",
+            ])
+            .unwrap();
+        assert_eq!(
+            rows.lines().skip(1).count(),
+            0,
+            "owned ports left on {}: {rows}",
+            h.name
+        );
+        let ifaces = ovs
+            .vsctl(&[
+                "--format=csv",
+                "--columns=name",
+                "find",
+                "interface",
+                "external_ids:ovl-owner=ovl-agent",
+            ])
+            .unwrap();
+        assert_eq!(
+            ifaces.lines().skip(1).count(),
+            0,
+            "owned interfaces left on {}: {ifaces}",
+            h.name
+        );
         let links = ns_exec(&h.netns, &["ip", "-o", "link", "show"]);
         let links = String::from_utf8_lossy(&links.stdout);
-        assert!(!links.contains("ovl-"), "ovl links left on {}: {links}", h.name);
+        assert!(
+            !links.contains("ovl-"),
+            "ovl links left on {}: {links}",
+            h.name
+        );
     }
     for n in &names {
         let out = ns_exec(n, &["ip", "-o", "link", "show"]);
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(!text.contains("eth0"), "{n} still has its interface: {text}");
+        assert!(
+            !text.contains("eth0"),
+            "{n} still has its interface: {text}"
+        );
     }
 }
 
@@ -158,19 +247,40 @@ async fn vlan_tenants_ride_the_trunk_with_their_tag() {
     let _ = ping("tx-1", ip("10.30.0.12"), 3);
     let text = stop_capture(cap, &out);
     assert_eq!(r.received, 3, "vlan tenant ping failed: {r:?}");
-    assert!(text.lines().any(|l| l.contains("vlan 300")), "no 802.1Q tag 300 on the trunk:\n{text}");
+    assert!(
+        text.lines().any(|l| l.contains("vlan 300")),
+        "no 802.1Q tag 300 on the trunk:\n{text}"
+    );
     // The VXLAN tenant's local tag never reaches the wire.
     let local = format!("vlan {},", t.tenant.vlan);
-    assert!(!text.lines().any(|l| l.contains(&local)), "tenant tx's local tag leaked onto the trunk:\n{text}");
+    assert!(
+        !text.lines().any(|l| l.contains(&local)),
+        "tenant tx's local tag leaked onto the trunk:\n{text}"
+    );
     // And the VXLAN tenant still works, isolated from the vlan tenant with the same addresses.
     let r = ping("tx-1", ip("10.30.0.12"), 3);
     assert_eq!(r.received, 3);
     let mac = ns_exec("tx-2", &["cat", "/sys/class/net/eth0/address"]);
-    assert_eq!(neighbour_mac("tx-1", ip("10.30.0.12")).as_deref(), Some(String::from_utf8_lossy(&mac.stdout).trim()));
+    assert_eq!(
+        neighbour_mac("tx-1", ip("10.30.0.12")).as_deref(),
+        Some(String::from_utf8_lossy(&mac.stdout).trim())
+    );
 
     // Removing the last vlan tenant removes the trunk port.
-    lab.call(ApiRequest::TenantDelete { name: "tv".into(), force: true }).await;
+    lab.call(ApiRequest::TenantDelete {
+        name: "tv".into(),
+        force: true,
+    })
+    .await;
     lab.wait_converged().await;
-    let ports = lab.state.spec.ovs(1).vsctl(&["list-ports", "br-int"]).unwrap();
-    assert!(!ports.lines().any(|p| p == "tr0"), "trunk port left on h1: {ports}");
+    let ports = lab
+        .state
+        .spec
+        .ovs(1)
+        .vsctl(&["list-ports", "br-int"])
+        .unwrap();
+    assert!(
+        !ports.lines().any(|p| p == "tr0"),
+        "trunk port left on h1: {ports}"
+    );
 }

@@ -11,6 +11,8 @@
 //!   asking questions, then compares the store byte for byte and runs `ovl-controller check`.
 //! - [`every_request_field_is_validated`] sends one raw `ApiRequest` per bad field value and
 //!   checks the error code and the field the controller names.
+//! - [`a_host_cannot_bloat_what_admins_read`] and [`an_answer_too_large_for_a_frame_is_an_error`]
+//!   check that well-formed but oversized input cannot make the admin API unanswerable.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;

@@ -23,7 +23,21 @@ impl Pinger {
     fn start(from: &str, to: Ipv4Addr, seconds: u32) -> Self {
         let count = (seconds * 100).to_string();
         let child = Command::new("ip")
-            .args(["netns", "exec", from, "ping", "-n", "-D", "-i", "0.01", "-W", "1", "-c", &count, &to.to_string()])
+            .args([
+                "netns",
+                "exec",
+                from,
+                "ping",
+                "-n",
+                "-D",
+                "-i",
+                "0.01",
+                "-W",
+                "1",
+                "-c",
+                &count,
+                &to.to_string(),
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -40,18 +54,29 @@ impl Pinger {
         let mut received = 0;
         for line in text.lines() {
             if line.contains("bytes from") {
-                if let Some(ts) = line.strip_prefix('[').and_then(|l| l.split(']').next()).and_then(|t| t.parse::<f64>().ok()) {
+                if let Some(ts) = line
+                    .strip_prefix('[')
+                    .and_then(|l| l.split(']').next())
+                    .and_then(|t| t.parse::<f64>().ok())
+                {
                     stamps.push(ts);
                 }
             }
             if line.contains("packets transmitted") {
-                let nums: Vec<u32> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse().ok()).collect();
+                let nums: Vec<u32> = line
+                    .split(|c: char| !c.is_ascii_digit())
+                    .filter_map(|s| s.parse().ok())
+                    .collect();
                 sent = nums[0];
                 received = nums[1];
             }
         }
         let gap = stamps.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
-        PingStats { sent, received, longest_gap: Duration::from_secs_f64(gap) }
+        PingStats {
+            sent,
+            received,
+            longest_gap: Duration::from_secs_f64(gap),
+        }
     }
 }
 
@@ -66,11 +91,18 @@ async fn converged(lab: &TestLab, limit: Duration) -> Duration {
     let start = Instant::now();
     loop {
         if let ApiReply::Status(hosts) = lab.call(ApiRequest::Status).await {
-            if hosts.iter().all(|h| h.connected && h.applied_generation == Some(h.desired_generation) && h.errors.is_empty()) {
+            if hosts.iter().all(|h| {
+                h.connected
+                    && h.applied_generation == Some(h.desired_generation)
+                    && h.errors.is_empty()
+            }) {
                 return start.elapsed();
             }
         }
-        assert!(start.elapsed() < limit, "hosts did not converge within {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "hosts did not converge within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -81,7 +113,10 @@ fn ip(s: &str) -> Ipv4Addr {
 
 /// Seconds the controller stays away in the absence test (60 by the issue; shorter by hand).
 fn absence() -> u64 {
-    std::env::var("OVL_ABSENCE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60)
+    std::env::var("OVL_ABSENCE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,7 +128,13 @@ async fn restarts_lose_nothing_and_ovs_restarts_are_repaired() {
     lab.endpoint("rel-2", "rel", "h2", "10.70.0.12").await;
     lab.wait_ok(&["rel-1", "rel-2"]).await;
     let _ = ping("rel-1", ip("10.70.0.12"), 2);
-    let host_ifindex = |lab: &TestLab| ns_exec(&lab.host_ns("h1"), &["cat", "/sys/class/net/ovl-e1/ifindex"]).stdout;
+    let host_ifindex = |lab: &TestLab| {
+        ns_exec(
+            &lab.host_ns("h1"),
+            &["cat", "/sys/class/net/ovl-e1/ifindex"],
+        )
+        .stdout
+    };
     let ifindex_before = host_ifindex(&lab);
 
     // (a) Both agents restart, one after the other.
@@ -105,9 +146,19 @@ async fn restarts_lose_nothing_and_ovs_restarts_are_repaired() {
         eprintln!("agent {h} restarted and resynced in {t:?}");
     }
     let a = p.finish();
-    eprintln!("FIGURE agent restart: {}/{} replies, longest gap {:?}", a.received, a.sent, a.longest_gap);
-    assert_eq!(a.received, a.sent, "packets lost across agent restarts: {a:?}");
-    assert_eq!(host_ifindex(&lab), ifindex_before, "an agent restart recreated the veth");
+    eprintln!(
+        "FIGURE agent restart: {}/{} replies, longest gap {:?}",
+        a.received, a.sent, a.longest_gap
+    );
+    assert_eq!(
+        a.received, a.sent,
+        "packets lost across agent restarts: {a:?}"
+    );
+    assert_eq!(
+        host_ifindex(&lab),
+        ifindex_before,
+        "an agent restart recreated the veth"
+    );
 
     // (b) The controller restarts.
     let p = Pinger::start("rel-1", ip("10.70.0.12"), 6);
@@ -117,8 +168,14 @@ async fn restarts_lose_nothing_and_ovs_restarts_are_repaired() {
     let t = converged(&lab, Duration::from_secs(30)).await;
     eprintln!("controller restarted; agents resynced in {t:?}");
     let b = p.finish();
-    eprintln!("FIGURE controller restart: {}/{} replies, longest gap {:?}", b.received, b.sent, b.longest_gap);
-    assert_eq!(b.received, b.sent, "packets lost across a controller restart: {b:?}");
+    eprintln!(
+        "FIGURE controller restart: {}/{} replies, longest gap {:?}",
+        b.received, b.sent, b.longest_gap
+    );
+    assert_eq!(
+        b.received, b.sent,
+        "packets lost across a controller restart: {b:?}"
+    );
 
     // (c) The controller is away for a minute while nothing changes.
     let away = absence();
@@ -129,8 +186,14 @@ async fn restarts_lose_nothing_and_ovs_restarts_are_repaired() {
     lab::start_controller(&mut lab.state).expect("start controller");
     let c = p.finish();
     converged(&lab, Duration::from_secs(30)).await;
-    eprintln!("FIGURE controller away {away} s: {}/{} replies, longest gap {:?}", c.received, c.sent, c.longest_gap);
-    assert_eq!(c.received, c.sent, "packets lost while the controller was away: {c:?}");
+    eprintln!(
+        "FIGURE controller away {away} s: {}/{} replies, longest gap {:?}",
+        c.received, c.sent, c.longest_gap
+    );
+    assert_eq!(
+        c.received, c.sent,
+        "packets lost while the controller was away: {c:?}"
+    );
     assert_eq!(host_ifindex(&lab), ifindex_before);
 
     // (d) ovs-vswitchd on h2 restarts; the agent repairs whatever needs it, unaided.
@@ -141,9 +204,15 @@ async fn restarts_lose_nothing_and_ovs_restarts_are_repaired() {
     ovs::stop_daemon(&paths, "ovs-vswitchd");
     ovs::start_vswitchd(&h2.netns, &paths).expect("start ovs-vswitchd");
     let d = p.finish();
-    eprintln!("FIGURE ovs-vswitchd restart: {}/{} replies, traffic stopped for {:?}", d.received, d.sent, d.longest_gap);
+    eprintln!(
+        "FIGURE ovs-vswitchd restart: {}/{} replies, traffic stopped for {:?}",
+        d.received, d.sent, d.longest_gap
+    );
     let after = ping("rel-1", ip("10.70.0.12"), 5);
-    assert_eq!(after.received, 5, "traffic did not resume after the ovs-vswitchd restart");
+    assert_eq!(
+        after.received, 5,
+        "traffic did not resume after the ovs-vswitchd restart"
+    );
     converged(&lab, Duration::from_secs(30)).await;
 }
 
@@ -156,13 +225,18 @@ async fn an_agent_back_from_absence_converges_and_removes_stale_objects() {
     lab.endpoint("old-2", "old", "h2", "10.71.0.12").await;
     lab.wait_ok(&["old-1", "old-2"]).await;
     let h2 = lab.host_ns("h2");
-    let links = |ns: &str| String::from_utf8_lossy(&ns_exec(ns, &["ip", "-o", "link", "show"]).stdout).to_string();
+    let links = |ns: &str| {
+        String::from_utf8_lossy(&ns_exec(ns, &["ip", "-o", "link", "show"]).stdout).to_string()
+    };
     assert!(links(&h2).contains("ovl-e2"));
 
     lab::stop_agent(&mut lab.state, "h2").expect("stop agent");
     // While h2's agent is away: its endpoint goes, a new tenant arrives with an endpoint on
     // each host, and the old tenant gets another endpoint on h2.
-    lab.call(ApiRequest::EndpointDelete { name: "old-2".into() }).await;
+    lab.call(ApiRequest::EndpointDelete {
+        name: "old-2".into(),
+    })
+    .await;
     lab.tenant("new", "10.72.0.0/24", "gre", None).await;
     lab.endpoint("new-1", "new", "h1", "10.72.0.11").await;
     lab.endpoint("new-2", "new", "h2", "10.72.0.12").await;
@@ -174,11 +248,28 @@ async fn an_agent_back_from_absence_converges_and_removes_stale_objects() {
     let total = started.elapsed();
     eprintln!("FIGURE convergence after absence: agent start to converged {total:?} (status polls every 50 ms; {t:?} after the first poll)");
     let r = ping("new-1", ip("10.72.0.12"), 3);
-    assert_eq!(r.received, 3, "the new tenant does not work after convergence");
+    assert_eq!(
+        r.received, 3,
+        "the new tenant does not work after convergence"
+    );
     let r = ping("old-1", ip("10.71.0.13"), 3);
-    assert_eq!(r.received, 3, "the new endpoint of the old tenant does not work");
+    assert_eq!(
+        r.received, 3,
+        "the new endpoint of the old tenant does not work"
+    );
     let now = links(&h2);
-    assert!(!now.contains("ovl-e2:"), "the deleted endpoint's veth is still on h2: {now}");
-    let ports = lab.state.spec.ovs(2).vsctl(&["list-ports", "br-int"]).unwrap();
-    assert!(!ports.lines().any(|p| p == "ovl-e2"), "the deleted endpoint's port is still on h2: {ports}");
+    assert!(
+        !now.contains("ovl-e2:"),
+        "the deleted endpoint's veth is still on h2: {now}"
+    );
+    let ports = lab
+        .state
+        .spec
+        .ovs(2)
+        .vsctl(&["list-ports", "br-int"])
+        .unwrap();
+    assert!(
+        !ports.lines().any(|p| p == "ovl-e2"),
+        "the deleted endpoint's port is still on h2: {ports}"
+    );
 }

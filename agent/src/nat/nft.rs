@@ -70,8 +70,8 @@ impl Nft {
 
     /// Makes the `ovl` table in the namespace at `ns` exactly `table` (`None` removes it).
     /// Returns whether anything was changed.
-    pub fn ensure(&mut self, ns: &Path, table: Option<&str>) -> Result<bool, NftError> {
-        let current = list(ns)?;
+    pub async fn ensure(&mut self, ns: &Path, table: Option<&str>) -> Result<bool, NftError> {
+        let current = list(ns).await?;
         if let Some(known) = self.installed.get(ns) {
             if known.table.as_deref() == table && known.listing == current {
                 return Ok(false);
@@ -87,8 +87,8 @@ impl Nft {
             );
             return Ok(false);
         }
-        run(ns, &["-f", "-"], &replace_script(table))?;
-        let listing = list(ns)?;
+        run(ns, &["-f", "-"], &replace_script(table)).await?;
+        let listing = list(ns).await?;
         self.installed.insert(
             ns.to_path_buf(),
             Installed {
@@ -106,8 +106,9 @@ impl Nft {
 }
 
 /// `nft list table ip ovl` in `ns`, or `None` when there is no such table.
-pub fn list(ns: &Path) -> Result<Option<String>, NftError> {
+pub async fn list(ns: &Path) -> Result<Option<String>, NftError> {
     let out = namespace::command_in(ns, "nft", &["list", "table", "ip", TABLE], "")
+        .await
         .map_err(|e| classify(ns, e))?;
     if out.status.success() {
         return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
@@ -124,8 +125,10 @@ pub fn list(ns: &Path) -> Result<Option<String>, NftError> {
     }
 }
 
-fn run(ns: &Path, args: &[&str], stdin: &str) -> Result<(), NftError> {
-    let out = namespace::command_in(ns, "nft", args, stdin).map_err(|e| classify(ns, e))?;
+async fn run(ns: &Path, args: &[&str], stdin: &str) -> Result<(), NftError> {
+    let out = namespace::command_in(ns, "nft", args, stdin)
+        .await
+        .map_err(|e| classify(ns, e))?;
     if out.status.success() {
         Ok(())
     } else {

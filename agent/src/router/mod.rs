@@ -205,14 +205,13 @@ impl Routers {
         plumber: &Plumber,
     ) -> Result<(Vec<String>, bool), Error> {
         let mut changes = Vec::new();
-        if !namespace::exists(&l.netns) {
-            // Recorded before it exists, so a crash in between cannot leak it.
-            if self.state.namespaces.insert(l.netns.clone()) {
-                self.file.save(&self.state);
-            }
-            if namespace::create(&l.netns)? {
-                changes.push(format!("created namespace {}", l.netns));
-            }
+        // Recorded before it is created, so a crash in between cannot leak it; a namespace
+        // of the intent's name that exists already is adopted the same way.
+        if self.state.namespaces.insert(l.netns.clone()) {
+            self.file.save(&self.state);
+        }
+        if namespace::create(&l.netns).await? {
+            changes.push(format!("created namespace {}", l.netns));
         }
         let ns_path = namespace::path_of(&l.netns);
         let sysctls: Vec<(&str, &str)> = ROUTER_SYSCTLS
@@ -220,7 +219,7 @@ impl Routers {
             .copied()
             .filter(|(k, _)| !k.starts_with("net.ipv6") || ipv6_available())
             .collect();
-        for key in namespace::ensure_sysctls(&ns_path, &sysctls)? {
+        for key in namespace::ensure_sysctls(&ns_path, &sysctls).await? {
             changes.push(format!("set {key}"));
         }
         let lan = plumber.ensure_endpoint(&l.lan).await?;
@@ -302,7 +301,7 @@ impl Routers {
                 continue;
             }
             let ns = namespace::path_of(&l.netns);
-            match self.nft.ensure(&ns, l.table.as_deref()) {
+            match self.nft.ensure(&ns, l.table.as_deref()).await {
                 Ok(true) => {
                     p.changes
                         .push(format!("router {}: nftables table ovl replaced", l.tenant));
@@ -324,7 +323,7 @@ impl Routers {
                 }
             }
         }
-        self.finish_host(&intent.routers, p);
+        self.finish_host(&intent.routers, p).await;
         if collect_garbage {
             self.collect_garbage(&layouts, plumber, &mut p.changes)
                 .await;
@@ -333,7 +332,7 @@ impl Routers {
 
     /// The host's `ovl` table and forwarding switch. Failures are the concern of every router
     /// that needs the host.
-    fn finish_host(&mut self, routers: &[RouterIntent], p: &mut Prepared) {
+    async fn finish_host(&mut self, routers: &[RouterIntent], p: &mut Prepared) {
         let needy: Vec<String> = routers
             .iter()
             .filter(|r| r.needs_uplink())
@@ -359,7 +358,7 @@ impl Routers {
             self.state.host_table = true;
             self.file.save(&self.state);
         }
-        match self.nft.ensure(&self.host_path, table.as_deref()) {
+        match self.nft.ensure(&self.host_path, table.as_deref()).await {
             Ok(changed) => {
                 if changed {
                     self.remember_tables();
@@ -375,7 +374,7 @@ impl Routers {
             }
             Err(e) => fail(p, format!("host: {e}")),
         }
-        match self.ensure_host_forwarding(!needy.is_empty()) {
+        match self.ensure_host_forwarding(!needy.is_empty()).await {
             Ok(Some(c)) => p.changes.push(c),
             Ok(None) => {}
             Err(e) => fail(p, format!("host: {e}")),
@@ -384,9 +383,9 @@ impl Routers {
 
     /// Turns the host's IPv4 forwarding on while a router needs it, remembering what it was,
     /// and puts the old value back when none does. Never turns it on otherwise.
-    fn ensure_host_forwarding(&mut self, needed: bool) -> Result<Option<String>, Error> {
+    async fn ensure_host_forwarding(&mut self, needed: bool) -> Result<Option<String>, Error> {
         if needed {
-            let now = namespace::read_sysctl(&self.host_path, HOST_FORWARDING)?;
+            let now = namespace::read_sysctl(&self.host_path, HOST_FORWARDING).await?;
             if now == "1" {
                 return Ok(None);
             }
@@ -394,7 +393,7 @@ impl Routers {
                 self.state.forwarding_before = Some(now);
                 self.file.save(&self.state);
             }
-            namespace::ensure_sysctls(&self.host_path, &[(HOST_FORWARDING, "1")])?;
+            namespace::ensure_sysctls(&self.host_path, &[(HOST_FORWARDING, "1")]).await?;
             return Ok(Some(format!(
                 "host: {HOST_FORWARDING}=1 (for tenant routers)"
             )));
@@ -403,7 +402,8 @@ impl Routers {
             return Ok(None);
         };
         let changed =
-            namespace::ensure_sysctls(&self.host_path, &[(HOST_FORWARDING, before.as_str())])?;
+            namespace::ensure_sysctls(&self.host_path, &[(HOST_FORWARDING, before.as_str())])
+                .await?;
         self.state.forwarding_before = None;
         self.file.save(&self.state);
         Ok((!changed.is_empty()).then(|| {

@@ -66,10 +66,29 @@ pub fn exists(name: &str) -> bool {
     statfs(&path_of(name)).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
 }
 
+/// Runs `f` on a new std thread named `name` and waits for it without blocking the runtime.
+async fn on_thread<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            // The receiver is gone only if the caller was cancelled; nothing to tell then.
+            let _ = tx.send(f());
+        })?;
+    rx.await.unwrap_or_else(|_| {
+        Err(io::Error::other(
+            "the helper thread ended without an answer",
+        ))
+    })
+}
+
 /// Creates named namespace `name`, like `ip netns add NAME`. Returns false (and changes
 /// nothing) when it exists already. A plain file of that name, which an interrupted create
 /// leaves, is replaced.
-pub fn create(name: &str) -> Result<bool> {
+pub async fn create(name: &str) -> Result<bool> {
     if exists(name) {
         return Ok(false);
     }
@@ -93,22 +112,18 @@ pub fn create(name: &str) -> Result<bool> {
         .map_err(err("create the namespace file"))?;
     // A new namespace for a throwaway thread, bind-mounted so it outlives the thread.
     let target = path.clone();
-    let bound = std::thread::Builder::new()
-        .name("ovl-netns-add".into())
-        .spawn(move || -> io::Result<()> {
-            unshare(CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-            mount(
-                Some("/proc/thread-self/ns/net"),
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(io::Error::from)
-        })
-        .map_err(err("start a helper thread"))?
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("the helper thread panicked")));
+    let bound = on_thread("ovl-netns-add", move || {
+        unshare(CloneFlags::CLONE_NEWNET)?;
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
+        Ok(())
+    })
+    .await;
     if let Err(e) = bound {
         let _ = fs::remove_file(&path);
         return Err(err("mount the new namespace")(e));
@@ -170,7 +185,7 @@ pub fn delete(name: &str) -> Result<bool> {
 }
 
 /// Runs `f` on a helper thread inside the namespace at `ns` and returns what it returns.
-pub fn run_in<T: Send + 'static>(
+pub async fn run_in<T: Send + 'static>(
     ns: &Path,
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> Result<io::Result<T>> {
@@ -179,21 +194,17 @@ pub fn run_in<T: Send + 'static>(
         source,
     };
     let file = File::open(ns).map_err(enter)?;
-    std::thread::Builder::new()
-        .name("ovl-netns-run".into())
-        .spawn(move || -> Result<io::Result<T>, io::Error> {
-            setns(file.as_fd(), CloneFlags::CLONE_NEWNET)?;
-            Ok(f())
-        })
-        .map_err(enter)?
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("the helper thread panicked")))
-        .map_err(enter)
+    on_thread("ovl-netns-run", move || {
+        setns(file.as_fd(), CloneFlags::CLONE_NEWNET)?;
+        Ok(f())
+    })
+    .await
+    .map_err(enter)
 }
 
 /// Runs `program args…` inside the namespace at `ns`, feeding it `stdin`, and returns its
 /// output (whatever its exit status).
-pub fn command_in(ns: &Path, program: &str, args: &[&str], stdin: &str) -> Result<Output> {
+pub async fn command_in(ns: &Path, program: &str, args: &[&str], stdin: &str) -> Result<Output> {
     let program_owned = program.to_string();
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let input = stdin.to_string();
@@ -209,7 +220,8 @@ pub fn command_in(ns: &Path, program: &str, args: &[&str], stdin: &str) -> Resul
             w.write_all(input.as_bytes())?;
         }
         child.wait_with_output()
-    })?
+    })
+    .await?
     .map_err(|source| Error::Inside {
         path: ns.to_path_buf(),
         what,
@@ -220,7 +232,7 @@ pub fn command_in(ns: &Path, program: &str, args: &[&str], stdin: &str) -> Resul
 /// Sets the sysctls under `/proc/sys/` given as (key path, value) inside the namespace at
 /// `ns` (`net.*` keys are per namespace), writing only those that differ. Returns the keys
 /// changed.
-pub fn ensure_sysctls(ns: &Path, wanted: &[(&str, &str)]) -> Result<Vec<String>> {
+pub async fn ensure_sysctls(ns: &Path, wanted: &[(&str, &str)]) -> Result<Vec<String>> {
     let wanted: Vec<(String, String)> = wanted
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -240,7 +252,8 @@ pub fn ensure_sysctls(ns: &Path, wanted: &[(&str, &str)]) -> Result<Vec<String>>
             }
         }
         Ok(changed)
-    })?
+    })
+    .await?
     .map_err(|source| Error::Inside {
         path: ns.to_path_buf(),
         what: format!("set {keys}"),
@@ -249,11 +262,12 @@ pub fn ensure_sysctls(ns: &Path, wanted: &[(&str, &str)]) -> Result<Vec<String>>
 }
 
 /// Reads one sysctl (`net.ipv4.ip_forward`) inside the namespace at `ns`.
-pub fn read_sysctl(ns: &Path, key: &str) -> Result<String> {
+pub async fn read_sysctl(ns: &Path, key: &str) -> Result<String> {
     let path = Path::new("/proc/sys").join(key.replace('.', "/"));
     run_in(ns, move || {
         fs::read_to_string(&path).map(|s| s.trim().to_string())
-    })?
+    })
+    .await?
     .map_err(|source| Error::Inside {
         path: ns.to_path_buf(),
         what: format!("read {key}"),

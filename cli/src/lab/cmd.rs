@@ -234,6 +234,7 @@ pub async fn run(cmd: &LabCommand, global: &GlobalArgs) -> anyhow::Result<()> {
             let state = LabState::load(&a.dir.dir)?;
             let ns = match state.hosts.iter().find(|h| h.name == a.name) {
                 Some(h) => h.netns.clone(),
+                None if a.name == "ext" => state.spec.external_ns(),
                 None => a.name.clone(),
             };
             let status = std::process::Command::new("ip")

@@ -581,7 +581,9 @@ fn spawn_daemon(
         // everyone else and would vanish with the agent.
         Some(ns) => {
             let mut c = Command::new("nsenter");
-            c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(program);
+            c.arg(format!("--net=/run/netns/{ns}"))
+                .arg("--")
+                .arg(program);
             c
         }
         None => Command::new(program),

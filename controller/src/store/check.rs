@@ -204,10 +204,15 @@ pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckR
                 mac_table.get(&mac_key(t.gateway_mac))
             ));
         }
-        for (field, host) in [("gateway host", &t.gateway_host), ("router host", &t.router_host)] {
+        for (field, host) in [
+            ("gateway host", &t.gateway_host),
+            ("router host", &t.router_host),
+        ] {
             if let Some(h) = host {
                 if !state.hosts.contains_key(h) {
-                    p(format!("tenant '{n}' has {field} '{h}', which is not a registered host"));
+                    p(format!(
+                        "tenant '{n}' has {field} '{h}', which is not a registered host"
+                    ));
                 }
             }
         }
@@ -215,7 +220,11 @@ pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckR
         if has_endpoints != t.router_host.is_some() {
             p(format!(
                 "tenant '{n}' has {} but router host {:?}",
-                if has_endpoints { "endpoints" } else { "no endpoints" },
+                if has_endpoints {
+                    "endpoints"
+                } else {
+                    "no endpoints"
+                },
                 t.router_host
             ));
         }

@@ -177,6 +177,10 @@ impl fmt::Display for StoreDump {
 
 /// The controller's store. Cheap to share behind an `Arc`; every method takes `&self` and
 /// redb serialises write transactions.
+/// redb's page cache. Its default (1 GiB) let a controller with a few MiB of state grow to
+/// hundreds of MiB; the whole store of a large cluster fits in far less.
+const CACHE_BYTES: usize = 64 << 20;
+
 pub struct Store {
     db: Database,
     settings: Settings,
@@ -197,10 +201,13 @@ impl Store {
     /// gets a new generation, which it receives when its agent says hello).
     pub fn open(path: &Path, settings: Settings) -> Result<Store, StoreError> {
         settings.validate()?;
-        let db = Database::create(path).map_err(|source| StoreError::Open {
-            path: path.to_path_buf(),
-            source: Box::new(source),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|source| StoreError::Open {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            })?;
         let store = Store { db, settings };
         store.prepare()?;
         Ok(store)
@@ -210,10 +217,13 @@ impl Store {
     /// the settings are the ones the store was last opened with by [`Store::open`]. Fails if the
     /// file does not exist or was never initialised.
     pub fn open_existing(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::open(path).map_err(|source| StoreError::Open {
-            path: path.to_path_buf(),
-            source: Box::new(source),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .open(path)
+            .map_err(|source| StoreError::Open {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            })?;
         let settings = {
             let txn = db.begin_read()?;
             let table = open_read_table(&txn, tables::META)?;

@@ -31,9 +31,7 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use ovl_common::intent::HostIntent;
 use ovl_common::model::{Endpoint, Host, Tenant};
-use ovl_common::{
-    EndpointName, HostName, MacAddr, NetnsTarget, Publish, SegmentType, TenantName,
-};
+use ovl_common::{EndpointName, HostName, MacAddr, NetnsTarget, Publish, SegmentType, TenantName};
 use redb::{ReadableTable, Table, TableDefinition, TableHandle, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

@@ -14,7 +14,11 @@ use ovl_common::NetnsTarget;
 
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// `took_ms=N` values of agent log lines containing `what`.
@@ -35,7 +39,11 @@ async fn converged(state: &LabState, limit: Duration) -> anyhow::Result<Duration
         let reply = c.call(ApiRequest::Status).await;
         c.close().await;
         if let Ok(ApiReply::Status(hosts)) = reply {
-            if hosts.iter().all(|h| h.connected && h.applied_generation == Some(h.desired_generation) && h.errors.is_empty()) {
+            if hosts.iter().all(|h| {
+                h.connected
+                    && h.applied_generation == Some(h.desired_generation)
+                    && h.errors.is_empty()
+            }) {
                 return Ok(start.elapsed());
             }
         }
@@ -98,37 +106,69 @@ async fn run(state: &mut LabState, n: usize) -> anyhow::Result<()> {
 
     println!();
     println!("ovl-bench-scale: one host, {n} endpoints, userspace datapath");
-    println!("  agent start to converged, from an empty bridge: {:.2} s", converge.as_secs_f64());
+    println!(
+        "  agent start to converged, from an empty bridge: {:.2} s",
+        converge.as_secs_f64()
+    );
     if let Some(ms) = first.first() {
-        println!("    of which the first reconcile itself:            {:.2} s", *ms as f64 / 1000.0);
+        println!(
+            "    of which the first reconcile itself:            {:.2} s",
+            *ms as f64 / 1000.0
+        );
     }
     match noop.as_slice() {
         [] => println!("  no-op resync: not observed (agent log at debug level needed)"),
-        v => println!("  no-op resync (periodic, {} samples):               {} ms", v.len(), v.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")),
+        v => println!(
+            "  no-op resync (periodic, {} samples):               {} ms",
+            v.len(),
+            v.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+        ),
     }
-    println!("  agent restart on a built host to converged:      {:.2} s", restart.as_secs_f64());
+    println!(
+        "  agent restart on a built host to converged:      {:.2} s",
+        restart.as_secs_f64()
+    );
     println!(
         "  agent memory (VmRSS): {} KiB after converging, {} KiB after resyncs",
-        rss_after_converge.map(|v| v.to_string()).unwrap_or("?".into()),
+        rss_after_converge
+            .map(|v| v.to_string())
+            .unwrap_or("?".into()),
         rss.map(|v| v.to_string()).unwrap_or("?".into())
     );
     Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::args().nth(1).map(|a| a.parse()).transpose().context("ENDPOINTS must be a number")?.unwrap_or(200);
+    let n: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()
+        .context("ENDPOINTS must be a number")?
+        .unwrap_or(200);
     if !(1..=1000).contains(&n) {
         bail!("ENDPOINTS must be between 1 and 1000");
     }
     let dir = tempfile::Builder::new().prefix("ovls-").tempdir()?;
-    let bin_dir = std::env::current_exe()?.parent().map(|p| p.to_path_buf()).context("binary directory")?;
-    let spec = LabSpec { hosts: 1, dir: dir.path().join("lab"), prefix: "ovls".into(), net: 85, port: 7308, bin_dir, cli_config: None };
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .map(|p| p.to_path_buf())
+        .context("binary directory")?;
+    let spec = LabSpec {
+        hosts: 1,
+        dir: dir.path().join("lab"),
+        prefix: "ovls".into(),
+        net: 85,
+        port: 7308,
+        bin_dir,
+        cli_config: None,
+    };
     // The no-op resync time is logged at debug level.
     std::env::set_var("OVL_LOG", "info,ovl_agent=debug");
     let mut state = lab::up(&spec, &mut |l| eprintln!("lab: {l}"))?;
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(async {
-        lab::cmd::wait_for_agents(&state, Duration::from_secs(60), |l| eprintln!("lab: {l}")).await?;
+        lab::cmd::wait_for_agents(&state, Duration::from_secs(60), |l| eprintln!("lab: {l}"))
+            .await?;
         run(&mut state, n).await
     });
     if let Err(e) = lab::down(&spec.dir, &mut |_| {}) {

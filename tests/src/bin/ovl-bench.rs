@@ -141,7 +141,8 @@ fn parse_args() -> Result<Option<PathBuf>> {
             "-h" | "--help" => {
                 println!(
                     "usage: ovl-bench [--bin-dir DIR]\n\n\
-                     Builds a private 3-host ovl lab (prefix {PREFIX}, 10.{NET}.0.0/16, port {PORT}), \
+                     Builds a private 3-host ovl lab (prefix {PREFIX}, 10.{NET}.0.0/16, \
+                     port {PORT}), \
                      measures create-to-ping latency, attaching {ATTACH_COUNT} endpoints against a \
                      shell script, and overlay against underlay TCP throughput, prints the figures \
                      and removes the lab. Needs root. DIR holds ovl-controller and ovl-agent \
@@ -157,13 +158,18 @@ fn parse_args() -> Result<Option<PathBuf>> {
 
 async fn interrupted() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        std::future::pending::<()>().await;
-        return "";
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        Err(e) => {
+            say(&format!(
+                "cannot watch for SIGTERM ({e}); only Ctrl-C tears the lab down"
+            ));
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
     }
 }
 
@@ -323,13 +329,24 @@ impl Results {
                 each.join(" ")
             )
         };
+        // Each round's overlay run is paired with the same round's underlay run, which saw
+        // about the same load from the rest of the machine.
         let ratio = |runs: &[Iperf]| {
+            let paired: Vec<f64> = runs
+                .iter()
+                .zip(&t.underlay)
+                .filter(|(_, u)| u.bps > 0.0)
+                .map(|(o, u)| o.bps / u.bps)
+                .collect();
             let under = median_bps(&t.underlay);
-            if under > 0.0 {
-                format!("{:.2}", median_bps(runs) / under)
-            } else {
-                "n/a".into()
+            if paired.is_empty() || under <= 0.0 {
+                return "n/a".to_string();
             }
+            format!(
+                "{:.2} (ratio of medians {:.2})",
+                median(paired),
+                median_bps(runs) / under
+            )
         };
         let mut out = String::new();
         out.push_str("\n================ ovl-bench summary ================\n");
@@ -376,12 +393,12 @@ impl Results {
             a.ovl_applied.as_secs_f64() / a.classic_script.as_secs_f64(),
         ));
         out.push_str(&format!(
-            "\n3. TCP throughput h1 -> h2: iperf3 -t {IPERF_SECS}, one stream, {IPERF_ROUNDS} interleaved \
-             rounds, medians\n   \
+            "\n3. TCP throughput h1 -> h2: iperf3 -t {IPERF_SECS}, one stream, \
+             {IPERF_ROUNDS} interleaved rounds, medians\n   \
              underlay (br-phy to br-phy, MTU 1500): {}\n   \
              overlay VXLAN (endpoint MTU {}):      {}\n   \
              overlay GRE   (endpoint MTU {}):      {}\n   \
-             overlay / underlay: VXLAN {}, GRE {}\n",
+             overlay / underlay, median of the rounds' ratios: VXLAN {}, GRE {}\n",
             path(&t.underlay),
             t.vxlan_mtu,
             path(&t.vxlan),
@@ -424,6 +441,7 @@ async fn run(spec: &LabSpec) -> Result<Results> {
     for t in ["tput-vx", "tput-gre"] {
         delete_tenant(&mut client, t).await?;
     }
+    settle(&state).await?;
     let latency = latency(&state, &mut client).await?;
     delete_tenant(&mut client, "lat").await?;
     settle(&state).await?;
