@@ -14,15 +14,17 @@ use ovl_cli::lab::{self, ovs};
 use ovl_common::proto::{ApiReply, ApiRequest};
 use ovl_tests::lab::{ns_exec, ping, TestLab};
 
-/// A background `ping -i 0.01` with per-reply timestamps.
+/// A background `ping -i 0.01` with per-reply timestamps. Its output is read as it comes: a
+/// full pipe would block ping's writes and pause its sending, which reads as an outage.
 struct Pinger {
     child: Child,
+    reader: std::thread::JoinHandle<String>,
 }
 
 impl Pinger {
     fn start(from: &str, to: Ipv4Addr, seconds: u32) -> Self {
         let count = (seconds * 100).to_string();
-        let child = Command::new("ip")
+        let mut child = Command::new("ip")
             .args([
                 "netns",
                 "exec",
@@ -42,13 +44,19 @@ impl Pinger {
             .stderr(Stdio::null())
             .spawn()
             .expect("ping");
-        Self { child }
+        let mut stdout = child.stdout.take().expect("ping stdout");
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+            text
+        });
+        Self { child, reader }
     }
 
     /// Waits for the pings to finish: (sent, received, longest gap between replies).
-    fn finish(self) -> PingStats {
-        let out = self.child.wait_with_output().expect("ping output");
-        let text = String::from_utf8_lossy(&out.stdout);
+    fn finish(mut self) -> PingStats {
+        let _ = self.child.wait();
+        let text = self.reader.join().expect("ping reader");
         let mut stamps = Vec::new();
         let mut sent = 0;
         let mut received = 0;
@@ -71,11 +79,15 @@ impl Pinger {
                 received = nums[1];
             }
         }
-        let gap = stamps.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+        let (gap, gap_at) = stamps
+            .windows(2)
+            .map(|w| (w[1] - w[0], w[0]))
+            .fold((0.0, 0.0), |a, b| if b.0 > a.0 { b } else { a });
         PingStats {
             sent,
             received,
             longest_gap: Duration::from_secs_f64(gap),
+            gap_at,
         }
     }
 }
@@ -85,6 +97,15 @@ struct PingStats {
     sent: u32,
     received: u32,
     longest_gap: Duration,
+    /// Unix time of the last reply before the longest gap.
+    gap_at: f64,
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 async fn converged(lab: &TestLab, limit: Duration) -> Duration {
@@ -154,6 +175,10 @@ async fn restarts_lose_nothing_and_ovs_restarts_are_repaired() {
         a.received, a.sent,
         "packets lost across agent restarts: {a:?}"
     );
+    assert!(
+        a.longest_gap < Duration::from_secs(1),
+        "traffic paused across agent restarts: {a:?}"
+    );
     assert_eq!(
         host_ifindex(&lab),
         ifindex_before,
@@ -176,15 +201,22 @@ async fn restarts_lose_nothing_and_ovs_restarts_are_repaired() {
         b.received, b.sent,
         "packets lost across a controller restart: {b:?}"
     );
+    assert!(
+        b.longest_gap < Duration::from_secs(1),
+        "traffic paused across a controller restart: {b:?}"
+    );
 
     // (c) The controller is away for a minute while nothing changes.
     let away = absence();
     let p = Pinger::start("rel-1", ip("10.70.0.12"), away as u32 + 4);
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let stopped_at = unix_now();
     lab::stop_controller(&mut lab.state).expect("stop controller");
     tokio::time::sleep(Duration::from_secs(away)).await;
     lab::start_controller(&mut lab.state).expect("start controller");
+    let started_at = unix_now();
     let c = p.finish();
+    eprintln!("controller stopped at {stopped_at:.3}, started at {started_at:.3}; longest gap began at {:.3}", c.gap_at);
     converged(&lab, Duration::from_secs(30)).await;
     eprintln!(
         "FIGURE controller away {away} s: {}/{} replies, longest gap {:?}",
@@ -193,6 +225,10 @@ async fn restarts_lose_nothing_and_ovs_restarts_are_repaired() {
     assert_eq!(
         c.received, c.sent,
         "packets lost while the controller was away: {c:?}"
+    );
+    assert!(
+        c.longest_gap < Duration::from_secs(1),
+        "traffic paused across the controller's absence: {c:?}"
     );
     assert_eq!(host_ifindex(&lab), ifindex_before);
 

@@ -21,10 +21,17 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// `took_ms=N` values of agent log lines containing `what`.
-fn log_times(state: &LabState, what: &str) -> Vec<u64> {
-    let log = std::fs::read_to_string(state.spec.host_dir(1).join("agent.log")).unwrap_or_default();
-    log.lines()
+fn agent_log(state: &LabState) -> String {
+    std::fs::read_to_string(state.spec.host_dir(1).join("agent.log")).unwrap_or_default()
+}
+
+/// `took_ms=N` values of agent log lines containing `what`, written after byte `from` of the
+/// log (the log is appended to across agent restarts).
+fn log_times(state: &LabState, from: usize, what: &str) -> Vec<u64> {
+    let log = agent_log(state);
+    log.get(from..)
+        .unwrap_or_default()
+        .lines()
         .filter(|l| l.contains(what))
         .filter_map(|l| l.split("took_ms=").nth(1))
         .filter_map(|v| v.split(|c: char| !c.is_ascii_digit()).next())
@@ -83,19 +90,20 @@ async fn run(state: &mut LabState, n: usize) -> anyhow::Result<()> {
     }
     c.close().await;
 
+    let from = agent_log(state).len();
     let started = Instant::now();
     let pid = lab::restart_agent(state, "h1")?;
     converged(state, Duration::from_secs(300)).await?;
     let converge = started.elapsed();
     let rss_after_converge = rss_kib(pid);
-    let first = log_times(state, "reconciled");
+    let first = log_times(state, from, "reconciled");
 
     // The lab's agents resync every 10 s; wait for two no-op resyncs.
     let deadline = Instant::now() + Duration::from_secs(40);
-    while log_times(state, "already matches").len() < 2 && Instant::now() < deadline {
+    while log_times(state, from, "already matches").len() < 2 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let noop = log_times(state, "already matches");
+    let noop = log_times(state, from, "already matches");
     let rss = rss_kib(pid);
 
     // A restarted agent facing a fully built host: no change, same ifindexes.
