@@ -249,6 +249,46 @@ pub enum ApiRequest {
     },
 }
 
+impl ApiRequest {
+    /// The request as an operator names it (`tenant create`), for logs and messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiRequest::TenantCreate(_) => "tenant create",
+            ApiRequest::TenantList => "tenant list",
+            ApiRequest::TenantShow { .. } => "tenant show",
+            ApiRequest::TenantDelete { .. } => "tenant delete",
+            ApiRequest::HostList => "host list",
+            ApiRequest::HostShow { .. } => "host show",
+            ApiRequest::EndpointCreate(_) => "endpoint create",
+            ApiRequest::EndpointList { .. } => "endpoint list",
+            ApiRequest::EndpointShow { .. } => "endpoint show",
+            ApiRequest::EndpointDelete { .. } => "endpoint delete",
+            ApiRequest::Status => "status",
+            ApiRequest::TenantCreateGateway { .. } => "tenant create",
+            ApiRequest::TenantUpdate { .. } => "tenant set",
+            ApiRequest::Publish { .. } => "publish",
+            ApiRequest::Unpublish { .. } => "unpublish",
+        }
+    }
+}
+
+/// Decodes the body of a connection's first frame. The version is read on its own first: it
+/// decodes whatever the rest of the hello holds, so a client of another version is told so
+/// rather than that its hello is malformed.
+pub fn decode_client_hello(body: &[u8]) -> Result<ClientHello, Refusal> {
+    match postcard::take_from_bytes::<u32>(body) {
+        Ok((v, _)) if v != PROTOCOL_VERSION => {
+            return Err(Refusal::VersionMismatch {
+                server: PROTOCOL_VERSION,
+                client: v,
+            })
+        }
+        Ok(_) => {}
+        Err(e) => return Err(Refusal::Malformed(e.to_string())),
+    }
+    crate::frame::decode_body(body).map_err(|e| Refusal::Malformed(e.to_string()))
+}
+
 /// `ovl tenant create`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantCreate {

@@ -138,7 +138,7 @@ pub(crate) fn mutate(
         ApiRequest::Unpublish { endpoint, publish } => unpublish_port(t, endpoint, publish),
         other => Err(Failure::Api(ApiError::new(
             ErrorCode::Internal,
-            format!("{} is not a change", request_kind(other)),
+            format!("{} is not a change", other.kind()),
         ))),
     }
 }
@@ -248,7 +248,7 @@ pub(crate) fn query(state: &State, req: &ApiRequest, live: &dyn Live) -> ApiResp
             ErrorCode::Internal,
             format!(
                 "{} changes the store and cannot be answered read-only",
-                request_kind(other)
+                other.kind()
             ),
         )),
     }
@@ -1014,25 +1014,5 @@ fn list_names(names: &[&str]) -> String {
             names[..NAMES_SHOWN].join(", "),
             names.len() - NAMES_SHOWN
         )
-    }
-}
-
-fn request_kind(req: &ApiRequest) -> &'static str {
-    match req {
-        ApiRequest::TenantCreate(_) => "tenant create",
-        ApiRequest::TenantList => "tenant list",
-        ApiRequest::TenantShow { .. } => "tenant show",
-        ApiRequest::TenantDelete { .. } => "tenant delete",
-        ApiRequest::HostList => "host list",
-        ApiRequest::HostShow { .. } => "host show",
-        ApiRequest::EndpointCreate(_) => "endpoint create",
-        ApiRequest::EndpointList { .. } => "endpoint list",
-        ApiRequest::EndpointShow { .. } => "endpoint show",
-        ApiRequest::EndpointDelete { .. } => "endpoint delete",
-        ApiRequest::Status => "status",
-        ApiRequest::TenantCreateGateway { .. } => "tenant create",
-        ApiRequest::TenantUpdate { .. } => "tenant set",
-        ApiRequest::Publish { .. } => "publish",
-        ApiRequest::Unpublish { .. } => "unpublish",
     }
 }

@@ -27,8 +27,8 @@ use std::time::Duration;
 use ovl_common::frame::{self, FrameError};
 use ovl_common::identity::Identity;
 use ovl_common::proto::{
-    ClientHello, ClientRole, JoinAccepted, JoinRefusal, JoinRequest, Refusal, ServerHello, Welcome,
-    JOIN_ALPN, PROTOCOL_VERSION,
+    ClientRole, JoinAccepted, JoinRefusal, JoinRequest, Refusal, ServerHello, Welcome, JOIN_ALPN,
+    PROTOCOL_VERSION,
 };
 use ovl_common::tls::{Bundle, TlsError};
 use ovl_common::HostName;
@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::pki::{Ca, Validity, LEAF_VALIDITY};
-use crate::server::{unix_now, VERSION};
+use crate::server::{refuse, unix_now, VERSION};
 use crate::store::Store;
 use crate::tokens::{RedeemError, Tokens};
 
@@ -264,25 +264,10 @@ async fn connection(
             return Ok(());
         }
     };
-    match postcard::take_from_bytes::<u32>(&body) {
-        Ok((v, _)) if v != PROTOCOL_VERSION => {
-            let r = Refusal::VersionMismatch {
-                server: PROTOCOL_VERSION,
-                client: v,
-            };
-            refuse(&conn, &mut send, r).await;
-            return Ok(());
-        }
-        Ok(_) => {}
-        Err(e) => {
-            refuse(&conn, &mut send, Refusal::Malformed(e.to_string())).await;
-            return Ok(());
-        }
-    }
-    let hello: ClientHello = match frame::decode_body(&body) {
+    let hello = match ovl_common::proto::decode_client_hello(&body) {
         Ok(h) => h,
-        Err(e) => {
-            refuse(&conn, &mut send, Refusal::Malformed(e.to_string())).await;
+        Err(refusal) => {
+            refuse(&conn, &mut send, refusal).await;
             return Ok(());
         }
     };
@@ -331,19 +316,6 @@ async fn finish(conn: &quinn::Connection, send: &mut SendStream, reason: &[u8]) 
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
     conn.close(0u32.into(), reason);
-}
-
-async fn refuse(conn: &quinn::Connection, send: &mut SendStream, refusal: Refusal) {
-    let reason = refusal.to_string();
-    let hello = ServerHello {
-        version: PROTOCOL_VERSION,
-        result: Err(refusal),
-    };
-    if frame::write_frame(send, &hello).await.is_ok() {
-        finish(conn, send, reason.as_bytes()).await;
-    } else {
-        conn.close(1u32.into(), reason.as_bytes());
-    }
 }
 
 #[cfg(test)]

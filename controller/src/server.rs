@@ -16,7 +16,7 @@ use ovl_common::frame::{self, FrameError};
 use ovl_common::identity::Identity;
 use ovl_common::intent::{HostIntent, ObjectStatus};
 use ovl_common::proto::{
-    AgentHello, AgentToController, ApiError, ApiRequest, ApiResponse, ClientHello, ClientRole,
+    AgentHello, AgentToController, ApiError, ApiRequest, ApiResponse, ClientRole,
     ControllerToAgent, ErrorCode, Refusal, ServerHello, Welcome, PROTOCOL_VERSION,
 };
 use ovl_common::HostName;
@@ -210,32 +210,11 @@ impl Server {
                 return Ok(());
             }
         };
-        // Read the version on its own first: it decodes whatever the rest of the hello holds.
-        match postcard::take_from_bytes::<u32>(&body) {
-            Ok((v, _)) if v != PROTOCOL_VERSION => {
-                info!(%identity, client = v, "protocol version mismatch");
-                refuse(
-                    &conn,
-                    &mut send,
-                    Refusal::VersionMismatch {
-                        server: PROTOCOL_VERSION,
-                        client: v,
-                    },
-                )
-                .await;
-                return Ok(());
-            }
-            Ok(_) => {}
-            Err(e) => {
-                refuse(&conn, &mut send, Refusal::Malformed(e.to_string())).await;
-                return Ok(());
-            }
-        }
-        let hello: ClientHello = match frame::decode_body(&body) {
+        let hello = match ovl_common::proto::decode_client_hello(&body) {
             Ok(h) => h,
-            Err(e) => {
-                info!(%identity, "malformed hello: {e}");
-                refuse(&conn, &mut send, Refusal::Malformed(e.to_string())).await;
+            Err(refusal) => {
+                info!(%identity, "refusing hello: {refusal}");
+                refuse(&conn, &mut send, refusal).await;
                 return Ok(());
             }
         };
@@ -317,7 +296,7 @@ impl Server {
             };
             let response: ApiResponse = match frame::decode_body::<ApiRequest>(&body) {
                 Ok(req) => {
-                    let kind = request_kind(&req);
+                    let kind = &req.kind();
                     let store = self.store.clone();
                     let sessions = self.sessions.clone();
                     let joined = tokio::task::spawn_blocking(move || {
@@ -575,7 +554,8 @@ async fn welcome(send: &mut SendStream, identity: String) -> Result<(), FrameErr
     frame::write_frame(send, &hello).await
 }
 
-async fn refuse(conn: &quinn::Connection, send: &mut SendStream, refusal: Refusal) {
+/// Answers a hello with a refusal, lets it reach the client, and closes the connection.
+pub(crate) async fn refuse(conn: &quinn::Connection, send: &mut SendStream, refusal: Refusal) {
     let reason = refusal.to_string();
     let hello = ServerHello {
         version: PROTOCOL_VERSION,
@@ -587,24 +567,4 @@ async fn refuse(conn: &quinn::Connection, send: &mut SendStream, refusal: Refusa
         let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
     }
     conn.close(1u32.into(), reason.as_bytes());
-}
-
-fn request_kind(req: &ApiRequest) -> &'static str {
-    match req {
-        ApiRequest::TenantCreate(_) => "tenant create",
-        ApiRequest::TenantList => "tenant list",
-        ApiRequest::TenantShow { .. } => "tenant show",
-        ApiRequest::TenantDelete { .. } => "tenant delete",
-        ApiRequest::HostList => "host list",
-        ApiRequest::HostShow { .. } => "host show",
-        ApiRequest::EndpointCreate(_) => "endpoint create",
-        ApiRequest::EndpointList { .. } => "endpoint list",
-        ApiRequest::EndpointShow { .. } => "endpoint show",
-        ApiRequest::EndpointDelete { .. } => "endpoint delete",
-        ApiRequest::Status => "status",
-        ApiRequest::TenantCreateGateway { .. } => "tenant create",
-        ApiRequest::TenantUpdate { .. } => "tenant set",
-        ApiRequest::Publish { .. } => "publish",
-        ApiRequest::Unpublish { .. } => "unpublish",
-    }
 }
