@@ -92,32 +92,46 @@ impl Datapath for RecordingDatapath {
             .unwrap_or_else(|p| p.into_inner())
             .push(intent.clone());
         self.append(intent);
-        let mut objects = vec![ObjectStatus::ok(ObjectKind::Bridge, "br-int")];
-        for t in &intent.tenants {
-            for p in &t.peers {
-                objects.push(ObjectStatus::ok(
-                    ObjectKind::Tunnel,
-                    format!("{}@{}", t.name, p.host),
-                ));
+        let mut report = report_applied(intent, &self.kind());
+        for (e, o) in intent.endpoints.iter().zip(
+            report
+                .objects
+                .iter_mut()
+                .filter(|o| o.kind == ObjectKind::Endpoint),
+        ) {
+            if let NetnsTarget::Name(n) = &e.target {
+                if n.starts_with("fail-") {
+                    o.error = Some(format!(
+                        "network namespace {n} does not exist (fake datapath)"
+                    ));
+                }
             }
         }
-        for e in &intent.endpoints {
-            objects.push(match &e.target {
-                NetnsTarget::Name(n) if n.starts_with("fail-") => ObjectStatus::failed(
-                    ObjectKind::Endpoint,
-                    e.name.as_str(),
-                    format!("network namespace {n} does not exist (fake datapath)"),
-                ),
-                _ => ObjectStatus::ok(ObjectKind::Endpoint, e.name.as_str()),
-            });
+        report
+    }
+}
+
+/// The report of a datapath that applied every object of `intent`: the bridge, one tunnel per
+/// tenant and peer, every endpoint and every router. Fakes and simulated agents answer with it.
+pub fn report_applied(intent: &HostIntent, datapath: &str) -> AppliedReport {
+    let mut objects = vec![ObjectStatus::ok(ObjectKind::Bridge, "br-int")];
+    for t in &intent.tenants {
+        for p in &t.peers {
+            objects.push(ObjectStatus::ok(
+                ObjectKind::Tunnel,
+                format!("{}@{}", t.name, p.host),
+            ));
         }
-        for r in &intent.routers {
-            objects.push(ObjectStatus::ok(ObjectKind::Router, r.tenant.as_str()));
-        }
-        AppliedReport {
-            generation: intent.generation,
-            datapath: self.kind(),
-            objects,
-        }
+    }
+    for e in &intent.endpoints {
+        objects.push(ObjectStatus::ok(ObjectKind::Endpoint, e.name.as_str()));
+    }
+    for r in &intent.routers {
+        objects.push(ObjectStatus::ok(ObjectKind::Router, r.tenant.as_str()));
+    }
+    AppliedReport {
+        generation: intent.generation,
+        datapath: datapath.to_string(),
+        objects,
     }
 }

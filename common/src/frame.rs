@@ -87,6 +87,15 @@ where
 /// Reads one frame's raw body. A clean end of stream before a length prefix is
 /// [`FrameError::Closed`]; an end inside a frame is an I/O error.
 pub async fn read_body<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, FrameError> {
+    read_body_limited(r, MAX_FRAME_LEN).await
+}
+
+/// [`read_body`] with a tighter bound than [`MAX_FRAME_LEN`], for endpoints that expect only
+/// small frames (the join endpoint, which serves clients without certificates).
+pub async fn read_body_limited<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Vec<u8>, FrameError> {
     let mut len_buf = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -105,11 +114,8 @@ pub async fn read_body<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, Frame
         got += n;
     }
     let len = u32::from_be_bytes(len_buf) as usize;
-    if len > MAX_FRAME_LEN {
-        return Err(FrameError::TooLarge {
-            len,
-            max: MAX_FRAME_LEN,
-        });
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;

@@ -79,24 +79,6 @@ pub fn server_config(bundle: &Bundle) -> Result<quinn::ServerConfig, TlsError> {
     Ok(cfg)
 }
 
-/// Reads the join hello's frame body, refusing a length above [`MAX_JOIN_HELLO`] before
-/// allocating anything for it.
-async fn read_hello(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, FrameError> {
-    use tokio::io::AsyncReadExt;
-    let mut len = [0u8; 4];
-    AsyncReadExt::read_exact(recv, &mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_JOIN_HELLO {
-        return Err(FrameError::TooLarge {
-            len,
-            max: MAX_JOIN_HELLO,
-        });
-    }
-    let mut body = vec![0u8; len];
-    AsyncReadExt::read_exact(recv, &mut body).await?;
-    Ok(body)
-}
-
 /// Picks the host name a join gets. `bound` is the token's name, `asked` the request's, and
 /// `known` tells whether the controller has a host of that name already.
 ///
@@ -253,7 +235,12 @@ async fn connection(
             return Ok(());
         }
     };
-    let body = match tokio::time::timeout(STEP_TIMEOUT, read_hello(&mut recv)).await {
+    let body = match tokio::time::timeout(
+        STEP_TIMEOUT,
+        frame::read_body_limited(&mut recv, MAX_JOIN_HELLO),
+    )
+    .await
+    {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
             refuse(&conn, &mut send, Refusal::Malformed(e.to_string())).await;

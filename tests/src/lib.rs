@@ -27,16 +27,9 @@ pub fn require_privileged(binaries: &[&str]) {
     }
 }
 
-/// Finds an executable on `PATH`, or under `/usr/sbin` and `/sbin`, where Open vSwitch's
-/// daemons live even when `PATH` lacks them.
-pub fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':')
-        .map(PathBuf::from)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/usr/local/sbin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
+/// Finds an executable on `PATH`, or in the sbin directories where Open vSwitch installs (the
+/// lab's own lookup, so tests and the lab agree on what is installed).
+pub use ovl_cli::lab::sys::which;
 
 fn nix_euid() -> u32 {
     // Reading /proc avoids a libc dependency for one number.

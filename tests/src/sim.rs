@@ -32,7 +32,7 @@ use ovl_agent::session::SessionParams;
 use ovl_cli::client::{Client, Timeouts};
 use ovl_common::frame;
 use ovl_common::identity::Identity;
-use ovl_common::intent::{AppliedReport, HostIntent, ObjectKind, ObjectStatus};
+use ovl_common::intent::{AppliedReport, HostIntent};
 use ovl_common::proto::{
     ApiReply, ApiRequest, ClientHello, EndpointInfo, HostStatus, ServerHello, TenantInfo,
 };
@@ -213,23 +213,7 @@ impl Datapath for AckDatapath {
 
     async fn apply(&mut self, intent: &HostIntent, _collect_garbage: bool) -> AppliedReport {
         self.log.record(&self.host, intent, Instant::now());
-        let mut objects = vec![ObjectStatus::ok(ObjectKind::Bridge, "br-int")];
-        for t in &intent.tenants {
-            for p in &t.peers {
-                objects.push(ObjectStatus::ok(
-                    ObjectKind::Tunnel,
-                    format!("{}@{}", t.name, p.host),
-                ));
-            }
-        }
-        for e in &intent.endpoints {
-            objects.push(ObjectStatus::ok(ObjectKind::Endpoint, e.name.as_str()));
-        }
-        AppliedReport {
-            generation: intent.generation,
-            datapath: self.kind(),
-            objects,
-        }
+        ovl_agent::datapath::report_applied(intent, &self.kind())
     }
 }
 

@@ -413,24 +413,7 @@ fn build(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabState> {
         "controller: listening on {}",
         spec.controller_addr()
     ));
-    let db = spec.dir.join("controller.redb");
-    let addr = spec.controller_addr().to_string();
-    let pid = spawn_daemon(
-        None,
-        &ctl,
-        &[
-            "run".as_ref(),
-            "--pki".as_ref(),
-            pki.as_os_str(),
-            "--db".as_ref(),
-            db.as_os_str(),
-            "--listen".as_ref(),
-            addr.as_ref(),
-        ],
-        &spec.dir.join("controller.log"),
-    )?;
-    state.controller_pid = Some(pid);
-    state.save()?;
+    start_controller(&mut state)?;
 
     for idx in 0..state.hosts.len() {
         let h = state.hosts[idx].clone();

@@ -17,18 +17,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let args: Vec<_> = args
-        .into_iter()
-        .map(|a| a.as_ref().to_os_string())
-        .collect();
-    let out = Command::new(program)
-        .args(&args)
-        .output()
-        .map_err(|e| LabError::Spawn {
-            command: render(program, &args),
-            source: e,
-        })?;
-    check(program, &args, out)
+    run_env(program, args, &[])
 }
 
 /// Runs a command with extra environment variables.
