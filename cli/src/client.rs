@@ -263,11 +263,23 @@ impl Client {
         Self::connect_addr(addr, &bundle, timeouts).await
     }
 
-    /// Connects to `addr` with an already loaded bundle.
+    /// Connects to `addr` with an already loaded bundle, as an administrator.
     pub async fn connect_addr(
         addr: SocketAddr,
         bundle: &Bundle,
         timeouts: Timeouts,
+    ) -> Result<Client, ClientError> {
+        Self::connect_as(addr, bundle, timeouts, ClientRole::Admin).await
+    }
+
+    /// Connects to `addr` with an already loaded bundle in `role`: [`ClientRole::Admin`] for
+    /// the CLI, [`ClientRole::Host`] for a host's own tools (the Docker driver), which the
+    /// controller allows only what a host may ask for itself.
+    pub async fn connect_as(
+        addr: SocketAddr,
+        bundle: &Bundle,
+        timeouts: Timeouts,
+        role: ClientRole,
     ) -> Result<Client, ClientError> {
         let deadline = Instant::now() + timeouts.connect;
         let timed_out = |what| ClientError::Timeout {
@@ -303,7 +315,7 @@ impl Client {
 
         let hello = ClientHello {
             version: PROTOCOL_VERSION,
-            role: ClientRole::Admin,
+            role,
         };
         timeout_at(deadline, frame::write_frame(&mut send, &hello))
             .await

@@ -161,6 +161,10 @@ pub struct ObjectStatus {
     pub name: String,
     /// `None` when the object is in place; else what failed, in words for an operator.
     pub error: Option<String>,
+    /// Set (with `error` saying which) when the object's target — a container, a process, a
+    /// network namespace — does not exist now: an endpoint whose container is stopped. The
+    /// controller shows such an endpoint as `target-missing` rather than as an error.
+    pub target_missing: bool,
 }
 
 impl ObjectStatus {
@@ -169,6 +173,7 @@ impl ObjectStatus {
             kind,
             name: name.into(),
             error: None,
+            target_missing: false,
         }
     }
 
@@ -177,6 +182,19 @@ impl ObjectStatus {
             kind,
             name: name.into(),
             error: Some(error.into()),
+            target_missing: false,
+        }
+    }
+
+    /// The object's target is gone (see [`ObjectStatus::target_missing`]); `error` says which.
+    pub fn target_missing(
+        kind: ObjectKind,
+        name: impl Into<String>,
+        error: impl Into<String>,
+    ) -> Self {
+        Self {
+            target_missing: true,
+            ..Self::failed(kind, name, error)
         }
     }
 }

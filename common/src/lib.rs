@@ -14,6 +14,6 @@ pub mod proto;
 pub mod tls;
 
 pub use model::{
-    EndpointName, HostName, MacAddr, NetnsTarget, Protocol, Publish, SegmentType, TenantName,
+    EndpointName, HostAttach, HostName, MacAddr, NetnsTarget, Protocol, Publish, SegmentType, TenantName,
     ValidationError,
 };

@@ -287,6 +287,16 @@ pub enum NetnsTarget {
     Pid(u32),
     /// A Docker container by name or id; the agent asks the Docker engine for its pid.
     Docker(String),
+    /// An interface Docker plumbs itself (libnetwork's remote driver model, `docker network
+    /// create -d ovl`): the agent makes the veth pair and leaves the container end, named
+    /// [`cnm_peer_name`], in the host's namespace; Docker moves it into the container's
+    /// sandbox, renames it and sets its address. The agent never enters the sandbox.
+    Cnm {
+        /// Docker's endpoint id (64 hex digits).
+        endpoint_id: String,
+        /// The container's name, once the driver has learned it (for `ovl endpoint list`).
+        container: Option<String>,
+    },
 }
 
 impl NetnsTarget {
@@ -320,16 +330,22 @@ impl NetnsTarget {
                     return Err(ValidationError::new("pid", "0 is not a process id"));
                 }
             }
-            NetnsTarget::Docker(c) => {
-                let ok = !c.is_empty()
-                    && c.len() <= 128
-                    && c.chars()
-                        .all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch));
+            NetnsTarget::Docker(c) => validate_container("docker", c)?,
+            NetnsTarget::Cnm {
+                endpoint_id,
+                container,
+            } => {
+                let ok = !endpoint_id.is_empty()
+                    && endpoint_id.len() <= 64
+                    && endpoint_id.chars().all(|c| c.is_ascii_hexdigit());
                 if !ok {
                     return Err(ValidationError::new(
-                        "docker",
-                        format!("'{c}' is not a Docker container name or id"),
+                        "endpoint_id",
+                        format!("'{endpoint_id}' is not a Docker endpoint id (1-64 hex digits)"),
                     ));
+                }
+                if let Some(c) = container {
+                    validate_container("container", c)?;
                 }
             }
         }
@@ -344,8 +360,37 @@ impl fmt::Display for NetnsTarget {
             NetnsTarget::Path(p) => write!(f, "path:{}", p.display()),
             NetnsTarget::Pid(p) => write!(f, "pid:{p}"),
             NetnsTarget::Docker(c) => write!(f, "docker:{c}"),
+            NetnsTarget::Cnm {
+                container: Some(c), ..
+            } => write!(f, "docker-net:{c}"),
+            NetnsTarget::Cnm { endpoint_id, .. } => {
+                write!(f, "docker-net:endpoint-{}", &endpoint_id[..endpoint_id.len().min(12)])
+            }
         }
     }
+}
+
+/// Checks a Docker container name or id: 1–128 of `[A-Za-z0-9_.-]`.
+fn validate_container(field: &str, c: &str) -> Result<(), ValidationError> {
+    let ok = !c.is_empty()
+        && c.len() <= 128
+        && c.chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch));
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            field,
+            format!("'{c}' is not a Docker container name or id"),
+        ))
+    }
+}
+
+/// The name of the container end of endpoint `endpoint_id`'s veth while it waits in the
+/// host's namespace for Docker to take it ([`NetnsTarget::Cnm`]): `ovl-c` and the id in hex.
+/// The Docker driver names it in its `Join` answer; the agent creates it.
+pub fn cnm_peer_name(endpoint_id: u32) -> String {
+    format!("ovl-c{endpoint_id:x}")
 }
 
 /// Validates a Linux interface name: 1–15 bytes, no '/', ':' or whitespace.
@@ -401,6 +446,71 @@ pub struct Tenant {
     /// gateway host, or after a failover another one); `None` while the tenant has no
     /// endpoint.
     pub router_host: Option<HostName>,
+    /// Which hosts may attach endpoints to this tenant with their own certificate (the Docker
+    /// driver, the CNI plugin). Administrators always may.
+    pub attach: HostAttach,
+}
+
+/// Which hosts may create and delete endpoints of a tenant on themselves, with the host's own
+/// certificate (`ovl tenant create --attachable[=HOSTS]`), as Docker's `--attachable` lets any
+/// node attach containers to a network.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum HostAttach {
+    /// Only administrators attach endpoints (the default).
+    #[default]
+    AdminOnly,
+    /// Every host of the cluster, each on itself.
+    AnyHost,
+    /// The hosts named, each on itself.
+    Hosts(Vec<HostName>),
+}
+
+impl HostAttach {
+    /// Whether `host` may attach endpoints of the tenant to itself.
+    pub fn allows(&self, host: &HostName) -> bool {
+        match self {
+            HostAttach::AdminOnly => false,
+            HostAttach::AnyHost => true,
+            HostAttach::Hosts(hs) => hs.contains(host),
+        }
+    }
+
+    /// Parses the `--attachable` value as typed: `*` (or `all`) for any host, a
+    /// comma-separated list of host names, or the empty string for administrators only.
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        let raw = raw.trim();
+        if raw.is_empty() || raw == "none" {
+            return Ok(HostAttach::AdminOnly);
+        }
+        if raw == "*" || raw == "all" {
+            return Ok(HostAttach::AnyHost);
+        }
+        let mut hosts = Vec::new();
+        for h in raw.split(',') {
+            let h = h.trim();
+            let name = HostName::new(h).map_err(|e| {
+                ValidationError::new("attachable", format!("'{h}' is not a host name: {}", e.problem))
+            })?;
+            if !hosts.contains(&name) {
+                hosts.push(name);
+            }
+        }
+        hosts.sort();
+        Ok(HostAttach::Hosts(hosts))
+    }
+}
+
+impl fmt::Display for HostAttach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostAttach::AdminOnly => write!(f, "none"),
+            HostAttach::AnyHost => write!(f, "*"),
+            HostAttach::Hosts(hs) => {
+                let names: Vec<&str> = hs.iter().map(|h| h.as_str()).collect();
+                write!(f, "{}", names.join(","))
+            }
+        }
+    }
 }
 
 /// A host as the controller knows it: registered on its first authenticated session.

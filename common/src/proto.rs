@@ -23,8 +23,11 @@ use crate::intent::{AppliedReport, HostIntent, ObjectStatus};
 use crate::model::{Endpoint, Host, HostName, Tenant};
 
 /// The protocol version this build speaks. Version 2 added tenant gateways: NAT, gateway and
-/// router hosts on tenants, published ports on endpoints, routers in host intents.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// router hosts on tenants, published ports on endpoints, routers in host intents. Version 3
+/// added host API sessions ([`ClientRole::Host`]), tenants' attach policy, Docker-plumbed
+/// endpoints ([`crate::model::NetnsTarget::Cnm`]), address reservations and the
+/// `target_missing` flag of object reports.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The ALPN identifier both ends require.
 pub const ALPN: &[u8] = b"ovl/1";
@@ -55,6 +58,13 @@ pub enum ClientRole {
     /// answers with a [`ServerHello`] and, when it welcomes the join, one [`JoinAccepted`]
     /// frame, then closes the connection.
     Join(JoinRequest),
+    /// A host's own tools (the Docker driver, the CNI plugin) about to send API requests with
+    /// the host's certificate. The certificate must name a host (`urn:ovl:host:NAME`); the
+    /// controller then answers only what a host may ask for itself: reading tenants it may
+    /// attach to, reserving and releasing their addresses, and creating, re-targeting, showing
+    /// and deleting endpoints on that host (see `ApiRequest::host_may`). Everything else is
+    /// refused with [`ErrorCode::PermissionDenied`].
+    Host,
 }
 
 /// A host's request for a certificate. The private key never leaves the host: the request
@@ -247,6 +257,37 @@ pub enum ApiRequest {
         endpoint: String,
         publish: String,
     },
+    /// Holds an address of a tenant for the calling host until an endpoint takes it (an
+    /// [`EndpointCreate`] on that host naming the address) or it is released: the Docker
+    /// driver's `RequestAddress`, which comes before the endpoint exists. `ip` asks for a given
+    /// address (`docker run --ip`); `None` takes the next free one. Answered with
+    /// [`ApiReply::Address`].
+    AddressReserve {
+        tenant: String,
+        ip: Option<String>,
+    },
+    /// Releases a reservation made by [`ApiRequest::AddressReserve`]. Releasing an address
+    /// that an endpoint now holds, or that is not reserved, changes nothing and succeeds (the
+    /// Docker driver releases after deleting the endpoint). Answered with
+    /// [`ApiReply::Deleted`].
+    AddressRelease {
+        tenant: String,
+        ip: String,
+    },
+    /// Changes where an endpoint lives: the Docker driver names the container of a
+    /// [`crate::model::NetnsTarget::Cnm`] endpoint once Docker has joined it. Answered with
+    /// [`ApiReply::Endpoint`].
+    EndpointRetarget {
+        name: String,
+        target: crate::model::NetnsTarget,
+    },
+    /// `ovl tenant set NAME --attachable HOSTS`: which hosts may attach endpoints to the
+    /// tenant themselves (`*`, a comma-separated list, or empty for administrators only, as
+    /// [`crate::model::HostAttach::parse`] reads it). Answered with [`ApiReply::Tenant`].
+    TenantSetAttach {
+        name: String,
+        attach: String,
+    },
 }
 
 impl ApiRequest {
@@ -268,6 +309,10 @@ impl ApiRequest {
             ApiRequest::TenantUpdate { .. } => "tenant set",
             ApiRequest::Publish { .. } => "publish",
             ApiRequest::Unpublish { .. } => "unpublish",
+            ApiRequest::AddressReserve { .. } => "address reserve",
+            ApiRequest::AddressRelease { .. } => "address release",
+            ApiRequest::EndpointRetarget { .. } => "endpoint retarget",
+            ApiRequest::TenantSetAttach { .. } => "tenant set --attachable",
         }
     }
 }
@@ -302,6 +347,9 @@ pub struct TenantCreate {
     /// Local VLAN tag 1–4094; allocated when absent.
     pub vlan: Option<u32>,
     pub mtu: Option<u32>,
+    /// Which hosts may attach endpoints themselves, as typed (`--attachable`); `None` for
+    /// administrators only. Read by [`crate::model::HostAttach::parse`].
+    pub attach: Option<String>,
 }
 
 /// `ovl endpoint create`.
@@ -335,6 +383,17 @@ pub enum ApiReply {
         removed: Vec<String>,
     },
     Status(Vec<HostStatus>),
+    /// An address reserved by [`ApiRequest::AddressReserve`].
+    Address(AddressInfo),
+}
+
+/// A reserved address with what a container needs to use it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressInfo {
+    pub tenant: crate::model::TenantName,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
 }
 
 /// A tenant with what depends on it.
@@ -380,7 +439,7 @@ pub struct EndpointInfo {
     pub mtu: u16,
     pub vlan: u16,
     /// `pending` until the host acknowledges a generation that includes the endpoint, then
-    /// `ok` or `error`.
+    /// `ok`, `error`, or `target-missing` (its container, process or namespace is gone).
     pub state: String,
     pub error: Option<String>,
     /// The host carrying the tenant's router, where published ports are reachable.
