@@ -8,15 +8,12 @@
 //! the controller's intent.
 
 pub mod config;
-pub mod datapath;
 pub mod join;
 pub mod nat;
 pub mod netns;
 pub mod notify;
 pub mod ovs;
-pub mod ovs_datapath;
 pub mod ovsdb;
 pub mod reconcile;
 pub mod router;
-pub mod runner;
 pub mod session;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use ovl_agent::config::{AgentConfig, DatapathChoice, Driver, FileConfig};
-use ovl_agent::datapath::RecordingDatapath;
+use ovl_agent::reconcile::RecordingDatapath;
 use ovl_agent::session::SessionParams;
 use ovl_common::identity::Identity;
 use tokio_util::sync::CancellationToken;
@@ -209,12 +209,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             Driver::Fake => {
                 params.capabilities = vec!["datapath=fake".into()];
                 let dp = RecordingDatapath::new(cfg.record.clone());
-                ovl_agent::runner::run(params, bundle, dp, cfg.resync, cfg.state_dir.clone(), shutdown, ready).await;
+                ovl_agent::reconcile::runner::run(params, bundle, dp, cfg.resync, cfg.state_dir.clone(), shutdown, ready).await;
             }
             Driver::Ovs => {
-                let dp = ovl_agent::ovs_datapath::OvsDatapath::start(&cfg).await.context("starting the Open vSwitch datapath")?;
+                let dp = ovl_agent::reconcile::OvsDatapath::start(&cfg).await.context("starting the Open vSwitch datapath")?;
                 params.capabilities = dp.capabilities();
-                ovl_agent::runner::run(params, bundle, dp, cfg.resync, cfg.state_dir.clone(), shutdown, ready).await;
+                ovl_agent::reconcile::runner::run(params, bundle, dp, cfg.resync, cfg.state_dir.clone(), shutdown, ready).await;
             }
         }
         Ok::<_, anyhow::Error>(())

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use ipnetwork::Ipv4Network;
 use ovl_agent::netns::{NetnsFile, Plumber, Resolver};
 use ovl_agent::ovs::DatapathType;
-use ovl_agent::ovs_datapath::{OvsDatapath, OvsSettings};
+use ovl_agent::reconcile::{OvsDatapath, OvsSettings};
 use ovl_common::intent::{EndpointIntent, HostIntent, Peer, TenantIntent};
 use ovl_common::{MacAddr, NetnsTarget, SegmentType};
 use serde_json::Value;

@@ -3,7 +3,7 @@
 //! - certificates issued with the library ([`ovl_controller::pki::Ca`]), fast enough for
 //!   hundreds of hosts, and able to make expired or not-yet-valid ones;
 //! - simulated agents ([`Fleet`]): the real agent session and event loop
-//!   ([`ovl_agent::runner::run`]), each over its own QUIC connection with its own certificate,
+//!   ([`ovl_agent::reconcile::runner::run`]), each over its own QUIC connection with its own certificate,
 //!   driving an [`AckDatapath`] that builds nothing and only timestamps each generation it is
 //!   asked to apply;
 //! - raw QUIC peers ([`RawPeer`]) for abuse and authentication tests, including clients that
@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use ovl_agent::datapath::Datapath;
+use ovl_agent::reconcile::Datapath;
 use ovl_agent::session::SessionParams;
 use ovl_cli::client::{Client, Timeouts};
 use ovl_common::frame;
@@ -213,7 +213,7 @@ impl Datapath for AckDatapath {
 
     async fn apply(&mut self, intent: &HostIntent, _collect_garbage: bool) -> AppliedReport {
         self.log.record(&self.host, intent, Instant::now());
-        ovl_agent::datapath::report_applied(intent, &self.kind())
+        ovl_agent::reconcile::report_applied(intent, &self.kind())
     }
 }
 
@@ -285,7 +285,7 @@ impl Fleet {
             let dp = AckDatapath::new(h.name.clone(), log.clone());
             let state = state_root.join(h.name.as_str());
             // A long resync keeps the simulated agents quiet between changes.
-            tasks.push(tokio::spawn(ovl_agent::runner::run(
+            tasks.push(tokio::spawn(ovl_agent::reconcile::runner::run(
                 params,
                 bundle,
                 dp,
@@ -785,6 +785,7 @@ async fn churn_client(
                 key: contested.then(|| 7000 + rng.below(8) as u32),
                 vlan: contested.then(|| 3000 + rng.below(8) as u32),
                 mtu: None,
+                attach: None,
             });
             if run
                 .call(&mut client, "tenant create", req, &[ErrorCode::Conflict])

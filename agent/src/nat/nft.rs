@@ -3,7 +3,7 @@
 //! In commands, for namespace NS: `ip netns exec NS nft -f -` with the script from
 //! [`super::rules::replace_script`], and `ip netns exec NS nft list table ip ovl`. The agent
 //! starts `nft` from a helper thread that entered the namespace (see
-//! [`crate::router::namespace`]), so it needs neither `ip` nor a shell.
+//! [`crate::netns::named`]), so it needs neither `ip` nor a shell.
 //!
 //! [`Nft`] remembers, per namespace, the table it last installed and how `nft` listed it
 //! afterwards, so a reconcile that wants the same table only lists it (one `nft` run) and
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::rules::{replace_script, TABLE};
-use crate::router::namespace;
+use crate::netns::named as namespace;
 
 /// A failed `nft` run, with the namespace and what `nft` said.
 #[derive(Debug, thiserror::Error)]

@@ -39,6 +39,7 @@ pub mod endpoint;
 pub mod error;
 pub mod handle;
 pub mod link;
+pub mod named;
 pub mod offload;
 pub mod plan;
 pub mod route;

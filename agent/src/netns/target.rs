@@ -69,6 +69,12 @@ impl Resolver {
                 let pid = docker::container_pid(&self.docker_socket, c).await?;
                 proc_netns(pid)
             }
+            // Docker plumbs these itself; the agent never enters their sandbox.
+            NetnsTarget::Cnm { .. } => {
+                return Err(Error::Invalid(format!(
+                    "{target} is plumbed by Docker; the agent does not enter its namespace"
+                )))
+            }
         })
     }
 

@@ -25,6 +25,7 @@ mod datapath;
 mod driver;
 pub mod names;
 mod plan;
+pub mod port_planner;
 mod port;
 mod view;
 

@@ -15,6 +15,16 @@
 
 use ovl_common::SegmentType;
 
+/// `external_ids` key on every port ovl creates: what the port is (`endpoint`, `tunnel`,
+/// `router`, `uplink`).
+pub const KIND_KEY: &str = "ovl-kind";
+/// `external_ids` key: the tenant a port carries.
+pub const TENANT_KEY: &str = "ovl-tenant";
+/// `external_ids` key: the endpoint an access port belongs to.
+pub const ENDPOINT_KEY: &str = "ovl-endpoint";
+/// `external_ids` key: the peer host a tunnel points at.
+pub const PEER_KEY: &str = "ovl-peer";
+
 /// The longest interface name Linux accepts.
 pub const MAX_IFNAME_LEN: usize = 15;
 

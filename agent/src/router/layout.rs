@@ -20,7 +20,8 @@ use ovl_common::{MacAddr, NetnsTarget};
 use crate::nat::{router_table, HostRouter, RouterRules};
 use crate::netns::EndpointSpec;
 use crate::ovs::{PortKind, PortSpec};
-use crate::reconcile::{PortRole, KIND_KEY, TENANT_KEY};
+use crate::ovs::names::{KIND_KEY, TENANT_KEY};
+use crate::ovs::port_planner::PortRole;
 
 /// The router's interface on its tenant's segment.
 pub const LAN_IF: &str = "tenant0";
@@ -123,7 +124,7 @@ pub struct Layout {
 /// underlay's, so traffic from outside is not fragmented before the router).
 pub fn layout(r: &RouterIntent, netns_prefix: &str, uplink_mtu: u16, netdev: bool) -> Layout {
     let netns = netns_name(netns_prefix, r.tenant_id);
-    let target = NetnsTarget::Path(super::namespace::path_of(&netns));
+    let target = NetnsTarget::Path(crate::netns::named::path_of(&netns));
     let mut lan = EndpointSpec::new(
         lan_port_name(r.tenant_id),
         target.clone(),

@@ -27,7 +27,6 @@
 //! only its own `ovl` table.
 
 pub mod layout;
-pub mod namespace;
 pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,6 +38,7 @@ use ovl_common::intent::{HostIntent, RouterIntent};
 use tracing::{info, warn};
 
 use crate::nat::{host_table, Nft, NftError};
+use crate::netns::named as namespace;
 use crate::netns::{self, addr, link, Change, NetlinkNs, NetnsFile, Plumber};
 use layout::{
     host_routers, lan_port_name, layout, tenant_of_netns, uplink_port_name, Layout,

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::datapath::Datapath;
+use super::datapath::Datapath;
 use crate::session::{SessionEvent, SessionParams};
 
 /// Why the loop woke up.

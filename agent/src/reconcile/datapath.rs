@@ -2,7 +2,7 @@
 //!
 //! The event loop only ever calls [`Datapath::apply`] with the host's complete intent; the
 //! implementation decides what to change. Two implementations exist: the real Open vSwitch one
-//! (`crate::ovs_datapath`) and [`RecordingDatapath`], a fake that records what it was asked to
+//! ([`super::OvsDatapath`]) and [`RecordingDatapath`], a fake that records what it was asked to
 //! do, for control-plane tests and simulated agents.
 
 use std::future::Future;

@@ -1,6 +1,6 @@
 //! The real datapath: Open vSwitch through OVSDB, veth pairs and namespaces through netlink.
 //!
-//! One reconcile = observe, plan ([`crate::reconcile`], pure), apply, verify:
+//! One reconcile = observe, plan ([`crate::ovs::port_planner`], pure), apply, verify:
 //!
 //! 1. Open vSwitch must be reachable; if not, every object reports why and nothing is touched.
 //! 2. `br-int` exists with the chosen datapath type.
@@ -25,13 +25,13 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::config::{AgentConfig, DatapathChoice};
-use crate::datapath::Datapath;
+use super::datapath::Datapath;
 use crate::netns::{EndpointSpec, Plumber, Resolver};
 use crate::ovs::{
     self, choose_datapath, endpoint_port_name, DatapathType, OvsDriver, PortChange, Watcher,
 };
 use crate::ovsdb::{Client, ClientOptions};
-use crate::reconcile::{self, PortRole};
+use crate::ovs::port_planner::{self as reconcile, PortRole};
 use crate::router::{RouterSettings, Routers};
 
 /// Prefix of every host-side veth ovl creates (see [`endpoint_port_name`]).

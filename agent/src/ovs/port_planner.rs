@@ -1,6 +1,7 @@
 //! The reconciler's planner: pure functions from the intent and the observed Open vSwitch
 //! ports to the port changes that close the gap. No I/O happens here, so every rule is unit
-//! tested without root; [`crate::ovs_datapath`] observes, calls these, applies and verifies.
+//! tested without root; [`crate::reconcile::OvsDatapath`] observes, calls these, applies and
+//! verifies.
 //!
 //! Rules:
 //! - every endpoint gets an access port (its veth's host end) tagged with its tenant's local
@@ -19,14 +20,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use ovl_common::intent::{HostIntent, ObjectKind, ObjectStatus};
 use ovl_common::SegmentType;
 
-use crate::ovs::{
-    endpoint_port_name, tunnel_port_name, ObservedPort, PortChange, PortKind, PortSpec,
-};
+use super::names::{ENDPOINT_KEY, KIND_KEY, PEER_KEY, TENANT_KEY};
+use super::{endpoint_port_name, tunnel_port_name, ObservedPort, PortChange, PortKind, PortSpec};
 
-pub const KIND_KEY: &str = "ovl-kind";
-pub const TENANT_KEY: &str = "ovl-tenant";
-pub const ENDPOINT_KEY: &str = "ovl-endpoint";
-pub const PEER_KEY: &str = "ovl-peer";
 
 /// What a desired port stands for, for per-object status lines.
 #[derive(Debug, Clone, PartialEq, Eq)]

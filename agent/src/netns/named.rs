@@ -7,7 +7,7 @@
 //! worker ever changes namespace; a child process started from that thread is born in the
 //! namespace, which is how `nft` runs there.
 //!
-//! This module does not decide which namespaces should exist; [`super::Routers`] does.
+//! This module does not decide which namespaces should exist; [`crate::router::Routers`] does.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

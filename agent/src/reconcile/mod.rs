@@ -1,0 +1,20 @@
+//! Reconciling: bringing the host to the controller's intent, one reconcile at a time.
+//!
+//! Layer 2 of the agent, under the controller session and over the effectors:
+//!
+//! - [`runner`]: the one event loop. Session events, datapath change notifications and the
+//!   resync timer all become "reconcile the latest intent"; failures are retried with backoff.
+//! - [`datapath`]: the [`Datapath`] trait the loop drives, and [`RecordingDatapath`], a fake for
+//!   control-plane tests and simulated agents.
+//! - [`ovs_datapath`]: [`OvsDatapath`], the real implementation: observe, plan (pure, in
+//!   [`crate::ovs::port_planner`] and [`crate::netns::plan`]), apply, verify.
+//!
+//! This module decides nothing about what should exist (that is the intent) and speaks no
+//! protocol to Open vSwitch or the kernel itself (that is `ovs`, `ovsdb`, `netns`, `router`).
+
+pub mod datapath;
+pub mod ovs_datapath;
+pub mod runner;
+
+pub use datapath::{report_applied, Datapath, RecordingDatapath};
+pub use ovs_datapath::{OvsDatapath, OvsSettings, Reconciled, StartError};
