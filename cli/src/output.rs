@@ -6,7 +6,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use ovl_common::intent::{ObjectKind, ObjectStatus};
-use ovl_common::proto::{ApiReply, EndpointInfo, HostInfo, HostStatus, TenantInfo};
+use ovl_common::proto::{AddressInfo, ApiReply, EndpointInfo, HostInfo, HostStatus, TenantInfo};
 use serde_json::Value;
 
 use crate::args::OutputFormat;
@@ -37,6 +37,7 @@ pub fn render_json(reply: &ApiReply) -> Result<String, serde_json::Error> {
         ApiReply::Endpoints(es) => serde_json::to_value(es)?,
         ApiReply::Deleted { removed } => serde_json::json!({ "removed": removed }),
         ApiReply::Status(s) => serde_json::to_value(s)?,
+        ApiReply::Address(a) => serde_json::to_value(a)?,
     };
     if let Some(key) = nested_object(reply) {
         match &mut data {
@@ -55,7 +56,7 @@ fn nested_object(reply: &ApiReply) -> Option<&'static str> {
         ApiReply::Tenant(_) | ApiReply::Tenants(_) => Some("tenant"),
         ApiReply::Host(_) | ApiReply::Hosts(_) => Some("host"),
         ApiReply::Endpoint(_) | ApiReply::Endpoints(_) => Some("endpoint"),
-        ApiReply::Deleted { .. } | ApiReply::Status(_) => None,
+        ApiReply::Deleted { .. } | ApiReply::Status(_) | ApiReply::Address(_) => None,
     }
 }
 
@@ -84,6 +85,7 @@ pub fn render_text(reply: &ApiReply, now: u64) -> String {
         ApiReply::Endpoints(es) => endpoints_table(es),
         ApiReply::Deleted { removed } => deleted(removed),
         ApiReply::Status(hs) => status_table(hs, now),
+        ApiReply::Address(a) => address_block(a),
     }
 }
 
@@ -301,6 +303,15 @@ pub fn tenant_block(i: &TenantInfo) -> String {
     ])
 }
 
+/// A reserved address: what a container needs to use it.
+pub fn address_block(a: &AddressInfo) -> String {
+    block(&[
+        ("tenant", a.tenant.to_string()),
+        ("ip", format!("{}/{}", a.ip, a.prefix_len)),
+        ("gateway", a.gateway.to_string()),
+    ])
+}
+
 pub fn endpoints_table(es: &[EndpointInfo]) -> String {
     let mut t = Table::new(&[
         "NAME", "TENANT", "HOST", "IP", "MAC", "IFNAME", "TARGET", "STATE",
@@ -481,6 +492,7 @@ mod tests {
                 nat: !hosts.is_empty(),
                 gateway_host: None,
                 router_host: hosts.first().map(|h| HostName::new(*h).unwrap()),
+                attach: ovl_common::HostAttach::AdminOnly,
             },
             endpoints: hosts.len() as u32,
             hosts: hosts.iter().map(|h| HostName::new(*h).unwrap()).collect(),

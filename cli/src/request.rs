@@ -232,6 +232,7 @@ pub fn tenant_create(a: &TenantCreateArgs) -> Result<TenantCreate, ValidationErr
         key: a.vni,
         vlan: a.vlan,
         mtu: a.mtu,
+        attach: None,
     })
 }
 
@@ -384,6 +385,7 @@ mod tests {
                 key: Some(4242),
                 vlan: Some(20),
                 mtu: Some(1400),
+                attach: None,
             })
         );
         assert_eq!(p.wait, None);
@@ -397,6 +399,7 @@ mod tests {
                 key: None,
                 vlan: None,
                 mtu: None,
+                attach: None,
             })
         );
     }

@@ -76,6 +76,19 @@ pub fn describe(req: &ApiRequest) -> String {
         ApiRequest::Unpublish { endpoint, publish } => {
             format!("unpublish {publish} of endpoint '{endpoint}'")
         }
+        ApiRequest::AddressReserve { tenant, ip } => match ip {
+            Some(ip) => format!("reserve address {ip} of tenant '{tenant}'"),
+            None => format!("reserve an address of tenant '{tenant}'"),
+        },
+        ApiRequest::AddressRelease { tenant, ip } => {
+            format!("release address {ip} of tenant '{tenant}'")
+        }
+        ApiRequest::EndpointRetarget { name, target } => {
+            format!("move endpoint '{name}' to {target}")
+        }
+        ApiRequest::TenantSetAttach { name, .. } => {
+            format!("change which hosts may attach to tenant '{name}'")
+        }
     }
 }
 

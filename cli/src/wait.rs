@@ -56,6 +56,7 @@ pub fn reply_kind(r: &ApiReply) -> &'static str {
         ApiReply::Endpoints(_) => "endpoints",
         ApiReply::Deleted { .. } => "deleted",
         ApiReply::Status(_) => "status",
+        ApiReply::Address(_) => "address",
     }
 }
 

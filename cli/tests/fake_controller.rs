@@ -260,6 +260,7 @@ fn tenant_info(name: &str, hosts: &[&str]) -> TenantInfo {
             nat: false,
             gateway_host: None,
             router_host: None,
+            attach: ovl_common::HostAttach::AdminOnly,
         },
         endpoints: hosts.len() as u32,
         hosts: hosts.iter().map(|h| HostName::new(*h).unwrap()).collect(),
@@ -390,6 +391,7 @@ async fn client_round_trips_requests_and_api_errors() {
         key: Some(7),
         vlan: None,
         mtu: Some(1400),
+        attach: None,
     });
     let err = client.call(create.clone()).await.unwrap_err();
     assert!(

@@ -193,6 +193,7 @@ mod tests {
             key: Some(5),
             vlan: None,
             mtu: None,
+            attach: None,
         });
         let mut buf = encode(&a).unwrap();
         buf.extend(encode(&b).unwrap());
@@ -215,7 +216,7 @@ mod tests {
         #[test]
         fn names_round_trip(name in "[a-z][a-z0-9-]{0,30}", key in any::<u32>()) {
             let msg = ApiRequest::TenantCreate(TenantCreate {
-                name, subnet: "10.1.0.0/16".into(), segment: Some("gre".into()), key: Some(key), vlan: None, mtu: Some(1400),
+                name, subnet: "10.1.0.0/16".into(), segment: Some("gre".into()), key: Some(key), vlan: None, mtu: Some(1400), attach: None,
             });
             let bytes = encode(&msg).unwrap();
             let (back, _) = decode_frame::<ApiRequest>(&bytes).unwrap().unwrap();
@@ -252,6 +253,7 @@ mod reply_tests {
             nat: true,
             gateway_host: Some("h1".parse().unwrap()),
             router_host: Some("h1".parse().unwrap()),
+            attach: crate::model::HostAttach::AnyHost,
         };
         let host = Host {
             id: 2,
@@ -345,6 +347,7 @@ mod reply_tests {
                     key: None,
                     vlan: None,
                     mtu: None,
+                    attach: None,
                 },
                 nat: true,
                 gateway_host: Some("h2".into()),

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use ovl_common::intent::ObjectKind;
-use ovl_common::model::{validate_ifname, validate_name, Endpoint, Host, Tenant};
+use ovl_common::model::{validate_ifname, validate_name, Endpoint, Host, HostAttach, Tenant};
 use ovl_common::proto::{
     ApiError, ApiReply, ApiRequest, ApiResponse, EndpointCreate, EndpointInfo, ErrorCode, HostInfo,
     HostStatus, TenantCreate, TenantInfo,
@@ -361,6 +361,12 @@ fn tenant_create(
         None => SegmentType::Vxlan,
         Some(s) => s.trim().parse()?,
     };
+    let attach = c
+        .attach
+        .as_deref()
+        .map(HostAttach::parse)
+        .transpose()?
+        .unwrap_or_default();
     let key_word = key_word(segment);
     if let Some(key) = c.key {
         if !segment.is_tunnel() {
@@ -503,6 +509,7 @@ fn tenant_create(
         nat: false,
         gateway_host: None,
         router_host: None,
+        attach,
     };
     t.put_tenant(&tenant)?;
     Ok(Done::TenantCreated(name))

@@ -223,6 +223,7 @@ pub(crate) mod tests {
             nat: false,
             gateway_host: None,
             router_host: None,
+            attach: ovl_common::HostAttach::AdminOnly,
         }
     }
 

@@ -646,6 +646,7 @@ mod store_tests {
             key: None,
             vlan: None,
             mtu: None,
+            attach: None,
         }
     }
 

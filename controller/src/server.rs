@@ -262,6 +262,15 @@ impl Server {
                 };
                 refuse(&conn, &mut send, r).await;
             }
+            (ClientRole::Host, other) => {
+                warn!(identity = %other, "refusing a host API session");
+                let r = Refusal::NotAuthorized {
+                    identity: other.to_string(),
+                    action: "call the host API".into(),
+                    hint: "this controller does not serve host API sessions yet".into(),
+                };
+                refuse(&conn, &mut send, r).await;
+            }
             (ClientRole::Join(_), other) => {
                 // Joins belong on the join endpoint (`crate::join`); a party that already holds
                 // a certificate has nothing to join, and a token never travels here.

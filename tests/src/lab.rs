@@ -87,6 +87,7 @@ impl TestLab {
                 key: None,
                 vlan,
                 mtu: None,
+                attach: None,
             }))
             .await
             .expect("tenant create");

@@ -165,6 +165,7 @@ async fn nat_tenant(
                 key: None,
                 vlan: None,
                 mtu: None,
+                attach: None,
             },
             nat: true,
             gateway_host: Some(gateway.into()),

@@ -73,6 +73,7 @@ fn smuggled() -> ApiRequest {
         key: None,
         vlan: None,
         mtu: None,
+        attach: None,
     })
 }
 

@@ -172,6 +172,7 @@ fn tenant_create(name: &str, subnet: &str) -> TenantCreate {
         key: None,
         vlan: None,
         mtu: None,
+        attach: None,
     }
 }
 
@@ -194,6 +195,7 @@ fn sample_requests() -> Vec<(&'static str, ApiRequest)> {
         key: Some(77),
         vlan: Some(12),
         mtu: Some(1400),
+        attach: None,
     };
     let targets = [
         NetnsTarget::Name("web1".into()),

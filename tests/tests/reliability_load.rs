@@ -48,6 +48,7 @@ fn tenant(name: &str, subnet: &str, segment: &str) -> ApiRequest {
         key: None,
         vlan: None,
         mtu: None,
+        attach: None,
     })
 }
 

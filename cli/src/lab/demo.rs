@@ -272,6 +272,7 @@ pub async fn run(state: &LabState) -> anyhow::Result<DemoReport> {
                 key: None,
                 vlan: None,
                 mtu: None,
+                attach: None,
             }),
         )
         .await

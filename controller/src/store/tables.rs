@@ -178,6 +178,7 @@ impl From<TenantRow> for Tenant {
             nat,
             gateway_host,
             router_host,
+            attach: ovl_common::HostAttach::AdminOnly,
         }
     }
 }

@@ -132,6 +132,7 @@ fn tenant(name: &str, subnet: &str) -> TenantCreate {
         key: None,
         vlan: None,
         mtu: None,
+        attach: None,
     }
 }
 

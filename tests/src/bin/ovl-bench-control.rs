@@ -145,6 +145,7 @@ fn tenant(name: &str, subnet: &str) -> ApiRequest {
         key: None,
         vlan: None,
         mtu: None,
+        attach: None,
     })
 }
 

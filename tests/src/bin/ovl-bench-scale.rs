@@ -71,6 +71,7 @@ async fn run(state: &mut LabState, n: usize) -> anyhow::Result<()> {
         key: None,
         vlan: None,
         mtu: None,
+        attach: None,
     }))
     .await?;
     eprintln!("creating {n} namespaces and endpoints while the agent is stopped…");

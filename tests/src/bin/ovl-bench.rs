@@ -476,6 +476,7 @@ async fn create_tenant(client: &mut Client, name: &str, subnet: &str, segment: &
             key: None,
             vlan: None,
             mtu: None,
+            attach: None,
         }),
     )
     .await
