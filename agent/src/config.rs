@@ -71,6 +71,7 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     pub uplink: Option<String>,
     pub router_netns_prefix: Option<String>,
+    pub docker_socket: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -108,6 +109,8 @@ pub struct AgentConfig {
     pub uplink: Option<String>,
     /// Tenant router namespaces are named this prefix and the tenant id (`ovl-r-7`).
     pub router_netns_prefix: String,
+    /// The Docker engine's API socket (`--docker` targets and their event stream).
+    pub docker_socket: PathBuf,
 }
 
 impl AgentConfig {
@@ -140,6 +143,9 @@ impl AgentConfig {
             router_netns_prefix: f
                 .router_netns_prefix
                 .unwrap_or_else(|| crate::router::layout::DEFAULT_NETNS_PREFIX.into()),
+            docker_socket: f
+                .docker_socket
+                .unwrap_or_else(|| PathBuf::from(crate::netns::DOCKER_SOCKET)),
         })
     }
 }

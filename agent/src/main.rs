@@ -116,6 +116,10 @@ struct RunArgs {
     /// Prefix of tenant router namespace names (the tenant id follows); [default: ovl-r-]
     #[arg(long)]
     router_netns_prefix: Option<String>,
+    /// The Docker engine's API socket, asked about `--docker` endpoints' containers and
+    /// followed for their restarts; [default: /var/run/docker.sock]
+    #[arg(long)]
+    docker_socket: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -165,7 +169,8 @@ fn merge(args: &RunArgs) -> anyhow::Result<AgentConfig> {
         resync_secs,
         state_dir,
         uplink,
-        router_netns_prefix
+        router_netns_prefix,
+        docker_socket
     );
     Ok(AgentConfig::resolve(f)?)
 }

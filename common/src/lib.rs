@@ -14,6 +14,6 @@ pub mod proto;
 pub mod tls;
 
 pub use model::{
-    EndpointName, HostAttach, HostName, MacAddr, NetnsTarget, Protocol, Publish, SegmentType, TenantName,
-    ValidationError,
+    EndpointName, HostAttach, HostName, MacAddr, NetnsTarget, Protocol, Publish, SegmentType,
+    TenantName, ValidationError,
 };

@@ -276,7 +276,7 @@ impl FromStr for MacAddr {
 }
 
 /// Where an endpoint's container network namespace is found on its host.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetnsTarget {
     /// A named namespace, `/run/netns/NAME` (as `ip netns add NAME` makes).
@@ -364,7 +364,11 @@ impl fmt::Display for NetnsTarget {
                 container: Some(c), ..
             } => write!(f, "docker-net:{c}"),
             NetnsTarget::Cnm { endpoint_id, .. } => {
-                write!(f, "docker-net:endpoint-{}", &endpoint_id[..endpoint_id.len().min(12)])
+                write!(
+                    f,
+                    "docker-net:endpoint-{}",
+                    &endpoint_id[..endpoint_id.len().min(12)]
+                )
             }
         }
     }
@@ -489,7 +493,10 @@ impl HostAttach {
         for h in raw.split(',') {
             let h = h.trim();
             let name = HostName::new(h).map_err(|e| {
-                ValidationError::new("attachable", format!("'{h}' is not a host name: {}", e.problem))
+                ValidationError::new(
+                    "attachable",
+                    format!("'{h}' is not a host name: {}", e.problem),
+                )
             })?;
             if !hosts.contains(&name) {
                 hosts.push(name);

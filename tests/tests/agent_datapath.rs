@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use ovl_agent::reconcile::Datapath;
 use ovl_agent::ovs::{OWNER_KEY, OWNER_VALUE};
+use ovl_agent::reconcile::Datapath;
 use ovl_agent::reconcile::{OvsDatapath, Reconciled};
 use ovl_common::intent::{HostIntent, ObjectKind};
 use ovl_common::{NetnsTarget, SegmentType};

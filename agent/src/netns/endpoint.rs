@@ -77,6 +77,11 @@ impl Plumber {
         &self.host_file
     }
 
+    /// Netlink in the namespace the host ends live in.
+    pub(crate) fn host_handle(&self) -> &NetlinkNs {
+        &self.host
+    }
+
     /// Opens a target's namespace and a netlink handle in it, refusing the host's own.
     async fn enter_target(&self, target: &NetnsTarget) -> Result<(NetnsFile, NetlinkNs)> {
         let file = self.resolver.open(target).await?;

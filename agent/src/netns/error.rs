@@ -131,6 +131,19 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Whether the error says that an endpoint's target is not there now: a namespace file
+    /// that does not exist, a process that ended, a container that is stopped or gone. Such an
+    /// endpoint is reported as `target-missing`, and it comes back by itself when its target
+    /// does.
+    pub fn is_target_missing(&self) -> bool {
+        matches!(
+            self,
+            Error::NamespaceMissing { .. }
+                | Error::DockerNoContainer { .. }
+                | Error::DockerNotRunning { .. }
+        )
+    }
+
     /// The errno behind a netlink, ethtool or setns failure, if there is one.
     pub fn errno(&self) -> Option<Errno> {
         match self {

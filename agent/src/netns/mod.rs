@@ -28,12 +28,18 @@
 //!   (`ip link`, `ip link add … type veth`, `ip addr`, `ip route`, `ethtool -K`).
 //! - [`mod@plan`]: the wanted and observed endpoint and the pure diff between them, testable
 //!   without root.
-//! - [`endpoint`]: [`Plumber`], which observes, plans and applies.
+//! - [`endpoint`]: [`Plumber`], which observes, plans and applies; [`detached`]: the pairs of
+//!   endpoints Docker plumbs itself, whose container end the agent leaves in the host's
+//!   namespace.
+//! - [`watch`]: noticing within a second that a target's namespace was replaced or went away
+//!   (namespace identities, Docker's event stream).
+//! - [`named`]: named namespaces the agent owns (`ip netns add`), and running work inside one.
 //!
 //! This module does not decide which endpoints should exist, derive interface names, or
 //! touch Open vSwitch; it never deletes links it is not asked to by name.
 
 pub mod addr;
+pub mod detached;
 pub mod docker;
 pub mod endpoint;
 pub mod error;
@@ -45,7 +51,9 @@ pub mod plan;
 pub mod route;
 pub mod target;
 pub mod veth;
+pub mod watch;
 
+pub use detached::{DetachedReport, DetachedSpec};
 pub use endpoint::{EndpointReport, Plumber};
 pub use error::{Error, Result};
 pub use handle::NetlinkNs;
@@ -55,3 +63,4 @@ pub use plan::{
 };
 pub use route::DefaultRoute;
 pub use target::{NetnsFile, Resolver, DOCKER_SOCKET};
+pub use watch::TargetWatch;

@@ -267,7 +267,15 @@ impl OvsDriver {
             ),
             MonitorRequest::columns(
                 "Interface",
-                &["name", "type", "options", "external_ids", "ofport", "error"],
+                &[
+                    "name",
+                    "type",
+                    "options",
+                    "external_ids",
+                    "ofport",
+                    "error",
+                    "ifindex",
+                ],
             ),
         ];
         self.client

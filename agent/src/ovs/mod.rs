@@ -25,8 +25,8 @@ mod datapath;
 mod driver;
 pub mod names;
 mod plan;
-pub mod port_planner;
 mod port;
+pub mod port_planner;
 mod view;
 
 use std::time::Duration;

@@ -25,6 +25,13 @@ pub const ENDPOINT_KEY: &str = "ovl-endpoint";
 /// `external_ids` key: the peer host a tunnel points at.
 pub const PEER_KEY: &str = "ovl-peer";
 
+/// `external_ids` key on a port whose interface is a kernel device ovl made (an endpoint's or a
+/// router's veth): the device's ifindex when the port was added. A veth made again gets a new
+/// ifindex; the port must then be deleted and added again, because a userspace datapath
+/// stays bound to the deleted device otherwise (`error receiving data from ovl-e2: Network is
+/// down`) even though OVSDB already shows the new ifindex.
+pub const IFINDEX_KEY: &str = "ovl-ifindex";
+
 /// The longest interface name Linux accepts.
 pub const MAX_IFNAME_LEN: usize = 15;
 

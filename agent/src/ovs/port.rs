@@ -219,6 +219,8 @@ pub struct ObservedInterface {
     /// Why ovs-vswitchd could not configure the interface, such as
     /// `could not open network device ovl-e5 (No such device)`.
     pub error: Option<String>,
+    /// The kernel ifindex of the device ovs-vswitchd has for the interface, if it reports one.
+    pub ifindex: Option<i64>,
 }
 
 /// A Port row and its interfaces as observed.
@@ -401,6 +403,7 @@ mod tests {
             options: spec.kind.options(),
             external_ids: spec.owned_external_ids(),
             ofport: Some(3),
+            ifindex: None,
             error: None,
         };
         let port = ObservedPort {

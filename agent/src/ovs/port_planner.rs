@@ -12,6 +12,10 @@
 //!   (never the tunnel tenants' local tags, which must not leak onto the wire);
 //! - an owned port that differs from its spec is updated in place; one the intent no longer
 //!   names is deleted only when garbage collection is allowed;
+//! - a port whose kernel device was made again (its recorded [`IFINDEX_KEY`] differs from the
+//!   device's ifindex now) is deleted and added again, in two steps with ovs-vswitchd caught
+//!   up in between ([`rebinds`]): updating the row in place would leave a userspace datapath
+//!   bound to the deleted device;
 //! - a port whose endpoint could not be plumbed this round is neither added nor deleted, so a
 //!   transient failure never removes a working port.
 
@@ -20,9 +24,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use ovl_common::intent::{HostIntent, ObjectKind, ObjectStatus};
 use ovl_common::SegmentType;
 
-use super::names::{ENDPOINT_KEY, KIND_KEY, PEER_KEY, TENANT_KEY};
+use super::names::{ENDPOINT_KEY, IFINDEX_KEY, KIND_KEY, PEER_KEY, TENANT_KEY};
 use super::{endpoint_port_name, tunnel_port_name, ObservedPort, PortChange, PortKind, PortSpec};
-
 
 /// What a desired port stands for, for per-object status lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,7 +153,7 @@ pub fn plan_ports(
         match seen.get(spec.name.as_str()) {
             None => changes.push(PortChange::Add(spec.clone())),
             Some(p) if p.spec().as_ref() != Some(spec) => {
-                if p.interface().is_none() {
+                if p.interface().is_none() || device_replaced(spec, p) {
                     // Not the one-interface shape ovl creates: replace it.
                     changes.push(PortChange::Delete {
                         name: p.name.clone(),
@@ -164,6 +167,51 @@ pub fn plan_ports(
         }
     }
     changes
+}
+
+/// Whether the kernel device under `observed` is not the one the port was added for: both
+/// carry [`IFINDEX_KEY`] and the values differ. A port added before ovl recorded ifindexes
+/// has no key; it is updated in place (gaining the key) rather than bounced.
+fn device_replaced(spec: &PortSpec, observed: &ObservedPort) -> bool {
+    match (
+        spec.external_ids.get(IFINDEX_KEY),
+        observed.external_ids.get(IFINDEX_KEY),
+    ) {
+        (Some(want), Some(have)) => want != have,
+        _ => false,
+    }
+}
+
+/// Records the kernel ifindex of each port's device in its spec ([`IFINDEX_KEY`]), for the
+/// ports whose device the agent made (`System` ports named in `ifindexes`).
+pub fn record_ifindexes(specs: &mut [PortSpec], ifindexes: &BTreeMap<String, u32>) {
+    for s in specs.iter_mut() {
+        if s.kind != PortKind::System {
+            continue;
+        }
+        if let Some(i) = ifindexes.get(&s.name) {
+            s.external_ids.insert(IFINDEX_KEY.to_owned(), i.to_string());
+        }
+    }
+}
+
+/// The ports a plan deletes and adds again. Their deletions must reach ovs-vswitchd before
+/// the additions do: in one transaction the row would only change, and ovs-vswitchd would
+/// keep the old device open.
+pub fn rebinds(plan: &[PortChange]) -> BTreeSet<String> {
+    let deleted: BTreeSet<&str> = plan
+        .iter()
+        .filter_map(|c| match c {
+            PortChange::Delete { name } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    plan.iter()
+        .filter_map(|c| match c {
+            PortChange::Add(s) if deleted.contains(s.name.as_str()) => Some(s.name.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// One line per change, for logs.
@@ -204,6 +252,19 @@ pub fn verify_port(spec: &PortSpec, observed: Option<&ObservedPort>) -> Option<S
     let Some(p) = observed else {
         return Some(format!("port {} is missing from the bridge", spec.name));
     };
+    // The device the agent made must be the one ovs-vswitchd has open: a row that names the
+    // right device by name but holds a deleted one passes no traffic.
+    if let (Some(want), Some(have)) = (
+        spec.external_ids.get(IFINDEX_KEY),
+        p.interface().and_then(|i| i.ifindex),
+    ) {
+        if have > 0 && want != &have.to_string() {
+            return Some(format!(
+                "Open vSwitch holds another device for port {} (ifindex {have}, the kernel's {} is {want})",
+                spec.name, spec.name
+            ));
+        }
+    }
     if let Some(err) = p.error() {
         return Some(format!("Open vSwitch cannot use port {}: {err}", spec.name));
     }
@@ -323,6 +384,7 @@ mod tests {
                     options: s.kind.options(),
                     external_ids: s.owned_external_ids(),
                     ofport: Some(i as i64 + 1),
+                    ifindex: None,
                     error: None,
                 }],
             })

@@ -26,6 +26,7 @@ const INTERFACE_COLUMNS: &[&str] = &[
     "external_ids",
     "ofport",
     "error",
+    "ifindex",
 ];
 
 /// A Bridge row.
@@ -80,6 +81,7 @@ fn parse_interface(row: &Row) -> Result<ObservedInterface, ovsdb::Error> {
         external_ids: row.string_map("external_ids")?,
         ofport: row.get("ofport")?.optional_i64()?,
         error: row.get("error")?.optional_str()?.map(str::to_owned),
+        ifindex: row.get("ifindex")?.optional_i64()?,
     })
 }
 
@@ -259,16 +261,16 @@ pub(crate) mod tests {
             result(json!([
                 {"_uuid": ["uuid", u(11)], "name": "vx1-1", "type": "vxlan",
                  "options": ["map", [["key", "100"], ["remote_ip", "192.0.2.1"]]],
-                 "external_ids": owned, "ofport": 1, "error": ["set", []]},
+                 "external_ids": owned, "ofport": 1, "error": ["set", []], "ifindex": ["set", []]},
                 {"_uuid": ["uuid", u(12)], "name": "eth9", "type": "",
                  "options": ["map", []], "external_ids": ["map", []],
-                 "ofport": -1, "error": "could not open network device eth9"},
+                 "ofport": -1, "error": "could not open network device eth9", "ifindex": 0},
                 {"_uuid": ["uuid", u(13)], "name": "br-int", "type": "internal",
                  "options": ["map", []], "external_ids": ["map", []],
-                 "ofport": 65534, "error": ["set", []]},
+                 "ofport": 65534, "error": ["set", []], "ifindex": 9},
                 {"_uuid": ["uuid", u(14)], "name": "ext0", "type": "",
                  "options": ["map", []], "external_ids": ["map", []],
-                 "ofport": ["set", []], "error": ["set", []]}
+                 "ofport": ["set", []], "error": ["set", []], "ifindex": ["set", []]}
             ])),
         ];
         DbView::from_results(&results).unwrap()

@@ -8,12 +8,17 @@
 //!   control-plane tests and simulated agents.
 //! - [`ovs_datapath`]: [`OvsDatapath`], the real implementation: observe, plan (pure, in
 //!   [`crate::ovs::port_planner`] and [`crate::netns::plan`]), apply, verify.
+//! - [`effectors`]: the traits it changes the host through (switch, links, routing), with
+//!   their real implementations; recording fakes for its unit tests are in `recording`.
 //!
 //! This module decides nothing about what should exist (that is the intent) and speaks no
 //! protocol to Open vSwitch or the kernel itself (that is `ovs`, `ovsdb`, `netns`, `router`).
 
 pub mod datapath;
+pub mod effectors;
 pub mod ovs_datapath;
+#[cfg(test)]
+mod recording;
 pub mod runner;
 
 pub use datapath::{report_applied, Datapath, RecordingDatapath};

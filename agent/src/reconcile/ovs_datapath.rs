@@ -1,41 +1,54 @@
-//! The real datapath: Open vSwitch through OVSDB, veth pairs and namespaces through netlink.
+//! The real datapath: Open vSwitch, veth pairs and namespaces, tenant routers.
 //!
 //! One reconcile = observe, plan ([`crate::ovs::port_planner`], pure), apply, verify:
 //!
 //! 1. Open vSwitch must be reachable; if not, every object reports why and nothing is touched.
 //! 2. `br-int` exists with the chosen datapath type.
 //! 3. Each endpoint's veth pair and namespace side is brought in line (idempotent; an endpoint
-//!    that fails, say because its namespace is missing, is reported and held, and the others
-//!    go on).
-//! 4. The owned ports are diffed against the intent and the difference applied in one OVSDB
-//!    transaction; ovs-vswitchd is then waited for.
-//! 5. With garbage collection allowed, veths ovl made that no endpoint wants are deleted.
+//!    that fails is reported and its port *held*, and the others go on). An endpoint whose
+//!    target is gone (a stopped container, an ended process) is reported `target-missing`,
+//!    and its host end is removed, so an old copy of it in a namespace that lingers (Docker
+//!    unmounts a stopped container's namespace lazily) can never answer for it. An endpoint
+//!    Docker plumbs itself gets its pair, and is `target-missing` until Docker takes it.
+//! 4. The owned ports are diffed against the intent and the difference applied; ports whose
+//!    veth was made again are deleted and, once ovs-vswitchd has let go of the old device,
+//!    added again. ovs-vswitchd is then waited for.
+//! 5. With garbage collection allowed, veths ovl made that no endpoint wants are deleted —
+//!    after the ports, so no port ever points at a device that is being removed.
 //! 6. Every port is checked as ovs-vswitchd left it, and the report says, per object, whether
-//!    it is in place.
+//!    it is in place: a row with an `ofport` is not enough; the device ovs-vswitchd has must
+//!    be the one the kernel has now.
 //!
-//! Tenant routers ([`crate::router`]) take part in steps 3 (their namespaces and veths,
-//! before the ports) and 5 (their nftables tables, forwarding, and stale routers, after).
+//! Tenant routers take part in steps 3 (their namespaces and veths, before the ports) and 5
+//! (their nftables tables, forwarding, and stale routers, after). Everything is done through
+//! the effector traits of [`super::effectors`], so these rules are unit-tested with fakes.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use ovl_common::intent::{AppliedReport, HostIntent, ObjectKind, ObjectStatus};
-use tokio::sync::mpsc;
+use ovl_common::model::cnm_peer_name;
+use ovl_common::NetnsTarget;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::config::{AgentConfig, DatapathChoice};
 use super::datapath::Datapath;
-use crate::netns::{EndpointSpec, Plumber, Resolver};
+use super::effectors::{Links, RouterDriver, Routing, Switch};
+use crate::config::{AgentConfig, DatapathChoice};
+use crate::netns::{DetachedSpec, EndpointSpec, Plumber, Resolver, TargetWatch};
+use crate::ovs::port_planner::{self as planner, PortRole};
 use crate::ovs::{
     self, choose_datapath, endpoint_port_name, DatapathType, OvsDriver, PortChange, Watcher,
 };
 use crate::ovsdb::{Client, ClientOptions};
-use crate::ovs::port_planner::{self as reconcile, PortRole};
 use crate::router::{RouterSettings, Routers};
 
 /// Prefix of every host-side veth ovl creates (see [`endpoint_port_name`]).
 pub const VETH_PREFIX: &str = "ovl-e";
+/// Prefix of every link the agent makes in the host's namespace.
+const OWNED_LINK_PREFIX: &str = "ovl-";
 /// How many endpoints are plumbed at once.
 const PARALLEL_ENDPOINTS: usize = 8;
 /// How long to wait for ovs-vswitchd to take a committed change.
@@ -84,16 +97,18 @@ impl OvsSettings {
     }
 }
 
-/// Open vSwitch plus netlink.
-pub struct OvsDatapath {
+/// Open vSwitch plus netlink plus routers, each behind its effector trait.
+pub struct OvsDatapath<S = OvsDriver, L = Plumber, R = RouterDriver> {
     settings: OvsSettings,
-    driver: OvsDriver,
-    plumber: Plumber,
-    routers: Routers,
-    watcher: Option<Watcher>,
+    pub(super) switch: S,
+    pub(super) links: Arc<L>,
+    routing: R,
+    /// The targets of the current intent's endpoints, for the target watch.
+    targets: watch::Sender<BTreeSet<NetnsTarget>>,
+    watchers: (Option<Watcher>, Option<TargetWatch>),
 }
 
-impl std::fmt::Debug for OvsDatapath {
+impl<S, L, R> std::fmt::Debug for OvsDatapath<S, L, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OvsDatapath")
             .field("settings", &self.settings)
@@ -107,10 +122,10 @@ impl OvsDatapath {
     pub async fn start(cfg: &AgentConfig) -> Result<Self, StartError> {
         let mut dp = Self::with_settings(
             OvsSettings::from_config(cfg),
-            Plumber::new(Resolver::default())?,
+            Plumber::new(Resolver::new(&cfg.docker_socket))?,
         )
         .await?;
-        dp.routers
+        dp.routers_mut()
             .configure(RouterSettings {
                 netns_prefix: cfg.router_netns_prefix.clone(),
                 underlay_ip: Some(cfg.underlay_ip),
@@ -138,13 +153,36 @@ impl OvsDatapath {
         let routers = Routers::new(RouterSettings::default(), plumber.host_netns()).await?;
         let client = Client::start(address, ClientOptions::default());
         info!(datapath = settings.datapath.as_str(), ovsdb = %settings.ovsdb, bridge = %settings.bridge, "Open vSwitch datapath");
-        Ok(Self {
+        let plumber = Arc::new(plumber);
+        Ok(Self::with_effectors(
             settings,
-            driver: OvsDriver::new(client),
-            plumber,
-            routers,
-            watcher: None,
-        })
+            OvsDriver::new(client),
+            plumber.clone(),
+            RouterDriver { routers, plumber },
+        ))
+    }
+
+    pub fn driver(&self) -> &OvsDriver {
+        &self.switch
+    }
+
+    /// The tenant router driver, to configure it (tests run it with their own settings).
+    pub fn routers_mut(&mut self) -> &mut Routers {
+        &mut self.routing.routers
+    }
+}
+
+impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
+    /// A datapath over the given effectors (unit tests give it recording fakes).
+    pub fn with_effectors(settings: OvsSettings, switch: S, links: Arc<L>, routing: R) -> Self {
+        Self {
+            settings,
+            switch,
+            links,
+            routing,
+            targets: watch::Sender::new(BTreeSet::new()),
+            watchers: (None, None),
+        }
     }
 
     /// What the agent announces in its hello.
@@ -153,6 +191,7 @@ impl OvsDatapath {
             format!("datapath={}", self.settings.datapath.as_str()),
             "segment=vxlan".into(),
             "segment=gre".into(),
+            "endpoint=docker-cnm".into(),
         ];
         if self.settings.uplink.is_some() {
             caps.push("segment=vlan".into());
@@ -160,37 +199,35 @@ impl OvsDatapath {
         caps
     }
 
-    pub fn driver(&self) -> &OvsDriver {
-        &self.driver
-    }
-
-    /// The tenant router driver, to configure it (tests run it with their own settings).
-    pub fn routers_mut(&mut self) -> &mut Routers {
-        &mut self.routers
-    }
-
     /// One full reconcile; see the module documentation.
     pub async fn reconcile(&mut self, intent: &HostIntent, collect_garbage: bool) -> Reconciled {
         let started = std::time::Instant::now();
         let mut changes = Vec::new();
         let mut objects = Vec::new();
-        let desired = reconcile::desired_ports(intent, self.settings.uplink.as_deref());
+        let desired = planner::desired_ports(intent, self.settings.uplink.as_deref());
         let bridge = self.settings.bridge.clone();
         let report = |objects: Vec<ObjectStatus>| AppliedReport {
             generation: intent.generation,
             datapath: self.settings.datapath.as_str().to_string(),
             objects,
         };
+        self.targets.send_if_modified(|t| {
+            let now: BTreeSet<NetnsTarget> =
+                intent.endpoints.iter().map(|e| e.target.clone()).collect();
+            let changed = *t != now;
+            *t = now;
+            changed
+        });
 
-        if let Some(problem) = self.driver.connection_problem() {
+        if let Some(problem) = self.switch.connection_problem() {
             return Reconciled {
                 report: report(everything_failed(&bridge, &desired, &problem)),
                 changes,
             };
         }
         match self
-            .driver
-            .ensure_bridge(&bridge, self.settings.datapath, &BTreeMap::new())
+            .switch
+            .ensure_bridge(&bridge, self.settings.datapath)
             .await
         {
             Ok(outcome) => {
@@ -211,83 +248,30 @@ impl OvsDatapath {
 
         // Endpoints: veth pairs and the namespace side.
         let netdev = self.settings.datapath == DatapathType::Netdev;
-        let plumber = &self.plumber;
-        let work: Vec<(String, String, EndpointSpec)> = intent
-            .endpoints
-            .iter()
-            .map(|e| {
-                let port = endpoint_port_name(e.id);
-                (
-                    e.name.to_string(),
-                    port.clone(),
-                    EndpointSpec::from_intent(e, port, netdev),
-                )
-            })
-            .collect();
-        let results: Vec<_> = stream::iter(work)
-            .map(|(name, port, spec)| async move {
-                let r = plumber.ensure_endpoint(&spec).await;
-                (name, port, r)
-            })
-            .buffer_unordered(PARALLEL_ENDPOINTS)
-            .collect()
-            .await;
-        let mut endpoint_errors: BTreeMap<String, String> = BTreeMap::new();
-        let mut hold = BTreeSet::new();
-        for (name, port, r) in results {
-            match r {
-                Ok(rep) => {
-                    for c in &rep.changes {
-                        changes.push(format!("endpoint {name}: {c}"));
-                    }
-                }
-                Err(err) => {
-                    warn!(endpoint = %name, "cannot plumb endpoint: {err}");
-                    endpoint_errors.insert(name, err.to_string());
-                    hold.insert(port);
-                }
-            }
-        }
+        let mut plumbed = self.plumb_endpoints(intent, netdev).await;
+        changes.append(&mut plumbed.changes);
+        let mut hold = plumbed.hold;
 
         // Tenant routers: namespaces and veths before their ports.
-        let mut routed = self.routers.prepare(intent, &self.plumber, netdev).await;
+        let mut routed = self.routing.prepare(intent, netdev).await;
         changes.append(&mut routed.changes);
         hold.extend(routed.hold.iter().cloned());
 
-        // Ports.
-        let specs: Vec<ovs::PortSpec> = desired.ports.iter().map(|(s, _)| s.clone()).collect();
-        let mut vswitchd_problem = None;
-        let port_error = match self.driver.owned_ports(&bridge).await {
-            Ok(observed) => {
-                let plan = reconcile::plan_ports(&specs, &observed, &hold, collect_garbage);
-                if plan.is_empty() {
-                    None
-                } else {
-                    for c in &plan {
-                        info!("{}", reconcile::describe(c));
-                    }
-                    match self.driver.apply(&bridge, &plan).await {
-                        Ok(()) => {
-                            changes.extend(plan.iter().map(reconcile::describe));
-                            if let Err(e) = self.driver.wait_for_vswitchd(VSWITCHD_WAIT).await {
-                                warn!("ovs-vswitchd did not confirm the changes: {e}");
-                                vswitchd_problem = Some(e.to_string());
-                            }
-                            None
-                        }
-                        Err(e) => Some(format!("cannot change ports on {bridge}: {e}")),
-                    }
-                }
-            }
-            Err(e) => Some(format!("cannot read ports on {bridge}: {e}")),
-        };
+        // Ports, each System port tied to the device the kernel has now.
+        let mut specs: Vec<ovs::PortSpec> = desired.ports.iter().map(|(s, _)| s.clone()).collect();
+        match self.links.host_ifindexes(OWNED_LINK_PREFIX).await {
+            Ok(ifindexes) => planner::record_ifindexes(&mut specs, &ifindexes),
+            Err(e) => warn!("cannot list the host's links: {e}"),
+        }
+        let (port_error, vswitchd_problem) = self
+            .apply_ports(&bridge, &specs, &hold, collect_garbage, &mut changes)
+            .await;
 
         // Router rules and stale routers, once router ports are on the bridge.
-        self.routers
+        self.routing
             .finish(
                 intent,
                 &mut routed,
-                &self.plumber,
                 netdev,
                 collect_garbage && port_error.is_none(),
             )
@@ -296,27 +280,11 @@ impl OvsDatapath {
 
         // Stale veths go after their ports.
         if collect_garbage && port_error.is_none() {
-            let wanted: BTreeSet<String> = intent
-                .endpoints
-                .iter()
-                .map(|e| endpoint_port_name(e.id))
-                .collect();
-            match self.plumber.list_links_with_prefix(VETH_PREFIX).await {
-                Ok(links) => {
-                    for l in links.into_iter().filter(|l| !wanted.contains(&l.name)) {
-                        match self.plumber.remove_endpoint(&l.name).await {
-                            Ok(true) => changes.push(format!("removed stale veth {}", l.name)),
-                            Ok(false) => {}
-                            Err(e) => warn!(link = %l.name, "cannot remove stale veth: {e}"),
-                        }
-                    }
-                }
-                Err(e) => warn!("cannot list veths: {e}"),
-            }
+            self.remove_stale_veths(intent, &mut changes).await;
         }
 
         // Verify.
-        let observed = match (&port_error, self.driver.owned_ports(&bridge).await) {
+        let observed = match (&port_error, self.switch.owned_ports(&bridge).await) {
             (None, Ok(o)) => Some(o),
             (None, Err(e)) => {
                 warn!("cannot read back ports: {e}");
@@ -324,17 +292,23 @@ impl OvsDatapath {
             }
             _ => None,
         };
-        for (spec, role) in &desired.ports {
+        for ((_, role), spec) in desired.ports.iter().zip(&specs) {
             let (kind, name) = role.object();
+            if let PortRole::Endpoint(n) = role {
+                if let Some(why) = plumbed.missing.get(n) {
+                    objects.push(ObjectStatus::target_missing(kind, name, why.clone()));
+                    continue;
+                }
+            }
             let error = match role {
-                PortRole::Endpoint(n) => endpoint_errors.get(n).cloned(),
+                PortRole::Endpoint(n) => plumbed.errors.get(n).cloned(),
                 PortRole::Router(t) => routed.errors.get(t).cloned(),
                 _ => None,
             };
             let error = error
                 .or_else(|| port_error.clone())
                 .or_else(|| match &observed {
-                    Some(o) => reconcile::verify_port(spec, o.iter().find(|p| p.name == spec.name)),
+                    Some(o) => planner::verify_port(spec, o.iter().find(|p| p.name == spec.name)),
                     None => Some(format!("cannot verify port {}", spec.name)),
                 });
             objects.push(match error {
@@ -372,14 +346,190 @@ impl OvsDatapath {
             changes,
         }
     }
+
+    /// Step 3 for every endpoint, up to [`PARALLEL_ENDPOINTS`] at once.
+    async fn plumb_endpoints(&self, intent: &HostIntent, netdev: bool) -> Plumbed {
+        let links = &*self.links;
+        let work: Vec<(String, String, Work)> = intent
+            .endpoints
+            .iter()
+            .map(|e| {
+                let port = endpoint_port_name(e.id);
+                let w = match &e.target {
+                    NetnsTarget::Cnm { .. } => Work::Detached(DetachedSpec {
+                        host_ifname: port.clone(),
+                        peer_ifname: cnm_peer_name(e.id),
+                        mac: e.mac,
+                        mtu: e.mtu,
+                        disable_tx_checksum: netdev,
+                    }),
+                    _ => Work::Plumbed(EndpointSpec::from_intent(e, port.clone(), netdev)),
+                };
+                (e.name.to_string(), port, w)
+            })
+            .collect();
+        let results: Vec<(String, String, Result<Vec<String>, Outcome>)> = stream::iter(work)
+            .map(|(name, port, w)| async move {
+                let r = match w {
+                    Work::Detached(spec) => match links.ensure_detached(&spec).await {
+                        Ok(rep) if rep.joined => Ok(rep.changes),
+                        Ok(rep) => Err(Outcome::Missing {
+                            why: format!(
+                                "waiting for Docker to move {} into its container",
+                                spec.peer_ifname
+                            ),
+                            changes: rep.changes,
+                        }),
+                        Err(err) => Err(Outcome::Failed(err.to_string())),
+                    },
+                    Work::Plumbed(spec) => match links.ensure_endpoint(&spec).await {
+                        Ok(rep) => Ok(rep.changes.iter().map(ToString::to_string).collect()),
+                        Err(err) if err.is_target_missing() => {
+                            // The old copy goes: its namespace may linger after the target
+                            // is gone, and must not answer for the endpoint.
+                            let mut changes = Vec::new();
+                            match links.remove_endpoint(&port).await {
+                                Ok(true) => {
+                                    changes.push(format!("removed {port}: its target is gone"))
+                                }
+                                Ok(false) => {}
+                                Err(e) => warn!(link = %port, "cannot remove the veth of a missing target: {e}"),
+                            }
+                            Err(Outcome::Missing {
+                                why: err.to_string(),
+                                changes,
+                            })
+                        }
+                        Err(err) => Err(Outcome::Failed(err.to_string())),
+                    },
+                };
+                (name, port, r)
+            })
+            .buffer_unordered(PARALLEL_ENDPOINTS)
+            .collect()
+            .await;
+        let mut p = Plumbed::default();
+        for (name, port, r) in results {
+            match r {
+                Ok(cs) => p
+                    .changes
+                    .extend(cs.into_iter().map(|c| format!("endpoint {name}: {c}"))),
+                Err(Outcome::Missing { why, changes }) => {
+                    debug!(endpoint = %name, "target missing: {why}");
+                    p.changes
+                        .extend(changes.into_iter().map(|c| format!("endpoint {name}: {c}")));
+                    p.missing.insert(name, why);
+                    p.hold.insert(port);
+                }
+                Err(Outcome::Failed(err)) => {
+                    warn!(endpoint = %name, "cannot plumb endpoint: {err}");
+                    p.errors.insert(name, err);
+                    p.hold.insert(port);
+                }
+            }
+        }
+        p
+    }
+
+    /// Step 4: plans and applies the port changes. Returns why the ports could not be read or
+    /// changed, and whether ovs-vswitchd failed to confirm them.
+    async fn apply_ports(
+        &self,
+        bridge: &str,
+        specs: &[ovs::PortSpec],
+        hold: &BTreeSet<String>,
+        collect_garbage: bool,
+        changes: &mut Vec<String>,
+    ) -> (Option<String>, Option<String>) {
+        let observed = match self.switch.owned_ports(bridge).await {
+            Ok(o) => o,
+            Err(e) => return (Some(format!("cannot read ports on {bridge}: {e}")), None),
+        };
+        let plan = planner::plan_ports(specs, &observed, hold, collect_garbage);
+        if plan.is_empty() {
+            return (None, None);
+        }
+        for c in &plan {
+            info!("{}", planner::describe(c));
+        }
+        // Ports deleted to be added again go in a batch of their own, and ovs-vswitchd must
+        // have let go of the old device before the port comes back.
+        let rebinds = planner::rebinds(&plan);
+        let (first, rest): (Vec<PortChange>, Vec<PortChange>) = plan
+            .iter()
+            .cloned()
+            .partition(|c| matches!(c, PortChange::Delete { name } if rebinds.contains(name)));
+        let mut vswitchd_problem = None;
+        for batch in [first, rest] {
+            if batch.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.switch.apply(bridge, &batch).await {
+                return (Some(format!("cannot change ports on {bridge}: {e}")), None);
+            }
+            changes.extend(batch.iter().map(planner::describe));
+            if let Err(e) = self.switch.wait_for_vswitchd(VSWITCHD_WAIT).await {
+                warn!("ovs-vswitchd did not confirm the changes: {e}");
+                vswitchd_problem = Some(e.to_string());
+            }
+        }
+        (None, vswitchd_problem)
+    }
+
+    /// Step 5: veths named like endpoints' host ends that no endpoint of the intent wants.
+    async fn remove_stale_veths(&self, intent: &HostIntent, changes: &mut Vec<String>) {
+        let wanted: BTreeSet<String> = intent
+            .endpoints
+            .iter()
+            .map(|e| endpoint_port_name(e.id))
+            .collect();
+        match self.links.host_ifindexes(VETH_PREFIX).await {
+            Ok(links) => {
+                for name in links.into_keys().filter(|l| !wanted.contains(l)) {
+                    match self.links.remove_endpoint(&name).await {
+                        Ok(true) => changes.push(format!("removed stale veth {name}")),
+                        Ok(false) => {}
+                        Err(e) => warn!(link = %name, "cannot remove stale veth: {e}"),
+                    }
+                }
+            }
+            Err(e) => warn!("cannot list veths: {e}"),
+        }
+    }
+}
+
+/// How one endpoint is plumbed.
+enum Work {
+    /// The agent plumbs its namespace.
+    Plumbed(EndpointSpec),
+    /// Docker plumbs it; the agent makes the pair.
+    Detached(DetachedSpec),
+}
+
+/// What plumbing one endpoint came to, short of success.
+enum Outcome {
+    /// Its target is not there now; `changes` were made all the same.
+    Missing {
+        why: String,
+        changes: Vec<String>,
+    },
+    Failed(String),
+}
+
+/// What step 3 found and did.
+#[derive(Debug, Default)]
+struct Plumbed {
+    changes: Vec<String>,
+    /// Failures per endpoint name.
+    errors: BTreeMap<String, String>,
+    /// Endpoints whose target is missing, with why.
+    missing: BTreeMap<String, String>,
+    /// Ports to leave exactly as they are this round.
+    hold: BTreeSet<String>,
 }
 
 /// The report when nothing could be done: every object fails with `problem`.
-fn everything_failed(
-    bridge: &str,
-    desired: &reconcile::Desired,
-    problem: &str,
-) -> Vec<ObjectStatus> {
+fn everything_failed(bridge: &str, desired: &planner::Desired, problem: &str) -> Vec<ObjectStatus> {
     let mut objects = vec![ObjectStatus::failed(ObjectKind::Bridge, bridge, problem)];
     for (_, role) in &desired.ports {
         let (kind, name) = role.object();
@@ -392,7 +542,7 @@ fn everything_failed(
     objects
 }
 
-impl Datapath for OvsDatapath {
+impl<S: Switch, L: Links, R: Routing> Datapath for OvsDatapath<S, L, R> {
     fn kind(&self) -> String {
         self.settings.datapath.as_str().to_string()
     }
@@ -402,9 +552,8 @@ impl Datapath for OvsDatapath {
     }
 
     fn watch(&mut self, notify: mpsc::Sender<()>) {
-        self.watcher = Some(self.driver.spawn_watcher(notify));
+        let switch = self.switch.watch(notify.clone());
+        let targets = self.links.watch_targets(self.targets.subscribe(), notify);
+        self.watchers = (switch, targets);
     }
 }
-
-/// Keeps `PortChange` reachable for callers that build their own plans.
-pub type Change = PortChange;

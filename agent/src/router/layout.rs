@@ -19,9 +19,9 @@ use ovl_common::{MacAddr, NetnsTarget};
 
 use crate::nat::{router_table, HostRouter, RouterRules};
 use crate::netns::EndpointSpec;
-use crate::ovs::{PortKind, PortSpec};
 use crate::ovs::names::{KIND_KEY, TENANT_KEY};
 use crate::ovs::port_planner::PortRole;
+use crate::ovs::{PortKind, PortSpec};
 
 /// The router's interface on its tenant's segment.
 pub const LAN_IF: &str = "tenant0";

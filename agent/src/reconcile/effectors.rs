@@ -1,0 +1,202 @@
+//! The three systems a reconcile changes, each behind a trait so that the OVS datapath's
+//! ordering rules are unit-tested against recording fakes ([`super::recording`]) without root:
+//!
+//! - [`Switch`]: Open vSwitch (`ovs-vsctl add-br`, `add-port`, `del-port`), implemented by
+//!   [`OvsDriver`] over OVSDB;
+//! - [`Links`]: veth pairs and namespaces (`ip link add … type veth`, `ip link del`),
+//!   implemented by [`Plumber`] over rtnetlink;
+//! - [`Routing`]: tenant routers with their firewall (`ip netns add`, `nft -f`), implemented by
+//!   [`RouterDriver`].
+//!
+//! Layer: under [`super::OvsDatapath`], over `ovs`, `netns` and `router`. The traits say what
+//! a reconcile needs and nothing more; they hold no policy.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ovl_common::intent::HostIntent;
+use ovl_common::NetnsTarget;
+use tokio::sync::{mpsc, watch};
+
+use crate::netns::{self, DetachedReport, DetachedSpec, EndpointReport, EndpointSpec, Plumber};
+use crate::ovs::{self, BridgeOutcome, DatapathType, ObservedPort, OvsDriver, PortChange, Watcher};
+use crate::router::{Prepared, Routers};
+
+/// Open vSwitch, as a reconcile uses it.
+pub trait Switch: Send + Sync + 'static {
+    /// Why the database cannot be reached now, if it cannot.
+    fn connection_problem(&self) -> Option<String>;
+
+    /// `ovs-vsctl --may-exist add-br BRIDGE -- set bridge BRIDGE datapath_type=DP`.
+    fn ensure_bridge(
+        &self,
+        bridge: &str,
+        datapath: DatapathType,
+    ) -> impl Future<Output = ovs::Result<BridgeOutcome>> + Send;
+
+    /// The ports ovl owns on `bridge`.
+    fn owned_ports(
+        &self,
+        bridge: &str,
+    ) -> impl Future<Output = ovs::Result<Vec<ObservedPort>>> + Send;
+
+    /// Applies a batch of port changes in one transaction.
+    fn apply(
+        &self,
+        bridge: &str,
+        changes: &[PortChange],
+    ) -> impl Future<Output = ovs::Result<()>> + Send;
+
+    /// Waits until ovs-vswitchd has taken every committed change.
+    fn wait_for_vswitchd(&self, timeout: Duration) -> impl Future<Output = ovs::Result<()>> + Send;
+
+    /// Sends `()` on `notify` on every change under the switch; the watch lasts as long as the
+    /// returned guard.
+    fn watch(&self, notify: mpsc::Sender<()>) -> Option<Watcher>;
+}
+
+impl Switch for OvsDriver {
+    fn connection_problem(&self) -> Option<String> {
+        OvsDriver::connection_problem(self)
+    }
+
+    async fn ensure_bridge(
+        &self,
+        bridge: &str,
+        datapath: DatapathType,
+    ) -> ovs::Result<BridgeOutcome> {
+        OvsDriver::ensure_bridge(self, bridge, datapath, &BTreeMap::new()).await
+    }
+
+    async fn owned_ports(&self, bridge: &str) -> ovs::Result<Vec<ObservedPort>> {
+        OvsDriver::owned_ports(self, bridge).await
+    }
+
+    async fn apply(&self, bridge: &str, changes: &[PortChange]) -> ovs::Result<()> {
+        OvsDriver::apply(self, bridge, changes).await
+    }
+
+    async fn wait_for_vswitchd(&self, timeout: Duration) -> ovs::Result<()> {
+        OvsDriver::wait_for_vswitchd(self, timeout).await
+    }
+
+    fn watch(&self, notify: mpsc::Sender<()>) -> Option<Watcher> {
+        Some(self.spawn_watcher(notify))
+    }
+}
+
+/// Veth pairs and the namespaces their ends live in, as a reconcile uses them.
+pub trait Links: Send + Sync + 'static {
+    /// Brings an endpoint whose namespace the agent plumbs to `spec`.
+    fn ensure_endpoint(
+        &self,
+        spec: &EndpointSpec,
+    ) -> impl Future<Output = netns::Result<EndpointReport>> + Send;
+
+    /// Makes the pair of an endpoint Docker plumbs itself, and says whether Docker took it.
+    fn ensure_detached(
+        &self,
+        spec: &DetachedSpec,
+    ) -> impl Future<Output = netns::Result<DetachedReport>> + Send;
+
+    /// The ifindex of every link in the host's namespace whose name starts with `prefix`.
+    fn host_ifindexes(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = netns::Result<BTreeMap<String, u32>>> + Send;
+
+    /// `ip link del HOST_IFNAME` (the peer goes with it); whether there was one.
+    fn remove_endpoint(
+        &self,
+        host_ifname: &str,
+    ) -> impl Future<Output = netns::Result<bool>> + Send;
+
+    /// Watches the namespaces of `targets` (as they are updated) and sends `()` on `notify`
+    /// when one is replaced, appears or disappears. The watch lasts as long as the guard.
+    fn watch_targets(
+        &self,
+        targets: watch::Receiver<BTreeSet<NetnsTarget>>,
+        notify: mpsc::Sender<()>,
+    ) -> Option<netns::TargetWatch>;
+}
+
+impl Links for Plumber {
+    async fn ensure_endpoint(&self, spec: &EndpointSpec) -> netns::Result<EndpointReport> {
+        Plumber::ensure_endpoint(self, spec).await
+    }
+
+    async fn ensure_detached(&self, spec: &DetachedSpec) -> netns::Result<DetachedReport> {
+        Plumber::ensure_detached(self, spec).await
+    }
+
+    async fn host_ifindexes(&self, prefix: &str) -> netns::Result<BTreeMap<String, u32>> {
+        Ok(self
+            .list_links_with_prefix(prefix)
+            .await?
+            .into_iter()
+            .map(|l| (l.name, l.ifindex))
+            .collect())
+    }
+
+    async fn remove_endpoint(&self, host_ifname: &str) -> netns::Result<bool> {
+        Plumber::remove_endpoint(self, host_ifname).await
+    }
+
+    fn watch_targets(
+        &self,
+        targets: watch::Receiver<BTreeSet<NetnsTarget>>,
+        notify: mpsc::Sender<()>,
+    ) -> Option<netns::TargetWatch> {
+        Some(netns::TargetWatch::spawn(
+            self.resolver().clone(),
+            targets,
+            notify,
+        ))
+    }
+}
+
+/// Tenant routers and their firewall, as a reconcile uses them: [`Routing::prepare`] before
+/// the port changes (namespaces and veths, so the router ports can be added),
+/// [`Routing::finish`] after them (rules, announcements, stale routers).
+pub trait Routing: Send + Sync + 'static {
+    fn prepare(
+        &mut self,
+        intent: &HostIntent,
+        netdev: bool,
+    ) -> impl Future<Output = Prepared> + Send;
+
+    fn finish(
+        &mut self,
+        intent: &HostIntent,
+        prepared: &mut Prepared,
+        netdev: bool,
+        collect_garbage: bool,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// The real [`Routing`]: [`Routers`] with the plumbing they build veths with.
+#[derive(Debug)]
+pub struct RouterDriver {
+    pub routers: Routers,
+    pub plumber: Arc<Plumber>,
+}
+
+impl Routing for RouterDriver {
+    async fn prepare(&mut self, intent: &HostIntent, netdev: bool) -> Prepared {
+        self.routers.prepare(intent, &self.plumber, netdev).await
+    }
+
+    async fn finish(
+        &mut self,
+        intent: &HostIntent,
+        prepared: &mut Prepared,
+        netdev: bool,
+        collect_garbage: bool,
+    ) {
+        self.routers
+            .finish(intent, prepared, &self.plumber, netdev, collect_garbage)
+            .await
+    }
+}
