@@ -114,7 +114,14 @@ pub async fn run<D: Datapath>(
             resync_at = Instant::now() + resync;
         } else {
             for o in report.errors() {
-                warn!(kind = ?o.kind, name = %o.name, "not applied: {}", o.error.as_deref().unwrap_or(""));
+                let why = o.error.as_deref().unwrap_or("");
+                if o.target_missing {
+                    // Not a failure of ovl's: the retry notices the target coming back
+                    // (a Docker-plumbed pair is taken by Docker right after it is made).
+                    info!(kind = ?o.kind, name = %o.name, "target missing: {why}");
+                } else {
+                    warn!(kind = ?o.kind, name = %o.name, "not applied: {why}");
+                }
             }
             resync_at = Instant::now() + retry.min(resync);
             retry = (retry * 2).min(resync);
