@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod datapath;
+pub mod docker;
 pub mod lab;
 pub mod netns;
 pub mod ovs;

@@ -154,6 +154,10 @@ pub struct LabHost {
     pub netns: String,
     pub underlay: Ipv4Addr,
     pub agent_pid: Option<u32>,
+    /// Extra `ovl-agent run` flags for this host, given after the lab's own on every start
+    /// (a test gives each agent `--docker-socket` of its host's own dockerd this way).
+    #[serde(default)]
+    pub agent_flags: Vec<String>,
 }
 
 /// A lab container: a plain network namespace standing in for a container.
@@ -379,6 +383,7 @@ fn build(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabState> {
             netns: ns.clone(),
             underlay: spec.underlay_ip(i),
             agent_pid: None,
+            agent_flags: Vec::new(),
         });
         state.save()?;
         build_host(spec, i)?;
@@ -593,7 +598,7 @@ pub fn start_agent(spec: &LabSpec, h: &LabHost) -> Result<u32> {
     let ovsdb = spec.ovs(h.index).remote();
     let state_dir = dir.join("agent");
     let router_prefix = spec.router_netns_prefix(h.index);
-    let args: Vec<&std::ffi::OsStr> = vec![
+    let mut args: Vec<&std::ffi::OsStr> = vec![
         "run".as_ref(),
         "--config".as_ref(),
         "/nonexistent/ovl-lab-agent.toml".as_ref(),
@@ -616,6 +621,11 @@ pub fn start_agent(spec: &LabSpec, h: &LabHost) -> Result<u32> {
         "--router-netns-prefix".as_ref(),
         router_prefix.as_ref(),
     ];
+    args.extend(
+        h.agent_flags
+            .iter()
+            .map(|f| std::ffi::OsStr::new(f.as_str())),
+    );
     spawn_daemon(
         Some(&h.netns),
         &spec.bin_dir.join("ovl-agent"),
@@ -652,6 +662,20 @@ pub fn restart_agent(state: &mut LabState, host: &str) -> Result<u32> {
         .for_each(|x| x.agent_pid = Some(pid));
     state.save()?;
     Ok(pid)
+}
+
+/// Gives one host's agent extra `ovl-agent run` flags, recorded in the state file so that
+/// every later start (`restart_agent`) keeps them, and restarts it with them.
+pub fn set_agent_flags(state: &mut LabState, host: &str, flags: Vec<String>) -> Result<u32> {
+    state.refresh()?;
+    state.host(host)?;
+    state
+        .hosts
+        .iter_mut()
+        .filter(|h| h.name == host)
+        .for_each(|h| h.agent_flags = flags.clone());
+    state.save()?;
+    restart_agent(state, host)
 }
 
 /// Stops the controller (the data plane stays).

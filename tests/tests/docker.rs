@@ -1,0 +1,620 @@
+//! ovl as a Docker network, end to end: a real `dockerd` on each host of a two-host lab
+//! ([`ovl_tests::docker`]), containers on Docker networks bound to ovl tenants through the
+//! `ovl-docker` driver, and containers attached by hand with `ovl endpoint create --docker`.
+//!
+//! Checked: addresses agree between Docker and ovl and follow `docker run --ip`; containers
+//! on two hosts reach each other and two tenants stay apart; `docker network
+//! connect`/`disconnect`, `docker rm` and `docker network rm` leave nothing behind (OVS rows,
+//! veths, endpoints, reserved addresses); `docker restart` on either side brings replies back
+//! within 2 s, for driver-made and hand-made endpoints alike, and `ovl endpoint list` never
+//! calls an endpoint `ok` while its container is down; `docker stop` of a hand-attached
+//! container shows `target-missing` and `docker start` brings it back; a `dockerd` restart
+//! (`--live-restore`) keeps running containers connected. Outages are measured with a ping
+//! every 20 ms from the other host and printed as `FIGURE` lines.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use ipnetwork::Ipv4Network;
+use ovl_tests::docker::{unix_now, wait_until, DockerHost, DockerLab, PingTrace, Pinger};
+use serde_json::Value;
+
+/// How fast replies must come back after `docker restart` (or `docker start`) returns.
+const RESTORE: Duration = Duration::from_secs(2);
+
+/// How long after a container goes down its endpoint may still read `ok`: the agent notices
+/// within 1 s, then reports to the controller, which the CLI asks.
+const NOTICE_GRACE: f64 = 1.5;
+
+/// The interval of the pings that measure outages.
+const PING_EVERY: Duration = Duration::from_millis(20);
+
+/// Bound on waits for an endpoint to appear, settle or go.
+const SETTLE: Duration = Duration::from_secs(30);
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+/// `ovl tenant create NAME --subnet SUBNET --attachable`: hosts may attach their own
+/// containers (the Docker driver acts with its host's certificate).
+fn attachable_tenant(dl: &DockerLab, name: &str, subnet: &str) {
+    dl.ovl_json(&["tenant", "create", name, "--subnet", subnet, "--attachable"]);
+}
+
+/// The state `ovl endpoint list` shows for the endpoint of `tenant` holding `addr`; `None`
+/// when there is no such endpoint.
+fn state_of(dl: &DockerLab, tenant: &str, addr: Ipv4Addr) -> Option<String> {
+    dl.endpoint_with_ip(tenant, addr)
+        .and_then(|e| e["state"].as_str().map(str::to_string))
+}
+
+/// Waits until the endpoint of `tenant` holding `addr` is `ok`; returns it.
+async fn wait_ok_at(dl: &DockerLab, tenant: &str, addr: Ipv4Addr) -> Value {
+    dl.wait_endpoint(&format!("of {tenant} at {addr} in state ok"), SETTLE, |e| {
+        e["tenant"] == tenant && e["ip"] == addr.to_string() && e["state"] == "ok"
+    })
+    .await
+}
+
+/// Asserts that `from` (a container on `host`) gets every one of 3 pings to `to` answered.
+fn assert_reaches(host: &DockerHost, from: &str, to: Ipv4Addr) {
+    // The first ping may spend its time on ARP and MAC learning.
+    let _ = host.ping_until_reply(from, to, Duration::from_secs(5));
+    let r = host.ping(from, to, 3);
+    assert_eq!(r.received, 3, "{from} on {} -> {to}: {r:?}", host.name);
+}
+
+/// Asserts that none of 3 pings from `from` (on `host`) to `to` is answered.
+fn assert_cannot_reach(host: &DockerHost, from: &str, to: Ipv4Addr) {
+    let r = host.ping(from, to, 3);
+    assert_eq!(
+        r.sent, 3,
+        "{from} on {} did not ping {to}: {r:?}",
+        host.name
+    );
+    assert_eq!(
+        r.received, 0,
+        "{from} on {} reached {to}, which it must not: {r:?}",
+        host.name
+    );
+}
+
+/// What one container outage looked like.
+struct Outage {
+    /// When the command that took the container down was started and when it returned.
+    started: f64,
+    returned: f64,
+    trace: PingTrace,
+    /// `(unix time, state)` of the watched endpoint, sampled while it was down and after.
+    samples: Vec<(f64, Option<String>)>,
+}
+
+impl Outage {
+    /// Asserts that no sample in the window where traffic could not pass (from the last
+    /// reply before the outage plus [`NOTICE_GRACE`] to the first reply after it) reads
+    /// `ok`; returns how many samples that window held.
+    fn assert_never_ok_while_down(&self, what: &str, end: f64) -> usize {
+        let back = self.trace.first_reply_after(self.returned).unwrap_or(end);
+        let down = self.trace.last_reply_before(back).unwrap_or(self.started);
+        let window = (down + NOTICE_GRACE, back - 0.05);
+        let inside: Vec<_> = self
+            .samples
+            .iter()
+            .filter(|(t, _)| *t > window.0 && *t < window.1)
+            .collect();
+        let lies: Vec<_> = inside
+            .iter()
+            .filter(|(_, s)| s.as_deref() == Some("ok"))
+            .collect();
+        assert!(
+            lies.is_empty(),
+            "{what}: ovl endpoint list said ok while no packet passed (no reply from {down:.3} \
+             to {back:.3}; ok at {:?})",
+            lies.iter()
+                .map(|(t, _)| format!("{t:.3}"))
+                .collect::<Vec<_>>()
+        );
+        inside.len()
+    }
+}
+
+/// How an outage of the container at `addr` is watched: pings from `from` (a container on
+/// `from_host`, on the other side) and the state of the endpoint of `tenant` holding `addr`.
+struct Watch<'a> {
+    from_host: &'a DockerHost,
+    from: &'a str,
+    tenant: &'a str,
+    addr: Ipv4Addr,
+}
+
+/// Runs `act` (which takes the watched container down and, for a restart, up again) while
+/// the other side pings it every [`PING_EVERY`] and `ovl endpoint list` is sampled for its
+/// endpoint, from before `act` until `linger` after it returned.
+fn outage(dl: &DockerLab, w: &Watch, linger: Duration, act: impl FnOnce() + Send) -> Outage {
+    let (tenant, addr) = (w.tenant, w.addr);
+    let pinger = Pinger::start(&w.from_host.netns_path(w.from), addr, PING_EVERY);
+    std::thread::sleep(Duration::from_millis(500));
+    let (started, returned, samples) = std::thread::scope(|s| {
+        let acting = s.spawn(move || {
+            let t = unix_now();
+            act();
+            (t, unix_now())
+        });
+        let mut samples = Vec::new();
+        let mut returned_at: Option<Instant> = None;
+        while returned_at.is_none_or(|r| r.elapsed() < linger) {
+            let before = unix_now();
+            let state = state_of(dl, tenant, addr);
+            samples.push(((before + unix_now()) / 2.0, state));
+            if acting.is_finished() && returned_at.is_none() {
+                returned_at = Some(Instant::now());
+            }
+        }
+        let (started, returned) = acting.join().expect("the action panicked");
+        (started, returned, samples)
+    });
+    let trace = pinger.stop();
+    assert!(
+        trace.replies_between(started - 0.5, started) > 0,
+        "no replies from {addr} even before the outage: the measurement is broken"
+    );
+    Outage {
+        started,
+        returned,
+        trace,
+        samples,
+    }
+}
+
+/// `docker restart` of `container` on `host` (the one at `w.addr`), watched as `w` says;
+/// asserts replies return within [`RESTORE`] of the command returning and that the endpoint
+/// is never `ok` while traffic cannot pass. `label` names the case in the printed figure.
+fn restart_measured(dl: &DockerLab, host: &DockerHost, container: &str, w: &Watch, label: &str) {
+    let addr = w.addr;
+    let o = outage(dl, w, RESTORE + Duration::from_secs(1), || {
+        host.restart(container);
+    });
+    let end = unix_now();
+    let back = o.trace.first_reply_after(o.returned);
+    let gap = o.trace.longest_gap(o.started - 0.5, back.unwrap_or(end));
+    let checked = o.assert_never_ok_while_down(label, end);
+    eprintln!(
+        "FIGURE {label}: docker restart took {:.3} s; replies back {} after it returned; \
+         longest gap between replies {:.3} s; {checked} status samples while down, none ok; \
+         {}/{} replies",
+        o.returned - o.started,
+        back.map(|b| format!("{:.3} s", b - o.returned))
+            .unwrap_or_else(|| "NEVER".into()),
+        gap.as_secs_f64(),
+        o.trace.replies.len(),
+        o.trace.sent
+    );
+    let back = back.unwrap_or_else(|| {
+        panic!(
+            "{label}: no reply from {addr} in {:.1} s after docker restart returned; \
+             endpoint states sampled: {:?}",
+            end - o.returned,
+            o.samples.iter().map(|(_, s)| s).collect::<Vec<_>>()
+        )
+    });
+    assert!(
+        back - o.returned < RESTORE.as_secs_f64(),
+        "{label}: replies came back {:.3} s after docker restart returned (bound {RESTORE:?})",
+        back - o.returned
+    );
+}
+
+/// Waits until no endpoint of `tenant` holds `addr` (after `what`).
+async fn wait_for_no_endpoint(dl: &DockerLab, tenant: &str, addr: Ipv4Addr, what: &str) {
+    wait_until(
+        &format!("the endpoint at {addr} goes after {what}"),
+        SETTLE,
+        || match dl.endpoint_with_ip(tenant, addr) {
+            None => Ok(()),
+            Some(e) => Err(e.to_string()),
+        },
+    )
+    .await
+}
+
+/// Every owned OVS interface, endpoint veth and endpoint is gone from every host; waits for
+/// the agents to finish.
+async fn assert_all_gone(dl: &DockerLab, what: &str) {
+    wait_until(&format!("{what} leaves nothing behind"), SETTLE, || {
+        let endpoints = dl.endpoints();
+        let leftovers: Vec<(String, Vec<String>, Vec<String>)> = dl
+            .hosts
+            .iter()
+            .map(|h| {
+                let rows = dl.owned_interfaces(&h.name);
+                (h.name.clone(), rows, dl.endpoint_links(&h.name))
+            })
+            .filter(|(_, rows, links)| !rows.is_empty() || !links.is_empty())
+            .collect();
+        if endpoints.is_empty() && leftovers.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "endpoints {}; per host (OVS interfaces, veths): {leftovers:?}",
+                serde_json::to_string(&endpoints).unwrap_or_default()
+            ))
+        }
+    })
+    .await
+}
+
+/// Waits until endpoint `e` (an `ovl endpoint list` object) has neither an OVS interface nor
+/// a veth on its host.
+async fn assert_endpoint_unplugged(dl: &DockerLab, e: &Value, what: &str) {
+    let host = e["host"].as_str().expect("endpoint host");
+    let id = e["id"].as_u64().expect("endpoint id");
+    let (port, peer) = (format!("ovl-e{id:x}"), format!("ovl-c{id:x}"));
+    wait_until(&format!("{what} unplugs {port} on {host}"), SETTLE, || {
+        let rows = dl.owned_interfaces(host);
+        let links = dl.endpoint_links(host);
+        if rows.contains(&port) || links.contains(&port) || links.contains(&peer) {
+            Err(format!("OVS interfaces {rows:?}, veths {links:?}"))
+        } else {
+            Ok(())
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root, network namespaces, Open vSwitch, dockerd and busybox-static"]
+async fn docker_networks_address_connect_isolate_and_clean_up() {
+    let dl = DockerLab::up("ovldk1", 88, 7312, 2).await;
+    let (h1, h2) = (dl.host("h1"), dl.host("h2"));
+    let blue_net: Ipv4Network = "10.41.0.0/24".parse().unwrap();
+    let red_net: Ipv4Network = "10.42.0.0/24".parse().unwrap();
+    attachable_tenant(&dl, "blue", &blue_net.to_string());
+    attachable_tenant(&dl, "red", &red_net.to_string());
+    for h in [h1, h2] {
+        h.network_create("blue", "blue", &[]);
+        h.network_create("red", "red", &[]);
+    }
+
+    // Containers on both hosts and both networks; one address asked for with --ip.
+    let fixed = ip("10.41.0.50");
+    h1.run("b1", &["--network", "blue"]);
+    h2.run("b2", &["--network", "blue", "--ip", &fixed.to_string()]);
+    h1.run("r1", &["--network", "red"]);
+    h2.run("r2", &["--network", "red"]);
+    let placed = [
+        (h1, "b1", "blue", blue_net),
+        (h2, "b2", "blue", blue_net),
+        (h1, "r1", "red", red_net),
+        (h2, "r2", "red", red_net),
+    ];
+
+    // Docker and ovl agree on each address; it is in the tenant's subnet, unique, on the
+    // right host; --ip was honoured.
+    let mut addrs = std::collections::BTreeMap::new();
+    for (h, c, t, subnet) in placed {
+        let a = h
+            .ip(c, t)
+            .unwrap_or_else(|| panic!("docker inspect shows no address for {c} on {t}"));
+        assert!(subnet.contains(a), "{c} got {a}, outside {t}'s {subnet}");
+        let e = wait_ok_at(&dl, t, a).await;
+        assert_eq!(
+            e["host"], h.name,
+            "{c}'s endpoint is on the wrong host: {e}"
+        );
+        let mac = h.inspect(c)["NetworkSettings"]["Networks"][t]["MacAddress"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if !mac.is_empty() {
+            assert_eq!(e["mac"], mac, "{c}: Docker and ovl disagree on the MAC");
+        }
+        assert!(
+            addrs.insert(a, c).is_none(),
+            "{a} was given to {c} and to {}",
+            addrs[&a]
+        );
+    }
+    assert_eq!(
+        h2.ip("b2", "blue"),
+        Some(fixed),
+        "docker run --ip was not honoured"
+    );
+    let listed: Vec<Value> = dl.endpoints();
+    assert_eq!(
+        listed.len(),
+        4,
+        "ovl endpoint list should hold the four containers: {listed:?}"
+    );
+    let (b1, b2) = (h1.ip("b1", "blue").unwrap(), fixed);
+    let (r1, r2) = (h1.ip("r1", "red").unwrap(), h2.ip("r2", "red").unwrap());
+
+    // Within a tenant across hosts: replies both ways. Across tenants: nothing.
+    assert_reaches(h1, "b1", b2);
+    assert_reaches(h2, "b2", b1);
+    assert_reaches(h1, "r1", r2);
+    assert_reaches(h2, "r2", r1);
+    assert_cannot_reach(h1, "b1", r2);
+    assert_cannot_reach(h2, "r2", b1);
+    assert_cannot_reach(h1, "r1", b2);
+
+    // docker network connect: b1 on two ovl networks at once, reaching both.
+    h1.connect("red", "b1", &[]);
+    let b1_red = h1
+        .ip("b1", "red")
+        .expect("docker inspect shows b1's address on red");
+    assert!(red_net.contains(b1_red), "b1 got {b1_red} on red");
+    let b1_red_ep = wait_ok_at(&dl, "red", b1_red).await;
+    assert_eq!(b1_red_ep["host"], "h1");
+    let ifaces =
+        String::from_utf8_lossy(&h1.exec("b1", &["ip", "-o", "-4", "addr"]).stdout).to_string();
+    assert!(
+        ifaces.contains(&b1.to_string()) && ifaces.contains(&b1_red.to_string()),
+        "b1 should have an address on each network: {ifaces}"
+    );
+    assert_reaches(h1, "b1", r2);
+    assert_reaches(h2, "r2", b1_red);
+    assert_reaches(h1, "b1", b2);
+
+    // docker network disconnect: that endpoint, its port and veth go; red is out of reach.
+    h1.disconnect("red", "b1");
+    wait_for_no_endpoint(&dl, "red", b1_red, "docker network disconnect").await;
+    assert_endpoint_unplugged(&dl, &b1_red_ep, "docker network disconnect").await;
+    assert_cannot_reach(h1, "b1", r2);
+    assert_reaches(h1, "b1", b2);
+
+    // docker rm: the endpoint, its port and veth go, and its address is free again (here
+    // taken with --ip by a container on the other host).
+    let b2_ep = dl.endpoint_with_ip("blue", fixed).expect("b2's endpoint");
+    h2.rm("b2");
+    wait_for_no_endpoint(&dl, "blue", fixed, "docker rm").await;
+    assert_endpoint_unplugged(&dl, &b2_ep, "docker rm").await;
+    h1.run("b3", &["--network", "blue", "--ip", &fixed.to_string()]);
+    wait_ok_at(&dl, "blue", fixed).await;
+    assert_reaches(h2, "r2", r1);
+
+    // Everything goes: containers, then the networks on both hosts.
+    for (h, c) in [(h1, "b1"), (h1, "b3"), (h1, "r1"), (h2, "r2")] {
+        h.rm(c);
+    }
+    for h in [h1, h2] {
+        h.network_rm("blue");
+        h.network_rm("red");
+    }
+    assert_all_gone(&dl, "docker rm and docker network rm").await;
+    // No address stays reserved: an administrator can give each one out again.
+    for (i, a) in [b1, fixed, b1_red, r1, r2].into_iter().enumerate() {
+        let tenant = if blue_net.contains(a) { "blue" } else { "red" };
+        let name = format!("probe{i}");
+        dl.lab.endpoint(&name, tenant, "h1", &a.to_string()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root, network namespaces, Open vSwitch, dockerd and busybox-static"]
+async fn docker_network_containers_survive_restarts_of_themselves_and_of_dockerd() {
+    let dl = DockerLab::up("ovldk2", 89, 7313, 2).await;
+    let (h1, h2) = (dl.host("h1"), dl.host("h2"));
+    attachable_tenant(&dl, "blue", "10.43.0.0/24");
+    for h in [h1, h2] {
+        h.network_create("blue", "blue", &[]);
+    }
+    let (a1, a2) = (ip("10.43.0.11"), ip("10.43.0.12"));
+    h1.run("c1", &["--network", "blue", "--ip", &a1.to_string()]);
+    h2.run("c2", &["--network", "blue", "--ip", &a2.to_string()]);
+    wait_ok_at(&dl, "blue", a1).await;
+    wait_ok_at(&dl, "blue", a2).await;
+    assert_reaches(h1, "c1", a2);
+    assert_reaches(h2, "c2", a1);
+
+    // docker restart, on either side.
+    restart_measured(
+        &dl,
+        h2,
+        "c2",
+        &Watch {
+            from_host: h1,
+            from: "c1",
+            tenant: "blue",
+            addr: a2,
+        },
+        "docker-network restart h2",
+    );
+    wait_ok_at(&dl, "blue", a2).await;
+    restart_measured(
+        &dl,
+        h1,
+        "c1",
+        &Watch {
+            from_host: h2,
+            from: "c2",
+            tenant: "blue",
+            addr: a1,
+        },
+        "docker-network restart h1",
+    );
+    wait_ok_at(&dl, "blue", a1).await;
+
+    // docker stop: never ok while stopped; docker start: back.
+    let w = Watch {
+        from_host: h1,
+        from: "c1",
+        tenant: "blue",
+        addr: a2,
+    };
+    let o = outage(&dl, &w, Duration::from_secs(3), || h2.stop("c2"));
+    let end = unix_now();
+    let checked = o.assert_never_ok_while_down("docker-network stop", end);
+    assert!(checked > 0, "no status sample while c2 was stopped");
+    assert_eq!(
+        o.trace.replies_between(o.returned + 0.1, end),
+        0,
+        "c2 answered while stopped"
+    );
+    let started = Instant::now();
+    h2.start("c2");
+    wait_ok_at(&dl, "blue", a2).await;
+    let back = h1.ping_until_reply("c1", a2, Duration::from_secs(10));
+    eprintln!(
+        "FIGURE docker-network start: ok and replying {:?} after docker start was run",
+        started.elapsed()
+    );
+    assert!(back.is_some(), "c2 does not answer after docker start");
+
+    // dockerd restarts under running containers (--live-restore): traffic goes on.
+    for (h, c, other_host, other, addr) in [(h2, "c2", h1, "c1", a2), (h1, "c1", h2, "c2", a1)] {
+        let pinger = Pinger::start(&other_host.netns_path(other), addr, PING_EVERY);
+        std::thread::sleep(Duration::from_millis(500));
+        let from = unix_now();
+        let took = h.restart_dockerd();
+        std::thread::sleep(Duration::from_secs(1));
+        let to = unix_now();
+        let trace = pinger.stop();
+        let gap = trace.longest_gap(from, to);
+        eprintln!(
+            "FIGURE dockerd restart on {}: engine back in {took:?}; longest gap between replies \
+             {gap:?}; {}/{} replies",
+            h.name,
+            trace.replies.len(),
+            trace.sent
+        );
+        assert!(
+            gap < Duration::from_secs(1),
+            "traffic to {c} stopped for {gap:?} across a dockerd restart on {}",
+            h.name
+        );
+        assert_eq!(
+            state_of(&dl, "blue", addr).as_deref(),
+            Some("ok"),
+            "{c}'s endpoint after the dockerd restart"
+        );
+    }
+    // The restarted engines still drive the network: a restart, and a new container.
+    restart_measured(
+        &dl,
+        h2,
+        "c2",
+        &Watch {
+            from_host: h1,
+            from: "c1",
+            tenant: "blue",
+            addr: a2,
+        },
+        "docker-network restart h2 after dockerd restarts",
+    );
+    h2.run("c3", &["--network", "blue"]);
+    let a3 = h2.ip("c3", "blue").expect("c3's address");
+    wait_ok_at(&dl, "blue", a3).await;
+    assert_reaches(h1, "c1", a3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root, network namespaces, Open vSwitch, dockerd and busybox-static"]
+async fn hand_attached_containers_follow_restart_stop_and_start() {
+    let dl = DockerLab::up("ovldk3", 90, 7314, 2).await;
+    let (h1, h2) = (dl.host("h1"), dl.host("h2"));
+    // An ordinary tenant: an administrator attaches the containers.
+    dl.ovl_json(&["tenant", "create", "green", "--subnet", "10.44.0.0/24"]);
+    let (a1, a2) = (ip("10.44.0.11"), ip("10.44.0.12"));
+    for (h, c, a) in [(h1, "hc1", a1), (h2, "hc2", a2)] {
+        h.run(c, &["--network", "none"]);
+        dl.ovl_json(&[
+            "endpoint",
+            "create",
+            "green",
+            "--host",
+            &h.name,
+            "--name",
+            c,
+            "--docker",
+            c,
+            "--ip",
+            &a.to_string(),
+        ]);
+    }
+    dl.wait_state("hc1", "ok", SETTLE).await;
+    dl.wait_state("hc2", "ok", SETTLE).await;
+    assert_reaches(h1, "hc1", a2);
+    assert_reaches(h2, "hc2", a1);
+
+    // The original bug: after docker restart, ovl said ok and no packet passed again.
+    restart_measured(
+        &dl,
+        h2,
+        "hc2",
+        &Watch {
+            from_host: h1,
+            from: "hc1",
+            tenant: "green",
+            addr: a2,
+        },
+        "hand-attached restart h2",
+    );
+    dl.wait_state("hc2", "ok", SETTLE).await;
+    restart_measured(
+        &dl,
+        h1,
+        "hc1",
+        &Watch {
+            from_host: h2,
+            from: "hc2",
+            tenant: "green",
+            addr: a1,
+        },
+        "hand-attached restart h1",
+    );
+    dl.wait_state("hc1", "ok", SETTLE).await;
+    assert_reaches(h2, "hc2", a1);
+
+    // docker stop: target-missing, never ok, no traffic.
+    let w = Watch {
+        from_host: h1,
+        from: "hc1",
+        tenant: "green",
+        addr: a2,
+    };
+    let o = outage(&dl, &w, Duration::from_secs(4), || h2.stop("hc2"));
+    let end = unix_now();
+    let checked = o.assert_never_ok_while_down("hand-attached stop", end);
+    assert!(checked > 0, "no status sample while hc2 was stopped");
+    assert_eq!(
+        o.trace.replies_between(o.returned + 0.1, end),
+        0,
+        "hc2 answered while stopped"
+    );
+    let missing_at = o
+        .samples
+        .iter()
+        .find(|(_, s)| s.as_deref() == Some("target-missing"))
+        .map(|(t, _)| t - o.returned);
+    eprintln!(
+        "FIGURE hand-attached stop: target-missing shown {} after docker stop returned",
+        missing_at
+            .map(|t| format!("{t:.3} s"))
+            .unwrap_or_else(|| "NEVER".into())
+    );
+    let shown = dl.endpoints();
+    let hc2 = shown
+        .iter()
+        .find(|e| e["name"] == "hc2")
+        .expect("hc2 is still an endpoint while stopped");
+    assert_eq!(
+        hc2["state"], "target-missing",
+        "a stopped container's endpoint: {hc2}"
+    );
+
+    // docker start: ok again and replies pass.
+    let started = Instant::now();
+    h2.start("hc2");
+    let ok_after = dl.wait_state("hc2", "ok", SETTLE).await;
+    let reply_after = h1.ping_until_reply("hc1", a2, Duration::from_secs(10));
+    eprintln!(
+        "FIGURE hand-attached start: ok {ok_after:?} and replying {:?} after docker start was run",
+        reply_after.map(|_| started.elapsed())
+    );
+    assert!(
+        reply_after.is_some(),
+        "hc2 does not answer after docker start"
+    );
+    assert_reaches(h2, "hc2", a1);
+}
