@@ -1,5 +1,6 @@
-//! The meaning of every CLI request: validation of each field (named as the CLI flag that
+//! The meaning of every API request: validation of each field (named as the CLI flag that
 //! carries it), the allocations a create makes and a delete frees, and the shape of each reply.
+//! Whether the caller may make the request at all is decided before, in [`crate::authz`].
 //!
 //! Mutations run against the tables of one write transaction that the store opened; any error
 //! returned from here makes the store abort that transaction, so a failed request writes
@@ -12,21 +13,25 @@ use std::net::Ipv4Addr;
 use ovl_common::intent::ObjectKind;
 use ovl_common::model::{validate_ifname, validate_name, Endpoint, Host, HostAttach, Tenant};
 use ovl_common::proto::{
-    ApiError, ApiReply, ApiRequest, ApiResponse, EndpointCreate, EndpointInfo, ErrorCode, HostInfo,
-    HostStatus, TenantCreate, TenantInfo,
+    AddressInfo, ApiError, ApiReply, ApiRequest, ApiResponse, EndpointCreate, EndpointInfo,
+    ErrorCode, HostInfo, HostStatus, TenantCreate, TenantInfo,
 };
 use ovl_common::{
-    EndpointName, HostName, MacAddr, Protocol, Publish, SegmentType, TenantName, ValidationError,
+    EndpointName, HostName, MacAddr, NetnsTarget, Protocol, Publish, SegmentType, TenantName,
+    ValidationError,
 };
 
 use crate::alloc::{
     key_pool, key_space, key_space_pool, key_word, vlan_pool, Claim, Pool, VLAN_MAX, VLAN_MIN,
 };
+use crate::authz::Caller;
 use crate::gateway::{gateway_mac_owner, port_from_key, port_key, port_pool, RESERVED_UDP_PORTS};
-use crate::ipam::{ip_from_key, ip_key, mac_from_key, mac_key, mac_pool, SubnetPlan};
+use crate::ipam::{
+    ip_from_key, ip_key, mac_from_key, mac_key, mac_pool, reservation_owner, SubnetPlan,
+};
 use crate::live::Live;
 use crate::store::tables::{meta, StoredEndpoint, WriteTables, NO_MAC};
-use crate::store::{Settings, State, StoreError};
+use crate::store::{Reservation, Settings, State, StoreError};
 
 /// Smallest MTU a tenant may ask for (the IPv4 minimum every host must accept).
 pub const MIN_MTU: u32 = 576;
@@ -34,6 +39,8 @@ pub const MIN_MTU: u32 = 576;
 pub const MAX_MTU: u32 = 9000;
 /// Interface name inside the namespace when the request gives none.
 pub const DEFAULT_IFNAME: &str = "eth0";
+/// The state of an endpoint whose target (container, process, namespace) is gone.
+pub const TARGET_MISSING: &str = "target-missing";
 /// How many dependents a refusal names before it says "and N more".
 const NAMES_SHOWN: usize = 10;
 
@@ -77,8 +84,10 @@ pub(crate) enum Done {
     Deleted(Vec<String>),
     /// A tenant's settings changed (answered like a create).
     TenantChanged(TenantName),
-    /// An endpoint's published ports changed (answered like a create).
+    /// An endpoint's published ports or target changed (answered like a create).
     EndpointChanged(EndpointName),
+    /// A host reserved an address of a tenant.
+    AddressReserved(TenantName, Ipv4Addr),
 }
 
 /// Whether a request changes the store (and so runs in a write transaction).
@@ -93,13 +102,19 @@ pub fn is_mutation(req: &ApiRequest) -> bool {
             | ApiRequest::TenantUpdate { .. }
             | ApiRequest::Publish { .. }
             | ApiRequest::Unpublish { .. }
+            | ApiRequest::AddressReserve { .. }
+            | ApiRequest::AddressRelease { .. }
+            | ApiRequest::EndpointRetarget { .. }
+            | ApiRequest::TenantSetAttach { .. }
     )
 }
 
-/// Applies one mutation to the tables of the store's open write transaction.
+/// Applies one mutation, already authorised for `caller`, to the tables of the store's open
+/// write transaction.
 pub(crate) fn mutate(
     t: &mut WriteTables<'_>,
     req: &ApiRequest,
+    caller: &Caller,
     settings: &Settings,
     now: u64,
 ) -> Result<Done, Failure> {
@@ -136,6 +151,16 @@ pub(crate) fn mutate(
         } => tenant_update(t, name, *nat, gateway_host.as_ref()),
         ApiRequest::Publish { endpoint, publish } => publish_port(t, endpoint, publish),
         ApiRequest::Unpublish { endpoint, publish } => unpublish_port(t, endpoint, publish),
+        ApiRequest::AddressReserve { tenant, ip } => match caller {
+            Caller::Host(host) => address_reserve(t, tenant, ip.as_deref(), host, now),
+            Caller::Admin(_) => Err(Failure::Api(ApiError::new(
+                ErrorCode::Internal,
+                "an administrator's address reserve got past authorisation; only hosts reserve",
+            ))),
+        },
+        ApiRequest::AddressRelease { tenant, ip } => address_release(t, tenant, ip),
+        ApiRequest::EndpointRetarget { name, target } => endpoint_retarget(t, name, target),
+        ApiRequest::TenantSetAttach { name, attach } => tenant_set_attach(t, name, attach),
         other => Err(Failure::Api(ApiError::new(
             ErrorCode::Internal,
             format!("{} is not a change", other.kind()),
@@ -176,6 +201,18 @@ pub(crate) fn reply(state: &State, done: &Done, live: &dyn Live) -> ApiResponse 
                 .get(name)
                 .ok_or_else(|| missing("endpoint", name.as_str()))?;
             Ok(ApiReply::Endpoint(endpoint_info(state, e, live)?))
+        }
+        Done::AddressReserved(tenant, ip) => {
+            let t = state
+                .tenants
+                .get(tenant)
+                .ok_or_else(|| missing("tenant", tenant.as_str()))?;
+            Ok(ApiReply::Address(AddressInfo {
+                tenant: tenant.clone(),
+                ip: *ip,
+                prefix_len: t.subnet.prefix(),
+                gateway: t.gateway,
+            }))
         }
     }
 }
@@ -281,7 +318,8 @@ pub fn host_info(state: &State, h: &Host, live: &dyn Live) -> HostInfo {
 }
 
 /// A host's session state (from `live`), its desired generation (from the stored intent) and
-/// the objects that failed in its last report.
+/// the objects that failed in its last report. An endpoint whose target is missing (its
+/// container stopped) has not failed: it shows as `target-missing` on the endpoint instead.
 pub fn host_status(state: &State, h: &Host, live: &dyn Live) -> HostStatus {
     let l = live.host(&h.name).unwrap_or_default();
     HostStatus {
@@ -301,14 +339,15 @@ pub fn host_status(state: &State, h: &Host, live: &dyn Live) -> HostStatus {
         errors: l
             .objects
             .into_iter()
-            .filter(|o| o.error.is_some())
+            .filter(|o| o.error.is_some() && !o.target_missing)
             .collect(),
     }
 }
 
 /// An endpoint with its tenant's addressing and its host's last word on it: `pending` until
-/// the host has applied the generation that first included it, then `error` (with the
-/// message) if the host's report has a failed line for it, else `ok`.
+/// the host has applied the generation that first included it, then `target-missing` (with
+/// the message) if the host reports that its container, process or namespace is gone,
+/// `error` (with the message) if the host's report has another failed line for it, else `ok`.
 pub fn endpoint_info(
     state: &State,
     e: &StoredEndpoint,
@@ -330,6 +369,7 @@ pub fn endpoint_info(
             o.kind == ObjectKind::Endpoint && o.name == ep.name.as_str() && o.error.is_some()
         });
         match failure {
+            Some(o) if o.target_missing => (TARGET_MISSING, o.error.clone()),
             Some(o) => ("error", o.error.clone()),
             None => ("ok", None),
         }
@@ -516,7 +556,8 @@ fn tenant_create(
 }
 
 /// `ovl tenant delete [--force]`: refused while endpoints remain unless forced, in which case
-/// they go in the same transaction. Frees the key, the tag, and the endpoints' addresses.
+/// they go in the same transaction. Frees the key, the tag, the endpoints' addresses and the
+/// addresses hosts reserved.
 fn tenant_delete(t: &mut WriteTables<'_>, name: &str, force: bool) -> Result<Done, Failure> {
     let name = tenant_name("name", name)?;
     let tenant = t.tenant(name.as_str())?.ok_or_else(|| {
@@ -549,6 +590,10 @@ fn tenant_delete(t: &mut WriteTables<'_>, name: &str, force: bool) -> Result<Don
         remove_endpoint(t, e, &tenant)?;
         removed.push(format!("endpoint {}", e.endpoint.name));
     }
+    for r in t.tenant_reservations(tenant.id)? {
+        drop_reservation(t, &tenant, &r)?;
+        removed.push(format!("reservation {} (host {})", r.ip, r.host));
+    }
     release(
         &vlan_pool(),
         &mut t.vlans,
@@ -577,6 +622,8 @@ fn tenant_delete(t: &mut WriteTables<'_>, name: &str, force: bool) -> Result<Don
 }
 
 /// `ovl endpoint create`: validates every field, then takes an address and a MAC and a new id.
+/// An address given with `ip` that its host reserved passes from the reservation to the
+/// endpoint; one that another host reserved is refused.
 fn endpoint_create(t: &mut WriteTables<'_>, c: &EndpointCreate, now: u64) -> Result<Done, Failure> {
     let name = endpoint_name("name", &c.name)?;
     let tenant_name = tenant_name("tenant", &c.tenant)?;
@@ -584,14 +631,7 @@ fn endpoint_create(t: &mut WriteTables<'_>, c: &EndpointCreate, now: u64) -> Res
     let ifname = c.ifname.as_deref().unwrap_or(DEFAULT_IFNAME);
     validate_ifname("ifname", ifname)?;
     c.target.validate()?;
-    let wanted_ip: Option<Ipv4Addr> =
-        c.ip.as_deref()
-            .map(|s| {
-                s.trim().parse().map_err(|_| {
-                    invalid("ip", format!("'{s}' is not an IPv4 address like 10.10.0.5"))
-                })
-            })
-            .transpose()?;
+    let wanted_ip = c.ip.as_deref().map(parse_ip).transpose()?;
 
     let tenant = t.tenant(tenant_name.as_str())?.ok_or_else(|| {
         ApiError::field(
@@ -619,24 +659,27 @@ fn endpoint_create(t: &mut WriteTables<'_>, c: &EndpointCreate, now: u64) -> Res
             ),
         )));
     }
-    if let Some(clash) = t.all_endpoints()?.into_iter().find(|e| {
-        e.endpoint.host == host.name && e.endpoint.target == c.target && e.endpoint.ifname == ifname
-    }) {
-        return Err(Failure::Api(ApiError::field(
-            ErrorCode::Conflict,
-            "ifname",
-            format!(
-                "endpoint '{}' already has {ifname} in {} on host '{}'; pick another --ifname",
-                clash.endpoint.name, c.target, host.name
-            ),
-        )));
-    }
+    check_ifname_free(t, &host.name, &c.target, ifname, None)?;
 
     let plan = plan_of(&tenant)?;
     let pool = plan.pool(tenant.id);
     let ip = match wanted_ip {
         Some(ip) => {
             plan.check_endpoint_ip(ip)?;
+            if let Some(r) = t.reservation(tenant.id, ip)? {
+                if r.host != host.name {
+                    return Err(Failure::Api(ApiError::field(
+                        ErrorCode::Conflict,
+                        "ip",
+                        format!(
+                            "address {ip} of tenant '{}' is reserved by host '{}' for an endpoint it is about to create; pick another address",
+                            tenant.name, r.host
+                        ),
+                    )));
+                }
+                // The host's own reservation: the endpoint takes the address over from it.
+                drop_reservation(t, &tenant, &r)?;
+            }
             claim(
                 &pool,
                 &mut t.ips,
@@ -685,6 +728,195 @@ fn endpoint_create(t: &mut WriteTables<'_>, c: &EndpointCreate, now: u64) -> Res
     };
     t.put_endpoint(&endpoint)?;
     Ok(Done::EndpointCreated(name))
+}
+
+/// Refuses a second endpoint with the same interface in the same namespace of a host
+/// (`except` is the endpoint being changed, which may keep its own).
+fn check_ifname_free(
+    t: &WriteTables<'_>,
+    host: &HostName,
+    target: &NetnsTarget,
+    ifname: &str,
+    except: Option<&EndpointName>,
+) -> Result<(), Failure> {
+    let clash = t.all_endpoints()?.into_iter().find(|e| {
+        Some(&e.endpoint.name) != except
+            && e.endpoint.host == *host
+            && e.endpoint.target == *target
+            && e.endpoint.ifname == ifname
+    });
+    match clash {
+        Some(clash) => Err(Failure::Api(ApiError::field(
+            ErrorCode::Conflict,
+            "ifname",
+            format!(
+                "endpoint '{}' already has {ifname} in {target} on host '{host}'; pick another --ifname",
+                clash.endpoint.name
+            ),
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `AddressReserve` by `host`: holds the address given (`docker run --ip`) or the next free
+/// one for the host, in `reservations` and as a `reserved:HOST` holder in the address pool,
+/// so that no endpoint and no other host gets it.
+fn address_reserve(
+    t: &mut WriteTables<'_>,
+    tenant: &str,
+    ip: Option<&str>,
+    host: &HostName,
+    now: u64,
+) -> Result<Done, Failure> {
+    let tenant_name = tenant_name("tenant", tenant)?;
+    let wanted_ip = ip.map(parse_ip).transpose()?;
+    let tenant = find_stored_tenant(t, "tenant", &tenant_name)?;
+    let plan = plan_of(&tenant)?;
+    let pool = plan.pool(tenant.id);
+    let owner = reservation_owner(host);
+    let ip = match wanted_ip {
+        Some(ip) => {
+            plan.check_endpoint_ip(ip)?;
+            if let Some(r) = t.reservation(tenant.id, ip)? {
+                return Err(Failure::Api(ApiError::field(
+                    ErrorCode::Conflict,
+                    "ip",
+                    format!(
+                        "address {ip} of tenant '{}' is already reserved by host '{}'",
+                        tenant.name, r.host
+                    ),
+                )));
+            }
+            claim(
+                &pool,
+                &mut t.ips,
+                ip_key(tenant.id, ip),
+                &owner,
+                "ip",
+                "endpoint",
+            )?;
+            ip
+        }
+        None => {
+            let key = pool.allocate(&mut t.ips, &owner)?.ok_or_else(|| {
+                ApiError::field(
+                    ErrorCode::Exhausted,
+                    "ip",
+                    format!(
+                        "tenant '{}' has no free address left in {}; delete an endpoint or release a reservation",
+                        tenant.name, tenant.subnet
+                    ),
+                )
+            })?;
+            ip_from_key(key).1
+        }
+    };
+    t.put_reservation(
+        tenant.id,
+        &Reservation {
+            tenant: tenant.name.clone(),
+            ip,
+            host: host.clone(),
+            reserved: now,
+        },
+    )?;
+    Ok(Done::AddressReserved(tenant.name, ip))
+}
+
+/// `AddressRelease`: drops the reservation of the address, if there is one. An address an
+/// endpoint holds now (it took the reservation over), or one nobody reserved, is left as it
+/// is: the Docker driver releases after deleting the endpoint, and a retried release must
+/// not fail. Only the reserving host, or an administrator, gets here (see [`crate::authz`]).
+fn address_release(t: &mut WriteTables<'_>, tenant: &str, ip: &str) -> Result<Done, Failure> {
+    let tenant_name = tenant_name("tenant", tenant)?;
+    let ip = parse_ip(ip)?;
+    let tenant = find_stored_tenant(t, "tenant", &tenant_name)?;
+    let Some(r) = t.reservation(tenant.id, ip)? else {
+        return Ok(Done::Deleted(Vec::new()));
+    };
+    drop_reservation(t, &tenant, &r)?;
+    Ok(Done::Deleted(vec![format!(
+        "reservation {ip} (host {})",
+        r.host
+    )]))
+}
+
+/// Removes a reservation and frees its address in the pool.
+fn drop_reservation(
+    t: &mut WriteTables<'_>,
+    tenant: &Tenant,
+    r: &Reservation,
+) -> Result<(), Failure> {
+    let plan = plan_of(tenant)?;
+    release(
+        &plan.pool(tenant.id),
+        &mut t.ips,
+        ip_key(tenant.id, r.ip),
+        &reservation_owner(&r.host),
+    )?;
+    t.remove_reservation(tenant.id, r.ip)?;
+    Ok(())
+}
+
+/// `EndpointRetarget`: points an endpoint at another container, process or namespace (the
+/// Docker driver names the container once Docker has joined it). The recompiled intent takes
+/// it to the host.
+fn endpoint_retarget(
+    t: &mut WriteTables<'_>,
+    name: &str,
+    target: &NetnsTarget,
+) -> Result<Done, Failure> {
+    let name = endpoint_name("name", name)?;
+    target.validate()?;
+    let mut e = t.endpoint(name.as_str())?.ok_or_else(|| {
+        ApiError::field(
+            ErrorCode::NotFound,
+            "name",
+            format!("no endpoint named '{name}'"),
+        )
+    })?;
+    check_ifname_free(t, &e.endpoint.host, target, &e.endpoint.ifname, Some(&name))?;
+    e.endpoint.target = target.clone();
+    t.put_endpoint(&e)?;
+    Ok(Done::EndpointChanged(name))
+}
+
+/// `ovl tenant set --attachable`: which hosts may attach endpoints themselves. Reservations
+/// of hosts the new policy leaves out are dropped with it: such a host can no longer create
+/// the endpoint it reserved for, nor release the reservation itself.
+fn tenant_set_attach(t: &mut WriteTables<'_>, name: &str, attach: &str) -> Result<Done, Failure> {
+    let name = tenant_name("name", name)?;
+    let attach = HostAttach::parse(attach)?;
+    let mut tenant = find_stored_tenant(t, "name", &name)?;
+    for r in t.tenant_reservations(tenant.id)? {
+        if !attach.allows(&r.host) {
+            drop_reservation(t, &tenant, &r)?;
+        }
+    }
+    tenant.attach = attach;
+    t.put_tenant(&tenant)?;
+    Ok(Done::TenantChanged(name))
+}
+
+fn find_stored_tenant(
+    t: &WriteTables<'_>,
+    field: &str,
+    name: &TenantName,
+) -> Result<Tenant, Failure> {
+    Ok(t.tenant(name.as_str())?.ok_or_else(|| {
+        ApiError::field(
+            ErrorCode::NotFound,
+            field,
+            format!("no tenant named '{name}'"),
+        )
+    })?)
+}
+
+/// An address as typed in field `ip`.
+fn parse_ip(s: &str) -> Result<Ipv4Addr, Failure> {
+    s.trim()
+        .parse()
+        .map_err(|_| invalid("ip", format!("'{s}' is not an IPv4 address like 10.10.0.5")))
 }
 
 /// `ovl endpoint delete`: frees its address and MAC.

@@ -515,6 +515,7 @@ mod store_tests {
     use tempfile::TempDir;
 
     use super::*;
+    use crate::authz::Caller;
     use crate::live::NoLive;
     use crate::store::tables::{self, meta, TenantRow};
     use crate::store::Settings;
@@ -559,7 +560,8 @@ mod store_tests {
         }
 
         fn call(&self, req: ApiRequest) -> (Result<ApiReply, ApiError>, Vec<HostIntent>) {
-            self.store().handle(&req, &NoLive, NOW)
+            self.store()
+                .handle(&req, &Caller::Admin("test".into()), &NoLive, NOW)
         }
 
         fn ok(&self, req: ApiRequest) -> (ApiReply, Vec<HostIntent>) {

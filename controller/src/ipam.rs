@@ -3,7 +3,9 @@
 //!
 //! Addresses of every tenant live in one table: the pool key is `tenant id << 32 | address`, so
 //! each tenant's addresses form their own contiguous range and two tenants may use overlapping
-//! subnets (they are separate L2 segments). MACs are cluster-wide and unique.
+//! subnets (they are separate L2 segments). An address is held by an endpoint (its name) or,
+//! reserved by a host for an endpoint to come, by [`reservation_owner`]. MACs are cluster-wide
+//! and unique.
 //!
 //! This module validates and numbers addresses; it does not know about transactions or
 //! endpoints beyond the owner names it records.
@@ -11,7 +13,7 @@
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
-use ovl_common::{MacAddr, ValidationError};
+use ovl_common::{HostName, MacAddr, ValidationError};
 
 use crate::alloc::Pool;
 
@@ -143,6 +145,12 @@ impl SubnetPlan {
             ip_key(tenant_id, self.first_endpoint())..=ip_key(tenant_id, self.last_endpoint()),
         )
     }
+}
+
+/// The holder recorded in the address pool for an address `host` reserved. Names cannot
+/// contain ':', so it never equals an endpoint's name.
+pub fn reservation_owner(host: &HostName) -> String {
+    format!("reserved:{host}")
 }
 
 /// The pool key of `ip` in tenant `tenant_id`.

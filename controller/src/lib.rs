@@ -6,6 +6,7 @@
 
 pub mod alloc;
 pub mod api;
+pub mod authz;
 pub mod compile;
 pub mod gateway;
 pub mod ipam;

@@ -1,5 +1,7 @@
 //! The controller's QUIC server: authenticates every connection by its certificate, then
-//! serves either an agent session or CLI API calls on it.
+//! serves an agent session or API calls on it: an administrator's (the CLI), or a host's own
+//! tools' (`ClientRole::Host`, the Docker driver), whose requests [`crate::authz`] narrows to
+//! what that host may do for itself.
 //!
 //! Each connection gets its own task and tracing span. A connection opens one bidirectional
 //! stream whose first frame is a `ClientHello`; identities come from the verified certificate,
@@ -25,6 +27,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken as CancelToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::authz::Caller;
 use crate::gateway::Presence;
 use crate::live::{Live, LiveHost};
 use crate::store::Store;
@@ -221,8 +224,16 @@ impl Server {
         match (hello.role, identity) {
             (ClientRole::Admin, Identity::Admin(name)) => {
                 welcome(&mut send, format!("admin:{name}")).await?;
-                self.api(&mut send, &mut recv)
-                    .instrument(info_span!("api", admin = %name))
+                let span = info_span!("api", admin = %name);
+                self.api(&mut send, &mut recv, Caller::Admin(name))
+                    .instrument(span)
+                    .await;
+            }
+            (ClientRole::Host, Identity::Host(host)) => {
+                welcome(&mut send, format!("host:{host}")).await?;
+                let span = info_span!("api", host = %host);
+                self.api(&mut send, &mut recv, Caller::Host(host))
+                    .instrument(span)
                     .await;
             }
             (ClientRole::Agent(h), Identity::Host(cert_host)) if h.host == cert_host => {
@@ -258,16 +269,16 @@ impl Server {
                 let r = Refusal::NotAuthorized {
                     identity: other.to_string(),
                     action: "call the admin API".into(),
-                    hint: "use the admin bundle from `ovl-controller init` (PKI_DIR/admin)".into(),
+                    hint: "use the admin bundle from `ovl-controller init` (PKI_DIR/admin); a host's own tools connect in the host role".into(),
                 };
                 refuse(&conn, &mut send, r).await;
             }
             (ClientRole::Host, other) => {
-                warn!(identity = %other, "refusing a host API session");
+                warn!(identity = %other, "refusing host API calls from a non-host certificate");
                 let r = Refusal::NotAuthorized {
                     identity: other.to_string(),
-                    action: "call the host API".into(),
-                    hint: "this controller does not serve host API sessions yet".into(),
+                    action: "call the API as a host".into(),
+                    hint: "the host role takes the host's own certificate (`ovl-controller issue host NAME`, or the bundle `ovl-agent join` wrote); administrators connect in the admin role".into(),
                 };
                 refuse(&conn, &mut send, r).await;
             }
@@ -286,8 +297,8 @@ impl Server {
         Ok(())
     }
 
-    /// Serves API requests until the client closes its stream.
-    async fn api(&self, send: &mut SendStream, recv: &mut RecvStream) {
+    /// Serves `caller`'s API requests until the client closes its stream.
+    async fn api(&self, send: &mut SendStream, recv: &mut RecvStream, caller: Caller) {
         loop {
             let body = match frame::read_body(recv).await {
                 Ok(b) => b,
@@ -308,8 +319,10 @@ impl Server {
                     let kind = &req.kind();
                     let store = self.store.clone();
                     let sessions = self.sessions.clone();
+                    let caller = caller.clone();
                     let joined = tokio::task::spawn_blocking(move || {
-                        let (resp, changed) = store.handle(&req, sessions.as_ref(), unix_now());
+                        let (resp, changed) =
+                            store.handle(&req, &caller, sessions.as_ref(), unix_now());
                         sessions.publish(changed);
                         resp
                     })

@@ -1,5 +1,6 @@
-//! The consistency audit behind `ovl-controller check` and the store's tests: every row is
-//! cross-checked against the allocation tables and the compiler, in one read transaction.
+//! The consistency audit behind `ovl-controller check` and the store's tests: every row
+//! (reservations included) is cross-checked against the allocation tables and the compiler,
+//! in one read transaction.
 //!
 //! It only reads and reports; it never repairs.
 
@@ -14,7 +15,9 @@ use super::{assemble_state, open_read_table, Settings, StoreError, SCHEMA_VERSIO
 use crate::alloc::{key_space, vlan_pool};
 use crate::api::{MAX_MTU, MIN_MTU};
 use crate::gateway::{gateway_mac_owner, port_from_key, port_key};
-use crate::ipam::{ip_from_key, ip_key, mac_from_key, mac_key, mac_pool, SubnetPlan};
+use crate::ipam::{
+    ip_from_key, ip_key, mac_from_key, mac_key, mac_pool, reservation_owner, SubnetPlan,
+};
 
 /// The outcome of [`super::Store::check`]: counts, and one sentence per problem found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,6 +27,8 @@ pub struct CheckReport {
     pub endpoints: usize,
     /// Rows in the allocation tables (keys, tags, addresses, MACs).
     pub allocations: usize,
+    /// Addresses hosts reserved that no endpoint has taken yet.
+    pub reservations: usize,
     pub problems: Vec<String>,
 }
 
@@ -37,11 +42,12 @@ impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} tenants, {} hosts, {} endpoints, {} allocations: {}",
+            "{} tenants, {} hosts, {} endpoints, {} allocations, {} reservations: {}",
             self.tenants,
             self.hosts,
             self.endpoints,
             self.allocations,
+            self.reservations,
             if self.is_clean() {
                 "consistent".to_string()
             } else {
@@ -94,6 +100,7 @@ pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckR
         tables::ENDPOINTS,
     )?;
     let intent_rows = tables::all_intents(&open_read_table(txn, tables::INTENTS)?)?;
+    let reservation_rows = tables::all_reservations(&open_read_table(txn, tables::RESERVATIONS)?)?;
     for (key, row) in &tenant_rows {
         let t = Tenant::from(row.clone());
         if t.name.as_str() != key {
@@ -123,7 +130,17 @@ pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckR
             ));
         }
     }
-    let state = assemble_state(tenant_rows, host_rows, endpoint_rows, intent_rows);
+    let reservation_keys: BTreeMap<u64, tables::Reservation> = reservation_rows
+        .iter()
+        .map(|(k, r)| (*k, r.clone()))
+        .collect();
+    let state = assemble_state(
+        tenant_rows,
+        host_rows,
+        endpoint_rows,
+        intent_rows,
+        reservation_rows,
+    );
 
     // Allocation tables as maps.
     let load = |def: redb::TableDefinition<'static, u64, &'static str>| -> Result<BTreeMap<u64, String>, StoreError> {
@@ -380,15 +397,64 @@ pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckR
             ));
         }
     }
+    // Reservations: each in its tenant's subnet, under its own key, held in the address pool
+    // by its host, and never an address an endpoint holds. (Keys are unique by construction;
+    // a row under another key would show as a second reservation of the same address.)
+    let mut seen_reservations = BTreeSet::new();
+    for (k, r) in &reservation_keys {
+        let (tenant_id, key_ip) = ip_from_key(*k);
+        let what = format!("the reservation of {} in tenant '{}'", r.ip, r.tenant);
+        if !seen_reservations.insert((r.tenant.clone(), r.ip)) {
+            p(format!("{what} is stored twice"));
+        }
+        let Some(t) = state.tenants.get(&r.tenant) else {
+            p(format!("{what} belongs to a tenant that does not exist"));
+            continue;
+        };
+        if t.id != tenant_id || key_ip != r.ip {
+            p(format!(
+                "{what} is stored under key {k:#x} (tenant id {tenant_id}, address {key_ip})"
+            ));
+        }
+        if let Ok(plan) = SubnetPlan::new(t.subnet) {
+            if let Err(err) = plan.check_endpoint_ip(r.ip) {
+                p(format!(
+                    "{what} is not an endpoint address: {}",
+                    err.problem
+                ));
+            }
+        }
+        if let Some(e) = state
+            .endpoints
+            .values()
+            .find(|se| se.endpoint.tenant == r.tenant && se.endpoint.ip == r.ip)
+        {
+            p(format!(
+                "{what} (host '{}') is also held by endpoint '{}'",
+                r.host, e.endpoint.name
+            ));
+        }
+        let owner = reservation_owner(&r.host);
+        if ips.get(k) != Some(&owner) {
+            p(format!(
+                "{what} (host '{}') is not held by it in the address table, which says {:?}",
+                r.host,
+                ips.get(k)
+            ));
+        }
+    }
     for (k, owner) in &ips {
         let (tenant_id, ip) = ip_from_key(*k);
-        let ok = state.endpoints.values().any(|se| {
+        let endpoint = state.endpoints.values().any(|se| {
             se.endpoint.name.as_str() == owner
                 && se.endpoint.ip == ip
                 && state.tenants.get(&se.endpoint.tenant).map(|t| t.id) == Some(tenant_id)
         });
-        if !ok {
-            p(format!("address {ip} of tenant id {tenant_id} is held by '{owner}', which is not an endpoint with that address (leaked)"));
+        let reservation = reservation_keys
+            .get(k)
+            .is_some_and(|r| reservation_owner(&r.host) == *owner);
+        if !endpoint && !reservation {
+            p(format!("address {ip} of tenant id {tenant_id} is held by '{owner}', which is not an endpoint with that address or a reservation of it (leaked)"));
         }
     }
     for (k, owner) in &mac_table {
@@ -452,6 +518,7 @@ pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckR
         hosts: state.hosts.len(),
         endpoints: state.endpoints.len(),
         allocations: keys.len() + vlans.len() + ips.len() + mac_table.len() + ports.len(),
+        reservations: reservation_keys.len(),
         problems,
     })
 }

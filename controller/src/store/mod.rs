@@ -1,8 +1,9 @@
 //! The controller's state: one redb database holding tenants, hosts, endpoints, every
-//! allocation (VNIs/GRE keys, VLAN tags, addresses, MACs, ids) and each host's compiled intent
-//! with its generation.
+//! allocation (VNIs/GRE keys, VLAN tags, addresses, MACs, ids), the addresses hosts reserved,
+//! and each host's compiled intent with its generation.
 //!
-//! Every change is one write transaction: validate, allocate, recompile the intents, persist the
+//! Every change is one write transaction: authorise the caller (against the state in that same
+//! transaction, see [`crate::authz`]), validate, allocate, recompile the intents, persist the
 //! intents whose content changed, commit. Any error aborts the transaction, so a failed request
 //! writes nothing and a value is never handed out twice, also across restarts. redb is
 //! synchronous; each call here is short (one transaction) and meant to be called from a tokio
@@ -14,8 +15,10 @@
 mod check;
 pub mod tables;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
@@ -28,13 +31,14 @@ use redb::{
 };
 
 use crate::api::{self, Done, Failure};
+use crate::authz::{self, Caller};
 use crate::compile;
 use crate::gateway::{self, Move};
 use crate::live::Live;
 
 pub use check::CheckReport;
 use tables::{meta, WriteTables};
-pub use tables::{StoredEndpoint, SCHEMA_VERSION};
+pub use tables::{Reservation, StoredEndpoint, SCHEMA_VERSION};
 
 /// Lowest underlay MTU the controller accepts: room for a 576-byte tenant MTU under VXLAN.
 pub const MIN_UNDERLAY_MTU: u16 = 626;
@@ -142,6 +146,8 @@ pub struct State {
     pub endpoints: BTreeMap<EndpointName, StoredEndpoint>,
     /// Each host's stored intent, with its generation.
     pub intents: BTreeMap<HostName, HostIntent>,
+    /// Addresses hosts reserved and no endpoint has taken yet, by tenant and address.
+    pub reservations: BTreeMap<(TenantName, Ipv4Addr), Reservation>,
 }
 
 impl State {
@@ -286,6 +292,8 @@ impl Store {
                     if found < 2 {
                         migrate_to_v2(&mut t)?;
                     }
+                    // Schema 3 rewrites nothing: older tenant rows read as open to
+                    // administrators only, and opening the tables created `reservations`.
                     if found < SCHEMA_VERSION {
                         t.set_meta(meta::SCHEMA_VERSION, SCHEMA_VERSION)?;
                     }
@@ -322,20 +330,23 @@ impl Store {
         Ok(())
     }
 
-    /// Answers one CLI request. Mutations run in one write transaction that also persists the
-    /// recompiled intents; read-only requests use a read transaction. Returns the response and
-    /// the host intents whose content changed (with their new generations), to push to agents.
+    /// Answers one API request from `caller`. The caller is authorised first, against the
+    /// state the request then runs on ([`authz::authorize`]). Mutations run in one write
+    /// transaction that also persists the recompiled intents; read-only requests use a read
+    /// transaction. Returns the response and the host intents whose content changed (with
+    /// their new generations), to push to agents.
     pub fn handle(
         &self,
         req: &ApiRequest,
+        caller: &Caller,
         live: &dyn Live,
         now: u64,
     ) -> (ApiResponse, Vec<HostIntent>) {
         let outcome = if api::is_mutation(req) {
-            self.mutate(req, live, now)
+            self.mutate(req, caller, live, now)
         } else {
-            self.state()
-                .map(|state| (api::query(&state, req, live), Vec::new()))
+            self.query(req, caller, live)
+                .map(|response| (response, Vec::new()))
         };
         match outcome {
             Ok(done) => done,
@@ -352,14 +363,29 @@ impl Store {
         }
     }
 
+    fn query(
+        &self,
+        req: &ApiRequest,
+        caller: &Caller,
+        live: &dyn Live,
+    ) -> Result<ApiResponse, StoreError> {
+        let state = self.state()?;
+        match authz::authorize(caller, req, || Ok(Cow::Borrowed(&state))) {
+            Ok(()) => Ok(api::query(&state, req, live)),
+            Err(Failure::Api(e)) => Ok(Err(e)),
+            Err(Failure::Store(e)) => Err(e),
+        }
+    }
+
     fn mutate(
         &self,
         req: &ApiRequest,
+        caller: &Caller,
         live: &dyn Live,
         now: u64,
     ) -> Result<(ApiResponse, Vec<HostIntent>), StoreError> {
         let txn = self.db.begin_write()?;
-        let result = apply_mutation(&txn, req, &self.settings, live, now);
+        let result = apply_mutation(&txn, req, caller, &self.settings, live, now);
         match result {
             Ok((reply, changed)) => {
                 txn.commit()?;
@@ -522,6 +548,10 @@ impl Store {
                 dump_table(&txn, def, |k| k.to_string(), |v| v.to_string())?,
             );
         }
+        tables.insert(
+            "reservations".into(),
+            dump_table(&txn, tables::RESERVATIONS, |k| k.to_string(), to_hex)?,
+        );
         Ok(StoreDump { tables })
     }
 }
@@ -530,17 +560,19 @@ fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The body of a mutation, inside its write transaction: apply the request, recompile, record
-/// a new endpoint's first generation, and build the reply.
+/// The body of a mutation, inside its write transaction: authorise the caller, apply the
+/// request, recompile, record a new endpoint's first generation, and build the reply.
 fn apply_mutation(
     txn: &WriteTransaction,
     req: &ApiRequest,
+    caller: &Caller,
     settings: &Settings,
     live: &dyn Live,
     now: u64,
 ) -> Result<(ApiResponse, Vec<HostIntent>), Failure> {
     let mut t = WriteTables::open(txn)?;
-    let done = api::mutate(&mut t, req, settings, now)?;
+    authz::authorize(caller, req, || load_state_write(&t).map(Cow::Owned))?;
+    let done = api::mutate(&mut t, req, caller, settings, now)?;
     let (mut state, changed) = recompile(&mut t)?;
     mark_first_generation(&mut t, &mut state, &done)?;
     Ok((api::reply(&state, &done, live), changed))
@@ -655,7 +687,14 @@ fn load_state_read(txn: &ReadTransaction) -> Result<State, StoreError> {
         tables::ENDPOINTS,
     )?;
     let intents = tables::all_intents(&open_read_table(txn, tables::INTENTS)?)?;
-    Ok(assemble_state(tenants, hosts, endpoints, intents))
+    let reservations = tables::all_reservations(&open_read_table(txn, tables::RESERVATIONS)?)?;
+    Ok(assemble_state(
+        tenants,
+        hosts,
+        endpoints,
+        intents,
+        reservations,
+    ))
 }
 
 fn load_state_write(t: &WriteTables<'_>) -> Result<State, StoreError> {
@@ -663,7 +702,14 @@ fn load_state_write(t: &WriteTables<'_>) -> Result<State, StoreError> {
     let hosts = tables::all_rows::<tables::HostRow>(&t.hosts, tables::HOSTS)?;
     let endpoints = tables::all_rows::<tables::EndpointRow>(&t.endpoints, tables::ENDPOINTS)?;
     let intents = tables::all_intents(&t.intents)?;
-    Ok(assemble_state(tenants, hosts, endpoints, intents))
+    let reservations = tables::all_reservations(&t.reservations)?;
+    Ok(assemble_state(
+        tenants,
+        hosts,
+        endpoints,
+        intents,
+        reservations,
+    ))
 }
 
 fn assemble_state(
@@ -671,6 +717,7 @@ fn assemble_state(
     hosts: Vec<(String, tables::HostRow)>,
     endpoints: Vec<(String, tables::EndpointRow)>,
     intents: Vec<(String, HostIntent)>,
+    reservations: Vec<(u64, Reservation)>,
 ) -> State {
     State {
         tenants: tenants
@@ -697,6 +744,10 @@ fn assemble_state(
         intents: intents
             .into_iter()
             .map(|(_, i)| (i.host.clone(), i))
+            .collect(),
+        reservations: reservations
+            .into_iter()
+            .map(|(_, r)| ((r.tenant.clone(), r.ip), r))
             .collect(),
     }
 }

@@ -1,6 +1,6 @@
 //! The on-disk layout: table definitions, the row formats, and typed access to them.
 //!
-//! Layout (schema version 2):
+//! Layout (schema version 3):
 //!
 //! | table         | key                          | value                                    |
 //! |---------------|------------------------------|------------------------------------------|
@@ -11,9 +11,10 @@
 //! | `intents`     | host name                    | (generation, postcard `HostIntent`)      |
 //! | `alloc_keys`  | VNI / GRE key                | tenant name                              |
 //! | `alloc_vlans` | VLAN tag                     | tenant name                              |
-//! | `alloc_ips`   | `tenant id << 32 \| address` | endpoint name                            |
+//! | `alloc_ips`   | `tenant id << 32 \| address` | endpoint name, or `reserved:HOST` for an address a host reserved |
 //! | `alloc_macs`  | MAC as a 48-bit number       | endpoint name, or `tenant:NAME` for a tenant's gateway MAC |
 //! | `alloc_ports` | `protocol << 16 \| host port` (tcp 0, udp 1) | endpoint name (published ports) |
+//! | `reservations` | `tenant id << 32 \| address` | postcard [`ReservationRow`]: the reserving host and when |
 //!
 //! Rows are store-owned types, not the model types from `ovl-common`, wrapped in an enum whose
 //! variant is the row's version: a later release (tenant NAT flag, gateway host, published
@@ -22,7 +23,10 @@
 //! [`SCHEMA_VERSION`] and add a step to `migrate` in the parent module. Version 2 added the
 //! gateway (tenant `V2` rows with a gateway MAC, NAT flag, gateway and router hosts; endpoint
 //! `V2` rows with published ports; the `alloc_ports` table); its migration gives every `V1`
-//! tenant a gateway MAC. An intent's generation
+//! tenant a gateway MAC. Version 3 added tenants' attach policy (tenant `V3` rows; older rows
+//! read as administrators only) and address reservations: a row in `reservations` and, under
+//! the same key, a `reserved:HOST` holder in `alloc_ips`, so that the address pool skips a
+//! reserved address like a taken one; nothing is rewritten. An intent's generation
 //! is kept beside (not inside) its encoded intent so that it survives even when the intent format
 //! changes: intents can always be recompiled, generations cannot.
 
@@ -30,16 +34,17 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 use ovl_common::intent::HostIntent;
-use ovl_common::model::{Endpoint, Host, Tenant};
+use ovl_common::model::{Endpoint, Host, HostAttach, Tenant};
 use ovl_common::{EndpointName, HostName, MacAddr, NetnsTarget, Publish, SegmentType, TenantName};
 use redb::{ReadableTable, Table, TableDefinition, TableHandle, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
+use crate::ipam::ip_key;
 
 /// The table layout this build reads and writes.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
@@ -51,9 +56,10 @@ pub(crate) const VLANS: TableDefinition<u64, &str> = TableDefinition::new("alloc
 pub(crate) const IPS: TableDefinition<u64, &str> = TableDefinition::new("alloc_ips");
 pub(crate) const MACS: TableDefinition<u64, &str> = TableDefinition::new("alloc_macs");
 pub(crate) const PORTS: TableDefinition<u64, &str> = TableDefinition::new("alloc_ports");
+pub(crate) const RESERVATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("reservations");
 
 /// Names of every table of the current layout.
-pub(crate) const ALL_TABLES: [&str; 10] = [
+pub(crate) const ALL_TABLES: [&str; 11] = [
     "meta",
     "tenants",
     "hosts",
@@ -64,6 +70,7 @@ pub(crate) const ALL_TABLES: [&str; 10] = [
     "alloc_ips",
     "alloc_macs",
     "alloc_ports",
+    "reservations",
 ];
 
 /// Keys of the `meta` table.
@@ -87,6 +94,43 @@ pub(crate) mod meta {
 pub(crate) enum TenantRow {
     V1(TenantV1),
     V2(TenantV2),
+    V3(TenantV3),
+}
+
+/// A tenant with its attach policy (schema 3).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TenantV3 {
+    base: TenantV2,
+    attach: AttachRow,
+}
+
+/// Which hosts may attach endpoints to a tenant themselves: the store's own copy of
+/// [`HostAttach`], so that the model type can change without changing stored rows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum AttachRow {
+    AdminOnly,
+    AnyHost,
+    Hosts(Vec<HostName>),
+}
+
+impl From<&HostAttach> for AttachRow {
+    fn from(a: &HostAttach) -> Self {
+        match a {
+            HostAttach::AdminOnly => AttachRow::AdminOnly,
+            HostAttach::AnyHost => AttachRow::AnyHost,
+            HostAttach::Hosts(hs) => AttachRow::Hosts(hs.clone()),
+        }
+    }
+}
+
+impl From<AttachRow> for HostAttach {
+    fn from(a: AttachRow) -> Self {
+        match a {
+            AttachRow::AdminOnly => HostAttach::AdminOnly,
+            AttachRow::AnyHost => HostAttach::AnyHost,
+            AttachRow::Hosts(hs) => HostAttach::Hosts(hs),
+        }
+    }
 }
 
 /// A tenant with its gateway settings (schema 2).
@@ -108,9 +152,18 @@ impl TenantRow {
     /// The schema 1 row of a tenant, as a store written before gateways holds it.
     #[cfg(test)]
     pub(crate) fn v1(t: &Tenant) -> Self {
-        match TenantRow::from(t) {
+        match Self::v2(t) {
             TenantRow::V2(v) => TenantRow::V1(v.base),
-            v1 => v1,
+            other => other,
+        }
+    }
+
+    /// The schema 2 row of a tenant, as a store written before attach policies holds it.
+    #[cfg(test)]
+    pub(crate) fn v2(t: &Tenant) -> Self {
+        match TenantRow::from(t) {
+            TenantRow::V3(v) => TenantRow::V2(v.base),
+            other => other,
         }
     }
 }
@@ -131,7 +184,7 @@ pub(crate) struct TenantV1 {
 
 impl From<&Tenant> for TenantRow {
     fn from(t: &Tenant) -> Self {
-        TenantRow::V2(TenantV2 {
+        let base = TenantV2 {
             base: TenantV1 {
                 id: t.id,
                 name: t.name.clone(),
@@ -148,6 +201,10 @@ impl From<&Tenant> for TenantRow {
             nat: t.nat,
             gateway_host: t.gateway_host.clone(),
             router_host: t.router_host.clone(),
+        };
+        TenantRow::V3(TenantV3 {
+            base,
+            attach: AttachRow::from(&t.attach),
         })
     }
 }
@@ -159,10 +216,28 @@ pub(crate) const NO_MAC: MacAddr = MacAddr([0; 6]);
 
 impl From<TenantRow> for Tenant {
     fn from(row: TenantRow) -> Self {
-        let (t, gateway_mac, nat, gateway_host, router_host) = match row {
-            TenantRow::V1(t) => (t, NO_MAC, false, None, None),
-            TenantRow::V2(v) => (v.base, v.gateway_mac, v.nat, v.gateway_host, v.router_host),
+        // Tenants stored before attach policies existed stay for administrators only.
+        let (v2, attach) = match row {
+            TenantRow::V1(base) => (
+                TenantV2 {
+                    base,
+                    gateway_mac: NO_MAC,
+                    nat: false,
+                    gateway_host: None,
+                    router_host: None,
+                },
+                HostAttach::AdminOnly,
+            ),
+            TenantRow::V2(v) => (v, HostAttach::AdminOnly),
+            TenantRow::V3(v) => (v.base, v.attach.into()),
         };
+        let (t, gateway_mac, nat, gateway_host, router_host) = (
+            v2.base,
+            v2.gateway_mac,
+            v2.nat,
+            v2.gateway_host,
+            v2.router_host,
+        );
         Tenant {
             id: t.id,
             name: t.name,
@@ -178,7 +253,7 @@ impl From<TenantRow> for Tenant {
             nat,
             gateway_host,
             router_host,
-            attach: ovl_common::HostAttach::AdminOnly,
+            attach,
         }
     }
 }
@@ -308,6 +383,68 @@ impl From<EndpointRow> for StoredEndpoint {
     }
 }
 
+/// An address a host reserved in a tenant's subnet (`AddressReserve`, the Docker driver's
+/// `RequestAddress`), held until an endpoint on that host takes it or the host releases it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub tenant: TenantName,
+    pub ip: Ipv4Addr,
+    pub host: HostName,
+    /// Unix time (seconds) of the reservation.
+    pub reserved: u64,
+}
+
+/// A stored reservation, keyed like its address in `alloc_ips`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum ReservationRow {
+    V1(ReservationV1),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ReservationV1 {
+    tenant: TenantName,
+    ip: Ipv4Addr,
+    host: HostName,
+    reserved: u64,
+}
+
+impl From<&Reservation> for ReservationRow {
+    fn from(r: &Reservation) -> Self {
+        ReservationRow::V1(ReservationV1 {
+            tenant: r.tenant.clone(),
+            ip: r.ip,
+            host: r.host.clone(),
+            reserved: r.reserved,
+        })
+    }
+}
+
+impl From<ReservationRow> for Reservation {
+    fn from(row: ReservationRow) -> Self {
+        let ReservationRow::V1(r) = row;
+        Reservation {
+            tenant: r.tenant,
+            ip: r.ip,
+            host: r.host,
+            reserved: r.reserved,
+        }
+    }
+}
+
+/// Reads every reservation with its key (`tenant id << 32 | address`), in key order.
+pub(crate) fn all_reservations(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+) -> Result<Vec<(u64, Reservation)>, StoreError> {
+    let mut out = Vec::new();
+    for entry in table.iter()? {
+        let (k, v) = entry?;
+        let key = k.value();
+        let row: ReservationRow = decode("reservations", &key.to_string(), v.value())?;
+        out.push((key, row.into()));
+    }
+    Ok(out)
+}
+
 pub(crate) fn encode<T: Serialize>(
     table: &str,
     key: &str,
@@ -402,6 +539,7 @@ pub(crate) struct WriteTables<'txn> {
     pub ips: Table<'txn, u64, &'static str>,
     pub macs: Table<'txn, u64, &'static str>,
     pub ports: Table<'txn, u64, &'static str>,
+    pub reservations: Table<'txn, u64, &'static [u8]>,
 }
 
 pub(crate) fn open_write_table<'txn, K: redb::Key + 'static, V: redb::Value + 'static>(
@@ -428,6 +566,7 @@ impl<'txn> WriteTables<'txn> {
             ips: open_write_table(txn, IPS)?,
             macs: open_write_table(txn, MACS)?,
             ports: open_write_table(txn, PORTS)?,
+            reservations: open_write_table(txn, RESERVATIONS)?,
         })
     }
 
@@ -523,5 +662,46 @@ impl<'txn> WriteTables<'txn> {
 
     pub fn intent(&self, host: &str) -> Result<Option<HostIntent>, StoreError> {
         get_intent(&self.intents, host)
+    }
+
+    /// The reservation of address `ip` of tenant `tenant_id`, if there is one.
+    pub fn reservation(
+        &self,
+        tenant_id: u32,
+        ip: Ipv4Addr,
+    ) -> Result<Option<Reservation>, StoreError> {
+        let key = ip_key(tenant_id, ip);
+        match self.reservations.get(key)? {
+            Some(bytes) => {
+                let row: ReservationRow = decode("reservations", &key.to_string(), bytes.value())?;
+                Ok(Some(row.into()))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_reservation(&mut self, tenant_id: u32, r: &Reservation) -> Result<(), StoreError> {
+        let key = ip_key(tenant_id, r.ip);
+        let bytes = encode("reservations", &key.to_string(), &ReservationRow::from(r))?;
+        self.reservations.insert(key, bytes.as_slice())?;
+        Ok(())
+    }
+
+    pub fn remove_reservation(&mut self, tenant_id: u32, ip: Ipv4Addr) -> Result<(), StoreError> {
+        self.reservations.remove(ip_key(tenant_id, ip))?;
+        Ok(())
+    }
+
+    /// Every reservation of tenant `tenant_id`, in address order.
+    pub fn tenant_reservations(&self, tenant_id: u32) -> Result<Vec<Reservation>, StoreError> {
+        let range =
+            ip_key(tenant_id, Ipv4Addr::UNSPECIFIED)..=ip_key(tenant_id, Ipv4Addr::BROADCAST);
+        let mut out = Vec::new();
+        for entry in self.reservations.range(range)? {
+            let (k, v) = entry?;
+            let row: ReservationRow = decode("reservations", &k.value().to_string(), v.value())?;
+            out.push(row.into());
+        }
+        Ok(out)
     }
 }

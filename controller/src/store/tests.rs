@@ -9,12 +9,13 @@ use ovl_common::proto::{
     AgentHello, ApiError, ApiReply, ApiRequest, EndpointCreate, EndpointInfo, ErrorCode,
     TenantCreate, TenantInfo,
 };
-use ovl_common::{HostName, NetnsTarget, SegmentType};
+use ovl_common::{HostAttach, HostName, NetnsTarget, SegmentType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tempfile::TempDir;
 
 use super::*;
+use crate::authz::Caller;
 use crate::live::{LiveHost, NoLive};
 
 const NOW: u64 = 1_700_000_000;
@@ -70,7 +71,7 @@ impl Fixture {
     }
 
     fn ok_live(&self, req: ApiRequest, live: &dyn Live) -> (ApiReply, Vec<HostIntent>) {
-        let (resp, changed) = self.store().handle(&req, live, NOW);
+        let (resp, changed) = self.store().handle(&req, &admin(), live, NOW);
         match resp {
             Ok(reply) => (reply, changed),
             Err(e) => panic!("{req:?} failed: {e:?}"),
@@ -79,8 +80,28 @@ impl Fixture {
 
     /// Runs a request that must fail, and checks that it changed nothing at all.
     fn fails(&self, req: ApiRequest) -> ApiError {
+        self.fails_as(&admin(), req)
+    }
+
+    /// Runs a request of host `host`'s own tools that must succeed.
+    fn host_ok(&self, host: &str, req: ApiRequest) -> (ApiReply, Vec<HostIntent>) {
+        let (resp, changed) = self
+            .store()
+            .handle(&req, &Caller::Host(hn(host)), &NoLive, NOW);
+        match resp {
+            Ok(reply) => (reply, changed),
+            Err(e) => panic!("{req:?} from host {host} failed: {e:?}"),
+        }
+    }
+
+    /// Runs a request of host `host`'s own tools that must fail without changing anything.
+    fn host_fails(&self, host: &str, req: ApiRequest) -> ApiError {
+        self.fails_as(&Caller::Host(hn(host)), req)
+    }
+
+    fn fails_as(&self, caller: &Caller, req: ApiRequest) -> ApiError {
         let before = self.store().dump().unwrap();
-        let (resp, changed) = self.store().handle(&req, &NoLive, NOW);
+        let (resp, changed) = self.store().handle(&req, caller, &NoLive, NOW);
         let after = self.store().dump().unwrap();
         assert_eq!(before, after, "a failed {req:?} changed the store");
         assert!(
@@ -149,6 +170,10 @@ fn endpoint(name: &str, tenant: &str, host: &str) -> EndpointCreate {
 
 fn hn(name: &str) -> HostName {
     HostName::new(name).unwrap()
+}
+
+fn admin() -> Caller {
+    Caller::Admin("test".into())
 }
 
 #[derive(Default)]
@@ -1002,8 +1027,8 @@ fn a_newer_schema_is_refused() {
         matches!(
             e,
             StoreError::SchemaTooNew {
-                found: 3,
-                supported: 2
+                found: 4,
+                supported: 3
             }
         ),
         "{e}"
@@ -1196,7 +1221,7 @@ fn random_workloads_stay_consistent() {
                     )
                 };
                 f.store()
-                    .handle(&ApiRequest::TenantCreate(req), &NoLive, NOW)
+                    .handle(&ApiRequest::TenantCreate(req), &admin(), &NoLive, NOW)
             } else if r < 30 && !tenants.is_empty() {
                 let name = tenants[rng.gen_range(0..tenants.len())].clone();
                 f.store().handle(
@@ -1204,6 +1229,7 @@ fn random_workloads_stay_consistent() {
                         name,
                         force: rng.gen_bool(0.5),
                     },
+                    &admin(),
                     &NoLive,
                     NOW,
                 )
@@ -1222,11 +1248,11 @@ fn random_workloads_stay_consistent() {
                     ));
                 }
                 f.store()
-                    .handle(&ApiRequest::EndpointCreate(req), &NoLive, NOW)
+                    .handle(&ApiRequest::EndpointCreate(req), &admin(), &NoLive, NOW)
             } else if !endpoints.is_empty() {
                 let name = endpoints[rng.gen_range(0..endpoints.len())].clone();
                 f.store()
-                    .handle(&ApiRequest::EndpointDelete { name }, &NoLive, NOW)
+                    .handle(&ApiRequest::EndpointDelete { name }, &admin(), &NoLive, NOW)
             } else {
                 continue;
             };
@@ -1311,4 +1337,641 @@ fn check_reports_leaks_and_dangling_rows() {
         "{all}"
     );
     assert!(all.contains("differs from a fresh compilation"), "{all}");
+}
+
+fn reserve(tenant: &str, ip: Option<&str>) -> ApiRequest {
+    ApiRequest::AddressReserve {
+        tenant: tenant.into(),
+        ip: ip.map(Into::into),
+    }
+}
+
+fn release(tenant: &str, ip: &str) -> ApiRequest {
+    ApiRequest::AddressRelease {
+        tenant: tenant.into(),
+        ip: ip.into(),
+    }
+}
+
+/// An endpoint whose veth Docker plumbs, as the Docker driver creates it.
+fn cnm_endpoint(name: &str, tenant: &str, host: &str, ip: Option<&str>) -> EndpointCreate {
+    EndpointCreate {
+        target: NetnsTarget::Cnm {
+            endpoint_id: format!("{:064x}", name.len()),
+            container: None,
+        },
+        ip: ip.map(Into::into),
+        ..endpoint(name, tenant, host)
+    }
+}
+
+fn address(reply: ApiReply) -> ovl_common::proto::AddressInfo {
+    match reply {
+        ApiReply::Address(a) => a,
+        other => panic!("expected an address, got {other:?}"),
+    }
+}
+
+fn removed(reply: ApiReply) -> Vec<String> {
+    match reply {
+        ApiReply::Deleted { removed } => removed,
+        other => panic!("expected a delete, got {other:?}"),
+    }
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+/// Who holds `(tenant, address)` in the store's reservations.
+fn reserved_by(f: &Fixture, tenant: &str, address: &str) -> Option<String> {
+    let state = f.store().state().unwrap();
+    state
+        .reservations
+        .get(&(tenant.parse().unwrap(), ip(address)))
+        .map(|r| r.host.to_string())
+}
+
+#[test]
+fn reservations_hold_addresses_until_their_host_takes_them() {
+    let mut f = Fixture::new();
+    f.hello("h1", 1);
+    f.hello("h2", 2);
+    // Endpoint addresses .2 to .6.
+    f.tenant(TenantCreate {
+        attach: Some("*".into()),
+        ..tenant("red", "10.1.0.0/29")
+    });
+
+    // The next free address, or the one asked for.
+    let a = address(f.host_ok("h1", reserve("red", None)).0);
+    assert_eq!(
+        (a.tenant.as_str(), a.ip, a.prefix_len, a.gateway),
+        ("red", ip("10.1.0.2"), 29, ip("10.1.0.1"))
+    );
+    assert_eq!(
+        address(f.host_ok("h1", reserve("red", Some("10.1.0.5"))).0).ip,
+        ip("10.1.0.5")
+    );
+    assert_eq!(reserved_by(&f, "red", "10.1.0.5").as_deref(), Some("h1"));
+    f.assert_clean();
+
+    // Refusals name the field and write nothing.
+    let e = f.host_fails("h2", reserve("red", Some("10.1.0.5")));
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        (ErrorCode::Conflict, Some("ip"))
+    );
+    assert!(e.message.contains("reserved by host 'h1'"), "{e}");
+    for (bad, problem) in [
+        ("10.1.0.1", "gateway"),
+        ("10.1.0.0", "network address"),
+        ("10.1.0.7", "broadcast"),
+        ("10.2.0.3", "outside"),
+        ("ten", "not an IPv4 address"),
+    ] {
+        let e = f.host_fails("h2", reserve("red", Some(bad)));
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::InvalidArgument, Some("ip")),
+            "{bad}"
+        );
+        assert!(e.message.contains(problem), "{bad}: {e}");
+    }
+    let e = f.host_fails("h2", reserve("blue", None));
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        (ErrorCode::NotFound, Some("tenant"))
+    );
+
+    // The address pool skips reserved addresses.
+    let (b, _) = f.endpoint(endpoint("b", "red", "h2"));
+    assert_eq!(b.endpoint.ip, ip("10.1.0.3"));
+    let e = f.host_fails("h2", reserve("red", Some("10.1.0.3")));
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        (ErrorCode::Conflict, Some("ip"))
+    );
+    assert!(e.message.contains("used by endpoint 'b'"), "{e}");
+
+    // Another host's reservation is not for an endpoint elsewhere, not even an admin's.
+    let e = f.fails(ApiRequest::EndpointCreate(cnm_endpoint(
+        "c",
+        "red",
+        "h2",
+        Some("10.1.0.5"),
+    )));
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        (ErrorCode::Conflict, Some("ip"))
+    );
+    assert!(e.message.contains("reserved by host 'h1'"), "{e}");
+
+    // The reserving host's endpoint takes the reservation over, in the same transaction.
+    let (reply, changed) = f.host_ok(
+        "h1",
+        ApiRequest::EndpointCreate(cnm_endpoint("web", "red", "h1", Some("10.1.0.5"))),
+    );
+    let ApiReply::Endpoint(web) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(web.endpoint.ip, ip("10.1.0.5"));
+    assert!(changed.iter().any(|i| i.host.as_str() == "h1"));
+    assert_eq!(reserved_by(&f, "red", "10.1.0.5"), None);
+    f.assert_clean();
+
+    // Releasing an address an endpoint now holds, or one nobody reserved, changes nothing.
+    for (host, addr) in [("h1", "10.1.0.5"), ("h1", "10.1.0.6"), ("h2", "10.1.0.3")] {
+        let before = f.store().dump().unwrap();
+        assert!(removed(f.host_ok(host, release("red", addr)).0).is_empty());
+        assert_eq!(f.store().dump().unwrap(), before, "release of {addr}");
+    }
+    // Only the reserving host releases its reservation (or an administrator).
+    let e = f.host_fails("h2", release("red", "10.1.0.2"));
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        (ErrorCode::PermissionDenied, Some("ip"))
+    );
+    assert_eq!(
+        removed(f.host_ok("h1", release("red", "10.1.0.2")).0),
+        ["reservation 10.1.0.2 (host h1)"]
+    );
+    assert_eq!(reserved_by(&f, "red", "10.1.0.2"), None);
+    assert_eq!(
+        address(f.host_ok("h2", reserve("red", None)).0).ip,
+        ip("10.1.0.2"),
+        "a released address is free again"
+    );
+    assert_eq!(
+        removed(f.ok(release("red", "10.1.0.2")).0),
+        ["reservation 10.1.0.2 (host h2)"]
+    );
+    f.assert_clean();
+
+    // Reservations count against the subnet (.3 and .5 are endpoints').
+    for expected in ["10.1.0.2", "10.1.0.4", "10.1.0.6"] {
+        assert_eq!(
+            address(f.host_ok("h2", reserve("red", None)).0).ip,
+            ip(expected)
+        );
+    }
+    let e = f.host_fails("h1", reserve("red", None));
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        (ErrorCode::Exhausted, Some("ip"))
+    );
+    let e = f.fails(ApiRequest::EndpointCreate(endpoint("d", "red", "h1")));
+    assert_eq!(e.code, ErrorCode::Exhausted);
+
+    // They survive a restart.
+    let state = f.store().state().unwrap();
+    assert_eq!(state.reservations.len(), 3);
+    f.reopen();
+    assert_eq!(f.store().state().unwrap(), state);
+    f.assert_clean();
+
+    // Deleting the tenant drops them.
+    let gone = removed(
+        f.ok(ApiRequest::TenantDelete {
+            name: "red".into(),
+            force: true,
+        })
+        .0,
+    );
+    assert!(
+        gone.contains(&"reservation 10.1.0.2 (host h2)".to_string()),
+        "{gone:?}"
+    );
+    assert!(f.store().state().unwrap().reservations.is_empty());
+    assert!(f.store().dump().unwrap().tables["alloc_ips"].is_empty());
+    f.assert_clean();
+}
+
+#[test]
+fn only_hosts_reserve_and_admins_release_any_reservation() {
+    let f = Fixture::new();
+    f.hello("h1", 1);
+    f.tenant(TenantCreate {
+        attach: Some("h1".into()),
+        ..tenant("red", "10.1.0.0/24")
+    });
+    let e = f.fails(reserve("red", None));
+    assert_eq!(e.code, ErrorCode::PermissionDenied);
+    assert!(e.message.contains("admin 'test'"), "{e}");
+    f.host_ok("h1", reserve("red", Some("10.1.0.9")));
+    assert_eq!(removed(f.ok(release("red", "10.1.0.9")).0).len(), 1);
+    f.assert_clean();
+}
+
+#[test]
+fn attach_policies_are_kept_and_older_tenants_stay_admin_only() {
+    let mut f = Fixture::new();
+    f.hello("h1", 1);
+    f.hello("h2", 2);
+    let attach_of = |t: TenantInfo| t.tenant.attach;
+    assert_eq!(
+        attach_of(f.tenant(tenant("red", "10.1.0.0/24"))),
+        HostAttach::AdminOnly
+    );
+    assert_eq!(
+        attach_of(f.tenant(TenantCreate {
+            attach: Some("*".into()),
+            ..tenant("blue", "10.2.0.0/24")
+        })),
+        HostAttach::AnyHost
+    );
+    assert_eq!(
+        attach_of(f.tenant(TenantCreate {
+            attach: Some("h2,h1".into()),
+            ..tenant("green", "10.3.0.0/24")
+        })),
+        HostAttach::Hosts(vec![hn("h1"), hn("h2")])
+    );
+    let e = f.fails(ApiRequest::TenantCreate(TenantCreate {
+        attach: Some("h1,H2".into()),
+        ..tenant("pink", "10.4.0.0/24")
+    }));
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        (ErrorCode::InvalidArgument, Some("attachable"))
+    );
+
+    let set = |name: &str, attach: &str| ApiRequest::TenantSetAttach {
+        name: name.into(),
+        attach: attach.into(),
+    };
+    match f.ok(set("red", "h2")).0 {
+        ApiReply::Tenant(t) => assert_eq!(t.tenant.attach, HostAttach::Hosts(vec![hn("h2")])),
+        other => panic!("{other:?}"),
+    }
+    let e = f.fails(set("red", "h 2"));
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        (ErrorCode::InvalidArgument, Some("attachable"))
+    );
+    let e = f.fails(set("nope", "*"));
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        (ErrorCode::NotFound, Some("name"))
+    );
+
+    // Narrowing the policy drops the reservations of the hosts it leaves out.
+    f.host_ok("h1", reserve("green", Some("10.3.0.7")));
+    f.host_ok("h2", reserve("green", Some("10.3.0.8")));
+    f.ok(set("green", "h2"));
+    assert_eq!(reserved_by(&f, "green", "10.3.0.7"), None);
+    assert_eq!(reserved_by(&f, "green", "10.3.0.8").as_deref(), Some("h2"));
+    f.assert_clean();
+
+    let state = f.store().state().unwrap();
+    f.reopen();
+    assert_eq!(f.store().state().unwrap(), state);
+
+    // A schema 2 store: its tenants are for administrators only.
+    f.store = None;
+    {
+        let db = Database::create(&f.path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = WriteTables::open(&txn).unwrap();
+            let old = &state.tenants[&"blue".parse().unwrap()];
+            let bytes = postcard::to_stdvec(&tables::TenantRow::v2(old)).unwrap();
+            t.tenants.insert("blue", bytes.as_slice()).unwrap();
+            t.set_meta(meta::SCHEMA_VERSION, 2).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    f.reopen();
+    let state = f.store().state().unwrap();
+    assert_eq!(
+        state.tenants[&"blue".parse().unwrap()].attach,
+        HostAttach::AdminOnly
+    );
+    assert_eq!(
+        state.tenants[&"red".parse().unwrap()].attach,
+        HostAttach::Hosts(vec![hn("h2")])
+    );
+    f.assert_clean();
+}
+
+#[test]
+fn hosts_act_only_for_themselves_in_tenants_open_to_them() {
+    let f = Fixture::new();
+    f.hello("h1", 1);
+    f.hello("h2", 2);
+    f.tenant(TenantCreate {
+        attach: Some("h1".into()),
+        ..tenant("open", "10.1.0.0/24")
+    });
+    f.tenant(tenant("shut", "10.2.0.0/24"));
+    f.tenant(TenantCreate {
+        attach: Some("h2".into()),
+        ..tenant("theirs", "10.3.0.0/24")
+    });
+    f.endpoint(endpoint("other", "open", "h2"));
+    let denied = |e: ApiError, field: Option<&str>, why: &str| {
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::PermissionDenied, field),
+            "{e}"
+        );
+        assert!(
+            e.message
+                .starts_with("host 'h1' (urn:ovl:host:h1) may not call"),
+            "{e}"
+        );
+        assert!(e.message.contains(why), "{e}");
+    };
+
+    // Tenants: only those open to the host.
+    match f
+        .host_ok(
+            "h1",
+            ApiRequest::TenantShow {
+                name: "open".into(),
+            },
+        )
+        .0
+    {
+        ApiReply::Tenant(t) => assert_eq!(t.tenant.name.as_str(), "open"),
+        other => panic!("{other:?}"),
+    }
+    for name in ["shut", "theirs"] {
+        let e = f.host_fails("h1", ApiRequest::TenantShow { name: name.into() });
+        denied(e, Some("name"), "is not open to host 'h1'");
+    }
+    let e = f.host_fails(
+        "h1",
+        ApiRequest::TenantShow {
+            name: "gone".into(),
+        },
+    );
+    assert_eq!(e.code, ErrorCode::NotFound);
+    for name in ["shut", "theirs"] {
+        denied(
+            f.host_fails("h1", reserve(name, None)),
+            Some("tenant"),
+            "not open",
+        );
+        denied(
+            f.host_fails("h1", release(name, "10.1.0.9")),
+            Some("tenant"),
+            "not open",
+        );
+        denied(
+            f.host_fails("h1", ApiRequest::EndpointCreate(endpoint("a", name, "h1"))),
+            Some("tenant"),
+            "not open",
+        );
+    }
+
+    // Endpoints: only on the host itself.
+    denied(
+        f.host_fails(
+            "h1",
+            ApiRequest::EndpointCreate(endpoint("a", "open", "h2")),
+        ),
+        Some("host"),
+        "only on itself",
+    );
+    let retarget = |name: &str| ApiRequest::EndpointRetarget {
+        name: name.into(),
+        target: NetnsTarget::Cnm {
+            endpoint_id: "ab12".into(),
+            container: Some("web".into()),
+        },
+    };
+    for req in [
+        ApiRequest::EndpointShow {
+            name: "other".into(),
+        },
+        ApiRequest::EndpointDelete {
+            name: "other".into(),
+        },
+        retarget("other"),
+    ] {
+        denied(f.host_fails("h1", req), Some("name"), "is on host 'h2'");
+    }
+    let (reply, _) = f.host_ok(
+        "h1",
+        ApiRequest::EndpointCreate(cnm_endpoint("a", "open", "h1", None)),
+    );
+    assert!(matches!(reply, ApiReply::Endpoint(_)), "{reply:?}");
+    let (reply, changed) = f.host_ok("h1", retarget("a"));
+    match reply {
+        ApiReply::Endpoint(e) => assert_eq!(e.endpoint.target.to_string(), "docker-net:web"),
+        other => panic!("{other:?}"),
+    }
+    let h1 = changed.iter().find(|i| i.host.as_str() == "h1").unwrap();
+    assert_eq!(h1.endpoints[0].target.to_string(), "docker-net:web");
+    f.assert_clean();
+
+    // Everything else takes an admin certificate.
+    let admin_only = [
+        ApiRequest::TenantList,
+        ApiRequest::TenantCreate(tenant("new", "10.9.0.0/24")),
+        ApiRequest::TenantCreateGateway {
+            create: tenant("new", "10.9.0.0/24"),
+            nat: true,
+            gateway_host: None,
+        },
+        ApiRequest::TenantDelete {
+            name: "open".into(),
+            force: true,
+        },
+        ApiRequest::TenantUpdate {
+            name: "open".into(),
+            nat: Some(true),
+            gateway_host: None,
+        },
+        ApiRequest::TenantSetAttach {
+            name: "shut".into(),
+            attach: "*".into(),
+        },
+        ApiRequest::HostList,
+        ApiRequest::HostShow { name: "h1".into() },
+        ApiRequest::Status,
+        ApiRequest::EndpointList {
+            tenant: None,
+            host: Some("h1".into()),
+        },
+        ApiRequest::Publish {
+            endpoint: "a".into(),
+            publish: "8080:80".into(),
+        },
+        ApiRequest::Unpublish {
+            endpoint: "a".into(),
+            publish: "8080".into(),
+        },
+    ];
+    for req in admin_only {
+        denied(f.host_fails("h1", req), None, "takes an admin certificate");
+    }
+
+    // A tenant closed to the host: its endpoints there can be shown and deleted, not moved.
+    f.ok(ApiRequest::TenantSetAttach {
+        name: "open".into(),
+        attach: "none".into(),
+    });
+    denied(f.host_fails("h1", retarget("a")), Some("name"), "not open");
+    f.host_ok("h1", ApiRequest::EndpointShow { name: "a".into() });
+    f.host_ok("h1", ApiRequest::EndpointDelete { name: "a".into() });
+    f.assert_clean();
+}
+
+#[test]
+fn retargets_are_validated() {
+    let f = Fixture::new();
+    f.hello("h1", 1);
+    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.endpoint(endpoint("a", "red", "h1"));
+    f.endpoint(endpoint("b", "red", "h1"));
+    let retarget = |name: &str, target: NetnsTarget| ApiRequest::EndpointRetarget {
+        name: name.into(),
+        target,
+    };
+    let e = f.fails(retarget(
+        "a",
+        NetnsTarget::Cnm {
+            endpoint_id: "not hex".into(),
+            container: None,
+        },
+    ));
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        (ErrorCode::InvalidArgument, Some("endpoint_id"))
+    );
+    let e = f.fails(retarget("zz", NetnsTarget::Name("zz".into())));
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        (ErrorCode::NotFound, Some("name"))
+    );
+    // b's namespace already has an eth0 from b.
+    let e = f.fails(retarget("a", NetnsTarget::Name("b".into())));
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        (ErrorCode::Conflict, Some("ifname"))
+    );
+    // Keeping its own target is no clash.
+    f.ok(retarget("a", NetnsTarget::Name("a".into())));
+    f.ok(retarget("a", NetnsTarget::Pid(42)));
+    f.assert_clean();
+}
+
+#[test]
+fn a_missing_target_is_its_own_state_and_not_a_host_error() {
+    let f = Fixture::new();
+    f.hello("h1", 1);
+    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.endpoint(endpoint("a", "red", "h1"));
+    f.endpoint(endpoint("b", "red", "h1"));
+    let mut live = FakeLive::default();
+    live.0.insert(
+        hn("h1"),
+        LiveHost {
+            connected: true,
+            applied_generation: Some(3),
+            objects: vec![
+                ObjectStatus::target_missing(
+                    ObjectKind::Endpoint,
+                    "a",
+                    "container web is not running",
+                ),
+                ObjectStatus::failed(ObjectKind::Endpoint, "b", "veth failed"),
+            ],
+            ..LiveHost::default()
+        },
+    );
+    let list = match f
+        .ok_live(
+            ApiRequest::EndpointList {
+                tenant: None,
+                host: None,
+            },
+            &live,
+        )
+        .0
+    {
+        ApiReply::Endpoints(es) => es,
+        other => panic!("{other:?}"),
+    };
+    let states: Vec<_> = list
+        .iter()
+        .map(|e| (e.state.as_str(), e.error.as_deref()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("target-missing", Some("container web is not running")),
+            ("error", Some("veth failed")),
+        ]
+    );
+    let status = match f.ok_live(ApiRequest::Status, &live).0 {
+        ApiReply::Status(s) => s,
+        other => panic!("{other:?}"),
+    };
+    let errors: Vec<_> = status[0].errors.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(errors, ["b"], "a stopped container is not a host error");
+}
+
+#[test]
+fn check_audits_reservations() {
+    let mut f = Fixture::new();
+    f.hello("h1", 1);
+    f.tenant(TenantCreate {
+        attach: Some("*".into()),
+        ..tenant("red", "10.1.0.0/24")
+    });
+    f.endpoint(endpoint("a", "red", "h1"));
+    f.host_ok("h1", reserve("red", Some("10.1.0.9")));
+    f.host_ok("h1", reserve("red", Some("10.1.0.10")));
+    f.assert_clean();
+    let red = f.store().state().unwrap().tenants[&"red".parse().unwrap()].clone();
+    f.store = None;
+    {
+        let db = Database::create(&f.path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = WriteTables::open(&txn).unwrap();
+            // A reservation the pool does not hold, one of an endpoint's address, one outside
+            // the subnet, and a pool holder without a reservation.
+            t.ips
+                .remove(crate::ipam::ip_key(red.id, ip("10.1.0.9")))
+                .unwrap();
+            for addr in ["10.1.0.2", "10.9.0.1"] {
+                let r = Reservation {
+                    tenant: red.name.clone(),
+                    ip: ip(addr),
+                    host: hn("h1"),
+                    reserved: NOW,
+                };
+                t.put_reservation(red.id, &r).unwrap();
+            }
+            t.ips
+                .insert(crate::ipam::ip_key(red.id, ip("10.1.0.20")), "reserved:h1")
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let report = Store::open_existing(&f.path).unwrap().check().unwrap();
+    let all = report.problems.join("\n");
+    assert!(
+        all.contains("the reservation of 10.1.0.9 in tenant 'red' (host 'h1') is not held by it in the address table"),
+        "{all}"
+    );
+    assert!(
+        all.contains(
+            "the reservation of 10.1.0.2 in tenant 'red' (host 'h1') is also held by endpoint 'a'"
+        ),
+        "{all}"
+    );
+    assert!(
+        all.contains("the reservation of 10.9.0.1 in tenant 'red' is not an endpoint address"),
+        "{all}"
+    );
+    assert!(
+        all.contains("address 10.1.0.20 of tenant id 1 is held by 'reserved:h1'"),
+        "{all}"
+    );
+    assert_eq!(report.reservations, 4);
 }
