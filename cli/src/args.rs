@@ -29,7 +29,8 @@ Configuration (a flag beats the environment, which beats the config file):
 
 Exit codes:
   0  success
-  1  other or internal error (also: a --wait saw the host fail to apply the change)
+  1  other or internal error (also: a --wait saw the host fail to apply the change,
+     or an endpoint whose container, process or namespace is missing)
   2  usage: bad command line, or missing/invalid client configuration
   3  not found
   4  already exists, or conflicts with current state
@@ -264,11 +265,18 @@ pub enum TenantCommand {
         long_about = "Create a tenant: an isolated L2 segment with its own IPv4 subnet. The \
             controller allocates the segment key (VXLAN VNI or GRE key), the local VLAN tag and \
             the gateway address unless given, and derives the MTU from the hosts' underlay MTU \
-            less the encapsulation overhead unless --mtu is given.",
+            less the encapsulation overhead unless --mtu is given.\n\n\
+            --attachable opens the tenant to hosts, as Docker's `docker network create \
+            --attachable` lets containers on any node join a network: the Docker driver and \
+            the CNI plugin on an allowed host may then create endpoints of the tenant on that \
+            host (and reserve its addresses) with the host's own certificate. Without it only \
+            administrators attach endpoints.",
         after_help = "Examples:\n  \
             ovl tenant create blue --subnet 10.10.0.0/24\n  \
             ovl tenant create red --subnet 10.20.0.0/16 --type gre --key 4242\n  \
-            ovl tenant create green --subnet 10.30.0.0/24 --type vlan --vlan 300"
+            ovl tenant create green --subnet 10.30.0.0/24 --type vlan --vlan 300\n  \
+            ovl tenant create web --subnet 10.40.0.0/24 --attachable\n  \
+            ovl tenant create db --subnet 10.50.0.0/24 --attachable=node1,node2"
     )]
     Create(TenantCreateArgs),
 
@@ -280,16 +288,24 @@ pub enum TenantCommand {
     #[command(after_help = "Example:\n  ovl tenant show blue")]
     Show(NameArg),
 
-    /// Change a tenant's gateway settings: NAT, gateway host
+    /// Change a tenant's gateway settings (NAT, gateway host) or which hosts may attach to it
     #[command(
-        long_about = "Change a tenant's gateway settings. --nat on masquerades the tenant's \
-            traffic to the outside behind its gateway host's underlay address; --nat off stops \
-            it (published ports keep working). --gateway-host HOST moves the tenant's router to \
-            HOST now; --gateway-host auto lets the controller choose (the router stays where \
-            it is until that host is lost).",
+        long_about = "Change a tenant's gateway settings, or which hosts may attach to it. \
+            --nat on masquerades the tenant's traffic to the outside behind its gateway host's \
+            underlay address; --nat off stops it (published ports keep working). \
+            --gateway-host HOST moves the tenant's router to HOST now; --gateway-host auto lets \
+            the controller choose (the router stays where it is until that host is lost).\n\n\
+            --attachable sets which hosts may create endpoints of the tenant on themselves with \
+            their own certificate (the Docker driver, the CNI plugin), like Docker's \
+            `--attachable`: '*' for every host, a comma-separated list of hosts, or none for \
+            administrators only. Addresses that hosts left out had reserved are released; \
+            their endpoints stay. It is a change on its own, without --nat or --gateway-host.",
         after_help = "Examples:\n  ovl tenant set blue --nat on\n  \
             ovl tenant set blue --gateway-host node2 --wait\n  \
-            ovl tenant set blue --gateway-host auto"
+            ovl tenant set blue --gateway-host auto\n  \
+            ovl tenant set blue --attachable '*'\n  \
+            ovl tenant set blue --attachable node1,node2\n  \
+            ovl tenant set blue --attachable none"
     )]
     Set(TenantSetArgs),
 
@@ -340,6 +356,18 @@ pub struct TenantCreateArgs {
     /// the most endpoints of the tenant)
     #[arg(long, value_name = "HOST")]
     pub gateway_host: Option<String>,
+
+    /// Let hosts attach endpoints to the tenant with their own certificate (the Docker
+    /// driver, the CNI plugin), like Docker's --attachable: every host, or only HOSTS
+    /// (comma-separated) with --attachable=HOSTS [default: administrators only]
+    #[arg(
+        long,
+        value_name = "HOSTS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "*"
+    )]
+    pub attachable: Option<String>,
 }
 
 /// `on` or `off`.
@@ -351,7 +379,7 @@ pub enum OnOff {
 
 /// `ovl tenant set`.
 #[derive(Debug, Clone, Args)]
-#[command(group(ArgGroup::new("change").required(true).multiple(true).args(["nat", "gateway_host"])))]
+#[command(group(ArgGroup::new("change").required(true).multiple(true).args(["nat", "gateway_host", "attachable"])))]
 pub struct TenantSetArgs {
     /// The tenant to change
     pub name: String,
@@ -363,6 +391,12 @@ pub struct TenantSetArgs {
     /// Move the tenant's router to HOST, or let the controller choose (auto)
     #[arg(long, value_name = "HOST|auto")]
     pub gateway_host: Option<String>,
+
+    /// Which hosts may attach endpoints with their own certificate (the Docker driver, the
+    /// CNI plugin): '*' for every host, a comma-separated list, or none for administrators
+    /// only
+    #[arg(long, value_name = "HOSTS|'*'|none", conflicts_with_all = ["nat", "gateway_host"])]
+    pub attachable: Option<String>,
 
     #[command(flatten)]
     pub wait: WaitArgs,
@@ -655,5 +689,42 @@ mod tests {
             flat.contains("--force deletes those endpoints too"),
             "{help}"
         );
+        for sub in ["create", "set"] {
+            let mut cmd = Cli::command();
+            let help = cmd
+                .find_subcommand_mut("tenant")
+                .and_then(|c| c.find_subcommand_mut(sub))
+                .expect("tenant subcommand exists")
+                .render_long_help()
+                .to_string();
+            let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+            for phrase in [
+                "--attachable",
+                "Docker's",
+                "the Docker driver, the CNI plugin",
+            ] {
+                assert!(flat.contains(phrase), "tenant {sub}: {phrase}: {help}");
+            }
+        }
+    }
+
+    #[test]
+    fn attachable_takes_an_optional_host_list_on_create() {
+        let tenant_create = |extra: &[&str]| {
+            let mut args = vec!["tenant", "create", "web", "--subnet", "10.0.0.0/24"];
+            args.extend_from_slice(extra);
+            match parse(&args).unwrap().command {
+                Command::Tenant(TenantCommand::Create(a)) => a.attachable,
+                other => panic!("parsed as {other:?}"),
+            }
+        };
+        assert_eq!(tenant_create(&[]), None);
+        assert_eq!(tenant_create(&["--attachable"]).as_deref(), Some("*"));
+        assert_eq!(
+            tenant_create(&["--attachable=h1,h2"]).as_deref(),
+            Some("h1,h2")
+        );
+        let e = parse(&["tenant", "set", "web"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
     }
 }

@@ -103,7 +103,9 @@ impl ExitStatus {
         match e {
             WaitError::Call(c) => Self::from_call(c),
             WaitError::TimedOut { .. } => ExitStatus::Unreachable,
-            WaitError::Failed { .. } | WaitError::UnexpectedReply { .. } => ExitStatus::Other,
+            WaitError::Failed { .. }
+            | WaitError::TargetMissing { .. }
+            | WaitError::UnexpectedReply { .. } => ExitStatus::Other,
         }
     }
 

@@ -6,6 +6,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use ovl_common::intent::{ObjectKind, ObjectStatus};
+use ovl_common::model::HostAttach;
 use ovl_common::proto::{AddressInfo, ApiReply, EndpointInfo, HostInfo, HostStatus, TenantInfo};
 use serde_json::Value;
 
@@ -223,6 +224,7 @@ pub fn tenants_table(ts: &[TenantInfo]) -> String {
         "HOSTS",
         "ROUTER",
         "NAT",
+        "ATTACHABLE",
     ]);
     for i in ts {
         let x = &i.tenant;
@@ -238,9 +240,19 @@ pub fn tenants_table(ts: &[TenantInfo]) -> String {
             dash_if_empty(join(&i.hosts)),
             opt(&x.router_host),
             on_off(x.nat),
+            x.attach.to_string(),
         ]);
     }
     t.render()
+}
+
+/// Which hosts may attach endpoints themselves, spelled out for `tenant show`.
+fn attachable(a: &HostAttach) -> String {
+    match a {
+        HostAttach::AdminOnly => format!("{a} (administrators only)"),
+        HostAttach::AnyHost => format!("{a} (every host)"),
+        HostAttach::Hosts(_) => a.to_string(),
+    }
 }
 
 fn on_off(b: bool) -> String {
@@ -299,6 +311,7 @@ pub fn tenant_block(i: &TenantInfo) -> String {
                 |h| h.to_string(),
             ),
         ),
+        ("attachable", attachable(&x.attach)),
         ("created", timestamp(x.created)),
     ])
 }
@@ -568,9 +581,36 @@ mod tests {
         );
         assert_eq!(
             out,
-            "NAME  TYPE   KEY   VLAN  SUBNET        GATEWAY    MTU   ENDPOINTS  HOSTS        ROUTER  NAT\n\
-             blue  vxlan  5001  101   10.10.0.0/24  10.10.0.1  1450  2          node1,node2  node1   on\n\
-             red   gre    42    102   10.10.0.0/24  10.10.0.1  1450  0          -            -       off\n"
+            "NAME  TYPE   KEY   VLAN  SUBNET        GATEWAY    MTU   ENDPOINTS  HOSTS        ROUTER  NAT  ATTACHABLE\n\
+             blue  vxlan  5001  101   10.10.0.0/24  10.10.0.1  1450  2          node1,node2  node1   on   none\n\
+             red   gre    42    102   10.10.0.0/24  10.10.0.1  1450  0          -            -       off  none\n"
+        );
+    }
+
+    #[test]
+    fn tenants_show_who_may_attach() {
+        let mut any = tenant("blue", SegmentType::Vxlan, 5001, 101, &[]);
+        any.tenant.attach = HostAttach::AnyHost;
+        let mut some = tenant("red", SegmentType::Gre, 42, 102, &[]);
+        some.tenant.attach = HostAttach::Hosts(vec![
+            HostName::new("node1").unwrap(),
+            HostName::new("node2").unwrap(),
+        ]);
+        let table = render_text(&ApiReply::Tenants(vec![any.clone(), some.clone()]), NOW);
+        let column: Vec<&str> = table
+            .lines()
+            .map(|l| l.split_whitespace().last().unwrap())
+            .collect();
+        assert_eq!(column, ["ATTACHABLE", "*", "node1,node2"], "{table}");
+        let block = render_text(&ApiReply::Tenant(any.clone()), NOW);
+        assert!(block.contains("attachable:   * (every host)\n"), "{block}");
+        let json: Value =
+            serde_json::from_str(&render_json(&ApiReply::Tenants(vec![any, some])).unwrap())
+                .unwrap();
+        assert_eq!(json[0]["attach"], "AnyHost");
+        assert_eq!(
+            json[1]["attach"]["Hosts"],
+            serde_json::json!(["node1", "node2"])
         );
     }
 
@@ -578,7 +618,7 @@ mod tests {
     fn empty_list_is_just_the_header() {
         assert_eq!(
             render_text(&ApiReply::Tenants(vec![]), NOW),
-            "NAME  TYPE  KEY  VLAN  SUBNET  GATEWAY  MTU  ENDPOINTS  HOSTS  ROUTER  NAT\n"
+            "NAME  TYPE  KEY  VLAN  SUBNET  GATEWAY  MTU  ENDPOINTS  HOSTS  ROUTER  NAT  ATTACHABLE\n"
         );
     }
 
@@ -604,6 +644,7 @@ mod tests {
              nat:          on\n\
              gateway host: auto\n\
              router:       node1\n\
+             attachable:   none (administrators only)\n\
              created:      2023-11-14T22:11:40Z\n"
         );
     }
@@ -623,6 +664,34 @@ mod tests {
              web1  blue    node1  10.10.0.2/24  0a:58:0a:0a:00:02  eth0    netns:web1  ok\n\
              db1   blue    node1  10.10.0.2/24  0a:58:0a:0a:00:02  eth0    docker:db   pending\n"
         );
+    }
+
+    #[test]
+    fn endpoints_show_a_missing_target() {
+        let cnm = NetnsTarget::Cnm {
+            endpoint_id: "4f2a".repeat(16),
+            container: Some("web".into()),
+        };
+        let e = endpoint(
+            "web1",
+            cnm,
+            "target-missing",
+            Some("container web is not running"),
+        );
+        let table = render_text(&ApiReply::Endpoints(vec![e.clone()]), NOW);
+        assert!(
+            table.ends_with("eth0    docker-net:web  target-missing\n"),
+            "{table}"
+        );
+        let block = render_text(&ApiReply::Endpoint(e.clone()), NOW);
+        assert!(block.contains("state:   target-missing\n"), "{block}");
+        assert!(
+            block.contains("error:   container web is not running\n"),
+            "{block}"
+        );
+        let json: Value =
+            serde_json::from_str(&render_json(&ApiReply::Endpoint(e)).unwrap()).unwrap();
+        assert_eq!(json["state"], "target-missing");
     }
 
     #[test]

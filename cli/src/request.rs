@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
 use ovl_common::model::{
-    validate_ifname, validate_name, NetnsTarget, Publish, SegmentType, ValidationError,
+    validate_ifname, validate_name, HostAttach, NetnsTarget, Publish, SegmentType, ValidationError,
 };
 use ovl_common::proto::{ApiRequest, EndpointCreate, TenantCreate};
 
@@ -139,9 +139,16 @@ pub fn status() -> Plan {
     Plan::now(ApiRequest::Status)
 }
 
-/// Validates `ovl tenant set`.
+/// Validates `ovl tenant set`: `--attachable` is a request of its own, the gateway settings
+/// another.
 pub fn tenant_set(a: &TenantSetArgs) -> Result<ApiRequest, ValidationError> {
     validate_name("tenant name", &a.name)?;
+    if let Some(raw) = &a.attachable {
+        return Ok(ApiRequest::TenantSetAttach {
+            name: a.name.clone(),
+            attach: attachable(raw)?.to_string(),
+        });
+    }
     let gateway_host = match a.gateway_host.as_deref() {
         None => None,
         Some("auto") => Some(None),
@@ -225,6 +232,7 @@ pub fn tenant_create(a: &TenantCreateArgs) -> Result<TenantCreate, ValidationErr
             ));
         }
     }
+    let attach = a.attachable.as_deref().map(attachable).transpose()?;
     Ok(TenantCreate {
         name: a.name.clone(),
         subnet: subnet.to_string(),
@@ -232,8 +240,13 @@ pub fn tenant_create(a: &TenantCreateArgs) -> Result<TenantCreate, ValidationErr
         key: a.vni,
         vlan: a.vlan,
         mtu: a.mtu,
-        attach: None,
+        attach: attach.map(|a| a.to_string()),
     })
+}
+
+/// Reads an `--attachable` value with the rule the controller applies.
+fn attachable(raw: &str) -> Result<HostAttach, ValidationError> {
+    HostAttach::parse(raw).map_err(as_flag("--attachable"))
 }
 
 /// Parses a tenant subnet: an IPv4 network address with a prefix of at most /30 (a gateway and
@@ -724,6 +737,67 @@ mod tests {
         refused(
             &["tenant", "set", "red", "--gateway-host", "Bad"],
             "invalid --gateway-host: 'Bad' contains 'B'; use lowercase letters, digits and '-'",
+        );
+    }
+
+    #[test]
+    fn attachable_opens_tenants_to_hosts() {
+        let create = |extra: &[&'static str]| {
+            let mut v = vec!["tenant", "create", "web", "--subnet", "10.4.0.0/24"];
+            v.extend_from_slice(extra);
+            match plan(&v).unwrap().request {
+                ApiRequest::TenantCreate(c) => c.attach,
+                ApiRequest::TenantCreateGateway { create, .. } => create.attach,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(create(&[]), None);
+        assert_eq!(create(&["--attachable"]).as_deref(), Some("*"));
+        assert_eq!(
+            create(&["--attachable=node2, node1", "--nat"]).as_deref(),
+            Some("node1,node2")
+        );
+        refused(
+            &[
+                "tenant",
+                "create",
+                "web",
+                "--subnet",
+                "10.4.0.0/24",
+                "--attachable=node1,Node2",
+            ],
+            "invalid --attachable: 'Node2' is not a host name: 'Node2' contains 'N'; use lowercase letters, digits and '-'",
+        );
+
+        let set = |value: &'static str| plan(&["tenant", "set", "web", "--attachable", value]);
+        for (value, sent) in [("*", "*"), ("all", "*"), ("none", "none"), ("b,a", "a,b")] {
+            assert_eq!(
+                set(value).unwrap().request,
+                ApiRequest::TenantSetAttach {
+                    name: "web".into(),
+                    attach: sent.into(),
+                },
+                "{value}"
+            );
+        }
+        refused(
+            &["tenant", "set", "web", "--attachable", "a b"],
+            "invalid --attachable: 'a b' is not a host name: 'a b' contains ' '; use lowercase letters, digits and '-'",
+        );
+        // One change at a time: the attach policy is a request of its own.
+        let both = Cli::try_parse_from([
+            "ovl",
+            "tenant",
+            "set",
+            "web",
+            "--attachable",
+            "*",
+            "--nat",
+            "on",
+        ]);
+        assert_eq!(
+            both.unwrap_err().kind(),
+            clap::error::ErrorKind::ArgumentConflict
         );
     }
 }

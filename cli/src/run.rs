@@ -16,7 +16,7 @@ use crate::client::{CallError, Client};
 use crate::config;
 use crate::output;
 use crate::request::{self, Plan};
-use crate::wait::{self, WaitError};
+use crate::wait;
 
 /// Runs `ovl` with parsed arguments.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -117,15 +117,7 @@ pub async fn execute(client: &mut Client, plan: Plan, format: OutputFormat) -> a
                     format!("endpoint '{name}' was created, but waiting for its host failed")
                 })?;
             print_reply(&ApiReply::Endpoint(info.clone()), format)?;
-            if info.state == "error" {
-                return Err(WaitError::Failed {
-                    name,
-                    host: info.endpoint.host.to_string(),
-                    error: info.error.unwrap_or_else(|| "no reason given".into()),
-                }
-                .into());
-            }
-            Ok(())
+            Ok(wait::endpoint_outcome(&info)?)
         }
         ApiRequest::EndpointDelete { name } => {
             let show = ApiRequest::EndpointShow { name: name.clone() };

@@ -31,6 +31,12 @@ pub enum WaitError {
         host: String,
         error: String,
     },
+    #[error("endpoint '{name}' is not in place on host '{host}': its target is missing: {error}")]
+    TargetMissing {
+        name: String,
+        host: String,
+        error: String,
+    },
     #[error("the controller answered {request} with a {got} reply")]
     UnexpectedReply {
         request: &'static str,
@@ -85,7 +91,7 @@ impl<'a> Progress<'a> {
 }
 
 /// Polls `EndpointShow` until the endpoint's state is no longer `pending`, and returns it
-/// (with state `ok` or `error`; the caller decides what an error means).
+/// (with state `ok`, `error` or `target-missing`; [`endpoint_outcome`] says what it means).
 pub async fn endpoint_settled(
     client: &mut Client,
     name: &str,
@@ -127,6 +133,23 @@ pub async fn endpoint_settled(
             info.endpoint.host
         ));
         tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Whether a settled endpoint is in place: only `ok` is. `error` and `target-missing` (the
+/// host plumbed nothing because the container, process or namespace is gone) are failures
+/// that say why.
+pub fn endpoint_outcome(info: &EndpointInfo) -> Result<(), WaitError> {
+    let name = info.endpoint.name.to_string();
+    let host = info.endpoint.host.to_string();
+    let error = info
+        .error
+        .clone()
+        .unwrap_or_else(|| "no reason given".into());
+    match info.state.as_str() {
+        "ok" => Ok(()),
+        "target-missing" => Err(WaitError::TargetMissing { name, host, error }),
+        _ => Err(WaitError::Failed { name, host, error }),
     }
 }
 
@@ -283,6 +306,43 @@ mod tests {
         assert_eq!(
             outstanding(&never, &t0),
             vec!["host 'a' has applied generation none of 0 (connected)".to_string()]
+        );
+    }
+
+    #[test]
+    fn only_ok_is_in_place() {
+        let info = |state: &str, error: Option<&str>| EndpointInfo {
+            endpoint: ovl_common::model::Endpoint {
+                id: 1,
+                name: "web1".parse().unwrap(),
+                tenant: "blue".parse().unwrap(),
+                host: HostName::new("h1").unwrap(),
+                target: ovl_common::NetnsTarget::Docker("web".into()),
+                ifname: "eth0".into(),
+                mac: "0a:58:00:00:00:02".parse().unwrap(),
+                ip: "10.0.0.2".parse().unwrap(),
+                created: 0,
+                publishes: vec![],
+            },
+            prefix_len: 24,
+            gateway: "10.0.0.1".parse().unwrap(),
+            mtu: 1450,
+            vlan: 1,
+            state: state.into(),
+            error: error.map(Into::into),
+            gateway_host: None,
+            gateway_address: None,
+        };
+        assert!(endpoint_outcome(&info("ok", None)).is_ok());
+        let missing = endpoint_outcome(&info("target-missing", Some("container web is gone")));
+        assert_eq!(
+            missing.unwrap_err().to_string(),
+            "endpoint 'web1' is not in place on host 'h1': its target is missing: container web is gone"
+        );
+        let failed = endpoint_outcome(&info("error", None));
+        assert_eq!(
+            failed.unwrap_err().to_string(),
+            "endpoint 'web1' failed on host 'h1': no reason given"
         );
     }
 
