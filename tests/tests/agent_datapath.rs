@@ -251,11 +251,18 @@ async fn reconcile_builds_exactly_the_intent_and_a_second_run_or_a_restarted_age
     for (name, tag, ep, tn) in endpoints {
         let port = lab.row("Port", name).expect("endpoint port");
         let iface = lab.row("Interface", name).expect("endpoint interface");
+        // The port records the ifindex of the veth it was added for, and it is the device
+        // ovs-vswitchd has open.
+        let ifindex = iface
+            .int("ifindex")
+            .expect("ovs-vswitchd reports the ifindex");
+        let ifindex = ifindex.to_string();
         let ids = map(&[
             owner,
             ("ovl-kind", "endpoint"),
             ("ovl-endpoint", ep),
             ("ovl-tenant", tn),
+            ("ovl-ifindex", &ifindex),
         ]);
         assert_eq!(port.int("tag"), Some(tag), "{port:?}");
         assert!(!port.bool("protected"), "access ports are not protected");
@@ -818,5 +825,145 @@ async fn ports_ovs_vswitchd_has_not_taken_are_reported_until_it_runs() {
     assert!(
         ping_within(&ns_b1, b2.ip, PING_LIMIT),
         "no ping once ovs-vswitchd runs"
+    );
+}
+
+/// The status of endpoint `name` in a reconcile's report.
+fn endpoint_status<'a>(r: &'a Reconciled, name: &str) -> &'a ovl_common::intent::ObjectStatus {
+    r.report
+        .objects
+        .iter()
+        .find(|o| o.kind == ObjectKind::Endpoint && o.name == name)
+        .unwrap_or_else(|| panic!("no status for {name}: {:#?}", r.report))
+}
+
+/// Waits for the datapath's watch to ask for a reconcile; how long it took.
+async fn noticed(rx: &mut mpsc::Receiver<()>, limit: Duration, what: &str) -> Duration {
+    let started = std::time::Instant::now();
+    timeout(limit, rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("the agent did not notice within {limit:?} that {what}"))
+        .expect("the watch is running");
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: runs Open vSwitch and replaces network namespaces under an endpoint"]
+async fn a_replaced_or_vanished_namespace_is_noticed_replumbed_and_never_reported_ok_while_dead() {
+    require_privileged(BINARIES);
+    let lab = DatapathLab::start().expect("start OVS");
+    let (ns1, ns2) = (TestNetns::new(), TestNetns::new());
+    let blue = tenant(1, "blue", SegmentType::Vxlan, 10, "10.7.0.0/24", &[]);
+    let b1 = endpoint(1, "b1", &blue, target(&ns1), 2);
+    let b2 = endpoint(2, "b2", &blue, target(&ns2), 3);
+    let want = intent(1, vec![blue], vec![b1, b2]);
+    let b2_ip = Ipv4Addr::new(10, 7, 0, 3);
+    let mut dp = lab.datapath().await;
+    assert_all_ok(&reconcile(&mut dp, &want, true).await);
+    assert!(ping_within(&ns1, b2_ip, PING_LIMIT), "b1 cannot reach b2");
+    let (tx, mut rx) = mpsc::channel(8);
+    dp.watch(tx);
+    // Drain what the first reconcile and the watch's start caused.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    while rx.try_recv().is_ok() {}
+
+    // "Restart the container": a new namespace of the same name, while something keeps the
+    // old one alive with its eth0 (as Docker does until it unmounts a stopped container's
+    // namespace lazily).
+    let mut keeper = std::process::Command::new("ip")
+        .args(["netns", "exec", ns2.name(), "sleep", "120"])
+        .spawn()
+        .expect("start a process in the old namespace");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let old_ns = format!("/proc/{}/ns/net", keeper.id());
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["netns", "del", ns2.name()]);
+    run(&["netns", "add", ns2.name()]);
+    let took = noticed(
+        &mut rx,
+        Duration::from_secs(1),
+        "b2's namespace was replaced",
+    )
+    .await;
+    eprintln!("namespace replacement noticed after {took:?}");
+
+    let r = reconcile(&mut dp, &want, true).await;
+    assert_all_ok(&r);
+    assert!(
+        r.changes.iter().any(|c| c.contains("delete port ovl-e2"))
+            && r.changes.iter().any(|c| c.contains("add port ovl-e2")),
+        "the port of the remade veth must be deleted and added again: {:?}",
+        r.changes
+    );
+    let started = std::time::Instant::now();
+    assert!(
+        ping_within(&ns1, b2_ip, PING_LIMIT),
+        "b1 cannot reach b2 in its new namespace"
+    );
+    eprintln!(
+        "b2 answered in its new namespace {:?} after the reconcile",
+        started.elapsed()
+    );
+    // The old copy is gone with its veth: nothing in the old namespace answers for b2.
+    let old = std::process::Command::new("nsenter")
+        .args(["--net", &old_ns, "ip", "-o", "link", "show", "eth0"])
+        .output()
+        .expect("run nsenter");
+    assert!(
+        !old.status.success(),
+        "the old namespace still has eth0: {}",
+        String::from_utf8_lossy(&old.stdout)
+    );
+    let _ = keeper.kill();
+    let _ = keeper.wait();
+    // ovs-vswitchd has the device the kernel has.
+    let mut lab = lab;
+    let iface = lab.row("Interface", "ovl-e2").expect("ovl-e2 interface");
+    let kernel = lab.link("ovl-e2").expect("ovl-e2 link")["ifindex"].as_i64();
+    assert_eq!(iface.int("ifindex"), kernel, "{iface:?}");
+    assert_eq!(
+        iface.map("external_ids").get("ovl-ifindex").cloned(),
+        kernel.map(|k| k.to_string())
+    );
+
+    // "Stop the container": its namespace goes away.
+    while rx.try_recv().is_ok() {}
+    run(&["netns", "del", ns2.name()]);
+    noticed(
+        &mut rx,
+        Duration::from_secs(1),
+        "b2's namespace disappeared",
+    )
+    .await;
+    let r = reconcile(&mut dp, &want, true).await;
+    let s = endpoint_status(&r, "b2");
+    assert!(
+        s.target_missing,
+        "b2 must be target-missing, not ok or failed: {s:?}"
+    );
+    assert!(
+        lab.link("ovl-e2").is_none(),
+        "the veth of a missing target is removed"
+    );
+    assert!(lab.row("Port", "ovl-e2").is_some(), "its port row is held");
+    assert!(endpoint_status(&r, "b1").error.is_none());
+
+    // "Start it again".
+    run(&["netns", "add", ns2.name()]);
+    noticed(&mut rx, Duration::from_secs(1), "b2's namespace came back").await;
+    assert_all_ok(&reconcile(&mut dp, &want, true).await);
+    assert!(
+        ping_within(&ns1, b2_ip, PING_LIMIT),
+        "b1 cannot reach b2 after it came back"
     );
 }
