@@ -7,7 +7,9 @@
 //! [`client::Client`]. It holds no state between invocations and never talks to agents.
 
 pub mod args;
-pub mod client;
+/// The controller client lives in `ovl_common::client` (the Docker driver and the agent use it
+/// too); re-exported here under its old path.
+pub use ovl_common::client;
 pub mod config;
 pub mod exit;
 pub mod lab;

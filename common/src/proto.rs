@@ -62,7 +62,7 @@ pub enum ClientRole {
     /// the host's certificate. The certificate must name a host (`urn:ovl:host:NAME`); the
     /// controller then answers only what a host may ask for itself: reading tenants it may
     /// attach to, reserving and releasing their addresses, and creating, re-targeting, showing
-    /// and deleting endpoints on that host (see `ApiRequest::host_may`). Everything else is
+    /// and deleting endpoints on that host (see the controller's `authz.rs`). Everything else is
     /// refused with [`ErrorCode::PermissionDenied`].
     Host,
 }

@@ -14,12 +14,12 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ovl_common::frame::{self, FrameError};
-use ovl_common::proto::{
+use crate::frame::{self, FrameError};
+use crate::proto::{
     ApiError, ApiReply, ApiRequest, ApiResponse, ClientHello, ClientRole, Refusal, ServerHello,
     Welcome, PROTOCOL_VERSION,
 };
-use ovl_common::tls::{self, Bundle, TlsError};
+use crate::tls::{self, Bundle, TlsError};
 use tokio::time::{timeout_at, Instant};
 
 /// How long the client waits for the network.
