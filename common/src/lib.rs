@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod frame;
 pub mod identity;
 pub mod intent;
+pub mod local;
 pub mod model;
 pub mod proto;
 pub mod tls;
