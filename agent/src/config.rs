@@ -72,6 +72,7 @@ pub struct FileConfig {
     pub uplink: Option<String>,
     pub router_netns_prefix: Option<String>,
     pub docker_socket: Option<PathBuf>,
+    pub local_socket: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -111,6 +112,8 @@ pub struct AgentConfig {
     pub router_netns_prefix: String,
     /// The Docker engine's API socket (`--docker` targets and their event stream).
     pub docker_socket: PathBuf,
+    /// The local API's socket (the CNI plugin asks there).
+    pub local_socket: PathBuf,
 }
 
 impl AgentConfig {
@@ -146,6 +149,9 @@ impl AgentConfig {
             docker_socket: f
                 .docker_socket
                 .unwrap_or_else(|| PathBuf::from(crate::netns::DOCKER_SOCKET)),
+            local_socket: f
+                .local_socket
+                .unwrap_or_else(|| PathBuf::from(ovl_common::local::DEFAULT_SOCKET)),
         })
     }
 }

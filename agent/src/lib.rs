@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod join;
+pub mod local;
 pub mod nat;
 pub mod netns;
 pub mod notify;

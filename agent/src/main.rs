@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use ovl_agent::config::{AgentConfig, DatapathChoice, Driver, FileConfig};
+use ovl_agent::reconcile::runner::{run_observed, Observers};
 use ovl_agent::reconcile::RecordingDatapath;
 use ovl_agent::session::SessionParams;
 use ovl_common::identity::Identity;
@@ -120,6 +121,10 @@ struct RunArgs {
     /// followed for their restarts; [default: /var/run/docker.sock]
     #[arg(long)]
     docker_socket: Option<PathBuf>,
+    /// Where the local API for the host's own tools (the CNI plugin) listens, root only;
+    /// [default: /run/ovl/agent.sock]
+    #[arg(long)]
+    local_socket: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -170,7 +175,8 @@ fn merge(args: &RunArgs) -> anyhow::Result<AgentConfig> {
         state_dir,
         uplink,
         router_netns_prefix,
-        docker_socket
+        docker_socket,
+        local_socket
     );
     Ok(AgentConfig::resolve(f)?)
 }
@@ -210,18 +216,31 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 error!("cannot report readiness to systemd: {e}");
             }
         };
+        let (observers, views) = Observers::new();
+        let local = {
+            let client = ovl_agent::local::HostClient { controller: cfg.controller, bundle: bundle.clone() };
+            let (path, host, shutdown) = (cfg.local_socket.clone(), host.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                // Without its local API the agent still runs the data plane; only the CNI
+                // plugin is refused, and says so.
+                if let Err(e) = ovl_agent::local::serve(&path, host, client, views, shutdown).await {
+                    error!("the local API is not available: {e}");
+                }
+            })
+        };
         match cfg.driver {
             Driver::Fake => {
                 params.capabilities = vec!["datapath=fake".into()];
                 let dp = RecordingDatapath::new(cfg.record.clone());
-                ovl_agent::reconcile::runner::run(params, bundle, dp, cfg.resync, cfg.state_dir.clone(), shutdown, ready).await;
+                run_observed(params, bundle, dp, cfg.resync, cfg.state_dir.clone(), shutdown, ready, observers).await;
             }
             Driver::Ovs => {
                 let dp = ovl_agent::reconcile::OvsDatapath::start(&cfg).await.context("starting the Open vSwitch datapath")?;
                 params.capabilities = dp.capabilities();
-                ovl_agent::reconcile::runner::run(params, bundle, dp, cfg.resync, cfg.state_dir.clone(), shutdown, ready).await;
+                run_observed(params, bundle, dp, cfg.resync, cfg.state_dir.clone(), shutdown, ready, observers).await;
             }
         }
+        let _ = local.await;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(())

@@ -62,6 +62,17 @@ pub struct Bundle {
     pub key: PrivateKeyDer<'static>,
 }
 
+impl Clone for Bundle {
+    fn clone(&self) -> Self {
+        Self {
+            dir: self.dir.clone(),
+            ca: self.ca.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
 impl Bundle {
     /// Loads `ca.crt`, `tls.crt` and `tls.key` from `dir`.
     pub fn load(dir: &Path) -> Result<Self, TlsError> {

@@ -29,9 +29,65 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 /// First retry delay after a failed apply; doubles up to the resync interval.
 const RETRY_MIN: Duration = Duration::from_secs(1);
 
+/// What the loop lets others see: the latest intent, the latest report, whether the session
+/// with the controller is up. The agent's local API reads them (to wait until an endpoint it
+/// asked for is in place); nothing writes them but the loop.
+#[derive(Debug, Clone)]
+pub struct Views {
+    pub intent: watch::Receiver<Option<HostIntent>>,
+    pub report: watch::Receiver<Option<AppliedReport>>,
+    pub connected: watch::Receiver<bool>,
+}
+
+/// The loop's ends of [`Views`].
+#[derive(Debug)]
+pub struct Observers {
+    intent: watch::Sender<Option<HostIntent>>,
+    report: watch::Sender<Option<AppliedReport>>,
+    connected: watch::Sender<bool>,
+}
+
+impl Observers {
+    pub fn new() -> (Self, Views) {
+        let (intent, intent_rx) = watch::channel(None);
+        let (report, report_rx) = watch::channel(None);
+        let (connected, connected_rx) = watch::channel(false);
+        (
+            Self {
+                intent,
+                report,
+                connected,
+            },
+            Views {
+                intent: intent_rx,
+                report: report_rx,
+                connected: connected_rx,
+            },
+        )
+    }
+}
+
 /// Runs the agent until `shutdown`: the controller session, and the reconcile loop over `dp`.
 /// `ready` is called once, after the first intent from the controller has been applied.
 pub async fn run<D: Datapath>(
+    params: SessionParams,
+    bundle: ovl_common::tls::Bundle,
+    dp: D,
+    resync: Duration,
+    state_dir: PathBuf,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(&AppliedReport) + Send,
+) {
+    let (observers, _views) = Observers::new();
+    run_observed(
+        params, bundle, dp, resync, state_dir, shutdown, ready, observers,
+    )
+    .await
+}
+
+/// [`run`], publishing what it sees on `observers`.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_observed<D: Datapath>(
     params: SessionParams,
     bundle: ovl_common::tls::Bundle,
     mut dp: D,
@@ -39,9 +95,11 @@ pub async fn run<D: Datapath>(
     state_dir: PathBuf,
     shutdown: CancellationToken,
     ready: impl FnOnce(&AppliedReport) + Send,
+    observers: Observers,
 ) {
     let (session_tx, mut session_rx) = mpsc::channel(16);
-    let (report_tx, report_rx) = watch::channel::<Option<AppliedReport>>(None);
+    let report_tx = observers.report;
+    let report_rx = report_tx.subscribe();
     let (applied_tx, applied_rx) = watch::channel(load_generation(&state_dir));
     let (change_tx, mut change_rx) = mpsc::channel(1);
     dp.watch(change_tx);
@@ -76,12 +134,17 @@ pub async fn run<D: Datapath>(
                     tenants = i.tenants.len(),
                     "new intent"
                 );
+                observers.intent.send_replace(Some(i.clone()));
                 intent = Some(i);
                 pending = Some(Instant::now());
             }
-            Some(Event::Session(SessionEvent::Connected)) => debug!("session up"),
+            Some(Event::Session(SessionEvent::Connected)) => {
+                debug!("session up");
+                observers.connected.send_replace(true);
+            }
             Some(Event::Session(SessionEvent::Disconnected(why))) => {
                 debug!("session down: {why}; the data plane stays as it is");
+                observers.connected.send_replace(false);
             }
             Some(Event::DatapathChanged) => {
                 if pending.is_none() {
