@@ -181,6 +181,9 @@ impl Cluster {
             .arg(&record)
             .arg("--state-dir")
             .arg(&state_dir)
+            // Each agent its own local API socket, never the machine's /run/ovl/agent.sock.
+            .arg("--local-socket")
+            .arg(self.local_socket(name))
             .env("OVL_LOG", "info,ovl_agent=debug")
             .stdout(Stdio::null())
             .stderr(
@@ -201,6 +204,11 @@ impl Cluster {
                 log,
             },
         );
+    }
+
+    /// The local API socket of host `name`'s agent.
+    pub fn local_socket(&self, name: &str) -> PathBuf {
+        self.path().join(format!("{name}.agent.sock"))
     }
 
     pub fn stop_agent(&mut self, name: &str) {
