@@ -2,9 +2,12 @@
 # Installs (or uninstalls) ovl on this machine: binaries, systemd units, /etc/ovl with sample
 # configuration, and the state directories with their owners and modes.
 #
-#   deploy/install.sh [--role controller|agent|all] [--bin-dir DIR] [--destdir DIR] [--start]
+#   deploy/install.sh [--role controller|agent|all] [--docker] [--bin-dir DIR] [--destdir DIR] [--start]
 #   deploy/install.sh --uninstall [--purge] [--role ...] [--destdir DIR]
 #
+# --docker    with the agent role: also the Docker network driver (ovl-docker, its unit, its
+#             state directory), for hosts that run Docker (docs/docker.md). Uninstalling the
+#             agent role always removes it.
 # --bin-dir   where the built binaries are (default: target/release of this checkout)
 # --destdir   install into this scratch root instead of / (also read from $DESTDIR). With a
 #             destdir nothing outside it is touched: no user is created, no owner is changed,
@@ -15,8 +18,8 @@
 # --purge     with --uninstall: remove those too, and the ovl system user.
 #
 # Layout (see docs/deploy.md):
-#   /usr/local/bin/{ovl-controller,ovl,ovl-agent}            0755
-#   /usr/local/lib/systemd/system/ovl-{controller,agent}.service 0644
+#   /usr/local/bin/{ovl-controller,ovl,ovl-agent,ovl-docker}  0755
+#   /usr/local/lib/systemd/system/ovl-{controller,agent,docker}.service 0644
 #   /etc/ovl/                                                 0755 root
 #   /etc/ovl/controller.env, /etc/ovl/agent.toml              0644 (kept if present)
 #   /etc/ovl/pki/                                             0700 ovl   (controller)
@@ -24,6 +27,7 @@
 #   /var/lib/ovl/                                             0750 ovl   (controller database)
 #   /var/lib/ovl/join-tokens/                                 0700 ovl
 #   /var/lib/ovl-agent/                                       0700 root
+#   /var/lib/ovl-docker/                                      0700 root  (--docker)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -35,9 +39,10 @@ destdir="${DESTDIR:-}"
 action=install
 purge=0
 start=0
+docker=0
 
 usage() {
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
     exit "${1:-0}"
 }
 
@@ -84,6 +89,10 @@ while (($# > 0)); do
         start=1
         shift
         ;;
+    --docker)
+        docker=1
+        shift
+        ;;
     -h | --help) usage 0 ;;
     *)
         echo "install: unknown argument '$1'" >&2
@@ -104,6 +113,9 @@ elif [[ $(id -u) -ne 0 ]]; then
     die "installing into / needs root; run with sudo, or pass --destdir DIR"
 fi
 ((purge == 0)) || [[ "$action" == uninstall ]] || die "--purge only goes with --uninstall"
+if ((docker == 1)) && [[ "$role" == controller ]]; then
+    die "--docker goes with the agent role (--role agent or all): the driver acts with the agent's credentials"
+fi
 
 BINDIR=/usr/local/bin
 UNITDIR=/usr/local/lib/systemd/system
@@ -150,6 +162,11 @@ if wants agent; then
     binaries+=(ovl-agent)
     units+=(ovl-agent.service)
     samples+=(agent.toml)
+    # Removing the agent removes the driver that needs it, whether or not --docker is given.
+    if ((docker == 1)) || [[ "$action" == uninstall ]]; then
+        binaries+=(ovl-docker)
+        units+=(ovl-docker.service)
+    fi
 fi
 
 do_install() {
@@ -198,6 +215,9 @@ do_install() {
         install_dir "$CONFDIR/host" 0700 root:root
         install_dir /var/lib/ovl-agent 0700 root:root
     fi
+    if ((docker == 1)); then
+        install_dir /var/lib/ovl-docker 0700 root:root
+    fi
 
     if systemd_running; then
         systemctl daemon-reload
@@ -214,6 +234,9 @@ do_install() {
     fi
     if wants agent; then
         echo "  agent: ovl-agent join ... --out $CONFDIR/host, set 'controller' in $CONFDIR/agent.toml, then systemctl enable --now ovl-agent" >&2
+    fi
+    if ((docker == 1)); then
+        echo "  docker: systemctl enable --now ovl-docker, then docker network create -d ovl --ipam-driver ovl --ipam-opt ovl.tenant=TENANT NETWORK" >&2
     fi
 }
 
@@ -258,7 +281,7 @@ do_uninstall() {
         data+=("$CONFDIR/pki" /var/lib/ovl)
     fi
     if wants agent; then
-        data+=("$CONFDIR/host" /var/lib/ovl-agent)
+        data+=("$CONFDIR/host" /var/lib/ovl-agent /var/lib/ovl-docker)
     fi
     local d
     for d in "${data[@]}"; do

@@ -47,7 +47,8 @@ fi
 
 # --- systemd-analyze verify, on the units installed into a scratch root. The root also gets a
 # copy of the system's units, so the ordering targets (network-online.target,
-# openvswitch-switch.service) resolve, and verify checks that ExecStart= binaries exist there.
+# openvswitch-switch.service, docker.service) resolve, and verify checks that ExecStart=
+# binaries exist there.
 # systemd-analyze reports many problems (unknown keys, bad values) as warnings with exit status
 # 0, so any output at all counts as a failure.
 verify_units() {
@@ -64,12 +65,12 @@ verify_units() {
 }
 
 root="$scratch/root"
-bash deploy/install.sh --destdir "$root" --role all --bin-dir "$bin_dir" 2>/dev/null
+bash deploy/install.sh --destdir "$root" --role all --docker --bin-dir "$bin_dir" 2>/dev/null
 mkdir -p "$root/usr/lib/systemd"
 cp -a /usr/lib/systemd/system "$root/usr/lib/systemd/"
 [[ -e "$root/usr/lib/systemd/system/openvswitch-switch.service" ]] ||
     fail "openvswitch-switch.service is not installed here; run deploy/install-deps.sh"
-units=(ovl-controller.service ovl-agent.service)
+units=(ovl-controller.service ovl-agent.service ovl-docker.service)
 echo "check-deploy: systemd-analyze verify ${units[*]}" >&2
 verify_units "$root" "${units[@]}" || fail "systemd-analyze verify found problems in the units"
 
@@ -84,6 +85,18 @@ rm "$root/usr/local/bin/ovl-agent"
 if verify_units "$root" ovl-agent.service 2>/dev/null; then
     fail "systemd-analyze verify accepted a unit whose binary is missing"
 fi
+# The Docker driver's unit must start before dockerd looks for the plugin socket, and its
+# ExecStart must read the agent's configuration, where the controller and credentials are.
+docker_unit="$unitdir/ovl-docker.service"
+grep -qx 'Before=docker.service' "$docker_unit" ||
+    fail "ovl-docker.service is not ordered before docker.service"
+for line in Wants=ovl-agent.service After=ovl-agent.service; do
+    grep -qx "$line" "$docker_unit" || fail "ovl-docker.service lacks $line"
+done
+grep -q '^ExecStart=/usr/local/bin/ovl-docker run --config /etc/ovl/agent.toml' "$docker_unit" ||
+    fail "ovl-docker.service does not run the installed driver with the agent's configuration"
+"$root/usr/local/bin/ovl-docker" run --help | grep -q -- '--docker-socket' ||
+    fail "the installed ovl-docker does not run"
 
 # --- vagrant validate. --ignore-provider: the libvirt plugin is not installed here, and no
 # VM can boot; everything else in the Vagrantfile (Ruby, machine and provisioner settings) is
