@@ -169,8 +169,8 @@ pub struct EndpointRequest {
     pub endpoint_id: String,
 }
 
-/// The answer to `EndpointOperInfo`: anything; `docker network inspect` does not show it, but
-/// `docker inspect` of the container does under its network's `DriverOpts`-like data.
+/// The answer to `EndpointOperInfo`: any map; libnetwork keeps it as the endpoint's driver
+/// information.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct EndpointInfoResponse {
     #[serde(rename = "Value")]
@@ -368,6 +368,11 @@ pub struct ReleaseAddressRequest {
 /// An empty success answer, `{}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Empty {}
+
+/// A Docker id (network, endpoint) as `docker` shows it: its first 12 characters.
+pub fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
 
 /// Go encodes a nil map or slice as `null`; read that as empty.
 fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>

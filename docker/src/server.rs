@@ -33,7 +33,7 @@ use crate::dockerd::Docker;
 use crate::driver::{Driver, DriverError};
 use crate::hostnet::HostNet;
 use crate::protocol::{
-    ActivateResponse, AllocateNetworkRequest, CreateEndpointRequest, CreateNetworkRequest,
+    short, ActivateResponse, AllocateNetworkRequest, CreateEndpointRequest, CreateNetworkRequest,
     DiscoveryRequest, Empty, EndpointRequest, ErrorResponse, ExternalConnectivityRequest,
     IpamErrorResponse, JoinRequest, NetworkRequest, ReleaseAddressRequest, ReleasePoolRequest,
     RequestAddressRequest, RequestPoolRequest, CONTENT_TYPE,
@@ -169,10 +169,6 @@ pub async fn dispatch<C: Controller, N: HostNet, D: Docker>(
     }
     .instrument(span)
     .await
-}
-
-fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
 }
 
 macro_rules! call {

@@ -415,7 +415,7 @@ impl<C: Controller, N: HostNet, D: Docker> Driver<C, N, D> {
     /// Starts the background task that tells the controller which container holds an
     /// endpoint.
     fn spawn_naming(self: &Arc<Self>, network_id: String, endpoint_id: String) {
-        let span = tracing::info_span!(parent: None, "name-container", endpoint = %&endpoint_id[..endpoint_id.len().min(12)]);
+        let span = tracing::info_span!(parent: None, "name-container", endpoint = %crate::protocol::short(&endpoint_id));
         tokio::spawn(
             self.clone()
                 .name_container(network_id, endpoint_id)

@@ -19,9 +19,9 @@ use crate::controller::{Controller, CtlError};
 use crate::dockerd::Docker;
 use crate::hostnet::HostNet;
 use crate::protocol::{
-    AllocateNetworkResponse, CapabilitiesResponse, CreateEndpointRequest, CreateEndpointResponse,
-    CreateNetworkRequest, EndpointInfoResponse, EndpointInterface, EndpointRequest, InterfaceName,
-    JoinRequest, JoinResponse, NetworkRequest, TENANT_OPTION,
+    short, AllocateNetworkResponse, CapabilitiesResponse, CreateEndpointRequest,
+    CreateEndpointResponse, CreateNetworkRequest, EndpointInfoResponse, EndpointInterface,
+    EndpointRequest, InterfaceName, JoinRequest, JoinResponse, NetworkRequest, TENANT_OPTION,
 };
 use crate::state::{EndpointRecord, NetworkRecord};
 
@@ -30,11 +30,6 @@ pub const CONTAINER_IFNAME_PREFIX: &str = "eth";
 
 /// How long `Join` waits for the controller's word on an endpoint whose link never came.
 const DIAGNOSE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Docker's ids are long; messages show the short form, as `docker` does.
-fn short(id: &str) -> String {
-    id[..id.len().min(12)].to_string()
-}
 
 impl<C: Controller, N: HostNet, D: Docker> Driver<C, N, D> {
     /// `NetworkDriver.GetCapabilities`. Each host's dockerd keeps its own networks (`local`),
@@ -196,7 +191,9 @@ impl<C: Controller, N: HostNet, D: Docker> Driver<C, N, D> {
     ) -> Result<CreateEndpointResponse> {
         let name = endpoint_name(&req.endpoint_id)?;
         let Some(net) = self.state().get().networks.get(&req.network_id).cloned() else {
-            return Err(DriverError::UnknownNetwork(short(&req.network_id)));
+            return Err(DriverError::UnknownNetwork(
+                short(&req.network_id).to_string(),
+            ));
         };
         if !req.interface.address_ipv6.is_empty() {
             return Err(DriverError::Ipv6);
@@ -301,7 +298,7 @@ impl<C: Controller, N: HostNet, D: Docker> Driver<C, N, D> {
                 } else {
                     Err(DriverError::NameTaken {
                         name: name.clone(),
-                        endpoint: short(endpoint_id),
+                        endpoint: short(endpoint_id).to_string(),
                     })
                 }
             }
@@ -310,7 +307,7 @@ impl<C: Controller, N: HostNet, D: Docker> Driver<C, N, D> {
             Err(CtlError::Api(e)) if e.code == ErrorCode::PermissionDenied => {
                 Err(DriverError::NameTaken {
                     name: name.clone(),
-                    endpoint: short(endpoint_id),
+                    endpoint: short(endpoint_id).to_string(),
                 })
             }
             Err(e) => Err(self.refused(format!("show endpoint '{name}'"), e)),
@@ -320,7 +317,9 @@ impl<C: Controller, N: HostNet, D: Docker> Driver<C, N, D> {
     /// `NetworkDriver.EndpointOperInfo`: what ovl calls the endpoint.
     pub fn endpoint_info(&self, req: EndpointRequest) -> Result<EndpointInfoResponse> {
         let Some(rec) = self.state().get().endpoints.get(&req.endpoint_id).cloned() else {
-            return Err(DriverError::UnknownEndpoint(short(&req.endpoint_id)));
+            return Err(DriverError::UnknownEndpoint(
+                short(&req.endpoint_id).to_string(),
+            ));
         };
         let mut value = BTreeMap::from([
             ("ovl.endpoint".to_string(), rec.name.to_string()),
@@ -342,10 +341,14 @@ impl<C: Controller, N: HostNet, D: Docker> Driver<C, N, D> {
             let st = self.state();
             let s = st.get();
             let Some(rec) = s.endpoints.get(&req.endpoint_id).cloned() else {
-                return Err(DriverError::UnknownEndpoint(short(&req.endpoint_id)));
+                return Err(DriverError::UnknownEndpoint(
+                    short(&req.endpoint_id).to_string(),
+                ));
             };
             let Some(net) = s.networks.get(&rec.network_id) else {
-                return Err(DriverError::UnknownNetwork(short(&rec.network_id)));
+                return Err(DriverError::UnknownNetwork(
+                    short(&rec.network_id).to_string(),
+                ));
             };
             (rec, net.gateway)
         };
