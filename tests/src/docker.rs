@@ -657,7 +657,9 @@ impl DockerHost {
         self.docker(&args)
     }
 
-    /// `docker exec NAME ping -c COUNT -i 0.2 -W 1 IP` (busybox's ping), parsed.
+    /// `docker exec NAME ping -c COUNT -i 0.2 -W 1 IP` (busybox's ping), parsed. Fails the
+    /// test when ping did not run (no statistics), so that a broken `exec` never reads as
+    /// "no reply".
     pub fn ping(&self, name: &str, ip: Ipv4Addr, count: u32) -> PingResult {
         let out = self.exec(
             name,
@@ -672,7 +674,16 @@ impl DockerHost {
                 &ip.to_string(),
             ],
         );
-        parse_ping(&String::from_utf8_lossy(&out.stdout), count)
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("packets transmitted"),
+            "ping from {name} on {} to {ip} did not run ({}): {}{}",
+            self.name,
+            out.status,
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        parse_ping(&text, count)
     }
 
     /// Pings until one reply comes back (or `timeout` passes); returns how long it took.

@@ -91,6 +91,18 @@ struct Outage {
 }
 
 impl Outage {
+    /// The states sampled, in order, each run of equal states once (`-`: no endpoint).
+    fn states_seen(&self) -> String {
+        let mut seen: Vec<&str> = Vec::new();
+        for (_, st) in &self.samples {
+            let st = st.as_deref().unwrap_or("-");
+            if seen.last() != Some(&st) {
+                seen.push(st);
+            }
+        }
+        seen.join(" → ")
+    }
+
     /// Asserts that no sample in the window where traffic could not pass (from the last
     /// reply before the outage plus [`NOTICE_GRACE`] to the first reply after it) reads
     /// `ok`; returns how many samples that window held.
@@ -182,13 +194,14 @@ fn restart_measured(dl: &DockerLab, host: &DockerHost, container: &str, w: &Watc
     eprintln!(
         "FIGURE {label}: docker restart took {:.3} s; replies back {} after it returned; \
          longest gap between replies {:.3} s; {checked} status samples while down, none ok; \
-         {}/{} replies",
+         {}/{} replies; states {}",
         o.returned - o.started,
         back.map(|b| format!("{:.3} s", b - o.returned))
             .unwrap_or_else(|| "NEVER".into()),
         gap.as_secs_f64(),
         o.trace.replies.len(),
-        o.trace.sent
+        o.trace.sent,
+        o.states_seen()
     );
     let back = back.unwrap_or_else(|| {
         panic!(
@@ -218,6 +231,40 @@ async fn wait_for_no_endpoint(dl: &DockerLab, tenant: &str, addr: Ipv4Addr, what
     .await
 }
 
+/// Restarts the engine on `host` (which runs the container at `w.addr`) while the other
+/// side pings; asserts traffic goes on (`--live-restore`) and the endpoint stays `ok`.
+fn dockerd_restart_measured(dl: &DockerLab, host: &DockerHost, w: &Watch) {
+    let pinger = Pinger::start(&w.from_host.netns_path(w.from), w.addr, PING_EVERY);
+    std::thread::sleep(Duration::from_millis(500));
+    let from = unix_now();
+    let took = host.restart_dockerd();
+    std::thread::sleep(Duration::from_secs(1));
+    let to = unix_now();
+    let trace = pinger.stop();
+    let gap = trace.longest_gap(from, to);
+    eprintln!(
+        "FIGURE dockerd restart on {} ({}): engine back in {took:?}; longest gap between \
+         replies {gap:?}; {}/{} replies",
+        host.name,
+        w.tenant,
+        trace.replies.len(),
+        trace.sent
+    );
+    assert!(
+        gap < Duration::from_secs(1),
+        "traffic to {} stopped for {gap:?} across a dockerd restart on {}",
+        w.addr,
+        host.name
+    );
+    assert_eq!(
+        state_of(dl, w.tenant, w.addr).as_deref(),
+        Some("ok"),
+        "the endpoint at {} after the dockerd restart on {}",
+        w.addr,
+        host.name
+    );
+}
+
 /// Every owned OVS interface, endpoint veth and endpoint is gone from every host; waits for
 /// the agents to finish.
 async fn assert_all_gone(dl: &DockerLab, what: &str) {
@@ -244,15 +291,33 @@ async fn assert_all_gone(dl: &DockerLab, what: &str) {
     .await
 }
 
-/// Waits until endpoint `e` (an `ovl endpoint list` object) has neither an OVS interface nor
-/// a veth on its host.
-async fn assert_endpoint_unplugged(dl: &DockerLab, e: &Value, what: &str) {
-    let host = e["host"].as_str().expect("endpoint host");
+/// The host and OVS port (also the host end's veth) of endpoint `e` (an `ovl endpoint list`
+/// object), and the container end's name while it is still in the host's namespace.
+fn plumbing(e: &Value) -> (String, String, String) {
+    let host = e["host"].as_str().expect("endpoint host").to_string();
     let id = e["id"].as_u64().expect("endpoint id");
-    let (port, peer) = (format!("ovl-e{id:x}"), format!("ovl-c{id:x}"));
+    (host, format!("ovl-e{id:x}"), format!("ovl-c{id:x}"))
+}
+
+/// Asserts that endpoint `e` has its OVS interface and host-side veth, so that checking
+/// later that they are gone means something.
+fn assert_endpoint_plugged(dl: &DockerLab, e: &Value) {
+    let (host, port, _) = plumbing(e);
+    let rows = dl.owned_interfaces(&host);
+    let links = dl.endpoint_links(&host);
+    assert!(
+        rows.contains(&port) && links.contains(&port),
+        "endpoint {} should have {port} on {host}: OVS interfaces {rows:?}, veths {links:?}",
+        e["name"]
+    );
+}
+
+/// Waits until endpoint `e` has neither an OVS interface nor a veth on its host.
+async fn assert_endpoint_unplugged(dl: &DockerLab, e: &Value, what: &str) {
+    let (host, port, peer) = plumbing(e);
     wait_until(&format!("{what} unplugs {port} on {host}"), SETTLE, || {
-        let rows = dl.owned_interfaces(host);
-        let links = dl.endpoint_links(host);
+        let rows = dl.owned_interfaces(&host);
+        let links = dl.endpoint_links(&host);
         if rows.contains(&port) || links.contains(&port) || links.contains(&peer) {
             Err(format!("OVS interfaces {rows:?}, veths {links:?}"))
         } else {
@@ -267,30 +332,47 @@ async fn assert_endpoint_unplugged(dl: &DockerLab, e: &Value, what: &str) {
 async fn docker_networks_address_connect_isolate_and_clean_up() {
     let dl = DockerLab::up("ovldk1", 88, 7312, 2).await;
     let (h1, h2) = (dl.host("h1"), dl.host("h2"));
+    // blue and pink share a subnet, so only the tenants' L2 isolation keeps them apart; red
+    // has its own.
     let blue_net: Ipv4Network = "10.41.0.0/24".parse().unwrap();
     let red_net: Ipv4Network = "10.42.0.0/24".parse().unwrap();
-    attachable_tenant(&dl, "blue", &blue_net.to_string());
-    attachable_tenant(&dl, "red", &red_net.to_string());
+    for (t, net) in [("blue", blue_net), ("pink", blue_net), ("red", red_net)] {
+        attachable_tenant(&dl, t, &net.to_string());
+    }
+    // Docker takes `--ip` only on networks created with `--subnet` (the tenant's, then); red
+    // leaves the subnet to the driver. Docker tells the network driver only `-o` options, so
+    // a second network with blue's subnet names its tenant with `-o` too.
+    let subnet = blue_net.to_string();
     for h in [h1, h2] {
-        h.network_create("blue", "blue", &[]);
+        h.network_create("blue", "blue", &["--subnet", &subnet]);
+        h.network_create(
+            "pink",
+            "pink",
+            &["--subnet", &subnet, "-o", "ovl.tenant=pink"],
+        );
         h.network_create("red", "red", &[]);
     }
 
-    // Containers on both hosts and both networks; one address asked for with --ip.
+    // Containers on both hosts and all networks; some addresses asked for with --ip.
     let fixed = ip("10.41.0.50");
+    let (p1, p2) = (ip("10.41.0.98"), ip("10.41.0.99"));
     h1.run("b1", &["--network", "blue"]);
     h2.run("b2", &["--network", "blue", "--ip", &fixed.to_string()]);
+    h1.run("p1", &["--network", "pink", "--ip", &p1.to_string()]);
+    h2.run("p2", &["--network", "pink", "--ip", &p2.to_string()]);
     h1.run("r1", &["--network", "red"]);
     h2.run("r2", &["--network", "red"]);
     let placed = [
         (h1, "b1", "blue", blue_net),
         (h2, "b2", "blue", blue_net),
+        (h1, "p1", "pink", blue_net),
+        (h2, "p2", "pink", blue_net),
         (h1, "r1", "red", red_net),
         (h2, "r2", "red", red_net),
     ];
 
-    // Docker and ovl agree on each address; it is in the tenant's subnet, unique, on the
-    // right host; --ip was honoured.
+    // Docker and ovl agree on each address (and MAC); it is in the tenant's subnet, unique
+    // in the tenant, on the right host; --ip was honoured.
     let mut addrs = std::collections::BTreeMap::new();
     for (h, c, t, subnet) in placed {
         let a = h
@@ -306,37 +388,49 @@ async fn docker_networks_address_connect_isolate_and_clean_up() {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        if !mac.is_empty() {
-            assert_eq!(e["mac"], mac, "{c}: Docker and ovl disagree on the MAC");
+        assert_eq!(e["mac"], mac, "{c}: Docker and ovl disagree on the MAC");
+        eprintln!(
+            "{c} on {}: {t} {a} mac {mac}, ovl endpoint {}",
+            h.name, e["name"]
+        );
+        if let Some(other) = addrs.insert((t, a), c) {
+            panic!("{a} of {t} was given to {c} and to {other}");
         }
-        assert!(
-            addrs.insert(a, c).is_none(),
-            "{a} was given to {c} and to {}",
-            addrs[&a]
+    }
+    for (h, c, t, a) in [
+        (h2, "b2", "blue", fixed),
+        (h1, "p1", "pink", p1),
+        (h2, "p2", "pink", p2),
+    ] {
+        assert_eq!(
+            h.ip(c, t),
+            Some(a),
+            "docker run --ip {a} was not honoured for {c}"
         );
     }
-    assert_eq!(
-        h2.ip("b2", "blue"),
-        Some(fixed),
-        "docker run --ip was not honoured"
-    );
     let listed: Vec<Value> = dl.endpoints();
     assert_eq!(
         listed.len(),
-        4,
-        "ovl endpoint list should hold the four containers: {listed:?}"
+        placed.len(),
+        "ovl endpoint list should hold one endpoint per container: {listed:?}"
     );
-    let (b1, b2) = (h1.ip("b1", "blue").unwrap(), fixed);
+    let b1 = h1.ip("b1", "blue").unwrap();
     let (r1, r2) = (h1.ip("r1", "red").unwrap(), h2.ip("r2", "red").unwrap());
 
-    // Within a tenant across hosts: replies both ways. Across tenants: nothing.
-    assert_reaches(h1, "b1", b2);
+    // Within a tenant across hosts: replies both ways.
+    assert_reaches(h1, "b1", fixed);
     assert_reaches(h2, "b2", b1);
+    assert_reaches(h1, "p1", p2);
+    assert_reaches(h2, "p2", p1);
     assert_reaches(h1, "r1", r2);
     assert_reaches(h2, "r2", r1);
+    // Across tenants, in the same subnet (only the tenant keeps them apart) and across
+    // subnets: nothing.
+    assert_cannot_reach(h1, "b1", p2);
+    assert_cannot_reach(h2, "p2", b1);
+    assert_cannot_reach(h2, "b2", p1);
     assert_cannot_reach(h1, "b1", r2);
     assert_cannot_reach(h2, "r2", b1);
-    assert_cannot_reach(h1, "r1", b2);
 
     // docker network connect: b1 on two ovl networks at once, reaching both.
     h1.connect("red", "b1", &[]);
@@ -346,47 +440,69 @@ async fn docker_networks_address_connect_isolate_and_clean_up() {
     assert!(red_net.contains(b1_red), "b1 got {b1_red} on red");
     let b1_red_ep = wait_ok_at(&dl, "red", b1_red).await;
     assert_eq!(b1_red_ep["host"], "h1");
+    assert_endpoint_plugged(&dl, &b1_red_ep);
     let ifaces =
         String::from_utf8_lossy(&h1.exec("b1", &["ip", "-o", "-4", "addr"]).stdout).to_string();
     assert!(
-        ifaces.contains(&b1.to_string()) && ifaces.contains(&b1_red.to_string()),
+        ifaces.contains(&format!("{b1}/")) && ifaces.contains(&format!("{b1_red}/")),
         "b1 should have an address on each network: {ifaces}"
     );
     assert_reaches(h1, "b1", r2);
     assert_reaches(h2, "r2", b1_red);
-    assert_reaches(h1, "b1", b2);
+    assert_reaches(h1, "b1", fixed);
 
     // docker network disconnect: that endpoint, its port and veth go; red is out of reach.
     h1.disconnect("red", "b1");
     wait_for_no_endpoint(&dl, "red", b1_red, "docker network disconnect").await;
     assert_endpoint_unplugged(&dl, &b1_red_ep, "docker network disconnect").await;
     assert_cannot_reach(h1, "b1", r2);
-    assert_reaches(h1, "b1", b2);
+    assert_reaches(h1, "b1", fixed);
 
-    // docker rm: the endpoint, its port and veth go, and its address is free again (here
-    // taken with --ip by a container on the other host).
+    // docker rm: the endpoint, its port and veth go, and its address is free again (taken
+    // here with --ip by a container on the other host).
     let b2_ep = dl.endpoint_with_ip("blue", fixed).expect("b2's endpoint");
+    assert_endpoint_plugged(&dl, &b2_ep);
     h2.rm("b2");
     wait_for_no_endpoint(&dl, "blue", fixed, "docker rm").await;
     assert_endpoint_unplugged(&dl, &b2_ep, "docker rm").await;
     h1.run("b3", &["--network", "blue", "--ip", &fixed.to_string()]);
-    wait_ok_at(&dl, "blue", fixed).await;
-    assert_reaches(h2, "r2", r1);
+    let b3_ep = wait_ok_at(&dl, "blue", fixed).await;
+    assert_eq!(b3_ep["host"], "h1", "{b3_ep}");
+    assert_reaches(h1, "b1", fixed);
 
     // Everything goes: containers, then the networks on both hosts.
-    for (h, c) in [(h1, "b1"), (h1, "b3"), (h1, "r1"), (h2, "r2")] {
+    for h in [h1, h2] {
+        assert!(
+            !dl.owned_interfaces(&h.name).is_empty(),
+            "{} should have owned OVS interfaces before the cleanup",
+            h.name
+        );
+    }
+    for (h, c) in [
+        (h1, "b1"),
+        (h1, "b3"),
+        (h1, "p1"),
+        (h2, "p2"),
+        (h1, "r1"),
+        (h2, "r2"),
+    ] {
         h.rm(c);
     }
     for h in [h1, h2] {
-        h.network_rm("blue");
-        h.network_rm("red");
+        for n in ["blue", "pink", "red"] {
+            h.network_rm(n);
+        }
     }
     assert_all_gone(&dl, "docker rm and docker network rm").await;
     // No address stays reserved: an administrator can give each one out again.
-    for (i, a) in [b1, fixed, b1_red, r1, r2].into_iter().enumerate() {
-        let tenant = if blue_net.contains(a) { "blue" } else { "red" };
-        let name = format!("probe{i}");
-        dl.lab.endpoint(&name, tenant, "h1", &a.to_string()).await;
+    let used = [("blue", b1), ("blue", fixed), ("pink", p1), ("pink", p2)];
+    let used = used
+        .into_iter()
+        .chain([("red", b1_red), ("red", r1), ("red", r2)]);
+    for (i, (tenant, a)) in used.enumerate() {
+        dl.lab
+            .endpoint(&format!("probe{i}"), tenant, "h1", &a.to_string())
+            .await;
     }
 }
 
@@ -397,7 +513,8 @@ async fn docker_network_containers_survive_restarts_of_themselves_and_of_dockerd
     let (h1, h2) = (dl.host("h1"), dl.host("h2"));
     attachable_tenant(&dl, "blue", "10.43.0.0/24");
     for h in [h1, h2] {
-        h.network_create("blue", "blue", &[]);
+        // `--subnet` so that `docker run --ip` is allowed.
+        h.network_create("blue", "blue", &["--subnet", "10.43.0.0/24"]);
     }
     let (a1, a2) = (ip("10.43.0.11"), ip("10.43.0.12"));
     h1.run("c1", &["--network", "blue", "--ip", &a1.to_string()]);
@@ -446,6 +563,10 @@ async fn docker_network_containers_survive_restarts_of_themselves_and_of_dockerd
     let end = unix_now();
     let checked = o.assert_never_ok_while_down("docker-network stop", end);
     assert!(checked > 0, "no status sample while c2 was stopped");
+    eprintln!(
+        "FIGURE docker-network stop: {checked} status samples while down, none ok; states {}",
+        o.states_seen()
+    );
     assert_eq!(
         o.trace.replies_between(o.returned + 0.1, end),
         0,
@@ -462,33 +583,26 @@ async fn docker_network_containers_survive_restarts_of_themselves_and_of_dockerd
     assert!(back.is_some(), "c2 does not answer after docker start");
 
     // dockerd restarts under running containers (--live-restore): traffic goes on.
-    for (h, c, other_host, other, addr) in [(h2, "c2", h1, "c1", a2), (h1, "c1", h2, "c2", a1)] {
-        let pinger = Pinger::start(&other_host.netns_path(other), addr, PING_EVERY);
-        std::thread::sleep(Duration::from_millis(500));
-        let from = unix_now();
-        let took = h.restart_dockerd();
-        std::thread::sleep(Duration::from_secs(1));
-        let to = unix_now();
-        let trace = pinger.stop();
-        let gap = trace.longest_gap(from, to);
-        eprintln!(
-            "FIGURE dockerd restart on {}: engine back in {took:?}; longest gap between replies \
-             {gap:?}; {}/{} replies",
-            h.name,
-            trace.replies.len(),
-            trace.sent
-        );
-        assert!(
-            gap < Duration::from_secs(1),
-            "traffic to {c} stopped for {gap:?} across a dockerd restart on {}",
-            h.name
-        );
-        assert_eq!(
-            state_of(&dl, "blue", addr).as_deref(),
-            Some("ok"),
-            "{c}'s endpoint after the dockerd restart"
-        );
-    }
+    dockerd_restart_measured(
+        &dl,
+        h2,
+        &Watch {
+            from_host: h1,
+            from: "c1",
+            tenant: "blue",
+            addr: a2,
+        },
+    );
+    dockerd_restart_measured(
+        &dl,
+        h1,
+        &Watch {
+            from_host: h2,
+            from: "c2",
+            tenant: "blue",
+            addr: a1,
+        },
+    );
     // The restarted engines still drive the network: a restart, and a new container.
     restart_measured(
         &dl,
@@ -577,6 +691,10 @@ async fn hand_attached_containers_follow_restart_stop_and_start() {
     let end = unix_now();
     let checked = o.assert_never_ok_while_down("hand-attached stop", end);
     assert!(checked > 0, "no status sample while hc2 was stopped");
+    eprintln!(
+        "FIGURE hand-attached stop: {checked} status samples while down, none ok; states {}",
+        o.states_seen()
+    );
     assert_eq!(
         o.trace.replies_between(o.returned + 0.1, end),
         0,
@@ -617,4 +735,21 @@ async fn hand_attached_containers_follow_restart_stop_and_start() {
         "hc2 does not answer after docker start"
     );
     assert_reaches(h2, "hc2", a1);
+
+    // The agent keeps following the engine across the engine's own restart.
+    let w = Watch {
+        from_host: h1,
+        from: "hc1",
+        tenant: "green",
+        addr: a2,
+    };
+    dockerd_restart_measured(&dl, h2, &w);
+    restart_measured(
+        &dl,
+        h2,
+        "hc2",
+        &w,
+        "hand-attached restart h2 after a dockerd restart",
+    );
+    dl.wait_state("hc2", "ok", SETTLE).await;
 }
