@@ -628,6 +628,10 @@ mod tests {
         "h1".parse().unwrap()
     }
 
+    async fn ask(c: &FakeController, v: &Views, req: LocalRequest) -> LocalResponse {
+        handle(req, &host(), c, v).await
+    }
+
     async fn attach_req(c: &FakeController, v: &Views, id: &str, netns: &str) -> LocalResponse {
         let req = LocalRequest::Attach {
             tenant: "blue".into(),
@@ -706,23 +710,21 @@ mod tests {
         for id in ["aaaa1", "bbbb2"] {
             attach_req(&c, &v, id, "/proc/self/ns/net").await.unwrap();
         }
-        let d = handle(
+        let d = ask(
+            &c,
+            &v,
             LocalRequest::Detach {
                 attachment: attachment("aaaa1"),
             },
-            &host(),
-            &c,
-            &v,
         )
         .await;
         assert_eq!(d.unwrap(), LocalReply::Detached { existed: true });
-        let d = handle(
+        let d = ask(
+            &c,
+            &v,
             LocalRequest::Detach {
                 attachment: attachment("aaaa1"),
             },
-            &host(),
-            &c,
-            &v,
         )
         .await;
         assert_eq!(d.unwrap(), LocalReply::Detached { existed: false });
@@ -735,14 +737,13 @@ mod tests {
         attach_req(&c, &v, "cccc3", "/proc/self/ns/net")
             .await
             .unwrap();
-        let g = handle(
+        let g = ask(
+            &c,
+            &v,
             LocalRequest::Gc {
                 tenant: "blue".into(),
                 valid: vec![attachment("cccc3")],
             },
-            &host(),
-            &c,
-            &v,
         )
         .await
         .unwrap();
@@ -759,27 +760,25 @@ mod tests {
     #[tokio::test]
     async fn check_and_status_report_what_the_agent_sees() {
         let (c, v) = setup(None);
-        let e = handle(
+        let e = ask(
+            &c,
+            &v,
             LocalRequest::Check {
                 tenant: "blue".into(),
                 attachment: attachment("dd"),
             },
-            &host(),
-            &c,
-            &v,
         )
         .await
         .unwrap_err();
         assert_eq!(e.kind, LocalErrorKind::NotFound);
         attach_req(&c, &v, "dd", "/proc/self/ns/net").await.unwrap();
-        let ok = handle(
+        let ok = ask(
+            &c,
+            &v,
             LocalRequest::Check {
                 tenant: "blue".into(),
                 attachment: attachment("dd"),
             },
-            &host(),
-            &c,
-            &v,
         )
         .await;
         assert!(matches!(ok, Ok(LocalReply::Attached(_))), "{ok:?}");

@@ -265,18 +265,8 @@ impl OvsDriver {
                 "Port",
                 &["name", "interfaces", "tag", "trunks", "external_ids"],
             ),
-            MonitorRequest::columns(
-                "Interface",
-                &[
-                    "name",
-                    "type",
-                    "options",
-                    "external_ids",
-                    "ofport",
-                    "error",
-                    "ifindex",
-                ],
-            ),
+            // The columns the reader reads, but `_uuid`, which a monitor reports anyway.
+            MonitorRequest::columns("Interface", &super::view::INTERFACE_COLUMNS[1..]),
         ];
         self.client
             .monitor(DB, &requests)

@@ -18,7 +18,8 @@ const PORT_COLUMNS: &[&str] = &[
     "protected",
     "external_ids",
 ];
-const INTERFACE_COLUMNS: &[&str] = &[
+/// The Interface columns the driver reads; `_uuid` first.
+pub(crate) const INTERFACE_COLUMNS: &[&str] = &[
     "_uuid",
     "name",
     "type",
