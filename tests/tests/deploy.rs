@@ -299,7 +299,7 @@ fn units_and_sample_configs_agree() {
     assert!(agent["After"].contains(&"openvswitch-switch.service".to_string()));
     assert_eq!(
         agent["CapabilityBoundingSet"],
-        ["CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE"]
+        ["CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE CAP_SYS_CHROOT"]
     );
     assert_eq!(controller["CapabilityBoundingSet"], [""]);
     assert_eq!(controller["User"], ["ovl"]);

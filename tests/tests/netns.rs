@@ -553,3 +553,102 @@ async fn docker_targets_resolve_through_the_engine_socket() {
     );
     assert_endpoint(&host, "ovl-ed", &ns, "eth0", 11, 1450);
 }
+
+/// What systemd gives a hardened unit (`ProtectSystem=`, `PrivateTmp=`…): a mount namespace
+/// of its own, a slave of the host's. Runs `f` on a thread inside one, with a runtime there.
+fn in_private_mounts<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        use nix::mount::{mount, MsFlags};
+        use nix::sched::{unshare, CloneFlags};
+        unshare(CloneFlags::CLONE_NEWNS).expect("a mount namespace for this thread");
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .expect("make it a slave of the host's");
+        f()
+    })
+    .join()
+    .expect("the thread in its own mount namespace")
+}
+
+#[test]
+#[ignore = "privileged: creates network and mount namespaces"]
+fn router_namespaces_made_under_a_private_mount_namespace_are_host_objects() {
+    use ovl_agent::netns::named;
+    require_privileged(NEEDS);
+    let name = unique_name("ovltest-r", 30);
+    // The "host's" mount namespace is this thread's (PID 1's may be unreadable in a sandbox).
+    let host = std::path::PathBuf::from(format!(
+        "/proc/{}/task/{}/ns/mnt",
+        std::process::id(),
+        nix::unistd::gettid()
+    ));
+    let n = name.clone();
+    let h = host.clone();
+    let created = in_private_mounts(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(named::create(&n, &h))
+    });
+    assert!(created.expect("create the router namespace"), "it was new");
+    // The thread and its mount namespace are gone; the namespace is the host's.
+    assert!(
+        named::exists(&name),
+        "/run/netns/{name} is not a namespace on the host"
+    );
+    let listed = String::from_utf8(
+        std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        listed.contains(&name),
+        "ip netns list does not show {name}: {listed}"
+    );
+    let lo = std::process::Command::new("ip")
+        .args(["-n", &name, "link", "show", "lo"])
+        .output()
+        .unwrap();
+    assert!(
+        lo.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lo.stderr)
+    );
+
+    // Deleted from a private mount namespace too, it is gone from the host.
+    let n = name.clone();
+    let h = host.clone();
+    let deleted = in_private_mounts(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(named::delete(&n, &h))
+    });
+    assert!(deleted.expect("delete it"));
+    assert!(!std::path::Path::new("/run/netns").join(&name).exists());
+
+    // A leftover placeholder (what a mount that died with its mount namespace leaves: a plain
+    // 0444 file) never blocks a rebuild.
+    let path = std::path::Path::new("/run/netns").join(&name);
+    std::fs::write(&path, b"").unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    assert!(rt
+        .block_on(named::create(&name, &host))
+        .expect("rebuild over a placeholder"));
+    assert!(named::exists(&name));
+    assert!(rt.block_on(named::delete(&name, &host)).unwrap());
+}

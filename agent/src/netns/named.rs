@@ -12,7 +12,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -87,48 +87,120 @@ async fn on_thread<T: Send + 'static>(
 
 /// Creates named namespace `name`, like `ip netns add NAME`. Returns false (and changes
 /// nothing) when it exists already. A plain file of that name, which an interrupted create
-/// leaves, is replaced.
-pub async fn create(name: &str) -> Result<bool> {
+/// (or a mount made in a mount namespace that has since gone) leaves, is reused.
+///
+/// The mount is made in the host's mount namespace (PID 1's), not in the agent's: under
+/// systemd's hardening (`ProtectSystem=`, `PrivateTmp=`…) the agent has a mount namespace of
+/// its own, a slave of the host's, and a bind mount made there lives only as long as the agent
+/// and is invisible to `ip netns` on the host. Made in the host's, the router namespace is a
+/// host object: it propagates into the agent's namespace, outlives an agent restart, and
+/// shows in `ip netns list`.
+///
+/// `host_mounts` names the host's mount namespace ([`HOST_MOUNTS`] on a real host).
+pub async fn create(name: &str, host_mounts: &Path) -> Result<bool> {
     if exists(name) {
         return Ok(false);
     }
-    let err = |step: &'static str| {
-        move |source: io::Error| Error::Create {
+    let path = path_of(name);
+    let target = path.clone();
+    let host = host_mounts.to_path_buf();
+    let made = on_thread("ovl-netns-add", move || {
+        Ok(make_in_host_mounts(&target, &host))
+    })
+    .await;
+    match made {
+        Ok(Ok(())) => Ok(true),
+        Ok(Err((step, source))) => Err(Error::Create {
             name: name.to_string(),
             step,
             source,
-        }
-    };
+        }),
+        Err(source) => Err(Error::Create {
+            name: name.to_string(),
+            step: "start a helper thread",
+            source,
+        }),
+    }
+}
+
+/// The body of [`create`], on its throwaway thread: the step that failed and why.
+fn make_in_host_mounts(
+    target: &Path,
+    host_mounts: &Path,
+) -> std::result::Result<(), (&'static str, io::Error)> {
+    enter_host_mounts(host_mounts).map_err(|e| ("enter the host's mount namespace", e))?;
     let dir = Path::new(NETNS_RUN_DIR);
-    fs::create_dir_all(dir).map_err(err("create /run/netns"))?;
-    make_shared(dir).map_err(err("make /run/netns a shared mount"))?;
-    let path = path_of(name);
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o444)
-        .open(&path)
-        .map_err(err("create the namespace file"))?;
-    // A new namespace for a throwaway thread, bind-mounted so it outlives the thread.
-    let target = path.clone();
-    let bound = on_thread("ovl-netns-add", move || {
-        unshare(CloneFlags::CLONE_NEWNET)?;
+    fs::create_dir_all(dir).map_err(|e| ("create /run/netns", e))?;
+    make_shared(dir).map_err(|e| ("make /run/netns a shared mount", e))?;
+    placeholder(target).map_err(|e| ("create the namespace file", e))?;
+    // A new namespace for this throwaway thread, bind-mounted so it outlives the thread.
+    let bound = unshare(CloneFlags::CLONE_NEWNET).and_then(|()| {
         mount(
             Some("/proc/thread-self/ns/net"),
-            &target,
+            target,
             None::<&str>,
             MsFlags::MS_BIND,
             None::<&str>,
-        )?;
-        Ok(())
-    })
-    .await;
+        )
+    });
     if let Err(e) = bound {
-        let _ = fs::remove_file(&path);
-        return Err(err("mount the new namespace")(e));
+        let _ = fs::remove_file(target);
+        return Err(("mount the new namespace", e.into()));
     }
-    Ok(true)
+    Ok(())
+}
+
+/// The file a namespace is mounted on: made (mode 0444) if missing, else only opened for
+/// reading. Opening a leftover 0444 file for writing would need CAP_DAC_OVERRIDE, which the
+/// agent's unit does not grant; a new file may be made whatever its mode.
+fn placeholder(path: &Path) -> io::Result<()> {
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => File::open(path).map(drop),
+        Err(e) => Err(e),
+    }
+}
+
+/// The host's mount namespace: PID 1's.
+pub const HOST_MOUNTS: &str = "/proc/1/ns/mnt";
+
+/// Moves the calling thread into the mount namespace at `host` when it is in another one. The
+/// thread must be a throwaway: it stops sharing its file system attributes with the rest of
+/// the process (`unshare(CLONE_FS)`, which `setns` into a mount namespace requires), so only
+/// it sees the host's mounts.
+///
+/// Where `host` cannot be read (a container whose PID 1 holds capabilities the agent lacks,
+/// as in some sandboxes; `CAP_SYS_PTRACE` lets a root agent read it on a real host), there is
+/// no other mount namespace the agent can reach, and the thread stays where it is.
+fn enter_host_mounts(host: &Path) -> io::Result<()> {
+    let (host_id, file) = match fs::metadata(host).and_then(|m| Ok((m, File::open(host)?))) {
+        Ok((m, f)) => ((m.dev(), m.ino()), f),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::NotFound
+            ) =>
+        {
+            tracing::debug!(
+                "cannot read {}: {e}; staying in this mount namespace",
+                host.display()
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let own = fs::metadata("/proc/thread-self/ns/mnt")?;
+    if host_id == (own.dev(), own.ino()) {
+        return Ok(());
+    }
+    unshare(CloneFlags::CLONE_FS)?;
+    setns(file.as_fd(), CloneFlags::CLONE_NEWNS)?;
+    Ok(())
 }
 
 /// Makes `dir` a shared mount point (binding it onto itself first if it is not a mount point),
@@ -160,28 +232,35 @@ fn make_shared(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Deletes named namespace `name`, like `ip netns del NAME`: the mount goes, then the file.
-/// The kernel frees the namespace (and the veths in it) once nothing else holds it. Returns
-/// false when there was nothing to delete.
-pub fn delete(name: &str) -> Result<bool> {
+/// Deletes named namespace `name`, like `ip netns del NAME`: the mount goes, then the file,
+/// both in the host's mount namespace (see [`create`]). The kernel frees the namespace (and
+/// the veths in it) once nothing else holds it. Returns false when there was nothing to
+/// delete.
+pub async fn delete(name: &str, host_mounts: &Path) -> Result<bool> {
     let path = path_of(name);
-    if !path.exists() {
-        return Ok(false);
-    }
+    let host = host_mounts.to_path_buf();
     let err = |source: io::Error| Error::Delete {
         name: name.to_string(),
         source,
     };
-    match umount2(&path, MntFlags::MNT_DETACH) {
-        // EINVAL: not a mount point, a leftover plain file.
-        Ok(()) | Err(Errno::EINVAL) => {}
-        Err(e) => return Err(err(e.into())),
-    }
-    match fs::remove_file(&path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
-        Err(e) => Err(err(e)),
-    }
+    on_thread("ovl-netns-del", move || {
+        enter_host_mounts(&host)?;
+        if !path.exists() {
+            return Ok(false);
+        }
+        match umount2(&path, MntFlags::MNT_DETACH) {
+            // EINVAL: not a mount point, a leftover plain file.
+            Ok(()) | Err(Errno::EINVAL) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+    .map_err(err)
 }
 
 /// Runs `f` on a helper thread inside the namespace at `ns` and returns what it returns.

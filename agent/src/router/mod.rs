@@ -31,7 +31,7 @@ pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ipnetwork::Ipv4Network;
 use ovl_common::intent::{HostIntent, RouterIntent};
@@ -210,7 +210,7 @@ impl Routers {
         if self.state.namespaces.insert(l.netns.clone()) {
             self.file.save(&self.state);
         }
-        if namespace::create(&l.netns).await? {
+        if namespace::create(&l.netns, Path::new(namespace::HOST_MOUNTS)).await? {
             changes.push(format!("created namespace {}", l.netns));
         }
         let ns_path = namespace::path_of(&l.netns);
@@ -437,7 +437,7 @@ impl Routers {
             }
             self.nft.forget(&namespace::path_of(&ns));
             self.remember_tables();
-            match namespace::delete(&ns) {
+            match namespace::delete(&ns, Path::new(namespace::HOST_MOUNTS)).await {
                 Ok(gone) => {
                     if gone {
                         info!(netns = %ns, "removed a stale router namespace");
