@@ -8,7 +8,7 @@
 //!       /run/docker/plugins ← <lab>/h<i>/docker/plugins  (dockerd finds only this host's ovl.sock)
 //!       /etc/docker         ← <lab>/h<i>/docker/etc      (key.json stays per host)
 //!     dockerd --data-root … --exec-root … -H unix://<lab>/h<i>/docker/docker.sock --live-restore
-//!     containerd and its shims (started by dockerd), ovl-docker (the host's driver, once built)
+//!     containerd and its shims (started by dockerd), ovl-docker (the host's driver)
 //! ```
 //!
 //! Docker looks for socket plugins only in the fixed directory `/run/docker/plugins`, hence
@@ -16,7 +16,8 @@
 //! overlay mounts dockerd makes there never reach the machine's. The agents stay where the lab
 //! puts them (the machine's mount namespace) and reach their host's engine by its socket
 //! (`ovl-agent run --docker-socket`). Engines run with `--live-restore`, as engines that must
-//! survive their own restarts do in production.
+//! survive their own restarts do in production, and turn on `ip_forward` in their host's
+//! namespace, as on any Docker host.
 //!
 //! Nothing can be pulled here: the one image, [`IMAGE`], is imported from a root filesystem of
 //! `/bin/busybox` (Debian's `busybox-static`) and its applet links. Containers run with
@@ -63,7 +64,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// Where Docker looks for socket plugins; fixed in Docker, hence a mount namespace per host.
 const PLUGIN_DIR: &str = "/run/docker/plugins";
 
-/// A lab whose hosts each run a real `dockerd` (and the `ovl-docker` driver once it is built).
+/// A lab whose hosts each run a real `dockerd` and the `ovl-docker` driver.
 pub struct DockerLab {
     pub hosts: Vec<DockerHost>,
     /// Taken down (when it drops) after [`DockerLab`]'s `drop` has stopped every engine.
@@ -94,7 +95,7 @@ pub struct DockerHost {
 impl DockerLab {
     /// Builds a lab of `hosts` hosts (see [`TestLab::up`]), starts an engine on each with
     /// [`IMAGE`] imported, points each agent at its host's engine, and starts each host's
-    /// driver when `ovl-docker` is built.
+    /// driver.
     pub async fn up(prefix: &str, net: u8, port: u16, hosts: u8) -> Self {
         crate::require_privileged(&[
             "dockerd",
@@ -142,17 +143,6 @@ impl DockerLab {
     /// Gives every agent `--docker-socket` of its host's engine (and waits for them again),
     /// so `ovl endpoint create --docker NAME` resolves NAME on the right host.
     async fn point_agents_at_engines(&mut self) {
-        let help = Command::new(crate::bin("ovl-agent"))
-            .args(["run", "--help"])
-            .output()
-            .expect("ovl-agent run --help");
-        if !String::from_utf8_lossy(&help.stdout).contains("--docker-socket") {
-            eprintln!(
-                "docker: this ovl-agent has no --docker-socket flag; its --docker targets resolve \
-                 against /var/run/docker.sock, not the lab hosts' engines"
-            );
-            return;
-        }
         for h in &self.hosts {
             let flags = vec![
                 "--docker-socket".to_string(),
@@ -165,19 +155,21 @@ impl DockerLab {
             .expect("agents reconnect with --docker-socket");
     }
 
-    /// Starts `ovl-docker` on every host, if it is built.
+    /// Starts `ovl-docker` on every host.
     fn start_drivers(&self) {
-        let bin = crate::bin_dir().join("ovl-docker");
-        if !bin.is_file() {
-            eprintln!(
-                "docker: {} is not built; `docker network create -d ovl` will fail",
-                bin.display()
-            );
-            return;
-        }
         for h in &self.hosts {
             h.start_plugin(&self.plugin_args(h));
         }
+    }
+
+    /// Stops and starts the driver on lab host `host` (SIGTERM, as `systemctl restart
+    /// ovl-docker` does); returns the time from the stop to its socket being back.
+    pub fn restart_driver(&self, host: &str) -> Duration {
+        let h = self.host(host);
+        let start = Instant::now();
+        h.stop_plugin();
+        h.start_plugin(&self.plugin_args(h));
+        start.elapsed()
     }
 
     /// `ovl-docker run`'s flags for host `h`: the lab's controller, the host's credentials
@@ -200,6 +192,24 @@ impl DockerLab {
             "--docker-socket".into(),
             path(h.socket()),
         ]
+    }
+
+    /// The last lines of lab host `host`'s agent, driver and engine logs, for failure
+    /// messages.
+    pub fn logs(&self, host: &str) -> String {
+        let idx = self.lab.state.host_index(host).expect("lab host");
+        let h = self.host(host);
+        [
+            (
+                "ovl-agent",
+                self.lab.state.spec.host_dir(idx).join("agent.log"),
+            ),
+            ("ovl-docker", h.dir.join("ovl-docker.log")),
+            ("dockerd", h.dir.join("dockerd.log")),
+        ]
+        .iter()
+        .map(|(what, p)| format!("--- {what} on {host} ({}):\n{}\n", p.display(), tail(p)))
+        .collect()
     }
 
     /// The engine of lab host `name`.
@@ -495,6 +505,9 @@ impl DockerHost {
         let mut child = self
             .enter(&crate::bin("ovl-docker"))
             .args(args)
+            // Every call with its body and answer, and each announcement: what a failed test
+            // needs to tell Docker's part from ovl's.
+            .env("OVL_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(log_file(&log))
             .stderr(log_file(&log))
