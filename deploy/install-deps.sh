@@ -5,9 +5,11 @@ set -euo pipefail
 
 packages=(openvswitch-switch iproute2 nftables iputils-ping ethtool iperf3 tcpdump procps psmisc)
 if [[ "${OVL_DEV_PACKAGES:-0}" == 1 ]]; then
-    # Used by the test suite's deployment checks, and by its Docker tests (a real dockerd per
-    # lab host; busybox-static is the root filesystem of their image, as nothing is pulled).
+    # Used by the test suite's deployment checks, by its Docker tests (a real dockerd per lab
+    # host; busybox-static is the root filesystem of their image, as nothing is pulled) and by
+    # its CNI tests (podman with its CNI backend per lab host).
     packages+=(shellcheck systemd vagrant docker.io busybox-static)
+    packages+=(podman containernetworking-plugins)
 fi
 
 missing=()

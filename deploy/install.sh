@@ -2,12 +2,16 @@
 # Installs (or uninstalls) ovl on this machine: binaries, systemd units, /etc/ovl with sample
 # configuration, and the state directories with their owners and modes.
 #
-#   deploy/install.sh [--role controller|agent|all] [--docker] [--bin-dir DIR] [--destdir DIR] [--start]
-#   deploy/install.sh --uninstall [--purge] [--role ...] [--destdir DIR]
+#   deploy/install.sh [--role controller|agent|all] [--docker] [--cni-dir DIR] [--bin-dir DIR] [--destdir DIR] [--start]
+#   deploy/install.sh --uninstall [--purge] [--role ...] [--cni-dir DIR] [--destdir DIR]
 #
 # --docker    with the agent role: also the Docker network driver (ovl-docker, its unit, its
 #             state directory), for hosts that run Docker (docs/docker.md). Uninstalling the
 #             agent role always removes it.
+# --cni-dir   where the agent role puts the CNI plugin (ovl-cni, and ovl -> ovl-cni for
+#             "type": "ovl"; docs/cni.md). Default: /usr/lib/cni where the target has it
+#             (Debian's containernetworking-plugins, podman and containerd look there), else
+#             /opt/cni/bin (the upstream default). Uninstalling looks in both unless given.
 # --bin-dir   where the built binaries are (default: target/release of this checkout)
 # --destdir   install into this scratch root instead of / (also read from $DESTDIR). With a
 #             destdir nothing outside it is touched: no user is created, no owner is changed,
@@ -28,6 +32,7 @@
 #   /var/lib/ovl/join-tokens/                                 0700 ovl
 #   /var/lib/ovl-agent/                                       0700 root
 #   /var/lib/ovl-docker/                                      0700 root  (--docker)
+#   /usr/lib/cni/ or /opt/cni/bin/{ovl-cni,ovl -> ovl-cni}    0755 (agent role)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -40,9 +45,10 @@ action=install
 purge=0
 start=0
 docker=0
+cni_dir=""
 
 usage() {
-    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
     exit "${1:-0}"
 }
 
@@ -93,6 +99,14 @@ while (($# > 0)); do
         docker=1
         shift
         ;;
+    --cni-dir)
+        cni_dir="${2:-}"
+        shift 2
+        ;;
+    --cni-dir=*)
+        cni_dir="${1#*=}"
+        shift
+        ;;
     -h | --help) usage 0 ;;
     *)
         echo "install: unknown argument '$1'" >&2
@@ -113,6 +127,9 @@ elif [[ $(id -u) -ne 0 ]]; then
     die "installing into / needs root; run with sudo, or pass --destdir DIR"
 fi
 ((purge == 0)) || [[ "$action" == uninstall ]] || die "--purge only goes with --uninstall"
+if [[ -n "$cni_dir" && "$cni_dir" != /* ]]; then
+    die "--cni-dir must be an absolute path, not '$cni_dir'"
+fi
 if ((docker == 1)) && [[ "$role" == controller ]]; then
     die "--docker goes with the agent role (--role agent or all): the driver acts with the agent's credentials"
 fi
@@ -158,6 +175,19 @@ if wants controller; then
     units+=(ovl-controller.service)
     samples+=(controller.env)
 fi
+# The CNI plugin's directories: the one to install into, and the ones to uninstall from.
+CNI_DIRS=(/usr/lib/cni /opt/cni/bin)
+if [[ -n "$cni_dir" ]]; then
+    CNI_DIRS=("$cni_dir")
+elif [[ -d "$(root /usr/lib/cni)" ]]; then
+    cni_dir=/usr/lib/cni
+else
+    cni_dir=/opt/cni/bin
+fi
+# Runtimes run the plugin a configuration's "type" names, so "type": "ovl" needs the name ovl.
+CNI_PLUGIN=ovl-cni
+CNI_TYPE=ovl
+
 if wants agent; then
     binaries+=(ovl-agent)
     units+=(ovl-agent.service)
@@ -174,6 +204,9 @@ do_install() {
     for b in "${binaries[@]}"; do
         [[ -x "$bin_dir/$b" ]] || missing+=("$b")
     done
+    if wants agent && [[ ! -x "$bin_dir/$CNI_PLUGIN" ]]; then
+        missing+=("$CNI_PLUGIN")
+    fi
     if ((${#missing[@]} > 0)); then
         die "not built in $bin_dir: ${missing[*]}; run 'cargo build --release' or pass --bin-dir"
     fi
@@ -188,6 +221,10 @@ do_install() {
     for b in "${binaries[@]}"; do
         install -m 0755 "$bin_dir/$b" "$(root "$BINDIR/$b")"
     done
+
+    if wants agent; then
+        install_cni_plugin
+    fi
 
     system_dir "$UNITDIR"
     local u
@@ -235,9 +272,38 @@ do_install() {
     if wants agent; then
         echo "  agent: ovl-agent join ... --out $CONFDIR/host, set 'controller' in $CONFDIR/agent.toml, then systemctl enable --now ovl-agent" >&2
     fi
+    if wants agent; then
+        echo "  cni: $cni_dir/$CNI_TYPE; a network configuration with \"type\": \"$CNI_TYPE\" (docs/cni.md)" >&2
+    fi
     if ((docker == 1)); then
         echo "  docker: systemctl enable --now ovl-docker, then docker network create -d ovl --ipam-driver ovl --ipam-opt ovl.tenant=TENANT NETWORK" >&2
     fi
+}
+
+# install_cni_plugin: ovl-cni into the CNI directory, and the name runtimes look up for
+# "type": "ovl" as a link to it (never replacing another plugin of that name).
+install_cni_plugin() {
+    local link
+    system_dir "$cni_dir"
+    install -m 0755 "$bin_dir/$CNI_PLUGIN" "$(root "$cni_dir/$CNI_PLUGIN")"
+    link=$(root "$cni_dir/$CNI_TYPE")
+    if [[ -e "$link" && ! -L "$link" ]]; then
+        echo "install: kept $cni_dir/$CNI_TYPE, which is not ours; configure \"type\": \"$CNI_PLUGIN\"" >&2
+    else
+        ln -sfn "$CNI_PLUGIN" "$link"
+    fi
+}
+
+# uninstall_cni_plugin: removes ovl-cni and our link to it from every CNI directory.
+uninstall_cni_plugin() {
+    local d link
+    for d in "${CNI_DIRS[@]}"; do
+        rm -f "$(root "$d/$CNI_PLUGIN")"
+        link=$(root "$d/$CNI_TYPE")
+        if [[ -L "$link" && $(readlink "$link") == "$CNI_PLUGIN" ]]; then
+            rm -f "$link"
+        fi
+    done
 }
 
 # remove_dir PATH: deletes PATH if it is empty, else says what stays.
@@ -264,6 +330,9 @@ do_uninstall() {
     for b in "${binaries[@]}"; do
         rm -f "$(root "$BINDIR/$b")"
     done
+    if wants agent; then
+        uninstall_cni_plugin
+    fi
 
     local s dest
     for s in "${samples[@]}"; do
@@ -301,8 +370,8 @@ do_uninstall() {
     # the install created around ovl's own.
     local shared=("$CONFDIR") p
     if [[ -n "$destdir" ]]; then
-        shared+=("$UNITDIR" /usr/local/lib/systemd /usr/local/lib "$BINDIR" /usr/local /usr
-            /etc /var/lib /var)
+        shared+=("$UNITDIR" /usr/local/lib/systemd /usr/local/lib "$BINDIR" /usr/local
+            "${CNI_DIRS[@]}" /usr/lib /opt/cni /opt /usr /etc /var/lib /var)
     fi
     for p in "${shared[@]}"; do
         if [[ -d "$(root "$p")" ]]; then

@@ -9,8 +9,10 @@
 //! root-only local socket (`ovl_common::local`), and the agent asks the controller with the
 //! host's certificate, plumbs the interface and answers once it is in place. So a runtime
 //! reaches only its own host's agent, and a host attaches only to tenants that allow it
-//! (`ovl tenant create … --attachable`). The plugin itself never touches a link or a
-//! namespace. See `docs/cni.md` for configurations.
+//! (`ovl tenant create … --attachable`). The plugin itself never changes a link or a
+//! namespace; after an `ADD` it only sends one datagram from inside the container, so that
+//! peers learn a restarted container's new MAC at once ([`announce`]). See `docs/cni.md` for
+//! configurations.
 //!
 //! Layers, top to bottom:
 //!
@@ -18,9 +20,11 @@
 //!    request and back to a result.
 //! 2. [`invocation`] (the `CNI_*` variables), [`config`] (the network configuration),
 //!    [`version`] (versions and what each allows), [`result`] (result shapes, `prevResult`),
-//!    [`error`] (the error object and its codes), [`agent`] (the local API client).
+//!    [`error`] (the error object and its codes), [`agent`] (the local API client),
+//!    [`announce`] (the datagram from the container).
 
 pub mod agent;
+pub mod announce;
 pub mod config;
 pub mod error;
 pub mod invocation;

@@ -6,7 +6,7 @@
 //!
 //! | command | request | answers |
 //! |---|---|---|
-//! | `ADD` | `attach` | the result: interface, address, default route, MTU (1.1.0) |
+//! | `ADD` | `attach` | the result: interface, address, default route, MTU (1.1.0); then the container announces its MAC ([`announce`]) |
 //! | `DEL` | `detach` | nothing; succeeds also when the agent is not running (below) |
 //! | `CHECK` | `check` | nothing, or code 101 when the attachment differs from `prevResult` |
 //! | `GC` | `gc` with `cni.dev/valid-attachments` | nothing; the endpoints removed go to stderr |
@@ -26,6 +26,7 @@ use ovl_common::local::{Attachment, LocalError, LocalErrorKind, LocalReply, Loca
 use serde_json::{json, Value};
 
 use crate::agent::{AgentClient, AgentError, ATTACH_TIMEOUT, TIMEOUT};
+use crate::announce;
 use crate::config::{self, ConfigError, NetConf};
 use crate::error::CniError;
 use crate::invocation::{Invocation, Target};
@@ -135,14 +136,22 @@ impl Call<'_> {
             ip,
         };
         match self.ask(&req) {
-            Ok(LocalReply::Attached(info)) => result::add_result(
-                self.version,
-                &info,
-                &t.netns,
-                self.conf.dns.as_ref(),
-                self.conf.prev_result.as_ref(),
-            )
-            .map_err(|e| self.bad_config(e)),
+            Ok(LocalReply::Attached(info)) => {
+                if let Err(e) = announce::announce(&t.netns, info.ip, info.gateway) {
+                    let _ = writeln!(
+                        log,
+                        "ovl-cni: {e}; peers learn the new MAC once their ARP entries expire"
+                    );
+                }
+                result::add_result(
+                    self.version,
+                    &info,
+                    &t.netns,
+                    self.conf.dns.as_ref(),
+                    self.conf.prev_result.as_ref(),
+                )
+                .map_err(|e| self.bad_config(e))
+            }
             Ok(other) => Err(CniError::unexpected(self.version, "attach", other)),
             Err(e) => Err(CniError::agent(self.version, &e)),
         }

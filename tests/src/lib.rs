@@ -12,6 +12,7 @@ pub mod docker;
 pub mod lab;
 pub mod netns;
 pub mod ovs;
+pub mod podman;
 pub mod sim;
 
 use std::path::PathBuf;

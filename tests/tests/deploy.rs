@@ -34,7 +34,7 @@ fn install(args: &[&str]) -> Output {
 
 fn install_ok(args: &[&str]) -> String {
     // The binaries must exist; `bin` says how to build them if not.
-    for b in ["ovl", "ovl-controller", "ovl-agent"] {
+    for b in ["ovl", "ovl-controller", "ovl-agent", "ovl-cni"] {
         ovl_tests::bin(b);
     }
     let out = install(args);
@@ -93,6 +93,10 @@ const AGENT: &[(&str, u32)] = &[
     ("/etc/ovl/agent.toml", 0o644),
     ("/etc/ovl/host/", 0o700),
     ("/var/lib/ovl-agent/", 0o700),
+    // The CNI plugin, and `ovl`, a link to it (so 0777), for `"type": "ovl"`; /opt/cni/bin
+    // where the target has no /usr/lib/cni.
+    ("/opt/cni/bin/ovl-cni", 0o755),
+    ("/opt/cni/bin/ovl", 0o777),
 ];
 
 /// Checks that everything in `expected` is there with its mode, and that no other file is.
@@ -135,6 +139,14 @@ fn install_creates_the_layout_and_uninstall_removes_it() {
             "{b}"
         );
     }
+    assert_eq!(
+        std::fs::read(root.join("opt/cni/bin/ovl-cni")).unwrap(),
+        std::fs::read(ovl_tests::bin("ovl-cni")).unwrap(),
+    );
+    assert_eq!(
+        std::fs::read_link(root.join("opt/cni/bin/ovl")).unwrap(),
+        Path::new("ovl-cni")
+    );
     for (installed, sample) in [
         ("etc/ovl/agent.toml", "deploy/config/agent.toml"),
         ("etc/ovl/controller.env", "deploy/config/controller.env"),
@@ -234,6 +246,67 @@ fn roles_install_only_their_part() {
         "--uninstall",
     ]);
     assert!(tree(&controller).contains_key("/usr/local/bin/ovl-controller"));
+}
+
+#[test]
+fn the_cni_plugin_goes_where_the_runtimes_look() {
+    let scratch = tempfile::tempdir().unwrap();
+    // A Debian target: its containernetworking-plugins, podman and containerd use /usr/lib/cni.
+    let debian = scratch.path().join("debian");
+    std::fs::create_dir_all(debian.join("usr/lib/cni")).unwrap();
+    std::fs::write(debian.join("usr/lib/cni/bridge"), "another plugin").unwrap();
+    let dest = debian.to_str().unwrap();
+    let said = install_ok(&["--destdir", dest, "--role", "agent"]);
+    assert!(said.contains("cni: /usr/lib/cni/ovl"), "{said}");
+    assert!(root_has(&debian, "usr/lib/cni/ovl-cni") && root_has(&debian, "usr/lib/cni/ovl"));
+    assert!(!debian.join("opt").exists());
+    install_ok(&["--destdir", dest, "--role", "agent", "--uninstall"]);
+    assert_eq!(
+        files(&debian),
+        ["/usr/lib/cni/bridge"],
+        "only ours is removed"
+    );
+
+    // An explicit directory; a plugin named `ovl` that is not ours is kept.
+    let other = scratch.path().join("other");
+    std::fs::create_dir_all(other.join("srv/cni")).unwrap();
+    std::fs::write(other.join("srv/cni/ovl"), "someone else's ovl").unwrap();
+    let dest = other.to_str().unwrap();
+    let said = install_ok(&[
+        "--destdir",
+        dest,
+        "--role",
+        "agent",
+        "--cni-dir",
+        "/srv/cni",
+    ]);
+    assert!(
+        said.contains("kept /srv/cni/ovl, which is not ours"),
+        "{said}"
+    );
+    assert!(root_has(&other, "srv/cni/ovl-cni"));
+    assert_eq!(
+        std::fs::read_to_string(other.join("srv/cni/ovl")).unwrap(),
+        "someone else's ovl"
+    );
+    install_ok(&[
+        "--destdir",
+        dest,
+        "--role",
+        "agent",
+        "--uninstall",
+        "--cni-dir",
+        "/srv/cni",
+    ]);
+    assert_eq!(files(&other), ["/srv/cni/ovl"]);
+
+    let out = install(&["--destdir", dest, "--cni-dir", "cni"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cni-dir must be an absolute path"));
+}
+
+fn root_has(root: &Path, path: &str) -> bool {
+    root.join(path).is_file()
 }
 
 #[test]

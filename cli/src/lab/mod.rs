@@ -22,6 +22,10 @@
 //! and its own `ovl-agent`. The `trunk` bridge is a shared L2 segment that carries `vlan`
 //! tenants' 802.1Q tags between the hosts' `tr0` uplinks.
 //!
+//! Each agent serves its local API on a socket of its own, `DIR/h<i>/agent.sock`
+//! ([`LabSpec::agent_socket`]), never the machine's `/run/ovl/agent.sock`; [`podman`] lays out
+//! one podman per host whose CNI networks reach that host's agent only.
+//!
 //! Everything the lab creates is recorded in `DIR/lab.json` before it is created, and every
 //! namespace and link carries the lab's prefix, so `ovl lab down` (or a failed `up`, which
 //! calls it) removes all of it.
@@ -29,6 +33,7 @@
 pub mod cmd;
 pub mod demo;
 pub mod ovs;
+pub mod podman;
 pub mod sys;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -143,6 +148,11 @@ impl LabSpec {
     }
     pub fn ovs(&self, i: u8) -> OvsPaths {
         OvsPaths::new(&self.host_dir(i).join("ovs"))
+    }
+    /// Host `i`'s agent's local API socket (`--local-socket`): each agent its own, never the
+    /// machine's `/run/ovl/agent.sock`, so a host's CNI runtime reaches only its own agent.
+    pub fn agent_socket(&self, i: u8) -> PathBuf {
+        self.host_dir(i).join("agent.sock")
     }
 }
 
@@ -598,6 +608,7 @@ pub fn start_agent(spec: &LabSpec, h: &LabHost) -> Result<u32> {
     let ovsdb = spec.ovs(h.index).remote();
     let state_dir = dir.join("agent");
     let router_prefix = spec.router_netns_prefix(h.index);
+    let local_socket = spec.agent_socket(h.index);
     let mut args: Vec<&std::ffi::OsStr> = vec![
         "run".as_ref(),
         "--config".as_ref(),
@@ -620,6 +631,8 @@ pub fn start_agent(spec: &LabSpec, h: &LabHost) -> Result<u32> {
         state_dir.as_os_str(),
         "--router-netns-prefix".as_ref(),
         router_prefix.as_ref(),
+        "--local-socket".as_ref(),
+        local_socket.as_os_str(),
     ];
     args.extend(
         h.agent_flags
@@ -801,6 +814,13 @@ pub fn down(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<()> {
     if let Some(pid) = state.controller_pid.filter(|p| sys::alive(*p)) {
         progress(&format!("stopping controller (pid {pid})"));
         sys::kill(pid);
+    }
+    for h in &state.hosts {
+        // With the agents stopped each container's DEL succeeds at once (the cluster goes
+        // anyway); the host's namespace is still there for podman to run in.
+        for problem in podman::Podman::of(spec, h.index).teardown() {
+            progress(&format!("podman on {}: {problem}", h.name));
+        }
     }
     for h in &state.hosts {
         ovs::stop(&spec.ovs(h.index));
