@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
 use ovl_common::model::{
-    validate_ifname, validate_name, HostAttach, NetnsTarget, Publish, SegmentType, ValidationError,
+    validate_ifname, validate_name, validate_tenant_mtu, HostAttach, NetnsTarget, Publish,
+    SegmentType, ValidationError,
 };
 use ovl_common::proto::{ApiRequest, EndpointCreate, TenantCreate};
 
@@ -224,13 +225,7 @@ pub fn tenant_create(a: &TenantCreateArgs) -> Result<TenantCreate, ValidationErr
         }
     }
     if let Some(mtu) = a.mtu {
-        // Linux refuses an Ethernet MTU below 68 (RFC 791's minimum) or above 65535.
-        if !(68..=65535).contains(&mtu) {
-            return Err(ValidationError::new(
-                "--mtu",
-                format!("{mtu} is not a usable MTU; use 68-65535 (typically 1400-9000)"),
-            ));
-        }
+        validate_tenant_mtu("--mtu", mtu)?;
     }
     let attach = a.attachable.as_deref().map(attachable).transpose()?;
     Ok(TenantCreate {
@@ -482,7 +477,7 @@ mod tests {
         );
         refused(
             &create(&["blue", "--subnet", "10.0.0.0/24", "--mtu", "40"]),
-            "invalid --mtu: 40 is not a usable MTU; use 68-65535 (typically 1400-9000)",
+            "invalid --mtu: MTU 40 is out of range; use 576 to 9000",
         );
         refused(
             &["tenant", "delete", "a_b"],

@@ -161,7 +161,7 @@ impl SegmentType {
     /// Bytes the encapsulation adds on an IPv4 underlay (outer Ethernet is not counted, as
     /// MTU is an L3 figure): VXLAN 20 IP + 8 UDP + 8 VXLAN + 14 inner Ethernet = 50; GRE with a
     /// key 20 IP + 8 GRE + 14 inner Ethernet = 42; a VLAN trunk adds nothing to the L3 MTU.
-    pub fn overhead(self) -> u16 {
+    pub const fn overhead(self) -> u16 {
         match self {
             SegmentType::Vxlan => 50,
             SegmentType::Gre => 42,
@@ -189,6 +189,27 @@ impl SegmentType {
             SegmentType::Gre => "gre",
             SegmentType::Vlan => "vlan",
         }
+    }
+}
+
+/// Smallest MTU a tenant may have (the IPv4 minimum every host must accept).
+pub const MIN_TENANT_MTU: u16 = 576;
+/// Largest MTU a tenant may have (a common jumbo-frame ceiling).
+pub const MAX_TENANT_MTU: u16 = 9000;
+/// Lowest underlay MTU a controller or host may have: room for a [`MIN_TENANT_MTU`] tenant
+/// under VXLAN, the encapsulation with the largest overhead (576 + 50 = 626).
+pub const MIN_UNDERLAY_MTU: u16 = MIN_TENANT_MTU + SegmentType::Vxlan.overhead();
+
+/// Checks a tenant MTU that was asked for against [`MIN_TENANT_MTU`] and [`MAX_TENANT_MTU`],
+/// reporting it under `field`. Whether it also fits the underlay is the controller's to say:
+/// only it knows the underlay MTU.
+pub fn validate_tenant_mtu(field: &str, mtu: u32) -> Result<u16, ValidationError> {
+    match u16::try_from(mtu) {
+        Ok(m) if (MIN_TENANT_MTU..=MAX_TENANT_MTU).contains(&m) => Ok(m),
+        _ => Err(ValidationError::new(
+            field,
+            format!("MTU {mtu} is out of range; use {MIN_TENANT_MTU} to {MAX_TENANT_MTU}"),
+        )),
     }
 }
 

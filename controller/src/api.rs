@@ -11,7 +11,9 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use ovl_common::intent::ObjectKind;
-use ovl_common::model::{validate_ifname, validate_name, Endpoint, Host, HostAttach, Tenant};
+use ovl_common::model::{
+    validate_ifname, validate_name, validate_tenant_mtu, Endpoint, Host, HostAttach, Tenant,
+};
 use ovl_common::proto::{
     AddressInfo, ApiError, ApiReply, ApiRequest, ApiResponse, EndpointCreate, EndpointInfo,
     ErrorCode, HostInfo, HostStatus, TenantCreate, TenantInfo,
@@ -33,10 +35,6 @@ use crate::live::Live;
 use crate::store::tables::{meta, StoredEndpoint, WriteTables, NO_MAC};
 use crate::store::{Reservation, Settings, State, StoreError};
 
-/// Smallest MTU a tenant may ask for (the IPv4 minimum every host must accept).
-pub const MIN_MTU: u32 = 576;
-/// Largest MTU a tenant may ask for (a common jumbo-frame ceiling).
-pub const MAX_MTU: u32 = 9000;
 /// Interface name inside the namespace when the request gives none.
 pub const DEFAULT_IFNAME: &str = "eth0";
 /// The state of an endpoint whose target (container, process, namespace) is gone.
@@ -442,13 +440,8 @@ fn tenant_create(
     let (mtu, mtu_explicit) = match c.mtu {
         None => (max_mtu, false),
         Some(mtu) => {
-            if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
-                return Err(invalid(
-                    "mtu",
-                    format!("MTU {mtu} is out of range; use {MIN_MTU} to {MAX_MTU}"),
-                ));
-            }
-            if mtu > u32::from(max_mtu) {
+            let mtu = validate_tenant_mtu("mtu", mtu)?;
+            if mtu > max_mtu {
                 return Err(invalid(
                     "mtu",
                     format!(
@@ -457,8 +450,7 @@ fn tenant_create(
                     ),
                 ));
             }
-            // In range 576..=9000, so it fits in a u16.
-            (mtu as u16, true)
+            (mtu, true)
         }
     };
 

@@ -7,13 +7,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use ovl_common::model::{validate_ifname, Tenant};
+use ovl_common::model::{validate_ifname, Tenant, MAX_TENANT_MTU, MIN_TENANT_MTU};
 use redb::{ReadTransaction, ReadableTable};
 
 use super::tables::{self, meta};
 use super::{assemble_state, open_read_table, Settings, StoreError, SCHEMA_VERSION};
 use crate::alloc::{key_space, vlan_pool};
-use crate::api::{MAX_MTU, MIN_MTU};
 use crate::gateway::{gateway_mac_owner, port_from_key, port_key};
 use crate::ipam::{
     ip_from_key, ip_key, mac_from_key, mac_key, mac_pool, reservation_owner, SubnetPlan,
@@ -247,9 +246,9 @@ pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckR
         }
         let derived = settings.underlay_mtu.saturating_sub(t.segment.overhead());
         if t.mtu_explicit {
-            if !(MIN_MTU..=MAX_MTU).contains(&u32::from(t.mtu)) {
+            if !(MIN_TENANT_MTU..=MAX_TENANT_MTU).contains(&t.mtu) {
                 p(format!(
-                    "tenant '{n}' has MTU {} outside {MIN_MTU}-{MAX_MTU}",
+                    "tenant '{n}' has MTU {} outside {MIN_TENANT_MTU}-{MAX_TENANT_MTU}",
                     t.mtu
                 ));
             }

@@ -23,7 +23,7 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use ovl_common::intent::HostIntent;
-use ovl_common::model::{Host, Tenant};
+use ovl_common::model::{Host, Tenant, MIN_UNDERLAY_MTU};
 use ovl_common::proto::{AgentHello, ApiError, ApiRequest, ApiResponse, ErrorCode};
 use ovl_common::{EndpointName, HostName, TenantName};
 use redb::{
@@ -39,9 +39,6 @@ use crate::live::Live;
 pub use check::CheckReport;
 use tables::{meta, WriteTables};
 pub use tables::{Reservation, StoredEndpoint, SCHEMA_VERSION};
-
-/// Lowest underlay MTU the controller accepts: room for a 576-byte tenant MTU under VXLAN.
-pub const MIN_UNDERLAY_MTU: u16 = 626;
 
 /// Cluster-wide settings the store allocates and computes with.
 #[derive(Debug, Clone, PartialEq, Eq)]
