@@ -493,6 +493,9 @@ fn build_host(spec: &LabSpec, i: u8) -> Result<()> {
     let (hi, ti) = (format!("h{i}"), format!("t{i}"));
     sys::ip(&["netns", "add", &ns])?;
     sys::ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+    // A new namespace inherits IPv4 settings from the machine's own, and a machine running
+    // Docker or podman forwards; a lab host starts like a fresh host, which does not.
+    sys::in_ns(&ns, "sysctl", &["-qw", "net.ipv4.ip_forward=0"])?;
     // The routed underlay link and the shared L2 trunk.
     sys::ip(&[
         "-n", &ns, "link", "add", "ul0", "type", "veth", "peer", "name", &hi, "netns", &rtr,
