@@ -467,8 +467,7 @@ async fn the_role_must_match_the_certificate() {
     p.close().await;
     let refused = Client::connect_as(c.addr, &admin_bundle, Timeouts::default(), ClientRole::Host)
         .await
-        .err()
-        .expect("an admin certificate in the host role is refused");
+        .expect_err("an admin certificate in the host role is refused");
     assert!(
         matches!(refused, ClientError::Refused { .. }),
         "{refused:?}"
