@@ -27,6 +27,11 @@ const RESTORE: Duration = Duration::from_secs(2);
 /// within 1 s, then reports to the controller, which the CLI asks.
 const NOTICE_GRACE: f64 = 1.5;
 
+/// How long before traffic flows again an endpoint may read `ok`: the first frames through a
+/// re-plumbed interface can be lost while ovs-vswitchd takes the new device, and the kernel
+/// repeats an unanswered ARP request after 1 s.
+const OK_SLACK: f64 = 1.1;
+
 /// The interval of the pings that measure outages.
 const PING_EVERY: Duration = Duration::from_millis(20);
 
@@ -104,31 +109,34 @@ impl Outage {
         seen.join(" → ")
     }
 
-    /// Asserts that no sample in the window where traffic could not pass (from the last
-    /// reply before the outage plus [`NOTICE_GRACE`] to the first reply after it) reads
-    /// `ok`; returns how many samples that window held.
-    fn assert_never_ok_while_down(&self, what: &str, end: f64) -> usize {
-        let back = self.trace.first_reply_after(self.returned).unwrap_or(end);
-        let down = self.trace.last_reply_before(back).unwrap_or(self.started);
-        let window = (down + NOTICE_GRACE, back - 0.05);
-        let inside: Vec<_> = self
-            .samples
-            .iter()
-            .filter(|(t, _)| *t > window.0 && *t < window.1)
-            .collect();
-        let lies: Vec<_> = inside
-            .iter()
-            .filter(|(_, s)| s.as_deref() == Some("ok"))
-            .collect();
-        assert!(
-            lies.is_empty(),
-            "{what}: ovl endpoint list said ok while no packet passed (no reply from {down:.3} \
-             to {back:.3}; ok at {:?})",
-            lies.iter()
-                .map(|(t, _)| format!("{t:.3}"))
-                .collect::<Vec<_>>()
-        );
-        inside.len()
+    /// Asserts that `ovl endpoint list` never read `ok` during the outage except within the
+    /// allowed slack of traffic: at most [`NOTICE_GRACE`] after the last reply (the agent had
+    /// not noticed yet) or at most [`OK_SLACK`] before the next one (the first frames of a
+    /// re-plumbed interface may be lost, and ARP retries after 1 s). Returns how many samples
+    /// were taken while no reply came, and how many of those read `ok` within the slack.
+    fn assert_never_ok_while_down(&self, what: &str, end: f64) -> (usize, usize) {
+        let (mut down, mut excused) = (0, 0);
+        for (t, state) in &self.samples {
+            let since = t - self.trace.last_reply_before(*t).unwrap_or(self.started);
+            let until = self.trace.first_reply_after(*t).unwrap_or(end + OK_SLACK) - t;
+            // A reply within one ping interval either side: traffic was flowing.
+            let flowing = PING_EVERY.as_secs_f64() * 3.0;
+            if since < flowing || until < flowing {
+                continue;
+            }
+            down += 1;
+            if state.as_deref() != Some("ok") {
+                continue;
+            }
+            assert!(
+                since < NOTICE_GRACE || until < OK_SLACK,
+                "{what}: ovl endpoint list said ok at {t:.3}, {since:.3} s after the last reply \
+                 and {until:.3} s before the next; {}",
+                self.timeline()
+            );
+            excused += 1;
+        }
+        (down, excused)
     }
 
     /// When the endpoint turned `ok` again after reading something else during the outage:
@@ -223,11 +231,12 @@ fn restart_measured(dl: &DockerLab, host: &DockerHost, container: &str, w: &Watc
     let end = unix_now();
     let back = o.trace.first_reply_after(o.returned);
     let gap = o.trace.longest_gap(o.started - 0.5, back.unwrap_or(end));
-    let checked = o.assert_never_ok_while_down(label, end);
+    let (down, excused) = o.assert_never_ok_while_down(label, end);
     let ok_lag = o.ok_to_reply();
     eprintln!(
         "FIGURE {label}: docker restart took {:.3} s; replies back {} after it returned; \
-         longest gap between replies {:.3} s; {checked} status samples while down, none ok; \
+         longest gap between replies {:.3} s; {down} status samples while down, {excused} ok \
+         within the slack; \
          {}/{} replies; states {}; first reply after ok again: {}",
         o.returned - o.started,
         back.map(|b| format!("{:.3} s", b - o.returned))
@@ -595,10 +604,11 @@ async fn docker_network_containers_survive_restarts_of_themselves_and_of_dockerd
     };
     let o = outage(&dl, &w, Duration::from_secs(3), || h2.stop("c2"));
     let end = unix_now();
-    let checked = o.assert_never_ok_while_down("docker-network stop", end);
+    let (checked, excused) = o.assert_never_ok_while_down("docker-network stop", end);
     assert!(checked > 0, "no status sample while c2 was stopped");
     eprintln!(
-        "FIGURE docker-network stop: {checked} status samples while down, none ok; states {}",
+        "FIGURE docker-network stop: {checked} status samples while down, {excused} ok (all within \
+         {NOTICE_GRACE} s of the stop); states {}",
         o.states_seen()
     );
     assert_eq!(
@@ -743,10 +753,11 @@ async fn hand_attached_containers_follow_restart_stop_and_start() {
     };
     let o = outage(&dl, &w, Duration::from_secs(4), || h2.stop("hc2"));
     let end = unix_now();
-    let checked = o.assert_never_ok_while_down("hand-attached stop", end);
+    let (checked, excused) = o.assert_never_ok_while_down("hand-attached stop", end);
     assert!(checked > 0, "no status sample while hc2 was stopped");
     eprintln!(
-        "FIGURE hand-attached stop: {checked} status samples while down, none ok; states {}",
+        "FIGURE hand-attached stop: {checked} status samples while down, {excused} ok (all within \
+         {NOTICE_GRACE} s of the stop); states {}",
         o.states_seen()
     );
     assert_eq!(
