@@ -69,8 +69,9 @@ pub struct DockerLab {
     pub hosts: Vec<DockerHost>,
     /// Taken down (when it drops) after [`DockerLab`]'s `drop` has stopped every engine.
     pub lab: TestLab,
-    /// Whether this lab created [`PLUGIN_DIR`] (then it removes it again if it is empty).
-    made_plugin_dir: bool,
+    /// The machine's directories this lab had to create (mount points), removed again if
+    /// they are empty.
+    made_dirs: Vec<&'static str>,
 }
 
 /// One lab host's engine and what runs beside it.
@@ -109,14 +110,19 @@ impl DockerLab {
             "tar",
         ]);
         let lab = TestLab::up(prefix, net, port, hosts).await;
-        let made_plugin_dir = !Path::new(PLUGIN_DIR).is_dir();
-        std::fs::create_dir_all(PLUGIN_DIR).expect("create /run/docker/plugins");
-        let image = build_image(&lab.state.spec.dir);
         let mut me = Self {
             hosts: Vec::new(),
             lab,
-            made_plugin_dir,
+            made_dirs: Vec::new(),
         };
+        // The mount points of each host's private directories.
+        for d in ["/run/docker", PLUGIN_DIR, "/etc/docker"] {
+            if !Path::new(d).is_dir() {
+                std::fs::create_dir(d).unwrap_or_else(|e| panic!("create {d}: {e}"));
+                me.made_dirs.push(d);
+            }
+        }
+        let image = build_image(&me.lab.state.spec.dir);
         for h in me.lab.state.hosts.clone() {
             let dir = me.lab.state.spec.host_dir(h.index).join("docker");
             // Pushed before anything can fail, so that drop cleans up after a failed start.
@@ -341,10 +347,9 @@ impl Drop for DockerLab {
         for h in &mut self.hosts {
             h.teardown();
         }
-        if self.made_plugin_dir {
-            // Only if empty: another engine on this machine may have put a socket there since.
-            let _ = std::fs::remove_dir(PLUGIN_DIR);
-            let _ = std::fs::remove_dir("/run/docker");
+        // Only if empty: an engine of this machine may have put something there since.
+        for d in self.made_dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
         }
         // `self.lab` drops after this, taking the lab down.
     }
@@ -358,7 +363,6 @@ impl DockerHost {
         }
         // An empty configuration, so a daemon.json of this machine's own engine is not read.
         std::fs::write(dir.join("daemon.json"), "{}\n").expect("daemon.json");
-        std::fs::create_dir_all("/etc/docker").expect("/etc/docker");
         let log = log_file(&dir.join("holder.log"));
         let script = format!(
             "mount --bind '{}' {PLUGIN_DIR} && mount --bind '{}' /etc/docker && echo ready && exec sleep infinity",
@@ -905,10 +909,15 @@ fn log_file(path: &Path) -> std::fs::File {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The last lines of a log, for failure messages.
+/// The last lines of a log, for failure messages. netlink-packet-route's warnings about
+/// attributes newer than it knows (one a link, every time the agent lists links on a recent
+/// kernel) are left out: they would push everything else out of the tail.
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("netlink_packet_route"))
+        .collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
