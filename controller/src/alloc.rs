@@ -8,7 +8,10 @@
 //! is released. Several pools can share one table as long as their ranges do not overlap.
 //!
 //! This module does not decide *which* pool an object draws from or what the values mean; the
-//! store and [`crate::ipam`] do that.
+//! operations ([`crate::ops`]) and [`crate::ipam`] do that.
+//!
+//! Layer: pure. A pool works over a table handle that the store's transaction lends it
+//! (see [`crate::store::Txn`]); it never opens, commits or aborts a transaction itself.
 
 use std::ops::RangeInclusive;
 

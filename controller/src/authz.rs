@@ -17,9 +17,9 @@
 //! namespaces that root owns anyway; another host's endpoints, the cluster's tenants and the
 //! list of hosts are not. An administrator decides which tenants a host may join at all.
 //!
-//! This is an upper layer over the store's state: it reads a [`State`] loaded in the same
-//! transaction the request then runs in (so nothing changes between the decision and the
-//! change) and writes nothing. A request naming something that does not exist, or that is
+//! Layer: operations (called by [`crate::ops::handle`] before any operation runs). It reads a
+//! [`State`] loaded in the same transaction the request then runs in (so nothing changes
+//! between the decision and the change) and writes nothing. A request naming something that does not exist, or that is
 //! malformed, passes here, so that the request itself reports what is wrong with it.
 
 use std::borrow::Cow;
@@ -31,8 +31,7 @@ use ovl_common::model::Tenant;
 use ovl_common::proto::{ApiError, ApiRequest, ErrorCode};
 use ovl_common::{EndpointName, HostName, TenantName};
 
-use crate::api::Failure;
-use crate::store::{State, StoreError, StoredEndpoint};
+use crate::store::{State, StoredEndpoint};
 
 /// Who sent a request, as the certificate and the hello established it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,16 +54,18 @@ impl fmt::Display for Caller {
 
 /// Decides whether `caller` may make `req`. `state` is asked for only when the decision
 /// depends on it (a host's requests), so an administrator's request loads nothing extra.
-pub(crate) fn authorize<'s>(
+/// `E` is the caller's error type: a refusal becomes one, and so does a failure to load the
+/// state.
+pub(crate) fn authorize<'s, E: From<ApiError>>(
     caller: &Caller,
     req: &ApiRequest,
-    state: impl FnOnce() -> Result<Cow<'s, State>, StoreError>,
-) -> Result<(), Failure> {
+    state: impl FnOnce() -> Result<Cow<'s, State>, E>,
+) -> Result<(), E> {
     match caller {
         Caller::Admin(_) => admin_may(caller, req),
         Caller::Host(host) => host_may(caller, host, req, state()?.as_ref()),
     }
-    .map_err(Failure::Api)
+    .map_err(E::from)
 }
 
 fn admin_may(caller: &Caller, req: &ApiRequest) -> Result<(), ApiError> {

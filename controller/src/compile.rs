@@ -2,7 +2,7 @@
 //! registered host should have, and number the results with generations.
 //!
 //! This is a pure function over data: no I/O, no clock, no randomness. Two compilations of the
-//! same state give equal intents (every list is sorted by id), which is what lets the store bump
+//! same state give equal intents (every list is sorted by id), which is what lets the operations bump
 //! a host's generation only when its content really changed.
 //!
 //! Objects that point at something missing (an endpoint whose tenant or host is gone) are left
@@ -12,6 +12,8 @@
 //! A tenant with endpoints and a router host (see [`crate::gateway`]) gets a router on that
 //! host. The router host counts as one of the tenant's hosts: it gets the tenant's segment
 //! and its tunnels, and the endpoints' hosts get a tunnel to it.
+//!
+//! Layer: pure.
 
 use std::collections::{BTreeMap, BTreeSet};
 

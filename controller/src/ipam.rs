@@ -9,11 +9,17 @@
 //!
 //! This module validates and numbers addresses; it does not know about transactions or
 //! endpoints beyond the owner names it records.
+//!
+//! The keys of the other pools that hold names live here too: published ports ([`port_pool`],
+//! one per protocol and host port in the cluster) and tenants' gateway MACs
+//! ([`gateway_mac_owner`]).
+//!
+//! Layer: pure.
 
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
-use ovl_common::{HostName, MacAddr, ValidationError};
+use ovl_common::{HostName, MacAddr, Protocol, ValidationError};
 
 use crate::alloc::Pool;
 
@@ -181,6 +187,42 @@ pub fn mac_from_key(key: u64) -> MacAddr {
     MacAddr([bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]])
 }
 
+/// UDP ports that may not be published: VXLAN between hosts (4789) arrives on the underlay
+/// address a published port would take over.
+pub const RESERVED_UDP_PORTS: [u16; 1] = [4789];
+
+/// The pool of published ports: tcp ports are `1..=65535`, udp ports `65536 + port`. A
+/// protocol and host port are held by at most one endpoint in the cluster, because routers
+/// (and with them published ports) move between hosts.
+pub fn port_pool() -> Pool {
+    Pool::new("published port", 1..=(2 << 16) - 1)
+}
+
+/// A published port's key in [`port_pool`].
+pub fn port_key(proto: Protocol, host_port: u16) -> u64 {
+    let p = match proto {
+        Protocol::Tcp => 0u64,
+        Protocol::Udp => 1,
+    };
+    (p << 16) | u64::from(host_port)
+}
+
+/// The protocol and host port a [`port_key`] stands for.
+pub fn port_from_key(key: u64) -> (Protocol, u16) {
+    let proto = if key >> 16 == 0 {
+        Protocol::Tcp
+    } else {
+        Protocol::Udp
+    };
+    (proto, (key & 0xffff) as u16)
+}
+
+/// Who holds a tenant's gateway MAC in the MAC table. Endpoint names cannot contain ':', so
+/// this never collides with an endpoint holding a MAC.
+pub fn gateway_mac_owner(tenant: &str) -> String {
+    format!("tenant:{tenant}")
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -332,5 +374,19 @@ mod tests {
             Ok(())
             })?;
         }
+    }
+
+    #[test]
+    fn port_keys_round_trip() {
+        for (p, n) in [
+            (Protocol::Tcp, 1),
+            (Protocol::Tcp, 65535),
+            (Protocol::Udp, 53),
+        ] {
+            let k = port_key(p, n);
+            assert!(port_pool().contains(k));
+            assert_eq!(port_from_key(k), (p, n));
+        }
+        assert_ne!(port_key(Protocol::Tcp, 53), port_key(Protocol::Udp, 53));
     }
 }

@@ -20,6 +20,8 @@
 //! whose private half the host generated and keeps. It does not allow API calls or sessions;
 //! those need the certificate, on the main endpoint. The module does no token file work
 //! itself ([`crate::tokens`]) and no certificate encoding ([`crate::pki`]).
+//!
+//! Layer: service, beside [`crate::server`]; it reads which hosts exist from the store.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,7 +117,7 @@ pub fn resolve_host(
 pub struct JoinService {
     ca: Ca,
     tokens: Tokens,
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
 }
 
 impl std::fmt::Debug for JoinService {
@@ -138,7 +140,7 @@ fn refused(e: RedeemError) -> JoinRefusal {
 }
 
 impl JoinService {
-    pub fn new(ca: Ca, tokens: Tokens, store: Arc<Store>) -> Self {
+    pub fn new(ca: Ca, tokens: Tokens, store: Arc<dyn Store>) -> Self {
         Self { ca, tokens, store }
     }
 
@@ -356,7 +358,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pki = dir.path().join("pki");
         crate::pki::init(&pki, &[], false).unwrap();
-        let store = Store::open(&dir.path().join("db.redb"), Default::default()).unwrap();
+        let store = crate::ops::open(&dir.path().join("db.redb"), Default::default()).unwrap();
         let tokens = Tokens::new(dir.path().join("tokens"));
         let service = JoinService::new(Ca::load(&pki).unwrap(), tokens.clone(), Arc::new(store));
         let now = unix_now();

@@ -1,5 +1,7 @@
 //! What the controller knows about each host's session right now. This lives in memory only:
 //! after a controller restart every agent reconnects within seconds and reports again.
+//!
+//! Layer: pure: the view the operations read, implemented by the server's session table.
 
 use ovl_common::intent::ObjectStatus;
 use ovl_common::HostName;

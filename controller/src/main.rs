@@ -1,4 +1,6 @@
 //! `ovl-controller`: initialise the PKI, issue certificates, run the controller, audit the store.
+//!
+//! Layer: the binary, over every layer of the library (see `lib.rs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,9 +11,10 @@ use clap::{Parser, Subcommand};
 use ovl_common::identity::Identity;
 use ovl_common::HostName;
 use ovl_controller::join::JoinService;
+use ovl_controller::ops;
 use ovl_controller::pki::{self, Ca, Validity};
 use ovl_controller::server::{unix_now, Server};
-use ovl_controller::store::{Settings, Store};
+use ovl_controller::store::{RedbStore, Settings, Store};
 use ovl_controller::tokens::Tokens;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -285,8 +288,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Token { what } => token(what),
         Command::Check { db } => {
-            let store =
-                Store::open_existing(&db).with_context(|| format!("opening {}", db.display()))?;
+            let store = RedbStore::open_existing(&db)
+                .with_context(|| format!("opening {}", db.display()))?;
             let report = store.check().context("checking the store")?;
             println!("{report}");
             if !report.is_clean() {
@@ -313,7 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 std::fs::create_dir_all(parent)
                     .with_context(|| format!("creating {}", parent.display()))?;
             }
-            let store = Store::open(&db, settings)
+            let store = ops::open(&db, settings)
                 .with_context(|| format!("opening the store {}", db.display()))?;
             let bundle_dir = pki::bundle_dir(&pki, &Identity::Controller);
             let bundle = ovl_common::tls::Bundle::load(&bundle_dir).with_context(|| {
@@ -364,7 +367,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     None => None,
                 };
-                let gateways = tokio::spawn(ovl_controller::gateway::run(
+                let gateways = tokio::spawn(ovl_controller::failover::run(
                     server.store().clone(),
                     server.sessions().clone(),
                     std::time::Duration::from_secs(gateway_failover_secs),

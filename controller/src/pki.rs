@@ -14,6 +14,8 @@
 //! alternative name (see `ovl_common::identity`); the controller's certificate also carries
 //! the DNS name `ovl-controller`, which is what clients verify, whatever address they dial.
 //! This module does file and crypto work only; it never talks to the network.
+//!
+//! Layer: service support (files and crypto), used by `main.rs` and [`crate::join`].
 
 use std::fs;
 use std::io::Write;

@@ -7,7 +7,10 @@
 //! stream whose first frame is a `ClientHello`; identities come from the verified certificate,
 //! never from what the hello says, and a hello that claims something else is refused with a
 //! `Refusal` before the connection is closed. The store is the only shared state besides the
-//! live session table; all writes go through it.
+//! live session table; all writes go through the operations ([`crate::ops`]).
+//!
+//! Layer: service, over the operations. The gateway failover task ([`crate::failover`])
+//! runs beside it and shares its session table.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,6 +33,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::authz::Caller;
 use crate::gateway::Presence;
 use crate::live::{Live, LiveHost};
+use crate::ops;
 use crate::store::Store;
 
 /// How long a client has to complete the handshake and send its hello.
@@ -117,7 +121,7 @@ impl Live for Sessions {
 /// The server: an endpoint, the store and the session table.
 #[derive(Clone)]
 pub struct Server {
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     sessions: Arc<Sessions>,
 }
 
@@ -128,7 +132,7 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: impl Store + 'static) -> Self {
         Self {
             store: Arc::new(store),
             sessions: Arc::new(Sessions::default()),
@@ -140,7 +144,7 @@ impl Server {
     }
 
     /// The store, shared with the join endpoint (which reads which hosts exist).
-    pub fn store(&self) -> &Arc<Store> {
+    pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
 
@@ -321,8 +325,13 @@ impl Server {
                     let sessions = self.sessions.clone();
                     let caller = caller.clone();
                     let joined = tokio::task::spawn_blocking(move || {
-                        let (resp, changed) =
-                            store.handle(&req, &caller, sessions.as_ref(), unix_now());
+                        let (resp, changed) = ops::handle(
+                            store.as_ref(),
+                            &req,
+                            &caller,
+                            sessions.as_ref(),
+                            unix_now(),
+                        );
                         sessions.publish(changed);
                         resp
                     })
@@ -394,7 +403,8 @@ impl Server {
         let store = self.store.clone();
         let h = hello.clone();
         let registered =
-            tokio::task::spawn_blocking(move || store.register_host(&h, unix_now())).await;
+            tokio::task::spawn_blocking(move || ops::register_host(store.as_ref(), &h, unix_now()))
+                .await;
         let (intent, changed) = match registered {
             Ok(Ok((_host, intent, changed))) => (intent, changed),
             Ok(Err(e)) => {

@@ -17,6 +17,8 @@
 //!
 //! This module owns the files; it does not decide which host name a join gets (that is
 //! [`crate::join`]) and never talks to the network.
+//!
+//! Layer: service support for [`crate::join`] (files only).
 
 use std::fs;
 use std::io::Write;

@@ -36,7 +36,7 @@ use ovl_common::proto::{
 use ovl_common::tls::Bundle;
 use ovl_common::{MacAddr, NetnsTarget, Protocol, SegmentType};
 use ovl_controller::pki::Ca;
-use ovl_controller::store::Store;
+use ovl_controller::store::{RedbStore, Store};
 use ovl_tests::cluster::Cluster;
 use ovl_tests::sim::{self, RawPeer, Rng, Summary};
 use serde::de::DeserializeOwned;
@@ -1088,7 +1088,7 @@ fn cli_view(c: &Cluster) -> (Value, Value, Value) {
 }
 
 fn dump(db: &Path) -> ovl_controller::store::StoreDump {
-    let store = Store::open_existing(db).expect("open the stopped controller's store");
+    let store = RedbStore::open_existing(db).expect("open the stopped controller's store");
     store.dump().expect("dump the store")
 }
 

@@ -3,62 +3,21 @@
 //! in one read transaction.
 //!
 //! It only reads and reports; it never repairs.
+//!
+//! Layer: persistence (the redb backend's half of [`super::Store::check`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 use ovl_common::model::{validate_ifname, Tenant, MAX_TENANT_MTU, MIN_TENANT_MTU};
 use redb::{ReadTransaction, ReadableTable};
 
-use super::tables::{self, meta};
-use super::{assemble_state, open_read_table, Settings, StoreError, SCHEMA_VERSION};
+use super::tables::{self, assemble_state, meta, open_read_table, SCHEMA_VERSION};
+use super::{CheckReport, Reservation, Settings, StoreError, StoredEndpoint};
 use crate::alloc::{key_space, vlan_pool};
-use crate::gateway::{gateway_mac_owner, port_from_key, port_key};
 use crate::ipam::{
-    ip_from_key, ip_key, mac_from_key, mac_key, mac_pool, reservation_owner, SubnetPlan,
+    gateway_mac_owner, ip_from_key, ip_key, mac_from_key, mac_key, mac_pool, port_from_key,
+    port_key, reservation_owner, SubnetPlan,
 };
-
-/// The outcome of [`super::Store::check`]: counts, and one sentence per problem found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CheckReport {
-    pub tenants: usize,
-    pub hosts: usize,
-    pub endpoints: usize,
-    /// Rows in the allocation tables (keys, tags, addresses, MACs).
-    pub allocations: usize,
-    /// Addresses hosts reserved that no endpoint has taken yet.
-    pub reservations: usize,
-    pub problems: Vec<String>,
-}
-
-impl CheckReport {
-    pub fn is_clean(&self) -> bool {
-        self.problems.is_empty()
-    }
-}
-
-impl fmt::Display for CheckReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{} tenants, {} hosts, {} endpoints, {} allocations, {} reservations: {}",
-            self.tenants,
-            self.hosts,
-            self.endpoints,
-            self.allocations,
-            self.reservations,
-            if self.is_clean() {
-                "consistent".to_string()
-            } else {
-                format!("{} problems", self.problems.len())
-            }
-        )?;
-        for p in &self.problems {
-            writeln!(f, "  - {p}")?;
-        }
-        Ok(())
-    }
-}
 
 pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckReport, StoreError> {
     let mut problems = Vec::new();
@@ -113,7 +72,7 @@ pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckR
         }
     }
     for (key, row) in &endpoint_rows {
-        let e = tables::StoredEndpoint::from(row.clone());
+        let e = StoredEndpoint::from(row.clone());
         if e.endpoint.name.as_str() != key {
             p(format!(
                 "endpoint row '{key}' holds endpoint '{}'",
@@ -129,7 +88,7 @@ pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckR
             ));
         }
     }
-    let reservation_keys: BTreeMap<u64, tables::Reservation> = reservation_rows
+    let reservation_keys: BTreeMap<u64, Reservation> = reservation_rows
         .iter()
         .map(|(k, r)| (*k, r.clone()))
         .collect();

@@ -1,4 +1,7 @@
-//! The on-disk layout: table definitions, the row formats, and typed access to them.
+//! The on-disk layout: table definitions, the row formats, and typed access to them
+//! ([`WriteTables`], the redb implementation of [`Txn`]).
+//!
+//! Layer: persistence (the redb backend).
 //!
 //! Layout (schema version 3):
 //!
@@ -20,7 +23,7 @@
 //! variant is the row's version: a later release (tenant NAT flag, gateway host, published
 //! ports) adds a `V2` variant and keeps decoding `V1` rows, so the wire types can grow without
 //! breaking old databases. Changes that need a rewrite of existing rows or new tables bump
-//! [`SCHEMA_VERSION`] and add a step to `migrate` in the parent module. Version 2 added the
+//! [`SCHEMA_VERSION`] and add a step to [`Txn::migrate`] below. Version 2 added the
 //! gateway (tenant `V2` rows with a gateway MAC, NAT flag, gateway and router hosts; endpoint
 //! `V2` rows with published ports; the `alloc_ports` table); its migration gives every `V1`
 //! tenant a gateway MAC. Version 3 added tenants' attach policy (tenant `V3` rows; older rows
@@ -36,12 +39,15 @@ use ipnetwork::Ipv4Network;
 use ovl_common::intent::HostIntent;
 use ovl_common::model::{Endpoint, Host, HostAttach, Tenant};
 use ovl_common::{EndpointName, HostName, MacAddr, NetnsTarget, Publish, SegmentType, TenantName};
-use redb::{ReadableTable, Table, TableDefinition, TableHandle, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, TableHandle, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::StoreError;
-use crate::ipam::ip_key;
+use super::{
+    Counter, Holders, Reservation, Settings, State, StoreError, StoredEndpoint, Txn, NO_MAC,
+};
+use crate::alloc::{Claim, Pool, PoolTable};
+use crate::ipam::{gateway_mac_owner, ip_key, mac_from_key, mac_pool};
 
 /// The table layout this build reads and writes.
 pub const SCHEMA_VERSION: u64 = 3;
@@ -82,7 +88,7 @@ pub(crate) mod meta {
     /// Where the next MAC search starts (MACs are allocated next-fit).
     pub const NEXT_MAC: &str = "next_mac";
     pub const COUNTERS: [&str; 3] = [NEXT_TENANT_ID, NEXT_HOST_ID, NEXT_ENDPOINT_ID];
-    /// The settings of the last `Store::open`, which derived MTUs were computed from; read back
+    /// The settings of the last `ops::open`, which derived MTUs were computed from; read back
     /// by `Store::open_existing` so an inspection sees the settings the data was made with.
     pub const UNDERLAY_MTU: &str = "underlay_mtu";
     pub const KEY_RANGE_START: &str = "key_range_start";
@@ -209,11 +215,6 @@ impl From<&Tenant> for TenantRow {
     }
 }
 
-/// The MAC a tenant read from a `V1` row shows until the schema 2 migration has given it one
-/// (the migration runs in the same transaction that first opens the old store, so only the
-/// migration itself sees it).
-pub(crate) const NO_MAC: MacAddr = MacAddr([0; 6]);
-
 impl From<TenantRow> for Tenant {
     fn from(row: TenantRow) -> Self {
         // Tenants stored before attach policies existed stay for administrators only.
@@ -301,15 +302,6 @@ impl From<HostRow> for Host {
     }
 }
 
-/// An endpoint as the store keeps it: the model plus what only the store needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredEndpoint {
-    pub endpoint: Endpoint,
-    /// The generation of the host intent that first included the endpoint: once the host has
-    /// applied this generation, the endpoint exists there.
-    pub first_generation: u64,
-}
-
 /// A stored endpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum EndpointRow {
@@ -381,17 +373,6 @@ impl From<EndpointRow> for StoredEndpoint {
             first_generation: e.first_generation,
         }
     }
-}
-
-/// An address a host reserved in a tenant's subnet (`AddressReserve`, the Docker driver's
-/// `RequestAddress`), held until an endpoint on that host takes it or the host releases it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reservation {
-    pub tenant: TenantName,
-    pub ip: Ipv4Addr,
-    pub host: HostName,
-    /// Unix time (seconds) of the reservation.
-    pub reserved: u64,
 }
 
 /// A stored reservation, keyed like its address in `alloc_ips`.
@@ -542,6 +523,16 @@ pub(crate) struct WriteTables<'txn> {
     pub reservations: Table<'txn, u64, &'static [u8]>,
 }
 
+pub(crate) fn open_read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &ReadTransaction,
+    def: TableDefinition<'static, K, V>,
+) -> Result<redb::ReadOnlyTable<K, V>, StoreError> {
+    txn.open_table(def).map_err(|source| StoreError::Table {
+        table: def.name().to_string(),
+        source: Box::new(source),
+    })
+}
+
 pub(crate) fn open_write_table<'txn, K: redb::Key + 'static, V: redb::Value + 'static>(
     txn: &'txn WriteTransaction,
     def: TableDefinition<'static, K, V>,
@@ -570,18 +561,78 @@ impl<'txn> WriteTables<'txn> {
         })
     }
 
-    pub fn meta(&self, key: &str) -> Result<Option<u64>, StoreError> {
+    pub(crate) fn meta(&self, key: &str) -> Result<Option<u64>, StoreError> {
         Ok(self.meta.get(key)?.map(|g| g.value()))
     }
 
-    pub fn set_meta(&mut self, key: &str, value: u64) -> Result<(), StoreError> {
+    pub(crate) fn set_meta(&mut self, key: &str, value: u64) -> Result<(), StoreError> {
         self.meta.insert(key, value)?;
         Ok(())
     }
 
-    /// Takes the next number from an id counter. Counters only ever go up, so an id is never
-    /// reused, not even after its object is deleted.
-    pub fn next_id(&mut self, counter: &str) -> Result<u32, StoreError> {
+    fn holders(&mut self, holders: Holders) -> &mut PoolTable<'txn> {
+        match holders {
+            Holders::Keys => &mut self.keys,
+            Holders::Vlans => &mut self.vlans,
+            Holders::Ips => &mut self.ips,
+            Holders::Macs => &mut self.macs,
+            Holders::Ports => &mut self.ports,
+        }
+    }
+
+    /// Every object and intent as this transaction sees them.
+    pub fn load_state(&self) -> Result<State, StoreError> {
+        Ok(assemble_state(
+            all_rows::<TenantRow>(&self.tenants, TENANTS)?,
+            all_rows::<HostRow>(&self.hosts, HOSTS)?,
+            all_rows::<EndpointRow>(&self.endpoints, ENDPOINTS)?,
+            all_intents(&self.intents)?,
+            all_reservations(&self.reservations)?,
+        ))
+    }
+}
+
+impl Txn for WriteTables<'_> {
+    fn migrate(&mut self, settings: &Settings) -> Result<(), StoreError> {
+        match self.meta(meta::SCHEMA_VERSION)? {
+            None => {
+                self.set_meta(meta::SCHEMA_VERSION, SCHEMA_VERSION)?;
+                for counter in meta::COUNTERS {
+                    self.set_meta(counter, 1)?;
+                }
+            }
+            Some(found) if found > SCHEMA_VERSION => {
+                return Err(StoreError::SchemaTooNew {
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            Some(found) => {
+                if found < 2 {
+                    migrate_to_v2(self)?;
+                }
+                // Schema 3 rewrites nothing: older tenant rows read as open to
+                // administrators only, and opening the tables created `reservations`.
+                if found < SCHEMA_VERSION {
+                    self.set_meta(meta::SCHEMA_VERSION, SCHEMA_VERSION)?;
+                }
+            }
+        }
+        self.set_meta(meta::UNDERLAY_MTU, u64::from(settings.underlay_mtu))?;
+        self.set_meta(
+            meta::KEY_RANGE_START,
+            u64::from(*settings.key_range.start()),
+        )?;
+        self.set_meta(meta::KEY_RANGE_END, u64::from(*settings.key_range.end()))?;
+        Ok(())
+    }
+
+    fn next_id(&mut self, counter: Counter) -> Result<u32, StoreError> {
+        let counter = match counter {
+            Counter::Tenant => meta::NEXT_TENANT_ID,
+            Counter::Host => meta::NEXT_HOST_ID,
+            Counter::Endpoint => meta::NEXT_ENDPOINT_ID,
+        };
         let next = self.meta(counter)?.unwrap_or(1);
         let id = u32::try_from(next).map_err(|_| {
             StoreError::Inconsistent(format!("id counter {counter} is exhausted ({next})"))
@@ -590,69 +641,69 @@ impl<'txn> WriteTables<'txn> {
         Ok(id)
     }
 
-    pub fn tenant(&self, name: &str) -> Result<Option<Tenant>, StoreError> {
+    fn tenant(&self, name: &str) -> Result<Option<Tenant>, StoreError> {
         Ok(get_row::<TenantRow>(&self.tenants, TENANTS, name)?.map(Tenant::from))
     }
 
-    pub fn put_tenant(&mut self, t: &Tenant) -> Result<(), StoreError> {
+    fn put_tenant(&mut self, t: &Tenant) -> Result<(), StoreError> {
         let bytes = encode("tenants", t.name.as_str(), &TenantRow::from(t))?;
         self.tenants.insert(t.name.as_str(), bytes.as_slice())?;
         Ok(())
     }
 
-    pub fn remove_tenant(&mut self, name: &str) -> Result<(), StoreError> {
+    fn remove_tenant(&mut self, name: &str) -> Result<(), StoreError> {
         self.tenants.remove(name)?;
         Ok(())
     }
 
-    pub fn all_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+    fn all_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
         Ok(all_rows::<TenantRow>(&self.tenants, TENANTS)?
             .into_iter()
             .map(|(_, r)| r.into())
             .collect())
     }
 
-    pub fn host(&self, name: &str) -> Result<Option<Host>, StoreError> {
+    fn host(&self, name: &str) -> Result<Option<Host>, StoreError> {
         Ok(get_row::<HostRow>(&self.hosts, HOSTS, name)?.map(Host::from))
     }
 
-    pub fn put_host(&mut self, h: &Host) -> Result<(), StoreError> {
+    fn put_host(&mut self, h: &Host) -> Result<(), StoreError> {
         let bytes = encode("hosts", h.name.as_str(), &HostRow::from(h))?;
         self.hosts.insert(h.name.as_str(), bytes.as_slice())?;
         Ok(())
     }
 
-    pub fn all_hosts(&self) -> Result<Vec<Host>, StoreError> {
+    fn all_hosts(&self) -> Result<Vec<Host>, StoreError> {
         Ok(all_rows::<HostRow>(&self.hosts, HOSTS)?
             .into_iter()
             .map(|(_, r)| r.into())
             .collect())
     }
 
-    pub fn endpoint(&self, name: &str) -> Result<Option<StoredEndpoint>, StoreError> {
+    fn endpoint(&self, name: &str) -> Result<Option<StoredEndpoint>, StoreError> {
         Ok(get_row::<EndpointRow>(&self.endpoints, ENDPOINTS, name)?.map(StoredEndpoint::from))
     }
 
-    pub fn put_endpoint(&mut self, e: &StoredEndpoint) -> Result<(), StoreError> {
+    fn put_endpoint(&mut self, e: &StoredEndpoint) -> Result<(), StoreError> {
         let name = e.endpoint.name.as_str();
         let bytes = encode("endpoints", name, &EndpointRow::from(e))?;
         self.endpoints.insert(name, bytes.as_slice())?;
         Ok(())
     }
 
-    pub fn remove_endpoint(&mut self, name: &str) -> Result<(), StoreError> {
+    fn remove_endpoint(&mut self, name: &str) -> Result<(), StoreError> {
         self.endpoints.remove(name)?;
         Ok(())
     }
 
-    pub fn all_endpoints(&self) -> Result<Vec<StoredEndpoint>, StoreError> {
+    fn all_endpoints(&self) -> Result<Vec<StoredEndpoint>, StoreError> {
         Ok(all_rows::<EndpointRow>(&self.endpoints, ENDPOINTS)?
             .into_iter()
             .map(|(_, r)| r.into())
             .collect())
     }
 
-    pub fn put_intent(&mut self, intent: &HostIntent) -> Result<(), StoreError> {
+    fn put_intent(&mut self, intent: &HostIntent) -> Result<(), StoreError> {
         let name = intent.host.as_str();
         let bytes = encode("intents", name, intent)?;
         self.intents
@@ -660,16 +711,11 @@ impl<'txn> WriteTables<'txn> {
         Ok(())
     }
 
-    pub fn intent(&self, host: &str) -> Result<Option<HostIntent>, StoreError> {
+    fn intent(&self, host: &str) -> Result<Option<HostIntent>, StoreError> {
         get_intent(&self.intents, host)
     }
 
-    /// The reservation of address `ip` of tenant `tenant_id`, if there is one.
-    pub fn reservation(
-        &self,
-        tenant_id: u32,
-        ip: Ipv4Addr,
-    ) -> Result<Option<Reservation>, StoreError> {
+    fn reservation(&self, tenant_id: u32, ip: Ipv4Addr) -> Result<Option<Reservation>, StoreError> {
         let key = ip_key(tenant_id, ip);
         match self.reservations.get(key)? {
             Some(bytes) => {
@@ -680,20 +726,19 @@ impl<'txn> WriteTables<'txn> {
         }
     }
 
-    pub fn put_reservation(&mut self, tenant_id: u32, r: &Reservation) -> Result<(), StoreError> {
+    fn put_reservation(&mut self, tenant_id: u32, r: &Reservation) -> Result<(), StoreError> {
         let key = ip_key(tenant_id, r.ip);
         let bytes = encode("reservations", &key.to_string(), &ReservationRow::from(r))?;
         self.reservations.insert(key, bytes.as_slice())?;
         Ok(())
     }
 
-    pub fn remove_reservation(&mut self, tenant_id: u32, ip: Ipv4Addr) -> Result<(), StoreError> {
+    fn remove_reservation(&mut self, tenant_id: u32, ip: Ipv4Addr) -> Result<(), StoreError> {
         self.reservations.remove(ip_key(tenant_id, ip))?;
         Ok(())
     }
 
-    /// Every reservation of tenant `tenant_id`, in address order.
-    pub fn tenant_reservations(&self, tenant_id: u32) -> Result<Vec<Reservation>, StoreError> {
+    fn tenant_reservations(&self, tenant_id: u32) -> Result<Vec<Reservation>, StoreError> {
         let range =
             ip_key(tenant_id, Ipv4Addr::UNSPECIFIED)..=ip_key(tenant_id, Ipv4Addr::BROADCAST);
         let mut out = Vec::new();
@@ -703,5 +748,115 @@ impl<'txn> WriteTables<'txn> {
             out.push(row.into());
         }
         Ok(out)
+    }
+
+    fn state(&self) -> Result<State, StoreError> {
+        self.load_state()
+    }
+
+    fn claim(
+        &mut self,
+        holders: Holders,
+        pool: &Pool,
+        value: u64,
+        owner: &str,
+    ) -> Result<Claim, StoreError> {
+        Ok(pool.claim(self.holders(holders), value, owner)?)
+    }
+
+    fn allocate(
+        &mut self,
+        holders: Holders,
+        pool: &Pool,
+        owner: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        Ok(pool.allocate(self.holders(holders), owner)?)
+    }
+
+    fn release(
+        &mut self,
+        holders: Holders,
+        pool: &Pool,
+        value: u64,
+        owner: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(pool.release(self.holders(holders), value, owner)?)
+    }
+
+    fn next_mac(&mut self, owner: &str) -> Result<Option<MacAddr>, StoreError> {
+        let macs = mac_pool();
+        let cursor = self.meta(meta::NEXT_MAC)?.unwrap_or(*macs.range().start());
+        let Some(taken) = macs.allocate_from(&mut self.macs, cursor, owner)? else {
+            return Ok(None);
+        };
+        let next = if taken >= *macs.range().end() {
+            *macs.range().start()
+        } else {
+            taken + 1
+        };
+        self.set_meta(meta::NEXT_MAC, next)?;
+        Ok(Some(mac_from_key(taken)))
+    }
+}
+
+/// Schema 1 → 2: every tenant gets a gateway MAC (and is rewritten as a `V2` row); the
+/// `alloc_ports` table is created by opening the tables.
+fn migrate_to_v2(t: &mut WriteTables<'_>) -> Result<(), StoreError> {
+    let rows = all_rows::<TenantRow>(&t.tenants, TENANTS)?;
+    for (name, row) in rows {
+        if !row.is_v1() {
+            continue;
+        }
+        let mut tenant = Tenant::from(row);
+        tenant.gateway_mac = t.next_mac(&gateway_mac_owner(&name))?.ok_or_else(|| {
+            StoreError::Inconsistent(format!(
+                "cannot give tenant '{name}' a gateway MAC while migrating: all {} MAC addresses are in use",
+                mac_pool().size()
+            ))
+        })?;
+        tracing::info!(tenant = %name, mac = %tenant.gateway_mac, "schema 2: tenant gets a gateway MAC");
+        t.put_tenant(&tenant)?;
+    }
+    Ok(())
+}
+
+/// The state from rows read in one transaction.
+pub(crate) fn assemble_state(
+    tenants: Vec<(String, TenantRow)>,
+    hosts: Vec<(String, HostRow)>,
+    endpoints: Vec<(String, EndpointRow)>,
+    intents: Vec<(String, HostIntent)>,
+    reservations: Vec<(u64, Reservation)>,
+) -> State {
+    State {
+        tenants: tenants
+            .into_iter()
+            .map(|(_, r)| {
+                let t = Tenant::from(r);
+                (t.name.clone(), t)
+            })
+            .collect(),
+        hosts: hosts
+            .into_iter()
+            .map(|(_, r)| {
+                let h = Host::from(r);
+                (h.name.clone(), h)
+            })
+            .collect(),
+        endpoints: endpoints
+            .into_iter()
+            .map(|(_, r)| {
+                let e = StoredEndpoint::from(r);
+                (e.endpoint.name.clone(), e)
+            })
+            .collect(),
+        intents: intents
+            .into_iter()
+            .map(|(_, i)| (i.host.clone(), i))
+            .collect(),
+        reservations: reservations
+            .into_iter()
+            .map(|(_, r)| ((r.tenant.clone(), r.ip), r))
+            .collect(),
     }
 }

@@ -1,29 +1,36 @@
-//! Tests of the store through its public API, on real redb files in temporary directories.
+//! Tests of the operations (and through them the store), on real redb files in temporary
+//! directories.
+//!
+//! Layer: tests of the operations layer (through [`super::handle`] and the store).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use ovl_common::intent::{ObjectKind, ObjectStatus};
+use ovl_common::model::Host;
 use ovl_common::proto::{
     AgentHello, ApiError, ApiReply, ApiRequest, EndpointCreate, EndpointInfo, ErrorCode,
     TenantCreate, TenantInfo,
 };
-use ovl_common::{HostAttach, HostName, NetnsTarget, SegmentType};
+use ovl_common::{HostAttach, HostName, NetnsTarget, SegmentType, TenantName};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use redb::Database;
 use tempfile::TempDir;
 
 use super::*;
 use crate::authz::Caller;
 use crate::live::{LiveHost, NoLive};
+use crate::store::tables::{self, meta};
+use crate::store::{Reservation, SCHEMA_VERSION};
 
 const NOW: u64 = 1_700_000_000;
 
 struct Fixture {
     _dir: TempDir,
     path: PathBuf,
-    store: Option<Store>,
+    store: Option<RedbStore>,
     settings: Settings,
 }
 
@@ -35,7 +42,7 @@ impl Fixture {
     fn with(settings: Settings) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let path = dir.path().join("ovl.redb");
-        let store = Store::open(&path, settings.clone()).expect("open store");
+        let store = open(&path, settings.clone()).expect("open store");
         Self {
             _dir: dir,
             path,
@@ -44,7 +51,7 @@ impl Fixture {
         }
     }
 
-    fn store(&self) -> &Store {
+    fn store(&self) -> &RedbStore {
         self.store.as_ref().expect("store is open")
     }
 
@@ -55,14 +62,17 @@ impl Fixture {
     fn reopen_with(&mut self, settings: Settings) {
         // Drop first: redb refuses a second open of the same file.
         self.store = None;
-        self.store = Some(Store::open(&self.path, settings.clone()).expect("reopen store"));
+        self.store = Some(open(&self.path, settings.clone()).expect("reopen store"));
         self.settings = settings;
     }
 
     fn hello(&self, host: &str, last_octet: u8) -> (Host, HostIntent, Vec<HostIntent>) {
-        self.store()
-            .register_host(&hello(host, Ipv4Addr::new(192, 168, 50, last_octet)), NOW)
-            .expect("register host")
+        register_host(
+            self.store(),
+            &hello(host, Ipv4Addr::new(192, 168, 50, last_octet)),
+            NOW,
+        )
+        .expect("register host")
     }
 
     /// Runs a request that must succeed.
@@ -71,7 +81,7 @@ impl Fixture {
     }
 
     fn ok_live(&self, req: ApiRequest, live: &dyn Live) -> (ApiReply, Vec<HostIntent>) {
-        let (resp, changed) = self.store().handle(&req, &admin(), live, NOW);
+        let (resp, changed) = handle(self.store(), &req, &admin(), live, NOW);
         match resp {
             Ok(reply) => (reply, changed),
             Err(e) => panic!("{req:?} failed: {e:?}"),
@@ -85,9 +95,7 @@ impl Fixture {
 
     /// Runs a request of host `host`'s own tools that must succeed.
     fn host_ok(&self, host: &str, req: ApiRequest) -> (ApiReply, Vec<HostIntent>) {
-        let (resp, changed) = self
-            .store()
-            .handle(&req, &Caller::Host(hn(host)), &NoLive, NOW);
+        let (resp, changed) = handle(self.store(), &req, &Caller::Host(hn(host)), &NoLive, NOW);
         match resp {
             Ok(reply) => (reply, changed),
             Err(e) => panic!("{req:?} from host {host} failed: {e:?}"),
@@ -101,7 +109,7 @@ impl Fixture {
 
     fn fails_as(&self, caller: &Caller, req: ApiRequest) -> ApiError {
         let before = self.store().dump().unwrap();
-        let (resp, changed) = self.store().handle(&req, caller, &NoLive, NOW);
+        let (resp, changed) = handle(self.store(), &req, caller, &NoLive, NOW);
         let after = self.store().dump().unwrap();
         assert_eq!(before, after, "a failed {req:?} changed the store");
         assert!(
@@ -887,10 +895,12 @@ fn intents_follow_endpoints_and_generations_only_grow() {
         .is_empty());
 
     // h2 moves: h1's peer address changes, h2's own intent does not.
-    let (_, own, others) = f
-        .store()
-        .register_host(&hello("h2", Ipv4Addr::new(192, 168, 60, 2)), NOW + 5)
-        .unwrap();
+    let (_, own, others) = register_host(
+        f.store(),
+        &hello("h2", Ipv4Addr::new(192, 168, 60, 2)),
+        NOW + 5,
+    )
+    .unwrap();
     assert_eq!(own.generation, 2);
     assert_eq!(others.len(), 1);
     assert_eq!(others[0].host.as_str(), "h1");
@@ -914,10 +924,12 @@ fn intents_follow_endpoints_and_generations_only_grow() {
 
     // The same hello again writes nothing.
     let before = f.store().dump().unwrap();
-    let (_, own, others) = f
-        .store()
-        .register_host(&hello("h2", Ipv4Addr::new(192, 168, 60, 2)), NOW + 9)
-        .unwrap();
+    let (_, own, others) = register_host(
+        f.store(),
+        &hello("h2", Ipv4Addr::new(192, 168, 60, 2)),
+        NOW + 9,
+    )
+    .unwrap();
     assert_eq!(own.generation, 2);
     assert!(others.is_empty());
     assert_eq!(f.store().dump().unwrap(), before);
@@ -932,10 +944,7 @@ fn intents_follow_endpoints_and_generations_only_grow() {
     assert_eq!(by_host["h2"].generation, 3);
     f.assert_clean();
 
-    let e = f
-        .store()
-        .register_host(&hello("h4", Ipv4Addr::UNSPECIFIED), NOW)
-        .unwrap_err();
+    let e = register_host(f.store(), &hello("h4", Ipv4Addr::UNSPECIFIED), NOW).unwrap_err();
     assert!(matches!(e, StoreError::Hello { .. }), "{e}");
 }
 
@@ -1022,7 +1031,7 @@ fn a_newer_schema_is_refused() {
             .unwrap();
         txn.commit().unwrap();
     }
-    let e = Store::open(&f.path, Settings::default()).unwrap_err();
+    let e = open(&f.path, Settings::default()).unwrap_err();
     assert!(
         matches!(
             e,
@@ -1048,7 +1057,7 @@ fn bad_settings_are_refused() {
             ..Settings::default()
         },
     ] {
-        let e = Store::open(&dir.path().join("x.redb"), settings).unwrap_err();
+        let e = open(&dir.path().join("x.redb"), settings).unwrap_err();
         assert!(matches!(e, StoreError::Settings(_)), "{e}");
     }
 }
@@ -1220,11 +1229,17 @@ fn random_workloads_stay_consistent() {
                         &format!("10.{}.0.0/{prefix}", rng.gen_range(0..4)),
                     )
                 };
-                f.store()
-                    .handle(&ApiRequest::TenantCreate(req), &admin(), &NoLive, NOW)
+                handle(
+                    f.store(),
+                    &ApiRequest::TenantCreate(req),
+                    &admin(),
+                    &NoLive,
+                    NOW,
+                )
             } else if r < 30 && !tenants.is_empty() {
                 let name = tenants[rng.gen_range(0..tenants.len())].clone();
-                f.store().handle(
+                handle(
+                    f.store(),
                     &ApiRequest::TenantDelete {
                         name,
                         force: rng.gen_bool(0.5),
@@ -1247,12 +1262,22 @@ fn random_workloads_stay_consistent() {
                         rng.gen_range(0..8)
                     ));
                 }
-                f.store()
-                    .handle(&ApiRequest::EndpointCreate(req), &admin(), &NoLive, NOW)
+                handle(
+                    f.store(),
+                    &ApiRequest::EndpointCreate(req),
+                    &admin(),
+                    &NoLive,
+                    NOW,
+                )
             } else if !endpoints.is_empty() {
                 let name = endpoints[rng.gen_range(0..endpoints.len())].clone();
-                f.store()
-                    .handle(&ApiRequest::EndpointDelete { name }, &admin(), &NoLive, NOW)
+                handle(
+                    f.store(),
+                    &ApiRequest::EndpointDelete { name },
+                    &admin(),
+                    &NoLive,
+                    NOW,
+                )
             } else {
                 continue;
             };
@@ -1288,7 +1313,7 @@ fn inspection_writes_nothing_and_sees_the_stored_settings() {
     let dump = f.store().dump().unwrap();
     f.store = None;
 
-    let inspected = Store::open_existing(&f.path).unwrap();
+    let inspected = RedbStore::open_existing(&f.path).unwrap();
     assert_eq!(inspected.settings(), &settings);
     let report = inspected.check().unwrap();
     assert!(report.is_clean(), "{report}");
@@ -1301,7 +1326,7 @@ fn inspection_writes_nothing_and_sees_the_stored_settings() {
     drop(inspected);
 
     let missing = f.path.with_file_name("missing.redb");
-    assert!(Store::open_existing(&missing).is_err());
+    assert!(RedbStore::open_existing(&missing).is_err());
     assert!(!missing.exists(), "inspection must not create a store");
 }
 
@@ -1318,7 +1343,7 @@ fn check_reports_leaks_and_dangling_rows() {
         let db = Database::create(&f.path).unwrap();
         let txn = db.begin_write().unwrap();
         {
-            let mut t = WriteTables::open(&txn).unwrap();
+            let mut t = tables::WriteTables::open(&txn).unwrap();
             // A leaked tag, a lost address, and an endpoint on a host that never registered.
             t.vlans.insert(99, "ghost").unwrap();
             t.ips.retain(|_, _| false).unwrap();
@@ -1328,7 +1353,7 @@ fn check_reports_leaks_and_dangling_rows() {
         }
         txn.commit().unwrap();
     }
-    let report = Store::open_existing(&f.path).unwrap().check().unwrap();
+    let report = RedbStore::open_existing(&f.path).unwrap().check().unwrap();
     let all = report.problems.join("\n");
     assert!(all.contains("VLAN tag 99 is held by 'ghost'"), "{all}");
     assert!(all.contains("the address table says None"), "{all}");
@@ -1633,7 +1658,7 @@ fn attach_policies_are_kept_and_older_tenants_stay_admin_only() {
         let db = Database::create(&f.path).unwrap();
         let txn = db.begin_write().unwrap();
         {
-            let mut t = WriteTables::open(&txn).unwrap();
+            let mut t = tables::WriteTables::open(&txn).unwrap();
             let old = &state.tenants[&"blue".parse().unwrap()];
             let bytes = postcard::to_stdvec(&tables::TenantRow::v2(old)).unwrap();
             t.tenants.insert("blue", bytes.as_slice()).unwrap();
@@ -1932,7 +1957,7 @@ fn check_audits_reservations() {
         let db = Database::create(&f.path).unwrap();
         let txn = db.begin_write().unwrap();
         {
-            let mut t = WriteTables::open(&txn).unwrap();
+            let mut t = tables::WriteTables::open(&txn).unwrap();
             // A reservation the pool does not hold, one of an endpoint's address, one outside
             // the subnet, and a pool holder without a reservation.
             t.ips
@@ -1953,7 +1978,7 @@ fn check_audits_reservations() {
         }
         txn.commit().unwrap();
     }
-    let report = Store::open_existing(&f.path).unwrap().check().unwrap();
+    let report = RedbStore::open_existing(&f.path).unwrap().check().unwrap();
     let all = report.problems.join("\n");
     assert!(
         all.contains("the reservation of 10.1.0.9 in tenant 'red' (host 'h1') is not held by it in the address table"),

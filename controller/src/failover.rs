@@ -1,0 +1,79 @@
+//! The gateway failover task: every second, it asks the server's session table which hosts
+//! are connected, plans the router moves that liveness calls for ([`plan_moves`], pure), has
+//! them applied in one transaction ([`move_routers`], an operation) and pushes the changed
+//! intents through the session table like any other change.
+//!
+//! Layer: service, beside the server ([`crate::server`]), over the operations. It holds no
+//! state of its own besides when it started.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::gateway::{plan_moves, Availability, MoveReason};
+use crate::ops::router::move_routers;
+use crate::server::Sessions;
+use crate::store::{Store, StoreError};
+
+/// The default time a router host may be away before its routers move elsewhere.
+pub const DEFAULT_FAILOVER: Duration = Duration::from_secs(30);
+/// How often the failover task looks at the hosts.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Runs the failover task until `shutdown`: every second, classify the hosts, plan the moves
+/// and apply them in one store transaction, then push the changed intents.
+pub async fn run(
+    store: Arc<dyn Store>,
+    sessions: Arc<Sessions>,
+    failover: Duration,
+    shutdown: CancellationToken,
+) {
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    info!(
+        failover_secs = failover.as_secs_f64(),
+        "gateway failover watching router hosts"
+    );
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        let presence = sessions.presence();
+        let store = store.clone();
+        let round = tokio::task::spawn_blocking(move || {
+            let state = store.state()?;
+            let avail = Availability::of(
+                state.hosts.keys().cloned(),
+                &presence,
+                started,
+                Instant::now(),
+                failover,
+            );
+            let moves = plan_moves(&state, &avail);
+            if moves.is_empty() {
+                return Ok((Vec::new(), Vec::new()));
+            }
+            let (applied, changed) = move_routers(store.as_ref(), &moves)?;
+            Ok::<_, StoreError>((applied, changed))
+        })
+        .await;
+        match round {
+            Ok(Ok((applied, changed))) => {
+                for m in &applied {
+                    if matches!(m.reason, MoveReason::Failover(_)) {
+                        warn!(tenant = %m.tenant, from = %m.from, to = %m.to, "moving the tenant's router: {}", m.reason);
+                    } else {
+                        info!(tenant = %m.tenant, from = %m.from, to = %m.to, "moving the tenant's router: {}", m.reason);
+                    }
+                }
+                sessions.publish(changed);
+            }
+            Ok(Err(e)) => warn!("gateway failover round failed: {e}"),
+            Err(e) => warn!("gateway failover task panicked: {e}"),
+        }
+    }
+}

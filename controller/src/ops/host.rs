@@ -1,0 +1,116 @@
+//! An agent's hello: registering a new host (with a new id) or updating its underlay
+//! address, MTU and capabilities, and recompiling, in one transaction.
+//!
+//! Layer: operations.
+
+use ovl_common::intent::HostIntent;
+use ovl_common::model::{Host, MIN_UNDERLAY_MTU};
+use ovl_common::proto::AgentHello;
+
+use super::intents::recompile;
+use crate::store::{Counter, Outcome, Store, StoreError, Txn};
+
+/// Records an agent's authenticated hello: registers a new host (with a new id) or updates
+/// its underlay address, MTU and capabilities, then recompiles (peers' intents change when
+/// an underlay address does). Returns the host, its current intent (to send right after the
+/// hello) and the other hosts' changed intents. A reconnect that changes nothing writes
+/// nothing.
+pub fn register_host(
+    store: &dyn Store,
+    hello: &AgentHello,
+    now: u64,
+) -> Result<(Host, HostIntent, Vec<HostIntent>), StoreError> {
+    let refuse = |problem: String| StoreError::Hello {
+        host: hello.host.clone(),
+        problem,
+    };
+    let ip = hello.underlay;
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+        return Err(refuse(format!(
+            "underlay address {ip} cannot be a tunnel endpoint; configure the agent with the host's unicast underlay address"
+        )));
+    }
+    if hello.underlay_mtu < MIN_UNDERLAY_MTU {
+        return Err(refuse(format!(
+            "underlay MTU {} is below the minimum of {MIN_UNDERLAY_MTU}",
+            hello.underlay_mtu
+        )));
+    }
+
+    store.transact(|t| {
+        let r = apply_hello(t, hello, now)?;
+        let outcome = if r.wrote {
+            Outcome::Commit
+        } else {
+            Outcome::Abort
+        };
+        Ok(((r.host, r.intent, r.others), outcome))
+    })
+}
+
+/// What [`apply_hello`] did.
+struct Registered {
+    host: Host,
+    intent: HostIntent,
+    others: Vec<HostIntent>,
+    /// Whether anything was written (and so must be committed).
+    wrote: bool,
+}
+
+fn apply_hello(t: &mut dyn Txn, hello: &AgentHello, now: u64) -> Result<Registered, StoreError> {
+    let existing = t.host(hello.host.as_str())?;
+    let host = match &existing {
+        Some(h) => Host {
+            underlay: hello.underlay,
+            underlay_mtu: hello.underlay_mtu,
+            capabilities: hello.capabilities.clone(),
+            ..h.clone()
+        },
+        None => Host {
+            id: t.next_id(Counter::Host)?,
+            name: hello.host.clone(),
+            underlay: hello.underlay,
+            underlay_mtu: hello.underlay_mtu,
+            capabilities: hello.capabilities.clone(),
+            registered: now,
+        },
+    };
+    if existing.as_ref() == Some(&host) {
+        if let Some(intent) = t.intent(host.name.as_str())? {
+            return Ok(Registered {
+                host,
+                intent,
+                others: Vec::new(),
+                wrote: false,
+            });
+        }
+    }
+    if let Some(other) = t
+        .all_hosts()?
+        .into_iter()
+        .find(|o| o.name != host.name && o.underlay == host.underlay)
+    {
+        tracing::warn!(
+            host = %host.name,
+            other = %other.name,
+            underlay = %host.underlay,
+            "two hosts report the same underlay address; tunnels to them will clash"
+        );
+    }
+    t.put_host(&host)?;
+    let (state, changed) = recompile(t)?;
+    let intent =
+        state.intents.get(&host.name).cloned().ok_or_else(|| {
+            StoreError::Inconsistent(format!("host '{}' has no intent", host.name))
+        })?;
+    let others = changed
+        .into_iter()
+        .filter(|i| i.host != host.name)
+        .collect();
+    Ok(Registered {
+        host,
+        intent,
+        others,
+        wrote: true,
+    })
+}

@@ -1,0 +1,225 @@
+//! Operations: what each API request and each agent hello does to the store. One module per
+//! object — [`tenant`], [`endpoint`], [`publish`], [`reservation`] (the host API's address
+//! reservations), [`query`] (lists, shows, status and the replies), [`host`] (an agent's
+//! hello), [`router`] (failover moves) — over shared pieces: [`fields`] (validation of request
+//! fields, named as the CLI flag that carries them), [`pools`] (taking and freeing allocated
+//! values), [`intents`] (recompiling inside the transaction) and [`outcome`].
+//!
+//! Layer: operations, between the server (which calls them) and the store (which they call
+//! through [`Store`] and [`Txn`]). Operations call the store; the store never calls an
+//! operation. Whether the caller may make a request is decided first, in [`crate::authz`],
+//! against the state of the transaction the request then runs in.
+//!
+//! A mutation runs in one write transaction: authorise, apply, recompile the intents, number
+//! a new endpoint's first generation, build the reply, commit. Any error aborts the
+//! transaction, so a failed request writes nothing. Queries read one loaded
+//! [`State`](crate::store::State). These functions do not talk to sessions: they return the
+//! intents that changed and the server pushes them.
+
+pub mod endpoint;
+pub mod fields;
+pub mod host;
+pub mod intents;
+pub mod outcome;
+pub mod pools;
+pub mod publish;
+pub mod query;
+pub mod reservation;
+pub mod router;
+pub mod tenant;
+
+#[cfg(test)]
+mod gateway_tests;
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use ovl_common::intent::HostIntent;
+use ovl_common::proto::{ApiError, ApiRequest, ApiResponse, ErrorCode};
+
+use crate::authz::{self, Caller};
+use crate::live::Live;
+use crate::store::{Outcome, RedbStore, Settings, Store, StoreError, Txn};
+use intents::{mark_first_generation, recompile};
+use outcome::{Done, Failure};
+
+pub use host::register_host;
+pub use router::move_routers;
+
+/// Opens the redb store at `path` (creating it if missing) and, in its first transaction,
+/// brings it up to date (see [`prepare`]).
+pub fn open(path: &Path, settings: Settings) -> Result<RedbStore, StoreError> {
+    let store = RedbStore::create(path, settings)?;
+    prepare(&store)?;
+    Ok(store)
+}
+
+/// Brings a store up to date in one transaction: its layout ([`Txn::migrate`]), then derived
+/// data: MTUs that were computed (not given) follow a changed underlay MTU, and intents are
+/// recompiled (a host whose intent changes gets a new generation, which it receives when its
+/// agent says hello).
+pub fn prepare(store: &dyn Store) -> Result<(), StoreError> {
+    let settings = store.settings();
+    store.transact(|t| {
+        t.migrate(settings)?;
+        for mut tenant in t.all_tenants()? {
+            let derived = settings
+                .underlay_mtu
+                .saturating_sub(tenant.segment.overhead());
+            if !tenant.mtu_explicit && tenant.mtu != derived {
+                tracing::info!(
+                    tenant = %tenant.name,
+                    from = tenant.mtu,
+                    to = derived,
+                    "underlay MTU changed; updating the tenant's derived MTU"
+                );
+                tenant.mtu = derived;
+                t.put_tenant(&tenant)?;
+            }
+        }
+        recompile(t)?;
+        Ok(((), Outcome::Commit))
+    })
+}
+
+/// Answers one API request from `caller`. The caller is authorised first, against the
+/// state the request then runs on (`authz::authorize`). Mutations run in one write
+/// transaction that also persists the recompiled intents; read-only requests use a read
+/// transaction. Returns the response and the host intents whose content changed (with
+/// their new generations), to push to agents.
+pub fn handle(
+    store: &dyn Store,
+    req: &ApiRequest,
+    caller: &Caller,
+    live: &dyn Live,
+    now: u64,
+) -> (ApiResponse, Vec<HostIntent>) {
+    let outcome = if is_mutation(req) {
+        apply(store, req, caller, live, now)
+    } else {
+        answer(store, req, caller, live).map(|response| (response, Vec::new()))
+    };
+    match outcome {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::error!(error = %e, "store failure while handling an API request");
+            (
+                Err(ApiError::new(
+                    ErrorCode::Internal,
+                    format!("controller store: {e}"),
+                )),
+                Vec::new(),
+            )
+        }
+    }
+}
+
+/// A read-only request, answered from one read transaction.
+fn answer(
+    store: &dyn Store,
+    req: &ApiRequest,
+    caller: &Caller,
+    live: &dyn Live,
+) -> Result<ApiResponse, StoreError> {
+    let state = store.state()?;
+    match authz::authorize(caller, req, || Ok::<_, Failure>(Cow::Borrowed(&state))) {
+        Ok(()) => Ok(query::query(&state, req, live)),
+        Err(Failure::Api(e)) => Ok(Err(e)),
+        Err(Failure::Store(e)) => Err(e),
+    }
+}
+
+/// A mutation, in one write transaction: authorise the caller, apply the request,
+/// recompile, record a new endpoint's first generation, and build the reply.
+fn apply(
+    store: &dyn Store,
+    req: &ApiRequest,
+    caller: &Caller,
+    live: &dyn Live,
+    now: u64,
+) -> Result<(ApiResponse, Vec<HostIntent>), StoreError> {
+    let settings = store.settings();
+    let result = store.transact(|t| {
+        authz::authorize(caller, req, || Ok::<_, Failure>(Cow::Owned(t.state()?)))?;
+        let done = mutate(t, req, caller, settings, now)?;
+        let (mut state, changed) = recompile(t)?;
+        mark_first_generation(t, &mut state, &done)?;
+        Ok::<_, Failure>((
+            (query::reply(&state, &done, live), changed),
+            Outcome::Commit,
+        ))
+    });
+    match result {
+        Ok(done) => Ok(done),
+        Err(Failure::Api(e)) => Ok((Err(e), Vec::new())),
+        Err(Failure::Store(e)) => Err(e),
+    }
+}
+
+/// Whether a request changes the store (and so runs in a write transaction).
+pub fn is_mutation(req: &ApiRequest) -> bool {
+    matches!(
+        req,
+        ApiRequest::TenantCreate(_)
+            | ApiRequest::TenantDelete { .. }
+            | ApiRequest::EndpointCreate(_)
+            | ApiRequest::EndpointDelete { .. }
+            | ApiRequest::TenantCreateGateway { .. }
+            | ApiRequest::TenantUpdate { .. }
+            | ApiRequest::Publish { .. }
+            | ApiRequest::Unpublish { .. }
+            | ApiRequest::AddressReserve { .. }
+            | ApiRequest::AddressRelease { .. }
+            | ApiRequest::EndpointRetarget { .. }
+            | ApiRequest::TenantSetAttach { .. }
+    )
+}
+
+/// Applies one mutation, already authorised for `caller`, to the tables of the store's open
+/// write transaction.
+fn mutate(
+    t: &mut dyn Txn,
+    req: &ApiRequest,
+    caller: &Caller,
+    settings: &Settings,
+    now: u64,
+) -> Result<Done, Failure> {
+    match req {
+        ApiRequest::TenantCreate(c) => tenant::tenant_create(t, c, settings, now),
+        ApiRequest::TenantDelete { name, force } => tenant::tenant_delete(t, name, *force),
+        ApiRequest::EndpointCreate(c) => endpoint::endpoint_create(t, c, now),
+        ApiRequest::EndpointDelete { name } => endpoint::endpoint_delete(t, name),
+        ApiRequest::TenantCreateGateway {
+            create,
+            nat,
+            gateway_host,
+        } => tenant::tenant_create_gateway(t, create, *nat, gateway_host.as_deref(), settings, now),
+        ApiRequest::TenantUpdate {
+            name,
+            nat,
+            gateway_host,
+        } => tenant::tenant_update(t, name, *nat, gateway_host.as_ref()),
+        ApiRequest::Publish { endpoint, publish } => publish::publish_port(t, endpoint, publish),
+        ApiRequest::Unpublish { endpoint, publish } => {
+            publish::unpublish_port(t, endpoint, publish)
+        }
+        ApiRequest::AddressReserve { tenant, ip } => match caller {
+            Caller::Host(host) => reservation::address_reserve(t, tenant, ip.as_deref(), host, now),
+            Caller::Admin(_) => Err(Failure::Api(ApiError::new(
+                ErrorCode::Internal,
+                "an administrator's address reserve got past authorisation; only hosts reserve",
+            ))),
+        },
+        ApiRequest::AddressRelease { tenant, ip } => reservation::address_release(t, tenant, ip),
+        ApiRequest::EndpointRetarget { name, target } => {
+            endpoint::endpoint_retarget(t, name, target)
+        }
+        ApiRequest::TenantSetAttach { name, attach } => tenant::tenant_set_attach(t, name, attach),
+        other => Err(Failure::Api(ApiError::new(
+            ErrorCode::Internal,
+            format!("{} is not a change", other.kind()),
+        ))),
+    }
+}

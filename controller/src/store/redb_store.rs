@@ -1,0 +1,240 @@
+//! [`RedbStore`]: the [`Store`] over one redb database file. The layout and the typed access
+//! to it are in [`super::tables`], the audit in [`super::check`].
+//!
+//! Layer: persistence (one backend of the [`Store`] interface). It knows tables and
+//! transactions only; operations drive it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use ovl_common::intent::HostIntent;
+use ovl_common::model::Host;
+use ovl_common::HostName;
+use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, TableHandle};
+
+use super::tables::{self, meta, open_read_table, WriteTables, SCHEMA_VERSION};
+use super::{check, CheckReport, Outcome, Settings, State, Store, StoreDump, StoreError, Txn};
+
+/// redb's page cache. Its default (1 GiB) let a controller with a few MiB of state grow to
+/// hundreds of MiB; the whole store of a large cluster fits in far less.
+const CACHE_BYTES: usize = 64 << 20;
+
+/// The controller's store in one redb file. redb serialises write transactions.
+pub struct RedbStore {
+    db: Database,
+    settings: Settings,
+}
+
+impl fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedbStore {
+    /// Opens the database at `path`, creating the file if missing, to be run with `settings`.
+    /// Nothing is read or written yet: [`crate::ops::open`] brings the layout and the derived
+    /// data up to date in its first transaction ([`Txn::migrate`]).
+    pub fn create(path: &Path, settings: Settings) -> Result<RedbStore, StoreError> {
+        settings.validate()?;
+        let db = database(path, true)?;
+        Ok(RedbStore { db, settings })
+    }
+
+    /// Opens an existing store to inspect it (`ovl-controller check`): nothing is written, and
+    /// the settings are the ones the store was last opened with by [`crate::ops::open`]. Fails
+    /// if the file does not exist or was never initialised.
+    pub fn open_existing(path: &Path) -> Result<RedbStore, StoreError> {
+        let db = database(path, false)?;
+        let settings = {
+            let txn = db.begin_read()?;
+            let table = open_read_table(&txn, tables::META)?;
+            let get = |key: &str| -> Result<Option<u64>, StoreError> {
+                Ok(table.get(key)?.map(|g| g.value()))
+            };
+            match get(meta::SCHEMA_VERSION)? {
+                Some(SCHEMA_VERSION) => {}
+                Some(found) if found > SCHEMA_VERSION => {
+                    return Err(StoreError::SchemaTooNew {
+                        found,
+                        supported: SCHEMA_VERSION,
+                    })
+                }
+                other => {
+                    return Err(StoreError::Inconsistent(format!(
+                        "the store at {} has schema version {other:?}; open it with `ovl-controller run` first",
+                        path.display()
+                    )))
+                }
+            }
+            let defaults = Settings::default();
+            let narrow = |v: Option<u64>, default: u32| {
+                v.and_then(|v| u32::try_from(v).ok()).unwrap_or(default)
+            };
+            Settings {
+                key_range: narrow(get(meta::KEY_RANGE_START)?, *defaults.key_range.start())
+                    ..=narrow(get(meta::KEY_RANGE_END)?, *defaults.key_range.end()),
+                underlay_mtu: get(meta::UNDERLAY_MTU)?
+                    .and_then(|v| u16::try_from(v).ok())
+                    .unwrap_or(defaults.underlay_mtu),
+            }
+        };
+        Ok(RedbStore { db, settings })
+    }
+}
+
+/// Opens the database file at `path`, creating it if `create` and missing.
+fn database(path: &Path, create: bool) -> Result<Database, StoreError> {
+    let mut builder = Database::builder();
+    builder.set_cache_size(CACHE_BYTES);
+    let opened = if create {
+        builder.create(path)
+    } else {
+        builder.open(path)
+    };
+    opened.map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    })
+}
+
+impl Store for RedbStore {
+    fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn write(
+        &self,
+        body: &mut dyn FnMut(&mut dyn Txn) -> Result<Outcome, StoreError>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        let outcome = {
+            let mut t = WriteTables::open(&txn)?;
+            body(&mut t)?
+        };
+        match outcome {
+            Outcome::Commit => txn.commit()?,
+            Outcome::Abort => txn.abort()?,
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> Result<State, StoreError> {
+        let txn = self.db.begin_read()?;
+        load_state_read(&txn)
+    }
+
+    fn intent(&self, host: &HostName) -> Result<Option<HostIntent>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = open_read_table(&txn, tables::INTENTS)?;
+        tables::get_intent(&table, host.as_str())
+    }
+
+    fn hosts(&self) -> Result<Vec<Host>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = open_read_table(&txn, tables::HOSTS)?;
+        Ok(tables::all_rows::<tables::HostRow>(&table, tables::HOSTS)?
+            .into_iter()
+            .map(|(_, row)| row.into())
+            .collect())
+    }
+
+    fn check(&self) -> Result<CheckReport, StoreError> {
+        let txn = self.db.begin_read()?;
+        check::check(&txn, &self.settings)
+    }
+
+    fn dump(&self) -> Result<StoreDump, StoreError> {
+        let txn = self.db.begin_read()?;
+        let mut tables = BTreeMap::new();
+        for handle in txn.list_tables()? {
+            let name = handle.name().to_string();
+            if !tables::ALL_TABLES.contains(&name.as_str()) {
+                tables.insert(
+                    name,
+                    vec![("?".into(), "table unknown to this build".into())],
+                );
+            }
+        }
+        tables.insert(
+            "meta".into(),
+            dump_table(&txn, tables::META, |k| k.to_string(), |v| v.to_string())?,
+        );
+        for def in [tables::TENANTS, tables::HOSTS, tables::ENDPOINTS] {
+            tables.insert(
+                def.name().into(),
+                dump_table(&txn, def, |k| k.to_string(), to_hex)?,
+            );
+        }
+        tables.insert(
+            "intents".into(),
+            dump_table(
+                &txn,
+                tables::INTENTS,
+                |k| k.to_string(),
+                |(g, v)| format!("generation {g}: {}", to_hex(v)),
+            )?,
+        );
+        for def in [
+            tables::KEYS,
+            tables::VLANS,
+            tables::IPS,
+            tables::MACS,
+            tables::PORTS,
+        ] {
+            tables.insert(
+                def.name().into(),
+                dump_table(&txn, def, |k| k.to_string(), |v| v.to_string())?,
+            );
+        }
+        tables.insert(
+            "reservations".into(),
+            dump_table(&txn, tables::RESERVATIONS, |k| k.to_string(), to_hex)?,
+        );
+        Ok(StoreDump { tables })
+    }
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn dump_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &ReadTransaction,
+    def: TableDefinition<'static, K, V>,
+    key: impl Fn(K::SelfType<'_>) -> String,
+    value: impl Fn(V::SelfType<'_>) -> String,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let table = open_read_table(txn, def)?;
+    let mut rows = Vec::new();
+    for entry in table.iter()? {
+        let (k, v) = entry?;
+        rows.push((key(k.value()), value(v.value())));
+    }
+    Ok(rows)
+}
+
+fn load_state_read(txn: &ReadTransaction) -> Result<State, StoreError> {
+    let tenants = tables::all_rows::<tables::TenantRow>(
+        &open_read_table(txn, tables::TENANTS)?,
+        tables::TENANTS,
+    )?;
+    let hosts =
+        tables::all_rows::<tables::HostRow>(&open_read_table(txn, tables::HOSTS)?, tables::HOSTS)?;
+    let endpoints = tables::all_rows::<tables::EndpointRow>(
+        &open_read_table(txn, tables::ENDPOINTS)?,
+        tables::ENDPOINTS,
+    )?;
+    let intents = tables::all_intents(&open_read_table(txn, tables::INTENTS)?)?;
+    let reservations = tables::all_reservations(&open_read_table(txn, tables::RESERVATIONS)?)?;
+    Ok(tables::assemble_state(
+        tenants,
+        hosts,
+        endpoints,
+        intents,
+        reservations,
+    ))
+}
