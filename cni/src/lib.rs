@@ -10,8 +10,8 @@
 //! host's certificate, plumbs the interface and answers once it is in place. So a runtime
 //! reaches only its own host's agent, and a host attaches only to tenants that allow it
 //! (`ovl tenant create … --attachable`). The plugin itself never changes a link or a
-//! namespace; after an `ADD` it only sends one datagram from inside the container, so that
-//! peers learn a restarted container's new MAC at once ([`announce`]). See `docs/cni.md` for
+//! namespace; after an `ADD` it only sends one gratuitous ARP from inside the container, so
+//! that peers learn a restarted container's new MAC at once ([`announce`]). See `docs/cni.md` for
 //! configurations.
 //!
 //! Layers, top to bottom:
@@ -21,7 +21,7 @@
 //! 2. [`invocation`] (the `CNI_*` variables), [`config`] (the network configuration),
 //!    [`version`] (versions and what each allows), [`result`] (result shapes, `prevResult`),
 //!    [`error`] (the error object and its codes), [`agent`] (the local API client),
-//!    [`announce`] (the datagram from the container).
+//!    [`announce`] (the gratuitous ARP from the container).
 
 pub mod agent;
 pub mod announce;

@@ -137,7 +137,7 @@ impl Call<'_> {
         };
         match self.ask(&req) {
             Ok(LocalReply::Attached(info)) => {
-                if let Err(e) = announce::announce(&t.netns, info.ip, info.gateway) {
+                if let Err(e) = announce::announce(&t.netns, info.ip) {
                     let _ = writeln!(
                         log,
                         "ovl-cni: {e}; peers learn the new MAC once their ARP entries expire"

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod daemon;
 pub mod frame;
+pub mod garp;
 pub mod identity;
 pub mod intent;
 pub mod local;

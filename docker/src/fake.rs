@@ -314,7 +314,7 @@ pub struct FakeHostNet {
     pub links: Mutex<BTreeSet<String>>,
     pub routes: Mutex<Vec<Ipv4Network>>,
     /// The announcements asked for (sandbox, address, gateway), in order.
-    pub announced: Mutex<Vec<(std::path::PathBuf, Ipv4Addr, Ipv4Addr)>>,
+    pub announced: Mutex<Vec<(std::path::PathBuf, Ipv4Addr)>>,
 }
 
 impl FakeHostNet {
@@ -336,13 +336,12 @@ impl HostNet for FakeHostNet {
         &self,
         sandbox: &std::path::Path,
         ip: Ipv4Addr,
-        gateway: Ipv4Addr,
         _within: std::time::Duration,
     ) -> Result<(), HostNetError> {
         self.announced
             .lock()
             .expect("lock")
-            .push((sandbox.to_path_buf(), ip, gateway));
+            .push((sandbox.to_path_buf(), ip));
         Ok(())
     }
 }

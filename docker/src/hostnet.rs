@@ -11,16 +11,17 @@
 //! A restarted container gets a new Docker endpoint, so a new ovl endpoint with a new MAC, and
 //! usually the same address; its peers would go on sending to the old MAC until their ARP
 //! entries expired (half a minute and more). So once Docker has moved the interface into the
-//! container and addressed it, a thread enters the container's namespace and sends one UDP
-//! datagram to the gateway's discard port: the kernel first asks for the gateway's MAC with a
-//! broadcast ARP request, which carries the container's address and new MAC, and every peer
-//! that has an entry for that address takes the new MAC from it. Nothing in the container is
-//! changed. (Docker 20.10 sends no gratuitous ARP itself; `arp_notify` cannot be set ahead:
+//! container and addressed it, a thread enters the container's namespace and sends gratuitous
+//! ARPs for its address (`ovl_common::garp`), four in the first two seconds: every peer that
+//! has an entry for that address takes the new MAC from them, also a peer that was pinging
+//! through the restart (an ordinary ARP request is ignored within `locktime`), and the later
+//! ones get through if the first left before the agent's port forwarded. Nothing in the
+//! container is changed. (Docker 20.10 sends no gratuitous ARP itself; `arp_notify` cannot be set ahead:
 //! an interface takes its new namespace's defaults when it moves.)
 //!
 //! [`HostNet`] is the trait the handlers use; tests use `crate::fake::FakeHostNet`.
 
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -55,7 +56,6 @@ pub trait HostNet: Send + Sync + 'static {
         &self,
         sandbox: &Path,
         ip: Ipv4Addr,
-        gateway: Ipv4Addr,
         within: Duration,
     ) -> Result<(), HostNetError>;
 }
@@ -78,7 +78,6 @@ impl HostNet for SystemNet {
         &self,
         sandbox: &Path,
         ip: Ipv4Addr,
-        gateway: Ipv4Addr,
         within: Duration,
     ) -> Result<(), HostNetError> {
         let deadline = Instant::now() + within;
@@ -104,13 +103,11 @@ impl HostNet for SystemNet {
                 .spawn(|| {
                     nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
                         .map_err(|e| err("setns", e.into()))?;
-                    // Binding fails until Docker has set the address, sending until it has
-                    // brought the interface up (no route before).
+                    // Not found until Docker has set the address, not connected until it has
+                    // brought the interface up.
                     loop {
-                        let sent = UdpSocket::bind((ip, 0))
-                            .and_then(|s| s.send_to(&[0], (gateway, DISCARD_PORT)));
-                        match sent {
-                            Ok(_) => return Ok(()),
+                        match ovl_common::garp::announce(ip) {
+                            Ok(()) => break,
                             Err(e) if Instant::now() < deadline => {
                                 tracing::trace!("not yet: {e}");
                                 std::thread::sleep(ANNOUNCE_POLL)
@@ -118,6 +115,15 @@ impl HostNet for SystemNet {
                             Err(e) => return Err(err("send", e)),
                         }
                     }
+                    // The first may leave before the agent's port forwards; later ones
+                    // reach peers whatever their entries' state.
+                    for pause in ANNOUNCE_AGAIN {
+                        std::thread::sleep(pause);
+                        if let Err(e) = ovl_common::garp::announce(ip) {
+                            return Err(err("send", e));
+                        }
+                    }
+                    Ok(())
                 })
                 .join()
                 .unwrap_or_else(|_| Err(err("thread", std::io::Error::other("it panicked"))))
@@ -125,8 +131,12 @@ impl HostNet for SystemNet {
     }
 }
 
-/// The gateway port the announcing datagram goes to: discard (RFC 863).
-const DISCARD_PORT: u16 = 9;
+/// Pauses before the gratuitous ARPs that follow the first.
+const ANNOUNCE_AGAIN: [Duration; 3] = [
+    Duration::from_millis(300),
+    Duration::from_millis(700),
+    Duration::from_millis(1000),
+];
 
 /// How often the announcement looks for the sandbox and the address.
 const ANNOUNCE_POLL: Duration = Duration::from_millis(10);

@@ -652,3 +652,56 @@ fn router_namespaces_made_under_a_private_mount_namespace_are_host_objects() {
     assert!(named::exists(&name));
     assert!(rt.block_on(named::delete(&name, &host)).unwrap());
 }
+
+#[test]
+#[ignore = "privileged: creates network namespaces and sends ARP between them"]
+fn a_gratuitous_arp_moves_a_peers_entry_at_once() {
+    require_privileged(NEEDS);
+    let (a, b) = (TestNetns::new(), TestNetns::new());
+    a.ip(&[
+        "link",
+        "add",
+        "ga",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "gb",
+        "netns",
+        b.name(),
+    ]);
+    a.ip(&["addr", "add", "10.9.9.1/24", "dev", "ga"]);
+    a.ip(&["link", "set", "ga", "up"]);
+    b.ip(&["addr", "add", "10.9.9.2/24", "dev", "gb"]);
+    b.ip(&["link", "set", "gb", "up"]);
+    let real = link_json(&a, "ga")["address"].as_str().unwrap().to_string();
+    // b believes 10.9.9.1 is elsewhere.
+    b.ip(&[
+        "neigh",
+        "replace",
+        "10.9.9.1",
+        "lladdr",
+        "02:00:00:00:00:01",
+        "dev",
+        "gb",
+        "nud",
+        "reachable",
+    ]);
+    let file = std::fs::File::open(a.path()).unwrap();
+    std::thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        ovl_common::garp::announce("10.9.9.1".parse().unwrap())
+    })
+    .join()
+    .unwrap()
+    .expect("announce from inside a");
+    let mut seen = String::new();
+    for _ in 0..50 {
+        seen = b.ip(&["neigh", "show", "10.9.9.1", "dev", "gb"]);
+        if seen.contains(&real) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("b still has {seen:?}, not {real}");
+}

@@ -395,13 +395,13 @@ impl<C: Controller, N: HostNet, D: Docker> Driver<C, N, D> {
     /// Starts the background task that makes a joined container announce its address (see
     /// [`crate::hostnet`]): Docker moves and configures the interface only after `Join` has
     /// answered, when the container's process exists.
-    fn spawn_announce(&self, sandbox: std::path::PathBuf, ip: Ipv4Addr, gateway: Ipv4Addr) {
+    fn spawn_announce(&self, sandbox: std::path::PathBuf, ip: Ipv4Addr) {
         let span = tracing::info_span!(parent: None, "announce", %ip, sandbox = %sandbox.display());
         let net = self.net.clone();
         let within = self.timing.announce_within;
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
-            match net.announce_in_sandbox(&sandbox, ip, gateway, within) {
+            match net.announce_in_sandbox(&sandbox, ip, within) {
                 Ok(()) => tracing::debug!("announced"),
                 // Only how fast peers forget a restarted container's old MAC depends on it.
                 Err(e) => tracing::warn!(

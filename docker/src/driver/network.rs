@@ -369,7 +369,7 @@ impl<C: Controller, N: HostNet, D: Docker> Driver<C, N, D> {
         if req.sandbox_key.is_empty() {
             tracing::debug!("no SandboxKey; the container will not announce its address");
         } else {
-            self.spawn_announce(PathBuf::from(&req.sandbox_key), rec.ip, gateway);
+            self.spawn_announce(PathBuf::from(&req.sandbox_key), rec.ip);
         }
         self.spawn_naming(rec.network_id.clone(), req.endpoint_id.clone());
         Ok(JoinResponse {

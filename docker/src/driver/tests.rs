@@ -283,7 +283,6 @@ async fn a_container_lifecycle_from_network_create_to_network_rm() {
         [(
             std::path::PathBuf::from("/var/run/docker/netns/6a1b2c3d4e5f"),
             Ipv4Addr::new(10, 20, 0, 2),
-            Ipv4Addr::new(10, 20, 0, 1)
         )]
     );
     assert_eq!(
