@@ -224,32 +224,12 @@ impl Cluster {
 
     /// Runs `ovl` with the given credentials bundle.
     pub fn ovl_as(&self, creds: &Path, args: &[&str]) -> Output {
-        Command::new(bin("ovl"))
-            .arg("--controller")
-            .arg(self.addr.to_string())
-            .arg("--credentials")
-            .arg(creds)
-            .args(["--config", "/nonexistent/ovl.toml", "--output", "json"])
-            .args(args)
-            .output()
-            .expect("run ovl")
+        crate::lab::run_ovl(&self.addr.to_string(), creds, args)
     }
 
     /// Runs `ovl`, asserts success, and parses its JSON output.
     pub fn ovl_json(&self, args: &[&str]) -> Value {
-        let out = self.ovl(args);
-        assert!(
-            out.status.success(),
-            "ovl {args:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "ovl {args:?} printed no JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        crate::lab::json_of(args, self.ovl(args))
     }
 
     /// Every intent a fake agent has applied, oldest first.

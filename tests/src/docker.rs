@@ -52,12 +52,6 @@ use crate::lab::TestLab;
 /// The image every test container runs: busybox, imported (nothing can be pulled here).
 pub const IMAGE: &str = "ovl-busybox:test";
 
-/// Applets linked to `/bin/busybox` in [`IMAGE`].
-const APPLETS: &[&str] = &[
-    "sh", "ping", "ip", "ifconfig", "route", "arp", "sleep", "nc", "cat", "ls", "echo", "true",
-    "hostname", "ps", "kill", "wget", "grep",
-];
-
 /// Longest wait for an engine or a driver to start or stop, and for one `docker` command.
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -122,7 +116,7 @@ impl DockerLab {
                 me.made_dirs.push(d);
             }
         }
-        let image = build_image(&me.lab.state.spec.dir);
+        let image = crate::image::busybox_tarball(&me.lab.state.spec.dir, "docker-image");
         for h in me.lab.state.hosts.clone() {
             let dir = me.lab.state.spec.host_dir(h.index).join("docker");
             // Pushed before anything can fail, so that drop cleans up after a failed start.
@@ -228,44 +222,17 @@ impl DockerLab {
 
     /// Runs `ovl --output json ARGS…` as the lab's administrator.
     pub fn ovl(&self, args: &[&str]) -> Output {
-        let spec = &self.lab.state.spec;
-        Command::new(crate::bin("ovl"))
-            .arg("--controller")
-            .arg(spec.controller_addr().to_string())
-            .arg("--credentials")
-            .arg(spec.admin_credentials())
-            .args(["--config", "/nonexistent/ovl.toml", "--output", "json"])
-            .args(args)
-            .output()
-            .expect("run ovl")
+        self.lab.ovl(args)
     }
 
     /// Runs `ovl`, asserts success, and parses its JSON output.
     pub fn ovl_json(&self, args: &[&str]) -> Value {
-        let out = self.ovl(args);
-        assert!(
-            out.status.success(),
-            "ovl {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "ovl {} printed no JSON ({e}): {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        self.lab.ovl_json(args)
     }
 
-    /// `ovl endpoint list -o json`: one flat object per endpoint (`name`, `tenant`, `host`,
-    /// `ip`, `state`, `target`…).
+    /// `ovl endpoint list -o json`, one object per endpoint.
     pub fn endpoints(&self) -> Vec<Value> {
-        match self.ovl_json(&["endpoint", "list"]) {
-            Value::Array(v) => v,
-            other => panic!("ovl endpoint list printed {other}"),
-        }
+        self.lab.endpoints()
     }
 
     /// The endpoint of `tenant` holding `ip`, if any.
@@ -919,67 +886,6 @@ fn tail(path: &Path) -> String {
         .filter(|l| !l.contains("netlink_packet_route"))
         .collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
-/// Writes [`IMAGE`]'s root filesystem as a tarball in `dir` and returns its path.
-fn build_image(dir: &Path) -> PathBuf {
-    let busybox = sys::which("busybox").expect("busybox is on PATH");
-    assert!(
-        is_static(&busybox),
-        "{} is dynamically linked; the image needs busybox-static \
-         (OVL_DEV_PACKAGES=1 deploy/install-deps.sh)",
-        busybox.display()
-    );
-    let root = dir.join("image-rootfs");
-    for d in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
-        std::fs::create_dir_all(root.join(d)).expect("image directory");
-    }
-    std::fs::copy(&busybox, root.join("bin/busybox")).expect("copy busybox");
-    for applet in APPLETS {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("applet link");
-    }
-    let tar = dir.join("image.tar");
-    let out = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .output()
-        .expect("tar");
-    assert!(
-        out.status.success(),
-        "tar of the image failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::remove_dir_all(&root).expect("remove the image's root filesystem");
-    tar
-}
-
-/// Whether an ELF executable has no program interpreter (is statically linked): a copy of a
-/// dynamic busybox would fail in the image with a bare "no such file or directory".
-fn is_static(path: &Path) -> bool {
-    const PT_INTERP: u32 = 3;
-    let Ok(b) = std::fs::read(path) else {
-        return false;
-    };
-    let le = |o: usize, n: usize| -> Option<u64> {
-        let s = b.get(o..o + n)?;
-        Some(
-            s.iter()
-                .rev()
-                .fold(0u64, |acc, x| (acc << 8) | u64::from(*x)),
-        )
-    };
-    // A 64-bit little-endian ELF: e_phnum program headers of e_phentsize bytes at e_phoff.
-    if b.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
-        return false;
-    }
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (le(0x20, 8), le(0x36, 2), le(0x38, 2))
-    else {
-        return false;
-    };
-    !(0..phnum).any(|i| le((phoff + i * phentsize) as usize, 4) == Some(u64::from(PT_INTERP)))
 }
 
 /// Unix time now, in seconds, comparable with `ping -D` stamps.

@@ -2,6 +2,7 @@
 //! agents) with a private prefix, address block and port, always torn down on drop.
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use ovl_cli::lab::{self, LabSpec, LabState};
 use ovl_cli::Client;
 use ovl_common::proto::{ApiReply, ApiRequest, EndpointCreate, TenantCreate};
 use ovl_common::NetnsTarget;
+use serde_json::Value;
 
 /// A running lab.
 #[derive(Debug)]
@@ -59,6 +61,30 @@ impl TestLab {
         .await
         .expect("agents connect");
         me
+    }
+
+    /// Runs `ovl --output json ARGS…` as the lab's administrator.
+    pub fn ovl(&self, args: &[&str]) -> Output {
+        let spec = &self.state.spec;
+        run_ovl(
+            &spec.controller_addr().to_string(),
+            &spec.admin_credentials(),
+            args,
+        )
+    }
+
+    /// Runs `ovl`, asserts success, and parses its JSON output.
+    pub fn ovl_json(&self, args: &[&str]) -> Value {
+        json_of(args, self.ovl(args))
+    }
+
+    /// `ovl endpoint list -o json`: one flat object per endpoint (`name`, `tenant`, `host`,
+    /// `ip`, `state`, `target`…).
+    pub fn endpoints(&self) -> Vec<Value> {
+        match self.ovl_json(&["endpoint", "list"]) {
+            Value::Array(v) => v,
+            other => panic!("ovl endpoint list printed {other}"),
+        }
     }
 
     pub async fn client(&self) -> Client {
@@ -194,4 +220,36 @@ pub fn ns_exec(ns: &str, args: &[&str]) -> Output {
 /// The MAC `ns` resolved `ip` to.
 pub fn neighbour_mac(ns: &str, ip: Ipv4Addr) -> Option<String> {
     demo::neighbour_mac(ns, ip)
+}
+
+/// Runs `ovl --output json ARGS…` against `controller` with the bundle in `credentials`,
+/// ignoring any configuration file.
+pub fn run_ovl(controller: &str, credentials: &Path, args: &[&str]) -> Output {
+    Command::new(crate::bin("ovl"))
+        .arg("--controller")
+        .arg(controller)
+        .arg("--credentials")
+        .arg(credentials)
+        .args(["--config", "/nonexistent/ovl.toml", "--output", "json"])
+        .args(args)
+        .output()
+        .expect("run ovl")
+}
+
+/// Asserts that `ovl ARGS…` succeeded and parses what it printed.
+pub fn json_of(args: &[&str], out: Output) -> Value {
+    assert!(
+        out.status.success(),
+        "ovl {} failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "ovl {} printed no JSON ({e}): {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }

@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod datapath;
 pub mod docker;
+pub mod image;
 pub mod lab;
 pub mod netns;
 pub mod ovs;

@@ -14,7 +14,7 @@
 
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,11 +28,6 @@ use crate::lab::TestLab;
 
 /// The image every test container runs.
 pub const IMAGE: &str = "localhost/ovl-busybox:test";
-
-/// Applets linked to `/bin/busybox` in [`IMAGE`].
-const APPLETS: &[&str] = &[
-    "sh", "ping", "ip", "sleep", "cat", "ls", "echo", "true", "hostname", "ps", "kill",
-];
 
 /// Longest wait for one plugin call.
 const PLUGIN_TIMEOUT: Duration = Duration::from_secs(150);
@@ -58,7 +53,7 @@ impl PodmanLab {
         crate::require_privileged(&["podman", "conmon", "runc", "nsenter", "busybox", "tar"]);
         let plugin = crate::bin("ovl-cni");
         let lab = TestLab::up(prefix, net, port, hosts).await;
-        let image = build_image(&lab.state.spec.dir);
+        let image = crate::image::busybox_tarball(&lab.state.spec.dir, "podman-image");
         let mut me = Self {
             hosts: Vec::new(),
             lab,
@@ -99,43 +94,17 @@ impl PodmanLab {
 
     /// Runs `ovl --output json ARGS…` as the lab's administrator.
     pub fn ovl(&self, args: &[&str]) -> Output {
-        let spec = &self.lab.state.spec;
-        Command::new(crate::bin("ovl"))
-            .arg("--controller")
-            .arg(spec.controller_addr().to_string())
-            .arg("--credentials")
-            .arg(spec.admin_credentials())
-            .args(["--config", "/nonexistent/ovl.toml", "--output", "json"])
-            .args(args)
-            .output()
-            .expect("run ovl")
+        self.lab.ovl(args)
     }
 
     /// Runs `ovl`, asserts success, and parses its JSON output.
     pub fn ovl_json(&self, args: &[&str]) -> Value {
-        let out = self.ovl(args);
-        assert!(
-            out.status.success(),
-            "ovl {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "ovl {} printed no JSON ({e}): {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        self.lab.ovl_json(args)
     }
 
-    /// `ovl endpoint list -o json`: one object per endpoint.
+    /// `ovl endpoint list -o json`, one object per endpoint.
     pub fn endpoints(&self) -> Vec<Value> {
-        match self.ovl_json(&["endpoint", "list"]) {
-            Value::Array(v) => v,
-            other => panic!("ovl endpoint list printed {other}"),
-        }
+        self.lab.endpoints()
     }
 
     /// Names of the OVS interfaces the agent owns on lab host `host`.
@@ -402,61 +371,4 @@ pub fn plugin(env: &[(&str, &str)], config: &Value) -> PluginRun {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         took: start.elapsed(),
     }
-}
-
-/// Writes [`IMAGE`]'s root filesystem as a tarball in `dir` and returns its path.
-fn build_image(dir: &Path) -> PathBuf {
-    let busybox = sys::which("busybox").expect("busybox is on PATH");
-    // A dynamic busybox copied into the image fails with a bare "no such file or directory".
-    assert!(
-        is_static(&busybox),
-        "{} is dynamically linked; the image needs busybox-static \
-         (OVL_DEV_PACKAGES=1 deploy/install-deps.sh)",
-        busybox.display()
-    );
-    let root = dir.join("podman-image-rootfs");
-    for d in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
-        std::fs::create_dir_all(root.join(d)).expect("image directory");
-    }
-    std::fs::copy(&busybox, root.join("bin/busybox")).expect("copy busybox");
-    for applet in APPLETS {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("applet link");
-    }
-    let tar = dir.join("podman-image.tar");
-    let out = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .output()
-        .expect("tar");
-    assert!(
-        out.status.success(),
-        "tar of the image failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::remove_dir_all(&root).expect("remove the image's root filesystem");
-    tar
-}
-
-/// Whether a 64-bit little-endian ELF executable has no program interpreter (`PT_INTERP`),
-/// that is, is statically linked.
-fn is_static(path: &Path) -> bool {
-    const PT_INTERP: u64 = 3;
-    let Ok(b) = std::fs::read(path) else {
-        return false;
-    };
-    let le = |at: u64, n: usize| -> Option<u64> {
-        let at = usize::try_from(at).ok()?;
-        let s = b.get(at..at + n)?;
-        Some(s.iter().rev().fold(0, |acc, x| (acc << 8) | u64::from(*x)))
-    };
-    if b.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
-        return false;
-    }
-    let (Some(phoff), Some(size), Some(count)) = (le(0x20, 8), le(0x36, 2), le(0x38, 2)) else {
-        return false;
-    };
-    !(0..count).any(|i| le(phoff + i * size, 4) == Some(PT_INTERP))
 }

@@ -271,6 +271,37 @@ fn sample_requests() -> Vec<(&'static str, ApiRequest)> {
                 publish: "8080".into(),
             },
         ),
+        (
+            "address-reserve",
+            ApiRequest::AddressReserve {
+                tenant: "blue".into(),
+                ip: Some("10.1.0.9".into()),
+            },
+        ),
+        (
+            "address-release",
+            ApiRequest::AddressRelease {
+                tenant: "blue".into(),
+                ip: "10.1.0.9".into(),
+            },
+        ),
+        (
+            "endpoint-retarget",
+            ApiRequest::EndpointRetarget {
+                name: "dk-0123456789ab".into(),
+                target: NetnsTarget::Cnm {
+                    endpoint_id: "0123456789abcdef".into(),
+                    container: Some("web".into()),
+                },
+            },
+        ),
+        (
+            "tenant-set-attach",
+            ApiRequest::TenantSetAttach {
+                name: "blue".into(),
+                attach: "h1,h2".into(),
+            },
+        ),
     ];
     let names = [
         "endpoint-create-netns",
