@@ -34,8 +34,9 @@ First run:
 
 Joining hosts with tokens instead of copying bundles:
   ovl-controller run ... --join-listen 0.0.0.0:7301
-  ovl-controller token create --host node2 --ttl 1h       # prints the token
-  ovl-agent join --controller CONTROLLER:7301 --token TOKEN --ca-hash sha256:...   # on node2"
+  ovl-controller token create --host node2 --join-address 10.0.0.1:7301
+      # prints the token, and on stderr the join command to run on node2:
+  ovl-agent join --controller 10.0.0.1:7301 --token TOKEN --ca-hash sha256:..."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -147,6 +148,11 @@ enum TokenWhat {
         /// PKI directory, to print the CA hash the joining host pins.
         #[arg(long, env = "OVL_PKI", default_value = "/etc/ovl/pki")]
         pki: PathBuf,
+        /// The address hosts reach the join endpoint at (`HOST:PORT`), for the join command
+        /// this prints. By default this machine's first IPv4 address that is up and not
+        /// loopback, with port 7301 (the `--join-listen` convention).
+        #[arg(long, env = "OVL_JOIN_ADDRESS")]
+        join_address: Option<String>,
     },
     /// List the tokens on record (never the tokens themselves: an id, a host, an expiry).
     List {
@@ -386,6 +392,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The join endpoint's port by convention (`--join-listen 0.0.0.0:7301`).
+const JOIN_PORT: u16 = 7301;
+
+/// This machine's first IPv4 address on an interface that is up and not loopback, in the
+/// kernel's order: where hosts most likely reach the controller.
+fn first_address() -> Option<std::net::Ipv4Addr> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    for a in addrs {
+        let flags = a.flags;
+        if !flags.contains(nix::net::if_::InterfaceFlags::IFF_UP)
+            || flags.contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
+        {
+            continue;
+        }
+        if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
+            return Some(sin.ip());
+        }
+    }
+    None
+}
+
 fn token(what: TokenWhat) -> anyhow::Result<()> {
     let when = |t: u64| {
         humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
@@ -398,6 +425,7 @@ fn token(what: TokenWhat) -> anyhow::Result<()> {
             db,
             tokens,
             pki,
+            join_address,
         } => {
             let host = host
                 .map(|h| HostName::new(h).context("--host"))
@@ -425,10 +453,20 @@ fn token(what: TokenWhat) -> anyhow::Result<()> {
                     )
                 });
             let host_arg = if host.is_some() { "" } else { " --host NAME" };
+            let (address, guessed) = match join_address {
+                Some(a) => (a, false),
+                None => match first_address() {
+                    Some(ip) => (format!("{ip}:{JOIN_PORT}"), true),
+                    None => (format!("<this controller's address>:{JOIN_PORT}"), true),
+                },
+            };
             eprintln!(
-                "on the host: ovl-agent join --controller CONTROLLER_ADDRESS:7301 --token {} --ca-hash {ca_hash}{host_arg}",
+                "on the host: ovl-agent join --controller {address} --token {} --ca-hash {ca_hash}{host_arg}",
                 t.token
             );
+            if guessed {
+                eprintln!("({address} is a guess from this machine's addresses; pass --join-address HOST:PORT if hosts reach the join endpoint another way)");
+            }
             Ok(())
         }
         TokenWhat::List { db, tokens } => {

@@ -430,3 +430,68 @@ async fn exchange(
         tokio::time::timeout(Duration::from_secs(10), frame::read_frame(&mut recv)).await??;
     Ok(answer)
 }
+
+/// The join command `token create` prints: the words after "on the host: ".
+fn printed_join(out: &Output) -> Vec<String> {
+    let err = stderr(out);
+    let line = err
+        .lines()
+        .find_map(|l| l.strip_prefix("on the host: "))
+        .unwrap_or_else(|| panic!("no join command in: {err}"));
+    line.split_whitespace().map(str::to_string).collect()
+}
+
+#[test]
+fn token_create_prints_a_join_command_that_works_as_printed() {
+    let c = Cluster::new();
+    let ctl = JoinController::start(&c);
+    let create = |extra: &[&str]| {
+        let out = Command::new(bin("ovl-controller"))
+            .args(["token", "create", "--db"])
+            .arg(&c.db)
+            .arg("--pki")
+            .arg(&c.pki)
+            .args(["--host", "h7"])
+            .args(extra)
+            .env_remove("OVL_JOIN_ADDRESS")
+            .output()
+            .expect("run ovl-controller token create");
+        assert!(out.status.success(), "token create: {}", stderr(&out));
+        out
+    };
+    // Without --join-address: a real address of this machine and the conventional port,
+    // never a placeholder, and it says that it guessed.
+    let guessed = create(&[]);
+    let words = printed_join(&guessed);
+    let at = words
+        .iter()
+        .position(|w| w == "--controller")
+        .expect("--controller");
+    let addr: SocketAddr = words[at + 1]
+        .parse()
+        .unwrap_or_else(|e| panic!("'{}' is not an address ({e})", words[at + 1]));
+    assert_eq!(addr.port(), 7301);
+    assert!(
+        !addr.ip().is_loopback() && !addr.ip().is_unspecified(),
+        "{addr}"
+    );
+    assert!(
+        stderr(&guessed).contains("--join-address"),
+        "{}",
+        stderr(&guessed)
+    );
+
+    // With it, the command as printed joins (only where to write the bundle is added).
+    let told = create(&["--join-address", &ctl.join.to_string()]);
+    let words = printed_join(&told);
+    assert_eq!(words[0], "ovl-agent");
+    let out_dir = c.path().join("printed");
+    let o = Command::new(bin("ovl-agent"))
+        .args(&words[1..])
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .expect("run the printed join command");
+    assert!(o.status.success(), "{:?} failed: {}", words, stderr(&o));
+    assert!(out_dir.join("tls.crt").exists());
+}
