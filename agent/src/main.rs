@@ -12,6 +12,7 @@ use ovl_agent::reconcile::runner::{run_observed, Observers};
 use ovl_agent::reconcile::RecordingDatapath;
 use ovl_agent::session::SessionParams;
 use ovl_common::identity::Identity;
+use ovl_common::HostName;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -147,7 +148,11 @@ fn main() -> ExitCode {
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
-            ExitCode::FAILURE
+            if e.downcast_ref::<Misconfigured>().is_some() {
+                ExitCode::from(EX_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -181,14 +186,35 @@ fn merge(args: &RunArgs) -> anyhow::Result<AgentConfig> {
     Ok(AgentConfig::resolve(f)?)
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
-    let cfg = merge(&args)?;
+/// Marks an error that no restart can cure: the configuration or the credentials are wrong.
+/// The agent then exits with [`EX_CONFIG`], which the unit's `RestartPreventExitStatus=` names,
+/// so systemd stops restarting it and shows it failed, rather than "activating" for ever.
+#[derive(Debug)]
+struct Misconfigured;
+
+impl std::fmt::Display for Misconfigured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the agent is misconfigured (restarting will not help)")
+    }
+}
+
+/// sysexits(3)'s "configuration error".
+const EX_CONFIG: u8 = 78;
+
+/// The configuration, credentials and host name the agent runs with.
+fn configure(args: &RunArgs) -> anyhow::Result<(AgentConfig, ovl_common::tls::Bundle, HostName)> {
+    let cfg = merge(args)?;
     let bundle = ovl_common::tls::Bundle::load(&cfg.credentials)
         .with_context(|| format!("loading credentials from {}", cfg.credentials.display()))?;
     let host = match bundle.identity().context("reading the identity in tls.crt")? {
         Identity::Host(h) => h,
         other => bail!("{}/tls.crt belongs to {other}, not a host; issue one with `ovl-controller issue host NAME`", cfg.credentials.display()),
     };
+    Ok((cfg, bundle, host))
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let (cfg, bundle, host) = configure(&args).map_err(|e| e.context(Misconfigured))?;
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();

@@ -376,6 +376,8 @@ fn units_and_sample_configs_agree() {
     );
     assert_eq!(controller["CapabilityBoundingSet"], [""]);
     assert_eq!(controller["User"], ["ovl"]);
+    // A misconfigured agent exits 78, and systemd does not restart it for that.
+    assert_eq!(agent["RestartPreventExitStatus"], ["78"]);
     for unit in [&agent, &controller] {
         assert_eq!(unit["ProtectSystem"], ["strict"]);
         assert_eq!(unit["NoNewPrivileges"], ["yes"]);
@@ -501,4 +503,31 @@ fn the_agent_tells_systemd_it_is_ready_after_its_first_sync_only() {
     assert!(msg.starts_with("READY=1\n"), "{msg}");
     assert!(msg.contains("STATUS=generation "), "{msg}");
     c.wait_converged(&["h1"]);
+}
+
+#[test]
+fn a_misconfigured_agent_exits_with_ex_config_and_says_why() {
+    let run = |args: &[&str]| {
+        Command::new(ovl_tests::bin("ovl-agent"))
+            .args(["run", "--config", "/nonexistent/agent.toml"])
+            .args(args)
+            .output()
+            .expect("run ovl-agent")
+    };
+    let no_controller = run(&[]);
+    assert_eq!(no_controller.status.code(), Some(78), "{no_controller:?}");
+    let err = String::from_utf8_lossy(&no_controller.stderr);
+    assert!(
+        err.contains("misconfigured") && err.contains("--controller"),
+        "{err}"
+    );
+    let no_credentials = run(&[
+        "--controller",
+        "127.0.0.1:9",
+        "--credentials",
+        "/nonexistent/host",
+    ]);
+    assert_eq!(no_credentials.status.code(), Some(78), "{no_credentials:?}");
+    let err = String::from_utf8_lossy(&no_credentials.stderr);
+    assert!(err.contains("/nonexistent/host"), "{err}");
 }
