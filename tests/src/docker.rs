@@ -272,40 +272,14 @@ impl DockerLab {
         start.elapsed()
     }
 
-    /// Names of the OVS interfaces the agent owns on lab host `host`
-    /// (`ovs-vsctl find Interface external_ids:ovl-owner=ovl-agent` on that host's OVS).
+    /// Names of the OVS interfaces the agent owns on lab host `host`.
     pub fn owned_interfaces(&self, host: &str) -> Vec<String> {
-        let idx = self.lab.state.host_index(host).expect("lab host");
-        let csv = self
-            .lab
-            .state
-            .spec
-            .ovs(idx)
-            .vsctl(&[
-                "--format=csv",
-                "--no-headings",
-                "--columns=name",
-                "find",
-                "interface",
-                "external_ids:ovl-owner=ovl-agent",
-            ])
-            .expect("ovs-vsctl find interface");
-        csv.lines()
-            .map(|l| l.trim().trim_matches('"').to_string())
-            .filter(|l| !l.is_empty())
-            .collect()
+        self.lab.owned_interfaces(host)
     }
 
-    /// Names of the links in lab host `host`'s namespace that belong to endpoints: the host
-    /// ends (`ovl-e*`) and container ends Docker has not taken yet (`ovl-c*`).
+    /// Names of the endpoint veths (`ovl-e*`, `ovl-c*`) in lab host `host`'s namespace.
     pub fn endpoint_links(&self, host: &str) -> Vec<String> {
-        let out =
-            sys::ip(&["-n", &self.host(host).netns, "-o", "link", "show"]).expect("ip link show");
-        out.lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|n| n.split('@').next().unwrap_or(n).to_string())
-            .filter(|n| n.starts_with("ovl-e") || n.starts_with("ovl-c"))
-            .collect()
+        self.lab.endpoint_links(host)
     }
 }
 

@@ -92,6 +92,41 @@ impl TestLab {
     }
 
     /// The namespace of lab host `name`.
+    /// Names of the OVS interfaces the agent owns on lab host `host`
+    /// (`ovs-vsctl find Interface external_ids:ovl-owner=ovl-agent` on that host's OVS).
+    pub fn owned_interfaces(&self, host: &str) -> Vec<String> {
+        let idx = self.state.host_index(host).expect("lab host");
+        let csv = self
+            .state
+            .spec
+            .ovs(idx)
+            .vsctl(&[
+                "--format=csv",
+                "--no-headings",
+                "--columns=name",
+                "find",
+                "interface",
+                "external_ids:ovl-owner=ovl-agent",
+            ])
+            .expect("ovs-vsctl find interface");
+        csv.lines()
+            .map(|l| l.trim().trim_matches('"').to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    /// Names of the links in lab host `host`'s namespace that belong to endpoints: the host
+    /// ends (`ovl-e*`) and container ends a runtime has not taken yet (`ovl-c*`).
+    pub fn endpoint_links(&self, host: &str) -> Vec<String> {
+        let out =
+            lab::sys::ip(&["-n", &self.host_ns(host), "-o", "link", "show"]).expect("ip link show");
+        out.lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .filter(|n| n.starts_with("ovl-e") || n.starts_with("ovl-c"))
+            .collect()
+    }
+
     pub fn host_ns(&self, name: &str) -> String {
         self.state.host(name).expect("lab host").netns.clone()
     }
