@@ -127,6 +127,30 @@ impl TestLab {
             .collect()
     }
 
+    /// `Ok` when no endpoint, owned OVS interface or endpoint veth is left on any host; else
+    /// what is left, for a wait's failure message.
+    pub fn leftovers(&self) -> Result<(), String> {
+        let endpoints = self.endpoints();
+        let per_host: Vec<(String, Vec<String>, Vec<String>)> = self
+            .state
+            .hosts
+            .iter()
+            .map(|h| {
+                let rows = self.owned_interfaces(&h.name);
+                (h.name.clone(), rows, self.endpoint_links(&h.name))
+            })
+            .filter(|(_, rows, links)| !rows.is_empty() || !links.is_empty())
+            .collect();
+        if endpoints.is_empty() && per_host.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "endpoints {}; per host (OVS interfaces, veths): {per_host:?}",
+                serde_json::to_string(&endpoints).unwrap_or_default()
+            ))
+        }
+    }
+
     pub fn host_ns(&self, name: &str) -> String {
         self.state.host(name).expect("lab host").netns.clone()
     }

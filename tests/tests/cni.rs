@@ -144,27 +144,7 @@ async fn assert_detached(
 /// Every endpoint, owned OVS interface and endpoint veth is gone from every host.
 async fn assert_all_gone(pl: &PodmanLab, what: &str) {
     wait_until(&format!("{what} leaves nothing behind"), SETTLE, || {
-        let endpoints = pl.endpoints();
-        let leftovers: Vec<(String, Vec<String>, Vec<String>)> = pl
-            .hosts
-            .iter()
-            .map(|h| {
-                (
-                    h.name.clone(),
-                    pl.owned_interfaces(&h.name),
-                    pl.endpoint_links(&h.name),
-                )
-            })
-            .filter(|(_, rows, links)| !rows.is_empty() || !links.is_empty())
-            .collect();
-        if endpoints.is_empty() && leftovers.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "endpoints {}; per host (OVS interfaces, veths): {leftovers:?}",
-                serde_json::to_string(&endpoints).unwrap_or_default()
-            ))
-        }
+        pl.lab.leftovers()
     })
     .await
 }

@@ -184,6 +184,34 @@ struct Watch<'a> {
 /// Runs `act` (which takes the watched container down and, for a restart, up again) while
 /// the other side pings it every [`PING_EVERY`] and `ovl endpoint list` is sampled for its
 /// endpoint, from before `act` until `linger` after it returned.
+/// `docker stop NAME` on `host` while `w` watches: no status sample says `ok` past the grace,
+/// there was at least one sample, and no reply came while it was stopped. Prints the figures
+/// under `label` and returns the outage.
+fn stopped(
+    dl: &DockerLab,
+    w: &Watch,
+    linger: Duration,
+    host: &DockerHost,
+    name: &str,
+    label: &str,
+) -> Outage {
+    let o = outage(dl, w, linger, || host.stop(name));
+    let end = unix_now();
+    let (checked, excused) = o.assert_never_ok_while_down(label, end);
+    assert!(checked > 0, "no status sample while {name} was stopped");
+    eprintln!(
+        "FIGURE {label}: {checked} status samples while down, {excused} ok (all within \
+         {NOTICE_GRACE} s of the stop); states {}",
+        o.states_seen()
+    );
+    assert_eq!(
+        o.trace.replies_between(o.returned + 0.1, end),
+        0,
+        "{name} answered while stopped"
+    );
+    o
+}
+
 fn outage(dl: &DockerLab, w: &Watch, linger: Duration, act: impl FnOnce() + Send) -> Outage {
     let (tenant, addr) = (w.tenant, w.addr);
     let pinger = Pinger::start(&w.from_host.netns_path(w.from), addr, PING_EVERY);
@@ -312,24 +340,7 @@ fn dockerd_restart_measured(dl: &DockerLab, host: &DockerHost, w: &Watch) {
 /// the agents to finish.
 async fn assert_all_gone(dl: &DockerLab, what: &str) {
     wait_until(&format!("{what} leaves nothing behind"), SETTLE, || {
-        let endpoints = dl.endpoints();
-        let leftovers: Vec<(String, Vec<String>, Vec<String>)> = dl
-            .hosts
-            .iter()
-            .map(|h| {
-                let rows = dl.owned_interfaces(&h.name);
-                (h.name.clone(), rows, dl.endpoint_links(&h.name))
-            })
-            .filter(|(_, rows, links)| !rows.is_empty() || !links.is_empty())
-            .collect();
-        if endpoints.is_empty() && leftovers.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "endpoints {}; per host (OVS interfaces, veths): {leftovers:?}",
-                serde_json::to_string(&endpoints).unwrap_or_default()
-            ))
-        }
+        dl.lab.leftovers()
     })
     .await
 }
@@ -602,19 +613,13 @@ async fn docker_network_containers_survive_restarts_of_themselves_and_of_dockerd
         tenant: "blue",
         addr: a2,
     };
-    let o = outage(&dl, &w, Duration::from_secs(3), || h2.stop("c2"));
-    let end = unix_now();
-    let (checked, excused) = o.assert_never_ok_while_down("docker-network stop", end);
-    assert!(checked > 0, "no status sample while c2 was stopped");
-    eprintln!(
-        "FIGURE docker-network stop: {checked} status samples while down, {excused} ok (all within \
-         {NOTICE_GRACE} s of the stop); states {}",
-        o.states_seen()
-    );
-    assert_eq!(
-        o.trace.replies_between(o.returned + 0.1, end),
-        0,
-        "c2 answered while stopped"
+    stopped(
+        &dl,
+        &w,
+        Duration::from_secs(3),
+        h2,
+        "c2",
+        "docker-network stop",
     );
     let started = Instant::now();
     h2.start("c2");
@@ -751,19 +756,13 @@ async fn hand_attached_containers_follow_restart_stop_and_start() {
         tenant: "green",
         addr: a2,
     };
-    let o = outage(&dl, &w, Duration::from_secs(4), || h2.stop("hc2"));
-    let end = unix_now();
-    let (checked, excused) = o.assert_never_ok_while_down("hand-attached stop", end);
-    assert!(checked > 0, "no status sample while hc2 was stopped");
-    eprintln!(
-        "FIGURE hand-attached stop: {checked} status samples while down, {excused} ok (all within \
-         {NOTICE_GRACE} s of the stop); states {}",
-        o.states_seen()
-    );
-    assert_eq!(
-        o.trace.replies_between(o.returned + 0.1, end),
-        0,
-        "hc2 answered while stopped"
+    let o = stopped(
+        &dl,
+        &w,
+        Duration::from_secs(4),
+        h2,
+        "hc2",
+        "hand-attached stop",
     );
     let missing_at = o
         .samples

@@ -259,10 +259,18 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
 
         // Ports, each System port tied to the device the kernel has now.
         let mut specs: Vec<ovs::PortSpec> = desired.ports.iter().map(|(s, _)| s.clone()).collect();
-        match self.links.host_ifindexes(OWNED_LINK_PREFIX).await {
-            Ok(ifindexes) => planner::record_ifindexes(&mut specs, &ifindexes),
-            Err(e) => warn!("cannot list the host's links: {e}"),
-        }
+        // One dump of the host's links serves both the ifindexes here and the stale veths
+        // below: nothing in between makes or removes an endpoint's veth.
+        let host_links = match self.links.host_ifindexes(OWNED_LINK_PREFIX).await {
+            Ok(ifindexes) => {
+                planner::record_ifindexes(&mut specs, &ifindexes);
+                Some(ifindexes)
+            }
+            Err(e) => {
+                warn!("cannot list the host's links: {e}");
+                None
+            }
+        };
         let (port_error, vswitchd_problem) = self
             .apply_ports(&bridge, &specs, &hold, collect_garbage, &mut changes)
             .await;
@@ -279,8 +287,8 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
         changes.append(&mut routed.changes);
 
         // Stale veths go after their ports.
-        if collect_garbage && port_error.is_none() {
-            self.remove_stale_veths(intent, &mut changes).await;
+        if let (true, None, Some(links)) = (collect_garbage, &port_error, &host_links) {
+            self.remove_stale_veths(intent, links, &mut changes).await;
         }
 
         // Verify.
@@ -476,24 +484,28 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
         (None, vswitchd_problem)
     }
 
-    /// Step 5: veths named like endpoints' host ends that no endpoint of the intent wants.
-    async fn remove_stale_veths(&self, intent: &HostIntent, changes: &mut Vec<String>) {
+    /// Step 5: veths named like endpoints' host ends (among the host's `links`) that no
+    /// endpoint of the intent wants.
+    async fn remove_stale_veths(
+        &self,
+        intent: &HostIntent,
+        links: &BTreeMap<String, u32>,
+        changes: &mut Vec<String>,
+    ) {
         let wanted: BTreeSet<String> = intent
             .endpoints
             .iter()
             .map(|e| endpoint_port_name(e.id))
             .collect();
-        match self.links.host_ifindexes(VETH_PREFIX).await {
-            Ok(links) => {
-                for name in links.into_keys().filter(|l| !wanted.contains(l)) {
-                    match self.links.remove_endpoint(&name).await {
-                        Ok(true) => changes.push(format!("removed stale veth {name}")),
-                        Ok(false) => {}
-                        Err(e) => warn!(link = %name, "cannot remove stale veth: {e}"),
-                    }
-                }
+        let stale = links
+            .keys()
+            .filter(|l| l.starts_with(VETH_PREFIX) && !wanted.contains(*l));
+        for name in stale {
+            match self.links.remove_endpoint(name).await {
+                Ok(true) => changes.push(format!("removed stale veth {name}")),
+                Ok(false) => {}
+                Err(e) => warn!(link = %name, "cannot remove stale veth: {e}"),
             }
-            Err(e) => warn!("cannot list veths: {e}"),
         }
     }
 }
