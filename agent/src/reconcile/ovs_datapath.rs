@@ -288,6 +288,8 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
 
         // Tenant routers: namespaces and veths before their ports.
         let mut routed = self.routing.prepare(intent, netdev).await;
+        // Routers may have made links since the glance: then the ifindexes need a new dump.
+        let routers_changed = !routed.changes.is_empty();
         changes.append(&mut routed.changes);
         hold.extend(routed.hold.iter().cloned());
 
@@ -295,8 +297,8 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
         // ifindexes, with those of the veths plumbed this round, or a new dump if routers
         // made links.
         let mut specs: Vec<ovs::PortSpec> = desired.ports.iter().map(|(s, _)| s.clone()).collect();
-        let host_links = match (glance.listed, routed.changes.is_empty()) {
-            (true, true) => {
+        let host_links = match (glance.listed, routers_changed) {
+            (true, false) => {
                 let mut ifindexes: BTreeMap<String, u32> = glance
                     .links
                     .iter()

@@ -464,10 +464,12 @@ impl Links for FakeLinks {
     }
 }
 
-/// Routers that record their two steps and build nothing.
+/// Routers that record their two steps and, given the fake links, make each router's port
+/// link (`ovl-g…`) when it is missing, as the real ones do in `prepare`.
 #[derive(Debug, Default)]
 pub struct FakeRouting {
     pub log: Log,
+    pub links: Option<Arc<FakeLinks>>,
 }
 
 impl Routing for FakeRouting {
@@ -476,7 +478,17 @@ impl Routing for FakeRouting {
             &self.log,
             format!("routing: prepare {}", intent.routers.len()),
         );
-        Prepared::default()
+        let mut p = Prepared::default();
+        if let Some(links) = &self.links {
+            for r in &intent.routers {
+                let name = crate::router::layout::lan_port_name(r.tenant_id);
+                if !links.links.lock().unwrap().contains_key(&name) {
+                    links.make(&name);
+                    p.changes.push(format!("router {}: made {name}", r.tenant));
+                }
+            }
+        }
+        p
     }
 
     async fn finish(&mut self, _: &HostIntent, _: &mut Prepared, _: bool, gc: bool) {
@@ -497,6 +509,7 @@ mod tests {
 
     fn datapath() -> (Fake, Log) {
         let l: Log = Log::default();
+        let links = Arc::new(FakeLinks::new(l.clone()));
         let dp = OvsDatapath::with_effectors(
             OvsSettings {
                 ovsdb: "unix:/nonexistent".into(),
@@ -505,8 +518,11 @@ mod tests {
                 uplink: None,
             },
             FakeSwitch::new(l.clone()),
-            Arc::new(FakeLinks::new(l.clone())),
-            FakeRouting { log: l.clone() },
+            links.clone(),
+            FakeRouting {
+                log: l.clone(),
+                links: Some(links),
+            },
         );
         (dp, l)
     }
@@ -959,5 +975,30 @@ mod tests {
                 r.changes
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_router_port_is_tied_to_the_link_its_router_just_made() {
+        let (mut dp, _log) = datapath();
+        let mut i = intent(1, vec![endpoint(1, netns("a"))]);
+        i.routers = vec![ovl_common::intent::RouterIntent {
+            tenant_id: 1,
+            tenant: "blue".parse().unwrap(),
+            vlan: 10,
+            subnet: "10.1.0.0/24".parse().unwrap(),
+            gateway: "10.1.0.1".parse().unwrap(),
+            mac: MacAddr([0x0a, 0x58, 0, 0, 1, 1]),
+            mtu: 1450,
+            nat: false,
+            publishes: vec![],
+        }];
+        let r = dp.reconcile(&i, true).await;
+        assert!(r.report.all_ok(), "{:?}", r.report);
+        let ifindex = dp.links.links.lock().unwrap()["ovl-g1"];
+        let port = dp.switch.ports.lock().unwrap()["ovl-g1"].clone();
+        assert_eq!(port.external_ids[IFINDEX_KEY], ifindex.to_string());
+        // So the next round changes nothing.
+        let again = dp.reconcile(&i, true).await;
+        assert!(again.changes.is_empty(), "{:?}", again.changes);
     }
 }
