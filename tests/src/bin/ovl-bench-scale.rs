@@ -303,6 +303,37 @@ async fn diagnose(state: &LabState, from: usize) -> String {
         }
         c.close().await;
     }
+    // Ports ovs-vswitchd has not numbered, with its reason (the Interface's `error`).
+    for i in 1..=state.spec.hosts {
+        let db = state.spec.host_dir(i).join("ovs").join("db.sock");
+        let listed = std::process::Command::new("ovs-vsctl")
+            .arg(format!("--db=unix:{}", db.display()))
+            .args([
+                "--format=csv",
+                "--no-headings",
+                "--columns=name,ofport,error",
+                "list",
+                "Interface",
+            ])
+            .output();
+        if let Ok(listed) = listed {
+            let text = String::from_utf8_lossy(&listed.stdout);
+            let bad: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    l.split(',')
+                        .nth(1)
+                        .is_none_or(|p| p.trim().parse::<i64>().map_or(true, |n| n < 1))
+                })
+                .collect();
+            out.push_str(&format!(
+                "  h{i}: {} interfaces, {} without an OpenFlow port: {:?}\n",
+                text.lines().count(),
+                bad.len(),
+                bad.iter().take(10).collect::<Vec<_>>()
+            ));
+        }
+    }
     let log = agent_log(state);
     let lines: Vec<&str> = log.get(from..).unwrap_or_default().lines().collect();
     out.push_str(&format!(
@@ -340,7 +371,11 @@ async fn create_to_ping(
     }))
     .await
     .context("creating the prober")?;
-    converged(state, Duration::from_secs(o.max_secs)).await?;
+    let from = agent_log(state).len();
+    if let Err(e) = converged(state, Duration::from_secs(o.max_secs)).await {
+        eprintln!("{}", diagnose(state, from).await);
+        return Err(e.context("after creating the prober on h2"));
+    }
     probe::tune_prober(prober, "eth0").await?;
     // The tunnel between the hosts works and the bridges have learnt the prober's MAC.
     if present > 0 {
