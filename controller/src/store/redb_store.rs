@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use ovl_common::intent::HostIntent;
 use ovl_common::model::Host;
 use ovl_common::HostName;
 use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, TableHandle};
@@ -127,10 +126,10 @@ impl Store for RedbStore {
         load_state_read(&txn)
     }
 
-    fn intent(&self, host: &HostName) -> Result<Option<HostIntent>, StoreError> {
+    fn generation(&self, host: &HostName) -> Result<Option<u64>, StoreError> {
         let txn = self.db.begin_read()?;
-        let table = open_read_table(&txn, tables::INTENTS)?;
-        tables::get_intent(&table, host.as_str())
+        let table = open_read_table(&txn, tables::GENERATIONS)?;
+        Ok(table.get(host.as_str())?.map(|g| g.value()))
     }
 
     fn hosts(&self) -> Result<Vec<Host>, StoreError> {
@@ -170,12 +169,12 @@ impl Store for RedbStore {
             );
         }
         tables.insert(
-            "intents".into(),
+            "generations".into(),
             dump_table(
                 &txn,
-                tables::INTENTS,
+                tables::GENERATIONS,
                 |k| k.to_string(),
-                |(g, v)| format!("generation {g}: {}", to_hex(v)),
+                |g| g.to_string(),
             )?,
         );
         for def in [
@@ -228,13 +227,13 @@ fn load_state_read(txn: &ReadTransaction) -> Result<State, StoreError> {
         &open_read_table(txn, tables::ENDPOINTS)?,
         tables::ENDPOINTS,
     )?;
-    let intents = tables::all_intents(&open_read_table(txn, tables::INTENTS)?)?;
+    let generations = tables::all_generations(&open_read_table(txn, tables::GENERATIONS)?)?;
     let reservations = tables::all_reservations(&open_read_table(txn, tables::RESERVATIONS)?)?;
     Ok(tables::assemble_state(
         tenants,
         hosts,
         endpoints,
-        intents,
+        generations,
         reservations,
     ))
 }
