@@ -105,8 +105,18 @@ impl Sessions {
     pub fn publish(&self, intents: Vec<Arc<SharedIntent>>) {
         for intent in intents {
             let host = intent.host.clone();
+            // Transactions publish after they commit, not under the store's lock, so two
+            // may publish out of order: an older generation never replaces a newer one.
             self.with_entry(&host, |e| {
-                e.intent.send_replace(Some(intent));
+                e.intent.send_if_modified(|current| {
+                    let newer = current
+                        .as_ref()
+                        .is_none_or(|c| c.generation < intent.generation);
+                    if newer {
+                        *current = Some(intent);
+                    }
+                    newer
+                });
             });
         }
     }
