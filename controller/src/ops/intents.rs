@@ -13,9 +13,15 @@
 //! is given with the copy the cache holds, so a change made behind the cache's back (another
 //! controller on a shared store) is found like any other.
 //!
+//! Group commit: each transaction commits without flushing ([`Store::write_unsynced`]) while
+//! it holds the lock, then waits, without the lock, until a flush ([`Store::sync`]) covers
+//! it; one caller flushes for every commit made so far while the others wait for it. So
+//! concurrent requests share flushes, and none returns (or is answered, or pushed to agents)
+//! before its change is durable. A read may see a change a moment before it is durable.
+//!
 //! Layer: operations, over the pure compiler and placement and the store's [`Txn`].
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use ovl_common::HostName;
 
@@ -31,6 +37,16 @@ pub struct Intents {
     /// store. The lock is held for the whole write transaction (which the store serialises
     /// anyway), so updates apply in commit order.
     compiled: Mutex<Option<Compiled>>,
+    flushes: Mutex<Flushes>,
+    flushed: Condvar,
+}
+
+/// Commits counted in commit order, and how many of them a flush has made durable.
+#[derive(Debug, Default)]
+struct Flushes {
+    committed: u64,
+    durable: u64,
+    flushing: bool,
 }
 
 impl Intents {
@@ -50,7 +66,7 @@ impl Intents {
         let mut slot = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
         let mut cached = slot.take();
         let mut committed = false;
-        let result = store.transact(|t| {
+        let result = store.transact_unsynced(|t| {
             let compiled = match cached.as_mut() {
                 Some(c) => c,
                 None => cached.insert(load(t)?),
@@ -67,7 +83,41 @@ impl Intents {
             }
             *slot = cached;
         }
+        let seq = committed.then(|| {
+            let mut f = self.flushes.lock().unwrap_or_else(|p| p.into_inner());
+            f.committed += 1;
+            f.committed
+        });
+        drop(slot);
+        if let (Ok(_), Some(seq)) = (&result, seq) {
+            self.wait_durable(store, seq)?;
+        }
         result
+    }
+
+    /// Returns once commit number `seq` is durable, flushing if no one else is.
+    fn wait_durable(&self, store: &dyn Store, seq: u64) -> Result<(), StoreError> {
+        let mut f = self.flushes.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if f.durable >= seq {
+                return Ok(());
+            }
+            if f.flushing {
+                f = self.flushed.wait(f).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            f.flushing = true;
+            let upto = f.committed;
+            drop(f);
+            let flushed = store.sync();
+            f = self.flushes.lock().unwrap_or_else(|p| p.into_inner());
+            f.flushing = false;
+            if flushed.is_ok() {
+                f.durable = f.durable.max(upto);
+            }
+            self.flushed.notify_all();
+            flushed?;
+        }
     }
 }
 

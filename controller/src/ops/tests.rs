@@ -2058,3 +2058,44 @@ fn check_audits_reservations() {
     );
     assert_eq!(report.reservations, 4);
 }
+
+/// Concurrent mutations share flushes (group commit): each is answered only once durable, so
+/// everything answered survives a reopen, and the incremental intents match a full compile.
+#[test]
+fn concurrent_mutations_commit_in_groups_and_survive_a_reopen() {
+    let mut f = Fixture::new();
+    for i in 1..=4 {
+        f.hello(&format!("h{i}"), i);
+    }
+    f.tenant(tenant("red", "10.1.0.0/24"));
+    std::thread::scope(|s| {
+        for worker in 0..8 {
+            let f = &f;
+            s.spawn(move || {
+                for n in 0..6 {
+                    let name = format!("w{worker}-{n}");
+                    let host = format!("h{}", 1 + (worker + n) % 4);
+                    f.endpoint(endpoint(&name, "red", &host));
+                    if n % 3 == 2 {
+                        f.ok(ApiRequest::EndpointDelete { name });
+                    }
+                }
+            });
+        }
+    });
+    let state = f.store().state().unwrap();
+    assert_eq!(state.endpoints.len(), 8 * 4);
+    let kept: Vec<HostIntent> = (1..=4)
+        .map(|i| f.store().intent(&hn(&format!("h{i}"))).unwrap().intent())
+        .collect();
+    let full = state.compile();
+    for i in &kept {
+        assert!(i.same_content(&full[&i.host]), "{} differs", i.host);
+    }
+    f.assert_clean();
+    f.reopen();
+    assert_eq!(f.store().state().unwrap(), state);
+    for i in &kept {
+        assert_eq!(&f.store().intent(&i.host).unwrap().intent(), i);
+    }
+}

@@ -349,6 +349,15 @@ pub trait Store: Send + Sync {
         &self,
         body: &mut dyn FnMut(&mut dyn Txn) -> Result<Outcome, StoreError>,
     ) -> Result<(), StoreError>;
+    /// [`Store::write`] whose commit is durable only once a later [`Store::sync`] has
+    /// returned: a crash before that loses it. Many such commits then share one flush (group
+    /// commit); a caller must not report the change before the sync.
+    fn write_unsynced(
+        &self,
+        body: &mut dyn FnMut(&mut dyn Txn) -> Result<Outcome, StoreError>,
+    ) -> Result<(), StoreError>;
+    /// Makes every commit made so far durable.
+    fn sync(&self) -> Result<(), StoreError>;
     /// Loads every object and generation in one read transaction.
     fn state(&self) -> Result<State, StoreError>;
     /// The generation of a host's intent, if the host is registered.
@@ -371,9 +380,25 @@ impl dyn Store + '_ {
         &self,
         body: impl FnOnce(&mut dyn Txn) -> Result<(R, Outcome), E>,
     ) -> Result<R, E> {
+        self.transact_with(true, body)
+    }
+
+    /// [`Store::transact`] over [`Store::write_unsynced`].
+    pub fn transact_unsynced<R, E: From<StoreError>>(
+        &self,
+        body: impl FnOnce(&mut dyn Txn) -> Result<(R, Outcome), E>,
+    ) -> Result<R, E> {
+        self.transact_with(false, body)
+    }
+
+    fn transact_with<R, E: From<StoreError>>(
+        &self,
+        synced: bool,
+        body: impl FnOnce(&mut dyn Txn) -> Result<(R, Outcome), E>,
+    ) -> Result<R, E> {
         let mut body = Some(body);
         let mut result = None;
-        self.write(&mut |t| {
+        let mut run = |t: &mut dyn Txn| {
             let Some(body) = body.take() else {
                 return Err(StoreError::Inconsistent(
                     "a transaction body ran twice".into(),
@@ -389,7 +414,12 @@ impl dyn Store + '_ {
                     Ok(Outcome::Abort)
                 }
             }
-        })?;
+        };
+        if synced {
+            self.write(&mut run)?;
+        } else {
+            self.write_unsynced(&mut run)?;
+        }
         result.unwrap_or_else(|| {
             Err(StoreError::Inconsistent("a transaction body did not run".into()).into())
         })

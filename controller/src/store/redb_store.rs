@@ -10,7 +10,7 @@ use std::path::Path;
 
 use ovl_common::model::Host;
 use ovl_common::HostName;
-use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, TableHandle};
+use redb::{Database, Durability, ReadTransaction, ReadableTable, TableDefinition, TableHandle};
 
 use super::tables::{self, meta, open_read_table, WriteTables, SCHEMA_VERSION};
 use super::{check, CheckReport, Outcome, Settings, State, Store, StoreDump, StoreError, Txn};
@@ -85,6 +85,26 @@ impl RedbStore {
     }
 }
 
+impl RedbStore {
+    fn write_with(
+        &self,
+        durability: Durability,
+        body: &mut dyn FnMut(&mut dyn Txn) -> Result<Outcome, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(durability);
+        let outcome = {
+            let mut t = WriteTables::open(&txn)?;
+            body(&mut t)?
+        };
+        match outcome {
+            Outcome::Commit => txn.commit()?,
+            Outcome::Abort => txn.abort()?,
+        }
+        Ok(())
+    }
+}
+
 /// Opens the database file at `path`, creating it if `create` and missing.
 fn database(path: &Path, create: bool) -> Result<Database, StoreError> {
     let mut builder = Database::builder();
@@ -109,15 +129,21 @@ impl Store for RedbStore {
         &self,
         body: &mut dyn FnMut(&mut dyn Txn) -> Result<Outcome, StoreError>,
     ) -> Result<(), StoreError> {
+        self.write_with(Durability::Immediate, body)
+    }
+
+    fn write_unsynced(
+        &self,
+        body: &mut dyn FnMut(&mut dyn Txn) -> Result<Outcome, StoreError>,
+    ) -> Result<(), StoreError> {
+        self.write_with(Durability::None, body)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        // A durable commit makes the non-durable ones before it durable too, even when it
+        // writes nothing itself.
         let txn = self.db.begin_write()?;
-        let outcome = {
-            let mut t = WriteTables::open(&txn)?;
-            body(&mut t)?
-        };
-        match outcome {
-            Outcome::Commit => txn.commit()?,
-            Outcome::Abort => txn.abort()?,
-        }
+        txn.commit()?;
         Ok(())
     }
 
