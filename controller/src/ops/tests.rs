@@ -159,27 +159,8 @@ fn hello(host: &str, underlay: Ipv4Addr) -> AgentHello {
     }
 }
 
-fn tenant(name: &str, subnet: &str) -> TenantCreate {
-    TenantCreate {
-        name: name.into(),
-        subnet: subnet.into(),
-        segment: None,
-        key: None,
-        vlan: None,
-        mtu: None,
-        attach: None,
-    }
-}
-
 fn endpoint(name: &str, tenant: &str, host: &str) -> EndpointCreate {
-    EndpointCreate {
-        tenant: tenant.into(),
-        host: host.into(),
-        name: name.into(),
-        target: NetnsTarget::Name(name.into()),
-        ifname: None,
-        ip: None,
-    }
+    EndpointCreate::new(tenant, host, name, NetnsTarget::Name(name.into()))
 }
 
 fn hn(name: &str) -> HostName {
@@ -202,7 +183,7 @@ impl Live for FakeLive {
 #[test]
 fn tenants_get_keys_tags_and_mtus() {
     let f = Fixture::new();
-    let red = f.tenant(tenant("red", "10.1.0.0/24"));
+    let red = f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
     assert_eq!(red.tenant.id, 1);
     assert_eq!(red.tenant.segment, SegmentType::Vxlan);
     assert_eq!(red.tenant.key, 1000, "the lowest key of the default range");
@@ -216,7 +197,7 @@ fn tenants_get_keys_tags_and_mtus() {
     let blue = f.tenant(TenantCreate {
         segment: Some("gre".into()),
         mtu: Some(1400),
-        ..tenant("blue", "10.2.0.0/16")
+        ..TenantCreate::new("blue", "10.2.0.0/16")
     });
     assert_eq!((blue.tenant.key, blue.tenant.vlan), (1001, 2));
     assert_eq!(blue.tenant.mtu, 1400);
@@ -225,7 +206,7 @@ fn tenants_get_keys_tags_and_mtus() {
     let green = f.tenant(TenantCreate {
         segment: Some("vlan".into()),
         vlan: Some(300),
-        ..tenant("green", "10.1.0.0/24")
+        ..TenantCreate::new("green", "10.1.0.0/24")
     });
     assert_eq!(
         (green.tenant.key, green.tenant.vlan),
@@ -237,7 +218,7 @@ fn tenants_get_keys_tags_and_mtus() {
     let gre_max = f.tenant(TenantCreate {
         segment: Some("gre".into()),
         key: Some(u32::MAX),
-        ..tenant("big", "10.3.0.0/24")
+        ..TenantCreate::new("big", "10.3.0.0/24")
     });
     assert_eq!(gre_max.tenant.key, u32::MAX);
 
@@ -258,42 +239,42 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
     f.tenant(TenantCreate {
         key: Some(5000),
         vlan: Some(7),
-        ..tenant("taken", "10.0.0.0/24")
+        ..TenantCreate::new("taken", "10.0.0.0/24")
     });
 
     let cases: Vec<(TenantCreate, ErrorCode, &str, &str)> = vec![
         (
-            tenant("Bad", "10.0.0.0/24"),
+            TenantCreate::new("Bad", "10.0.0.0/24"),
             ErrorCode::InvalidArgument,
             "name",
             "lowercase",
         ),
         (
-            tenant("", "10.0.0.0/24"),
+            TenantCreate::new("", "10.0.0.0/24"),
             ErrorCode::InvalidArgument,
             "name",
             "empty",
         ),
         (
-            tenant("x", "10.0.0.1/24"),
+            TenantCreate::new("x", "10.0.0.1/24"),
             ErrorCode::InvalidArgument,
             "subnet",
             "10.0.0.0/24",
         ),
         (
-            tenant("x", "banana"),
+            TenantCreate::new("x", "banana"),
             ErrorCode::InvalidArgument,
             "subnet",
             "CIDR",
         ),
         (
-            tenant("x", "10.0.0.0"),
+            TenantCreate::new("x", "10.0.0.0"),
             ErrorCode::InvalidArgument,
             "subnet",
             "CIDR",
         ),
         (
-            tenant("x", "10.0.0.0/31"),
+            TenantCreate::new("x", "10.0.0.0/31"),
             ErrorCode::InvalidArgument,
             "subnet",
             "/30",
@@ -301,7 +282,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
         (
             TenantCreate {
                 segment: Some("geneve".into()),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::InvalidArgument,
             "type",
@@ -310,7 +291,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
         (
             TenantCreate {
                 key: Some(0),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::InvalidArgument,
             "vni",
@@ -319,7 +300,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
         (
             TenantCreate {
                 key: Some(16_777_216),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::InvalidArgument,
             "vni",
@@ -329,7 +310,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
             TenantCreate {
                 segment: Some("gre".into()),
                 key: Some(0),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::InvalidArgument,
             "vni",
@@ -339,7 +320,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
             TenantCreate {
                 segment: Some("vlan".into()),
                 key: Some(5),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::InvalidArgument,
             "vni",
@@ -348,7 +329,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
         (
             TenantCreate {
                 vlan: Some(0),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::InvalidArgument,
             "vlan",
@@ -357,7 +338,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
         (
             TenantCreate {
                 vlan: Some(4095),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::InvalidArgument,
             "vlan",
@@ -366,7 +347,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
         (
             TenantCreate {
                 mtu: Some(575),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::InvalidArgument,
             "mtu",
@@ -375,7 +356,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
         (
             TenantCreate {
                 mtu: Some(9001),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::InvalidArgument,
             "mtu",
@@ -384,7 +365,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
         (
             TenantCreate {
                 mtu: Some(1451),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::InvalidArgument,
             "mtu",
@@ -394,14 +375,14 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
             TenantCreate {
                 segment: Some("gre".into()),
                 mtu: Some(1459),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::InvalidArgument,
             "mtu",
             "1500 - 42 = 1458",
         ),
         (
-            tenant("taken", "10.9.0.0/24"),
+            TenantCreate::new("taken", "10.9.0.0/24"),
             ErrorCode::AlreadyExists,
             "name",
             "'taken'",
@@ -409,7 +390,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
         (
             TenantCreate {
                 key: Some(5000),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::Conflict,
             "vni",
@@ -419,7 +400,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
             TenantCreate {
                 segment: Some("gre".into()),
                 key: Some(5000),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::Conflict,
             "vni",
@@ -428,7 +409,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
         (
             TenantCreate {
                 vlan: Some(7),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::Conflict,
             "vlan",
@@ -448,9 +429,12 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
 
     // The automatic key range holds two keys: the third tunnel tenant finds it exhausted, and
     // a vlan tenant (which needs no key) still fits.
-    f.tenant(tenant("one", "10.0.1.0/24"));
-    f.tenant(tenant("two", "10.0.2.0/24"));
-    let e = f.fails(ApiRequest::TenantCreate(tenant("three", "10.0.3.0/24")));
+    f.tenant(TenantCreate::new("one", "10.0.1.0/24"));
+    f.tenant(TenantCreate::new("two", "10.0.2.0/24"));
+    let e = f.fails(ApiRequest::TenantCreate(TenantCreate::new(
+        "three",
+        "10.0.3.0/24",
+    )));
     assert_eq!(
         (e.code, e.field.as_deref()),
         (ErrorCode::Exhausted, Some("vni"))
@@ -458,7 +442,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
     assert!(e.message.contains("1000-1001"), "{}", e.message);
     f.tenant(TenantCreate {
         segment: Some("vlan".into()),
-        ..tenant("three", "10.0.3.0/24")
+        ..TenantCreate::new("three", "10.0.3.0/24")
     });
     f.assert_clean();
 }
@@ -467,8 +451,8 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
 fn bad_endpoint_requests_name_the_field_and_change_nothing() {
     let f = Fixture::new();
     f.hello("h1", 1);
-    f.tenant(tenant("red", "10.1.0.0/24"));
-    f.tenant(tenant("tiny", "10.2.0.0/30"));
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("tiny", "10.2.0.0/30"));
     f.endpoint(EndpointCreate {
         ip: Some("10.1.0.9".into()),
         ..endpoint("web", "red", "h1")
@@ -692,8 +676,8 @@ fn bad_endpoint_requests_name_the_field_and_change_nothing() {
 fn endpoints_get_addresses_macs_and_fresh_ids() {
     let f = Fixture::new();
     f.hello("h1", 1);
-    f.tenant(tenant("red", "10.1.0.0/24"));
-    f.tenant(tenant("blue", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("blue", "10.1.0.0/24"));
 
     let (a, _) = f.endpoint(endpoint("a", "red", "h1"));
     let (b, _) = f.endpoint(endpoint("b", "red", "h1"));
@@ -779,7 +763,7 @@ fn tenant_delete_needs_force_while_endpoints_remain() {
     f.tenant(TenantCreate {
         key: Some(4242),
         vlan: Some(42),
-        ..tenant("red", "10.1.0.0/24")
+        ..TenantCreate::new("red", "10.1.0.0/24")
     });
     for (name, host) in [("c", "h1"), ("a", "h2"), ("b", "h1")] {
         f.endpoint(endpoint(name, "red", host));
@@ -842,7 +826,7 @@ fn tenant_delete_needs_force_while_endpoints_remain() {
     let again = f.tenant(TenantCreate {
         key: Some(4242),
         vlan: Some(42),
-        ..tenant("red", "10.1.0.0/24")
+        ..TenantCreate::new("red", "10.1.0.0/24")
     });
     assert_eq!(again.tenant.id, 2, "tenant ids are never reused");
     f.ok(ApiRequest::TenantDelete {
@@ -870,7 +854,7 @@ fn intents_follow_endpoints_and_generations_only_grow() {
     );
     f.hello("h3", 3);
 
-    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
     let (_, changed) = f.ok(ApiRequest::TenantList);
     assert!(changed.is_empty());
 
@@ -959,10 +943,10 @@ fn everything_survives_a_restart() {
     let mut f = Fixture::new();
     f.hello("h1", 1);
     f.hello("h2", 2);
-    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
     f.tenant(TenantCreate {
         segment: Some("gre".into()),
-        ..tenant("blue", "10.2.0.0/24")
+        ..TenantCreate::new("blue", "10.2.0.0/24")
     });
     f.endpoint(endpoint("a", "red", "h1"));
     f.endpoint(endpoint("b", "red", "h2"));
@@ -985,7 +969,7 @@ fn everything_survives_a_restart() {
     assert_eq!(d.endpoint.id, 4);
     let used_macs: BTreeSet<_> = state.endpoints.values().map(|e| e.endpoint.mac).collect();
     assert!(!used_macs.contains(&d.endpoint.mac));
-    let t = f.tenant(tenant("green", "10.3.0.0/24"));
+    let t = f.tenant(TenantCreate::new("green", "10.3.0.0/24"));
     assert_eq!((t.tenant.id, t.tenant.key, t.tenant.vlan), (3, 1002, 3));
     let h1 = f.store().intent(&hn("h1")).unwrap().intent();
     assert!(h1.generation > state.generations[&hn("h1")]);
@@ -998,10 +982,10 @@ fn everything_survives_a_restart() {
 fn derived_mtus_follow_the_underlay_across_restarts() {
     let mut f = Fixture::new();
     f.hello("h1", 1);
-    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
     f.tenant(TenantCreate {
         mtu: Some(1400),
-        ..tenant("fixed", "10.2.0.0/24")
+        ..TenantCreate::new("fixed", "10.2.0.0/24")
     });
     f.endpoint(endpoint("a", "red", "h1"));
     f.endpoint(endpoint("b", "fixed", "h1"));
@@ -1073,7 +1057,7 @@ fn endpoint_state_follows_the_host_report() {
     let f = Fixture::new();
     f.hello("h1", 1);
     f.hello("h2", 2);
-    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
     let (a, _) = f.endpoint(endpoint("a", "red", "h1"));
     f.endpoint(endpoint("b", "red", "h1"));
     let gen_a = f.store().state().unwrap().endpoints[&a.endpoint.name].first_generation;
@@ -1230,9 +1214,9 @@ fn random_workloads_stay_consistent() {
                 let prefix = rng.gen_range(28..=30);
                 let req = TenantCreate {
                     segment: Some(segment.into()),
-                    ..tenant(
-                        &format!("t{}", rng.gen_range(0..8)),
-                        &format!("10.{}.0.0/{prefix}", rng.gen_range(0..4)),
+                    ..TenantCreate::new(
+                        format!("t{}", rng.gen_range(0..8)),
+                        format!("10.{}.0.0/{prefix}", rng.gen_range(0..4)),
                     )
                 };
                 handle(
@@ -1314,7 +1298,7 @@ fn inspection_writes_nothing_and_sees_the_stored_settings() {
     };
     let mut f = Fixture::with(settings.clone());
     f.hello("h1", 1);
-    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
     f.endpoint(endpoint("a", "red", "h1"));
     let dump = f.store().dump().unwrap();
     f.store = None;
@@ -1341,7 +1325,7 @@ fn inspection_writes_nothing_and_sees_the_stored_settings() {
 fn check_reports_leaks_and_dangling_rows() {
     let mut f = Fixture::new();
     f.hello("h1", 1);
-    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
     f.endpoint(endpoint("a", "red", "h1"));
     f.assert_clean();
     f.store = None;
@@ -1483,7 +1467,7 @@ fn reservations_hold_addresses_until_their_host_takes_them() {
     // Endpoint addresses .2 to .6.
     f.tenant(TenantCreate {
         attach: Some("*".into()),
-        ..tenant("red", "10.1.0.0/29")
+        ..TenantCreate::new("red", "10.1.0.0/29")
     });
 
     // The next free address, or the one asked for.
@@ -1636,7 +1620,7 @@ fn only_hosts_reserve_and_admins_release_any_reservation() {
     f.hello("h1", 1);
     f.tenant(TenantCreate {
         attach: Some("h1".into()),
-        ..tenant("red", "10.1.0.0/24")
+        ..TenantCreate::new("red", "10.1.0.0/24")
     });
     let e = f.fails(reserve("red", None));
     assert_eq!(e.code, ErrorCode::PermissionDenied);
@@ -1653,26 +1637,26 @@ fn attach_policies_are_kept_and_older_tenants_stay_admin_only() {
     f.hello("h2", 2);
     let attach_of = |t: TenantInfo| t.tenant.attach;
     assert_eq!(
-        attach_of(f.tenant(tenant("red", "10.1.0.0/24"))),
+        attach_of(f.tenant(TenantCreate::new("red", "10.1.0.0/24"))),
         HostAttach::AdminOnly
     );
     assert_eq!(
         attach_of(f.tenant(TenantCreate {
             attach: Some("*".into()),
-            ..tenant("blue", "10.2.0.0/24")
+            ..TenantCreate::new("blue", "10.2.0.0/24")
         })),
         HostAttach::AnyHost
     );
     assert_eq!(
         attach_of(f.tenant(TenantCreate {
             attach: Some("h2,h1".into()),
-            ..tenant("green", "10.3.0.0/24")
+            ..TenantCreate::new("green", "10.3.0.0/24")
         })),
         HostAttach::Hosts(vec![hn("h1"), hn("h2")])
     );
     let e = f.fails(ApiRequest::TenantCreate(TenantCreate {
         attach: Some("h1,H2".into()),
-        ..tenant("pink", "10.4.0.0/24")
+        ..TenantCreate::new("pink", "10.4.0.0/24")
     }));
     assert_eq!(
         (e.code, e.field.as_deref()),
@@ -1744,12 +1728,12 @@ fn hosts_act_only_for_themselves_in_tenants_open_to_them() {
     f.hello("h2", 2);
     f.tenant(TenantCreate {
         attach: Some("h1".into()),
-        ..tenant("open", "10.1.0.0/24")
+        ..TenantCreate::new("open", "10.1.0.0/24")
     });
-    f.tenant(tenant("shut", "10.2.0.0/24"));
+    f.tenant(TenantCreate::new("shut", "10.2.0.0/24"));
     f.tenant(TenantCreate {
         attach: Some("h2".into()),
-        ..tenant("theirs", "10.3.0.0/24")
+        ..TenantCreate::new("theirs", "10.3.0.0/24")
     });
     f.endpoint(endpoint("other", "open", "h2"));
     let denied = |e: ApiError, field: Option<&str>, why: &str| {
@@ -1852,9 +1836,9 @@ fn hosts_act_only_for_themselves_in_tenants_open_to_them() {
     // Everything else takes an admin certificate.
     let admin_only = [
         ApiRequest::TenantList,
-        ApiRequest::TenantCreate(tenant("new", "10.9.0.0/24")),
+        ApiRequest::TenantCreate(TenantCreate::new("new", "10.9.0.0/24")),
         ApiRequest::TenantCreateGateway {
-            create: tenant("new", "10.9.0.0/24"),
+            create: TenantCreate::new("new", "10.9.0.0/24"),
             nat: true,
             gateway_host: None,
         },
@@ -1906,7 +1890,7 @@ fn hosts_act_only_for_themselves_in_tenants_open_to_them() {
 fn retargets_are_validated() {
     let f = Fixture::new();
     f.hello("h1", 1);
-    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
     f.endpoint(endpoint("a", "red", "h1"));
     f.endpoint(endpoint("b", "red", "h1"));
     let retarget = |name: &str, target: NetnsTarget| ApiRequest::EndpointRetarget {
@@ -1945,7 +1929,7 @@ fn retargets_are_validated() {
 fn a_missing_target_is_its_own_state_and_not_a_host_error() {
     let f = Fixture::new();
     f.hello("h1", 1);
-    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
     f.endpoint(endpoint("a", "red", "h1"));
     f.endpoint(endpoint("b", "red", "h1"));
     let mut live = FakeLive::default();
@@ -2003,7 +1987,7 @@ fn check_audits_reservations() {
     f.hello("h1", 1);
     f.tenant(TenantCreate {
         attach: Some("*".into()),
-        ..tenant("red", "10.1.0.0/24")
+        ..TenantCreate::new("red", "10.1.0.0/24")
     });
     f.endpoint(endpoint("a", "red", "h1"));
     f.host_ok("h1", reserve("red", Some("10.1.0.9")));
