@@ -1362,7 +1362,7 @@ fn a_schema_3_store_keeps_its_generations() {
     let mut f = Fixture::new();
     f.hello("h1", 1);
     f.hello("h2", 2);
-    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
     f.endpoint(endpoint("a", "red", "h1"));
     f.endpoint(endpoint("b", "red", "h2"));
     let want: Vec<HostIntent> = ["h1", "h2"]
@@ -2051,7 +2051,7 @@ fn concurrent_mutations_commit_in_groups_and_survive_a_reopen() {
     for i in 1..=4 {
         f.hello(&format!("h{i}"), i);
     }
-    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
     std::thread::scope(|s| {
         for worker in 0..8 {
             let f = &f;
