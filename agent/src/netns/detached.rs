@@ -18,6 +18,7 @@ use ovl_common::MacAddr;
 
 use super::endpoint::Plumber;
 use super::error::{Error, Result};
+use super::link::ObservedLink;
 use super::{link, offload, veth};
 
 /// A Docker-plumbed endpoint as the agent wants it.
@@ -44,6 +45,8 @@ pub struct DetachedReport {
     pub joined: bool,
     /// What was changed, for logs; empty when nothing was.
     pub changes: Vec<String>,
+    /// The host end as this call found it: as it is now when nothing was changed.
+    pub host: ObservedLink,
 }
 
 impl Plumber {
@@ -135,6 +138,7 @@ impl Plumber {
             host_ifindex: host.ifindex,
             joined,
             changes,
+            host,
         })
     }
 }

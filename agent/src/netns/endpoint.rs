@@ -1,6 +1,8 @@
 //! [`Plumber`]: observing, ensuring and removing endpoints (veth pairs into namespaces), and
 //! finding stale ones. It does the I/O around the pure [`plan`].
 
+use std::path::PathBuf;
+
 use nix::errno::Errno;
 use ovl_common::NetnsTarget;
 
@@ -8,7 +10,7 @@ use super::error::{Error, Result};
 use super::handle::NetlinkNs;
 use super::link::{self, ObservedLink};
 use super::plan::{plan, Change, End, EndpointSpec, HostEnd, ObservedEndpoint, Paired};
-use super::target::{NetnsFile, Resolver};
+use super::target::{NetnsFile, NsIdentity, Resolver};
 use super::{addr, offload, route, veth};
 
 /// How many observe–plan–apply rounds `ensure_endpoint` runs before it gives up. A fresh
@@ -26,6 +28,9 @@ pub struct EndpointReport {
     pub changes: Vec<Change>,
     /// The endpoint as observed after the changes.
     pub observed: ObservedEndpoint,
+    /// The namespace the endpoint's end is in, and the file it was reached by.
+    pub namespace: NsIdentity,
+    pub netns_path: PathBuf,
 }
 
 impl EndpointReport {
@@ -201,6 +206,8 @@ impl Plumber {
                     peer_ifindex: pair.peer.ifindex,
                     changes,
                     observed,
+                    namespace: file.identity(),
+                    netns_path: file.path().to_path_buf(),
                 });
             }
             for change in todo {

@@ -62,5 +62,5 @@ pub use plan::{
     plan, Change, End, EndpointSpec, HostEnd, ObservedEndpoint, Paired, DEFAULT_IFNAME,
 };
 pub use route::DefaultRoute;
-pub use target::{NetnsFile, Resolver, DOCKER_SOCKET};
+pub use target::{identity_of, namespace_file, NetnsFile, NsIdentity, Resolver, DOCKER_SOCKET};
 pub use watch::TargetWatch;

@@ -89,6 +89,36 @@ fn proc_netns(pid: u32) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/ns/net"))
 }
 
+/// A namespace's identity: the (device, inode) of its nsfs file, the same for every path
+/// that names it and different for a namespace made again under the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NsIdentity {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// The file whose identity is the target's namespace, for targets that name one without
+/// asking anybody (`netns:`, `path:`, `pid:`). `docker:` targets need the engine, and
+/// Docker-plumbed ones have no namespace the agent enters.
+pub fn namespace_file(target: &NetnsTarget) -> Option<PathBuf> {
+    match target {
+        NetnsTarget::Name(n) => Some(Path::new(NETNS_RUN_DIR).join(n)),
+        NetnsTarget::Path(p) => Some(p.clone()),
+        NetnsTarget::Pid(pid) => Some(proc_netns(*pid)),
+        NetnsTarget::Docker(_) | NetnsTarget::Cnm { .. } => None,
+    }
+}
+
+/// The identity of the namespace at `path` now (`stat -L PATH`), `None` when there is none.
+/// Opens nothing: `metadata` follows `/proc/PID/ns/net`'s magic link to the namespace
+/// itself, so no namespace is kept alive by looking at it.
+pub fn identity_of(path: &Path) -> Option<NsIdentity> {
+    std::fs::metadata(path).ok().map(|m| NsIdentity {
+        dev: m.dev(),
+        ino: m.ino(),
+    })
+}
+
 /// An open network namespace file, with the name the user knows it by.
 #[derive(Debug)]
 pub struct NetnsFile {
@@ -169,7 +199,15 @@ impl NetnsFile {
 
     /// Whether two files refer to the same namespace (same nsfs inode).
     pub fn same_namespace(&self, other: &NetnsFile) -> bool {
-        self.dev == other.dev && self.ino == other.ino
+        self.identity() == other.identity()
+    }
+
+    /// The identity of the namespace this file holds.
+    pub fn identity(&self) -> NsIdentity {
+        NsIdentity {
+            dev: self.dev,
+            ino: self.ino,
+        }
     }
 }
 

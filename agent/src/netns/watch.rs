@@ -18,7 +18,6 @@
 //! namespace (and the old copy of an endpoint in it) alive.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -29,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
-use super::target::Resolver;
+use super::target::{identity_of, namespace_file, NsIdentity, Resolver};
 
 /// How often namespace identities are compared.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -72,25 +71,13 @@ impl TargetWatch {
     }
 }
 
-/// The file whose identity is the target's namespace, for targets that name one.
-fn namespace_file(target: &NetnsTarget) -> Option<PathBuf> {
-    match target {
-        NetnsTarget::Name(n) => Some(Path::new(super::target::NETNS_RUN_DIR).join(n)),
-        NetnsTarget::Path(p) => Some(p.clone()),
-        NetnsTarget::Pid(pid) => Some(PathBuf::from(format!("/proc/{pid}/ns/net"))),
-        NetnsTarget::Docker(_) | NetnsTarget::Cnm { .. } => None,
-    }
-}
-
-/// (device, inode) of each watched namespace file; `None` where there is none now.
-pub fn identities(targets: &BTreeSet<NetnsTarget>) -> BTreeMap<PathBuf, Option<(u64, u64)>> {
+/// The identity of each watched namespace file; `None` where there is none now.
+pub fn identities(targets: &BTreeSet<NetnsTarget>) -> BTreeMap<PathBuf, Option<NsIdentity>> {
     targets
         .iter()
         .filter_map(namespace_file)
         .map(|p| {
-            // `metadata` follows `/proc/PID/ns/net`'s magic link to the namespace itself and
-            // closes what it opened at once.
-            let id = std::fs::metadata(&p).ok().map(|m| (m.dev(), m.ino()));
+            let id = identity_of(&p);
             (p, id)
         })
         .collect()
@@ -220,6 +207,8 @@ pub fn event_concerns(line: &str, watched: &BTreeSet<String>) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
 
     fn set(items: &[&str]) -> BTreeSet<String> {
@@ -253,7 +242,13 @@ mod tests {
         );
         let mine = ids[&PathBuf::from(format!("/proc/{}/ns/net", std::process::id()))];
         let thread_self = std::fs::metadata("/proc/thread-self/ns/net").unwrap();
-        assert_eq!(mine, Some((thread_self.dev(), thread_self.ino())));
+        assert_eq!(
+            mine,
+            Some(NsIdentity {
+                dev: thread_self.dev(),
+                ino: thread_self.ino()
+            })
+        );
         assert_eq!(
             ids[&PathBuf::from("/run/netns/ovl-test-no-such-namespace")],
             None

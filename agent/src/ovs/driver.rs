@@ -107,13 +107,29 @@ impl OvsDriver {
         datapath: DatapathType,
         external_ids: &BTreeMap<String, String>,
     ) -> Result<BridgeOutcome, Error> {
+        Ok(self
+            .ensure_bridge_with_ports(name, datapath, external_ids)
+            .await?
+            .0)
+    }
+
+    /// [`ensure_bridge`](Self::ensure_bridge), also returning the ports ovl owns on the
+    /// bridge as the same read found them (none for a bridge it created): a reconcile that
+    /// changes nothing reads the database once.
+    pub async fn ensure_bridge_with_ports(
+        &self,
+        name: &str,
+        datapath: DatapathType,
+        external_ids: &BTreeMap<String, String>,
+    ) -> Result<(BridgeOutcome, Vec<ObservedPort>), Error> {
         let action = format!("ensuring bridge {name}");
         let view = self.read(|| action.clone()).await?;
         let (steps, outcome) = plan_ensure_bridge(&view, name, datapath, external_ids)?;
         if !steps.is_empty() {
             self.run(&steps, &action).await?;
         }
-        Ok(outcome)
+        let owned = view.bridge_state(name).map(|s| s.owned).unwrap_or_default();
+        Ok((outcome, owned))
     }
 
     /// The bridge with the ports ovl owns on it, or `None` if there is no such bridge.

@@ -203,12 +203,13 @@ pub(crate) fn plan_port_changes(
         }
     }
 
+    let by_name = view.ports_by_name();
     // The port on this bridge that a change may modify, checked for ownership.
     let owned_port = |name: &str, action: &'static str| {
-        let found = view
-            .find_port(name)
+        let found = by_name
+            .get(name)
             .filter(|(b, _)| b.uuid == br.uuid)
-            .map(|(_, p)| p);
+            .map(|(_, p)| *p);
         match found {
             Some(p) if p.name == bridge => Err(Error::NotOwned {
                 bridge: bridge.to_owned(),
@@ -233,7 +234,7 @@ pub(crate) fn plan_port_changes(
         match change {
             PortChange::Add(spec) => {
                 spec.validate()?;
-                if let Some((b, _)) = view.find_port(&spec.name) {
+                if let Some((b, _)) = by_name.get(spec.name.as_str()) {
                     return Err(Error::NameTaken {
                         bridge: bridge.to_owned(),
                         port: spec.name.clone(),

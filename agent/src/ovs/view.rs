@@ -172,15 +172,18 @@ impl DbView {
         self.bridges.iter().find(|b| b.name == name)
     }
 
-    /// The bridge holding a port of this name, and the port.
-    pub(crate) fn find_port(&self, name: &str) -> Option<(&BridgeRow, &ObservedPort)> {
-        self.bridges.iter().find_map(|b| {
-            b.ports
-                .iter()
-                .filter_map(|u| self.ports.get(u))
-                .find(|p| p.name == name)
-                .map(|p| (b, p))
-        })
+    /// Every port on a bridge by name, with the bridge holding it: built once per batch of
+    /// changes rather than searched per change.
+    pub(crate) fn ports_by_name(&self) -> BTreeMap<&str, (&BridgeRow, &ObservedPort)> {
+        let mut by_name = BTreeMap::new();
+        for b in &self.bridges {
+            for p in b.ports.iter().filter_map(|u| self.ports.get(u)) {
+                // Names are unique across bridges; should two bridges claim one, the first
+                // wins.
+                by_name.entry(p.name.as_str()).or_insert((b, p));
+            }
+        }
+        by_name
     }
 
     /// The bridge's state, split into owned ports and the names of the others.
@@ -292,10 +295,11 @@ pub(crate) mod tests {
         assert_eq!(vx.interfaces[0].options["remote_ip"], "192.0.2.1");
         assert!(vx.error().is_none());
         assert!(view.bridge_state("nope").is_none());
-        let (b, p) = view.find_port("ext0").unwrap();
+        let by_name = view.ports_by_name();
+        let (b, p) = by_name["ext0"];
         assert_eq!(b.name, "br-ex");
         assert_eq!(p.interfaces[0].ofport, None);
-        let (_, eth9) = view.find_port("eth9").unwrap();
+        let (_, eth9) = by_name["eth9"];
         assert_eq!(eth9.trunks.iter().copied().collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(eth9.error(), Some("could not open network device eth9"));
     }

@@ -28,6 +28,11 @@ pub trait Datapath: Send + 'static {
         collect_garbage: bool,
     ) -> impl Future<Output = AppliedReport> + Send;
 
+    /// Says that the next [`apply`](Self::apply) is the periodic resync, not the answer to a
+    /// new intent or an observed change. A datapath that reconciles incrementally uses it to
+    /// look again at what its cheap observation cannot see.
+    fn resync_due(&mut self) {}
+
     /// Asks the datapath to send `()` on `notify` whenever the observed state changes under it
     /// (an OVSDB update, OVS restarting), so the loop reconciles again.
     fn watch(&mut self, notify: mpsc::Sender<()>) {

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,10 @@ use ovl_common::intent::HostIntent;
 use ovl_common::NetnsTarget;
 use tokio::sync::{mpsc, watch};
 
-use crate::netns::{self, DetachedReport, DetachedSpec, EndpointReport, EndpointSpec, Plumber};
+use crate::netns::{
+    self, DetachedReport, DetachedSpec, EndpointReport, EndpointSpec, NsIdentity, ObservedLink,
+    Plumber,
+};
 use crate::ovs::{self, BridgeOutcome, DatapathType, ObservedPort, OvsDriver, PortChange, Watcher};
 use crate::router::{Prepared, Routers};
 
@@ -29,12 +33,13 @@ pub trait Switch: Send + Sync + 'static {
     /// Why the database cannot be reached now, if it cannot.
     fn connection_problem(&self) -> Option<String>;
 
-    /// `ovs-vsctl --may-exist add-br BRIDGE -- set bridge BRIDGE datapath_type=DP`.
+    /// `ovs-vsctl --may-exist add-br BRIDGE -- set bridge BRIDGE datapath_type=DP`, and returns the ports ovl owns on it as the same read found them (none for a new
+    /// bridge).
     fn ensure_bridge(
         &self,
         bridge: &str,
         datapath: DatapathType,
-    ) -> impl Future<Output = ovs::Result<BridgeOutcome>> + Send;
+    ) -> impl Future<Output = ovs::Result<(BridgeOutcome, Vec<ObservedPort>)>> + Send;
 
     /// The ports ovl owns on `bridge`.
     fn owned_ports(
@@ -66,8 +71,8 @@ impl Switch for OvsDriver {
         &self,
         bridge: &str,
         datapath: DatapathType,
-    ) -> ovs::Result<BridgeOutcome> {
-        OvsDriver::ensure_bridge(self, bridge, datapath, &BTreeMap::new()).await
+    ) -> ovs::Result<(BridgeOutcome, Vec<ObservedPort>)> {
+        OvsDriver::ensure_bridge_with_ports(self, bridge, datapath, &BTreeMap::new()).await
     }
 
     async fn owned_ports(&self, bridge: &str) -> ovs::Result<Vec<ObservedPort>> {
@@ -101,11 +106,16 @@ pub trait Links: Send + Sync + 'static {
         spec: &DetachedSpec,
     ) -> impl Future<Output = netns::Result<DetachedReport>> + Send;
 
-    /// The ifindex of every link in the host's namespace whose name starts with `prefix`.
-    fn host_ifindexes(
+    /// Every link in the host's namespace whose name starts with `prefix`, by name: one
+    /// dump (`ip -d link show`).
+    fn host_links(
         &self,
         prefix: &str,
-    ) -> impl Future<Output = netns::Result<BTreeMap<String, u32>>> + Send;
+    ) -> impl Future<Output = netns::Result<BTreeMap<String, ObservedLink>>> + Send;
+
+    /// The identity of the namespace file at `path` now (`stat -L`); `None` when there is
+    /// no namespace there.
+    fn namespace_identity(&self, path: &Path) -> Option<NsIdentity>;
 
     /// `ip link del HOST_IFNAME` (the peer goes with it); whether there was one.
     fn remove_endpoint(
@@ -131,13 +141,17 @@ impl Links for Plumber {
         Plumber::ensure_detached(self, spec).await
     }
 
-    async fn host_ifindexes(&self, prefix: &str) -> netns::Result<BTreeMap<String, u32>> {
+    async fn host_links(&self, prefix: &str) -> netns::Result<BTreeMap<String, ObservedLink>> {
         Ok(self
             .list_links_with_prefix(prefix)
             .await?
             .into_iter()
-            .map(|l| (l.name, l.ifindex))
+            .map(|l| (l.name.clone(), l))
             .collect())
+    }
+
+    fn namespace_identity(&self, path: &Path) -> Option<NsIdentity> {
+        netns::identity_of(path)
     }
 
     async fn remove_endpoint(&self, host_ifname: &str) -> netns::Result<bool> {

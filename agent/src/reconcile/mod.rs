@@ -8,6 +8,7 @@
 //!   control-plane tests and simulated agents.
 //! - [`ovs_datapath`]: [`OvsDatapath`], the real implementation: observe, plan (pure, in
 //!   [`crate::ovs::port_planner`] and [`crate::netns::plan`]), apply, verify.
+//! - [`endpoint_delta`]: which endpoints a reconcile plumbs (the incremental path), pure.
 //! - [`effectors`]: the traits it changes the host through (switch, links, routing), with
 //!   their real implementations; recording fakes for its unit tests are in `recording`.
 //!
@@ -16,6 +17,7 @@
 
 pub mod datapath;
 pub mod effectors;
+pub mod endpoint_delta;
 pub mod ovs_datapath;
 #[cfg(test)]
 mod recording;

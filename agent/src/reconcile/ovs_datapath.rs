@@ -3,9 +3,14 @@
 //! One reconcile = observe, plan ([`crate::ovs::port_planner`], pure), apply, verify:
 //!
 //! 1. Open vSwitch must be reachable; if not, every object reports why and nothing is touched.
-//! 2. `br-int` exists with the chosen datapath type.
-//! 3. Each endpoint's veth pair and namespace side is brought in line (idempotent; an endpoint
-//!    that fails is reported and its port *held*, and the others go on). An endpoint whose
+//! 2. `br-int` exists with the chosen datapath type; the same database read gives the owned
+//!    ports, and one dump of the host's links with the identity of each namespace file gives
+//!    the rest of the observation (the [`Glance`]).
+//! 3. Each endpoint's veth pair and namespace side is brought in line, for the endpoints whose
+//!    part of the glance differs from what their last plumbing verified and a rolling share
+//!    of the others ([`super::endpoint_delta`]: the incremental path, which ends where
+//!    plumbing every endpoint would). Plumbing is idempotent; an endpoint
+//!    that fails is reported and its port *held*, and the others go on. An endpoint whose
 //!    target is gone (a stopped container, an ended process) is reported `target-missing`,
 //!    and its host end is removed, so an old copy of it in a namespace that lingers (Docker
 //!    unmounts a stopped container's namespace lazily) can never answer for it. An endpoint
@@ -15,9 +20,14 @@
 //!    added again. ovs-vswitchd is then waited for.
 //! 5. With garbage collection allowed, veths ovl made that no endpoint wants are deleted —
 //!    after the ports, so no port ever points at a device that is being removed.
-//! 6. Every port is checked as ovs-vswitchd left it, and the report says, per object, whether
-//!    it is in place: a row with an `ofport` is not enough; the device ovs-vswitchd has must
-//!    be the one the kernel has now.
+//! 6. Every port is checked as ovs-vswitchd left it (the database is read again only if
+//!    step 2 or 4 changed it), and the report says, per object, whether it is in place: a row
+//!    with an `ofport` is not enough; the device ovs-vswitchd has must be the one the kernel
+//!    has now.
+//!
+//! A reconcile that finds nothing changed thus costs one database read, one link dump, a
+//! `stat` per namespace and the rolling share, whatever the number of endpoints; the port
+//! changes of any number of endpoints go in one transaction (two when veths were remade).
 //!
 //! Tenant routers take part in steps 3 (their namespaces and veths, before the ports) and 5
 //! (their nftables tables, forwarding, and stale routers, after). Everything is done through
@@ -29,15 +39,15 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use ovl_common::intent::{AppliedReport, HostIntent, ObjectKind, ObjectStatus};
-use ovl_common::model::cnm_peer_name;
 use ovl_common::NetnsTarget;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::datapath::Datapath;
 use super::effectors::{Links, RouterDriver, Routing, Switch};
+use super::endpoint_delta::{self as delta, Glance, Memo, Verified, Want, Wanted};
 use crate::config::{AgentConfig, DatapathChoice};
-use crate::netns::{DetachedSpec, EndpointSpec, Plumber, Resolver, TargetWatch};
+use crate::netns::{Plumber, Resolver, TargetWatch};
 use crate::ovs::port_planner::{self as planner, PortRole};
 use crate::ovs::{
     self, choose_datapath, endpoint_port_name, DatapathType, OvsDriver, PortChange, Watcher,
@@ -49,8 +59,9 @@ use crate::router::{RouterSettings, Routers};
 pub const VETH_PREFIX: &str = "ovl-e";
 /// Prefix of every link the agent makes in the host's namespace.
 const OWNED_LINK_PREFIX: &str = "ovl-";
-/// How many endpoints are plumbed at once.
-const PARALLEL_ENDPOINTS: usize = 8;
+/// How many endpoints are plumbed at once. Plumbing waits on the kernel (a thread entering
+/// the namespace, netlink round trips) far more than it computes, so more than the cores.
+const PARALLEL_ENDPOINTS: usize = 16;
 /// How long to wait for ovs-vswitchd to take a committed change.
 const VSWITCHD_WAIT: Duration = Duration::from_secs(10);
 
@@ -106,6 +117,8 @@ pub struct OvsDatapath<S = OvsDriver, L = Plumber, R = RouterDriver> {
     /// The targets of the current intent's endpoints, for the target watch.
     targets: watch::Sender<BTreeSet<NetnsTarget>>,
     watchers: (Option<Watcher>, Option<TargetWatch>),
+    /// What plumbing verified in this process's lifetime (see [`delta`]).
+    memo: Memo,
 }
 
 impl<S, L, R> std::fmt::Debug for OvsDatapath<S, L, R> {
@@ -182,7 +195,19 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
             routing,
             targets: watch::Sender::new(BTreeSet::new()),
             watchers: (None, None),
+            memo: Memo::default(),
         }
+    }
+
+    /// Makes the next reconcile plumb the rolling share too (the periodic resync does).
+    pub fn roll_next(&mut self) {
+        self.memo.roll_next();
+    }
+
+    /// Forgets what plumbing verified: the next reconcile plumbs every endpoint, as after a
+    /// restart (the full path).
+    pub fn forget_verified(&mut self) {
+        self.memo.clear();
     }
 
     /// What the agent announces in its hello.
@@ -199,16 +224,17 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
         caps
     }
 
-    /// One full reconcile; see the module documentation.
+    /// One reconcile; see the module documentation.
     pub async fn reconcile(&mut self, intent: &HostIntent, collect_garbage: bool) -> Reconciled {
         let started = std::time::Instant::now();
         let mut changes = Vec::new();
         let mut objects = Vec::new();
         let desired = planner::desired_ports(intent, self.settings.uplink.as_deref());
         let bridge = self.settings.bridge.clone();
+        let datapath_name = self.settings.datapath.as_str();
         let report = |objects: Vec<ObjectStatus>| AppliedReport {
             generation: intent.generation,
-            datapath: self.settings.datapath.as_str().to_string(),
+            datapath: datapath_name.to_string(),
             objects,
         };
         self.targets.send_if_modified(|t| {
@@ -225,16 +251,19 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
                 changes,
             };
         }
-        match self
+        // One read of the database serves the bridge, the port plan and, when nothing
+        // changes, the verification.
+        let (bridge_outcome, observed_ports) = match self
             .switch
             .ensure_bridge(&bridge, self.settings.datapath)
             .await
         {
-            Ok(outcome) => {
+            Ok((outcome, ports)) => {
                 if outcome != ovs::BridgeOutcome::Unchanged {
                     changes.push(format!("bridge {bridge}: {outcome:?}"));
                 }
                 objects.push(ObjectStatus::ok(ObjectKind::Bridge, &bridge));
+                (outcome, ports)
             }
             Err(e) => {
                 let problem = format!("cannot set up bridge {bridge}: {e}");
@@ -243,37 +272,70 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
                     changes,
                 };
             }
-        }
+        };
         objects.extend(desired.problems.iter().cloned());
 
-        // Endpoints: veth pairs and the namespace side.
+        // The glance: one dump of the host's links (it also serves the ports' ifindexes and
+        // the stale veths below) and the identity of each namespace endpoints were plumbed in.
+        let glance = self.glance().await;
+
+        // Endpoints: veth pairs and the namespace side, for those the glance says changed.
         let netdev = self.settings.datapath == DatapathType::Netdev;
-        let mut plumbed = self.plumb_endpoints(intent, netdev).await;
+        let observed_at = started.elapsed();
+        let mut plumbed = self.plumb_endpoints(intent, netdev, &glance).await;
+        let plumbed_at = started.elapsed();
         changes.append(&mut plumbed.changes);
         let mut hold = plumbed.hold;
 
         // Tenant routers: namespaces and veths before their ports.
         let mut routed = self.routing.prepare(intent, netdev).await;
+        // Routers may have made links since the glance: then the ifindexes need a new dump.
+        let routers_changed = !routed.changes.is_empty();
         changes.append(&mut routed.changes);
         hold.extend(routed.hold.iter().cloned());
 
-        // Ports, each System port tied to the device the kernel has now.
+        // Ports, each System port tied to the device the kernel has now: the glance's
+        // ifindexes, with those of the veths plumbed this round, or a new dump if routers
+        // made links.
         let mut specs: Vec<ovs::PortSpec> = desired.ports.iter().map(|(s, _)| s.clone()).collect();
-        // One dump of the host's links serves both the ifindexes here and the stale veths
-        // below: nothing in between makes or removes an endpoint's veth.
-        let host_links = match self.links.host_ifindexes(OWNED_LINK_PREFIX).await {
-            Ok(ifindexes) => {
-                planner::record_ifindexes(&mut specs, &ifindexes);
+        let host_links = match (glance.listed, routers_changed) {
+            (true, false) => {
+                let mut ifindexes: BTreeMap<String, u32> = glance
+                    .links
+                    .iter()
+                    .map(|(n, l)| (n.clone(), l.ifindex))
+                    .collect();
+                for (port, ifindex) in &plumbed.ifindexes {
+                    match ifindex {
+                        Some(i) => ifindexes.insert(port.clone(), *i),
+                        None => ifindexes.remove(port),
+                    };
+                }
                 Some(ifindexes)
             }
-            Err(e) => {
-                warn!("cannot list the host's links: {e}");
-                None
-            }
+            _ => match self.links.host_links(OWNED_LINK_PREFIX).await {
+                Ok(links) => Some(links.into_iter().map(|(n, l)| (n, l.ifindex)).collect()),
+                Err(e) => {
+                    warn!("cannot list the host's links: {e}");
+                    None
+                }
+            },
         };
-        let (port_error, vswitchd_problem) = self
-            .apply_ports(&bridge, &specs, &hold, collect_garbage, &mut changes)
+        if let Some(ifindexes) = &host_links {
+            planner::record_ifindexes(&mut specs, ifindexes);
+        }
+        let applied = self
+            .apply_ports(
+                &bridge,
+                &specs,
+                &observed_ports,
+                &hold,
+                collect_garbage,
+                &mut changes,
+            )
             .await;
+        let port_error = applied.error;
+        let ports_at = started.elapsed();
 
         // Router rules and stale routers, once router ports are on the bridge.
         self.routing
@@ -291,15 +353,23 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
             self.remove_stale_veths(intent, links, &mut changes).await;
         }
 
-        // Verify.
-        let observed = match (&port_error, self.switch.owned_ports(&bridge).await) {
-            (None, Ok(o)) => Some(o),
-            (None, Err(e)) => {
-                warn!("cannot read back ports: {e}");
-                None
+        // Verify, against a fresh read if anything on the bridge changed.
+        let observed = match &port_error {
+            Some(_) => None,
+            None if !applied.changed && bridge_outcome == ovs::BridgeOutcome::Unchanged => {
+                Some(observed_ports)
             }
-            _ => None,
+            None => match self.switch.owned_ports(&bridge).await {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    warn!("cannot read back ports: {e}");
+                    None
+                }
+            },
         };
+        let observed: Option<BTreeMap<&str, &ovs::ObservedPort>> = observed
+            .as_ref()
+            .map(|o| o.iter().map(|p| (p.name.as_str(), p)).collect());
         for ((_, role), spec) in desired.ports.iter().zip(&specs) {
             let (kind, name) = role.object();
             if let PortRole::Endpoint(n) = role {
@@ -316,7 +386,7 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
             let error = error
                 .or_else(|| port_error.clone())
                 .or_else(|| match &observed {
-                    Some(o) => planner::verify_port(spec, o.iter().find(|p| p.name == spec.name)),
+                    Some(o) => planner::verify_port(spec, o.get(spec.name.as_str()).copied()),
                     None => Some(format!("cannot verify port {}", spec.name)),
                 });
             objects.push(match error {
@@ -327,7 +397,7 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
         // The rows are in OVSDB but nothing forwards until ovs-vswitchd takes them: say so
         // on the bridge, so neither the controller nor the runner's retry mistakes a running
         // ovsdb-server for a running Open vSwitch.
-        if let Some(problem) = vswitchd_problem {
+        if let Some(problem) = applied.vswitchd_problem {
             if let Some(b) = objects
                 .iter_mut()
                 .find(|o| o.kind == ObjectKind::Bridge && o.name == bridge)
@@ -336,16 +406,32 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
             }
         }
         let took_ms = started.elapsed().as_millis() as u64;
+        // Where the time went: observing, plumbing, the ports (with ovs-vswitchd), the rest.
+        let ms = |d: Duration| d.as_millis() as u64;
+        let (observe_ms, plumb_ms, ports_ms) = (
+            ms(observed_at),
+            ms(plumbed_at - observed_at),
+            ms(ports_at - plumbed_at),
+        );
         if changes.is_empty() {
             debug!(
                 generation = intent.generation,
-                took_ms, "host already matches the intent"
+                took_ms,
+                observe_ms,
+                plumb_ms,
+                ports_ms,
+                plumbed = plumbed.entered,
+                "host already matches the intent"
             );
         } else {
             info!(
                 generation = intent.generation,
                 changes = changes.len(),
                 took_ms,
+                observe_ms,
+                plumb_ms,
+                ports_ms,
+                plumbed = plumbed.entered,
                 "reconciled"
             );
         }
@@ -355,82 +441,75 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
         }
     }
 
-    /// Step 3 for every endpoint, up to [`PARALLEL_ENDPOINTS`] at once.
-    async fn plumb_endpoints(&self, intent: &HostIntent, netdev: bool) -> Plumbed {
-        let links = &*self.links;
-        let work: Vec<(String, String, Work)> = intent
-            .endpoints
-            .iter()
-            .map(|e| {
-                let port = endpoint_port_name(e.id);
-                let w = match &e.target {
-                    NetnsTarget::Cnm { .. } => Work::Detached(DetachedSpec {
-                        host_ifname: port.clone(),
-                        peer_ifname: cnm_peer_name(e.id),
-                        mac: e.mac,
-                        mtu: e.mtu,
-                        disable_tx_checksum: netdev,
-                    }),
-                    _ => Work::Plumbed(EndpointSpec::from_intent(e, port.clone(), netdev)),
-                };
-                (e.name.to_string(), port, w)
+    /// The cheap observation a reconcile starts from (see [`delta`]).
+    async fn glance(&self) -> Glance {
+        let links = self.links.host_links(OWNED_LINK_PREFIX).await.map_err(|e| {
+            warn!("cannot list the host's links: {e}");
+        });
+        let namespaces = self
+            .memo
+            .namespace_files()
+            .into_iter()
+            .map(|p| {
+                let id = self.links.namespace_identity(&p);
+                (p, id)
             })
             .collect();
-        let results: Vec<(String, String, Result<Vec<String>, Outcome>)> = stream::iter(work)
-            .map(|(name, port, w)| async move {
-                let r = match w {
-                    Work::Detached(spec) => match links.ensure_detached(&spec).await {
-                        Ok(rep) if rep.joined => Ok(rep.changes),
-                        Ok(rep) => Err(Outcome::Missing {
-                            why: format!(
-                                "waiting for Docker to move {} into its container",
-                                spec.peer_ifname
-                            ),
-                            changes: rep.changes,
-                        }),
-                        Err(err) => Err(Outcome::Failed(err.to_string())),
-                    },
-                    Work::Plumbed(spec) => match links.ensure_endpoint(&spec).await {
-                        Ok(rep) => Ok(rep.changes.iter().map(ToString::to_string).collect()),
-                        Err(err) if err.is_target_missing() => {
-                            // The old copy goes: its namespace may linger after the target
-                            // is gone, and must not answer for the endpoint.
-                            let mut changes = Vec::new();
-                            match links.remove_endpoint(&port).await {
-                                Ok(true) => {
-                                    changes.push(format!("removed {port}: its target is gone"))
-                                }
-                                Ok(false) => {}
-                                Err(e) => warn!(link = %port, "cannot remove the veth of a missing target: {e}"),
-                            }
-                            Err(Outcome::Missing {
-                                why: err.to_string(),
-                                changes,
-                            })
-                        }
-                        Err(err) => Err(Outcome::Failed(err.to_string())),
-                    },
-                };
-                (name, port, r)
+        Glance {
+            listed: links.is_ok(),
+            links: links.unwrap_or_default(),
+            namespaces,
+        }
+    }
+
+    /// Step 3 for the endpoints the glance shows changed and the rolling share of the others
+    /// ([`Memo::select`]), up to [`PARALLEL_ENDPOINTS`] at once.
+    async fn plumb_endpoints(
+        &mut self,
+        intent: &HostIntent,
+        netdev: bool,
+        glance: &Glance,
+    ) -> Plumbed {
+        let wanted = delta::wanted(intent, netdev);
+        let chosen = self.memo.select(&wanted, glance);
+        let links = &*self.links;
+        let work: Vec<Wanted> = wanted
+            .into_iter()
+            .zip(chosen)
+            .filter_map(|(w, plumb)| plumb.then_some(w))
+            .collect();
+        let mut p = Plumbed {
+            entered: work.len(),
+            ..Plumbed::default()
+        };
+        let results: Vec<(Wanted, Plumbing)> = stream::iter(work)
+            .map(|w| async move {
+                let r = plumb_one(links, &w).await;
+                (w, r)
             })
             .buffer_unordered(PARALLEL_ENDPOINTS)
             .collect()
             .await;
-        let mut p = Plumbed::default();
-        for (name, port, r) in results {
-            match r {
-                Ok(cs) => p
-                    .changes
-                    .extend(cs.into_iter().map(|c| format!("endpoint {name}: {c}"))),
-                Err(Outcome::Missing { why, changes }) => {
+        for (w, r) in results {
+            let Wanted { name, port, .. } = w;
+            p.ifindexes.insert(port.clone(), r.host_ifindex);
+            self.memo.record(&port, r.verified);
+            p.changes.extend(
+                r.changes
+                    .into_iter()
+                    .map(|c| format!("endpoint {name}: {c}")),
+            );
+            match r.outcome {
+                None => {}
+                Some(Outcome::Missing(why)) => {
                     debug!(endpoint = %name, "target missing: {why}");
-                    p.changes
-                        .extend(changes.into_iter().map(|c| format!("endpoint {name}: {c}")));
                     p.missing.insert(name, why);
                     p.hold.insert(port);
                 }
-                Err(Outcome::Failed(err)) => {
+                Some(Outcome::Failed(err)) => {
                     warn!(endpoint = %name, "cannot plumb endpoint: {err}");
+                    // The dump's ifindex stands: the port is held anyway.
+                    p.ifindexes.remove(&port);
                     p.errors.insert(name, err);
                     p.hold.insert(port);
                 }
@@ -439,49 +518,49 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
         p
     }
 
-    /// Step 4: plans and applies the port changes. Returns why the ports could not be read or
-    /// changed, and whether ovs-vswitchd failed to confirm them.
+    /// Step 4: plans and applies the port changes against the `observed` ports.
     async fn apply_ports(
         &self,
         bridge: &str,
         specs: &[ovs::PortSpec],
+        observed: &[ovs::ObservedPort],
         hold: &BTreeSet<String>,
         collect_garbage: bool,
         changes: &mut Vec<String>,
-    ) -> (Option<String>, Option<String>) {
-        let observed = match self.switch.owned_ports(bridge).await {
-            Ok(o) => o,
-            Err(e) => return (Some(format!("cannot read ports on {bridge}: {e}")), None),
-        };
-        let plan = planner::plan_ports(specs, &observed, hold, collect_garbage);
+    ) -> AppliedPorts {
+        let mut outcome = AppliedPorts::default();
+        let plan = planner::plan_ports(specs, observed, hold, collect_garbage);
         if plan.is_empty() {
-            return (None, None);
+            return outcome;
         }
         for c in &plan {
             info!("{}", planner::describe(c));
         }
         // Ports deleted to be added again go in a batch of their own, and ovs-vswitchd must
-        // have let go of the old device before the port comes back.
+        // have let go of the old device before the port comes back. Everything else goes in
+        // one transaction, however many endpoints it is for.
         let rebinds = planner::rebinds(&plan);
         let (first, rest): (Vec<PortChange>, Vec<PortChange>) = plan
             .iter()
             .cloned()
             .partition(|c| matches!(c, PortChange::Delete { name } if rebinds.contains(name)));
-        let mut vswitchd_problem = None;
         for batch in [first, rest] {
             if batch.is_empty() {
                 continue;
             }
+            outcome.changed = true;
             if let Err(e) = self.switch.apply(bridge, &batch).await {
-                return (Some(format!("cannot change ports on {bridge}: {e}")), None);
+                outcome.error = Some(format!("cannot change ports on {bridge}: {e}"));
+                outcome.vswitchd_problem = None;
+                return outcome;
             }
             changes.extend(batch.iter().map(planner::describe));
             if let Err(e) = self.switch.wait_for_vswitchd(VSWITCHD_WAIT).await {
                 warn!("ovs-vswitchd did not confirm the changes: {e}");
-                vswitchd_problem = Some(e.to_string());
+                outcome.vswitchd_problem = Some(e.to_string());
             }
         }
-        (None, vswitchd_problem)
+        outcome
     }
 
     /// Step 5: veths named like endpoints' host ends (among the host's `links`) that no
@@ -510,22 +589,76 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
     }
 }
 
-/// How one endpoint is plumbed.
-enum Work {
-    /// The agent plumbs its namespace.
-    Plumbed(EndpointSpec),
-    /// Docker plumbs it; the agent makes the pair.
-    Detached(DetachedSpec),
+/// What plumbing one endpoint came to.
+struct Plumbing {
+    /// The host end's ifindex afterwards; `None` when there is no host end now.
+    host_ifindex: Option<u32>,
+    changes: Vec<String>,
+    /// `None` when the endpoint is in place.
+    outcome: Option<Outcome>,
+    /// The record for the memo, when the endpoint is in place.
+    verified: Option<Verified>,
 }
 
 /// What plumbing one endpoint came to, short of success.
 enum Outcome {
-    /// Its target is not there now; `changes` were made all the same.
-    Missing {
-        why: String,
-        changes: Vec<String>,
-    },
+    /// Its target is not there now.
+    Missing(String),
     Failed(String),
+}
+
+/// Plumbs one endpoint: the idempotent full path, which enters its namespace.
+async fn plumb_one<L: Links>(links: &L, w: &Wanted) -> Plumbing {
+    let failed = |err: String| Plumbing {
+        host_ifindex: None,
+        changes: Vec::new(),
+        outcome: Some(Outcome::Failed(err)),
+        verified: None,
+    };
+    match &w.want {
+        Want::Detached(spec) => match links.ensure_detached(spec).await {
+            Ok(rep) => Plumbing {
+                host_ifindex: Some(rep.host_ifindex),
+                outcome: (!rep.joined).then(|| {
+                    Outcome::Missing(format!(
+                        "waiting for Docker to move {} into its container",
+                        spec.peer_ifname
+                    ))
+                }),
+                verified: Verified::detached(&w.want, &rep),
+                changes: rep.changes,
+            },
+            Err(err) => failed(err.to_string()),
+        },
+        Want::Plumbed(spec) => match links.ensure_endpoint(spec).await {
+            Ok(rep) => Plumbing {
+                host_ifindex: Some(rep.host_ifindex),
+                changes: rep.changes.iter().map(ToString::to_string).collect(),
+                outcome: None,
+                verified: Verified::plumbed(&w.want, &rep),
+            },
+            Err(err) if err.is_target_missing() => {
+                // The old copy goes: its namespace may linger after the target is gone, and
+                // must not answer for the endpoint.
+                let port = &w.port;
+                let mut changes = Vec::new();
+                match links.remove_endpoint(port).await {
+                    Ok(true) => changes.push(format!("removed {port}: its target is gone")),
+                    Ok(false) => {}
+                    Err(e) => {
+                        warn!(link = %port, "cannot remove the veth of a missing target: {e}")
+                    }
+                }
+                Plumbing {
+                    host_ifindex: None,
+                    changes,
+                    outcome: Some(Outcome::Missing(err.to_string())),
+                    verified: None,
+                }
+            }
+            Err(err) => failed(err.to_string()),
+        },
+    }
 }
 
 /// What step 3 found and did.
@@ -538,6 +671,21 @@ struct Plumbed {
     missing: BTreeMap<String, String>,
     /// Ports to leave exactly as they are this round.
     hold: BTreeSet<String>,
+    /// The host ends' ifindexes after plumbing, for the endpoints plumbed (`None`: removed).
+    ifindexes: BTreeMap<String, Option<u32>>,
+    /// How many endpoints were plumbed (entered) this round.
+    entered: usize,
+}
+
+/// What step 4 did.
+#[derive(Debug, Default)]
+struct AppliedPorts {
+    /// Whether a transaction was sent.
+    changed: bool,
+    /// Why the ports could not be changed.
+    error: Option<String>,
+    /// Why ovs-vswitchd did not confirm them.
+    vswitchd_problem: Option<String>,
 }
 
 /// The report when nothing could be done: every object fails with `problem`.
@@ -561,6 +709,10 @@ impl<S: Switch, L: Links, R: Routing> Datapath for OvsDatapath<S, L, R> {
 
     async fn apply(&mut self, intent: &HostIntent, collect_garbage: bool) -> AppliedReport {
         self.reconcile(intent, collect_garbage).await.report
+    }
+
+    fn resync_due(&mut self) {
+        self.memo.roll_next();
     }
 
     fn watch(&mut self, notify: mpsc::Sender<()>) {

@@ -3,15 +3,18 @@
 //! call to a shared log, so tests can assert on the order of calls across the three.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ovl_common::intent::HostIntent;
-use ovl_common::NetnsTarget;
+use ovl_common::{MacAddr, NetnsTarget};
 use tokio::sync::{mpsc, watch};
 
 use super::effectors::{Links, Routing, Switch};
-use crate::netns::{self, DetachedReport, DetachedSpec, EndpointReport, EndpointSpec};
+use crate::netns::{
+    self, DetachedReport, DetachedSpec, EndpointReport, EndpointSpec, NsIdentity, ObservedLink,
+};
 use crate::ovs::names::IFINDEX_KEY;
 use crate::ovs::{
     self, BridgeOutcome, DatapathType, ObservedInterface, ObservedPort, PortChange, Watcher,
@@ -79,8 +82,13 @@ impl Switch for FakeSwitch {
         None
     }
 
-    async fn ensure_bridge(&self, _: &str, _: DatapathType) -> ovs::Result<BridgeOutcome> {
-        Ok(BridgeOutcome::Unchanged)
+    async fn ensure_bridge(
+        &self,
+        _: &str,
+        _: DatapathType,
+    ) -> ovs::Result<(BridgeOutcome, Vec<ObservedPort>)> {
+        let ports = self.ports.lock().unwrap().values().cloned().collect();
+        Ok((BridgeOutcome::Unchanged, ports))
     }
 
     async fn owned_ports(&self, _: &str) -> ovs::Result<Vec<ObservedPort>> {
@@ -124,20 +132,38 @@ pub enum LinkBehaviour {
     Works,
     /// Plumbing fails with this message.
     Fails(String),
-    /// The target's namespace does not exist.
+    /// The target's namespace does not exist (setting it removes the file of the namespace
+    /// the link's peer is in, as a stopped container's).
     TargetGone,
     /// A Docker-plumbed pair whose container end Docker has (or has not) taken.
     Docker { joined: bool },
 }
 
-/// The host's links as a map of name → ifindex. Making a link gives it a fresh ifindex, as
+/// One host end in the fake host, with where its peer is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakePair {
+    /// The namespace file the peer was put in through, and that namespace.
+    pub netns: Option<(PathBuf, NsIdentity)>,
+    /// What the pair was configured to (MTU, addresses...): for the fake, the whole spec.
+    pub configured: Option<EndpointSpec>,
+    /// Administratively up.
+    pub up: bool,
+}
+
+/// The host's links as a map of name → ifindex, with the namespaces their peers are in.
+/// Making a link gives it a fresh ifindex, and a namespace made again a fresh identity, as
 /// the kernel does.
 #[derive(Debug, Default)]
 pub struct FakeLinks {
     pub log: Log,
     pub links: Mutex<BTreeMap<String, u32>>,
+    pub pairs: Mutex<BTreeMap<String, FakePair>>,
+    /// Namespace files and the namespace each holds now (`None`: gone). A file never seen
+    /// before holds a new namespace when first plumbed.
+    pub namespaces: Mutex<BTreeMap<PathBuf, Option<NsIdentity>>>,
     pub behaviour: Mutex<BTreeMap<String, LinkBehaviour>>,
     next_ifindex: Mutex<u32>,
+    next_namespace: Mutex<u64>,
 }
 
 impl FakeLinks {
@@ -145,11 +171,13 @@ impl FakeLinks {
         Self {
             log,
             next_ifindex: Mutex::new(100),
+            next_namespace: Mutex::new(4000),
             ..Self::default()
         }
     }
 
-    /// Makes (or makes again) link `name` with a new ifindex, as a recreated veth.
+    /// Makes (or makes again) link `name` with a new ifindex, as a recreated veth whose peer
+    /// is where the old one was.
     pub fn make(&self, name: &str) -> u32 {
         let mut n = self.next_ifindex.lock().unwrap();
         *n += 1;
@@ -157,7 +185,81 @@ impl FakeLinks {
         *n
     }
 
+    /// `ip link del NAME` by someone else.
+    pub fn delete(&self, name: &str) {
+        self.links.lock().unwrap().remove(name);
+        self.pairs.lock().unwrap().remove(name);
+    }
+
+    /// `ip link set NAME down` by someone else.
+    pub fn set_down(&self, name: &str) {
+        if let Some(p) = self.pairs.lock().unwrap().get_mut(name) {
+            p.up = false;
+        }
+    }
+
+    /// The namespace at `path` is made again (a restarted container): the pairs whose peers
+    /// were in the old one are gone with it.
+    pub fn replace_namespace(&self, path: &Path) -> NsIdentity {
+        let id = self.new_namespace();
+        self.namespaces
+            .lock()
+            .unwrap()
+            .insert(path.to_path_buf(), Some(id));
+        self.drop_pairs_in(path);
+        id
+    }
+
+    /// The namespace at `path` goes away (a stopped container), with the pairs in it.
+    pub fn remove_namespace(&self, path: &Path) {
+        self.namespaces
+            .lock()
+            .unwrap()
+            .insert(path.to_path_buf(), None);
+        self.drop_pairs_in(path);
+    }
+
+    /// The file at `path` goes, but the namespace lingers with the pairs in it (Docker
+    /// unmounts a stopped container's namespace lazily).
+    pub fn unlink_namespace(&self, path: &Path) {
+        self.namespaces
+            .lock()
+            .unwrap()
+            .insert(path.to_path_buf(), None);
+    }
+
+    fn drop_pairs_in(&self, path: &Path) {
+        let gone: Vec<String> = self
+            .pairs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, p)| p.netns.as_ref().is_some_and(|(f, _)| f == path))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in gone {
+            self.delete(&n);
+        }
+    }
+
+    fn new_namespace(&self) -> NsIdentity {
+        let mut n = self.next_namespace.lock().unwrap();
+        *n += 1;
+        NsIdentity { dev: 4, ino: *n }
+    }
+
     pub fn set(&self, name: &str, b: LinkBehaviour) {
+        if b == LinkBehaviour::TargetGone {
+            let path = self
+                .pairs
+                .lock()
+                .unwrap()
+                .get(name)
+                .and_then(|p| p.netns.clone());
+            if let Some((path, _)) = path {
+                self.unlink_namespace(&path);
+            }
+        }
         self.behaviour.lock().unwrap().insert(name.to_string(), b);
     }
 
@@ -170,39 +272,123 @@ impl FakeLinks {
             .unwrap_or(LinkBehaviour::Works)
     }
 
-    fn ensure(&self, name: &str) -> (u32, Vec<String>) {
-        let existing = self.links.lock().unwrap().get(name).copied();
-        match existing {
-            Some(i) => (i, vec![]),
-            None => (self.make(name), vec![format!("created {name}")]),
+    /// The host end as a dump shows it.
+    fn observed(&self, name: &str) -> Option<ObservedLink> {
+        let ifindex = *self.links.lock().unwrap().get(name)?;
+        let pair = self.pairs.lock().unwrap().get(name).cloned();
+        let pair = pair.as_ref();
+        Some(ObservedLink {
+            ifindex,
+            name: name.to_string(),
+            kind: Some("veth".into()),
+            mac: Some(MacAddr([6, 0, 0, 0, 0, 1])),
+            mtu: pair
+                .and_then(|p| p.configured.as_ref())
+                .map_or(1500, |s| u32::from(s.mtu)),
+            up: pair.is_none_or(|p| p.up),
+            peer_ifindex: Some(2),
+            peer_netnsid: pair
+                .and_then(|p| p.netns.as_ref())
+                .map(|(_, id)| id.ino as i32),
+        })
+    }
+
+    /// The fake's namespace file for a target.
+    fn path_of(target: &NetnsTarget) -> PathBuf {
+        netns::namespace_file(target).unwrap_or_else(|| PathBuf::from(format!("/fake/{target}")))
+    }
+
+    /// Makes the endpoint what `spec` says in the namespace at `path` (identity `ns`).
+    fn plumb(&self, spec: &EndpointSpec, path: &Path, ns: NsIdentity) -> Vec<netns::Change> {
+        let existing = self.pairs.lock().unwrap().get(&spec.host_ifname).cloned();
+        let has_link = self.links.lock().unwrap().contains_key(&spec.host_ifname);
+        let mut changes = Vec::new();
+        let mut pair = match existing {
+            Some(p) if has_link && p.netns.as_ref().map(|(_, i)| *i) == Some(ns) => p,
+            other => {
+                if other.is_some() && has_link {
+                    changes.push(netns::Change::RecreatePair {
+                        reason: "its peer is in another namespace".into(),
+                    });
+                } else {
+                    changes.push(netns::Change::CreatePair);
+                }
+                self.make(&spec.host_ifname);
+                FakePair {
+                    netns: Some((path.to_path_buf(), ns)),
+                    configured: None,
+                    up: false,
+                }
+            }
+        };
+        if pair.configured.as_ref() != Some(spec) {
+            changes.push(netns::Change::SetMtu(netns::End::Peer, u32::from(spec.mtu)));
+            pair.configured = Some(spec.clone());
         }
+        if !pair.up {
+            changes.push(netns::Change::SetUp(netns::End::Host));
+            pair.up = true;
+        }
+        self.pairs
+            .lock()
+            .unwrap()
+            .insert(spec.host_ifname.clone(), pair);
+        changes
     }
 }
 
 impl Links for FakeLinks {
     async fn ensure_endpoint(&self, spec: &EndpointSpec) -> netns::Result<EndpointReport> {
         log(&self.log, format!("links: ensure {}", spec.host_ifname));
-        match self.behaviour_of(&spec.host_ifname) {
-            LinkBehaviour::Fails(m) => Err(netns::Error::Invalid(m)),
-            LinkBehaviour::TargetGone => Err(netns::Error::NamespaceMissing {
-                target: spec.target.to_string(),
-                path: "/proc/4242/ns/net".into(),
-            }),
-            _ => {
-                let (host_ifindex, _) = self.ensure(&spec.host_ifname);
-                Ok(EndpointReport {
-                    host_ifindex,
-                    peer_ifindex: 2,
-                    changes: vec![],
-                    observed: netns::ObservedEndpoint {
-                        host_ns: "host".into(),
-                        host: netns::HostEnd::Missing,
-                        name_holder: None,
-                        lo_up: true,
-                    },
-                })
-            }
+        if let LinkBehaviour::Fails(m) = self.behaviour_of(&spec.host_ifname) {
+            return Err(netns::Error::Invalid(m));
         }
+        let path = Self::path_of(&spec.target);
+        let ns = {
+            let mut namespaces = self.namespaces.lock().unwrap();
+            match namespaces.get(&path) {
+                Some(Some(id)) => Some(*id),
+                Some(None) => None,
+                None => {
+                    let id = self.new_namespace();
+                    namespaces.insert(path.clone(), Some(id));
+                    Some(id)
+                }
+            }
+        };
+        let Some(ns) = ns else {
+            return Err(netns::Error::NamespaceMissing {
+                target: spec.target.to_string(),
+                path,
+            });
+        };
+        let changes = self.plumb(spec, &path, ns);
+        let host = self.observed(&spec.host_ifname).expect("just plumbed");
+        let peer = ObservedLink {
+            ifindex: 2,
+            name: spec.ifname.clone(),
+            ..host.clone()
+        };
+        Ok(EndpointReport {
+            host_ifindex: host.ifindex,
+            peer_ifindex: 2,
+            changes,
+            observed: netns::ObservedEndpoint {
+                host_ns: "host".into(),
+                host: netns::HostEnd::Paired(Box::new(netns::Paired {
+                    host,
+                    peer,
+                    host_tx_checksum: false,
+                    peer_tx_checksum: false,
+                    addresses: vec![],
+                    default_route: None,
+                })),
+                name_holder: None,
+                lo_up: true,
+            },
+            namespace: ns,
+            netns_path: path,
+        })
     }
 
     async fn ensure_detached(&self, spec: &DetachedSpec) -> netns::Result<DetachedReport> {
@@ -215,27 +401,56 @@ impl Links for FakeLinks {
             LinkBehaviour::Fails(m) => return Err(netns::Error::Invalid(m)),
             _ => false,
         };
-        let (host_ifindex, changes) = self.ensure(&spec.host_ifname);
+        let mut changes = Vec::new();
+        if !self.links.lock().unwrap().contains_key(&spec.host_ifname) {
+            self.make(&spec.host_ifname);
+            changes.push(format!("created {}", spec.host_ifname));
+        }
+        let docker = PathBuf::from(format!("/fake/docker/{}", spec.host_ifname));
+        let pair = FakePair {
+            netns: joined.then_some((docker, NsIdentity { dev: 9, ino: 9 })),
+            configured: None,
+            up: true,
+        };
+        let before = self
+            .pairs
+            .lock()
+            .unwrap()
+            .insert(spec.host_ifname.clone(), pair.clone());
+        if before.is_some_and(|b| b != pair) {
+            changes.push(format!("{} changed", spec.host_ifname));
+        }
+        let host = self.observed(&spec.host_ifname).expect("just made");
         Ok(DetachedReport {
-            host_ifindex,
+            host_ifindex: host.ifindex,
             joined,
             changes,
+            host,
         })
     }
 
-    async fn host_ifindexes(&self, prefix: &str) -> netns::Result<BTreeMap<String, u32>> {
-        Ok(self
+    async fn host_links(&self, prefix: &str) -> netns::Result<BTreeMap<String, ObservedLink>> {
+        let names: Vec<String> = self
             .links
             .lock()
             .unwrap()
-            .iter()
-            .filter(|(n, _)| n.starts_with(prefix))
-            .map(|(n, i)| (n.clone(), *i))
+            .keys()
+            .filter(|n| n.starts_with(prefix))
+            .cloned()
+            .collect();
+        Ok(names
+            .into_iter()
+            .filter_map(|n| self.observed(&n).map(|l| (n, l)))
             .collect())
+    }
+
+    fn namespace_identity(&self, path: &Path) -> Option<NsIdentity> {
+        self.namespaces.lock().unwrap().get(path).copied().flatten()
     }
 
     async fn remove_endpoint(&self, host_ifname: &str) -> netns::Result<bool> {
         let had = self.links.lock().unwrap().remove(host_ifname).is_some();
+        self.pairs.lock().unwrap().remove(host_ifname);
         log(&self.log, format!("links: remove {host_ifname} ({had})"));
         Ok(had)
     }
@@ -249,10 +464,12 @@ impl Links for FakeLinks {
     }
 }
 
-/// Routers that record their two steps and build nothing.
+/// Routers that record their two steps and, given the fake links, make each router's port
+/// link (`ovl-g…`) when it is missing, as the real ones do in `prepare`.
 #[derive(Debug, Default)]
 pub struct FakeRouting {
     pub log: Log,
+    pub links: Option<Arc<FakeLinks>>,
 }
 
 impl Routing for FakeRouting {
@@ -261,7 +478,17 @@ impl Routing for FakeRouting {
             &self.log,
             format!("routing: prepare {}", intent.routers.len()),
         );
-        Prepared::default()
+        let mut p = Prepared::default();
+        if let Some(links) = &self.links {
+            for r in &intent.routers {
+                let name = crate::router::layout::lan_port_name(r.tenant_id);
+                if !links.links.lock().unwrap().contains_key(&name) {
+                    links.make(&name);
+                    p.changes.push(format!("router {}: made {name}", r.tenant));
+                }
+            }
+        }
+        p
     }
 
     async fn finish(&mut self, _: &HostIntent, _: &mut Prepared, _: bool, gc: bool) {
@@ -272,15 +499,17 @@ impl Routing for FakeRouting {
 #[cfg(test)]
 mod tests {
     use ovl_common::intent::{EndpointIntent, ObjectKind, ObjectStatus, TenantIntent};
-    use ovl_common::{MacAddr, SegmentType};
+    use ovl_common::SegmentType;
 
     use super::*;
+    use crate::ovs::endpoint_port_name;
     use crate::reconcile::{OvsDatapath, OvsSettings};
 
     type Fake = OvsDatapath<FakeSwitch, FakeLinks, FakeRouting>;
 
     fn datapath() -> (Fake, Log) {
         let l: Log = Log::default();
+        let links = Arc::new(FakeLinks::new(l.clone()));
         let dp = OvsDatapath::with_effectors(
             OvsSettings {
                 ovsdb: "unix:/nonexistent".into(),
@@ -289,8 +518,11 @@ mod tests {
                 uplink: None,
             },
             FakeSwitch::new(l.clone()),
-            Arc::new(FakeLinks::new(l.clone())),
-            FakeRouting { log: l.clone() },
+            links.clone(),
+            FakeRouting {
+                log: l.clone(),
+                links: Some(links),
+            },
         );
         (dp, l)
     }
@@ -379,8 +611,12 @@ mod tests {
         let i = intent(1, vec![endpoint(1, netns("a")), endpoint(2, netns("b"))]);
         assert!(dp.reconcile(&i, true).await.report.all_ok());
         lines(&log);
+        // The next intent changes endpoint 1, whose namespace now refuses it.
         dp.links
             .set("ovl-e1", LinkBehaviour::Fails("namespace a is busy".into()));
+        let mut i = i.clone();
+        i.generation = 2;
+        i.endpoints[0].mtu = 1400;
         let r = dp.reconcile(&i, true).await;
         let s = status(&r.report.objects, "web1");
         assert!(s.error.as_deref().unwrap().contains("busy"), "{s:?}");
@@ -476,8 +712,10 @@ mod tests {
             "{l:#?}"
         );
         assert!(!l.iter().any(|l| l.starts_with("switch: apply")), "{l:#?}");
-        // The target comes back: a new veth, the port rebound, ok again.
+        // The target comes back (a new namespace): a new veth, the port rebound, ok again.
         dp.links.set("ovl-e1", LinkBehaviour::Works);
+        dp.links
+            .replace_namespace(std::path::Path::new("/proc/4242/ns/net"));
         let r = dp.reconcile(&i, true).await;
         assert!(r.report.all_ok(), "{:?}", r.report);
         let l = lines(&log);
@@ -510,5 +748,257 @@ mod tests {
         let r = dp.reconcile(&i, true).await;
         assert!(r.report.all_ok(), "{:?}", r.report);
         assert!(dp.switch.ports.lock().unwrap().contains_key("ovl-e3"));
+    }
+
+    fn ensures(l: &[String]) -> Vec<String> {
+        l.iter()
+            .filter(|l| l.starts_with("links: ensure"))
+            .cloned()
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_host_is_not_entered_and_a_change_enters_only_its_endpoints() {
+        let (mut dp, log) = datapath();
+        let eps: Vec<EndpointIntent> = (1..=20)
+            .map(|n| endpoint(n, netns(&format!("c{n}"))))
+            .collect();
+        let mut i = intent(1, eps);
+        assert!(dp.reconcile(&i, true).await.report.all_ok());
+        assert_eq!(ensures(&lines(&log)).len(), 20);
+
+        // A no-op resync enters no namespace and applies nothing.
+        let r = dp.reconcile(&i, true).await;
+        assert!(r.report.all_ok() && r.changes.is_empty(), "{r:?}");
+        let l = lines(&log);
+        assert!(ensures(&l).is_empty(), "{l:#?}");
+        assert!(!l.iter().any(|l| l.starts_with("switch: apply")), "{l:#?}");
+
+        // Container 7 restarts: only its endpoint is plumbed, and its port rebound.
+        dp.links
+            .replace_namespace(std::path::Path::new("/run/netns/c7"));
+        let r = dp.reconcile(&i, true).await;
+        assert!(r.report.all_ok(), "{:?}", r.report);
+        let l = lines(&log);
+        assert_eq!(ensures(&l), ["links: ensure ovl-e7"], "{l:#?}");
+        assert!(pos(&l, "delete port ovl-e7") < pos(&l, "add port ovl-e7"));
+
+        // A new intent adds endpoint 21 and changes endpoint 3: those two, in one
+        // transaction for the ports.
+        i.generation = 2;
+        i.endpoints[2].mtu = 1400;
+        i.endpoints.push(endpoint(21, netns("c21")));
+        let r = dp.reconcile(&i, true).await;
+        assert!(r.report.all_ok(), "{:?}", r.report);
+        let l = lines(&log);
+        assert_eq!(
+            ensures(&l),
+            ["links: ensure ovl-e3", "links: ensure ovl-e15"],
+            "{l:#?}"
+        );
+        let applies: Vec<&String> = l
+            .iter()
+            .filter(|l| l.starts_with("switch: apply"))
+            .collect();
+        assert_eq!(applies.len(), 1, "{l:#?}");
+
+        // Someone deletes a veth: found from the host's dump alone.
+        dp.links.delete("ovl-e9");
+        let r = dp.reconcile(&i, true).await;
+        assert!(r.report.all_ok(), "{:?}", r.report);
+        assert_eq!(ensures(&lines(&log)), ["links: ensure ovl-e9"]);
+    }
+
+    #[tokio::test]
+    async fn the_rolling_share_finds_what_the_glance_cannot_see() {
+        let (mut dp, log) = datapath();
+        let eps: Vec<EndpointIntent> = (1..=20)
+            .map(|n| endpoint(n, netns(&format!("c{n}"))))
+            .collect();
+        let i = intent(1, eps);
+        dp.reconcile(&i, true).await;
+        lines(&log);
+        // Someone changes endpoint 5 inside its namespace: the host's dump cannot show it.
+        dp.links
+            .pairs
+            .lock()
+            .unwrap()
+            .get_mut("ovl-e5")
+            .unwrap()
+            .configured
+            .as_mut()
+            .unwrap()
+            .ip = "10.1.0.99".parse().unwrap();
+        let per_round = crate::reconcile::endpoint_delta::DEEP_CHECKS_MIN;
+        let mut fixed = false;
+        // An intent or an event does not roll; the periodic resync does.
+        dp.reconcile(&i, true).await;
+        assert!(ensures(&lines(&log)).is_empty());
+        for _ in 0..20usize.div_ceil(per_round) {
+            dp.roll_next();
+            let r = dp.reconcile(&i, true).await;
+            assert_eq!(ensures(&lines(&log)).len(), per_round);
+            fixed |= r.changes.iter().any(|c| c.starts_with("endpoint web5:"));
+        }
+        assert!(fixed, "the rolling share never plumbed endpoint 5 again");
+    }
+
+    /// Property: on random sequences of intents and events, a datapath that reconciles
+    /// incrementally (keeping what it verified, sometimes with the resync's rolling share)
+    /// leaves the host exactly as
+    /// one that plumbs every endpoint every time (the full path): the same links, ifindexes
+    /// and namespaces, the same port table, the same port plans sent to the switch, the same
+    /// report; and at the end a full reconcile of the incremental host finds nothing to do.
+    #[tokio::test]
+    async fn incremental_reconciles_end_where_full_ones_do() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+
+        for seed in 0..64u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let (mut inc, inc_log) = datapath();
+            let (mut full, full_log) = datapath();
+            let mut eps: BTreeMap<u32, EndpointIntent> = BTreeMap::new();
+            let mut next_id = 1u32;
+            let mut generation = 1u64;
+            for step in 0..48 {
+                let pick = |rng: &mut StdRng, eps: &BTreeMap<u32, EndpointIntent>| {
+                    (!eps.is_empty()).then(|| *eps.keys().nth(rng.gen_range(0..eps.len())).unwrap())
+                };
+                let path_of = |e: &EndpointIntent| netns::namespace_file(&e.target).unwrap();
+                let event = rng.gen_range(0..14);
+                let mut what = format!("step {step}: event {event}");
+                match (event, pick(&mut rng, &eps)) {
+                    (0..=2, _) | (_, None) => {
+                        eps.insert(next_id, endpoint(next_id, netns(&format!("c{next_id}"))));
+                        next_id += 1;
+                        generation += 1;
+                    }
+                    (3, Some(id)) => {
+                        eps.remove(&id);
+                        generation += 1;
+                    }
+                    (4, Some(id)) => {
+                        let e = eps.get_mut(&id).unwrap();
+                        e.mtu = if e.mtu == 1450 { 1400 } else { 1450 };
+                        generation += 1;
+                    }
+                    (5, Some(id)) => {
+                        eps.get_mut(&id).unwrap().target = netns(&format!("c{id}-{step}"));
+                        generation += 1;
+                    }
+                    (6, Some(id)) => {
+                        let p = path_of(&eps[&id]);
+                        inc.links.replace_namespace(&p);
+                        full.links.replace_namespace(&p);
+                    }
+                    (7, Some(id)) => {
+                        let p = path_of(&eps[&id]);
+                        inc.links.remove_namespace(&p);
+                        full.links.remove_namespace(&p);
+                    }
+                    (8, Some(id)) => {
+                        let port = endpoint_port_name(id);
+                        inc.links.delete(&port);
+                        full.links.delete(&port);
+                    }
+                    (9, Some(id)) => {
+                        let port = endpoint_port_name(id);
+                        inc.links.set_down(&port);
+                        full.links.set_down(&port);
+                    }
+                    (10, Some(id)) => {
+                        let port = endpoint_port_name(id);
+                        inc.switch.ports.lock().unwrap().remove(&port);
+                        full.switch.ports.lock().unwrap().remove(&port);
+                    }
+                    (11, Some(id)) => {
+                        let port = endpoint_port_name(id);
+                        if inc.links.links.lock().unwrap().contains_key(&port) {
+                            inc.links.make(&port);
+                            full.links.make(&port);
+                        }
+                    }
+                    (12, Some(id)) => {
+                        let p = path_of(&eps[&id]);
+                        inc.links.unlink_namespace(&p);
+                        full.links.unlink_namespace(&p);
+                    }
+                    _ => what.push_str(" (resync)"),
+                }
+                let i = intent(generation, eps.values().cloned().collect());
+                if rng.gen_bool(0.2) {
+                    // A periodic resync: the rolling share must change nothing either.
+                    inc.roll_next();
+                }
+                full.forget_verified();
+                let a = inc.reconcile(&i, true).await;
+                let b = full.reconcile(&i, true).await;
+                let ctx = format!("seed {seed}, {what}");
+                assert_eq!(a.report, b.report, "{ctx}");
+                assert_eq!(
+                    *inc.links.links.lock().unwrap(),
+                    *full.links.links.lock().unwrap(),
+                    "{ctx}"
+                );
+                assert_eq!(
+                    *inc.links.pairs.lock().unwrap(),
+                    *full.links.pairs.lock().unwrap(),
+                    "{ctx}"
+                );
+                assert_eq!(
+                    *inc.links.namespaces.lock().unwrap(),
+                    *full.links.namespaces.lock().unwrap(),
+                    "{ctx}"
+                );
+                assert_eq!(
+                    *inc.switch.ports.lock().unwrap(),
+                    *full.switch.ports.lock().unwrap(),
+                    "{ctx}"
+                );
+                let plans = |l: &Log| -> Vec<String> {
+                    lines(l)
+                        .into_iter()
+                        .filter(|l| l.starts_with("switch:"))
+                        .collect()
+                };
+                assert_eq!(plans(&inc_log), plans(&full_log), "{ctx}");
+            }
+            let i = intent(generation, eps.values().cloned().collect());
+            inc.forget_verified();
+            let r = inc.reconcile(&i, true).await;
+            let settled = r.changes.iter().all(|c| c.contains("target is gone"))
+                || r.report.objects.iter().any(|o| o.target_missing);
+            assert!(
+                r.changes.is_empty() || settled,
+                "seed {seed}: {:?}",
+                r.changes
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_router_port_is_tied_to_the_link_its_router_just_made() {
+        let (mut dp, _log) = datapath();
+        let mut i = intent(1, vec![endpoint(1, netns("a"))]);
+        i.routers = vec![ovl_common::intent::RouterIntent {
+            tenant_id: 1,
+            tenant: "blue".parse().unwrap(),
+            vlan: 10,
+            subnet: "10.1.0.0/24".parse().unwrap(),
+            gateway: "10.1.0.1".parse().unwrap(),
+            mac: MacAddr([0x0a, 0x58, 0, 0, 1, 1]),
+            mtu: 1450,
+            nat: false,
+            publishes: vec![],
+        }];
+        let r = dp.reconcile(&i, true).await;
+        assert!(r.report.all_ok(), "{:?}", r.report);
+        let ifindex = dp.links.links.lock().unwrap()["ovl-g1"];
+        let port = dp.switch.ports.lock().unwrap()["ovl-g1"].clone();
+        assert_eq!(port.external_ids[IFINDEX_KEY], ifindex.to_string());
+        // So the next round changes nothing.
+        let again = dp.reconcile(&i, true).await;
+        assert!(again.changes.is_empty(), "{:?}", again.changes);
     }
 }

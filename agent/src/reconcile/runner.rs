@@ -118,6 +118,9 @@ pub async fn run_observed<D: Datapath>(
     let mut resync_at = Instant::now() + resync;
     let mut retry = RETRY_MIN;
     let mut pending: Option<Instant> = None;
+    // Whether the reconcile about to run is the periodic resync (or a retry), which also
+    // looks at what the datapath's cheap observation cannot see.
+    let mut resync_due = false;
     loop {
         let wake = pending.unwrap_or(resync_at).min(resync_at);
         let event = tokio::select! {
@@ -155,6 +158,7 @@ pub async fn run_observed<D: Datapath>(
                 let now = Instant::now();
                 if now >= resync_at {
                     pending = Some(now);
+                    resync_due = true;
                 }
             }
         }
@@ -163,6 +167,9 @@ pub async fn run_observed<D: Datapath>(
             continue;
         };
         pending = None;
+        if std::mem::take(&mut resync_due) {
+            dp.resync_due();
+        }
         // The intent came from the controller in this process's lifetime, so it is complete:
         // owned objects it does not name may go.
         let report = dp.apply(current, true).await;
