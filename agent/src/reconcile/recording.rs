@@ -67,6 +67,7 @@ impl FakeSwitch {
                 options: spec.kind.options(),
                 external_ids: ids,
                 ofport: Some(*n as i64),
+                ofport_request: spec.ofport_request.map(i64::from),
                 error: None,
                 ifindex: spec
                     .external_ids
