@@ -1,4 +1,4 @@
-//! The three systems a reconcile changes, each behind a trait so that the OVS datapath's
+//! The systems a reconcile changes, each behind a trait so that the OVS datapath's
 //! ordering rules are unit-tested against recording fakes ([`super::recording`]) without root:
 //!
 //! - [`Switch`]: Open vSwitch (`ovs-vsctl add-br`, `add-port`, `del-port`), implemented by
