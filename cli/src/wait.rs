@@ -3,21 +3,18 @@
 //! The controller answers a request as soon as it has stored the change; the hosts apply it
 //! afterwards. These functions poll (`EndpointShow` or `Status`) until the affected hosts have
 //! caught up or the time limit passes, reporting progress through a callback. They do not
-//! print: the caller decides where progress goes (stderr for `ovl`).
+//! print: the caller decides where progress goes (stderr for `ovl`). What "caught up" means
+//! and the polling itself are `ovl_common::converge`'s, shared with the lab and the tests;
+//! this module adds the endpoint's own wait and `ovl`'s error classes.
 
 use std::time::Duration;
 
-use ovl_common::model::HostName;
+use ovl_common::converge::{self, Condition, Poll, Poller, Progress};
 use ovl_common::proto::{ApiReply, ApiRequest, EndpointInfo, HostStatus};
-use tokio::time::Instant;
 
 use crate::client::{CallError, Client};
 
-/// How often the controller is asked.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
-
-/// How often an unchanged progress line is repeated, so a long wait does not look hung.
-const REPEAT_PROGRESS: Duration = Duration::from_secs(5);
+pub use ovl_common::converge::{targets, Target, POLL_INTERVAL};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WaitError {
@@ -44,48 +41,14 @@ pub enum WaitError {
     },
 }
 
-/// A host and the generation it has to reach.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub host: HostName,
-    pub generation: u64,
-}
-
-/// The name of a reply's kind, for messages.
-pub fn reply_kind(r: &ApiReply) -> &'static str {
-    match r {
-        ApiReply::Tenant(_) => "tenant",
-        ApiReply::Tenants(_) => "tenants",
-        ApiReply::Host(_) => "host",
-        ApiReply::Hosts(_) => "hosts",
-        ApiReply::Endpoint(_) => "endpoint",
-        ApiReply::Endpoints(_) => "endpoints",
-        ApiReply::Deleted { .. } => "deleted",
-        ApiReply::Status(_) => "status",
-        ApiReply::Address(_) => "address",
-    }
-}
-
-/// Reports progress lines, dropping repeats unless a while has passed.
-struct Progress<'a> {
-    sink: &'a mut dyn FnMut(&str),
-    last: Option<(String, Instant)>,
-}
-
-impl<'a> Progress<'a> {
-    fn new(sink: &'a mut dyn FnMut(&str)) -> Self {
-        Self { sink, last: None }
-    }
-
-    fn say(&mut self, line: String) {
-        let now = Instant::now();
-        let repeat = match &self.last {
-            Some((prev, at)) => *prev != line || now.duration_since(*at) >= REPEAT_PROGRESS,
-            None => true,
-        };
-        if repeat {
-            (self.sink)(&line);
-            self.last = Some((line, now));
+impl From<converge::WaitError> for WaitError {
+    fn from(e: converge::WaitError) -> Self {
+        match e {
+            converge::WaitError::Call(c) => WaitError::Call(c),
+            converge::WaitError::TimedOut { after, still } => WaitError::TimedOut { after, still },
+            converge::WaitError::UnexpectedReply { request, got } => {
+                WaitError::UnexpectedReply { request, got }
+            }
         }
     }
 }
@@ -98,7 +61,7 @@ pub async fn endpoint_settled(
     limit: Duration,
     progress: &mut dyn FnMut(&str),
 ) -> Result<EndpointInfo, WaitError> {
-    let deadline = Instant::now() + limit;
+    let poller = Poller::start(Poll::cli(limit));
     let mut progress = Progress::new(progress);
     loop {
         let reply = client
@@ -111,7 +74,7 @@ pub async fn endpoint_settled(
             other => {
                 return Err(WaitError::UnexpectedReply {
                     request: "EndpointShow",
-                    got: reply_kind(&other),
+                    got: other.kind(),
                 })
             }
         };
@@ -122,17 +85,12 @@ pub async fn endpoint_settled(
         if info.state != "pending" {
             return Ok(info);
         }
-        if Instant::now() + POLL_INTERVAL > deadline {
-            return Err(WaitError::TimedOut {
-                after: limit,
-                still,
-            });
-        }
+        let pause = poller.next(&[still])?;
         progress.say(format!(
             "waiting for host '{}' to apply endpoint '{name}' (pending)",
             info.endpoint.host
         ));
-        tokio::time::sleep(POLL_INTERVAL).await;
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -153,55 +111,9 @@ pub fn endpoint_outcome(info: &EndpointInfo) -> Result<(), WaitError> {
     }
 }
 
-/// The generation each of `hosts` has to reach for a change the controller just stored: its
-/// desired generation now.
-pub fn targets(status: &[HostStatus], hosts: &[HostName]) -> Vec<Target> {
-    status
-        .iter()
-        .filter(|s| hosts.contains(&s.name))
-        .map(|s| Target {
-            host: s.name.clone(),
-            generation: s.desired_generation,
-        })
-        .collect()
-}
-
-/// The targets not yet reached, each with a line saying why it is still waited for. A host the
-/// controller no longer lists has nothing left to apply.
-pub fn outstanding(status: &[HostStatus], targets: &[Target]) -> Vec<String> {
-    targets
-        .iter()
-        .filter_map(|t| {
-            let s = status.iter().find(|s| s.name == t.host)?;
-            let applied = s.applied_generation.unwrap_or(0);
-            if s.applied_generation.is_some() && applied >= t.generation {
-                return None;
-            }
-            let state = if s.connected {
-                "connected".to_string()
-            } else {
-                "disconnected: it applies the change when its agent reconnects".to_string()
-            };
-            Some(format!(
-                "host '{}' has applied generation {} of {} ({state})",
-                t.host,
-                s.applied_generation
-                    .map_or_else(|| "none".to_string(), |g| g.to_string()),
-                t.generation
-            ))
-        })
-        .collect()
-}
-
 /// Asks for `Status`.
 pub async fn status(client: &mut Client) -> Result<Vec<HostStatus>, WaitError> {
-    match client.call(ApiRequest::Status).await? {
-        ApiReply::Status(s) => Ok(s),
-        other => Err(WaitError::UnexpectedReply {
-            request: "Status",
-            got: reply_kind(&other),
-        }),
-    }
+    Ok(converge::status(client).await?)
 }
 
 /// Polls `Status` until every target host has applied its target generation.
@@ -211,103 +123,20 @@ pub async fn hosts_applied(
     limit: Duration,
     progress: &mut dyn FnMut(&str),
 ) -> Result<(), WaitError> {
-    let deadline = Instant::now() + limit;
-    let mut progress = Progress::new(progress);
-    loop {
-        let status = status(client).await?;
-        let waiting = outstanding(&status, targets);
-        if waiting.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() + POLL_INTERVAL > deadline {
-            return Err(WaitError::TimedOut {
-                after: limit,
-                still: waiting.join("; "),
-            });
-        }
-        for line in waiting {
-            progress.say(format!("waiting: {line}"));
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
+    converge::until_converged(
+        client,
+        &Condition::targets(targets),
+        Poll::cli(limit),
+        progress,
+    )
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn st(name: &str, connected: bool, desired: u64, applied: Option<u64>) -> HostStatus {
-        HostStatus {
-            name: HostName::new(name).unwrap(),
-            connected,
-            last_contact: None,
-            remote: None,
-            agent_version: None,
-            datapath: None,
-            desired_generation: desired,
-            applied_generation: applied,
-            endpoints: 0,
-            errors: vec![],
-        }
-    }
-
-    #[test]
-    fn targets_are_the_desired_generations_of_the_affected_hosts() {
-        let status = [
-            st("a", true, 4, Some(3)),
-            st("b", true, 9, Some(9)),
-            st("c", true, 2, None),
-        ];
-        let hosts = [HostName::new("a").unwrap(), HostName::new("c").unwrap()];
-        let t = targets(&status, &hosts);
-        assert_eq!(
-            t,
-            vec![
-                Target {
-                    host: HostName::new("a").unwrap(),
-                    generation: 4
-                },
-                Target {
-                    host: HostName::new("c").unwrap(),
-                    generation: 2
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn outstanding_lists_hosts_behind_their_target() {
-        let t = vec![
-            Target {
-                host: HostName::new("a").unwrap(),
-                generation: 4,
-            },
-            Target {
-                host: HostName::new("b").unwrap(),
-                generation: 4,
-            },
-            Target {
-                host: HostName::new("gone").unwrap(),
-                generation: 4,
-            },
-        ];
-        let now = [st("a", true, 5, Some(4)), st("b", false, 4, Some(3))];
-        assert_eq!(
-            outstanding(&now, &t),
-            vec!["host 'b' has applied generation 3 of 4 (disconnected: it applies the change when its agent reconnects)".to_string()]
-        );
-        let later = [st("a", true, 5, Some(5)), st("b", true, 4, Some(4))];
-        assert!(outstanding(&later, &t).is_empty());
-        let never = [st("a", true, 0, None)];
-        let t0 = [Target {
-            host: HostName::new("a").unwrap(),
-            generation: 0,
-        }];
-        assert_eq!(
-            outstanding(&never, &t0),
-            vec!["host 'a' has applied generation none of 0 (connected)".to_string()]
-        );
-    }
+    use ovl_common::model::HostName;
 
     #[test]
     fn only_ok_is_in_place() {
@@ -344,19 +173,5 @@ mod tests {
             failed.unwrap_err().to_string(),
             "endpoint 'web1' failed on host 'h1': no reason given"
         );
-    }
-
-    #[test]
-    fn progress_drops_repeats() {
-        let mut seen = Vec::new();
-        {
-            let mut sink = |l: &str| seen.push(l.to_string());
-            let mut p = Progress::new(&mut sink);
-            p.say("a".into());
-            p.say("a".into());
-            p.say("b".into());
-            p.say("b".into());
-        }
-        assert_eq!(seen, vec!["a", "b"]);
     }
 }

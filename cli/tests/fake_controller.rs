@@ -385,13 +385,10 @@ async fn client_round_trips_requests_and_api_errors() {
 
     // An API error leaves the session usable.
     let create = ApiRequest::TenantCreate(ovl_common::proto::TenantCreate {
-        name: "blue".into(),
-        subnet: "10.1.0.0/24".into(),
         segment: Some("gre".into()),
         key: Some(7),
-        vlan: None,
         mtu: Some(1400),
-        attach: None,
+        ..ovl_common::proto::TenantCreate::new("blue", "10.1.0.0/24")
     });
     let err = client.call(create.clone()).await.unwrap_err();
     assert!(

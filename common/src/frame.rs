@@ -187,13 +187,8 @@ mod tests {
     async fn back_to_back_frames_on_a_stream() {
         let a = ApiRequest::Status;
         let b = ApiRequest::TenantCreate(TenantCreate {
-            name: "red".into(),
-            subnet: "10.0.0.0/24".into(),
-            segment: None,
             key: Some(5),
-            vlan: None,
-            mtu: None,
-            attach: None,
+            ..TenantCreate::new("red", "10.0.0.0/24")
         });
         let mut buf = encode(&a).unwrap();
         buf.extend(encode(&b).unwrap());
@@ -215,9 +210,7 @@ mod tests {
 
         #[test]
         fn names_round_trip(name in "[a-z][a-z0-9-]{0,30}", key in any::<u32>()) {
-            let msg = ApiRequest::TenantCreate(TenantCreate {
-                name, subnet: "10.1.0.0/16".into(), segment: Some("gre".into()), key: Some(key), vlan: None, mtu: Some(1400), attach: None,
-            });
+            let msg = ApiRequest::TenantCreate(TenantCreate { segment: Some("gre".into()), key: Some(key), mtu: Some(1400), ..TenantCreate::new(name, "10.1.0.0/16") });
             let bytes = encode(&msg).unwrap();
             let (back, _) = decode_frame::<ApiRequest>(&bytes).unwrap().unwrap();
             prop_assert_eq!(back, msg);
@@ -340,15 +333,7 @@ mod reply_tests {
         use crate::Protocol;
         let requests = vec![
             ApiRequest::TenantCreateGateway {
-                create: TenantCreate {
-                    name: "red".into(),
-                    subnet: "10.0.0.0/24".into(),
-                    segment: None,
-                    key: None,
-                    vlan: None,
-                    mtu: None,
-                    attach: None,
-                },
+                create: TenantCreate::new("red", "10.0.0.0/24"),
                 nat: true,
                 gateway_host: Some("h2".into()),
             },

@@ -6,6 +6,7 @@
 //! beyond reading and writing frames on a stream it is handed, and it holds no state.
 
 pub mod client;
+pub mod converge;
 pub mod daemon;
 pub mod frame;
 pub mod garp;

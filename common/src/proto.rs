@@ -352,6 +352,22 @@ pub struct TenantCreate {
     pub attach: Option<String>,
 }
 
+impl TenantCreate {
+    /// A tenant with only a name and a subnet: everything else defaulted or allocated, as
+    /// `ovl tenant create NAME --subnet SUBNET` asks. Set other fields with `..`.
+    pub fn new(name: impl Into<String>, subnet: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            subnet: subnet.into(),
+            segment: None,
+            key: None,
+            vlan: None,
+            mtu: None,
+            attach: None,
+        }
+    }
+}
+
 /// `ovl endpoint create`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointCreate {
@@ -363,6 +379,26 @@ pub struct EndpointCreate {
     pub ifname: Option<String>,
     /// A fixed address in the tenant's subnet; allocated when absent.
     pub ip: Option<String>,
+}
+
+impl EndpointCreate {
+    /// An endpoint with its interface name defaulted and its address allocated. Set `ifname`
+    /// or `ip` with `..`.
+    pub fn new(
+        tenant: impl Into<String>,
+        host: impl Into<String>,
+        name: impl Into<String>,
+        target: crate::model::NetnsTarget,
+    ) -> Self {
+        Self {
+            tenant: tenant.into(),
+            host: host.into(),
+            name: name.into(),
+            target,
+            ifname: None,
+            ip: None,
+        }
+    }
 }
 
 /// The answer to one [`ApiRequest`].
@@ -385,6 +421,23 @@ pub enum ApiReply {
     Status(Vec<HostStatus>),
     /// An address reserved by [`ApiRequest::AddressReserve`].
     Address(AddressInfo),
+}
+
+impl ApiReply {
+    /// The kind of answer, for messages about an unexpected one.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiReply::Tenant(_) => "tenant",
+            ApiReply::Tenants(_) => "tenants",
+            ApiReply::Host(_) => "host",
+            ApiReply::Hosts(_) => "hosts",
+            ApiReply::Endpoint(_) => "endpoint",
+            ApiReply::Endpoints(_) => "endpoints",
+            ApiReply::Deleted { .. } => "deleted",
+            ApiReply::Status(_) => "status",
+            ApiReply::Address(_) => "address",
+        }
+    }
 }
 
 /// A reserved address with what a container needs to use it.

@@ -5,5 +5,5 @@ use libfuzzer_sys::fuzz_target;
 use ovl_common::proto::AgentToController;
 
 fuzz_target!(|data: &[u8]| {
-    ovl_fuzz::check::<AgentToController>(data);
+    ovl_testkit::frames::check::<AgentToController>(data);
 });

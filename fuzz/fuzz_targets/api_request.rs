@@ -5,5 +5,5 @@ use libfuzzer_sys::fuzz_target;
 use ovl_common::proto::ApiRequest;
 
 fuzz_target!(|data: &[u8]| {
-    ovl_fuzz::check::<ApiRequest>(data);
+    ovl_testkit::frames::check::<ApiRequest>(data);
 });

@@ -5,5 +5,5 @@ use libfuzzer_sys::fuzz_target;
 use ovl_common::proto::ClientHello;
 
 fuzz_target!(|data: &[u8]| {
-    ovl_fuzz::check::<ClientHello>(data);
+    ovl_testkit::frames::check::<ClientHello>(data);
 });

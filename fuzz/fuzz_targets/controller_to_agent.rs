@@ -5,5 +5,5 @@ use libfuzzer_sys::fuzz_target;
 use ovl_common::proto::ControllerToAgent;
 
 fuzz_target!(|data: &[u8]| {
-    ovl_fuzz::check::<ControllerToAgent>(data);
+    ovl_testkit::frames::check::<ControllerToAgent>(data);
 });

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use ovl_common::converge::{self, Condition, Poll, Poller};
 use ovl_common::intent::HostIntent;
+use ovl_common::proto::HostStatus;
+use ovl_common::HostName;
 use serde_json::Value;
 
 use crate::bin;
@@ -246,28 +249,32 @@ impl Cluster {
         self.records(host).pop()
     }
 
-    /// Waits until every named host is connected and has applied its desired generation.
+    /// Waits until every named host is connected and has applied its desired generation
+    /// ([`converge::Hosts::Named`]), reading `ovl status` every 50 ms for up to 30 s.
     pub fn wait_converged(&self, hosts: &[&str]) {
-        wait_for(
-            &format!("hosts {hosts:?} to converge"),
-            Duration::from_secs(30),
-            || {
-                let out = self.ovl(&["status"]);
-                if !out.status.success() {
-                    return None;
-                }
-                let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-                let rows = v.as_array()?;
-                let ok = hosts.iter().all(|h| {
-                    rows.iter().any(|r| {
-                        r["name"] == *h
-                            && r["connected"] == true
-                            && r["applied_generation"].as_u64() == r["desired_generation"].as_u64()
-                    })
-                });
-                ok.then_some(())
-            },
-        )
+        let names: Vec<HostName> = hosts.iter().map(|h| crate::sim::host_name(h)).collect();
+        let converged = Condition::named(&names);
+        let poller = Poller::start(Poll {
+            every: Duration::from_millis(50),
+            limit: Duration::from_secs(30),
+        });
+        loop {
+            let out = self.ovl(&["status"]);
+            let still = match serde_json::from_slice::<Vec<HostStatus>>(&out.stdout) {
+                Ok(status) if out.status.success() => converge::behind(&status, &converged),
+                _ => vec![format!(
+                    "`ovl status` failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )],
+            };
+            if still.is_empty() {
+                return;
+            }
+            match poller.next(&still) {
+                Ok(pause) => std::thread::sleep(pause),
+                Err(e) => panic!("waiting for hosts {hosts:?} to converge: {e}"),
+            }
+        }
     }
 
     /// A controller log, for failure messages.

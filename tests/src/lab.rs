@@ -9,6 +9,7 @@ use std::time::Duration;
 use ovl_cli::lab::demo::{self, PingResult};
 use ovl_cli::lab::{self, LabSpec, LabState};
 use ovl_cli::Client;
+use ovl_common::converge::{self, Condition, Poll};
 use ovl_common::proto::{ApiReply, ApiRequest, EndpointCreate, TenantCreate};
 use ovl_common::NetnsTarget;
 use serde_json::Value;
@@ -166,13 +167,9 @@ impl TestLab {
         let mut c = self.client().await;
         let r = c
             .call(ApiRequest::TenantCreate(TenantCreate {
-                name: name.into(),
-                subnet: subnet.into(),
                 segment: Some(segment.into()),
-                key: None,
                 vlan,
-                mtu: None,
-                attach: None,
+                ..TenantCreate::new(name, subnet)
             }))
             .await
             .expect("tenant create");
@@ -195,12 +192,8 @@ impl TestLab {
         let mut c = self.client().await;
         let r = c
             .call(ApiRequest::EndpointCreate(EndpointCreate {
-                tenant: tenant.into(),
-                host: host.into(),
-                name: name.into(),
-                target: NetnsTarget::Name(name.into()),
-                ifname: None,
                 ip: Some(ip.into()),
+                ..EndpointCreate::new(tenant, host, name, NetnsTarget::Name(name.into()))
             }))
             .await
             .expect("endpoint create");
@@ -232,25 +225,28 @@ impl TestLab {
         r
     }
 
-    /// Waits until every host has applied its desired generation.
+    /// Waits until every host is connected, has applied its desired generation and reports
+    /// no failed object ([`converge::Hosts::All`]), asking every 100 ms for up to 60 s.
     pub async fn wait_converged(&self) {
+        self.converged_within(Poll {
+            every: Duration::from_millis(100),
+            limit: Duration::from_secs(60),
+        })
+        .await;
+    }
+
+    /// Waits as [`TestLab::wait_converged`] does, at the given pace, and returns how long
+    /// it took.
+    pub async fn converged_within(&self, poll: Poll) -> Duration {
         let started = std::time::Instant::now();
-        loop {
-            if let ApiReply::Status(hosts) = self.call(ApiRequest::Status).await {
-                if hosts.iter().all(|h| {
-                    h.connected
-                        && h.applied_generation == Some(h.desired_generation)
-                        && h.errors.is_empty()
-                }) {
-                    return;
-                }
-                assert!(
-                    started.elapsed() < Duration::from_secs(60),
-                    "hosts did not converge: {hosts:?}"
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut c = self.client().await;
+        let converged = Condition::all().without_errors();
+        let r = converge::until_converged(&mut c, &converged, poll, &mut |_| {}).await;
+        c.close().await;
+        if let Err(e) = r {
+            panic!("hosts did not converge: {e}");
         }
+        started.elapsed()
     }
 }
 

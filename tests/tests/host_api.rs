@@ -88,12 +88,8 @@ fn cnm_target(container: Option<&str>) -> NetnsTarget {
 
 fn create(name: &str, tenant: &str, host: &str, ip: Option<&str>) -> EndpointCreate {
     EndpointCreate {
-        tenant: tenant.into(),
-        host: host.into(),
-        name: name.into(),
-        target: cnm_target(None),
-        ifname: None,
         ip: ip.map(Into::into),
+        ..EndpointCreate::new(tenant, host, name, cnm_target(None))
     }
 }
 
@@ -315,13 +311,8 @@ async fn a_host_may_not_act_for_others_or_administer() {
         release("open", "10.1.0.77"),
         // Administration.
         ApiRequest::TenantCreate(TenantCreate {
-            name: "mine".into(),
-            subnet: "10.9.0.0/24".into(),
-            segment: None,
-            key: None,
-            vlan: None,
-            mtu: None,
             attach: Some("*".into()),
+            ..TenantCreate::new("mine", "10.9.0.0/24")
         }),
         ApiRequest::TenantDelete {
             name: "open".into(),

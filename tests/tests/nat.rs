@@ -159,13 +159,8 @@ async fn nat_tenant(
     match lab
         .call(ApiRequest::TenantCreateGateway {
             create: TenantCreate {
-                name: name.into(),
-                subnet: subnet.into(),
                 segment: Some(segment.into()),
-                key: None,
-                vlan: None,
-                mtu: None,
-                attach: None,
+                ..TenantCreate::new(name, subnet)
             },
             nat: true,
             gateway_host: Some(gateway.into()),

@@ -66,15 +66,7 @@ fn agent_hello(host: &str) -> ClientHello {
 }
 
 fn smuggled() -> ApiRequest {
-    ApiRequest::TenantCreate(TenantCreate {
-        name: "smuggled".into(),
-        subnet: "10.66.0.0/24".into(),
-        segment: None,
-        key: None,
-        vlan: None,
-        mtu: None,
-        attach: None,
-    })
+    ApiRequest::TenantCreate(TenantCreate::new("smuggled", "10.66.0.0/24"))
 }
 
 /// Connects with `config`, sends an admin hello and a request that would create a tenant, and

@@ -42,25 +42,18 @@ async fn controller() -> Cluster {
 
 fn tenant(name: &str, subnet: &str, segment: &str) -> ApiRequest {
     ApiRequest::TenantCreate(TenantCreate {
-        name: name.into(),
-        subnet: subnet.into(),
         segment: Some(segment.into()),
-        key: None,
-        vlan: None,
-        mtu: None,
-        attach: None,
+        ..TenantCreate::new(name, subnet)
     })
 }
 
 fn endpoint(tenant: &str, host: &HostName, name: &str) -> ApiRequest {
-    ApiRequest::EndpointCreate(EndpointCreate {
-        tenant: tenant.into(),
-        host: host.to_string(),
-        name: name.into(),
-        target: NetnsTarget::Name(name.into()),
-        ifname: None,
-        ip: None,
-    })
+    ApiRequest::EndpointCreate(EndpointCreate::new(
+        tenant,
+        host.to_string(),
+        name,
+        NetnsTarget::Name(name.into()),
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ovl_cli::lab::{self, ovs};
-use ovl_common::proto::{ApiReply, ApiRequest};
+use ovl_common::converge::Poll;
+use ovl_common::proto::ApiRequest;
 use ovl_tests::lab::{ns_exec, ping, TestLab};
 
 /// A background `ping -i 0.01` with per-reply timestamps. Its output is read as it comes: a
@@ -108,24 +109,13 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
+/// Every host converged, without failed objects; asked every 50 ms. Returns how long it took.
 async fn converged(lab: &TestLab, limit: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        if let ApiReply::Status(hosts) = lab.call(ApiRequest::Status).await {
-            if hosts.iter().all(|h| {
-                h.connected
-                    && h.applied_generation == Some(h.desired_generation)
-                    && h.errors.is_empty()
-            }) {
-                return start.elapsed();
-            }
-        }
-        assert!(
-            start.elapsed() < limit,
-            "hosts did not converge within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    lab.converged_within(Poll {
+        every: Duration::from_millis(50),
+        limit,
+    })
+    .await
 }
 
 fn ip(s: &str) -> Ipv4Addr {

@@ -2,10 +2,12 @@
 //! happens. Progress goes to stderr so `-o json` output on stdout stays clean.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
+use ovl_common::converge::{self, Condition, Poll, Poller};
 use ovl_common::proto::{ApiReply, ApiRequest, EndpointCreate};
+use ovl_common::HostName;
 use ovl_common::NetnsTarget;
 use serde_json::json;
 
@@ -26,18 +28,31 @@ pub async fn lab_client(state: &LabState) -> anyhow::Result<Client> {
         .with_context(|| format!("connecting to the lab controller at {addr}"))
 }
 
-/// Waits until every lab host's agent is connected and has applied its intent.
+/// Waits until every lab host's agent is connected and has applied its intent
+/// ([`converge::Hosts::Named`]), telling `progress` of each agent as it connects. A controller
+/// that does not answer yet is asked again.
 pub async fn wait_for_agents(
     state: &LabState,
     timeout: Duration,
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<()> {
-    let start = Instant::now();
+    let hosts = state
+        .hosts
+        .iter()
+        .map(|h| HostName::new(&h.name))
+        .collect::<Result<Vec<_>, _>>()
+        .context("a lab host name")?;
+    let ready = Condition::named(&hosts);
+    let poller = Poller::start(Poll {
+        every: Duration::from_millis(200),
+        limit: timeout,
+    });
     let mut seen = std::collections::BTreeSet::new();
     loop {
+        let mut still = vec!["the controller did not answer".to_string()];
         if let Ok(mut client) = lab_client(state).await {
-            if let Ok(ApiReply::Status(hosts)) = client.call(ApiRequest::Status).await {
-                for h in &hosts {
+            if let Ok(status) = converge::status(&mut client).await {
+                for h in &status {
                     if h.connected && seen.insert(h.name.to_string()) {
                         progress(&format!(
                             "agent {} connected (datapath {})",
@@ -46,27 +61,21 @@ pub async fn wait_for_agents(
                         ));
                     }
                 }
-                let ready = state.hosts.iter().all(|lh| {
-                    hosts.iter().any(|h| {
-                        h.name.as_str() == lh.name
-                            && h.connected
-                            && h.applied_generation == Some(h.desired_generation)
-                    })
-                });
-                client.close().await;
-                if ready {
-                    return Ok(());
-                }
+                still = converge::behind(&status, &ready);
+            }
+            client.close().await;
+            if still.is_empty() {
+                return Ok(());
             }
         }
-        if start.elapsed() > timeout {
-            bail!(
-                "not every agent connected within {timeout:?}; see the logs in {}/h*/agent.log and {}/controller.log",
+        match poller.next(&still) {
+            Ok(pause) => tokio::time::sleep(pause).await,
+            Err(e) => bail!(
+                "not every agent connected within {timeout:?} ({e}); see the logs in {}/h*/agent.log and {}/controller.log",
                 state.spec.dir.display(),
                 state.spec.dir.display()
-            );
+            ),
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -205,12 +214,13 @@ pub async fn run(cmd: &LabCommand, global: &GlobalArgs) -> anyhow::Result<()> {
                 let mut client = lab_client(&state).await?;
                 let reply = client
                     .call(ApiRequest::EndpointCreate(EndpointCreate {
-                        tenant: tenant.clone(),
-                        host: host.clone(),
-                        name: a.name.clone(),
-                        target: NetnsTarget::Name(a.name.clone()),
-                        ifname: None,
                         ip: a.ip.clone(),
+                        ..EndpointCreate::new(
+                            tenant.clone(),
+                            host.clone(),
+                            a.name.clone(),
+                            NetnsTarget::Name(a.name.clone()),
+                        )
                     }))
                     .await;
                 client.close().await;

@@ -266,13 +266,8 @@ pub async fn run(state: &LabState) -> anyhow::Result<DemoReport> {
         let reply = call(
             &mut client,
             ApiRequest::TenantCreate(TenantCreate {
-                name: name.into(),
-                subnet: SUBNET.into(),
                 segment: Some(segment.into()),
-                key: None,
-                vlan: None,
-                mtu: None,
-                attach: None,
+                ..TenantCreate::new(name, SUBNET)
             }),
         )
         .await
@@ -312,12 +307,13 @@ pub async fn run(state: &LabState) -> anyhow::Result<DemoReport> {
         let reply = call(
             &mut client,
             ApiRequest::EndpointCreate(EndpointCreate {
-                tenant: tenant.to_string(),
-                host: host.clone(),
-                name: name.clone(),
-                target: NetnsTarget::Name(name.clone()),
-                ifname: None,
                 ip: Some(ip.to_string()),
+                ..EndpointCreate::new(
+                    tenant.to_string(),
+                    host.clone(),
+                    name.clone(),
+                    NetnsTarget::Name(name.clone()),
+                )
             }),
         )
         .await

@@ -106,14 +106,12 @@ impl Fixture {
 
     fn endpoint(&self, name: &str, tenant: &str, host: &str) -> EndpointInfo {
         match self
-            .ok(ApiRequest::EndpointCreate(EndpointCreate {
-                tenant: tenant.into(),
-                host: host.into(),
-                name: name.into(),
-                target: NetnsTarget::Name(name.into()),
-                ifname: None,
-                ip: None,
-            }))
+            .ok(ApiRequest::EndpointCreate(EndpointCreate::new(
+                tenant,
+                host,
+                name,
+                NetnsTarget::Name(name.into()),
+            )))
             .0
         {
             ApiReply::Endpoint(e) => e,
@@ -147,15 +145,7 @@ impl Fixture {
 }
 
 fn create(name: &str) -> TenantCreate {
-    TenantCreate {
-        name: name.into(),
-        subnet: "10.7.0.0/24".into(),
-        segment: None,
-        key: None,
-        vlan: None,
-        mtu: None,
-        attach: None,
-    }
+    TenantCreate::new(name, "10.7.0.0/24")
 }
 
 #[test]

@@ -153,27 +153,8 @@ fn hello(host: &str, underlay: Ipv4Addr) -> AgentHello {
     }
 }
 
-fn tenant(name: &str, subnet: &str) -> TenantCreate {
-    TenantCreate {
-        name: name.into(),
-        subnet: subnet.into(),
-        segment: None,
-        key: None,
-        vlan: None,
-        mtu: None,
-        attach: None,
-    }
-}
-
 fn endpoint(name: &str, tenant: &str, host: &str) -> EndpointCreate {
-    EndpointCreate {
-        tenant: tenant.into(),
-        host: host.into(),
-        name: name.into(),
-        target: NetnsTarget::Name(name.into()),
-        ifname: None,
-        ip: None,
-    }
+    EndpointCreate::new(tenant, host, name, NetnsTarget::Name(name.into()))
 }
 
 fn hn(name: &str) -> HostName {
@@ -196,7 +177,7 @@ impl Live for FakeLive {
 #[test]
 fn tenants_get_keys_tags_and_mtus() {
     let f = Fixture::new();
-    let red = f.tenant(tenant("red", "10.1.0.0/24"));
+    let red = f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
     assert_eq!(red.tenant.id, 1);
     assert_eq!(red.tenant.segment, SegmentType::Vxlan);
     assert_eq!(red.tenant.key, 1000, "the lowest key of the default range");
@@ -210,7 +191,7 @@ fn tenants_get_keys_tags_and_mtus() {
     let blue = f.tenant(TenantCreate {
         segment: Some("gre".into()),
         mtu: Some(1400),
-        ..tenant("blue", "10.2.0.0/16")
+        ..TenantCreate::new("blue", "10.2.0.0/16")
     });
     assert_eq!((blue.tenant.key, blue.tenant.vlan), (1001, 2));
     assert_eq!(blue.tenant.mtu, 1400);
@@ -219,7 +200,7 @@ fn tenants_get_keys_tags_and_mtus() {
     let green = f.tenant(TenantCreate {
         segment: Some("vlan".into()),
         vlan: Some(300),
-        ..tenant("green", "10.1.0.0/24")
+        ..TenantCreate::new("green", "10.1.0.0/24")
     });
     assert_eq!(
         (green.tenant.key, green.tenant.vlan),
@@ -231,7 +212,7 @@ fn tenants_get_keys_tags_and_mtus() {
     let gre_max = f.tenant(TenantCreate {
         segment: Some("gre".into()),
         key: Some(u32::MAX),
-        ..tenant("big", "10.3.0.0/24")
+        ..TenantCreate::new("big", "10.3.0.0/24")
     });
     assert_eq!(gre_max.tenant.key, u32::MAX);
 
@@ -252,42 +233,42 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
     f.tenant(TenantCreate {
         key: Some(5000),
         vlan: Some(7),
-        ..tenant("taken", "10.0.0.0/24")
+        ..TenantCreate::new("taken", "10.0.0.0/24")
     });
 
     let cases: Vec<(TenantCreate, ErrorCode, &str, &str)> = vec![
         (
-            tenant("Bad", "10.0.0.0/24"),
+            TenantCreate::new("Bad", "10.0.0.0/24"),
             ErrorCode::InvalidArgument,
             "name",
             "lowercase",
         ),
         (
-            tenant("", "10.0.0.0/24"),
+            TenantCreate::new("", "10.0.0.0/24"),
             ErrorCode::InvalidArgument,
             "name",
             "empty",
         ),
         (
-            tenant("x", "10.0.0.1/24"),
+            TenantCreate::new("x", "10.0.0.1/24"),
             ErrorCode::InvalidArgument,
             "subnet",
             "10.0.0.0/24",
         ),
         (
-            tenant("x", "banana"),
+            TenantCreate::new("x", "banana"),
             ErrorCode::InvalidArgument,
             "subnet",
             "CIDR",
         ),
         (
-            tenant("x", "10.0.0.0"),
+            TenantCreate::new("x", "10.0.0.0"),
             ErrorCode::InvalidArgument,
             "subnet",
             "CIDR",
         ),
         (
-            tenant("x", "10.0.0.0/31"),
+            TenantCreate::new("x", "10.0.0.0/31"),
             ErrorCode::InvalidArgument,
             "subnet",
             "/30",
@@ -295,7 +276,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
         (
             TenantCreate {
                 segment: Some("geneve".into()),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::InvalidArgument,
             "type",
@@ -304,7 +285,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
         (
             TenantCreate {
                 key: Some(0),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::InvalidArgument,
             "vni",
@@ -313,7 +294,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
         (
             TenantCreate {
                 key: Some(16_777_216),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::InvalidArgument,
             "vni",
@@ -323,7 +304,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
             TenantCreate {
                 segment: Some("gre".into()),
                 key: Some(0),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::InvalidArgument,
             "vni",
@@ -333,7 +314,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
             TenantCreate {
                 segment: Some("vlan".into()),
                 key: Some(5),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::InvalidArgument,
             "vni",
@@ -342,7 +323,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
         (
             TenantCreate {
                 vlan: Some(0),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::InvalidArgument,
             "vlan",
@@ -351,7 +332,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
         (
             TenantCreate {
                 vlan: Some(4095),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::InvalidArgument,
             "vlan",
@@ -360,7 +341,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
         (
             TenantCreate {
                 mtu: Some(575),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::InvalidArgument,
             "mtu",
@@ -369,7 +350,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
         (
             TenantCreate {
                 mtu: Some(9001),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::InvalidArgument,
             "mtu",
@@ -378,7 +359,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
         (
             TenantCreate {
                 mtu: Some(1451),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::InvalidArgument,
             "mtu",
@@ -388,14 +369,14 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
             TenantCreate {
                 segment: Some("gre".into()),
                 mtu: Some(1459),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::InvalidArgument,
             "mtu",
             "1500 - 42 = 1458",
         ),
         (
-            tenant("taken", "10.9.0.0/24"),
+            TenantCreate::new("taken", "10.9.0.0/24"),
             ErrorCode::AlreadyExists,
             "name",
             "'taken'",
@@ -403,7 +384,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
         (
             TenantCreate {
                 key: Some(5000),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::Conflict,
             "vni",
@@ -413,7 +394,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
             TenantCreate {
                 segment: Some("gre".into()),
                 key: Some(5000),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::Conflict,
             "vni",
@@ -422,7 +403,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
         (
             TenantCreate {
                 vlan: Some(7),
-                ..tenant("x", "10.0.0.0/24")
+                ..TenantCreate::new("x", "10.0.0.0/24")
             },
             ErrorCode::Conflict,
             "vlan",
@@ -442,9 +423,12 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
 
     // The automatic key range holds two keys: the third tunnel tenant finds it exhausted, and
     // a vlan tenant (which needs no key) still fits.
-    f.tenant(tenant("one", "10.0.1.0/24"));
-    f.tenant(tenant("two", "10.0.2.0/24"));
-    let e = f.fails(ApiRequest::TenantCreate(tenant("three", "10.0.3.0/24")));
+    f.tenant(TenantCreate::new("one", "10.0.1.0/24"));
+    f.tenant(TenantCreate::new("two", "10.0.2.0/24"));
+    let e = f.fails(ApiRequest::TenantCreate(TenantCreate::new(
+        "three",
+        "10.0.3.0/24",
+    )));
     assert_eq!(
         (e.code, e.field.as_deref()),
         (ErrorCode::Exhausted, Some("vni"))
@@ -452,7 +436,7 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
     assert!(e.message.contains("1000-1001"), "{}", e.message);
     f.tenant(TenantCreate {
         segment: Some("vlan".into()),
-        ..tenant("three", "10.0.3.0/24")
+        ..TenantCreate::new("three", "10.0.3.0/24")
     });
     f.assert_clean();
 }
@@ -461,8 +445,8 @@ fn bad_tenant_requests_name_the_field_and_change_nothing() {
 fn bad_endpoint_requests_name_the_field_and_change_nothing() {
     let f = Fixture::new();
     f.hello("h1", 1);
-    f.tenant(tenant("red", "10.1.0.0/24"));
-    f.tenant(tenant("tiny", "10.2.0.0/30"));
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("tiny", "10.2.0.0/30"));
     f.endpoint(EndpointCreate {
         ip: Some("10.1.0.9".into()),
         ..endpoint("web", "red", "h1")
@@ -686,8 +670,8 @@ fn bad_endpoint_requests_name_the_field_and_change_nothing() {
 fn endpoints_get_addresses_macs_and_fresh_ids() {
     let f = Fixture::new();
     f.hello("h1", 1);
-    f.tenant(tenant("red", "10.1.0.0/24"));
-    f.tenant(tenant("blue", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("blue", "10.1.0.0/24"));
 
     let (a, _) = f.endpoint(endpoint("a", "red", "h1"));
     let (b, _) = f.endpoint(endpoint("b", "red", "h1"));
@@ -773,7 +757,7 @@ fn tenant_delete_needs_force_while_endpoints_remain() {
     f.tenant(TenantCreate {
         key: Some(4242),
         vlan: Some(42),
-        ..tenant("red", "10.1.0.0/24")
+        ..TenantCreate::new("red", "10.1.0.0/24")
     });
     for (name, host) in [("c", "h1"), ("a", "h2"), ("b", "h1")] {
         f.endpoint(endpoint(name, "red", host));
@@ -836,7 +820,7 @@ fn tenant_delete_needs_force_while_endpoints_remain() {
     let again = f.tenant(TenantCreate {
         key: Some(4242),
         vlan: Some(42),
-        ..tenant("red", "10.1.0.0/24")
+        ..TenantCreate::new("red", "10.1.0.0/24")
     });
     assert_eq!(again.tenant.id, 2, "tenant ids are never reused");
     f.ok(ApiRequest::TenantDelete {
@@ -864,7 +848,7 @@ fn intents_follow_endpoints_and_generations_only_grow() {
     );
     f.hello("h3", 3);
 
-    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
     let (_, changed) = f.ok(ApiRequest::TenantList);
     assert!(changed.is_empty());
 
@@ -953,10 +937,10 @@ fn everything_survives_a_restart() {
     let mut f = Fixture::new();
     f.hello("h1", 1);
     f.hello("h2", 2);
-    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
     f.tenant(TenantCreate {
         segment: Some("gre".into()),
-        ..tenant("blue", "10.2.0.0/24")
+        ..TenantCreate::new("blue", "10.2.0.0/24")
     });
     f.endpoint(endpoint("a", "red", "h1"));
     f.endpoint(endpoint("b", "red", "h2"));
@@ -979,7 +963,7 @@ fn everything_survives_a_restart() {
     assert_eq!(d.endpoint.id, 4);
     let used_macs: BTreeSet<_> = state.endpoints.values().map(|e| e.endpoint.mac).collect();
     assert!(!used_macs.contains(&d.endpoint.mac));
-    let t = f.tenant(tenant("green", "10.3.0.0/24"));
+    let t = f.tenant(TenantCreate::new("green", "10.3.0.0/24"));
     assert_eq!((t.tenant.id, t.tenant.key, t.tenant.vlan), (3, 1002, 3));
     let h1 = f.store().intent(&hn("h1")).unwrap().unwrap();
     assert!(h1.generation > state.intents[&hn("h1")].generation);
@@ -992,10 +976,10 @@ fn everything_survives_a_restart() {
 fn derived_mtus_follow_the_underlay_across_restarts() {
     let mut f = Fixture::new();
     f.hello("h1", 1);
-    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
     f.tenant(TenantCreate {
         mtu: Some(1400),
-        ..tenant("fixed", "10.2.0.0/24")
+        ..TenantCreate::new("fixed", "10.2.0.0/24")
     });
     f.endpoint(endpoint("a", "red", "h1"));
     f.endpoint(endpoint("b", "fixed", "h1"));
@@ -1067,7 +1051,7 @@ fn endpoint_state_follows_the_host_report() {
     let f = Fixture::new();
     f.hello("h1", 1);
     f.hello("h2", 2);
-    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
     let (a, _) = f.endpoint(endpoint("a", "red", "h1"));
     f.endpoint(endpoint("b", "red", "h1"));
     let gen_a = f.store().state().unwrap().endpoints[&a.endpoint.name].first_generation;
@@ -1224,9 +1208,9 @@ fn random_workloads_stay_consistent() {
                 let prefix = rng.gen_range(28..=30);
                 let req = TenantCreate {
                     segment: Some(segment.into()),
-                    ..tenant(
-                        &format!("t{}", rng.gen_range(0..8)),
-                        &format!("10.{}.0.0/{prefix}", rng.gen_range(0..4)),
+                    ..TenantCreate::new(
+                        format!("t{}", rng.gen_range(0..8)),
+                        format!("10.{}.0.0/{prefix}", rng.gen_range(0..4)),
                     )
                 };
                 handle(
@@ -1308,7 +1292,7 @@ fn inspection_writes_nothing_and_sees_the_stored_settings() {
     };
     let mut f = Fixture::with(settings.clone());
     f.hello("h1", 1);
-    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
     f.endpoint(endpoint("a", "red", "h1"));
     let dump = f.store().dump().unwrap();
     f.store = None;
@@ -1335,7 +1319,7 @@ fn inspection_writes_nothing_and_sees_the_stored_settings() {
 fn check_reports_leaks_and_dangling_rows() {
     let mut f = Fixture::new();
     f.hello("h1", 1);
-    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
     f.endpoint(endpoint("a", "red", "h1"));
     f.assert_clean();
     f.store = None;
@@ -1425,7 +1409,7 @@ fn reservations_hold_addresses_until_their_host_takes_them() {
     // Endpoint addresses .2 to .6.
     f.tenant(TenantCreate {
         attach: Some("*".into()),
-        ..tenant("red", "10.1.0.0/29")
+        ..TenantCreate::new("red", "10.1.0.0/29")
     });
 
     // The next free address, or the one asked for.
@@ -1578,7 +1562,7 @@ fn only_hosts_reserve_and_admins_release_any_reservation() {
     f.hello("h1", 1);
     f.tenant(TenantCreate {
         attach: Some("h1".into()),
-        ..tenant("red", "10.1.0.0/24")
+        ..TenantCreate::new("red", "10.1.0.0/24")
     });
     let e = f.fails(reserve("red", None));
     assert_eq!(e.code, ErrorCode::PermissionDenied);
@@ -1595,26 +1579,26 @@ fn attach_policies_are_kept_and_older_tenants_stay_admin_only() {
     f.hello("h2", 2);
     let attach_of = |t: TenantInfo| t.tenant.attach;
     assert_eq!(
-        attach_of(f.tenant(tenant("red", "10.1.0.0/24"))),
+        attach_of(f.tenant(TenantCreate::new("red", "10.1.0.0/24"))),
         HostAttach::AdminOnly
     );
     assert_eq!(
         attach_of(f.tenant(TenantCreate {
             attach: Some("*".into()),
-            ..tenant("blue", "10.2.0.0/24")
+            ..TenantCreate::new("blue", "10.2.0.0/24")
         })),
         HostAttach::AnyHost
     );
     assert_eq!(
         attach_of(f.tenant(TenantCreate {
             attach: Some("h2,h1".into()),
-            ..tenant("green", "10.3.0.0/24")
+            ..TenantCreate::new("green", "10.3.0.0/24")
         })),
         HostAttach::Hosts(vec![hn("h1"), hn("h2")])
     );
     let e = f.fails(ApiRequest::TenantCreate(TenantCreate {
         attach: Some("h1,H2".into()),
-        ..tenant("pink", "10.4.0.0/24")
+        ..TenantCreate::new("pink", "10.4.0.0/24")
     }));
     assert_eq!(
         (e.code, e.field.as_deref()),
@@ -1686,12 +1670,12 @@ fn hosts_act_only_for_themselves_in_tenants_open_to_them() {
     f.hello("h2", 2);
     f.tenant(TenantCreate {
         attach: Some("h1".into()),
-        ..tenant("open", "10.1.0.0/24")
+        ..TenantCreate::new("open", "10.1.0.0/24")
     });
-    f.tenant(tenant("shut", "10.2.0.0/24"));
+    f.tenant(TenantCreate::new("shut", "10.2.0.0/24"));
     f.tenant(TenantCreate {
         attach: Some("h2".into()),
-        ..tenant("theirs", "10.3.0.0/24")
+        ..TenantCreate::new("theirs", "10.3.0.0/24")
     });
     f.endpoint(endpoint("other", "open", "h2"));
     let denied = |e: ApiError, field: Option<&str>, why: &str| {
@@ -1794,9 +1778,9 @@ fn hosts_act_only_for_themselves_in_tenants_open_to_them() {
     // Everything else takes an admin certificate.
     let admin_only = [
         ApiRequest::TenantList,
-        ApiRequest::TenantCreate(tenant("new", "10.9.0.0/24")),
+        ApiRequest::TenantCreate(TenantCreate::new("new", "10.9.0.0/24")),
         ApiRequest::TenantCreateGateway {
-            create: tenant("new", "10.9.0.0/24"),
+            create: TenantCreate::new("new", "10.9.0.0/24"),
             nat: true,
             gateway_host: None,
         },
@@ -1848,7 +1832,7 @@ fn hosts_act_only_for_themselves_in_tenants_open_to_them() {
 fn retargets_are_validated() {
     let f = Fixture::new();
     f.hello("h1", 1);
-    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
     f.endpoint(endpoint("a", "red", "h1"));
     f.endpoint(endpoint("b", "red", "h1"));
     let retarget = |name: &str, target: NetnsTarget| ApiRequest::EndpointRetarget {
@@ -1887,7 +1871,7 @@ fn retargets_are_validated() {
 fn a_missing_target_is_its_own_state_and_not_a_host_error() {
     let f = Fixture::new();
     f.hello("h1", 1);
-    f.tenant(tenant("red", "10.1.0.0/24"));
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
     f.endpoint(endpoint("a", "red", "h1"));
     f.endpoint(endpoint("b", "red", "h1"));
     let mut live = FakeLive::default();
@@ -1945,7 +1929,7 @@ fn check_audits_reservations() {
     f.hello("h1", 1);
     f.tenant(TenantCreate {
         attach: Some("*".into()),
-        ..tenant("red", "10.1.0.0/24")
+        ..TenantCreate::new("red", "10.1.0.0/24")
     });
     f.endpoint(endpoint("a", "red", "h1"));
     f.host_ok("h1", reserve("red", Some("10.1.0.9")));

@@ -226,15 +226,16 @@ impl<C: Controller, N: HostNet, D: Docker> Driver<C, N, D> {
         }
 
         let create = ApiRequest::EndpointCreate(EndpointCreate {
-            tenant: net.tenant.to_string(),
-            host: self.host.to_string(),
-            name: name.to_string(),
-            target: NetnsTarget::Cnm {
-                endpoint_id: req.endpoint_id.clone(),
-                container: None,
-            },
-            ifname: None,
             ip: Some(ip.to_string()),
+            ..EndpointCreate::new(
+                net.tenant.to_string(),
+                self.host.to_string(),
+                name.to_string(),
+                NetnsTarget::Cnm {
+                    endpoint_id: req.endpoint_id.clone(),
+                    container: None,
+                },
+            )
         });
         let info = match self.ctl.call(create).await {
             Ok(ApiReply::Endpoint(info)) => info,

@@ -225,15 +225,16 @@ async fn a_container_lifecycle_from_network_create_to_network_rm() {
     assert_eq!(
         d.controller().calls(),
         [ApiRequest::EndpointCreate(EndpointCreate {
-            tenant: "blue".into(),
-            host: "h1".into(),
-            name: "dk-3f6b6d0d8a5b".into(),
-            target: NetnsTarget::Cnm {
-                endpoint_id: EP.into(),
-                container: None
-            },
-            ifname: None,
             ip: Some("10.20.0.2".into()),
+            ..EndpointCreate::new(
+                "blue",
+                "h1",
+                "dk-3f6b6d0d8a5b",
+                NetnsTarget::Cnm {
+                    endpoint_id: EP.into(),
+                    container: None
+                }
+            )
         })]
     );
     assert!(

@@ -127,26 +127,16 @@ fn ms(d: Duration) -> String {
 }
 
 fn endpoint(tenant: &str, host: &HostName, name: &str) -> ApiRequest {
-    ApiRequest::EndpointCreate(EndpointCreate {
-        tenant: tenant.into(),
-        host: host.to_string(),
-        name: name.into(),
-        target: NetnsTarget::Name(name.into()),
-        ifname: None,
-        ip: None,
-    })
+    ApiRequest::EndpointCreate(EndpointCreate::new(
+        tenant,
+        host.to_string(),
+        name,
+        NetnsTarget::Name(name.into()),
+    ))
 }
 
 fn tenant(name: &str, subnet: &str) -> ApiRequest {
-    ApiRequest::TenantCreate(TenantCreate {
-        name: name.into(),
-        subnet: subnet.into(),
-        segment: None,
-        key: None,
-        vlan: None,
-        mtu: None,
-        attach: None,
-    })
+    ApiRequest::TenantCreate(TenantCreate::new(name, subnet))
 }
 
 /// One line of `/proc/cpuinfo`, the memory and the kernel, for the record.

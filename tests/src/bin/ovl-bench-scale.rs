@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ovl_cli::lab::{self, LabSpec, LabState};
-use ovl_common::proto::{ApiReply, ApiRequest, EndpointCreate, TenantCreate};
+use ovl_common::converge::{self, Condition, Poll};
+use ovl_common::proto::{ApiRequest, EndpointCreate, TenantCreate};
 use ovl_common::NetnsTarget;
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -41,51 +42,41 @@ fn log_times(state: &LabState, from: usize, what: &str) -> Vec<u64> {
 
 async fn converged(state: &LabState, limit: Duration) -> anyhow::Result<Duration> {
     let start = Instant::now();
-    loop {
-        let mut c = lab::cmd::lab_client(state).await?;
-        let reply = c.call(ApiRequest::Status).await;
-        c.close().await;
-        if let Ok(ApiReply::Status(hosts)) = reply {
-            if hosts.iter().all(|h| {
-                h.connected
-                    && h.applied_generation == Some(h.desired_generation)
-                    && h.errors.is_empty()
-            }) {
-                return Ok(start.elapsed());
-            }
-        }
-        if start.elapsed() > limit {
-            bail!("the host did not converge within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut c = lab::cmd::lab_client(state).await?;
+    let poll = Poll {
+        every: Duration::from_millis(50),
+        limit,
+    };
+    let r = converge::until_converged(
+        &mut c,
+        &Condition::all().without_errors(),
+        poll,
+        &mut |_| {},
+    )
+    .await;
+    c.close().await;
+    r.with_context(|| format!("the host did not converge within {limit:?}"))?;
+    Ok(start.elapsed())
 }
 
 async fn run(state: &mut LabState, n: usize) -> anyhow::Result<()> {
     lab::stop_agent(state, "h1")?;
     let mut c = lab::cmd::lab_client(state).await?;
     c.call(ApiRequest::TenantCreate(TenantCreate {
-        name: "scale".into(),
-        subnet: "10.90.0.0/22".into(),
         segment: Some("vxlan".into()),
-        key: None,
-        vlan: None,
-        mtu: None,
-        attach: None,
+        ..TenantCreate::new("scale", "10.90.0.0/22")
     }))
     .await?;
     eprintln!("creating {n} namespaces and endpoints while the agent is stopped…");
     for i in 0..n {
         let name = format!("s-{i}");
         lab::add_container(&state.spec.dir, &name, "h1")?;
-        c.call(ApiRequest::EndpointCreate(EndpointCreate {
-            tenant: "scale".into(),
-            host: "h1".into(),
-            name: name.clone(),
-            target: NetnsTarget::Name(name),
-            ifname: None,
-            ip: None,
-        }))
+        c.call(ApiRequest::EndpointCreate(EndpointCreate::new(
+            "scale",
+            "h1",
+            name.clone(),
+            NetnsTarget::Name(name),
+        )))
         .await
         .context("endpoint create")?;
     }

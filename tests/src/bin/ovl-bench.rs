@@ -470,13 +470,8 @@ async fn create_tenant(client: &mut Client, name: &str, subnet: &str, segment: &
     call(
         client,
         ApiRequest::TenantCreate(TenantCreate {
-            name: name.into(),
-            subnet: subnet.into(),
             segment: Some(segment.into()),
-            key: None,
-            vlan: None,
-            mtu: None,
-            attach: None,
+            ..TenantCreate::new(name, subnet)
         }),
     )
     .await
@@ -507,12 +502,8 @@ async fn create_endpoint(
     let reply = call(
         client,
         ApiRequest::EndpointCreate(EndpointCreate {
-            tenant: tenant.into(),
-            host: host.into(),
-            name: name.into(),
-            target: NetnsTarget::Name(name.into()),
-            ifname: None,
             ip: ip.map(|i| i.to_string()),
+            ..EndpointCreate::new(tenant, host, name, NetnsTarget::Name(name.into()))
         }),
     )
     .await
