@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use ovl_common::frame::{self, FrameError};
-use ovl_common::intent::{AppliedReport, HostIntent};
+use ovl_common::intent::{self, AppliedReport, HostIntent};
 use ovl_common::proto::{
     AgentHello, AgentToController, ClientHello, ClientRole, ControllerToAgent, Refusal,
     ServerHello, PROTOCOL_VERSION,
@@ -207,13 +207,44 @@ async fn session(
             }
         }
     });
+    // The intent as last received on this session: deltas apply to it, and the event loop
+    // gets each result whole.
+    let mut held: Option<HostIntent> = None;
+    // Set once the whole intent has been asked for: deltas already on their way are dropped
+    // until it comes, rather than asking again for each.
+    let mut asked = false;
     let result = loop {
         tokio::select! {
             m = msgs.recv() => match m.unwrap_or(Err(FrameError::Closed)) {
                 Ok(ControllerToAgent::Intent(intent)) => {
                     debug!(generation = intent.generation, "intent received");
+                    held = Some(intent.clone());
+                    asked = false;
                     if events.send(SessionEvent::Intent(intent)).await.is_err() {
                         break Ok(());
+                    }
+                }
+                Ok(ControllerToAgent::Delta(delta)) => {
+                    let applied = match &held {
+                        Some(h) => intent::apply(h, &delta).map_err(|e| e.to_string()),
+                        None => Err("no intent received yet on this session".to_string()),
+                    };
+                    match applied {
+                        Ok(intent) => {
+                            debug!(base = delta.base, generation = intent.generation, "delta applied");
+                            held = Some(intent.clone());
+                            if events.send(SessionEvent::Intent(intent)).await.is_err() {
+                                break Ok(());
+                            }
+                        }
+                        Err(_) if asked => {}
+                        Err(why) => {
+                            warn!(base = delta.base, generation = delta.generation, "cannot apply a delta ({why}); asking for the whole intent");
+                            let have = held.as_ref().map(|h| h.generation);
+                            held = None;
+                            asked = true;
+                            frame::write_frame(&mut send, &AgentToController::NeedIntent { have }).await?;
+                        }
                     }
                 }
                 Err(FrameError::Closed) => break Ok(()),

@@ -19,15 +19,16 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::intent::{AppliedReport, HostIntent, ObjectStatus};
+use crate::intent::{AppliedReport, HostIntent, IntentDelta, ObjectStatus};
 use crate::model::{Endpoint, Host, HostName, Tenant};
 
 /// The protocol version this build speaks. Version 2 added tenant gateways: NAT, gateway and
 /// router hosts on tenants, published ports on endpoints, routers in host intents. Version 3
 /// added host API sessions ([`ClientRole::Host`]), tenants' attach policy, Docker-plumbed
 /// endpoints ([`crate::model::NetnsTarget::Cnm`]), address reservations and the
-/// `target_missing` flag of object reports.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// `target_missing` flag of object reports. Version 4 added intent deltas
+/// ([`ControllerToAgent::Delta`], [`AgentToController::NeedIntent`]).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The ALPN identifier both ends require.
 pub const ALPN: &[u8] = b"ovl/1";
@@ -183,8 +184,13 @@ pub enum JoinRefusal {
 /// Frames the controller sends on an agent session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControllerToAgent {
-    /// The host's complete intent. Sent once right after the hello, then whenever it changes.
+    /// The host's complete intent. Sent once right after the hello, and again when the agent
+    /// asks for it ([`AgentToController::NeedIntent`]).
     Intent(HostIntent),
+    /// What changed since the intent last sent on this session (the delta's `base`
+    /// generation); sent whenever the host's intent changes. An agent that does not hold the
+    /// base asks for the whole intent.
+    Delta(IntentDelta),
 }
 
 /// Frames an agent sends on its session.
@@ -193,6 +199,9 @@ pub enum AgentToController {
     /// Sent after every apply of an intent (and after a resync that changed something), with
     /// per-object outcomes.
     Applied(AppliedReport),
+    /// A delta did not apply to the intent the agent holds (`have`, its generation, if any):
+    /// the controller answers with the whole intent.
+    NeedIntent { have: Option<u64> },
 }
 
 /// A CLI request. Names and addresses travel as the user typed them: the controller validates

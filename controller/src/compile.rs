@@ -13,18 +13,30 @@
 //! host. The router host counts as one of the tenant's hosts: it gets the tenant's segment
 //! and its tunnels, and the endpoints' hosts get a tunnel to it.
 //!
+//! Two ways to the same intents: [`compile`] computes every host's intent from scratch (the
+//! reference, used by the store check and the tests); [`Compiled`] keeps every host's intent
+//! and, given the next state, recompiles only the hosts the change concerns
+//! ([`Compiled::update`]). Its intents are [`SharedIntent`]s: a tenant's segment (with all its
+//! hosts as peers) and its router are built once and shared by every host that has them
+//! (`Arc`), so memory grows with the cluster, not with its square; [`SharedIntent::intent`]
+//! gives the `HostIntent` a host is sent (its own entry left out of the peers), and
+//! [`SharedIntent::delta`] the [`IntentDelta`] between two of its generations. The property
+//! tests below hold the two ways equal on random sequences of changes.
+//!
 //! Layer: pure.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use ovl_common::intent::{
-    EndpointIntent, HostIntent, Peer, PublishIntent, RouterIntent, TenantIntent,
+    diff_by_id, merge_sorted, EndpointIntent, HostIntent, IntentDelta, Merged, Peer, PeerDelta,
+    PublishIntent, RouterIntent, TenantIntent,
 };
 use ovl_common::model::{Endpoint, Host, Tenant};
-use ovl_common::{HostName, TenantName};
+use ovl_common::{EndpointName, HostName, TenantName};
 
-/// Computes the content of every registered host's intent. Generations are left at 0; see
-/// [`assign_generations`].
+/// Computes the content of every registered host's intent. Generations are left at 0
+/// ([`Compiled`] numbers them).
 pub fn compile<'a>(
     tenants: impl IntoIterator<Item = &'a Tenant>,
     hosts: impl IntoIterator<Item = &'a Host>,
@@ -98,31 +110,11 @@ pub fn compile<'a>(
         if !intent.tenants.iter().any(|ti| ti.id == t.id) {
             intent.tenants.push(tenant_intent(t, peers_of(t, &h.name)));
         }
-        let mut publishes: Vec<PublishIntent> = endpoints
+        let tenant_endpoints = endpoints
             .iter()
             .filter(|(e, _, _)| e.tenant == t.name)
-            .flat_map(|(e, _, _)| {
-                e.publishes.iter().map(|p| PublishIntent {
-                    proto: p.proto,
-                    host_port: p.host_port,
-                    endpoint: e.name.clone(),
-                    ip: e.ip,
-                    port: p.port,
-                })
-            })
-            .collect();
-        publishes.sort_by_key(|p| (p.proto, p.host_port));
-        intent.routers.push(RouterIntent {
-            tenant_id: t.id,
-            tenant: t.name.clone(),
-            vlan: t.vlan,
-            subnet: t.subnet,
-            gateway: t.gateway,
-            mac: t.gateway_mac,
-            mtu: t.mtu,
-            nat: t.nat,
-            publishes,
-        });
+            .map(|(e, _, _)| *e);
+        intent.routers.push(router_intent(t, tenant_endpoints));
     }
 
     for intent in intents.values_mut() {
@@ -131,43 +123,6 @@ pub fn compile<'a>(
         intent.routers.sort_by_key(|r| r.tenant_id);
     }
     intents
-}
-
-/// The outcome of [`assign_generations`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recompiled {
-    /// Every host's intent with its generation.
-    pub intents: BTreeMap<HostName, HostIntent>,
-    /// Hosts whose intent is new or whose content changed, by name.
-    pub changed: Vec<HostName>,
-}
-
-/// Numbers freshly compiled intents against the previous ones: a host whose content changed
-/// gets the previous generation + 1, an unchanged host keeps its generation, and a host seen for
-/// the first time starts at 1.
-pub fn assign_generations(
-    fresh: BTreeMap<HostName, HostIntent>,
-    previous: &BTreeMap<HostName, HostIntent>,
-) -> Recompiled {
-    let mut changed = Vec::new();
-    let intents = fresh
-        .into_iter()
-        .map(|(name, mut intent)| {
-            match previous.get(&name) {
-                Some(prev) if prev.same_content(&intent) => intent.generation = prev.generation,
-                Some(prev) => {
-                    intent.generation = prev.generation + 1;
-                    changed.push(name.clone());
-                }
-                None => {
-                    intent.generation = 1;
-                    changed.push(name.clone());
-                }
-            }
-            (name, intent)
-        })
-        .collect();
-    Recompiled { intents, changed }
 }
 
 fn tenant_intent(t: &Tenant, peers: Vec<Peer>) -> TenantIntent {
@@ -181,6 +136,33 @@ fn tenant_intent(t: &Tenant, peers: Vec<Peer>) -> TenantIntent {
         gateway: t.gateway,
         mtu: t.mtu,
         peers,
+    }
+}
+
+/// A tenant's router, with the published ports of `endpoints` (the tenant's).
+fn router_intent<'a>(t: &Tenant, endpoints: impl Iterator<Item = &'a Endpoint>) -> RouterIntent {
+    let mut publishes: Vec<PublishIntent> = endpoints
+        .flat_map(|e| {
+            e.publishes.iter().map(|p| PublishIntent {
+                proto: p.proto,
+                host_port: p.host_port,
+                endpoint: e.name.clone(),
+                ip: e.ip,
+                port: p.port,
+            })
+        })
+        .collect();
+    publishes.sort_by_key(|p| (p.proto, p.host_port));
+    RouterIntent {
+        tenant_id: t.id,
+        tenant: t.name.clone(),
+        vlan: t.vlan,
+        subnet: t.subnet,
+        gateway: t.gateway,
+        mac: t.gateway_mac,
+        mtu: t.mtu,
+        nat: t.nat,
+        publishes,
     }
 }
 
@@ -201,11 +183,435 @@ fn endpoint_intent(e: &Endpoint, t: &Tenant) -> EndpointIntent {
     }
 }
 
+/// One host's intent as the controller keeps it: the pieces it shares with other hosts'
+/// intents. A tenant's `peers` here are all of the tenant's hosts, this one included;
+/// [`SharedIntent::intent`] leaves this host out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedIntent {
+    pub host: HostName,
+    /// The host's id, which its own entry in the tenants' peers carries.
+    pub host_id: u32,
+    pub generation: u64,
+    pub tenants: Vec<Arc<TenantIntent>>,
+    pub endpoints: Vec<Arc<EndpointIntent>>,
+    pub routers: Vec<Arc<RouterIntent>>,
+}
+
+impl SharedIntent {
+    /// The intent as the host is sent it (equal to what [`compile`] gives for the host).
+    pub fn intent(&self) -> HostIntent {
+        HostIntent {
+            host: self.host.clone(),
+            generation: self.generation,
+            tenants: self.tenants.iter().map(|t| self.own(t)).collect(),
+            endpoints: self.endpoints.iter().map(|e| (**e).clone()).collect(),
+            routers: self.routers.iter().map(|r| (**r).clone()).collect(),
+        }
+    }
+
+    /// A tenant as this host sees it: its peers without this host.
+    fn own(&self, t: &TenantIntent) -> TenantIntent {
+        TenantIntent {
+            peers: self.peers(t).cloned().collect(),
+            ..t.clone()
+        }
+    }
+
+    fn peers<'a>(&self, t: &'a TenantIntent) -> impl Iterator<Item = &'a Peer> {
+        let me = self.host_id;
+        t.peers.iter().filter(move |p| p.id != me)
+    }
+
+    /// The delta from this intent to `next` (a later one of the same host): what
+    /// [`intent::diff`] gives for their [`SharedIntent::intent`]s, computed without building
+    /// them, and skipping shared pieces that did not change.
+    ///
+    /// [`intent::diff`]: ovl_common::intent::diff
+    pub fn delta(&self, next: &SharedIntent) -> IntentDelta {
+        let mut delta = IntentDelta {
+            base: self.generation,
+            generation: next.generation,
+            ..IntentDelta::default()
+        };
+        merge_sorted(
+            self.tenants.iter().map(|t| &**t),
+            next.tenants.iter().map(|t| &**t),
+            |t| t.id,
+            |m| match m {
+                Merged::Old(o) => delta.tenants_removed.push(o.id),
+                Merged::New(n) => delta.tenants.push(next.own(n)),
+                Merged::Both(o, n) if std::ptr::eq(o, n) => {}
+                Merged::Both(o, n) if !o.same_segment(n) => delta.tenants.push(next.own(n)),
+                Merged::Both(o, n) => {
+                    let (upserted, removed) = diff_by_id(self.peers(o), next.peers(n), |p| p.id);
+                    if !upserted.is_empty() || !removed.is_empty() {
+                        delta.peers.push(PeerDelta {
+                            tenant: n.id,
+                            upserted,
+                            removed,
+                        });
+                    }
+                }
+            },
+        );
+        (delta.endpoints, delta.endpoints_removed) = diff_by_id(
+            self.endpoints.iter().map(|e| &**e),
+            next.endpoints.iter().map(|e| &**e),
+            |e| e.id,
+        );
+        (delta.routers, delta.routers_removed) = diff_by_id(
+            self.routers.iter().map(|r| &**r),
+            next.routers.iter().map(|r| &**r),
+            |r| r.tenant_id,
+        );
+        delta
+    }
+
+    /// Whether two intents of a host describe the same data plane (generations aside).
+    pub fn same_content(&self, other: &SharedIntent) -> bool {
+        self.host == other.host && self.host_id == other.host_id && self.delta(other).is_empty()
+    }
+}
+
+/// Every registered host's intent, kept in step with the state it was compiled from, so that a
+/// change recompiles only the hosts it concerns. It holds a copy of the objects (to find what
+/// changed) and two indexes over them (each host's endpoints; each tenant's endpoints by host).
+#[derive(Debug, Clone, Default)]
+pub struct Compiled {
+    tenants: BTreeMap<TenantName, Tenant>,
+    hosts: BTreeMap<HostName, Host>,
+    endpoints: BTreeMap<EndpointName, Endpoint>,
+    /// Endpoints by host (registered or not), as (id, name).
+    on_host: BTreeMap<HostName, BTreeSet<(u32, EndpointName)>>,
+    /// Endpoints by tenant (existing or not) and host.
+    in_tenant: BTreeMap<TenantName, BTreeMap<HostName, BTreeSet<EndpointName>>>,
+    /// Each tenant's segment with all its hosts as peers, for tenants that have hosts.
+    segments: BTreeMap<TenantName, Arc<TenantIntent>>,
+    /// Each tenant's router and its host, for tenants that have one.
+    routers: BTreeMap<TenantName, (HostName, Arc<RouterIntent>)>,
+    intents: BTreeMap<HostName, Arc<SharedIntent>>,
+    /// Whether an update changed anything since the last [`Compiled::settle`].
+    touched: bool,
+}
+
+impl Compiled {
+    /// Whether an [`Compiled::update`] changed anything since the last
+    /// [`Compiled::settle`]: the owner uses it to know whether the cache is still the one
+    /// of the last committed state after a transaction that did not commit.
+    pub fn touched(&self) -> bool {
+        self.touched
+    }
+
+    /// Marks the current content as committed.
+    pub fn settle(&mut self) {
+        self.touched = false;
+    }
+
+    /// A host's current intent.
+    pub fn intent(&self, host: &HostName) -> Option<&Arc<SharedIntent>> {
+        self.intents.get(host)
+    }
+
+    /// Every host's current intent, by host name.
+    pub fn intents(&self) -> impl Iterator<Item = &Arc<SharedIntent>> {
+        self.intents.values()
+    }
+
+    /// Brings the intents up to the state given by `tenants`, `hosts` and `endpoints`
+    /// (endpoints in name order) and returns the intents whose content changed, with their
+    /// new generations (by host name). A host new here takes its generation from
+    /// `stored` (the generation the store has for it: the content compiled from an unchanged
+    /// state is unchanged) or starts at 1; a host whose content changed gets its previous
+    /// generation + 1.
+    ///
+    /// Only what differs from the previous state is recompiled: each changed endpoint
+    /// concerns its host (before and after) and its tenant; each changed host concerns
+    /// itself and the tenants it is in or routes; each concerned tenant's segment and router
+    /// are rebuilt, and when either differs, every host of the tenant (before and after)
+    /// and its router host is recompiled.
+    pub fn update<'a>(
+        &mut self,
+        tenants: &BTreeMap<TenantName, Tenant>,
+        hosts: &BTreeMap<HostName, Host>,
+        endpoints: impl IntoIterator<Item = &'a Endpoint>,
+        stored: impl Fn(&HostName) -> Option<u64>,
+    ) -> Vec<Arc<SharedIntent>> {
+        let mut dirty_tenants: BTreeSet<TenantName> = BTreeSet::new();
+        let mut dirty_hosts: BTreeSet<HostName> = BTreeSet::new();
+
+        // What changed, object by object.
+        let mut tenant_changes = Vec::new();
+        merge_sorted(
+            self.tenants.values(),
+            tenants.values(),
+            |t| &t.name,
+            |m| match m {
+                Merged::Old(o) => tenant_changes.push((o.name.clone(), None)),
+                Merged::New(n) => tenant_changes.push((n.name.clone(), Some(n.clone()))),
+                Merged::Both(o, n) if o != n => {
+                    tenant_changes.push((n.name.clone(), Some(n.clone())))
+                }
+                Merged::Both(..) => {}
+            },
+        );
+        for (name, t) in tenant_changes {
+            dirty_tenants.insert(name.clone());
+            match t {
+                Some(t) => self.tenants.insert(name, t),
+                None => self.tenants.remove(&name),
+            };
+        }
+        let mut host_changes = Vec::new();
+        merge_sorted(
+            self.hosts.values(),
+            hosts.values(),
+            |h| &h.name,
+            |m| match m {
+                Merged::Old(o) => host_changes.push((o.name.clone(), None)),
+                Merged::New(n) => host_changes.push((n.name.clone(), Some(n.clone()))),
+                Merged::Both(o, n) if o != n => {
+                    host_changes.push((n.name.clone(), Some(n.clone())))
+                }
+                Merged::Both(..) => {}
+            },
+        );
+        for (name, h) in host_changes {
+            for (tenant, by_host) in &self.in_tenant {
+                if by_host.contains_key(&name) {
+                    dirty_tenants.insert(tenant.clone());
+                }
+            }
+            for t in self.tenants.values() {
+                if t.router_host.as_ref() == Some(&name) {
+                    dirty_tenants.insert(t.name.clone());
+                }
+            }
+            dirty_hosts.insert(name.clone());
+            match h {
+                Some(h) => self.hosts.insert(name, h),
+                None => self.hosts.remove(&name),
+            };
+        }
+        let mut endpoint_changes = Vec::new();
+        let endpoints: Vec<&Endpoint> = endpoints.into_iter().collect();
+        merge_sorted(
+            self.endpoints.values(),
+            endpoints.iter().map(|e| &**e),
+            |e| &e.name,
+            |m| match m {
+                Merged::Old(o) => endpoint_changes.push((o.clone(), None)),
+                Merged::New(n) => endpoint_changes.push((n.clone(), Some(n.clone()))),
+                Merged::Both(o, n) if o != n => endpoint_changes.push((o.clone(), Some(n.clone()))),
+                Merged::Both(..) => {}
+            },
+        );
+        for (before, after) in endpoint_changes {
+            if let Some(old) = self.endpoints.remove(&before.name) {
+                self.unindex(&old);
+                dirty_tenants.insert(old.tenant.clone());
+                dirty_hosts.insert(old.host.clone());
+            }
+            if let Some(new) = after {
+                self.index(&new);
+                dirty_tenants.insert(new.tenant.clone());
+                dirty_hosts.insert(new.host.clone());
+                self.endpoints.insert(new.name.clone(), new);
+            }
+        }
+
+        self.touched |= !dirty_tenants.is_empty() || !dirty_hosts.is_empty();
+
+        // Tenants: rebuild segments and routers; where one differs, its hosts are concerned.
+        for name in &dirty_tenants {
+            let (segment, router) = self.tenant_pieces(name);
+            let old_segment = self.segments.get(name).cloned();
+            if old_segment.as_deref() != segment.as_ref() {
+                for h in [&old_segment.as_deref(), &segment.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|s| &s.peers)
+                {
+                    dirty_hosts.insert(h.host.clone());
+                }
+                match segment {
+                    Some(s) => self.segments.insert(name.clone(), Arc::new(s)),
+                    None => self.segments.remove(name),
+                };
+            }
+            let old_router = self.routers.get(name).cloned();
+            let same_router = match (&old_router, &router) {
+                (Some((oh, or)), Some((nh, nr))) => oh == nh && **or == *nr,
+                (None, None) => true,
+                _ => false,
+            };
+            if !same_router {
+                if let Some((h, _)) = &old_router {
+                    dirty_hosts.insert(h.clone());
+                }
+                match router {
+                    Some((h, r)) => {
+                        dirty_hosts.insert(h.clone());
+                        self.routers.insert(name.clone(), (h, Arc::new(r)))
+                    }
+                    None => self.routers.remove(name),
+                };
+            }
+        }
+
+        // Hosts: recompile the concerned ones; keep the others as they are.
+        let mut changed = Vec::new();
+        for name in dirty_hosts {
+            let Some(fresh) = self.host_intent(&name) else {
+                self.intents.remove(&name);
+                continue;
+            };
+            // An unchanged host still takes the fresh pieces, so that it shares the
+            // tenants' current segments instead of keeping old copies alive.
+            let (generation, is_change) = match self.intents.get(&name) {
+                Some(old) if old.same_content(&fresh) => (old.generation, false),
+                Some(old) => (old.generation + 1, true),
+                None => match stored(&name) {
+                    Some(g) => (g, false),
+                    None => (1, true),
+                },
+            };
+            let fresh = Arc::new(SharedIntent {
+                generation,
+                ..fresh
+            });
+            self.intents.insert(name, fresh.clone());
+            if is_change {
+                changed.push(fresh);
+            }
+        }
+        changed
+    }
+
+    fn index(&mut self, e: &Endpoint) {
+        self.on_host
+            .entry(e.host.clone())
+            .or_default()
+            .insert((e.id, e.name.clone()));
+        self.in_tenant
+            .entry(e.tenant.clone())
+            .or_default()
+            .entry(e.host.clone())
+            .or_default()
+            .insert(e.name.clone());
+    }
+
+    fn unindex(&mut self, e: &Endpoint) {
+        if let Some(set) = self.on_host.get_mut(&e.host) {
+            set.remove(&(e.id, e.name.clone()));
+            if set.is_empty() {
+                self.on_host.remove(&e.host);
+            }
+        }
+        if let Some(by_host) = self.in_tenant.get_mut(&e.tenant) {
+            if let Some(set) = by_host.get_mut(&e.host) {
+                set.remove(&e.name);
+                if set.is_empty() {
+                    by_host.remove(&e.host);
+                }
+            }
+            if by_host.is_empty() {
+                self.in_tenant.remove(&e.tenant);
+            }
+        }
+    }
+
+    /// A tenant's segment (all its registered hosts as peers) and router, as [`compile`]
+    /// builds them; `None` for a tenant that is gone or has no endpoint on a registered host.
+    fn tenant_pieces(
+        &self,
+        name: &TenantName,
+    ) -> (Option<TenantIntent>, Option<(HostName, RouterIntent)>) {
+        let Some(t) = self.tenants.get(name) else {
+            return (None, None);
+        };
+        let by_host = self.in_tenant.get(name);
+        let mut members: BTreeSet<(u32, &HostName)> = by_host
+            .into_iter()
+            .flatten()
+            .filter_map(|(h, _)| self.hosts.get(h))
+            .map(|h| (h.id, &h.name))
+            .collect();
+        if members.is_empty() {
+            return (None, None);
+        }
+        let router_host = t.router_host.as_ref().and_then(|h| self.hosts.get(h));
+        if let Some(r) = router_host {
+            members.insert((r.id, &r.name));
+        }
+        let peers = members
+            .iter()
+            .filter_map(|(_, h)| self.hosts.get(*h))
+            .map(|h| Peer {
+                id: h.id,
+                host: h.name.clone(),
+                underlay: h.underlay,
+            })
+            .collect();
+        let router = router_host.map(|r| {
+            // The tenant's endpoints on registered hosts, in name order as `compile` sees them.
+            let mut names: Vec<&EndpointName> = by_host
+                .into_iter()
+                .flatten()
+                .filter(|(h, _)| self.hosts.contains_key(*h))
+                .flat_map(|(_, names)| names)
+                .collect();
+            names.sort();
+            let endpoints = names.into_iter().filter_map(|n| self.endpoints.get(n));
+            (r.name.clone(), router_intent(t, endpoints))
+        });
+        (Some(tenant_intent(t, peers)), router)
+    }
+
+    /// A registered host's intent from the current segments and routers (generation 0).
+    fn host_intent(&self, name: &HostName) -> Option<SharedIntent> {
+        let host = self.hosts.get(name)?;
+        let mut endpoints = Vec::new();
+        let mut tenants: BTreeMap<u32, Arc<TenantIntent>> = BTreeMap::new();
+        for (_, e) in self.on_host.get(name).into_iter().flatten() {
+            let Some(e) = self.endpoints.get(e) else {
+                continue;
+            };
+            let (Some(t), Some(segment)) =
+                (self.tenants.get(&e.tenant), self.segments.get(&e.tenant))
+            else {
+                continue;
+            };
+            endpoints.push(Arc::new(endpoint_intent(e, t)));
+            tenants.entry(t.id).or_insert_with(|| segment.clone());
+        }
+        let mut routers = Vec::new();
+        for (tenant, (router_host, router)) in &self.routers {
+            if router_host != name {
+                continue;
+            }
+            if let Some(segment) = self.segments.get(tenant) {
+                tenants.entry(segment.id).or_insert_with(|| segment.clone());
+                routers.push(router.clone());
+            }
+        }
+        routers.sort_by_key(|r| r.tenant_id);
+        Some(SharedIntent {
+            host: name.clone(),
+            host_id: host.id,
+            generation: 0,
+            tenants: tenants.into_values().collect(),
+            endpoints,
+            routers,
+        })
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::net::Ipv4Addr;
 
-    use ovl_common::{EndpointName, MacAddr, NetnsTarget, SegmentType};
+    use ovl_common::intent;
+    use ovl_common::{MacAddr, NetnsTarget, SegmentType};
 
     use super::*;
 
@@ -353,45 +759,186 @@ pub(crate) mod tests {
         assert_eq!(ids, [1, 2]);
     }
 
+    /// Runs [`Compiled::update`] on objects given as slices; returns the changed hosts.
+    fn step(
+        c: &mut Compiled,
+        tenants: &[&Tenant],
+        hosts: &[&Host],
+        eps: &[&Endpoint],
+    ) -> Vec<String> {
+        let tenants = tenants
+            .iter()
+            .map(|t| (t.name.clone(), (*t).clone()))
+            .collect();
+        let hosts = hosts
+            .iter()
+            .map(|h| (h.name.clone(), (*h).clone()))
+            .collect();
+        let mut eps = eps.to_vec();
+        eps.sort_by(|a, b| a.name.cmp(&b.name));
+        c.update(&tenants, &hosts, eps, |_| None)
+            .iter()
+            .map(|i| i.host.to_string())
+            .collect()
+    }
+
     #[test]
     fn generations_bump_only_on_content_change() {
         let red = tenant(1, "red", SegmentType::Vxlan);
         let (a, b) = (host(1, "a"), host(2, "b"));
         let ea = endpoint(1, "ea", &red, &a);
+        let gen = |c: &Compiled, h: &str| c.intent(&hn(h)).unwrap().generation;
 
-        let first = assign_generations(compile([&red], [&a], [&ea]), &BTreeMap::new());
-        assert_eq!(
-            first.intents[&hn("a")].generation,
-            1,
-            "a new host starts at 1"
-        );
-        assert_eq!(first.changed, [hn("a")]);
+        let mut c = Compiled::default();
+        assert_eq!(step(&mut c, &[&red], &[&a], &[&ea]), ["a"]);
+        assert_eq!(gen(&c, "a"), 1, "a new host starts at 1");
 
-        let same = assign_generations(compile([&red], [&a], [&ea]), &first.intents);
-        assert_eq!(same.intents, first.intents);
-        assert!(same.changed.is_empty());
+        assert!(step(&mut c, &[&red], &[&a], &[&ea]).is_empty());
+        assert_eq!(gen(&c, "a"), 1);
 
         // A new host arrives: only it is new; a's content is unchanged.
-        let with_b = assign_generations(compile([&red], [&a, &b], [&ea]), &same.intents);
-        assert_eq!(with_b.changed, [hn("b")]);
-        assert_eq!(with_b.intents[&hn("a")].generation, 1);
-        assert_eq!(with_b.intents[&hn("b")].generation, 1);
-        assert!(with_b.intents[&hn("b")].endpoints.is_empty());
+        assert_eq!(step(&mut c, &[&red], &[&a, &b], &[&ea]), ["b"]);
+        assert_eq!((gen(&c, "a"), gen(&c, "b")), (1, 1));
+        assert!(c.intent(&hn("b")).unwrap().endpoints.is_empty());
 
         // b gets an endpoint of red: both change (a gains a peer).
         let eb = endpoint(2, "eb", &red, &b);
-        let both = assign_generations(compile([&red], [&a, &b], [&ea, &eb]), &with_b.intents);
-        assert_eq!(both.changed, [hn("a"), hn("b")]);
-        assert_eq!(both.intents[&hn("a")].generation, 2);
-        assert_eq!(both.intents[&hn("b")].generation, 2);
+        assert_eq!(step(&mut c, &[&red], &[&a, &b], &[&ea, &eb]), ["a", "b"]);
+        assert_eq!((gen(&c, "a"), gen(&c, "b")), (2, 2));
 
         // b's underlay moves: a's peer changes, b's own content does not.
         let mut b_moved = b.clone();
         b_moved.underlay = Ipv4Addr::new(192, 168, 9, 9);
-        let moved = assign_generations(compile([&red], [&a, &b_moved], [&ea, &eb]), &both.intents);
-        assert_eq!(moved.changed, [hn("a")]);
-        assert_eq!(moved.intents[&hn("a")].generation, 3);
-        assert_eq!(moved.intents[&hn("b")].generation, 2);
+        assert_eq!(step(&mut c, &[&red], &[&a, &b_moved], &[&ea, &eb]), ["a"]);
+        assert_eq!((gen(&c, "a"), gen(&c, "b")), (3, 2));
+
+        // Hosts share the tenant's segment rather than each holding a copy.
+        let (ia, ib) = (c.intent(&hn("a")).unwrap(), c.intent(&hn("b")).unwrap());
+        assert!(Arc::ptr_eq(&ia.tenants[0], &ib.tenants[0]));
+    }
+
+    /// The objects of a random cluster, changed one step at a time by [`mutate`].
+    #[derive(Debug, Clone, Default)]
+    struct World {
+        tenants: BTreeMap<TenantName, Tenant>,
+        hosts: BTreeMap<HostName, Host>,
+        endpoints: BTreeMap<EndpointName, Endpoint>,
+        next_endpoint: u32,
+    }
+
+    /// One random change: `op` picks what, the other numbers which. Small ranges make
+    /// changes collide (the same host, tenant, endpoint again and again).
+    fn mutate(w: &mut World, (op, x, y, z): (u8, u8, u8, u8)) {
+        let tname = TenantName::new(format!("t{}", x % 4)).unwrap();
+        let hname = HostName::new(format!("h{}", y % 6)).unwrap();
+        match op % 9 {
+            0 => {
+                let id = u32::from(x % 4) + 1;
+                let seg =
+                    [SegmentType::Vxlan, SegmentType::Gre, SegmentType::Vlan][usize::from(z % 3)];
+                let mut t = tenant(id, tname.as_str(), seg);
+                t.router_host = w.tenants.get(&tname).and_then(|o| o.router_host.clone());
+                w.tenants.insert(tname, t);
+            }
+            1 => {
+                w.tenants.remove(&tname);
+            }
+            2 => {
+                let id = u32::from(y % 6) + 1;
+                let mut h = host(id, hname.as_str());
+                h.underlay = Ipv4Addr::new(192, 168, z % 3, id as u8);
+                w.hosts.insert(hname, h);
+            }
+            3 => {
+                w.hosts.remove(&hname);
+            }
+            4 | 5 => {
+                w.next_endpoint += 1;
+                let id = w.next_endpoint;
+                let t = tenant(u32::from(x % 4) + 1, tname.as_str(), SegmentType::Vxlan);
+                let mut e = endpoint(id, &format!("e{}", z % 12), &t, &host(1, hname.as_str()));
+                e.id = id;
+                if z % 2 == 0 {
+                    e.publishes = vec![format!("{}:80", 8000 + u32::from(z)).parse().unwrap()];
+                }
+                w.endpoints.insert(e.name.clone(), e);
+            }
+            6 => {
+                let name = EndpointName::new(format!("e{}", z % 12)).unwrap();
+                w.endpoints.remove(&name);
+            }
+            7 => {
+                if let Some(t) = w.tenants.get_mut(&tname) {
+                    t.router_host = (z % 3 != 0).then(|| hname.clone());
+                }
+            }
+            _ => {
+                if let Some(t) = w.tenants.get_mut(&tname) {
+                    t.mtu = 1400 + u16::from(z % 2);
+                    t.nat = z % 2 == 0;
+                }
+            }
+        }
+    }
+
+    fn encoded(i: &HostIntent) -> Vec<u8> {
+        ovl_common::frame::encode(&ovl_common::proto::ControllerToAgent::Intent(i.clone())).unwrap()
+    }
+
+    proptest::proptest! {
+        /// After every change of a random sequence, the incrementally kept intents equal a
+        /// full compilation byte for byte; generations go up exactly when content changes;
+        /// and an agent that applies the deltas ends with the same bytes.
+        #[test]
+        fn incremental_intents_equal_a_full_compile(
+            ops in proptest::collection::vec(proptest::prelude::any::<(u8, u8, u8, u8)>(), 1..60)
+        ) {
+            let mut w = World::default();
+            let mut c = Compiled::default();
+            let mut agents: BTreeMap<HostName, HostIntent> = BTreeMap::new();
+            for op in ops {
+                let before: BTreeMap<HostName, Arc<SharedIntent>> =
+                    c.intents.iter().map(|(h, i)| (h.clone(), i.clone())).collect();
+                mutate(&mut w, op);
+                let changed = c.update(&w.tenants, &w.hosts, w.endpoints.values(), |_| None);
+                let full = compile(w.tenants.values(), w.hosts.values(), w.endpoints.values());
+                proptest::prop_assert_eq!(
+                    c.intents.keys().collect::<Vec<_>>(),
+                    full.keys().collect::<Vec<_>>()
+                );
+                for (name, want) in &full {
+                    let have = c.intent(name).unwrap();
+                    let mut want = want.clone();
+                    want.generation = have.generation;
+                    proptest::prop_assert_eq!(encoded(&have.intent()), encoded(&want));
+                    let was_changed = changed.iter().any(|i| &i.host == name);
+                    match before.get(name) {
+                        Some(old) => {
+                            let differs = !old.intent().same_content(&want);
+                            proptest::prop_assert_eq!(was_changed, differs);
+                            proptest::prop_assert_eq!(
+                                have.generation,
+                                old.generation + u64::from(differs)
+                            );
+                        }
+                        None => proptest::prop_assert!(was_changed),
+                    }
+                    // The agent: whole intent first, deltas after.
+                    let held = match agents.get(name) {
+                        Some(held) if have.generation > held.generation => {
+                            let delta = before[name].delta(have);
+                            proptest::prop_assert_eq!(&delta, &intent::diff(held, &want));
+                            intent::apply(held, &delta).unwrap()
+                        }
+                        Some(held) => held.clone(),
+                        None => have.intent(),
+                    };
+                    proptest::prop_assert_eq!(encoded(&held), encoded(&want));
+                    agents.insert(name.clone(), held);
+                }
+                agents.retain(|h, _| full.contains_key(h));
+            }
+        }
     }
 
     #[test]

@@ -14,8 +14,9 @@ use tracing::{info, warn};
 
 use crate::gateway::{plan_moves, Availability, MoveReason};
 use crate::ops::router::move_routers;
+use crate::ops::Controller;
 use crate::server::Sessions;
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 
 /// The default time a router host may be away before its routers move elsewhere.
 pub const DEFAULT_FAILOVER: Duration = Duration::from_secs(30);
@@ -25,7 +26,7 @@ const TICK: Duration = Duration::from_secs(1);
 /// Runs the failover task until `shutdown`: every second, classify the hosts, plan the moves
 /// and apply them in one store transaction, then push the changed intents.
 pub async fn run(
-    store: Arc<dyn Store>,
+    ctl: Arc<Controller>,
     sessions: Arc<Sessions>,
     failover: Duration,
     shutdown: CancellationToken,
@@ -43,9 +44,9 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
         }
         let presence = sessions.presence();
-        let store = store.clone();
+        let ctl = ctl.clone();
         let round = tokio::task::spawn_blocking(move || {
-            let state = store.state()?;
+            let state = ctl.state()?;
             let avail = Availability::of(
                 state.hosts.keys().cloned(),
                 &presence,
@@ -57,7 +58,7 @@ pub async fn run(
             if moves.is_empty() {
                 return Ok((Vec::new(), Vec::new()));
             }
-            let (applied, changed) = move_routers(store.as_ref(), &moves)?;
+            let (applied, changed) = move_routers(&ctl, &moves)?;
             Ok::<_, StoreError>((applied, changed))
         })
         .await;

@@ -360,7 +360,11 @@ mod tests {
         crate::pki::init(&pki, &[], false).unwrap();
         let store = crate::ops::open(&dir.path().join("db.redb"), Default::default()).unwrap();
         let tokens = Tokens::new(dir.path().join("tokens"));
-        let service = JoinService::new(Ca::load(&pki).unwrap(), tokens.clone(), Arc::new(store));
+        let service = JoinService::new(
+            Ca::load(&pki).unwrap(),
+            tokens.clone(),
+            store.store().clone(),
+        );
         let now = unix_now();
         let t = tokens
             .create(Some(h("n1")), Duration::from_secs(60), now)

@@ -374,7 +374,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     None => None,
                 };
                 let gateways = tokio::spawn(ovl_controller::failover::run(
-                    server.store().clone(),
+                    server.controller().clone(),
                     server.sessions().clone(),
                     std::time::Duration::from_secs(gateway_failover_secs),
                     shutdown.clone(),

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ovl_common::frame::{self, FrameError};
 use ovl_common::identity::Identity;
-use ovl_common::intent::{HostIntent, ObjectStatus};
+use ovl_common::intent::ObjectStatus;
 use ovl_common::proto::{
     AgentHello, AgentToController, ApiError, ApiRequest, ApiResponse, ClientRole,
     ControllerToAgent, ErrorCode, Refusal, ServerHello, Welcome, PROTOCOL_VERSION,
@@ -31,9 +31,10 @@ use tokio_util::sync::CancellationToken as CancelToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::authz::Caller;
+use crate::compile::SharedIntent;
 use crate::gateway::Presence;
 use crate::live::{Live, LiveHost};
-use crate::ops;
+use crate::ops::{self, Controller};
 use crate::store::Store;
 
 /// How long a client has to complete the handshake and send its hello.
@@ -54,7 +55,7 @@ pub fn unix_now() -> u64 {
 struct Entry {
     live: LiveHost,
     /// The latest intent; every session of the host watches it.
-    intent: watch::Sender<Option<HostIntent>>,
+    intent: watch::Sender<Option<Arc<SharedIntent>>>,
     /// Identifies the current session so an old one ending does not mark a newer one down.
     session: u64,
     /// Closes the current session's connection when a newer session replaces it.
@@ -101,11 +102,21 @@ impl Sessions {
     }
 
     /// Makes new intents visible to the sessions of their hosts.
-    pub fn publish(&self, intents: Vec<HostIntent>) {
+    pub fn publish(&self, intents: Vec<Arc<SharedIntent>>) {
         for intent in intents {
             let host = intent.host.clone();
+            // Transactions publish after they commit, not under the store's lock, so two
+            // may publish out of order: an older generation never replaces a newer one.
             self.with_entry(&host, |e| {
-                e.intent.send_replace(Some(intent));
+                e.intent.send_if_modified(|current| {
+                    let newer = current
+                        .as_ref()
+                        .is_none_or(|c| c.generation < intent.generation);
+                    if newer {
+                        *current = Some(intent);
+                    }
+                    newer
+                });
             });
         }
     }
@@ -118,10 +129,10 @@ impl Live for Sessions {
     }
 }
 
-/// The server: an endpoint, the store and the session table.
+/// The server: an endpoint, the store with the compiled intents, and the session table.
 #[derive(Clone)]
 pub struct Server {
-    store: Arc<dyn Store>,
+    ctl: Arc<Controller>,
     sessions: Arc<Sessions>,
 }
 
@@ -132,11 +143,16 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    pub fn new(store: impl Store + 'static) -> Self {
+    pub fn new(ctl: Controller) -> Self {
         Self {
-            store: Arc::new(store),
+            ctl: Arc::new(ctl),
             sessions: Arc::new(Sessions::default()),
         }
+    }
+
+    /// The store with the compiled intents, shared with the gateway failover task.
+    pub fn controller(&self) -> &Arc<Controller> {
+        &self.ctl
     }
 
     pub fn sessions(&self) -> &Arc<Sessions> {
@@ -145,7 +161,7 @@ impl Server {
 
     /// The store, shared with the join endpoint (which reads which hosts exist).
     pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+        self.ctl.store()
     }
 
     /// Accepts connections until `shutdown` fires, then closes the endpoint.
@@ -321,17 +337,12 @@ impl Server {
             let response: ApiResponse = match frame::decode_body::<ApiRequest>(&body) {
                 Ok(req) => {
                     let kind = &req.kind();
-                    let store = self.store.clone();
+                    let ctl = self.ctl.clone();
                     let sessions = self.sessions.clone();
                     let caller = caller.clone();
                     let joined = tokio::task::spawn_blocking(move || {
-                        let (resp, changed) = ops::handle(
-                            store.as_ref(),
-                            &req,
-                            &caller,
-                            sessions.as_ref(),
-                            unix_now(),
-                        );
+                        let (resp, changed) =
+                            ops::handle(&ctl, &req, &caller, sessions.as_ref(), unix_now());
                         sessions.publish(changed);
                         resp
                     })
@@ -400,11 +411,10 @@ impl Server {
             + 1;
         // Subscribe before registering so no intent published in between is missed.
         let mut rx = self.sessions.with_entry(&host, |e| e.intent.subscribe());
-        let store = self.store.clone();
+        let ctl = self.ctl.clone();
         let h = hello.clone();
         let registered =
-            tokio::task::spawn_blocking(move || ops::register_host(store.as_ref(), &h, unix_now()))
-                .await;
+            tokio::task::spawn_blocking(move || ops::register_host(&ctl, &h, unix_now())).await;
         let (intent, changed) = match registered {
             Ok(Ok((_host, intent, changed))) => (intent, changed),
             Ok(Err(e)) => {
@@ -435,8 +445,10 @@ impl Server {
             old.close(3u32.into(), b"replaced by a newer session");
         }
         info!(underlay = %hello.underlay, last_applied = ?hello.last_applied, generation = intent.generation, "agent connected");
-        let mut sent = intent.generation;
-        let mut ok = frame::write_frame(&mut send, &ControllerToAgent::Intent(intent))
+        // The intent last sent on this session: the agent holds it (the stream is ordered),
+        // so each change goes out as a delta from it.
+        let mut sent = intent;
+        let mut ok = frame::write_frame(&mut send, &ControllerToAgent::Intent(sent.intent()))
             .await
             .is_ok();
         // Frames are read in their own task: a read interrupted by `select!` would lose the
@@ -457,14 +469,24 @@ impl Server {
                     if changed.is_err() { break; }
                     let next = rx.borrow_and_update().clone();
                     if let Some(next) = next {
-                        if next.generation > sent {
-                            sent = next.generation;
-                            debug!(generation = sent, "pushing intent");
-                            ok = frame::write_frame(&mut send, &ControllerToAgent::Intent(next)).await.is_ok();
+                        if next.generation > sent.generation {
+                            let delta = sent.delta(&next);
+                            debug!(base = delta.base, generation = delta.generation, "pushing a delta");
+                            sent = next;
+                            ok = frame::write_frame(&mut send, &ControllerToAgent::Delta(delta)).await.is_ok();
                         }
                     }
                 }
                 msg = msgs.recv() => match msg.unwrap_or(Err(FrameError::Closed)) {
+                    Ok(AgentToController::NeedIntent { have }) => {
+                        if let Some(latest) = rx.borrow_and_update().clone() {
+                            if latest.generation > sent.generation {
+                                sent = latest;
+                            }
+                        }
+                        info!(?have, generation = sent.generation, "the agent asks for its whole intent");
+                        ok = frame::write_frame(&mut send, &ControllerToAgent::Intent(sent.intent())).await.is_ok();
+                    }
                     Ok(AgentToController::Applied(report)) => {
                         let failed = report.errors().count();
                         if failed > 0 {

@@ -657,6 +657,21 @@ pub fn fuzz_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         framed(&enc(&ControllerToAgent::Intent(sample_intent()))),
     ));
     out.push((
+        "agent_to_controller",
+        "valid-need-intent.bin".into(),
+        framed(&enc(&AgentToController::NeedIntent { have: Some(7) })),
+    ));
+    let mut before = HostIntent::empty(sample_intent().host);
+    before.generation = 1;
+    out.push((
+        "controller_to_agent",
+        "valid-delta.bin".into(),
+        framed(&enc(&ControllerToAgent::Delta(ovl_common::intent::diff(
+            &before,
+            &sample_intent(),
+        )))),
+    ));
+    out.push((
         "controller_to_agent",
         "valid-empty-intent.bin".into(),
         framed(&enc(&ControllerToAgent::Intent(HostIntent::empty(

@@ -6,6 +6,7 @@
 //! starts with [`require_privileged`], which fails the test loudly, never skips it, when the
 //! machine cannot run it.
 
+pub mod bench;
 pub mod cluster;
 pub mod datapath;
 pub mod docker;

@@ -338,7 +338,10 @@ async fn a_host_certificate_cannot_call_admin_operations() {
         let mut p = RawPeer::with_bundle(c.addr, &h1).await.unwrap();
         assert!(p.hello(&agent_hello("h1")).await.unwrap().result.is_ok());
         let first: ControllerToAgent = frame::read_frame(&mut p.recv).await.unwrap();
-        let ControllerToAgent::Intent(_) = first;
+        assert!(
+            matches!(first, ControllerToAgent::Intent(_)),
+            "a session starts with the whole intent: {first:?}"
+        );
         frame::write_frame(&mut p.send, &req).await.unwrap();
         loop {
             let body =

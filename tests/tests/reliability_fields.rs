@@ -770,7 +770,10 @@ async fn a_host_cannot_bloat_what_admins_read() {
         let mut p = RawPeer::with_bundle(c.addr, &bundle(name)).await.unwrap();
         let ans = p.hello(&hello(name, vec![], "0.1.0".into())).await.unwrap();
         assert!(ans.result.is_ok(), "{ans:?}");
-        let ControllerToAgent::Intent(intent) = frame::read_frame(&mut p.recv).await.unwrap();
+        let ControllerToAgent::Intent(intent) = frame::read_frame(&mut p.recv).await.unwrap()
+        else {
+            panic!("a session must start with the whole intent");
+        };
         let report = AppliedReport {
             generation: intent.generation,
             datapath: "fake".into(),

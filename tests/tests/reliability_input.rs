@@ -319,7 +319,7 @@ async fn case_agent(
         match tokio::time::timeout(ANSWER_WITHIN, frame::read_frame(&mut p.recv)).await {
             Err(_) => break Err("the session did not end".to_string()),
             Ok(Err(_)) => break Ok(Outcome::Closed),
-            Ok(Ok(ControllerToAgent::Intent(_))) => continue,
+            Ok(Ok(ControllerToAgent::Intent(_) | ControllerToAgent::Delta(_))) => continue,
         }
     };
     p.close().await;

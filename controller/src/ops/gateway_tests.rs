@@ -17,16 +17,16 @@ use tempfile::TempDir;
 use crate::authz::Caller;
 use crate::gateway::{Move, MoveReason};
 use crate::live::NoLive;
-use crate::ops::{self, handle, move_routers, register_host};
+use crate::ops::{self, handle, move_routers, register_host, Controller};
 use crate::store::tables::{self, meta, TenantRow};
-use crate::store::{RedbStore, Settings, Store};
+use crate::store::Settings;
 
 const NOW: u64 = 1_700_000_000;
 
 struct Fixture {
     _dir: TempDir,
     path: std::path::PathBuf,
-    store: Option<RedbStore>,
+    store: Option<Controller>,
 }
 
 impl Fixture {
@@ -56,18 +56,19 @@ impl Fixture {
         }
     }
 
-    fn store(&self) -> &RedbStore {
+    fn store(&self) -> &Controller {
         self.store.as_ref().unwrap()
     }
 
     fn call(&self, req: ApiRequest) -> (Result<ApiReply, ApiError>, Vec<HostIntent>) {
-        handle(
+        let (reply, changed) = handle(
             self.store(),
             &req,
             &Caller::Admin("test".into()),
             &NoLive,
             NOW,
-        )
+        );
+        (reply, changed.iter().map(|i| i.intent()).collect())
     }
 
     fn ok(&self, req: ApiRequest) -> (ApiReply, Vec<HostIntent>) {
@@ -135,7 +136,7 @@ impl Fixture {
         self.store()
             .intent(&host.parse().unwrap())
             .unwrap()
-            .unwrap()
+            .intent()
     }
 
     fn assert_clean(&self) {

@@ -3,23 +3,26 @@
 //!
 //! Layer: operations.
 
-use ovl_common::intent::HostIntent;
+use std::sync::Arc;
+
 use ovl_common::model::{Host, MIN_UNDERLAY_MTU};
 use ovl_common::proto::AgentHello;
 
 use super::intents::recompile;
-use crate::store::{Counter, Outcome, Store, StoreError, Txn};
+use super::Controller;
+use crate::compile::{Compiled, SharedIntent};
+use crate::store::{Counter, Outcome, StoreError, Txn};
+
+/// What a hello gives: the host as stored, its intent, and the other hosts' intents that
+/// changed with it.
+pub type Hello = (Host, Arc<SharedIntent>, Vec<Arc<SharedIntent>>);
 
 /// Records an agent's authenticated hello: registers a new host (with a new id) or updates
 /// its underlay address, MTU and capabilities, then recompiles (peers' intents change when
 /// an underlay address does). Returns the host, its current intent (to send right after the
 /// hello) and the other hosts' changed intents. A reconnect that changes nothing writes
 /// nothing.
-pub fn register_host(
-    store: &dyn Store,
-    hello: &AgentHello,
-    now: u64,
-) -> Result<(Host, HostIntent, Vec<HostIntent>), StoreError> {
+pub fn register_host(ctl: &Controller, hello: &AgentHello, now: u64) -> Result<Hello, StoreError> {
     let refuse = |problem: String| StoreError::Hello {
         host: hello.host.clone(),
         problem,
@@ -37,8 +40,8 @@ pub fn register_host(
         )));
     }
 
-    store.transact(|t| {
-        let r = apply_hello(t, hello, now)?;
+    ctl.transact(|t, compiled| {
+        let r = apply_hello(t, compiled, hello, now)?;
         let outcome = if r.wrote {
             Outcome::Commit
         } else {
@@ -51,13 +54,18 @@ pub fn register_host(
 /// What [`apply_hello`] did.
 struct Registered {
     host: Host,
-    intent: HostIntent,
-    others: Vec<HostIntent>,
+    intent: Arc<SharedIntent>,
+    others: Vec<Arc<SharedIntent>>,
     /// Whether anything was written (and so must be committed).
     wrote: bool,
 }
 
-fn apply_hello(t: &mut dyn Txn, hello: &AgentHello, now: u64) -> Result<Registered, StoreError> {
+fn apply_hello(
+    t: &mut dyn Txn,
+    compiled: &mut Compiled,
+    hello: &AgentHello,
+    now: u64,
+) -> Result<Registered, StoreError> {
     let existing = t.host(hello.host.as_str())?;
     let host = match &existing {
         Some(h) => Host {
@@ -76,7 +84,7 @@ fn apply_hello(t: &mut dyn Txn, hello: &AgentHello, now: u64) -> Result<Register
         },
     };
     if existing.as_ref() == Some(&host) {
-        if let Some(intent) = t.intent(host.name.as_str())? {
+        if let Some(intent) = compiled.intent(&host.name).cloned() {
             return Ok(Registered {
                 host,
                 intent,
@@ -98,11 +106,11 @@ fn apply_hello(t: &mut dyn Txn, hello: &AgentHello, now: u64) -> Result<Register
         );
     }
     t.put_host(&host)?;
-    let (state, changed) = recompile(t)?;
-    let intent =
-        state.intents.get(&host.name).cloned().ok_or_else(|| {
-            StoreError::Inconsistent(format!("host '{}' has no intent", host.name))
-        })?;
+    let (_, changed) = recompile(t, compiled)?;
+    let intent = compiled
+        .intent(&host.name)
+        .cloned()
+        .ok_or_else(|| StoreError::Inconsistent(format!("host '{}' has no intent", host.name)))?;
     let others = changed
         .into_iter()
         .filter(|i| i.host != host.name)

@@ -10,11 +10,12 @@
 //! operation. Whether the caller may make a request is decided first, in [`crate::authz`],
 //! against the state of the transaction the request then runs in.
 //!
-//! A mutation runs in one write transaction: authorise, apply, recompile the intents, number
-//! a new endpoint's first generation, build the reply, commit. Any error aborts the
-//! transaction, so a failed request writes nothing. Queries read one loaded
+//! A mutation runs in one write transaction: authorise, apply, recompile the intents of the
+//! hosts it concerns, number a new endpoint's first generation, build the reply, commit. Any
+//! error aborts the transaction, so a failed request writes nothing. Queries read one loaded
 //! [`State`](crate::store::State). These functions do not talk to sessions: they return the
-//! intents that changed and the server pushes them.
+//! intents that changed and the server pushes them. [`Controller`] is the store with the
+//! compiled intents kept beside it ([`intents::Intents`]).
 
 pub mod endpoint;
 pub mod fields;
@@ -34,36 +35,91 @@ mod gateway_tests;
 mod tests;
 
 use std::borrow::Cow;
+use std::ops::Deref;
 use std::path::Path;
+use std::sync::Arc;
 
-use ovl_common::intent::HostIntent;
 use ovl_common::proto::{ApiError, ApiRequest, ApiResponse, ErrorCode};
+use ovl_common::HostName;
 
 use crate::authz::{self, Caller};
+use crate::compile::SharedIntent;
 use crate::live::Live;
 use crate::store::{Outcome, RedbStore, Settings, Store, StoreError, Txn};
-use intents::{mark_first_generation, recompile};
+use intents::{mark_first_generation, recompile, Intents};
 use outcome::{Done, Failure};
 
 pub use host::register_host;
 pub use router::move_routers;
 
+/// The store and every host's compiled intent, kept in step with it. Operations take it
+/// instead of the bare store; it dereferences to the store for reads.
+pub struct Controller {
+    store: Arc<dyn Store>,
+    intents: Intents,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller").finish_non_exhaustive()
+    }
+}
+
+impl Deref for Controller {
+    type Target = dyn Store;
+    fn deref(&self) -> &Self::Target {
+        self.store.as_ref()
+    }
+}
+
+impl Controller {
+    /// Takes `store` and brings it up to date ([`prepare`]).
+    pub fn new(store: impl Store + 'static) -> Result<Self, StoreError> {
+        let ctl = Self {
+            store: Arc::new(store),
+            intents: Intents::default(),
+        };
+        prepare(&ctl)?;
+        Ok(ctl)
+    }
+
+    /// The store, to share with tasks that only read it.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// A host's current intent, if it is registered.
+    pub fn intent(&self, host: &HostName) -> Option<Arc<SharedIntent>> {
+        self.intents.get(host)
+    }
+
+    /// One write transaction with the compiled intents (see [`Intents::transact`]).
+    pub(crate) fn transact<R, E: From<StoreError>>(
+        &self,
+        body: impl FnOnce(&mut dyn Txn, &mut crate::compile::Compiled) -> Result<(R, Outcome), E>,
+    ) -> Result<R, E> {
+        self.intents.transact(self.store.as_ref(), body)
+    }
+}
+
 /// Opens the redb store at `path` (creating it if missing) and, in its first transaction,
 /// brings it up to date (see [`prepare`]).
-pub fn open(path: &Path, settings: Settings) -> Result<RedbStore, StoreError> {
-    let store = RedbStore::create(path, settings)?;
-    prepare(&store)?;
-    Ok(store)
+pub fn open(path: &Path, settings: Settings) -> Result<Controller, StoreError> {
+    Controller::new(RedbStore::create(path, settings)?)
 }
 
 /// Brings a store up to date in one transaction: its layout ([`Txn::migrate`]), then derived
 /// data: MTUs that were computed (not given) follow a changed underlay MTU, and intents are
-/// recompiled (a host whose intent changes gets a new generation, which it receives when its
-/// agent says hello).
-pub fn prepare(store: &dyn Store) -> Result<(), StoreError> {
-    let settings = store.settings();
-    store.transact(|t| {
+/// compiled (from the state as stored, with the stored generations, then recompiled after
+/// the changes made here, so a host whose intent changes gets a new generation, which it
+/// receives when its agent says hello).
+pub fn prepare(ctl: &Controller) -> Result<(), StoreError> {
+    let settings = ctl.store.settings();
+    ctl.store.transact(|t| {
         t.migrate(settings)?;
+        Ok::<_, StoreError>(((), Outcome::Commit))
+    })?;
+    ctl.transact(|t, compiled| {
         for mut tenant in t.all_tenants()? {
             let derived = settings
                 .underlay_mtu
@@ -79,7 +135,7 @@ pub fn prepare(store: &dyn Store) -> Result<(), StoreError> {
                 t.put_tenant(&tenant)?;
             }
         }
-        recompile(t)?;
+        recompile(t, compiled)?;
         Ok(((), Outcome::Commit))
     })
 }
@@ -90,16 +146,16 @@ pub fn prepare(store: &dyn Store) -> Result<(), StoreError> {
 /// transaction. Returns the response and the host intents whose content changed (with
 /// their new generations), to push to agents.
 pub fn handle(
-    store: &dyn Store,
+    ctl: &Controller,
     req: &ApiRequest,
     caller: &Caller,
     live: &dyn Live,
     now: u64,
-) -> (ApiResponse, Vec<HostIntent>) {
+) -> (ApiResponse, Vec<Arc<SharedIntent>>) {
     let outcome = if is_mutation(req) {
-        apply(store, req, caller, live, now)
+        apply(ctl, req, caller, live, now)
     } else {
-        answer(store, req, caller, live).map(|response| (response, Vec::new()))
+        answer(ctl, req, caller, live).map(|response| (response, Vec::new()))
     };
     match outcome {
         Ok(done) => done,
@@ -118,12 +174,12 @@ pub fn handle(
 
 /// A read-only request, answered from one read transaction.
 fn answer(
-    store: &dyn Store,
+    ctl: &Controller,
     req: &ApiRequest,
     caller: &Caller,
     live: &dyn Live,
 ) -> Result<ApiResponse, StoreError> {
-    let state = store.state()?;
+    let state = ctl.state()?;
     match authz::authorize(caller, req, || Ok::<_, Failure>(Cow::Borrowed(&state))) {
         Ok(()) => Ok(query::query(&state, req, live)),
         Err(Failure::Api(e)) => Ok(Err(e)),
@@ -134,17 +190,17 @@ fn answer(
 /// A mutation, in one write transaction: authorise the caller, apply the request,
 /// recompile, record a new endpoint's first generation, and build the reply.
 fn apply(
-    store: &dyn Store,
+    ctl: &Controller,
     req: &ApiRequest,
     caller: &Caller,
     live: &dyn Live,
     now: u64,
-) -> Result<(ApiResponse, Vec<HostIntent>), StoreError> {
-    let settings = store.settings();
-    let result = store.transact(|t| {
+) -> Result<(ApiResponse, Vec<Arc<SharedIntent>>), StoreError> {
+    let settings = ctl.store.settings();
+    let result = ctl.transact(|t, compiled| {
         authz::authorize(caller, req, || Ok::<_, Failure>(Cow::Owned(t.state()?)))?;
         let done = mutate(t, req, caller, settings, now)?;
-        let (mut state, changed) = recompile(t)?;
+        let (mut state, changed) = recompile(t, compiled)?;
         mark_first_generation(t, &mut state, &done)?;
         Ok::<_, Failure>((
             (query::reply(&state, &done, live), changed),

@@ -183,7 +183,7 @@ pub fn host_status(state: &State, h: &Host, live: &dyn Live) -> HostStatus {
         remote: l.remote,
         agent_version: l.agent_version,
         datapath: l.datapath,
-        desired_generation: state.intents.get(&h.name).map_or(0, |i| i.generation),
+        desired_generation: state.generations.get(&h.name).copied().unwrap_or(0),
         applied_generation: l.applied_generation,
         endpoints: state
             .endpoints

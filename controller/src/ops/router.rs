@@ -3,21 +3,23 @@
 //!
 //! Layer: operations.
 
-use ovl_common::intent::HostIntent;
+use std::sync::Arc;
 
 use super::intents::recompile;
+use super::Controller;
+use crate::compile::SharedIntent;
 use crate::gateway::Move;
-use crate::store::{Outcome, Store, StoreError};
+use crate::store::{Outcome, StoreError};
 
 /// Moves routers as the failover task planned (see [`crate::gateway`]), in one transaction
 /// with the recompiled intents. A move whose tenant is gone or whose router is no longer
 /// on `from` (the store changed since the plan) is skipped. Returns the moves applied and
 /// the changed intents.
 pub fn move_routers(
-    store: &dyn Store,
+    ctl: &Controller,
     moves: &[Move],
-) -> Result<(Vec<Move>, Vec<HostIntent>), StoreError> {
-    store.transact(|t| {
+) -> Result<(Vec<Move>, Vec<Arc<SharedIntent>>), StoreError> {
+    ctl.transact(|t, compiled| {
         let mut applied = Vec::new();
         for m in moves {
             let Some(mut tenant) = t.tenant(m.tenant.as_str())? else {
@@ -33,7 +35,7 @@ pub fn move_routers(
         if applied.is_empty() {
             return Ok(((applied, Vec::new()), Outcome::Abort));
         }
-        let changed = recompile(t)?.1;
+        let changed = recompile(t, compiled)?.1;
         Ok(((applied, changed), Outcome::Commit))
     })
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use ovl_common::intent::{ObjectKind, ObjectStatus};
+use ovl_common::intent::{HostIntent, ObjectKind, ObjectStatus};
 use ovl_common::model::Host;
 use ovl_common::proto::{
     AgentHello, ApiError, ApiReply, ApiRequest, EndpointCreate, EndpointInfo, ErrorCode,
@@ -27,10 +27,15 @@ use crate::store::{Reservation, SCHEMA_VERSION};
 
 const NOW: u64 = 1_700_000_000;
 
+/// The intents as their hosts are sent them.
+fn whole(changed: Vec<std::sync::Arc<crate::compile::SharedIntent>>) -> Vec<HostIntent> {
+    changed.iter().map(|i| i.intent()).collect()
+}
+
 struct Fixture {
     _dir: TempDir,
     path: PathBuf,
-    store: Option<RedbStore>,
+    store: Option<Controller>,
     settings: Settings,
 }
 
@@ -51,7 +56,7 @@ impl Fixture {
         }
     }
 
-    fn store(&self) -> &RedbStore {
+    fn store(&self) -> &Controller {
         self.store.as_ref().expect("store is open")
     }
 
@@ -67,12 +72,13 @@ impl Fixture {
     }
 
     fn hello(&self, host: &str, last_octet: u8) -> (Host, HostIntent, Vec<HostIntent>) {
-        register_host(
+        let (h, own, others) = register_host(
             self.store(),
             &hello(host, Ipv4Addr::new(192, 168, 50, last_octet)),
             NOW,
         )
-        .expect("register host")
+        .expect("register host");
+        (h, own.intent(), whole(others))
     }
 
     /// Runs a request that must succeed.
@@ -83,7 +89,7 @@ impl Fixture {
     fn ok_live(&self, req: ApiRequest, live: &dyn Live) -> (ApiReply, Vec<HostIntent>) {
         let (resp, changed) = handle(self.store(), &req, &admin(), live, NOW);
         match resp {
-            Ok(reply) => (reply, changed),
+            Ok(reply) => (reply, whole(changed)),
             Err(e) => panic!("{req:?} failed: {e:?}"),
         }
     }
@@ -97,7 +103,7 @@ impl Fixture {
     fn host_ok(&self, host: &str, req: ApiRequest) -> (ApiReply, Vec<HostIntent>) {
         let (resp, changed) = handle(self.store(), &req, &Caller::Host(hn(host)), &NoLive, NOW);
         match resp {
-            Ok(reply) => (reply, changed),
+            Ok(reply) => (reply, whole(changed)),
             Err(e) => panic!("{req:?} from host {host} failed: {e:?}"),
         }
     }
@@ -874,7 +880,7 @@ fn intents_follow_endpoints_and_generations_only_grow() {
         .store()
         .intent(&hn("h3"))
         .unwrap()
-        .unwrap()
+        .intent()
         .tenants
         .is_empty());
 
@@ -890,7 +896,7 @@ fn intents_follow_endpoints_and_generations_only_grow() {
     assert_eq!(others[0].host.as_str(), "h1");
     assert_eq!(others[0].generation, 4);
     assert_eq!(
-        others[0].tenants[0].peers[0].underlay,
+        others[0].intent().tenants[0].peers[0].underlay,
         Ipv4Addr::new(192, 168, 60, 2)
     );
     let h2_host = f
@@ -965,8 +971,8 @@ fn everything_survives_a_restart() {
     assert!(!used_macs.contains(&d.endpoint.mac));
     let t = f.tenant(TenantCreate::new("green", "10.3.0.0/24"));
     assert_eq!((t.tenant.id, t.tenant.key, t.tenant.vlan), (3, 1002, 3));
-    let h1 = f.store().intent(&hn("h1")).unwrap().unwrap();
-    assert!(h1.generation > state.intents[&hn("h1")].generation);
+    let h1 = f.store().intent(&hn("h1")).unwrap().intent();
+    assert!(h1.generation > state.generations[&hn("h1")]);
     let (h3, ..) = f.hello("h3", 3);
     assert_eq!(h3.id, 3);
     f.assert_clean();
@@ -983,7 +989,7 @@ fn derived_mtus_follow_the_underlay_across_restarts() {
     });
     f.endpoint(endpoint("a", "red", "h1"));
     f.endpoint(endpoint("b", "fixed", "h1"));
-    let generation = f.store().intent(&hn("h1")).unwrap().unwrap().generation;
+    let generation = f.store().intent(&hn("h1")).unwrap().intent().generation;
 
     f.reopen_with(Settings {
         underlay_mtu: 9000,
@@ -993,7 +999,7 @@ fn derived_mtus_follow_the_underlay_across_restarts() {
     let red = &state.tenants[&TenantName::new("red").unwrap()];
     assert_eq!(red.mtu, 8950);
     assert_eq!(state.tenants[&TenantName::new("fixed").unwrap()].mtu, 1400);
-    let intent = f.store().intent(&hn("h1")).unwrap().unwrap();
+    let intent = f.store().intent(&hn("h1")).unwrap().intent();
     assert_eq!(intent.generation, generation + 1);
     assert_eq!(
         intent.endpoints.iter().map(|e| e.mtu).collect::<Vec<_>>(),
@@ -1020,8 +1026,8 @@ fn a_newer_schema_is_refused() {
         matches!(
             e,
             StoreError::SchemaTooNew {
-                found: 4,
-                supported: 3
+                found: 5,
+                supported: 4
             }
         ),
         "{e}"
@@ -1334,6 +1340,7 @@ fn check_reports_leaks_and_dangling_rows() {
             let mut e = t.endpoint("a").unwrap().unwrap();
             e.endpoint.host = hn("nowhere");
             t.put_endpoint(&e).unwrap();
+            t.generations.remove("h1").unwrap();
         }
         txn.commit().unwrap();
     }
@@ -1345,7 +1352,58 @@ fn check_reports_leaks_and_dangling_rows() {
         all.contains("host 'nowhere', which does not exist"),
         "{all}"
     );
-    assert!(all.contains("differs from a fresh compilation"), "{all}");
+    assert!(all.contains("host 'h1' has no generation"), "{all}");
+}
+
+/// A schema 3 store kept each host's whole intent with its generation; opening it keeps the
+/// generations, drops the intents and recompiles them.
+#[test]
+fn a_schema_3_store_keeps_its_generations() {
+    let mut f = Fixture::new();
+    f.hello("h1", 1);
+    f.hello("h2", 2);
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
+    f.endpoint(endpoint("a", "red", "h1"));
+    f.endpoint(endpoint("b", "red", "h2"));
+    let want: Vec<HostIntent> = ["h1", "h2"]
+        .iter()
+        .map(|h| f.store().intent(&hn(h)).unwrap().intent())
+        .collect();
+    let legacy: redb::TableDefinition<&str, (u64, &[u8])> = redb::TableDefinition::new("intents");
+    f.store = None;
+    {
+        let db = Database::create(&f.path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = tables::WriteTables::open(&txn).unwrap();
+            t.generations.retain(|_, _| false).unwrap();
+            t.set_meta(meta::SCHEMA_VERSION, 3).unwrap();
+            let mut old = txn.open_table(legacy).unwrap();
+            for i in &want {
+                let bytes = postcard::to_allocvec(i).unwrap();
+                old.insert(i.host.as_str(), (i.generation + 10, bytes.as_slice()))
+                    .unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+    f.reopen();
+    f.assert_clean();
+    for i in &want {
+        let have = f.store().intent(&i.host).unwrap().intent();
+        assert_eq!(
+            have.generation,
+            i.generation + 10,
+            "the stored generation is kept"
+        );
+        assert!(have.same_content(i));
+    }
+    let dump = f.store().dump().unwrap();
+    assert!(!dump.tables.contains_key("intents"), "{dump}");
+    assert!(dump.tables["meta"].contains(&("schema_version".into(), SCHEMA_VERSION.to_string())));
+    // A store written by this schema opens as it is.
+    f.reopen();
+    assert_eq!(f.store().dump().unwrap(), dump);
 }
 
 fn reserve(tenant: &str, ip: Option<&str>) -> ApiRequest {
@@ -1983,4 +2041,45 @@ fn check_audits_reservations() {
         "{all}"
     );
     assert_eq!(report.reservations, 4);
+}
+
+/// Concurrent mutations share flushes (group commit): each is answered only once durable, so
+/// everything answered survives a reopen, and the incremental intents match a full compile.
+#[test]
+fn concurrent_mutations_commit_in_groups_and_survive_a_reopen() {
+    let mut f = Fixture::new();
+    for i in 1..=4 {
+        f.hello(&format!("h{i}"), i);
+    }
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
+    std::thread::scope(|s| {
+        for worker in 0..8 {
+            let f = &f;
+            s.spawn(move || {
+                for n in 0..6 {
+                    let name = format!("w{worker}-{n}");
+                    let host = format!("h{}", 1 + (worker + n) % 4);
+                    f.endpoint(endpoint(&name, "red", &host));
+                    if n % 3 == 2 {
+                        f.ok(ApiRequest::EndpointDelete { name });
+                    }
+                }
+            });
+        }
+    });
+    let state = f.store().state().unwrap();
+    assert_eq!(state.endpoints.len(), 8 * 4);
+    let kept: Vec<HostIntent> = (1..=4)
+        .map(|i| f.store().intent(&hn(&format!("h{i}"))).unwrap().intent())
+        .collect();
+    let full = state.compile();
+    for i in &kept {
+        assert!(i.same_content(&full[&i.host]), "{} differs", i.host);
+    }
+    f.assert_clean();
+    f.reopen();
+    assert_eq!(f.store().state().unwrap(), state);
+    for i in &kept {
+        assert_eq!(&f.store().intent(&i.host).unwrap().intent(), i);
+    }
 }

@@ -57,7 +57,7 @@ pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckR
         &open_read_table(txn, tables::ENDPOINTS)?,
         tables::ENDPOINTS,
     )?;
-    let intent_rows = tables::all_intents(&open_read_table(txn, tables::INTENTS)?)?;
+    let generation_rows = tables::all_generations(&open_read_table(txn, tables::GENERATIONS)?)?;
     let reservation_rows = tables::all_reservations(&open_read_table(txn, tables::RESERVATIONS)?)?;
     for (key, row) in &tenant_rows {
         let t = Tenant::from(row.clone());
@@ -80,12 +80,19 @@ pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckR
             ));
         }
     }
-    for (key, intent) in &intent_rows {
-        if intent.host.as_str() != key {
+    for (key, generation) in &generation_rows {
+        if ovl_common::HostName::new(key).is_err() {
+            p(format!("generation row '{key}' is not a host name"));
+        } else if host_rows
+            .binary_search_by(|(h, _)| h.as_str().cmp(key))
+            .is_err()
+        {
             p(format!(
-                "intent row '{key}' holds the intent of '{}'",
-                intent.host
+                "there is a generation for '{key}', which is not a registered host"
             ));
+        }
+        if *generation == 0 {
+            p(format!("the intent of '{key}' has generation 0"));
         }
     }
     let reservation_keys: BTreeMap<u64, Reservation> = reservation_rows
@@ -96,7 +103,7 @@ pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckR
         tenant_rows,
         host_rows,
         endpoint_rows,
-        intent_rows,
+        generation_rows,
         reservation_rows,
     );
 
@@ -347,7 +354,7 @@ pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckR
                 mac_table.get(&mac_key(e.mac))
             ));
         }
-        let host_generation = state.intents.get(&e.host).map_or(0, |i| i.generation);
+        let host_generation = state.generations.get(&e.host).copied().unwrap_or(0);
         if se.first_generation == 0 || se.first_generation > host_generation {
             p(format!(
                 "endpoint '{n}' was first included at generation {} but its host is at {host_generation}",
@@ -448,26 +455,10 @@ pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckR
         }
     }
 
-    // Intents: one per host, each equal to a fresh compilation.
-    let fresh = state.compile();
-    for (name, intent) in &state.intents {
-        if !state.hosts.contains_key(name) {
-            p(format!(
-                "there is an intent for '{name}', which is not a registered host"
-            ));
-        }
-        if intent.generation == 0 {
-            p(format!("the intent of '{name}' has generation 0"));
-        }
-    }
-    for (name, want) in &fresh {
-        match state.intents.get(name) {
-            None => p(format!("host '{name}' has no stored intent")),
-            Some(have) if !have.same_content(want) => p(format!(
-                "the stored intent of '{name}' (generation {}) differs from a fresh compilation",
-                have.generation
-            )),
-            Some(_) => {}
+    // Generations: one per registered host (intents are compiled, not stored).
+    for name in state.hosts.keys() {
+        if !state.generations.contains_key(name) {
+            p(format!("host '{name}' has no generation"));
         }
     }
 

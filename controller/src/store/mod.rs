@@ -25,7 +25,6 @@ use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
-use ovl_common::intent::HostIntent;
 use ovl_common::model::{Endpoint, Host, Tenant, MIN_UNDERLAY_MTU};
 use ovl_common::{EndpointName, HostName, MacAddr, TenantName};
 
@@ -161,15 +160,15 @@ pub struct State {
     pub tenants: BTreeMap<TenantName, Tenant>,
     pub hosts: BTreeMap<HostName, Host>,
     pub endpoints: BTreeMap<EndpointName, StoredEndpoint>,
-    /// Each host's stored intent, with its generation.
-    pub intents: BTreeMap<HostName, HostIntent>,
+    /// The generation of each host's intent.
+    pub generations: BTreeMap<HostName, u64>,
     /// Addresses hosts reserved and no endpoint has taken yet, by tenant and address.
     pub reservations: BTreeMap<(TenantName, Ipv4Addr), Reservation>,
 }
 
 impl State {
     /// Compiles the content of every host's intent from this state (generations left at 0).
-    pub fn compile(&self) -> BTreeMap<HostName, HostIntent> {
+    pub fn compile(&self) -> BTreeMap<HostName, ovl_common::intent::HostIntent> {
         compile::compile(
             self.tenants.values(),
             self.hosts.values(),
@@ -296,10 +295,10 @@ pub trait Txn {
     fn remove_endpoint(&mut self, name: &str) -> Result<(), StoreError>;
     fn all_endpoints(&self) -> Result<Vec<StoredEndpoint>, StoreError>;
 
-    /// A host's intent, with its generation.
-    fn intent(&self, host: &str) -> Result<Option<HostIntent>, StoreError>;
-    /// Stores an intent with its generation.
-    fn put_intent(&mut self, intent: &HostIntent) -> Result<(), StoreError>;
+    /// The generation of a host's intent (intents themselves are not stored: they are
+    /// compiled from the objects).
+    fn generation(&self, host: &str) -> Result<Option<u64>, StoreError>;
+    fn put_generation(&mut self, host: &str, generation: u64) -> Result<(), StoreError>;
 
     /// The reservation of address `ip` of tenant `tenant_id`, if there is one.
     fn reservation(&self, tenant_id: u32, ip: Ipv4Addr) -> Result<Option<Reservation>, StoreError>;
@@ -308,7 +307,7 @@ pub trait Txn {
     /// Every reservation of tenant `tenant_id`, in address order.
     fn tenant_reservations(&self, tenant_id: u32) -> Result<Vec<Reservation>, StoreError>;
 
-    /// Every object and intent as the transaction sees them now.
+    /// Every object and generation as the transaction sees them now.
     fn state(&self) -> Result<State, StoreError>;
 
     /// [`Pool::claim`] on the table `holders`.
@@ -350,16 +349,25 @@ pub trait Store: Send + Sync {
         &self,
         body: &mut dyn FnMut(&mut dyn Txn) -> Result<Outcome, StoreError>,
     ) -> Result<(), StoreError>;
-    /// Loads every object and intent in one read transaction.
+    /// [`Store::write`] whose commit is durable only once a later [`Store::sync`] has
+    /// returned: a crash before that loses it. Many such commits then share one flush (group
+    /// commit); a caller must not report the change before the sync.
+    fn write_unsynced(
+        &self,
+        body: &mut dyn FnMut(&mut dyn Txn) -> Result<Outcome, StoreError>,
+    ) -> Result<(), StoreError>;
+    /// Makes every commit made so far durable.
+    fn sync(&self) -> Result<(), StoreError>;
+    /// Loads every object and generation in one read transaction.
     fn state(&self) -> Result<State, StoreError>;
-    /// A host's current intent, if the host is registered.
-    fn intent(&self, host: &HostName) -> Result<Option<HostIntent>, StoreError>;
+    /// The generation of a host's intent, if the host is registered.
+    fn generation(&self, host: &HostName) -> Result<Option<u64>, StoreError>;
     /// Every registered host, sorted by name.
     fn hosts(&self) -> Result<Vec<Host>, StoreError>;
     /// Audits the whole store (see [`CheckReport`]): no duplicated or leaked key, tag,
     /// address, MAC or id; every endpoint's tenant and host exist; every allocation belongs to
-    /// a live object; derived MTUs match the underlay MTU; stored intents equal a fresh
-    /// compilation.
+    /// a live object; derived MTUs match the underlay MTU; every registered host, and only
+    /// those, has a generation, and no endpoint's first generation is past its host's.
     fn check(&self) -> Result<CheckReport, StoreError>;
     /// Every row of every table, for comparison and debugging.
     fn dump(&self) -> Result<StoreDump, StoreError>;
@@ -372,9 +380,25 @@ impl dyn Store + '_ {
         &self,
         body: impl FnOnce(&mut dyn Txn) -> Result<(R, Outcome), E>,
     ) -> Result<R, E> {
+        self.transact_with(true, body)
+    }
+
+    /// [`Store::transact`] over [`Store::write_unsynced`].
+    pub fn transact_unsynced<R, E: From<StoreError>>(
+        &self,
+        body: impl FnOnce(&mut dyn Txn) -> Result<(R, Outcome), E>,
+    ) -> Result<R, E> {
+        self.transact_with(false, body)
+    }
+
+    fn transact_with<R, E: From<StoreError>>(
+        &self,
+        synced: bool,
+        body: impl FnOnce(&mut dyn Txn) -> Result<(R, Outcome), E>,
+    ) -> Result<R, E> {
         let mut body = Some(body);
         let mut result = None;
-        self.write(&mut |t| {
+        let mut run = |t: &mut dyn Txn| {
             let Some(body) = body.take() else {
                 return Err(StoreError::Inconsistent(
                     "a transaction body ran twice".into(),
@@ -390,7 +414,12 @@ impl dyn Store + '_ {
                     Ok(Outcome::Abort)
                 }
             }
-        })?;
+        };
+        if synced {
+            self.write(&mut run)?;
+        } else {
+            self.write_unsynced(&mut run)?;
+        }
         result.unwrap_or_else(|| {
             Err(StoreError::Inconsistent("a transaction body did not run".into()).into())
         })

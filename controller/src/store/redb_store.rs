@@ -8,10 +8,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use ovl_common::intent::HostIntent;
 use ovl_common::model::Host;
 use ovl_common::HostName;
-use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, TableHandle};
+use redb::{Database, Durability, ReadTransaction, ReadableTable, TableDefinition, TableHandle};
 
 use super::tables::{self, meta, open_read_table, WriteTables, SCHEMA_VERSION};
 use super::{check, CheckReport, Outcome, Settings, State, Store, StoreDump, StoreError, Txn};
@@ -86,6 +85,26 @@ impl RedbStore {
     }
 }
 
+impl RedbStore {
+    fn write_with(
+        &self,
+        durability: Durability,
+        body: &mut dyn FnMut(&mut dyn Txn) -> Result<Outcome, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(durability);
+        let outcome = {
+            let mut t = WriteTables::open(&txn)?;
+            body(&mut t)?
+        };
+        match outcome {
+            Outcome::Commit => txn.commit()?,
+            Outcome::Abort => txn.abort()?,
+        }
+        Ok(())
+    }
+}
+
 /// Opens the database file at `path`, creating it if `create` and missing.
 fn database(path: &Path, create: bool) -> Result<Database, StoreError> {
     let mut builder = Database::builder();
@@ -110,15 +129,21 @@ impl Store for RedbStore {
         &self,
         body: &mut dyn FnMut(&mut dyn Txn) -> Result<Outcome, StoreError>,
     ) -> Result<(), StoreError> {
+        self.write_with(Durability::Immediate, body)
+    }
+
+    fn write_unsynced(
+        &self,
+        body: &mut dyn FnMut(&mut dyn Txn) -> Result<Outcome, StoreError>,
+    ) -> Result<(), StoreError> {
+        self.write_with(Durability::None, body)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        // A durable commit makes the non-durable ones before it durable too, even when it
+        // writes nothing itself.
         let txn = self.db.begin_write()?;
-        let outcome = {
-            let mut t = WriteTables::open(&txn)?;
-            body(&mut t)?
-        };
-        match outcome {
-            Outcome::Commit => txn.commit()?,
-            Outcome::Abort => txn.abort()?,
-        }
+        txn.commit()?;
         Ok(())
     }
 
@@ -127,10 +152,10 @@ impl Store for RedbStore {
         load_state_read(&txn)
     }
 
-    fn intent(&self, host: &HostName) -> Result<Option<HostIntent>, StoreError> {
+    fn generation(&self, host: &HostName) -> Result<Option<u64>, StoreError> {
         let txn = self.db.begin_read()?;
-        let table = open_read_table(&txn, tables::INTENTS)?;
-        tables::get_intent(&table, host.as_str())
+        let table = open_read_table(&txn, tables::GENERATIONS)?;
+        Ok(table.get(host.as_str())?.map(|g| g.value()))
     }
 
     fn hosts(&self) -> Result<Vec<Host>, StoreError> {
@@ -170,12 +195,12 @@ impl Store for RedbStore {
             );
         }
         tables.insert(
-            "intents".into(),
+            "generations".into(),
             dump_table(
                 &txn,
-                tables::INTENTS,
+                tables::GENERATIONS,
                 |k| k.to_string(),
-                |(g, v)| format!("generation {g}: {}", to_hex(v)),
+                |g| g.to_string(),
             )?,
         );
         for def in [
@@ -228,13 +253,13 @@ fn load_state_read(txn: &ReadTransaction) -> Result<State, StoreError> {
         &open_read_table(txn, tables::ENDPOINTS)?,
         tables::ENDPOINTS,
     )?;
-    let intents = tables::all_intents(&open_read_table(txn, tables::INTENTS)?)?;
+    let generations = tables::all_generations(&open_read_table(txn, tables::GENERATIONS)?)?;
     let reservations = tables::all_reservations(&open_read_table(txn, tables::RESERVATIONS)?)?;
     Ok(tables::assemble_state(
         tenants,
         hosts,
         endpoints,
-        intents,
+        generations,
         reservations,
     ))
 }

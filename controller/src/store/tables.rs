@@ -3,7 +3,7 @@
 //!
 //! Layer: persistence (the redb backend).
 //!
-//! Layout (schema version 3):
+//! Layout (schema version 4):
 //!
 //! | table         | key                          | value                                    |
 //! |---------------|------------------------------|------------------------------------------|
@@ -11,7 +11,7 @@
 //! | `tenants`     | tenant name                  | postcard [`TenantRow`]                   |
 //! | `hosts`       | host name                    | postcard [`HostRow`]                     |
 //! | `endpoints`   | endpoint name                | postcard [`EndpointRow`]                 |
-//! | `intents`     | host name                    | (generation, postcard `HostIntent`)      |
+//! | `generations` | host name                    | `u64`, the generation of the host's intent |
 //! | `alloc_keys`  | VNI / GRE key                | tenant name                              |
 //! | `alloc_vlans` | VLAN tag                     | tenant name                              |
 //! | `alloc_ips`   | `tenant id << 32 \| address` | endpoint name, or `reserved:HOST` for an address a host reserved |
@@ -29,14 +29,16 @@
 //! tenant a gateway MAC. Version 3 added tenants' attach policy (tenant `V3` rows; older rows
 //! read as administrators only) and address reservations: a row in `reservations` and, under
 //! the same key, a `reserved:HOST` holder in `alloc_ips`, so that the address pool skips a
-//! reserved address like a taken one; nothing is rewritten. An intent's generation
-//! is kept beside (not inside) its encoded intent so that it survives even when the intent format
-//! changes: intents can always be recompiled, generations cannot.
+//! reserved address like a taken one; nothing is rewritten. Version 4 keeps only each host's
+//! generation (`generations`) instead of its whole compiled intent (the `intents` table of
+//! versions 1–3, `(generation, postcard HostIntent)`): intents are a pure function of the
+//! other tables and are recompiled when the store is opened, generations cannot be, and a
+//! stored intent grows with the square of the cluster (every host lists its peers). The
+//! migration copies the generations and drops `intents`.
 
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
-use ovl_common::intent::HostIntent;
 use ovl_common::model::{Endpoint, Host, HostAttach, Tenant};
 use ovl_common::{EndpointName, HostName, MacAddr, NetnsTarget, Publish, SegmentType, TenantName};
 use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, TableHandle, WriteTransaction};
@@ -50,13 +52,15 @@ use crate::alloc::{Claim, Pool, PoolTable};
 use crate::ipam::{gateway_mac_owner, ip_key, mac_from_key, mac_pool};
 
 /// The table layout this build reads and writes.
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 4;
 
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
 pub(crate) const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
 pub(crate) const ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("endpoints");
-pub(crate) const INTENTS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("intents");
+pub(crate) const GENERATIONS: TableDefinition<&str, u64> = TableDefinition::new("generations");
+/// The whole compiled intents of schemas 1–3, read only by the schema 4 migration.
+const LEGACY_INTENTS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("intents");
 pub(crate) const KEYS: TableDefinition<u64, &str> = TableDefinition::new("alloc_keys");
 pub(crate) const VLANS: TableDefinition<u64, &str> = TableDefinition::new("alloc_vlans");
 pub(crate) const IPS: TableDefinition<u64, &str> = TableDefinition::new("alloc_ips");
@@ -70,7 +74,7 @@ pub(crate) const ALL_TABLES: [&str; 11] = [
     "tenants",
     "hosts",
     "endpoints",
-    "intents",
+    "generations",
     "alloc_keys",
     "alloc_vlans",
     "alloc_ips",
@@ -477,44 +481,26 @@ pub(crate) fn all_rows<R: DeserializeOwned>(
     Ok(out)
 }
 
-/// Reads every stored intent, in host-name order: (key, intent with its generation).
-pub(crate) fn all_intents(
-    table: &impl ReadableTable<&'static str, (u64, &'static [u8])>,
-) -> Result<Vec<(String, HostIntent)>, StoreError> {
+/// Reads every host's generation, in host-name order.
+pub(crate) fn all_generations(
+    table: &impl ReadableTable<&'static str, u64>,
+) -> Result<Vec<(String, u64)>, StoreError> {
     let mut out = Vec::new();
     for entry in table.iter()? {
         let (k, v) = entry?;
-        let key = k.value().to_string();
-        let (generation, bytes) = v.value();
-        let mut intent: HostIntent = decode("intents", &key, bytes)?;
-        intent.generation = generation;
-        out.push((key, intent));
+        out.push((k.value().to_string(), v.value()));
     }
     Ok(out)
 }
 
-pub(crate) fn get_intent(
-    table: &impl ReadableTable<&'static str, (u64, &'static [u8])>,
-    host: &str,
-) -> Result<Option<HostIntent>, StoreError> {
-    match table.get(host)? {
-        Some(v) => {
-            let (generation, bytes) = v.value();
-            let mut intent: HostIntent = decode("intents", host, bytes)?;
-            intent.generation = generation;
-            Ok(Some(intent))
-        }
-        None => Ok(None),
-    }
-}
-
 /// Every table of the layout, opened in one write transaction.
 pub(crate) struct WriteTables<'txn> {
+    txn: &'txn WriteTransaction,
     pub meta: Table<'txn, &'static str, u64>,
     pub tenants: Table<'txn, &'static str, &'static [u8]>,
     pub hosts: Table<'txn, &'static str, &'static [u8]>,
     pub endpoints: Table<'txn, &'static str, &'static [u8]>,
-    pub intents: Table<'txn, &'static str, (u64, &'static [u8])>,
+    pub generations: Table<'txn, &'static str, u64>,
     pub keys: Table<'txn, u64, &'static str>,
     pub vlans: Table<'txn, u64, &'static str>,
     pub ips: Table<'txn, u64, &'static str>,
@@ -547,11 +533,12 @@ impl<'txn> WriteTables<'txn> {
     /// Opens (creating where missing) every table.
     pub fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
         Ok(Self {
+            txn,
             meta: open_write_table(txn, META)?,
             tenants: open_write_table(txn, TENANTS)?,
             hosts: open_write_table(txn, HOSTS)?,
             endpoints: open_write_table(txn, ENDPOINTS)?,
-            intents: open_write_table(txn, INTENTS)?,
+            generations: open_write_table(txn, GENERATIONS)?,
             keys: open_write_table(txn, KEYS)?,
             vlans: open_write_table(txn, VLANS)?,
             ips: open_write_table(txn, IPS)?,
@@ -586,7 +573,7 @@ impl<'txn> WriteTables<'txn> {
             all_rows::<TenantRow>(&self.tenants, TENANTS)?,
             all_rows::<HostRow>(&self.hosts, HOSTS)?,
             all_rows::<EndpointRow>(&self.endpoints, ENDPOINTS)?,
-            all_intents(&self.intents)?,
+            all_generations(&self.generations)?,
             all_reservations(&self.reservations)?,
         ))
     }
@@ -610,6 +597,9 @@ impl Txn for WriteTables<'_> {
             Some(found) => {
                 if found < 2 {
                     migrate_to_v2(self)?;
+                }
+                if found < 4 {
+                    migrate_to_v4(self)?;
                 }
                 // Schema 3 rewrites nothing: older tenant rows read as open to
                 // administrators only, and opening the tables created `reservations`.
@@ -703,16 +693,13 @@ impl Txn for WriteTables<'_> {
             .collect())
     }
 
-    fn put_intent(&mut self, intent: &HostIntent) -> Result<(), StoreError> {
-        let name = intent.host.as_str();
-        let bytes = encode("intents", name, intent)?;
-        self.intents
-            .insert(name, (intent.generation, bytes.as_slice()))?;
+    fn put_generation(&mut self, host: &str, generation: u64) -> Result<(), StoreError> {
+        self.generations.insert(host, generation)?;
         Ok(())
     }
 
-    fn intent(&self, host: &str) -> Result<Option<HostIntent>, StoreError> {
-        get_intent(&self.intents, host)
+    fn generation(&self, host: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.generations.get(host)?.map(|g| g.value()))
     }
 
     fn reservation(&self, tenant_id: u32, ip: Ipv4Addr) -> Result<Option<Reservation>, StoreError> {
@@ -820,12 +807,47 @@ fn migrate_to_v2(t: &mut WriteTables<'_>) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Schema 3 → 4: each host's generation moves from its stored intent to `generations`, and
+/// the stored intents go (they are recompiled from the other tables).
+fn migrate_to_v4(t: &mut WriteTables<'_>) -> Result<(), StoreError> {
+    let legacy = t
+        .txn
+        .list_tables()?
+        .any(|h| h.name() == LEGACY_INTENTS.name());
+    if !legacy {
+        return Ok(());
+    }
+    let generations = {
+        let table = open_write_table(t.txn, LEGACY_INTENTS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.push((k.value().to_string(), v.value().0));
+        }
+        out
+    };
+    for (host, generation) in &generations {
+        t.put_generation(host, *generation)?;
+    }
+    t.txn
+        .delete_table(LEGACY_INTENTS)
+        .map_err(|source| StoreError::Table {
+            table: LEGACY_INTENTS.name().to_string(),
+            source: Box::new(source),
+        })?;
+    tracing::info!(
+        hosts = generations.len(),
+        "schema 4: generations kept, stored intents dropped (they are recompiled)"
+    );
+    Ok(())
+}
+
 /// The state from rows read in one transaction.
 pub(crate) fn assemble_state(
     tenants: Vec<(String, TenantRow)>,
     hosts: Vec<(String, HostRow)>,
     endpoints: Vec<(String, EndpointRow)>,
-    intents: Vec<(String, HostIntent)>,
+    generations: Vec<(String, u64)>,
     reservations: Vec<(u64, Reservation)>,
 ) -> State {
     State {
@@ -850,9 +872,9 @@ pub(crate) fn assemble_state(
                 (e.endpoint.name.clone(), e)
             })
             .collect(),
-        intents: intents
+        generations: generations
             .into_iter()
-            .map(|(_, i)| (i.host.clone(), i))
+            .filter_map(|(h, g)| Some((HostName::new(&h).ok()?, g)))
             .collect(),
         reservations: reservations
             .into_iter()

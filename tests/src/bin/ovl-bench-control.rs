@@ -13,8 +13,15 @@
 //!    changes concerns every host of the tenant, and the time from sending the request to each
 //!    concerned agent applying the new generation is one sample;
 //! 4. runs `--clients` admin clients creating and deleting endpoints for `--churn-secs`;
-//! 5. reads the controller's resident memory (`VmRSS`, `VmHWM` from `/proc/PID/status`)
+//! 5. fills the controller with `--fill-endpoints` endpoints in `--fill-tenants` tenants over
+//!    all the hosts, `--fill-clients` creates at once, and reads its peak memory (`VmHWM`,
+//!    reset before the step) — issue 12's row 7;
+//! 6. reads the controller's resident memory (`VmRSS`, `VmHWM` from `/proc/PID/status`)
 //!    between the steps, and checks the stopped store with `ovl-controller check`.
+//!
+//! Each step is bounded by `--max-secs`: a step that runs out of time reports "did not
+//! finish: N of M in T s" with its figure so far. The final summary gives issue 12's rows 5–8
+//! (figure and target); the defaults give the table's sizes.
 //!
 //! It prints the figures as Markdown and asserts nothing about speed; `docs/reliability.md`
 //! records a run with its machine. The correctness of the same paths is asserted, bounded for
@@ -23,6 +30,7 @@
 //! ```text
 //! cargo build --release -p ovl-controller -p ovl-tests --bins
 //! target/release/ovl-bench-control --agents 500 --span 500 --waves 10
+//! target/release/ovl-bench-control --max-secs 300   # issue 12's rows 5–8
 //! ```
 
 use std::process::ExitCode;
@@ -32,6 +40,9 @@ use anyhow::{bail, Context, Result};
 use ovl_common::proto::{ApiRequest, EndpointCreate, TenantCreate};
 use ovl_common::{HostName, NetnsTarget};
 use ovl_controller::pki::Ca;
+use ovl_tests::bench::bound::{outcome, Budget};
+use ovl_tests::bench::fill::{self, FillPlan};
+use ovl_tests::bench::summary::{self, Row};
 use ovl_tests::cluster::Cluster;
 use ovl_tests::sim::{self, ChurnPlan, ChurnTenant, Fleet, Memory, Summary};
 
@@ -42,23 +53,35 @@ struct Options {
     waves: u32,
     clients: usize,
     churn_secs: u64,
+    max_secs: u64,
+    fill_tenants: usize,
+    fill_endpoints: usize,
+    fill_clients: usize,
 }
 
 const USAGE: &str =
     "usage: ovl-bench-control [--agents N] [--span N] [--waves N] [--clients N] [--churn-secs N]
-  --agents N      simulated agents connected at once (default 500)
+  --agents N      simulated agents connected at once (default 1000)
   --span N        hosts the measured tenant spans (default: all agents but the waves' hosts)
   --waves N       measured changes each way (add a host to the tenant, remove it) (default 10)
   --clients N     concurrent admin clients in the churn step (default 50)
-  --churn-secs N  length of the churn step, 0 to skip it (default 30)";
+  --churn-secs N  length of the churn step, 0 to skip it (default 30)
+  --max-secs N    bound on each of the spread, waves and fill steps (default 300)
+  --fill-tenants N, --fill-endpoints N, --fill-clients N
+                  the fill step: tenants, endpoints over all agents, concurrent creators
+                  (default 100, 10000, 50; 0 endpoints skips it)";
 
 fn options() -> Result<Options> {
     let mut o = Options {
-        agents: 500,
+        agents: 1000,
         span: 0,
         waves: 10,
         clients: 50,
         churn_secs: 30,
+        max_secs: 300,
+        fill_tenants: 100,
+        fill_endpoints: 10_000,
+        fill_clients: 50,
     };
     let mut span = None;
     let mut args = std::env::args().skip(1);
@@ -81,6 +104,10 @@ fn options() -> Result<Options> {
             "--waves" => o.waves = number()? as u32,
             "--clients" => o.clients = number()? as usize,
             "--churn-secs" => o.churn_secs = number()?,
+            "--max-secs" => o.max_secs = number()?,
+            "--fill-tenants" => o.fill_tenants = number()? as usize,
+            "--fill-endpoints" => o.fill_endpoints = number()? as usize,
+            "--fill-clients" => o.fill_clients = number()? as usize,
             other => bail!("unknown option {other}\n{USAGE}"),
         }
     }
@@ -90,6 +117,9 @@ fn options() -> Result<Options> {
     o.span = span.unwrap_or(o.agents - o.waves).min(o.agents - o.waves);
     if o.span == 0 {
         bail!("--span must be at least 1");
+    }
+    if o.fill_endpoints > 0 && o.fill_tenants == 0 {
+        bail!("--fill-tenants must be at least 1");
     }
     Ok(o)
 }
@@ -225,20 +255,37 @@ async fn bench(o: Options) -> Result<()> {
     // The wide tenant, built with every agent connected.
     admin.call(tenant("wide", "10.64.0.0/12")).await?;
     let t = Instant::now();
+    let budget = Budget::start(Duration::from_secs(o.max_secs));
     let mut build = Vec::new();
     for h in &names[..o.span as usize] {
+        if budget.spent() {
+            break;
+        }
         let s = Instant::now();
         admin.call(endpoint("wide", h, &format!("w-{h}"))).await?;
         build.push(s.elapsed());
     }
+    let spread_n = build.len() as u32;
     sim::wait_converged(&mut admin, &names, Duration::from_secs(600)).await?;
+    let spread_time = t.elapsed();
     rows.push((
         format!(
             "spread one tenant over {} hosts (one create at a time, all acked)",
-            o.span
+            spread_n
         ),
-        ms(t.elapsed()),
+        ms(spread_time),
     ));
+    let mut table = Vec::new();
+    let spread_figure = outcome(
+        spread_n as usize,
+        o.span as usize,
+        spread_time,
+        &format!(
+            "{} ({:.1} ms per host)",
+            summary::secs(spread_time),
+            spread_time.as_secs_f64() * 1000.0 / f64::from(spread_n.max(1))
+        ),
+    );
     if let Some(s) = Summary::of(&build) {
         rows.push((
             "endpoint create answered, while spreading".into(),
@@ -247,7 +294,7 @@ async fn bench(o: Options) -> Result<()> {
     }
     let spread: Memory = mem()?;
     rows.push((
-        format!("controller RSS, tenant over {} hosts", o.span),
+        format!("controller RSS, tenant over {} hosts", spread_n),
         mib(spread.rss_kib),
     ));
 
@@ -256,7 +303,12 @@ async fn bench(o: Options) -> Result<()> {
     let mut answered = Vec::new();
     let mut all_acked = Vec::new();
     let mut last = Vec::new();
+    let budget = Budget::start(Duration::from_secs(o.max_secs));
+    let mut changes = 0;
     for k in 0..o.waves {
+        if budget.spent() {
+            break;
+        }
         let extra = &names[(o.span + k) as usize];
         let name = format!("x-{extra}");
         for req in [
@@ -268,13 +320,14 @@ async fn bench(o: Options) -> Result<()> {
             if !wave.problems.is_empty() {
                 bail!("a change went wrong: {:#?}", wave.problems);
             }
-            if wave.concerned.len() != o.span as usize + 1 {
+            if wave.concerned.len() != spread_n as usize + 1 {
                 bail!(
                     "a change concerned {} hosts, expected {}",
                     wave.concerned.len(),
-                    o.span + 1
+                    spread_n + 1
                 );
             }
+            changes += 1;
             last.push(wave.per_host.iter().copied().max().unwrap_or_default());
             per_host.extend(wave.per_host);
             answered.push(wave.answered);
@@ -289,10 +342,34 @@ async fn bench(o: Options) -> Result<()> {
     rows.push((
         format!(
             "change → each concerned agent applied ({} changes × {} hosts)",
-            2 * o.waves,
-            o.span + 1
+            changes,
+            spread_n + 1
         ),
         fmt(Summary::of(&per_host)),
+    ));
+    table.push(Row::new(
+        format!(
+            "{} simulated agents, one tenant over {} of them: change → every concerned agent applied, p99",
+            o.agents,
+            spread_n + 1
+        ),
+        outcome(
+            changes,
+            2 * o.waves as usize,
+            budget.elapsed(),
+            &Summary::of(&per_host).map_or("-".into(), |s| {
+                format!("{} (p50 {}, {} samples)", ms(s.p99), ms(s.p50), s.count)
+            }),
+        ),
+        "< 500 ms",
+    ));
+    table.push(Row::new(
+        format!(
+            "spread one tenant over {} hosts, one endpoint at a time",
+            o.span
+        ),
+        spread_figure,
+        "< 30 s",
     ));
     rows.push((
         "change → request answered".into(),
@@ -335,6 +412,69 @@ async fn bench(o: Options) -> Result<()> {
         mib(after.rss_kib),
     ));
 
+    // Many tenants and endpoints over every host: the controller's peak memory.
+    if o.fill_endpoints > 0 {
+        let reset = fill::reset_peak(pid);
+        let before: Memory = mem()?;
+        let plan = FillPlan {
+            tenants: o.fill_tenants,
+            endpoints: o.fill_endpoints,
+            clients: o.fill_clients,
+            hosts: names.clone(),
+            limit: Duration::from_secs(o.max_secs),
+        };
+        eprintln!(
+            "filling: {} endpoints in {} tenants, {} clients, at most {} s…",
+            o.fill_endpoints, o.fill_tenants, o.fill_clients, o.max_secs
+        );
+        let report = fill::fill(c.addr, &c.admin_credentials(), plan).await;
+        let filled: Memory = mem()?;
+        rows.push((
+            format!(
+                "fill: {} tenants, {} endpoints created over {} hosts ({} clients)",
+                report.tenants, report.endpoints, o.agents, o.fill_clients
+            ),
+            format!(
+                "{}, {:.0} creates/s, {} refused or failed",
+                ms(report.elapsed),
+                report.endpoints as f64 / report.elapsed.as_secs_f64().max(0.001),
+                report.failed
+            ),
+        ));
+        if !report.failures.is_empty() {
+            eprintln!("fill failures (first few): {:#?}", report.failures);
+        }
+        rows.push((
+            "controller RSS after the fill (peak during it)".into(),
+            format!("{} ({})", mib(filled.rss_kib), mib(filled.peak_kib)),
+        ));
+        let peak = match reset {
+            Ok(()) => summary::mem(filled.peak_kib),
+            Err(e) => format!(
+                "{} (peak of the whole run: resetting VmHWM failed: {e})",
+                summary::mem(filled.peak_kib)
+            ),
+        };
+        table.push(Row::new(
+            format!(
+                "{} simulated agents, {} endpoints in {} tenants: controller peak memory",
+                o.agents, o.fill_endpoints, o.fill_tenants
+            ),
+            outcome(
+                report.endpoints,
+                o.fill_endpoints,
+                report.elapsed,
+                &format!(
+                    "{peak} with {} endpoints (RSS {} before the step, {} wide-tenant endpoints present)",
+                    report.endpoints + spread_n as usize,
+                    summary::mem(before.rss_kib),
+                    spread_n
+                ),
+            ),
+            "< 250 MiB",
+        ));
+    }
+
     // Many admin clients at once.
     if o.churn_secs > 0 {
         let churn_tenants = [("ca", "10.201.0.0/22"), ("cb", "10.202.0.0/22")];
@@ -351,7 +491,7 @@ async fn bench(o: Options) -> Result<()> {
                     subnet: s.parse().expect("static subnet"),
                 })
                 .collect(),
-            hosts: names[..16.min(names.len())].to_vec(),
+            hosts: names.clone(),
             tenant_churners: 5.min(o.clients / 10),
             seed: 11,
         };
@@ -359,6 +499,19 @@ async fn bench(o: Options) -> Result<()> {
         if !report.failures.is_empty() {
             bail!("the churn failed: {:#?}", report.failures);
         }
+        table.push(Row::new(
+            format!(
+                "{} hosts, {} concurrent clients: mutations per second",
+                o.agents, o.clients
+            ),
+            format!(
+                "{:.1}/s ({} mutations in {})",
+                report.calls() as f64 / report.elapsed.as_secs_f64(),
+                report.calls(),
+                summary::secs(report.elapsed)
+            ),
+            "≥ 300/s",
+        ));
         rows.push((
             format!("{} clients churning for {} s", o.clients, o.churn_secs),
             format!(
@@ -398,6 +551,7 @@ async fn bench(o: Options) -> Result<()> {
     }
     println!("\n`ovl-controller check`: {}", check.trim());
     println!("\nload average at the end: {}", load());
+    summary::print("ovl-bench-control (issue 12, rows 5–8)", &table);
     if !clean {
         bail!("the store is inconsistent after the benchmark");
     }
