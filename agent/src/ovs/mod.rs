@@ -23,7 +23,9 @@
 
 mod datapath;
 mod driver;
+pub mod flow_planner;
 pub mod names;
+pub mod openflow;
 mod plan;
 mod port;
 pub mod port_planner;

@@ -175,13 +175,19 @@ fn port_row(spec: &PortSpec) -> Row {
 }
 
 fn interface_row(spec: &PortSpec) -> Row {
-    Row::new()
+    let row = Row::new()
         .with("type", spec.kind.interface_type())
         .with("options", Value::from_string_map(&spec.kind.options()))
         .with(
             "external_ids",
             Value::from_string_map(&spec.owned_external_ids()),
-        )
+        );
+    // Only the ports that name their number get the column: the others' rows stay exactly
+    // as before it existed.
+    match spec.ofport_request {
+        Some(n) => row.with("ofport_request", i64::from(n)),
+        None => row,
+    }
 }
 
 /// Plans a batch of port changes on `bridge` as one transaction.

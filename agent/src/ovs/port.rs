@@ -24,6 +24,11 @@ pub enum PortKind {
     Vxlan { remote_ip: Ipv4Addr, key: u32 },
     /// A GRE tunnel (`type=gre options:remote_ip=… options:key=<key>`).
     Gre { remote_ip: Ipv4Addr, key: u32 },
+    /// A VXLAN tunnel whose VNI OpenFlow rules set and match (`type=vxlan
+    /// options:remote_ip=… options:key=flow`): one port carries every tenant to its peer.
+    VxlanFlow { remote_ip: Ipv4Addr },
+    /// A GRE tunnel whose key OpenFlow rules set and match (`options:key=flow`).
+    GreFlow { remote_ip: Ipv4Addr },
     /// One end of a patch to another bridge (`type=patch options:peer=<port>`).
     Patch { peer: String },
     /// Anything else, as observed; ovl never creates it.
@@ -39,8 +44,8 @@ impl PortKind {
         match self {
             PortKind::System => "",
             PortKind::Internal => "internal",
-            PortKind::Vxlan { .. } => "vxlan",
-            PortKind::Gre { .. } => "gre",
+            PortKind::Vxlan { .. } | PortKind::VxlanFlow { .. } => "vxlan",
+            PortKind::Gre { .. } | PortKind::GreFlow { .. } => "gre",
             PortKind::Patch { .. } => "patch",
             PortKind::Other { iface_type, .. } => iface_type,
         }
@@ -53,6 +58,10 @@ impl PortKind {
             PortKind::Vxlan { remote_ip, key } | PortKind::Gre { remote_ip, key } => vec![
                 ("remote_ip", remote_ip.to_string()),
                 ("key", key.to_string()),
+            ],
+            PortKind::VxlanFlow { remote_ip } | PortKind::GreFlow { remote_ip } => vec![
+                ("remote_ip", remote_ip.to_string()),
+                ("key", "flow".to_owned()),
             ],
             PortKind::Patch { peer } => vec![("peer", peer.clone())],
             PortKind::Other { options, .. } => return options.clone(),
@@ -67,6 +76,12 @@ impl PortKind {
         let only = |keys: &[&str]| {
             options.len() == keys.len() && keys.iter().all(|k| options.contains_key(*k))
         };
+        let flow = || -> Option<Ipv4Addr> {
+            if !only(&["remote_ip", "key"]) || options["key"] != "flow" {
+                return None;
+            }
+            options["remote_ip"].parse().ok()
+        };
         let tunnel = || -> Option<(Ipv4Addr, u32)> {
             if !only(&["remote_ip", "key"]) {
                 return None;
@@ -79,8 +94,12 @@ impl PortKind {
         let parsed = match iface_type {
             "" | "system" if options.is_empty() => Some(PortKind::System),
             "internal" if options.is_empty() => Some(PortKind::Internal),
-            "vxlan" => tunnel().map(|(remote_ip, key)| PortKind::Vxlan { remote_ip, key }),
-            "gre" => tunnel().map(|(remote_ip, key)| PortKind::Gre { remote_ip, key }),
+            "vxlan" => tunnel()
+                .map(|(remote_ip, key)| PortKind::Vxlan { remote_ip, key })
+                .or_else(|| flow().map(|remote_ip| PortKind::VxlanFlow { remote_ip })),
+            "gre" => tunnel()
+                .map(|(remote_ip, key)| PortKind::Gre { remote_ip, key })
+                .or_else(|| flow().map(|remote_ip| PortKind::GreFlow { remote_ip })),
             "patch" if only(&["peer"]) => Some(PortKind::Patch {
                 peer: options["peer"].clone(),
             }),
@@ -108,6 +127,9 @@ pub struct PortSpec {
     /// port, it is the split horizon that keeps a full mesh of tunnels from looping
     /// broadcasts (a frame that came in over one tunnel never leaves over another).
     pub protected: bool,
+    /// The OpenFlow port number asked of ovs-vswitchd (`ofport_request`), so that rules can
+    /// name the port before it exists; `None` lets ovs-vswitchd choose.
+    pub ofport_request: Option<u16>,
     /// What the port is for (`ovl-tenant`, `ovl-endpoint`, `ovl-peer`, …), written to both
     /// rows. The driver adds the ownership key itself; it must not be given here.
     pub external_ids: BTreeMap<String, String>,
@@ -121,8 +143,14 @@ impl PortSpec {
             tag: None,
             trunks: BTreeSet::new(),
             protected: false,
+            ofport_request: None,
             external_ids: BTreeMap::new(),
         }
+    }
+
+    pub fn with_ofport_request(mut self, ofport: u16) -> Self {
+        self.ofport_request = Some(ofport);
+        self
     }
 
     pub fn protected(mut self) -> Self {
@@ -221,6 +249,8 @@ pub struct ObservedInterface {
     pub error: Option<String>,
     /// The kernel ifindex of the device ovs-vswitchd has for the interface, if it reports one.
     pub ifindex: Option<i64>,
+    /// The `ofport_request` column.
+    pub ofport_request: Option<i64>,
 }
 
 /// A Port row and its interfaces as observed.
@@ -264,6 +294,7 @@ impl ObservedPort {
             tag: self.tag,
             trunks: self.trunks.clone(),
             protected: self.protected,
+            ofport_request: iface.ofport_request.and_then(|o| u16::try_from(o).ok()),
             external_ids,
         })
     }
@@ -326,6 +357,12 @@ mod tests {
             PortKind::Patch {
                 peer: "patch-int".into(),
             },
+            PortKind::VxlanFlow {
+                remote_ip: "192.0.2.9".parse().unwrap(),
+            },
+            PortKind::GreFlow {
+                remote_ip: "192.0.2.9".parse().unwrap(),
+            },
         ];
         for k in kinds {
             assert_eq!(
@@ -346,9 +383,9 @@ mod tests {
             PortKind::from_interface("vxlan", &extra),
             PortKind::Other { .. }
         ));
-        let flow_key = opts(&[("remote_ip", "192.0.2.7"), ("key", "flow")]);
+        let bad_key = opts(&[("remote_ip", "192.0.2.7"), ("key", "flows")]);
         assert!(matches!(
-            PortKind::from_interface("gre", &flow_key),
+            PortKind::from_interface("gre", &bad_key),
             PortKind::Other { .. }
         ));
         assert!(matches!(
@@ -404,6 +441,7 @@ mod tests {
             external_ids: spec.owned_external_ids(),
             ofport: Some(3),
             ifindex: None,
+            ofport_request: None,
             error: None,
         };
         let port = ObservedPort {

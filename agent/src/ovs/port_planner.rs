@@ -385,6 +385,7 @@ mod tests {
                     external_ids: s.owned_external_ids(),
                     ofport: Some(i as i64 + 1),
                     ifindex: None,
+                    ofport_request: s.ofport_request.map(i64::from),
                     error: None,
                 }],
             })

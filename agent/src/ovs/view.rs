@@ -28,6 +28,7 @@ pub(crate) const INTERFACE_COLUMNS: &[&str] = &[
     "ofport",
     "error",
     "ifindex",
+    "ofport_request",
 ];
 
 /// A Bridge row.
@@ -83,6 +84,11 @@ fn parse_interface(row: &Row) -> Result<ObservedInterface, ovsdb::Error> {
         ofport: row.get("ofport")?.optional_i64()?,
         error: row.get("error")?.optional_str()?.map(str::to_owned),
         ifindex: row.get("ifindex")?.optional_i64()?,
+        // Absent from rows read before ovl asked for the column (test fixtures).
+        ofport_request: match row.get("ofport_request") {
+            Ok(v) => v.optional_i64()?,
+            Err(_) => None,
+        },
     })
 }
 

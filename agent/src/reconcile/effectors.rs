@@ -1,4 +1,4 @@
-//! The three systems a reconcile changes, each behind a trait so that the OVS datapath's
+//! The systems a reconcile changes, each behind a trait so that the OVS datapath's
 //! ordering rules are unit-tested against recording fakes ([`super::recording`]) without root:
 //!
 //! - [`Switch`]: Open vSwitch (`ovs-vsctl add-br`, `add-port`, `del-port`), implemented by
@@ -6,7 +6,10 @@
 //! - [`Links`]: veth pairs and namespaces (`ip link add … type veth`, `ip link del`),
 //!   implemented by [`Plumber`] over rtnetlink;
 //! - [`Routing`]: tenant routers with their firewall (`ip netns add`, `nft -f`), implemented by
-//!   [`RouterDriver`].
+//!   [`RouterDriver`];
+//! - [`Flows`]: the agent's OpenFlow rules on `br-tun` (`ovs-ofctl dump-flows`, `--bundle
+//!   add-flows`), implemented by [`OfCtl`]. Not yet driven by the OVS datapath: the flow
+//!   tunnels it serves are planned ([`crate::ovs::flow_planner`]) but not wired in.
 //!
 //! Layer: under [`super::OvsDatapath`], over `ovs`, `netns` and `router`. The traits say what
 //! a reconcile needs and nothing more; they hold no policy.
@@ -25,6 +28,8 @@ use crate::netns::{
     self, DetachedReport, DetachedSpec, EndpointReport, EndpointSpec, NsIdentity, ObservedLink,
     Plumber,
 };
+use crate::ovs::flow_planner::{Rule, RuleChange};
+use crate::ovs::openflow::{self, OfCtl};
 use crate::ovs::{self, BridgeOutcome, DatapathType, ObservedPort, OvsDriver, PortChange, Watcher};
 use crate::router::{Prepared, Routers};
 
@@ -212,5 +217,29 @@ impl Routing for RouterDriver {
         self.routers
             .finish(intent, prepared, &self.plumber, netdev, collect_garbage)
             .await
+    }
+}
+
+/// The agent's OpenFlow rules on a bridge, as a reconcile uses them: only the rules with the
+/// agent's cookie are ever read or changed.
+pub trait Flows: Send + Sync + 'static {
+    /// The agent's rules on `bridge` (`dump-flows BRIDGE cookie=C/-1`).
+    fn dump(&self, bridge: &str) -> impl Future<Output = openflow::Result<Vec<Rule>>> + Send;
+
+    /// Applies `changes` to `bridge` atomically (one OpenFlow bundle).
+    fn apply(
+        &self,
+        bridge: &str,
+        changes: &[RuleChange],
+    ) -> impl Future<Output = openflow::Result<()>> + Send;
+}
+
+impl Flows for OfCtl {
+    async fn dump(&self, bridge: &str) -> openflow::Result<Vec<Rule>> {
+        OfCtl::dump(self, bridge).await
+    }
+
+    async fn apply(&self, bridge: &str, changes: &[RuleChange]) -> openflow::Result<()> {
+        OfCtl::apply(self, bridge, changes).await
     }
 }

@@ -9,7 +9,9 @@
 //! - [`ovs_datapath`]: [`OvsDatapath`], the real implementation: observe, plan (pure, in
 //!   [`crate::ovs::port_planner`] and [`crate::netns::plan`]), apply, verify.
 //! - [`endpoint_delta`]: which endpoints a reconcile plumbs (the incremental path), pure.
-//! - [`effectors`]: the traits it changes the host through (switch, links, routing), with
+//! - [`flow_rules`]: the rule step (dump by cookie, diff, one bundle, verify), for the flow
+//!   tunnels on `br-tun`; not yet called by the datapath.
+//! - [`effectors`]: the traits it changes the host through (switch, links, routing, rules), with
 //!   their real implementations; recording fakes for its unit tests are in `recording`.
 //!
 //! This module decides nothing about what should exist (that is the intent) and speaks no
@@ -18,6 +20,7 @@
 pub mod datapath;
 pub mod effectors;
 pub mod endpoint_delta;
+pub mod flow_rules;
 pub mod ovs_datapath;
 #[cfg(test)]
 mod recording;

@@ -11,11 +11,13 @@ use ovl_common::intent::HostIntent;
 use ovl_common::{MacAddr, NetnsTarget};
 use tokio::sync::{mpsc, watch};
 
-use super::effectors::{Links, Routing, Switch};
+use super::effectors::{Flows, Links, Routing, Switch};
 use crate::netns::{
     self, DetachedReport, DetachedSpec, EndpointReport, EndpointSpec, NsIdentity, ObservedLink,
 };
+use crate::ovs::flow_planner::{Rule, RuleChange, RuleKey, COOKIE};
 use crate::ovs::names::IFINDEX_KEY;
+use crate::ovs::openflow;
 use crate::ovs::{
     self, BridgeOutcome, DatapathType, ObservedInterface, ObservedPort, PortChange, Watcher,
     OWNER_KEY, OWNER_VALUE,
@@ -67,6 +69,7 @@ impl FakeSwitch {
                 options: spec.kind.options(),
                 external_ids: ids,
                 ofport: Some(*n as i64),
+                ofport_request: spec.ofport_request.map(i64::from),
                 error: None,
                 ifindex: spec
                     .external_ids
@@ -493,6 +496,81 @@ impl Routing for FakeRouting {
 
     async fn finish(&mut self, _: &HostIntent, _: &mut Prepared, _: bool, gc: bool) {
         log(&self.log, format!("routing: finish gc={gc}"));
+    }
+}
+
+/// ovs-vswitchd's flow table of one bridge: every rule with its cookie, as the switch holds
+/// them (the agent's, learnt ones, anybody else's). `dump` shows only the agent's cookie, as
+/// `cookie=C/-1` does; `apply` changes all or nothing. `drop_adds` makes applies lose their
+/// additions (to see verification fail).
+#[derive(Debug, Default)]
+pub struct FakeFlows {
+    pub log: Log,
+    pub table: Mutex<BTreeMap<RuleKey, (u64, String)>>,
+    pub drop_adds: Mutex<bool>,
+}
+
+impl FakeFlows {
+    pub fn new(log: Log) -> Self {
+        Self {
+            log,
+            ..Self::default()
+        }
+    }
+
+    /// A rule some other owner (or `learn`) put there.
+    pub fn insert_foreign(&self, cookie: u64, rule: &Rule) {
+        self.table
+            .lock()
+            .unwrap()
+            .insert(rule.key(), (cookie, rule.actions.clone()));
+    }
+
+    /// ovs-vswitchd restarted: rules live in its memory, so all of them are gone.
+    pub fn restart(&self) {
+        self.table.lock().unwrap().clear();
+    }
+}
+
+impl Flows for FakeFlows {
+    async fn dump(&self, bridge: &str) -> openflow::Result<Vec<Rule>> {
+        log(&self.log, format!("dump-flows {bridge}"));
+        Ok(self
+            .table
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, (c, _))| *c == COOKIE)
+            .map(|((t, p, m), (_, a))| Rule::new(*t, *p, m.clone(), a.clone()))
+            .collect())
+    }
+
+    async fn apply(&self, bridge: &str, changes: &[RuleChange]) -> openflow::Result<()> {
+        log(
+            &self.log,
+            format!("bundle {bridge} {} changes", changes.len()),
+        );
+        let drop_adds = *self.drop_adds.lock().unwrap();
+        let mut table = self.table.lock().unwrap();
+        for c in changes {
+            let r = c.rule();
+            let ours = matches!(table.get(&r.key()), Some((k, _)) if *k == COOKIE);
+            match c {
+                RuleChange::Add(_) if !drop_adds => {
+                    table.insert(r.key(), (COOKIE, r.actions.clone()));
+                }
+                RuleChange::Add(_) => {}
+                // modify_strict and delete_strict filter on the cookie.
+                RuleChange::Modify(_) if ours => {
+                    table.insert(r.key(), (COOKIE, r.actions.clone()));
+                }
+                RuleChange::Delete(_) if ours => {
+                    table.remove(&r.key());
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1000,5 +1078,96 @@ mod tests {
         // So the next round changes nothing.
         let again = dp.reconcile(&i, true).await;
         assert!(again.changes.is_empty(), "{:?}", again.changes);
+    }
+
+    fn flow_intent(peers: &[u32]) -> HostIntent {
+        let mut i = HostIntent::empty(ovl_common::HostName::new("h1").unwrap());
+        i.tenants.push(TenantIntent {
+            id: 1,
+            name: ovl_common::TenantName::new("blue").unwrap(),
+            segment: SegmentType::Vxlan,
+            key: 5001,
+            vlan: 11,
+            subnet: "10.0.0.0/24".parse().unwrap(),
+            gateway: "10.0.0.1".parse().unwrap(),
+            mtu: 1450,
+            peers: peers
+                .iter()
+                .map(|p| ovl_common::intent::Peer {
+                    id: *p,
+                    host: ovl_common::HostName::new(format!("h{p}")).unwrap(),
+                    underlay: std::net::Ipv4Addr::new(192, 0, 2, *p as u8),
+                })
+                .collect(),
+        });
+        i
+    }
+
+    #[tokio::test]
+    async fn rules_are_applied_once_and_a_restarted_agent_finding_them_changes_nothing() {
+        use crate::ovs::flow_planner::{desired_tunnels, LEARNT_COOKIE};
+        use crate::reconcile::flow_rules::reconcile_rules;
+        let l: Log = Log::default();
+        let flows = FakeFlows::new(l.clone());
+        let foreign = Rule::new(0, 50, "in_port=7", "drop");
+        let learnt = Rule::new(2, 10, "dl_vlan=11,dl_dst=aa:bb:cc:dd:ee:ff", "output:6");
+        flows.insert_foreign(0x5, &foreign);
+        flows.insert_foreign(LEARNT_COOKIE, &learnt);
+
+        let want = desired_tunnels(&flow_intent(&[2, 3])).rules;
+        let first = reconcile_rules(&flows, "br-tun", &want).await;
+        assert!(first.problems.is_empty(), "{:?}", first.problems);
+        assert_eq!(first.applied.len(), want.len());
+        assert_eq!(flows.dump("br-tun").await.unwrap(), want);
+
+        // A new agent process: one dump, no bundle.
+        l.lock().unwrap().clear();
+        let again = reconcile_rules(&flows, "br-tun", &want).await;
+        assert!(again.applied.is_empty() && again.problems.is_empty());
+        assert_eq!(*l.lock().unwrap(), ["dump-flows br-tun"]);
+
+        // A peer leaves: its ingress and table-0 rules go, the flood is modified in place.
+        let fewer = desired_tunnels(&flow_intent(&[3])).rules;
+        let shrink = reconcile_rules(&flows, "br-tun", &fewer).await;
+        assert!(shrink.problems.is_empty(), "{:?}", shrink.problems);
+        let kinds: Vec<&str> = shrink
+            .applied
+            .iter()
+            .map(|c| match c {
+                RuleChange::Add(_) => "add",
+                RuleChange::Modify(_) => "modify",
+                RuleChange::Delete(_) => "delete",
+            })
+            .collect();
+        assert_eq!(kinds, ["delete", "delete", "modify"]);
+
+        // Foreign and learnt rules were never touched.
+        let table = flows.table.lock().unwrap();
+        assert_eq!(table.get(&foreign.key()), Some(&(0x5, "drop".to_owned())));
+        assert_eq!(
+            table.get(&learnt.key()),
+            Some(&(LEARNT_COOKIE, "output:6".to_owned()))
+        );
+    }
+
+    #[tokio::test]
+    async fn rules_come_back_after_ovs_vswitchd_restarts_and_a_lost_change_is_reported() {
+        use crate::ovs::flow_planner::desired_tunnels;
+        use crate::reconcile::flow_rules::reconcile_rules;
+        let flows = FakeFlows::new(Log::default());
+        let want = desired_tunnels(&flow_intent(&[2])).rules;
+        reconcile_rules(&flows, "br-tun", &want).await;
+        flows.restart();
+        let back = reconcile_rules(&flows, "br-tun", &want).await;
+        assert_eq!(back.applied.len(), want.len());
+        assert_eq!(flows.dump("br-tun").await.unwrap(), want);
+
+        flows.restart();
+        *flows.drop_adds.lock().unwrap() = true;
+        let lost = reconcile_rules(&flows, "br-tun", &want).await;
+        assert_eq!(lost.problems.len(), 1, "{lost:?}");
+        assert_eq!(lost.problems[0].kind, ObjectKind::Bridge);
+        let why = lost.problems[0].error.as_deref().unwrap_or_default();
+        assert!(why.contains("did not take"), "{why}");
     }
 }

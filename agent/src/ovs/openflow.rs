@@ -1,0 +1,211 @@
+//! The agent's OpenFlow rules on a bridge, through `ovs-ofctl`: dump them by cookie, apply a
+//! diff atomically. It knows nothing of tenants; [`super::flow_planner`] decides the rules.
+//!
+//! Layer: beside the OVSDB driver, under the reconciler's effectors.
+//!
+//! Why `ovs-ofctl` and not an OpenFlow client in the agent: the agent speaks OVSDB itself
+//! because it reads and watches that database all the time; rules are only dumped and
+//! changed once per reconcile, and `ovs-ofctl --bundle` gives exactly the two things they
+//! need — an OpenFlow 1.4 bundle (all changes or none, so ovs-vswitchd never forwards with
+//! half a rule set) and the canonical text of each rule, which is also what an operator
+//! reads in `ovs-ofctl dump-flows`. `-O OpenFlow14` because bundles need OpenFlow 1.4.
+//!
+//! - [`OfCtl::dump`]: `ovs-ofctl -O OpenFlow14 --no-stats dump-flows BR cookie=C/-1`;
+//! - [`OfCtl::apply`]: `ovs-ofctl -O OpenFlow14 --bundle add-flows BR -` with one line per
+//!   change (`add`, `modify_strict` and `delete_strict`, the last two filtered on the cookie).
+//!
+//! The bridge is reached through its management socket, `RUNDIR/BRIDGE.mgmt`, which does not
+//! depend on the network namespace the agent runs in.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use super::flow_planner::{self, Rule, RuleChange, COOKIE};
+
+/// Where ovs-vswitchd keeps its sockets unless told otherwise.
+pub const DEFAULT_RUNDIR: &str = "/var/run/openvswitch";
+/// How long one `ovs-ofctl` run may take.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What can go wrong with the rules.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("could not run {program} to {action} on {bridge}: {source}")]
+    Spawn {
+        program: String,
+        action: &'static str,
+        bridge: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ovs-ofctl could not {action} on {bridge}: {stderr}")]
+    Failed {
+        action: &'static str,
+        bridge: String,
+        stderr: String,
+    },
+    #[error("ovs-ofctl did not {action} on {bridge} within {TIMEOUT:?}; is ovs-vswitchd running?")]
+    Timeout {
+        action: &'static str,
+        bridge: String,
+    },
+    #[error("the rules dumped from {bridge}: {source}")]
+    Parse {
+        bridge: String,
+        #[source]
+        source: flow_planner::ParseError,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `ovs-ofctl` against one ovs-vswitchd.
+#[derive(Debug, Clone)]
+pub struct OfCtl {
+    rundir: PathBuf,
+    program: PathBuf,
+}
+
+impl OfCtl {
+    /// Reaches the ovs-vswitchd whose sockets are in `rundir`.
+    pub fn new(rundir: impl Into<PathBuf>) -> Self {
+        Self {
+            rundir: rundir.into(),
+            program: PathBuf::from("ovs-ofctl"),
+        }
+    }
+
+    /// Reaches the ovs-vswitchd beside an OVSDB server at `address`: a `unix:` socket's
+    /// directory is the run directory (as with the packaged daemons and private instances);
+    /// otherwise [`DEFAULT_RUNDIR`].
+    pub fn beside_ovsdb(address: &str) -> Self {
+        let dir = address
+            .strip_prefix("unix:")
+            .map(Path::new)
+            .and_then(Path::parent)
+            .filter(|d| !d.as_os_str().is_empty());
+        Self::new(dir.unwrap_or(Path::new(DEFAULT_RUNDIR)))
+    }
+
+    /// The `ovs-ofctl` target for `bridge`: its management socket.
+    pub fn target(&self, bridge: &str) -> String {
+        format!(
+            "unix:{}",
+            self.rundir.join(format!("{bridge}.mgmt")).display()
+        )
+    }
+
+    /// The agent's rules on `bridge` (cookie [`COOKIE`] only; learnt and foreign rules are
+    /// never read).
+    pub async fn dump(&self, bridge: &str) -> Result<Vec<Rule>> {
+        let filter = format!("cookie={COOKIE:#x}/-1");
+        let out = self
+            .run(
+                "dump the agent's rules",
+                bridge,
+                &["--no-stats", "dump-flows", &self.target(bridge), &filter],
+                None,
+            )
+            .await?;
+        flow_planner::parse_dump(&out).map_err(|source| Error::Parse {
+            bridge: bridge.to_owned(),
+            source,
+        })
+    }
+
+    /// Applies `changes` to `bridge` in one OpenFlow bundle: all of them or none.
+    pub async fn apply(&self, bridge: &str, changes: &[RuleChange]) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut input = String::new();
+        for c in changes {
+            input.push_str(&c.bundle_line());
+            input.push('\n');
+        }
+        self.run(
+            "apply a bundle of rule changes",
+            bridge,
+            &["--bundle", "add-flows", &self.target(bridge), "-"],
+            Some(input),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn run(
+        &self,
+        action: &'static str,
+        bridge: &str,
+        args: &[&str],
+        stdin: Option<String>,
+    ) -> Result<String> {
+        let mut cmd = Command::new(&self.program);
+        cmd.arg("-O")
+            .arg("OpenFlow14")
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+            program: self.program.display().to_string(),
+            action,
+            bridge: bridge.to_owned(),
+            source,
+        })?;
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            // A failed write shows as ovs-ofctl's own error below.
+            let _ = pipe.write_all(text.as_bytes()).await;
+        }
+        let out = tokio::time::timeout(TIMEOUT, child.wait_with_output())
+            .await
+            .map_err(|_| Error::Timeout {
+                action,
+                bridge: bridge.to_owned(),
+            })?
+            .map_err(|source| Error::Spawn {
+                program: self.program.display().to_string(),
+                action,
+                bridge: bridge.to_owned(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(Error::Failed {
+                action,
+                bridge: bridge.to_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_run_directory_follows_the_ovsdb_socket() {
+        assert_eq!(
+            OfCtl::beside_ovsdb("unix:/tmp/ovs-x/db.sock").target("br-tun"),
+            "unix:/tmp/ovs-x/br-tun.mgmt"
+        );
+        assert_eq!(
+            OfCtl::beside_ovsdb("tcp:127.0.0.1:6640").target("br-tun"),
+            "unix:/var/run/openvswitch/br-tun.mgmt"
+        );
+        assert_eq!(
+            OfCtl::beside_ovsdb("unix:db.sock").target("br-tun"),
+            "unix:/var/run/openvswitch/br-tun.mgmt"
+        );
+    }
+}

@@ -1,0 +1,59 @@
+//! The rule step of a reconcile: dump the agent's rules on a bridge, diff them against the
+//! desired ones ([`crate::ovs::flow_planner::plan_rules`]), apply the difference in one
+//! bundle, and verify by dumping again. Rules with other cookies (learnt MAC addresses,
+//! anybody else's) are never read, so never touched; rules already in place are not
+//! rewritten, so an agent restart that finds them changes nothing and loses no packet.
+//!
+//! Layer: reconcile, over the [`Flows`] effector. Not yet called by the OVS datapath (the
+//! flow tunnels are planned but not wired in).
+
+use ovl_common::intent::{ObjectKind, ObjectStatus};
+
+use super::effectors::Flows;
+use crate::ovs::flow_planner::{plan_rules, Rule, RuleChange};
+
+/// What one rule step did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RulesOutcome {
+    /// The changes applied (empty when the rules were in place).
+    pub applied: Vec<RuleChange>,
+    /// One failure per problem (`ObjectKind::Bridge`, named after the bridge); empty when
+    /// the dump after applying showed exactly the desired rules.
+    pub problems: Vec<ObjectStatus>,
+}
+
+/// Brings the agent's rules on `bridge` to `desired` and verifies them.
+pub async fn reconcile_rules<F: Flows>(flows: &F, bridge: &str, desired: &[Rule]) -> RulesOutcome {
+    let mut out = RulesOutcome::default();
+    let fail = |why: String| ObjectStatus::failed(ObjectKind::Bridge, bridge, why);
+    let observed = match flows.dump(bridge).await {
+        Ok(r) => r,
+        Err(e) => {
+            out.problems.push(fail(e.to_string()));
+            return out;
+        }
+    };
+    let changes = plan_rules(desired, &observed);
+    if changes.is_empty() {
+        return out;
+    }
+    if let Err(e) = flows.apply(bridge, &changes).await {
+        out.problems.push(fail(e.to_string()));
+        return out;
+    }
+    out.applied = changes;
+    match flows.dump(bridge).await {
+        Ok(now) => {
+            let left = plan_rules(desired, &now);
+            if let Some(c) = left.first() {
+                out.problems.push(fail(format!(
+                    "{} rule changes did not take, such as {}",
+                    left.len(),
+                    c.bundle_line()
+                )));
+            }
+        }
+        Err(e) => out.problems.push(fail(e.to_string())),
+    }
+    out
+}
