@@ -8,10 +8,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ovl_cli::lab::{self, LabSpec, LabState};
 use ovl_common::converge::{self, Condition, Poll};
 use ovl_common::proto::{ApiRequest, EndpointCreate, TenantCreate};
 use ovl_common::NetnsTarget;
+use ovl_lab::{self as lab, LabSpec, LabState};
 
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -42,7 +42,7 @@ fn log_times(state: &LabState, from: usize, what: &str) -> Vec<u64> {
 
 async fn converged(state: &LabState, limit: Duration) -> anyhow::Result<Duration> {
     let start = Instant::now();
-    let mut c = lab::cmd::lab_client(state).await?;
+    let mut c = lab::lab_client(state).await?;
     let poll = Poll {
         every: Duration::from_millis(50),
         limit,
@@ -61,7 +61,7 @@ async fn converged(state: &LabState, limit: Duration) -> anyhow::Result<Duration
 
 async fn run(state: &mut LabState, n: usize) -> anyhow::Result<()> {
     lab::stop_agent(state, "h1")?;
-    let mut c = lab::cmd::lab_client(state).await?;
+    let mut c = lab::lab_client(state).await?;
     c.call(ApiRequest::TenantCreate(TenantCreate {
         segment: Some("vxlan".into()),
         ..TenantCreate::new("scale", "10.90.0.0/22")
@@ -167,8 +167,7 @@ fn main() -> anyhow::Result<()> {
     let mut state = lab::up(&spec, &mut |l| eprintln!("lab: {l}"))?;
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(async {
-        lab::cmd::wait_for_agents(&state, Duration::from_secs(60), |l| eprintln!("lab: {l}"))
-            .await?;
+        lab::wait_for_agents(&state, Duration::from_secs(60), |l| eprintln!("lab: {l}")).await?;
         run(&mut state, n).await
     });
     if let Err(e) = lab::down(&spec.dir, &mut |_| {}) {
