@@ -21,7 +21,8 @@
 # - systemd-networkd: DHCP on eth0 only (Vagrant's management NIC); other NICs are configured
 #   by whoever boots the image, e.g. with `ip=` on the kernel command line (turned into
 #   networkd files by systemd-network-generator) or by Vagrant;
-# - the host name comes from `systemd.hostname=` on the kernel command line, else `ovl-vm`;
+# - the host name comes from `systemd.hostname=` on the kernel command line, else `ovl-vm`,
+#   and resolves without /etc/hosts (nss-myhostname; sudo needs it);
 # - /etc/machine-id empty, so every VM derives its own identity and MAC addresses, and no
 #   prebuilt Open vSwitch database (each VM creates its own);
 # - the packages `deploy/install-deps.sh` would install, so provisioning downloads nothing.
@@ -32,7 +33,7 @@ set -euo pipefail
 cache_root=${OVL_VM_CACHE:-/var/cache/ovl/vm}
 suite=bookworm
 packages=(
-    systemd-sysv udev kmod dbus linux-image-amd64 initramfs-tools
+    systemd-sysv udev kmod dbus libnss-myhostname linux-image-amd64 initramfs-tools
     openssh-server sudo rsync ca-certificates
     openvswitch-switch iproute2 nftables iputils-ping ethtool iperf3 tcpdump procps psmisc
 )

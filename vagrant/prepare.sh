@@ -19,12 +19,14 @@
 # never a binary replaced while another copy runs it), and a host whose token or CA hash is
 # missing or empty is (re)made on the next run rather than skipped.
 #
+# `ovl lab up --vm` stages its VMs' files the same way, in its own directory ($OVL_LAB_STAGE).
+#
 #   vagrant/prepare.sh HOSTS
 set -euo pipefail
 hosts=${1:?usage: prepare.sh NUMBER_OF_HOSTS}
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
-lab="$here/.lab"
+lab="${OVL_LAB_STAGE:-$here/.lab}"
 bin_src="${OVL_BIN_DIR:-$repo/target/release}"
 
 die() {
@@ -39,10 +41,9 @@ flock 9
 
 for b in ovl ovl-controller ovl-agent ovl-cni; do
     [[ -x "$bin_src/$b" ]] || die "$bin_src/$b is not built; run 'cargo build --release' (or set OVL_BIN_DIR)"
-    if ! cmp -s "$bin_src/$b" "$lab/bin/$b"; then
-        install -m 0755 "$bin_src/$b" "$lab/bin/.$b.new"
-        mv -f "$lab/bin/.$b.new" "$lab/bin/$b"
-    fi
+    # Stripped: the VMs need no debug symbols, and a debug build is ten times the size.
+    install -s -m 0755 "$bin_src/$b" "$lab/bin/.$b.new"
+    mv -f "$lab/bin/.$b.new" "$lab/bin/$b"
 done
 ctl="$lab/bin/ovl-controller"
 

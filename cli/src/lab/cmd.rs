@@ -85,10 +85,13 @@ fn cli_config_path() -> Option<PathBuf> {
 }
 
 pub async fn run(cmd: &LabCommand, global: &GlobalArgs) -> anyhow::Result<()> {
+    if let Some(done) = super::vm_cmd::dispatch(cmd, global).await {
+        return done;
+    }
     match cmd {
         LabCommand::Up(a) => {
             let spec = LabSpec {
-                hosts: a.hosts,
+                hosts: a.hosts.unwrap_or(3),
                 dir: a.dir.dir.clone(),
                 prefix: a.prefix.clone(),
                 net: a.net,

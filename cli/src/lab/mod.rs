@@ -35,6 +35,8 @@ pub mod demo;
 pub mod ovs;
 pub mod podman;
 pub mod sys;
+pub mod vm;
+pub mod vm_cmd;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
