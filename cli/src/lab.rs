@@ -2,6 +2,8 @@
 //! drives it) and prints what happens. Progress goes to stderr so `-o json` output on stdout
 //! stays clean. Nothing here builds anything.
 
+mod vm;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -33,10 +35,13 @@ fn cli_config_path() -> Option<PathBuf> {
 }
 
 pub async fn run(cmd: &LabCommand, global: &GlobalArgs) -> anyhow::Result<()> {
+    if let Some(done) = vm::dispatch(cmd, global).await {
+        return done;
+    }
     match cmd {
         LabCommand::Up(a) => {
             let spec = LabSpec {
-                hosts: a.hosts,
+                hosts: a.hosts.unwrap_or(3),
                 dir: a.dir.dir.clone(),
                 prefix: a.prefix.clone(),
                 net: a.net,

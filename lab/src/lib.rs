@@ -18,6 +18,7 @@
 mod control;
 pub mod demo;
 pub mod netns;
+pub mod vm;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -282,7 +282,7 @@ fn check_prerequisites(spec: &LabSpec) -> Result<()> {
     Ok(())
 }
 
-fn nix_is_root() -> bool {
+pub(crate) fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
