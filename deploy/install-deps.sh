@@ -12,6 +12,11 @@ if [[ "${OVL_DEV_PACKAGES:-0}" == 1 ]]; then
     packages+=(podman containernetworking-plugins)
 fi
 
+if [[ "${OVL_VM_PACKAGES:-0}" == 1 ]]; then
+    # The VM lab (`ovl lab up --vm`, vagrant/build-box.sh) and its test.
+    packages+=(debootstrap qemu-system-x86 openssh-client)
+fi
+
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -27,7 +32,14 @@ if ((${#missing[@]} > 0)); then
     echo "install-deps: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    extra=()
+    if [[ " ${missing[*]} " == *" qemu-system-x86 "* ]]; then
+        # A machine may carry a newer qemu-utils (from backports) that Breaks the release's
+        # qemu-system; install the release's matching qemu-utils beside it.
+        version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+        extra=(--allow-downgrades "qemu-utils=$version")
+    fi
+    apt-get install -y -qq --no-install-recommends "${extra[@]}" "${missing[@]}" >/dev/null
 fi
 
 # Open vSwitch's tools expect this directory even when every instance has its own run dir.

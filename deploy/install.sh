@@ -170,8 +170,11 @@ install_dir() {
 binaries=()
 units=()
 samples=()
+# Every role gets the CLI: an operator on an agent host uses `ovl` as much as on the
+# controller's machine (it needs an admin bundle to do anything).
+binaries+=(ovl)
 if wants controller; then
-    binaries+=(ovl-controller ovl)
+    binaries+=(ovl-controller)
     units+=(ovl-controller.service)
     samples+=(controller.env)
 fi

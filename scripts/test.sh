@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit tests, the deployment checks (units, scripts,
-# Vagrantfile), and the privileged tests that run real Open vSwitch, namespaces, QUIC and redb.
+# Vagrantfile), the privileged tests that run real Open vSwitch, namespaces, QUIC and redb, and
+# the VM lab test (real VMs with systemd and the kernel datapath; OVL_VM_TESTS=1).
 # Needs root (namespaces, OVS) and a Debian machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-OVL_DEV_PACKAGES=1 bash deploy/install-deps.sh
+OVL_DEV_PACKAGES=1 OVL_VM_PACKAGES=1 bash deploy/install-deps.sh
 
 if ! command -v cargo-nextest >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
@@ -20,4 +21,9 @@ cargo build --workspace --all-targets --locked
 echo "== deployment checks (shellcheck, systemd-analyze verify, vagrant validate)"
 bash scripts/check-deploy.sh target/debug
 echo "== tests (privileged tests included: --run-ignored all)"
-cargo nextest run --workspace --locked --run-ignored all --no-fail-fast
+cargo nextest run --workspace --locked --run-ignored all --no-fail-fast -E 'not binary(vm_lab)'
+# Real VMs last, on their own: emulated CPUs take the machine's cores, which would slow the
+# timing-sensitive tests above. The first run on a machine also builds the VM image
+# (vagrant/build-box.sh, cached afterwards).
+echo "== VM tests (ovl lab up --vm: real Debian VMs, systemd units, the kernel datapath)"
+OVL_VM_TESTS=1 cargo nextest run -p ovl-tests --test vm_lab --locked --run-ignored all --no-fail-fast

@@ -10,9 +10,20 @@ export OVL_CREDENTIALS=/ovl-demo/admin
 here="demo-$OVL_DEMO_HOST"
 peer="demo-$OVL_DEMO_PEER"
 
-# The first host may still be provisioning when a parallel `vagrant up` gets here.
-for _ in $(seq 1 60); do
-    ovl host show "$OVL_DEMO_PEER" >/dev/null 2>&1 && break
+command -v ovl >/dev/null || {
+    echo "demo: the ovl CLI is not installed on $(hostname) (deploy/install.sh installs it with every role)" >&2
+    exit 1
+}
+
+# The first host may still be provisioning when a parallel `vagrant up` gets here: wait while
+# it is unknown to the controller (or the controller is unreachable), saying why.
+for i in $(seq 1 60); do
+    if err=$(ovl host show "$OVL_DEMO_PEER" 2>&1 >/dev/null); then
+        break
+    fi
+    if ((i % 6 == 1)); then
+        echo "demo: waiting for $OVL_DEMO_PEER to join: ${err##*$'\n'}" >&2
+    fi
     sleep 10
 done
 ovl host show "$OVL_DEMO_PEER" >/dev/null

@@ -203,9 +203,9 @@ pub struct LabDirArg {
 pub struct LabUpArgs {
     #[command(flatten)]
     pub dir: LabDirArg,
-    /// Number of hosts
-    #[arg(long, default_value_t = 3)]
-    pub hosts: u8,
+    /// Number of hosts [default: 3, or 2 with --vm]
+    #[arg(long)]
+    pub hosts: Option<u8>,
     /// Prefix of the lab's namespaces and links
     #[arg(long, default_value = "ovl-lab")]
     pub prefix: String,
@@ -221,6 +221,26 @@ pub struct LabUpArgs {
     /// Do not write ~/.config/ovl/config.toml
     #[arg(long)]
     pub no_cli_config: bool,
+    /// Real VMs instead of namespaces: a controller VM and --hosts host VMs with systemd, the
+    /// kernel datapath and ovl installed by deploy/install.sh (KVM where the CPU has it, QEMU's
+    /// emulation elsewhere). The default --hosts is then 2 and --prefix names the lab's
+    /// namespace.
+    #[arg(long)]
+    pub vm: bool,
+    /// With --vm: the ovl source tree whose deploy/ and vagrant/ scripts install the VMs
+    /// [default: two levels above --bin-dir, as in a checkout's target/<profile>]
+    #[arg(long, value_name = "DIR", requires = "vm")]
+    pub source_dir: Option<PathBuf>,
+    /// With --vm: an image directory built by vagrant/build-box.sh [default: build it, or reuse
+    /// the machine's cached one]
+    #[arg(long, value_name = "DIR", requires = "vm")]
+    pub image: Option<PathBuf>,
+    /// With --vm: memory per host VM, MiB
+    #[arg(long, default_value_t = 1024, requires = "vm")]
+    pub memory: u32,
+    /// With --vm: virtual CPUs per VM
+    #[arg(long, default_value_t = 2, requires = "vm")]
+    pub cpus: u8,
 }
 
 /// `ovl lab container`

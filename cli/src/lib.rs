@@ -1,7 +1,8 @@
 //! The `ovl` command-line interface as a library: argument definitions ([`args`]), their
 //! validation into typed requests ([`request`]), client settings ([`config`]), the controller
 //! client ([`client`]), `--wait` polling ([`wait`]), output rendering ([`output`]), exit codes
-//! ([`exit`]) and the command runner ([`run`]).
+//! ([`exit`]), the command runner ([`run`]) and `ovl lab …` ([`lab`], a thin caller into the
+//! `ovl-lab` crate).
 //!
 //! It is a library so integration tests can drive the controller exactly as `ovl` does, through
 //! [`client::Client`]. It holds no state between invocations and never talks to agents.

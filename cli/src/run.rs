@@ -27,7 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status => request::status(),
         Command::Publish(a) => request::publish(a)?,
         Command::Unpublish(a) => request::unpublish(a)?,
-        Command::Lab(c) => return crate::lab::cmd::run(c, &cli.global).await,
+        Command::Lab(c) => return crate::lab::run(c, &cli.global).await,
     };
     api(&cli.global, plan).await
 }

@@ -43,8 +43,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use ovl_cli::lab::demo::{parse_ping, PingResult};
-use ovl_cli::lab::{self, sys};
+use ovl_lab::demo::{parse_ping, PingResult};
+use ovl_lab::{self as lab, sys};
 use serde_json::Value;
 
 use crate::lab::TestLab;
@@ -150,7 +150,7 @@ impl DockerLab {
             ];
             lab::set_agent_flags(&mut self.lab.state, &h.name, flags).expect("restart agent");
         }
-        lab::cmd::wait_for_agents(&self.lab.state, TIMEOUT, |l| eprintln!("lab: {l}"))
+        lab::wait_for_agents(&self.lab.state, TIMEOUT, |l| eprintln!("lab: {l}"))
             .await
             .expect("agents reconnect with --docker-socket");
     }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ovl_cli::lab::sys;
+use ovl_lab::sys;
 
 /// The busybox applets the tests call inside containers.
 const APPLETS: &[&str] = &[

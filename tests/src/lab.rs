@@ -6,12 +6,12 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use ovl_cli::lab::demo::{self, PingResult};
-use ovl_cli::lab::{self, LabSpec, LabState};
 use ovl_cli::Client;
 use ovl_common::converge::{self, Condition, Poll};
 use ovl_common::proto::{ApiReply, ApiRequest, EndpointCreate, TenantCreate};
 use ovl_common::NetnsTarget;
+use ovl_lab::demo::{self, PingResult};
+use ovl_lab::{self as lab, LabSpec, LabState};
 use serde_json::Value;
 
 /// A running lab.
@@ -56,7 +56,7 @@ impl TestLab {
                 .expect("lab up task")
                 .expect("lab up");
         let me = Self { state, _dir: dir };
-        lab::cmd::wait_for_agents(&me.state, Duration::from_secs(60), |l| {
+        lab::wait_for_agents(&me.state, Duration::from_secs(60), |l| {
             eprintln!("lab: {l}")
         })
         .await
@@ -89,7 +89,7 @@ impl TestLab {
     }
 
     pub async fn client(&self) -> Client {
-        lab::cmd::lab_client(&self.state).await.expect("lab client")
+        lab::lab_client(&self.state).await.expect("lab client")
     }
 
     /// The namespace of lab host `name`.

@@ -33,7 +33,7 @@ pub fn require_privileged(binaries: &[&str]) {
 
 /// Finds an executable on `PATH`, or in the sbin directories where Open vSwitch installs (the
 /// lab's own lookup, so tests and the lab agree on what is installed).
-pub use ovl_cli::lab::sys::which;
+pub use ovl_lab::sys::which;
 
 fn nix_euid() -> u32 {
     // Reading /proc avoids a libc dependency for one number.

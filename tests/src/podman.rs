@@ -1,5 +1,5 @@
 //! Real podman on a test lab: one podman per lab host with its CNI backend and the `ovl-cni`
-//! plugin, each reaching only its own host's agent (`ovl_cli::lab::podman` lays it out), so
+//! plugin, each reaching only its own host's agent (`ovl_lab::podman` lays it out), so
 //! `podman run --network blue` is tested the way an operator meets it. Also the plugin run
 //! directly, as a runtime runs it, for what podman 4 never asks (`GC`, `STATUS`).
 //!
@@ -18,10 +18,10 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ovl_cli::lab::demo::{parse_ping, PingResult};
-use ovl_cli::lab::podman::Podman;
-use ovl_cli::lab::sys;
 use ovl_common::local::{endpoint_name, Attachment};
+use ovl_lab::demo::{parse_ping, PingResult};
+use ovl_lab::podman::Podman;
+use ovl_lab::sys;
 use serde_json::Value;
 
 use crate::lab::TestLab;
@@ -155,7 +155,7 @@ impl PodmanHost {
     /// `podman ARGS…` on this host, bounded.
     pub fn podman(&self, args: &[&str]) -> Output {
         self.podman
-            .output(args, ovl_cli::lab::podman::TIMEOUT)
+            .output(args, ovl_lab::podman::TIMEOUT)
             .unwrap_or_else(|e| panic!("podman {} on {}: {e}", args.join(" "), self.name))
     }
 

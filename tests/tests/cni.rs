@@ -16,8 +16,8 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use ovl_cli::lab::{self, sys};
 use ovl_cni::error::code;
+use ovl_lab::{self as lab, sys};
 use ovl_tests::docker::wait_until;
 use ovl_tests::podman::{Container, PodmanHost, PodmanLab};
 use serde_json::{json, Value};
@@ -304,7 +304,7 @@ async fn plugin_fails_clearly_without_its_agent_and_gc_reclaims_vanished_attachm
 
     // The agent back: STATUS passes.
     lab::restart_agent(&mut pl.lab.state, "h1").expect("restart the agent");
-    lab::cmd::wait_for_agents(&pl.lab.state, SETTLE, |l| eprintln!("lab: {l}"))
+    lab::wait_for_agents(&pl.lab.state, SETTLE, |l| eprintln!("lab: {l}"))
         .await
         .expect("the agent reconnects");
     let h1 = &pl.hosts[0];

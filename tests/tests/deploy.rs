@@ -87,6 +87,7 @@ const CONTROLLER: &[(&str, u32)] = &[
 
 /// What the agent role installs.
 const AGENT: &[(&str, u32)] = &[
+    ("/usr/local/bin/ovl", 0o755),
     ("/usr/local/bin/ovl-agent", 0o755),
     ("/usr/local/lib/systemd/system/ovl-agent.service", 0o644),
     ("/etc/ovl/", 0o755),

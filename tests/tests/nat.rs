@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ovl_cli::lab;
 use ovl_common::proto::{ApiReply, ApiRequest, ErrorCode, TenantCreate, TenantInfo};
+use ovl_lab as lab;
 use ovl_tests::lab::{ns_exec, TestLab};
 
 /// Runs `f` on a thread that entered named network namespace `ns`; sockets it makes stay
@@ -566,7 +566,7 @@ async fn gateway_failover_moves_the_router_and_traffic_resumes() {
     lab::stop_controller(&mut lab.state).expect("stop controller");
     lab::start_controller_with(&mut lab.state, &["--gateway-failover-secs", FAILOVER_SECS])
         .expect("start controller");
-    lab::cmd::wait_for_agents(&lab.state, Duration::from_secs(60), |l| {
+    lab::wait_for_agents(&lab.state, Duration::from_secs(60), |l| {
         eprintln!("lab: {l}")
     })
     .await

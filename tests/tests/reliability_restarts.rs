@@ -10,9 +10,9 @@ use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ovl_cli::lab::{self, ovs};
 use ovl_common::converge::Poll;
 use ovl_common::proto::ApiRequest;
+use ovl_lab::{self as lab, ovs};
 use ovl_tests::lab::{ns_exec, ping, TestLab};
 
 /// A background `ping -i 0.01` with per-reply timestamps. Its output is read as it comes: a

@@ -14,10 +14,10 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ovl_cli::lab::{self, LabSpec, LabState};
 use ovl_common::converge::{self, Condition, Poll};
 use ovl_common::proto::{ApiReply, ApiRequest, EndpointCreate, TenantCreate};
 use ovl_common::NetnsTarget;
+use ovl_lab::{self as lab, LabSpec, LabState};
 use ovl_tests::bench::bound::{outcome, Budget};
 use ovl_tests::bench::probe;
 use ovl_tests::bench::summary::{self, Row};
@@ -105,7 +105,7 @@ fn log_times(state: &LabState, from: usize, what: &str) -> Vec<u64> {
 
 async fn converged(state: &LabState, limit: Duration) -> anyhow::Result<Duration> {
     let start = Instant::now();
-    let mut c = lab::cmd::lab_client(state).await?;
+    let mut c = lab::lab_client(state).await?;
     let poll = Poll {
         every: Duration::from_millis(50),
         limit,
@@ -126,7 +126,7 @@ async fn run(state: &mut LabState, o: Options) -> anyhow::Result<()> {
     let wanted = o.endpoints;
     let mut table = Vec::new();
     lab::stop_agent(state, "h1")?;
-    let mut c = lab::cmd::lab_client(state).await?;
+    let mut c = lab::lab_client(state).await?;
     c.call(ApiRequest::TenantCreate(TenantCreate {
         segment: Some("vxlan".into()),
         ..TenantCreate::new("scale", "10.95.0.0/20")
@@ -275,7 +275,7 @@ async fn run(state: &mut LabState, o: Options) -> anyhow::Result<()> {
 /// last reconcile lines since byte `from` of its log.
 async fn diagnose(state: &LabState, from: usize) -> String {
     let mut out = String::from("not converged:\n");
-    if let Ok(mut c) = lab::cmd::lab_client(state).await {
+    if let Ok(mut c) = lab::lab_client(state).await {
         if let Ok(ApiReply::Status(hosts)) = c.call(ApiRequest::Status).await {
             for h in hosts {
                 out.push_str(&format!(
@@ -349,7 +349,7 @@ async fn create_to_ping(
     const LIMIT: Duration = Duration::from_secs(30);
     let prober = "ovlbt-p";
     lab::add_container(&state.spec.dir, prober, "h2")?;
-    let mut c = lab::cmd::lab_client(state).await?;
+    let mut c = lab::lab_client(state).await?;
     c.call(ApiRequest::EndpointCreate(EndpointCreate {
         ip: Some("10.95.15.250".into()),
         ..EndpointCreate::new("scale", "h2", prober, NetnsTarget::Name(prober.into()))
@@ -422,8 +422,7 @@ fn main() -> anyhow::Result<()> {
     let mut state = lab::up(&spec, &mut |l| eprintln!("lab: {l}"))?;
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(async {
-        lab::cmd::wait_for_agents(&state, Duration::from_secs(60), |l| eprintln!("lab: {l}"))
-            .await?;
+        lab::wait_for_agents(&state, Duration::from_secs(60), |l| eprintln!("lab: {l}")).await?;
         run(&mut state, o).await
     });
     if let Err(e) = lab::down(&spec.dir, &mut |_| {}) {

@@ -1,5 +1,5 @@
 //! `ovl-bench`: ovl's benchmarks, measured on a private lab that this binary builds with the
-//! lab library (`ovl_cli::lab`) and always removes again, also when a step fails, the binary
+//! lab library (`ovl_lab`) and always removes again, also when a step fails, the binary
 //! panics, or it is interrupted (Ctrl-C, SIGTERM).
 //!
 //! In one run it measures, on a three-host lab (prefix `ovlb`, underlay `10.79.0.0/16`,
@@ -25,12 +25,12 @@ use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use ovl_cli::lab::cmd::{lab_client, wait_for_agents};
-use ovl_cli::lab::demo::wait_endpoints_ok;
-use ovl_cli::lab::{self, LabSpec, LabState};
 use ovl_cli::Client;
 use ovl_common::proto::{ApiReply, ApiRequest, EndpointCreate, EndpointInfo, TenantCreate};
 use ovl_common::NetnsTarget;
+use ovl_lab::demo::wait_endpoints_ok;
+use ovl_lab::{self as lab, LabSpec, LabState};
+use ovl_lab::{lab_client, wait_for_agents};
 use ovl_tests::bench::summary::{self, Row};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;

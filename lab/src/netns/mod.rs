@@ -1,4 +1,5 @@
-//! `ovl lab`: a multi-host ovl cluster on one Linux machine, built from network namespaces.
+//! The namespace backend of the lab (`ovl lab`): a multi-host ovl cluster on one Linux machine,
+//! built from network namespaces.
 //!
 //! Topology (N hosts, default 3; addresses from `10.<net>.0.0/16`, `net` = 77 by default):
 //!
@@ -30,8 +31,6 @@
 //! namespace and link carries the lab's prefix, so `ovl lab down` (or a failed `up`, which
 //! calls it) removes all of it.
 
-pub mod cmd;
-pub mod demo;
 pub mod ovs;
 pub mod podman;
 pub mod sys;
@@ -191,6 +190,21 @@ pub struct LabState {
     pub external: Option<String>,
 }
 
+impl crate::Lab for LabState {
+    fn controller_addr(&self) -> SocketAddr {
+        self.spec.controller_addr()
+    }
+    fn admin_credentials(&self) -> PathBuf {
+        self.spec.admin_credentials()
+    }
+    fn host_names(&self) -> Vec<String> {
+        self.hosts.iter().map(|h| h.name.clone()).collect()
+    }
+    fn dir(&self) -> &Path {
+        &self.spec.dir
+    }
+}
+
 impl LabState {
     fn path(dir: &Path) -> PathBuf {
         dir.join("lab.json")
@@ -268,7 +282,7 @@ fn check_prerequisites(spec: &LabSpec) -> Result<()> {
     Ok(())
 }
 
-fn nix_is_root() -> bool {
+pub(crate) fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

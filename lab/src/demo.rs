@@ -1,7 +1,8 @@
 //! `ovl lab demo`: two tenants with the same subnet (and the same addresses) on every lab
 //! host, then pings that must succeed within a tenant and fail between tenants. Each reply's
 //! source MAC (read from the sender's neighbour table) shows which endpoint answered, so a
-//! reply from the wrong tenant cannot pass for a right one.
+//! reply from the wrong tenant cannot pass for a right one. It drives the namespace backend
+//! (its containers are network namespaces).
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -11,8 +12,9 @@ use ovl_common::proto::{ApiReply, ApiRequest, EndpointCreate, TenantCreate};
 use ovl_common::NetnsTarget;
 use serde::Serialize;
 
-use super::{sys, LabState};
-use crate::client::Client;
+use ovl_common::client::Client;
+
+use crate::netns::{self, sys, LabState};
 
 const SUBNET: &str = "10.10.0.0/24";
 
@@ -232,7 +234,7 @@ pub async fn run(state: &LabState) -> anyhow::Result<DemoReport> {
     if state.hosts.len() < 2 {
         bail!("the demo needs at least 2 lab hosts; run `ovl lab up --hosts 3`");
     }
-    let mut client = super::cmd::lab_client(state).await?;
+    let mut client = crate::lab_client(state).await?;
     let hosts: Vec<String> = state.hosts.iter().take(3).map(|h| h.name.clone()).collect();
     eprintln!("ovl lab demo on hosts {}", hosts.join(", "));
 
@@ -258,7 +260,7 @@ pub async fn run(state: &LabState) -> anyhow::Result<DemoReport> {
         .filter(|n| n.starts_with("blue-") || n.starts_with("red-"))
         .collect();
     for c in old {
-        super::remove_container(&state.spec.dir, &c)?;
+        netns::remove_container(&state.spec.dir, &c)?;
     }
 
     let mut tenants = Vec::new();
@@ -303,7 +305,7 @@ pub async fn run(state: &LabState) -> anyhow::Result<DemoReport> {
         Ipv4Addr::new(10, 10, 0, 99),
     ));
     for (name, tenant, host, ip) in &plan {
-        super::add_container(&state.spec.dir, name, host)?;
+        netns::add_container(&state.spec.dir, name, host)?;
         let reply = call(
             &mut client,
             ApiRequest::EndpointCreate(EndpointCreate {

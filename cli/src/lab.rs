@@ -1,82 +1,23 @@
-//! Runs `ovl lab …` commands: turns arguments into calls of the lab module and prints what
-//! happens. Progress goes to stderr so `-o json` output on stdout stays clean.
+//! `ovl lab …`: turns arguments into calls of the lab (the `ovl-lab` crate, which builds and
+//! drives it) and prints what happens. Progress goes to stderr so `-o json` output on stdout
+//! stays clean. Nothing here builds anything.
+
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use ovl_common::converge::{self, Condition, Poll, Poller};
 use ovl_common::proto::{ApiReply, ApiRequest, EndpointCreate};
-use ovl_common::HostName;
 use ovl_common::NetnsTarget;
+use ovl_lab::{demo, lab_client, wait_for_agents, LabSpec, LabState};
 use serde_json::json;
 
-use super::{LabSpec, LabState};
 use crate::args::{GlobalArgs, LabCommand, OutputFormat};
-use crate::client::{Client, Timeouts};
 use crate::output::Table;
 
 fn progress(line: &str) {
     eprintln!("  {line}");
-}
-
-/// Connects to the lab's controller with the lab's admin credentials.
-pub async fn lab_client(state: &LabState) -> anyhow::Result<Client> {
-    let addr = state.spec.controller_addr().to_string();
-    Client::connect(&addr, &state.spec.admin_credentials(), Timeouts::default())
-        .await
-        .with_context(|| format!("connecting to the lab controller at {addr}"))
-}
-
-/// Waits until every lab host's agent is connected and has applied its intent
-/// ([`converge::Hosts::Named`]), telling `progress` of each agent as it connects. A controller
-/// that does not answer yet is asked again.
-pub async fn wait_for_agents(
-    state: &LabState,
-    timeout: Duration,
-    mut progress: impl FnMut(&str),
-) -> anyhow::Result<()> {
-    let hosts = state
-        .hosts
-        .iter()
-        .map(|h| HostName::new(&h.name))
-        .collect::<Result<Vec<_>, _>>()
-        .context("a lab host name")?;
-    let ready = Condition::named(&hosts);
-    let poller = Poller::start(Poll {
-        every: Duration::from_millis(200),
-        limit: timeout,
-    });
-    let mut seen = std::collections::BTreeSet::new();
-    loop {
-        let mut still = vec!["the controller did not answer".to_string()];
-        if let Ok(mut client) = lab_client(state).await {
-            if let Ok(status) = converge::status(&mut client).await {
-                for h in &status {
-                    if h.connected && seen.insert(h.name.to_string()) {
-                        progress(&format!(
-                            "agent {} connected (datapath {})",
-                            h.name,
-                            h.datapath.as_deref().unwrap_or("?")
-                        ));
-                    }
-                }
-                still = converge::behind(&status, &ready);
-            }
-            client.close().await;
-            if still.is_empty() {
-                return Ok(());
-            }
-        }
-        match poller.next(&still) {
-            Ok(pause) => tokio::time::sleep(pause).await,
-            Err(e) => bail!(
-                "not every agent connected within {timeout:?} ({e}); see the logs in {}/h*/agent.log and {}/controller.log",
-                state.spec.dir.display(),
-                state.spec.dir.display()
-            ),
-        }
-    }
 }
 
 fn default_bin_dir() -> anyhow::Result<PathBuf> {
@@ -94,10 +35,13 @@ fn cli_config_path() -> Option<PathBuf> {
 }
 
 pub async fn run(cmd: &LabCommand, global: &GlobalArgs) -> anyhow::Result<()> {
+    if let Some(done) = vm::dispatch(cmd, global).await {
+        return done;
+    }
     match cmd {
         LabCommand::Up(a) => {
             let spec = LabSpec {
-                hosts: a.hosts,
+                hosts: a.hosts.unwrap_or(3),
                 dir: a.dir.dir.clone(),
                 prefix: a.prefix.clone(),
                 net: a.net,
@@ -114,7 +58,8 @@ pub async fn run(cmd: &LabCommand, global: &GlobalArgs) -> anyhow::Result<()> {
             };
             eprintln!("ovl lab up: {} hosts in {}", spec.hosts, spec.dir.display());
             let s = spec.clone();
-            let state = tokio::task::spawn_blocking(move || super::up(&s, &mut progress)).await??;
+            let state =
+                tokio::task::spawn_blocking(move || ovl_lab::up(&s, &mut progress)).await??;
             eprintln!("waiting for the agents…");
             wait_for_agents(&state, Duration::from_secs(60), progress).await?;
             println!(
@@ -144,12 +89,12 @@ pub async fn run(cmd: &LabCommand, global: &GlobalArgs) -> anyhow::Result<()> {
         }
         LabCommand::Down(d) => {
             let dir = d.dir.clone();
-            tokio::task::spawn_blocking(move || super::down(&dir, &mut progress)).await??;
+            tokio::task::spawn_blocking(move || ovl_lab::down(&dir, &mut progress)).await??;
             println!("The lab is down.");
             Ok(())
         }
         LabCommand::Status(d) => {
-            let report = super::status(&d.dir)?;
+            let report = ovl_lab::status(&d.dir)?;
             if global.output == OutputFormat::Json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 return Ok(());
@@ -199,12 +144,12 @@ pub async fn run(cmd: &LabCommand, global: &GlobalArgs) -> anyhow::Result<()> {
                     })
                     .await;
                 client.close().await;
-                super::remove_container(&a.dir.dir, &a.name)?;
+                ovl_lab::remove_container(&a.dir.dir, &a.name)?;
                 println!("removed container {}", a.name);
                 return Ok(());
             }
             let host = a.host.clone().context("--host is required")?;
-            super::add_container(&a.dir.dir, &a.name, &host)?;
+            ovl_lab::add_container(&a.dir.dir, &a.name, &host)?;
             println!(
                 "created container {} (network namespace {}) on {host}",
                 a.name, a.name
@@ -233,7 +178,7 @@ pub async fn run(cmd: &LabCommand, global: &GlobalArgs) -> anyhow::Result<()> {
                     }
                     Ok(other) => bail!("unexpected reply {other:?}"),
                     Err(e) => {
-                        let _ = super::remove_container(&a.dir.dir, &a.name);
+                        let _ = ovl_lab::remove_container(&a.dir.dir, &a.name);
                         return Err(e).context(format!("attaching {} to tenant {tenant}", a.name));
                     }
                 }
@@ -259,7 +204,7 @@ pub async fn run(cmd: &LabCommand, global: &GlobalArgs) -> anyhow::Result<()> {
         }
         LabCommand::Demo(d) => {
             let state = LabState::load(&d.dir)?;
-            let report = super::demo::run(&state).await?;
+            let report = demo::run(&state).await?;
             if global.output == OutputFormat::Json {
                 println!("{}", serde_json::to_string_pretty(&json!(report))?);
             } else {
