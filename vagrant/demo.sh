@@ -10,6 +10,13 @@ export OVL_CREDENTIALS=/ovl-demo/admin
 here="demo-$OVL_DEMO_HOST"
 peer="demo-$OVL_DEMO_PEER"
 
+# Provisioning made this host's "container" namespace; a reboot since has removed it (network
+# namespaces live in memory), and the agent reports the endpoint's target missing until it is
+# back.
+if [[ ! -e /run/netns/demo ]]; then
+    ip netns add demo
+fi
+
 command -v ovl >/dev/null || {
     echo "demo: the ovl CLI is not installed on $(hostname) (deploy/install.sh installs it with every role)" >&2
     exit 1
