@@ -17,6 +17,13 @@ if [[ "${OVL_VM_PACKAGES:-0}" == 1 ]]; then
     packages+=(debootstrap qemu-system-x86 openssh-client)
 fi
 
+if [[ "${OVL_VAGRANT_PACKAGES:-0}" == 1 ]]; then
+    # The Vagrant lab on this machine with libvirt (vagrant/libvirt-lab.sh): vagrant-libvirt,
+    # a libvirtd and dnsmasq for Vagrant's own management network.
+    packages+=(vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients dnsmasq-base
+        qemu-system-x86 rsync openssh-client)
+fi
+
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
