@@ -16,6 +16,7 @@ pub mod netns;
 pub mod ovs;
 pub mod podman;
 pub mod sim;
+pub mod vm;
 
 use std::path::PathBuf;
 

@@ -19,185 +19,13 @@
 //! the emulated VMs do not slow the timing-sensitive tests). Without the switch the test fails
 //! and says so; it never skips.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use ovl_tests::vm::VmLab;
 use serde_json::Value;
 
 const NS: &str = "ovlvmt";
-const CONTROLLER: &str = "192.168.56.10:7300";
-
-struct VmLab {
-    dir: PathBuf,
-}
-
-impl VmLab {
-    fn up(dir: &Path) -> Self {
-        let started = Instant::now();
-        let out = Command::new(ovl_tests::bin("ovl"))
-            .args(["lab", "up", "--vm", "--hosts", "2", "--prefix", NS, "--dir"])
-            .arg(dir)
-            .output()
-            .expect("run ovl lab up --vm");
-        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-        assert!(
-            out.status.success(),
-            "ovl lab up --vm failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        eprintln!("[vm] lab up in {} s", started.elapsed().as_secs());
-        Self {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn lab(&self, args: &[&str]) -> Output {
-        Command::new(ovl_tests::bin("ovl"))
-            .arg("lab")
-            .args(args)
-            .arg("--dir")
-            .arg(&self.dir)
-            .output()
-            .expect("run ovl lab")
-    }
-
-    /// `ovl lab exec NAME -- sh -c SCRIPT`, asserting success; its stdout.
-    fn sh(&self, name: &str, script: &str) -> String {
-        let out = self.sh_output(name, script);
-        assert!(
-            out.status.success(),
-            "on {name}: `{script}` failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn sh_output(&self, name: &str, script: &str) -> Output {
-        Command::new(ovl_tests::bin("ovl"))
-            .args(["lab", "exec", name, "--dir"])
-            .arg(&self.dir)
-            .args(["--", "sh", "-c", script])
-            .output()
-            .expect("run ovl lab exec")
-    }
-
-    /// The CLI on this machine, inside the lab's namespace (where the management network is),
-    /// with the lab's admin bundle; JSON output.
-    fn ovl(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", NS])
-            .arg(ovl_tests::bin("ovl"))
-            .args(["--controller", CONTROLLER, "--credentials"])
-            .arg(self.dir.join("stage/demo/admin"))
-            .args(["--config", "/nonexistent/ovl.toml", "--output", "json"])
-            .args(args)
-            .output()
-            .expect("run ovl")
-    }
-
-    fn ovl_json(&self, args: &[&str]) -> Value {
-        ovl_tests::lab::json_of(args, self.ovl(args))
-    }
-
-    fn container(&self, name: &str, host: &str, tenant: &str, ip: &str) {
-        let out = self.lab(&[
-            "container",
-            name,
-            "--host",
-            host,
-            "--tenant",
-            tenant,
-            "--ip",
-            ip,
-        ]);
-        assert!(
-            out.status.success(),
-            "lab container {name} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Waits until every host is connected and has applied its desired generation with no
-    /// errors.
-    fn wait_converged(&self, timeout: Duration) {
-        let start = Instant::now();
-        loop {
-            let out = self.ovl(&["status"]);
-            if out.status.success() {
-                let hosts: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-                let ok = hosts.as_array().is_some_and(|hs| {
-                    hs.len() == 2
-                        && hs.iter().all(|h| {
-                            h["connected"] == true
-                                && h["applied_generation"] == h["desired_generation"]
-                        })
-                });
-                if ok {
-                    return;
-                }
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "hosts not converged within {timeout:?}: {}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    }
-
-    fn endpoint_state(&self, name: &str) -> String {
-        self.ovl_json(&["endpoint", "show", name])["state"]
-            .as_str()
-            .unwrap_or("?")
-            .to_string()
-    }
-
-    fn wait_endpoint(&self, name: &str, state: &str, timeout: Duration) {
-        let start = Instant::now();
-        loop {
-            let now = self.endpoint_state(name);
-            if now == state {
-                return;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "endpoint {name} is {now}, not {state}, after {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    }
-
-    fn wait_ssh(&self, name: &str, timeout: Duration) {
-        let start = Instant::now();
-        while !self
-            .sh_output(
-                name,
-                "systemctl is-system-running --wait >/dev/null 2>&1; true",
-            )
-            .status
-            .success()
-        {
-            assert!(
-                start.elapsed() < timeout,
-                "{name} not back within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_secs(3));
-        }
-    }
-}
-
-impl Drop for VmLab {
-    fn drop(&mut self) {
-        let out = self.lab(&["down"]);
-        if !out.status.success() {
-            eprintln!("lab down: {}", String::from_utf8_lossy(&out.stderr));
-        }
-    }
-}
 
 /// Starts `count` pings 10 ms apart in a lab container, in the background inside its VM;
 /// [`ping_result`] waits for its summary. A count rather than a deadline (`-w`), so that the
@@ -283,7 +111,7 @@ fn vm_lab_kernel_datapath_end_to_end() {
         "debootstrap",
     ]);
     let scratch = tempfile::tempdir().unwrap();
-    let lab = VmLab::up(&scratch.path().join("lab"));
+    let lab = VmLab::up(&scratch.path().join("lab"), NS, 2);
     lab.wait_converged(Duration::from_secs(120));
 
     // The agents chose the kernel datapath by themselves.
@@ -380,6 +208,33 @@ fn vm_lab_kernel_datapath_end_to_end() {
         );
         lab.wait_converged(Duration::from_secs(60));
     }
+    // `READY=1` only once the first intent is applied: with the agent stopped, r1's port is
+    // taken off the bridge; when `systemctl start` returns (Type=notify waits for READY=1)
+    // the port is back already.
+    let port = lab
+        .sh(
+            "host1",
+            "i=$(ip netns exec r1 ip -o link show eth0 | sed -n 's/.*@if\\([0-9]*\\):.*/\\1/p'); \
+             ip -o link | sed -n \"s/^$i: \\([^@:]*\\).*/\\1/p\"",
+        )
+        .trim()
+        .to_string();
+    assert!(!port.is_empty(), "no host end of r1's veth on host1");
+    let started = Instant::now();
+    let after = lab.sh(
+        "host1",
+        &format!(
+            "systemctl stop ovl-agent && ovs-vsctl del-port {port} && systemctl start ovl-agent \
+             && ovs-vsctl port-to-br {port}"
+        ),
+    );
+    eprintln!(
+        "[vm] agent stopped, port {port} removed, agent started: port back on {} when start returned ({} ms)",
+        after.trim(),
+        started.elapsed().as_millis()
+    );
+    lab.sh("host1", "ip netns exec r1 ping -c 2 -W 3 10.50.0.12");
+
     // The router namespace is a host object, visible to `ip netns` on host1.
     let netns = lab.sh("host1", "ip netns list");
     assert!(
@@ -435,14 +290,27 @@ fn vm_lab_kernel_datapath_end_to_end() {
     ]);
     lab.ovl_json(&["endpoint", "delete", "g2"]);
     let started = Instant::now();
-    lab.wait_ssh("host2", Duration::from_secs(600));
+    lab.wait_booted("host2", Duration::from_secs(600));
     eprintln!(
         "[vm] host2 back after reboot in {} s",
         started.elapsed().as_secs() + 5
     );
+    // Booted means ovl-agent said READY=1, which it does only after its first sync: the
+    // tunnels to host1 are there at once.
     assert_eq!(
         lab.sh("host2", "systemctl is-active ovl-agent").trim(),
         "active"
+    );
+    let tunnels = lab.sh(
+        "host2",
+        "ovs-vsctl --bare --columns=type,options find interface type=vxlan; \
+         ovs-vsctl --bare --columns=type,options find interface type=gre",
+    );
+    assert!(
+        tunnels.contains("vxlan")
+            && tunnels.contains("gre")
+            && tunnels.contains("192.168.57.11"),
+        "host2 is booted and its agent ready, but its tunnels to host1 are not all there: {tunnels}"
     );
     lab.wait_converged(Duration::from_secs(120));
     // Namespaces do not survive a reboot; the agent reports the targets missing until they
