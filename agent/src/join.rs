@@ -35,6 +35,7 @@ use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
@@ -222,7 +223,7 @@ pub fn client_config(verifier: Arc<PinnedCa>) -> Result<quinn::ClientConfig> {
 }
 
 fn first_cert(pem: &str, what: &str) -> Result<CertificateDer<'static>> {
-    rustls_pemfile::certs(&mut pem.as_bytes())
+    CertificateDer::pem_slice_iter(pem.as_bytes())
         .next()
         .and_then(|c| c.ok())
         .ok_or_else(|| JoinError::BadAnswer(format!("the {what} is not a PEM certificate")))

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{Error as PemError, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
@@ -39,7 +40,7 @@ pub enum TlsError {
     #[error("{path} is not valid PEM: {source}")]
     Pem {
         path: PathBuf,
-        source: std::io::Error,
+        source: rustls::pki_types::pem::Error,
     },
     #[error("TLS configuration rejected: {0}")]
     Rustls(#[from] rustls::Error),
@@ -100,7 +101,7 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 /// Reads every certificate from a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path)?;
-    let certs = rustls_pemfile::certs(&mut &pem[..])
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| TlsError::Pem {
             path: path.to_path_buf(),
@@ -118,15 +119,16 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 /// Reads the first private key from a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read(path)?;
-    rustls_pemfile::private_key(&mut &pem[..])
-        .map_err(|source| TlsError::Pem {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .ok_or_else(|| TlsError::Empty {
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        PemError::NoItemsFound => TlsError::Empty {
             path: path.to_path_buf(),
             what: "private key",
-        })
+        },
+        source => TlsError::Pem {
+            path: path.to_path_buf(),
+            source,
+        },
+    })
 }
 
 /// `sha256:` and the hex SHA-256 of a certificate's DER: how a CA is pinned out of band.
@@ -200,4 +202,82 @@ pub fn peer_identity(conn: &quinn::Connection) -> Result<Identity, TlsError> {
         .map_err(|_| TlsError::NoPeerCertificate)?;
     let leaf = certs.first().ok_or(TlsError::NoPeerCertificate)?;
     Ok(identity_of(leaf)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn pem_files_load_and_bad_ones_say_which_file_and_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["ovl-controller".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let both = write(
+            dir.path(),
+            "both.pem",
+            &format!("{}{}", cert.pem(), key.serialize_pem()),
+        );
+        assert_eq!(load_certs(&both).unwrap()[0].as_ref(), cert.der().as_ref());
+        assert_eq!(
+            load_key(&both).unwrap().secret_der(),
+            key.serialize_der().as_slice()
+        );
+
+        // A certificate file without a key, and a file without any PEM section.
+        let only_cert = write(dir.path(), "cert.pem", &cert.pem());
+        let e = load_key(&only_cert).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                TlsError::Empty {
+                    what: "private key",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let text = write(dir.path(), "text.pem", "not PEM at all\n");
+        let e = load_certs(&text).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                TlsError::Empty {
+                    what: "certificate",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("text.pem"), "{e}");
+
+        // A section whose body is not base64 is an error naming the file, not an empty result.
+        let broken = write(
+            dir.path(),
+            "broken.pem",
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        );
+        let e = load_certs(&broken).unwrap_err();
+        assert!(matches!(e, TlsError::Pem { .. }), "{e}");
+        assert!(e.to_string().contains("broken.pem"), "{e}");
+        let e = load_key(&write(
+            dir.path(),
+            "broken-key.pem",
+            "-----BEGIN PRIVATE KEY-----\n!!!!\n-----END PRIVATE KEY-----\n",
+        ))
+        .unwrap_err();
+        assert!(matches!(e, TlsError::Pem { .. }), "{e}");
+        // A missing file is a read error naming it.
+        let e = load_certs(&dir.path().join("missing.pem")).unwrap_err();
+        assert!(e.to_string().contains("missing.pem"), "{e}");
+    }
 }

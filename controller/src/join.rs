@@ -387,7 +387,7 @@ mod tests {
         req.csr = csr.der().to_vec();
         let ok = service.decide(&req, now).unwrap();
         assert_eq!(ok.host, h("n1"));
-        let der = rustls_pemfile_cert(&ok.cert_pem);
+        let der = pem_cert_der(&ok.cert_pem);
         assert_eq!(
             ovl_common::identity::identity_of(&der).unwrap(),
             Identity::Host(h("n1"))
@@ -397,7 +397,7 @@ mod tests {
         assert_eq!(service.decide(&req, now), Err(JoinRefusal::UsedToken));
     }
 
-    fn rustls_pemfile_cert(pem: &str) -> Vec<u8> {
+    fn pem_cert_der(pem: &str) -> Vec<u8> {
         let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
         p.contents
     }
