@@ -14,6 +14,11 @@
 //! - [`OfCtl::apply`]: `ovs-ofctl -O OpenFlow14 --bundle add-flows BR -` with one line per
 //!   change (`add`, `modify_strict` and `delete_strict`, the last two filtered on the cookie).
 //!
+//! - [`OfCtl::watch`]: `ovs-ofctl -O OpenFlow14 monitor BR watch:table=0` kept running, to
+//!   learn at once that ovs-vswitchd went away (the monitor ends) or came back (a new monitor
+//!   gets its first reply), since rules, unlike ports, live only in ovs-vswitchd's memory
+//!   and nothing in OVSDB changes when it restarts.
+//!
 //! The bridge is reached through its management socket, `RUNDIR/BRIDGE.mgmt`, which does not
 //! depend on the network namespace the agent runs in.
 
@@ -21,8 +26,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, Instrument};
 
 use super::flow_planner::{self, Rule, RuleChange, COOKIE};
 
@@ -30,6 +38,10 @@ use super::flow_planner::{self, Rule, RuleChange, COOKIE};
 pub const DEFAULT_RUNDIR: &str = "/var/run/openvswitch";
 /// How long one `ovs-ofctl` run may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the watch waits before trying again to reach an ovs-vswitchd that is not there,
+/// at first and at most: it finds a restarted one within [`WATCH_RETRY_MAX`].
+const WATCH_RETRY_MIN: Duration = Duration::from_millis(250);
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// What can go wrong with the rules.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +149,30 @@ impl OfCtl {
         .map(drop)
     }
 
+    /// Watches `bridge`'s OpenFlow side and sends `()` on `notify` whenever its rules may
+    /// have changed under the agent: when a monitor connects (ovs-vswitchd is there, maybe
+    /// freshly restarted with no rules), when a rule of table 0 changes (someone deleted
+    /// one), and when the monitor ends (ovs-vswitchd went away). While ovs-vswitchd is
+    /// unreachable it retries with a short backoff. Learnt rules (table 2) wake nobody. The
+    /// watch lasts as long as the returned guard.
+    pub fn watch(&self, bridge: &str, notify: mpsc::Sender<()>) -> FlowWatch {
+        let mut cmd = Command::new(&self.program);
+        cmd.args([
+            "-O",
+            "OpenFlow14",
+            "monitor",
+            &self.target(bridge),
+            "watch:table=0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+        let span = tracing::info_span!("flow-watch", %bridge);
+        let task = tokio::spawn(watch_loop(cmd, notify).instrument(span));
+        FlowWatch { task }
+    }
+
     async fn run(
         &self,
         action: &'static str,
@@ -186,6 +222,53 @@ impl OfCtl {
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// A running [`OfCtl::watch`]; dropping it stops the watching (and its `ovs-ofctl`).
+#[derive(Debug)]
+pub struct FlowWatch {
+    task: JoinHandle<()>,
+}
+
+impl Drop for FlowWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn watch_loop(mut cmd: Command, notify: mpsc::Sender<()>) {
+    let mut retry = WATCH_RETRY_MIN;
+    loop {
+        let mut connected = false;
+        match cmd.spawn() {
+            Ok(mut child) => {
+                if let Some(out) = child.stdout.take() {
+                    let mut lines = BufReader::new(out).lines();
+                    while let Ok(Some(_)) = lines.next_line().await {
+                        if !connected {
+                            debug!("monitoring the bridge's rules");
+                            connected = true;
+                        }
+                        // A full channel already holds a wake-up.
+                        let _ = notify.try_send(());
+                    }
+                }
+                let _ = child.wait().await;
+            }
+            Err(e) => debug!("cannot run ovs-ofctl monitor: {e}"),
+        }
+        if notify.is_closed() {
+            return;
+        }
+        if connected {
+            debug!("the bridge's monitor ended: ovs-vswitchd went away or restarted");
+            let _ = notify.try_send(());
+            retry = WATCH_RETRY_MIN;
+        } else {
+            retry = (retry * 2).min(WATCH_RETRY_MAX);
+        }
+        tokio::time::sleep(retry).await;
     }
 }
 

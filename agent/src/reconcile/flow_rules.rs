@@ -4,8 +4,8 @@
 //! anybody else's) are never read, so never touched; rules already in place are not
 //! rewritten, so an agent restart that finds them changes nothing and loses no packet.
 //!
-//! Layer: reconcile, over the [`Flows`] effector. Not yet called by the OVS datapath (the
-//! flow tunnels are planned but not wired in).
+//! Layer: reconcile, over the [`Flows`] effector; the OVS datapath runs it on `br-tun` in
+//! every reconcile, after `br-tun`'s ports.
 
 use ovl_common::intent::{ObjectKind, ObjectStatus};
 
