@@ -14,10 +14,10 @@
 //! - [`OfCtl::apply`]: `ovs-ofctl -O OpenFlow14 --bundle add-flows BR -` with one line per
 //!   change (`add`, `modify_strict` and `delete_strict`, the last two filtered on the cookie).
 //!
-//! - [`OfCtl::watch`]: `ovs-ofctl -O OpenFlow14 monitor BR watch:table=0` kept running, to
-//!   learn at once that ovs-vswitchd went away (the monitor ends) or came back (a new monitor
-//!   gets its first reply), since rules, unlike ports, live only in ovs-vswitchd's memory
-//!   and nothing in OVSDB changes when it restarts.
+//! - [`OfCtl::watch`]: `ovs-ofctl -O OpenFlow14 monitor BR` kept running, to learn at once
+//!   that ovs-vswitchd went away (the monitor ends) or came back (a new monitor stays up),
+//!   since rules, unlike ports, live only in ovs-vswitchd's memory and nothing in OVSDB
+//!   changes when it restarts.
 //!
 //! The bridge is reached through its management socket, `RUNDIR/BRIDGE.mgmt`, which does not
 //! depend on the network namespace the agent runs in.
@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -42,6 +42,9 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// at first and at most: it finds a restarted one within [`WATCH_RETRY_MAX`].
 const WATCH_RETRY_MIN: Duration = Duration::from_millis(250);
 const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
+/// A monitor still running after this long has connected: `ovs-ofctl` gives up at once on
+/// a missing socket. (Its output cannot tell sooner: stdio buffers it in a pipe.)
+const WATCH_CONNECTED_AFTER: Duration = Duration::from_secs(1);
 
 /// What can go wrong with the rules.
 #[derive(Debug, thiserror::Error)]
@@ -150,24 +153,17 @@ impl OfCtl {
     }
 
     /// Watches `bridge`'s OpenFlow side and sends `()` on `notify` whenever its rules may
-    /// have changed under the agent: when a monitor connects (ovs-vswitchd is there, maybe
-    /// freshly restarted with no rules), when a rule of table 0 changes (someone deleted
-    /// one), and when the monitor ends (ovs-vswitchd went away). While ovs-vswitchd is
-    /// unreachable it retries with a short backoff. Learnt rules (table 2) wake nobody. The
-    /// watch lasts as long as the returned guard.
+    /// have gone or need putting back: when a monitor connects (ovs-vswitchd is there, maybe
+    /// freshly restarted with no rules) and when it ends (ovs-vswitchd went away). While
+    /// ovs-vswitchd is unreachable it retries with a short backoff. The watch lasts as long
+    /// as the returned guard.
     pub fn watch(&self, bridge: &str, notify: mpsc::Sender<()>) -> FlowWatch {
         let mut cmd = Command::new(&self.program);
-        cmd.args([
-            "-O",
-            "OpenFlow14",
-            "monitor",
-            &self.target(bridge),
-            "watch:table=0",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
+        cmd.args(["-O", "OpenFlow14", "monitor", &self.target(bridge)])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
         let span = tracing::info_span!("flow-watch", %bridge);
         let task = tokio::spawn(watch_loop(cmd, notify).instrument(span));
         FlowWatch { task }
@@ -240,34 +236,34 @@ impl Drop for FlowWatch {
 async fn watch_loop(mut cmd: Command, notify: mpsc::Sender<()>) {
     let mut retry = WATCH_RETRY_MIN;
     loop {
-        let mut connected = false;
-        match cmd.spawn() {
+        let connected = match cmd.spawn() {
             Ok(mut child) => {
-                if let Some(out) = child.stdout.take() {
-                    let mut lines = BufReader::new(out).lines();
-                    while let Ok(Some(_)) = lines.next_line().await {
-                        if !connected {
-                            debug!("monitoring the bridge's rules");
-                            connected = true;
-                        }
+                tokio::select! {
+                    _ = child.wait() => false,
+                    _ = tokio::time::sleep(WATCH_CONNECTED_AFTER) => {
+                        debug!("monitoring the bridge: ovs-vswitchd is there");
                         // A full channel already holds a wake-up.
                         let _ = notify.try_send(());
+                        let _ = child.wait().await;
+                        debug!("the bridge's monitor ended: ovs-vswitchd went away");
+                        let _ = notify.try_send(());
+                        true
                     }
                 }
-                let _ = child.wait().await;
             }
-            Err(e) => debug!("cannot run ovs-ofctl monitor: {e}"),
-        }
+            Err(e) => {
+                debug!("cannot run ovs-ofctl monitor: {e}");
+                false
+            }
+        };
         if notify.is_closed() {
             return;
         }
-        if connected {
-            debug!("the bridge's monitor ended: ovs-vswitchd went away or restarted");
-            let _ = notify.try_send(());
-            retry = WATCH_RETRY_MIN;
+        retry = if connected {
+            WATCH_RETRY_MIN
         } else {
-            retry = (retry * 2).min(WATCH_RETRY_MAX);
-        }
+            (retry * 2).min(WATCH_RETRY_MAX)
+        };
         tokio::time::sleep(retry).await;
     }
 }

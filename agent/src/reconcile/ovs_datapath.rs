@@ -61,7 +61,7 @@ use super::endpoint_delta::{self as delta, Glance, Memo, Verified, Want, Wanted}
 use super::flow_rules::reconcile_rules;
 use crate::config::{AgentConfig, DatapathChoice};
 use crate::netns::{Plumber, Resolver, TargetWatch};
-use crate::ovs::flow_planner::{self, TunnelLayout, PATCH_ON_INT, PATCH_ON_TUN, TUNNEL_BRIDGE};
+use crate::ovs::flow_planner::{self, TunnelLayout, PATCH_ON_TUN, TUNNEL_BRIDGE};
 use crate::ovs::openflow::{FlowWatch, OfCtl};
 use crate::ovs::port_planner::{self as planner, PortRole};
 use crate::ovs::{
@@ -370,7 +370,7 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
             planner::record_ifindexes(&mut specs, ifindexes);
         }
         // The tunnels forward before the patch joins them to br-int.
-        let tunnels = self
+        let mut tunnels = self
             .reconcile_tunnels(&layout, tun_bridge, collect_garbage, &mut changes)
             .await;
         let applied = self
@@ -419,6 +419,9 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
         let observed: Option<BTreeMap<&str, &ovs::ObservedPort>> = observed
             .as_ref()
             .map(|o| o.iter().map(|p| (p.name.as_str(), p)).collect());
+        let int_changed = applied.changed || bridge_outcome != ovs::BridgeOutcome::Unchanged;
+        self.verify_tunnels(&layout, &mut tunnels, int_changed)
+            .await;
         // Why the br-int end of the patch to br-tun is not in place, if it is not.
         let mut patch_error = None;
         for ((_, role), spec) in desired.ports.iter().zip(&specs) {
@@ -509,6 +512,7 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
             Ok(b) => b,
             Err(problem) => {
                 return Tunnels {
+                    port_error: Some(problem.clone()),
                     bridge_problem: Some(problem),
                     ..Tunnels::default()
                 }
@@ -531,7 +535,8 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
                 warn!("ovs-vswitchd did not confirm {TUNNEL_BRIDGE}: {e}");
             }
         }
-        let rules = reconcile_rules(&self.flows, TUNNEL_BRIDGE, &layout.rules).await;
+        let rules =
+            reconcile_rules(&self.flows, TUNNEL_BRIDGE, &layout.rules, collect_garbage).await;
         if !rules.applied.is_empty() {
             changes.push(format!(
                 "rules on {TUNNEL_BRIDGE}: {} changes in one bundle",
@@ -545,33 +550,35 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
             .cloned()
             .collect();
         problems.extend(rules.problems.into_iter().filter_map(|p| p.error));
-        let mut t = Tunnels::default();
-        if !problems.is_empty() {
-            t.bridge_problem = Some(problems.join("; "));
+        Tunnels {
+            bridge_problem: (!problems.is_empty()).then(|| problems.join("; ")),
+            port_error: applied.error,
+            observed: (!applied.changed && outcome == ovs::BridgeOutcome::Unchanged)
+                .then_some(observed),
+            port_errors: BTreeMap::new(),
         }
-        let observed = if applied.error.is_some() {
-            None
-        } else if !applied.changed && outcome == ovs::BridgeOutcome::Unchanged {
-            Some(observed)
-        } else {
-            match self.switch.owned_ports(TUNNEL_BRIDGE).await {
-                Ok(o) => Some(o),
-                Err(e) => {
-                    warn!("cannot read back the ports of {TUNNEL_BRIDGE}: {e}");
-                    None
-                }
-            }
+    }
+
+    /// Step 7 for `br-tun`: each port as ovs-vswitchd left it, read again unless neither
+    /// bridge changed (the patch's `br-tun` end is in place only once its `br-int` end is).
+    async fn verify_tunnels(&self, layout: &TunnelLayout, t: &mut Tunnels, int_changed: bool) {
+        let observed = match (&t.port_error, t.observed.take()) {
+            (Some(e), _) => Err(e.clone()),
+            (None, Some(o)) if !int_changed => Ok(o),
+            _ => self.switch.owned_ports(TUNNEL_BRIDGE).await.map_err(|e| {
+                warn!("cannot read back the ports of {TUNNEL_BRIDGE}: {e}");
+                format!("cannot verify the ports of {TUNNEL_BRIDGE}: {e}")
+            }),
         };
         for spec in &layout.tun_ports {
             let error = match &observed {
-                Some(o) => planner::verify_port(spec, o.iter().find(|p| p.name == spec.name)),
-                None => Some(format!("cannot verify port {}", spec.name)),
+                Ok(o) => planner::verify_port(spec, o.iter().find(|p| p.name == spec.name)),
+                Err(e) => Some(e.clone()),
             };
             if let Some(e) = error {
                 t.port_errors.insert(spec.name.clone(), e);
             }
         }
-        t
     }
 
     /// The cheap observation a reconcile starts from (see [`delta`]).
@@ -821,12 +828,16 @@ struct AppliedPorts {
     vswitchd_problem: Option<String>,
 }
 
-/// What step 4 found on `br-tun`.
+/// What steps 4 and 7 found on `br-tun`.
 #[derive(Debug, Default)]
 struct Tunnels {
     /// Why `br-tun` as a whole does not forward as planned (it could not be set up, its
     /// ports not changed, ovs-vswitchd did not confirm, its rules are not in place).
     bridge_problem: Option<String>,
+    /// Why `br-tun`'s ports could not be set up or changed.
+    port_error: Option<String>,
+    /// The ports as first read, while they are still what `br-tun` holds (nothing changed).
+    observed: Option<Vec<ovs::ObservedPort>>,
     /// Why each `br-tun` port that is not in place is not.
     port_errors: BTreeMap<String, String>,
 }
@@ -841,12 +852,8 @@ impl Tunnels {
             Some(p) => ObjectStatus::failed(ObjectKind::Bridge, TUNNEL_BRIDGE, p.clone()),
         }];
         let patch = patch_error
-            .map(|e| format!("the patch to {TUNNEL_BRIDGE}: {e}"))
-            .or_else(|| {
-                self.port_errors
-                    .get(PATCH_ON_TUN)
-                    .map(|e| format!("the patch to {}: {e}", PATCH_ON_INT))
-            });
+            .or_else(|| self.port_errors.get(PATCH_ON_TUN).map(String::as_str))
+            .map(|e| format!("the patch between br-int and {TUNNEL_BRIDGE}: {e}"));
         for t in &layout.tunnels {
             let error = self
                 .bridge_problem

@@ -1162,20 +1162,20 @@ mod tests {
         flows.insert_foreign(LEARNT_COOKIE, &learnt);
 
         let want = desired_tunnels(&flow_intent(&[2, 3])).rules;
-        let first = reconcile_rules(&flows, "br-tun", &want).await;
+        let first = reconcile_rules(&flows, "br-tun", &want, true).await;
         assert!(first.problems.is_empty(), "{:?}", first.problems);
         assert_eq!(first.applied.len(), want.len());
         assert_eq!(flows.dump("br-tun").await.unwrap(), want);
 
         // A new agent process: one dump, no bundle.
         l.lock().unwrap().clear();
-        let again = reconcile_rules(&flows, "br-tun", &want).await;
+        let again = reconcile_rules(&flows, "br-tun", &want, true).await;
         assert!(again.applied.is_empty() && again.problems.is_empty());
         assert_eq!(*l.lock().unwrap(), ["dump-flows br-tun"]);
 
         // A peer leaves: its ingress and table-0 rules go, the flood is modified in place.
         let fewer = desired_tunnels(&flow_intent(&[3])).rules;
-        let shrink = reconcile_rules(&flows, "br-tun", &fewer).await;
+        let shrink = reconcile_rules(&flows, "br-tun", &fewer, true).await;
         assert!(shrink.problems.is_empty(), "{:?}", shrink.problems);
         let kinds: Vec<&str> = shrink
             .applied
@@ -1203,15 +1203,15 @@ mod tests {
         use crate::reconcile::flow_rules::reconcile_rules;
         let flows = FakeFlows::new(Log::default());
         let want = desired_tunnels(&flow_intent(&[2])).rules;
-        reconcile_rules(&flows, "br-tun", &want).await;
+        reconcile_rules(&flows, "br-tun", &want, true).await;
         flows.restart();
-        let back = reconcile_rules(&flows, "br-tun", &want).await;
+        let back = reconcile_rules(&flows, "br-tun", &want, true).await;
         assert_eq!(back.applied.len(), want.len());
         assert_eq!(flows.dump("br-tun").await.unwrap(), want);
 
         flows.restart();
         *flows.drop_adds.lock().unwrap() = true;
-        let lost = reconcile_rules(&flows, "br-tun", &want).await;
+        let lost = reconcile_rules(&flows, "br-tun", &want, true).await;
         assert_eq!(lost.problems.len(), 1, "{lost:?}");
         assert_eq!(lost.problems[0].kind, ObjectKind::Bridge);
         let why = lost.problems[0].error.as_deref().unwrap_or_default();
