@@ -41,7 +41,7 @@
 //! memory, ports come back from OVSDB) the rule watch ([`Flows::watch`]) wakes the loop and
 //! the rules are put back.
 //!
-//! Tenant routers take part in steps 3 (their namespaces and veths, before the ports) and 5
+//! Tenant routers take part in steps 3 (their namespaces and veths, before the ports) and 6
 //! (their nftables tables, forwarding, and stale routers, after). Everything is done through
 //! the effector traits of [`super::effectors`], so these rules are unit-tested with fakes.
 
@@ -499,8 +499,9 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
         }
     }
 
-    /// Step 4: `br-tun`'s ports, then its rules, then the ports as ovs-vswitchd left them.
-    /// `bridge` is what ensuring `br-tun` came to (its owned ports, or why it failed).
+    /// Step 4: `br-tun`'s ports, then its rules (the ports are verified in step 7, once the
+    /// patch's `br-int` end exists too). `bridge` is what ensuring `br-tun` came to (its
+    /// owned ports, or why it failed).
     async fn reconcile_tunnels(
         &self,
         layout: &TunnelLayout,
@@ -658,7 +659,8 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
         p
     }
 
-    /// Step 4: plans and applies the port changes against the `observed` ports.
+    /// Steps 4 and 5: plans and applies the port changes on `bridge` against its `observed`
+    /// ports.
     async fn apply_ports(
         &self,
         bridge: &str,
@@ -703,7 +705,7 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
         outcome
     }
 
-    /// Step 5: veths named like endpoints' host ends (among the host's `links`) that no
+    /// Step 6: veths named like endpoints' host ends (among the host's `links`) that no
     /// endpoint of the intent wants.
     async fn remove_stale_veths(
         &self,
@@ -817,7 +819,7 @@ struct Plumbed {
     entered: usize,
 }
 
-/// What step 4 did.
+/// What steps 4 and 5 did to one bridge's ports.
 #[derive(Debug, Default)]
 struct AppliedPorts {
     /// Whether a transaction was sent.
