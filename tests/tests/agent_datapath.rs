@@ -776,6 +776,122 @@ async fn an_ovs_restart_is_reported_while_down_and_repaired_when_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "privileged: runs ovsdb-server and ovs-vswitchd in a network namespace, veths into test namespaces"]
+async fn an_agent_restarted_over_the_previous_releases_tunnels_converges_to_br_tun() {
+    use ovl_agent::ovs::names::{KIND_KEY, PEER_KEY, TENANT_KEY};
+    use ovl_agent::ovs::{tunnel_port_name, PortChange, PortKind, PortSpec};
+    require_privileged(BINARIES);
+    let mut lab = DatapathLab::start().expect("start OVS");
+    let (ns_b1, ns_b2) = (TestNetns::new(), TestNetns::new());
+    let blue = tenant(
+        1,
+        "blue",
+        SegmentType::Vxlan,
+        10,
+        "10.1.0.0/24",
+        &[(2, "h2", "192.0.2.2"), (3, "h3", "192.0.2.3")],
+    );
+    let b1 = endpoint(1, "b1", &blue, target(&ns_b1), 2);
+    let b2 = endpoint(2, "b2", &blue, target(&ns_b2), 3);
+    let want = intent(1, vec![blue], vec![b1, b2.clone()]);
+    let mut dp = lab.datapath().await;
+    assert_all_ok(&reconcile(&mut dp, &want, true).await);
+
+    // Make the host what the previous release left: no br-tun, no patch, and one protected
+    // VXLAN port per (peer, tenant) on br-int, owned, with the tenant's key and tag.
+    lab.ovs.vsctl(&["del-br", TUNNEL_BRIDGE]).unwrap();
+    let old: Vec<PortChange> = [(2, "192.0.2.2"), (3, "192.0.2.3")]
+        .iter()
+        .map(|(peer, remote)| {
+            PortChange::Add(
+                PortSpec::new(
+                    tunnel_port_name(SegmentType::Vxlan, *peer, 1),
+                    PortKind::Vxlan {
+                        remote_ip: remote.parse().unwrap(),
+                        key: 5001,
+                    },
+                )
+                .with_tag(10)
+                .protected()
+                .with_external_id(KIND_KEY, "tunnel")
+                .with_external_id(TENANT_KEY, "blue")
+                .with_external_id(PEER_KEY, format!("h{peer}")),
+            )
+        })
+        .chain([PortChange::Delete {
+            name: "ovl-patch-tun".into(),
+        }])
+        .collect();
+    dp.driver().apply(BRIDGE, &old).await.unwrap();
+    dp.driver()
+        .wait_for_vswitchd(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(lab.ports(), ["ovl-e1", "ovl-e2", "vx2-1", "vx3-1"]);
+    assert!(lab.row("Port", "vx2-1").unwrap().bool("protected"));
+    let indexes = [
+        ifindexes(&lab, "ovl-e1", &ns_b1),
+        ifindexes(&lab, "ovl-e2", &ns_b2),
+    ];
+    drop(dp);
+
+    // The new agent starts and gets its first intent: br-tun, its ports and rules come,
+    // the old tunnels go and the patch comes; the endpoints keep their veths and ports and
+    // keep talking while it happens.
+    assert!(ping_within(&ns_b1, b2.ip, PING_LIMIT), "no ping before");
+    let ping = BackgroundPing::start(&ns_b1, b2.ip, 30, Duration::from_millis(50));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut dp = lab.datapath().await;
+    let upgraded = reconcile(&mut dp, &want, true).await;
+    assert_all_ok(&upgraded);
+    let (received, sent, out) = tokio::task::spawn_blocking(move || ping.finish())
+        .await
+        .expect("ping thread");
+    assert_eq!(
+        received, sent,
+        "packets were lost across the upgrade:\n{out}"
+    );
+    let changes: BTreeSet<&str> = upgraded.changes.iter().map(String::as_str).collect();
+    for c in [
+        "delete port vx2-1",
+        "delete port vx3-1",
+        "add port ovl-patch-tun (type=patch trunks=10)",
+        "add port ovl-vx2 (vxlan remote_ip=192.0.2.2 key=flow)",
+        "add port ovl-vx3 (vxlan remote_ip=192.0.2.3 key=flow)",
+    ] {
+        assert!(changes.contains(c), "no '{c}' in {:#?}", upgraded.changes);
+    }
+    assert!(
+        !upgraded.changes.iter().any(|c| c.contains("ovl-e")),
+        "the endpoints were touched: {:#?}",
+        upgraded.changes
+    );
+    assert_eq!(lab.ports(), ["ovl-e1", "ovl-e2", "ovl-patch-tun"]);
+    assert_eq!(lab.tun_ports(), ["ovl-patch-int", "ovl-vx2", "ovl-vx3"]);
+    assert_eq!(lab.row("Interface", "vx2-1"), None);
+    assert_eq!(
+        lab.row("Bridge", TUNNEL_BRIDGE).unwrap().str("fail_mode"),
+        "secure"
+    );
+    assert!(
+        lab.tun_rules().iter().any(|r| r
+            .contains("dl_vlan=10 actions=pop_vlan,set_field:0x1389->tun_id,output:6,output:8")),
+        "{:#?}",
+        lab.tun_rules()
+    );
+    assert_eq!(
+        [
+            ifindexes(&lab, "ovl-e1", &ns_b1),
+            ifindexes(&lab, "ovl-e2", &ns_b2)
+        ],
+        indexes
+    );
+    // And it stays converged.
+    let again = reconcile(&mut dp, &want, true).await;
+    assert_eq!(again.changes, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: runs ovsdb-server and ovs-vswitchd in a network namespace, veths into test namespaces"]
 async fn a_missing_namespace_fails_only_its_endpoint() {
     require_privileged(BINARIES);
     let mut lab = DatapathLab::start().expect("start OVS");
