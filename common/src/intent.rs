@@ -177,7 +177,8 @@ pub struct PublishIntent {
 pub enum ObjectKind {
     /// The integration bridge and the host-level plumbing.
     Bridge,
-    /// A tunnel port to one peer for one tenant (`name` is `TENANT@PEER`).
+    /// A tenant's tunnel to one peer (`name` is `TENANT@PEER`): in place when the peer's
+    /// tunnel port and the tenant's rules for it are.
     Tunnel,
     /// An endpoint (`name` is the endpoint's name).
     Endpoint,

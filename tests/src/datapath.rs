@@ -27,6 +27,8 @@ use crate::ovs::{OvsConfig, OvsInstance, SCHEMA};
 
 /// The integration bridge the lab's datapath builds.
 pub const BRIDGE: &str = "br-int";
+/// The bridge that holds the tunnels.
+pub const TUNNEL_BRIDGE: &str = "br-tun";
 /// The underlay MTU the lab's tenants derive their MTU from.
 pub const UNDERLAY_MTU: u16 = 1500;
 /// How long a datapath may take to connect to a (re)started ovsdb-server. The agent's client
@@ -193,13 +195,27 @@ impl DatapathLab {
 
     /// `ovs-vsctl list-ports br-int`, sorted.
     pub fn ports(&mut self) -> Vec<String> {
+        self.ports_of(BRIDGE)
+    }
+
+    /// `ovs-vsctl list-ports br-tun`, sorted.
+    pub fn tun_ports(&mut self) -> Vec<String> {
+        self.ports_of(TUNNEL_BRIDGE)
+    }
+
+    fn ports_of(&mut self, bridge: &str) -> Vec<String> {
         let out = self
             .ovs
-            .vsctl(&["list-ports", BRIDGE])
-            .unwrap_or_else(|e| panic!("ovs-vsctl list-ports: {e}"));
+            .vsctl(&["list-ports", bridge])
+            .unwrap_or_else(|e| panic!("ovs-vsctl list-ports {bridge}: {e}"));
         let mut ports: Vec<String> = out.lines().map(str::to_owned).collect();
         ports.sort();
         ports
+    }
+
+    /// The agent's rules on `br-tun`, as `ovs-ofctl dump-flows` prints them.
+    pub fn tun_rules(&self) -> Vec<String> {
+        crate::ovs::agent_rules(self.ovs.dir(), TUNNEL_BRIDGE)
     }
 }
 

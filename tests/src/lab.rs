@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use ovl_cli::Client;
@@ -261,6 +261,30 @@ impl Drop for TestLab {
 /// Pings from a namespace (`count` pings, 0.2 s apart, 1 s timeout each).
 pub fn ping(ns: &str, ip: Ipv4Addr, count: u32) -> PingResult {
     demo::ping(ns, ip, count)
+}
+
+/// Starts `tcpdump -nn -e -l` on `link` in `ns` with `filter`, writing text to a file.
+pub fn capture(ns: &str, link: &str, filter: &str, out: &std::path::Path) -> Child {
+    let child = Command::new("ip")
+        .args([
+            "netns", "exec", ns, "tcpdump", "-nn", "-e", "-l", "-i", link, filter,
+        ])
+        .stdout(std::fs::File::create(out).expect("capture file"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    // tcpdump needs a moment to open the socket.
+    std::thread::sleep(Duration::from_millis(700));
+    child
+}
+
+pub fn stop_capture(mut child: Child, out: &std::path::Path) -> String {
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    std::fs::read_to_string(out).unwrap_or_default()
 }
 
 /// Runs a command inside a namespace and returns its output.

@@ -14,6 +14,7 @@ pub mod image;
 pub mod lab;
 pub mod netns;
 pub mod ovs;
+pub mod pinger;
 pub mod podman;
 pub mod sim;
 pub mod vm;

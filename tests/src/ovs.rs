@@ -470,6 +470,37 @@ impl OvsInstance {
     }
 }
 
+/// `ovs-ofctl -O OpenFlow14 --no-stats dump-flows BRIDGE [FILTER]` against the ovs-vswitchd
+/// whose sockets are in `rundir` (its management socket `RUNDIR/BRIDGE.mgmt`), as the text
+/// an operator reads; panics with ovs-ofctl's error if it fails.
+pub fn dump_flows(rundir: &Path, bridge: &str, filter: Option<&str>) -> String {
+    let out = Command::new("ovs-ofctl")
+        .args(["-O", "OpenFlow14", "--no-stats", "dump-flows"])
+        .arg(format!("unix:{}/{bridge}.mgmt", rundir.display()))
+        .args(filter)
+        .output()
+        .expect("run ovs-ofctl");
+    assert!(
+        out.status.success(),
+        "ovs-ofctl dump-flows {bridge}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The agent's rules on `bridge` (cookie `0x6f766c01`), one line each as `ovs-ofctl` prints
+/// them, without the reply header, sorted (ovs-vswitchd dumps them in no fixed order).
+pub fn agent_rules(rundir: &Path, bridge: &str) -> Vec<String> {
+    let mut rules: Vec<String> = dump_flows(rundir, bridge, Some("cookie=0x6f766c01/-1"))
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("cookie="))
+        .map(str::to_owned)
+        .collect();
+    rules.sort();
+    rules
+}
+
 impl Drop for OvsInstance {
     fn drop(&mut self) {
         if self.is_running(Daemon::Vswitchd) {

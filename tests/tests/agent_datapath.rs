@@ -18,7 +18,7 @@ use ovl_common::intent::{HostIntent, ObjectKind};
 use ovl_common::{NetnsTarget, SegmentType};
 use ovl_tests::datapath::{
     endpoint, endpoint_mac, intent, ping_once, ping_within, target, tenant, BackgroundPing,
-    DatapathLab, BRIDGE,
+    DatapathLab, BRIDGE, TUNNEL_BRIDGE,
 };
 use ovl_tests::netns::{unique_name, TestNetns};
 use ovl_tests::ovs::Daemon;
@@ -211,6 +211,8 @@ async fn reconcile_builds_exactly_the_intent_and_a_second_run_or_a_restarted_age
         objects(&first),
         expected_objects(&[
             (ObjectKind::Bridge, BRIDGE),
+            (ObjectKind::Bridge, TUNNEL_BRIDGE),
+            (ObjectKind::Bridge, "ovl-patch-tun"),
             (ObjectKind::Endpoint, "b1"),
             (ObjectKind::Endpoint, "b2"),
             (ObjectKind::Endpoint, "r1"),
@@ -219,13 +221,19 @@ async fn reconcile_builds_exactly_the_intent_and_a_second_run_or_a_restarted_age
             (ObjectKind::Tunnel, "red@h2"),
         ])
     );
-    let port_names = ["gr2-2", "ovl-e1a", "ovl-ea", "ovl-eb", "vx2-1", "vx3-1"];
-    assert!(
-        first.changes.iter().any(|c| c.starts_with("bridge br-int")),
-        "{:#?}",
-        first.changes
-    );
-    for p in port_names {
+    let port_names = ["ovl-e1a", "ovl-ea", "ovl-eb", "ovl-patch-tun"];
+    let tun_port_names = ["ovl-gr2", "ovl-patch-int", "ovl-vx2", "ovl-vx3"];
+    for b in [BRIDGE, TUNNEL_BRIDGE] {
+        assert!(
+            first
+                .changes
+                .iter()
+                .any(|c| c.starts_with(&format!("bridge {b}"))),
+            "{:#?}",
+            first.changes
+        );
+    }
+    for p in port_names.iter().chain(&tun_port_names) {
         assert!(
             first
                 .changes
@@ -236,11 +244,19 @@ async fn reconcile_builds_exactly_the_intent_and_a_second_run_or_a_restarted_age
         );
     }
 
-    // Rows: br-int with the userspace datapath, and exactly the intent's ports on it.
-    assert_eq!(lab.ovs.vsctl(&["list-br"]).unwrap(), BRIDGE);
+    // Rows: br-int and br-tun with the userspace datapath, br-tun forwarding nothing without
+    // the agent's rules, and exactly the intent's ports on each.
+    assert_eq!(
+        lab.ovs.vsctl(&["list-br"]).unwrap(),
+        format!("{BRIDGE}\n{TUNNEL_BRIDGE}")
+    );
     let bridge = lab.row("Bridge", BRIDGE).expect("br-int row");
     assert_eq!(bridge.str("datapath_type"), "netdev");
+    let tun_bridge = lab.row("Bridge", TUNNEL_BRIDGE).expect("br-tun row");
+    assert_eq!(tun_bridge.str("datapath_type"), "netdev");
+    assert_eq!(tun_bridge.str("fail_mode"), "secure");
     assert_eq!(lab.ports(), port_names);
+    assert_eq!(lab.tun_ports(), tun_port_names);
 
     let owner = (OWNER_KEY, OWNER_VALUE);
     let endpoints = [
@@ -273,34 +289,70 @@ async fn reconcile_builds_exactly_the_intent_and_a_second_run_or_a_restarted_age
         assert!(iface.int("ofport").unwrap_or(-1) > 0, "{iface:?}");
         assert_eq!(iface.opt_str("error"), None, "{iface:?}");
     }
+    // One key=flow tunnel per (peer, segment type) on br-tun, at the OpenFlow number fixed
+    // by the peer's id, whatever the tenants it carries.
     let tunnels = [
-        ("vx2-1", "vxlan", "192.0.2.2", "5001", 10, "blue", "h2"),
-        ("vx3-1", "vxlan", "192.0.2.3", "5001", 10, "blue", "h3"),
-        ("gr2-2", "gre", "192.0.2.2", "5002", 11, "red", "h2"),
+        ("ovl-vx2", "vxlan", "192.0.2.2", "h2", 6),
+        ("ovl-vx3", "vxlan", "192.0.2.3", "h3", 8),
+        ("ovl-gr2", "gre", "192.0.2.2", "h2", 7),
     ];
-    for (name, kind, remote, key, tag, tn, peer) in tunnels {
+    for (name, kind, remote, peer, ofport) in tunnels {
         let port = lab.row("Port", name).expect("tunnel port");
         let iface = lab.row("Interface", name).expect("tunnel interface");
-        let ids = map(&[
-            owner,
-            ("ovl-kind", "tunnel"),
-            ("ovl-tenant", tn),
-            ("ovl-peer", peer),
-        ]);
-        assert_eq!(port.int("tag"), Some(tag), "{port:?}");
+        let ids = map(&[owner, ("ovl-kind", "tunnel"), ("ovl-peer", peer)]);
+        assert_eq!(port.int("tag"), None, "{port:?}");
         assert!(
-            port.bool("protected"),
-            "tunnels are split-horizon: {port:?}"
+            !port.bool("protected"),
+            "split horizon is in the rules: {port:?}"
         );
         assert_eq!(port.map("external_ids"), ids);
         assert_eq!(iface.str("type"), kind);
         assert_eq!(
             iface.map("options"),
-            map(&[("remote_ip", remote), ("key", key)])
+            map(&[("remote_ip", remote), ("key", "flow")])
         );
         assert_eq!(iface.map("external_ids"), ids);
-        assert!(iface.int("ofport").unwrap_or(-1) > 0, "{iface:?}");
+        assert_eq!(iface.int("ofport"), Some(ofport), "{iface:?}");
         assert_eq!(iface.opt_str("error"), None, "{iface:?}");
+    }
+    // The patch pair: br-int's end a trunk of exactly the tunnel tenants' tags.
+    let patch = lab
+        .row("Port", "ovl-patch-tun")
+        .expect("br-int's patch end");
+    let trunks = patch.columns["trunks"].to_string();
+    assert_eq!(trunks, "[\"set\",[10,11]]", "{patch:?}");
+    let patch_iface = lab
+        .row("Interface", "ovl-patch-tun")
+        .expect("patch interface");
+    assert_eq!(patch_iface.str("type"), "patch");
+    assert_eq!(
+        patch_iface.map("options"),
+        map(&[("peer", "ovl-patch-int")])
+    );
+    let tun_end = lab.row("Interface", "ovl-patch-int").expect("br-tun's end");
+    assert_eq!(tun_end.int("ofport"), Some(1), "{tun_end:?}");
+    // Each (tenant, peer) has its ingress rule (the tenant's key from that peer's tunnel gets
+    // the tenant's tag) and each tenant its flood to exactly its peers' tunnels.
+    let rules = lab.tun_rules();
+    for (key, ofport, vid) in [
+        ("0x1389", 6, 4106),
+        ("0x1389", 8, 4106),
+        ("0x138a", 7, 4107),
+    ] {
+        let m = format!("table=3, priority=10,tun_id={key},in_port={ofport} ");
+        let r = rules
+            .iter()
+            .find(|r| r.contains(&m))
+            .unwrap_or_else(|| panic!("no ingress rule {m} in {rules:#?}"));
+        assert!(r.contains(&format!("set_field:{vid}->vlan_vid")), "{r}");
+        assert!(r.ends_with("output:1"), "{r}");
+    }
+    for (tag, outs) in [
+        (10, "set_field:0x1389->tun_id,output:6,output:8"),
+        (11, "set_field:0x138a->tun_id,output:7"),
+    ] {
+        let m = format!("table=4, priority=10,dl_vlan={tag} actions=pop_vlan,{outs}");
+        assert!(rules.iter().any(|r| r.contains(&m)), "no {m} in {rules:#?}");
     }
 
     // Links: one veth pair per endpoint, nothing else with ovl's prefix.
@@ -322,10 +374,12 @@ async fn reconcile_builds_exactly_the_intent_and_a_second_run_or_a_restarted_age
         ifindexes(&lab, "ovl-ea", &ns_b1),
         ifindexes(&lab, "ovl-eb", &ns_b2),
     ];
+    let rules = lab.tun_rules();
     let second = reconcile(&mut dp, &want, true).await;
     assert_eq!(second.changes, Vec::<String>::new());
     assert_eq!(second.report, first.report);
     assert_eq!(row_uuids(&mut lab), uuids);
+    assert_eq!(lab.tun_rules(), rules);
     assert_eq!(
         [
             ifindexes(&lab, "ovl-ea", &ns_b1),
@@ -346,8 +400,10 @@ async fn reconcile_builds_exactly_the_intent_and_a_second_run_or_a_restarted_age
     drop(dp);
     let mut dp = lab.datapath().await;
     let restarted = reconcile(&mut dp, &want, true).await;
+    // No change at all: not a row, and not a rule (a rewritten rule would be a change).
     assert_eq!(restarted.changes, Vec::<String>::new());
     assert_eq!(restarted.report, first.report);
+    assert_eq!(lab.tun_rules(), rules);
     let (received, sent, out) = tokio::task::spawn_blocking(move || ping.finish())
         .await
         .expect("ping thread");
@@ -435,33 +491,54 @@ async fn garbage_collection_removes_stale_owned_ports_with_their_veths_and_spare
     assert_eq!(r.changes, Vec::<String>::new());
     assert_eq!(
         lab.ports(),
-        ["byhand", "ovl-ea", "ovl-eb", "vx2-1", "vx3-1", "vx9-1"]
+        ["byhand", "ovl-ea", "ovl-eb", "ovl-patch-tun", "vx9-1"]
     );
+    assert_eq!(lab.tun_ports(), ["ovl-patch-int", "ovl-vx2", "ovl-vx3"]);
 
     // b2 and peer h3 leave the intent. Before the first complete sync (no garbage collection)
-    // nothing goes.
+    // nothing goes: no port, no rule; blue's flood no longer reaches h3 (a rule modified in
+    // place, as a port is updated).
     let b1_index = ifindexes(&lab, "ovl-ea", &ns_b1);
+    let rules_before = lab.tun_rules();
     let mut smaller_blue = blue.clone();
     smaller_blue.peers.retain(|p| p.host.as_str() != "h3");
     let smaller = intent(2, vec![smaller_blue], vec![b1.clone()]);
     let r = reconcile(&mut dp, &smaller, false).await;
     assert_all_ok(&r);
-    assert_eq!(r.changes, Vec::<String>::new());
+    assert_eq!(r.changes, ["rules on br-tun: 1 changes in one bundle"]);
+    let rules = lab.tun_rules();
+    assert_eq!(rules.len(), rules_before.len(), "{rules:#?}");
+    assert!(
+        rules
+            .iter()
+            .any(|r| r.contains("in_port=8 actions=resubmit(,3)")),
+        "{rules:#?}"
+    );
+    assert!(
+        rules.iter().any(|r| r
+            .contains("dl_vlan=10 actions=pop_vlan,set_field:0x1389->tun_id,output:6")
+            && !r.contains("output:8")),
+        "{rules:#?}"
+    );
     assert_eq!(
         objects(&r),
         expected_objects(&[
             (ObjectKind::Bridge, BRIDGE),
+            (ObjectKind::Bridge, TUNNEL_BRIDGE),
+            (ObjectKind::Bridge, "ovl-patch-tun"),
             (ObjectKind::Endpoint, "b1"),
             (ObjectKind::Tunnel, "blue@h2"),
         ])
     );
     assert_eq!(
         lab.ports(),
-        ["byhand", "ovl-ea", "ovl-eb", "vx2-1", "vx3-1", "vx9-1"]
+        ["byhand", "ovl-ea", "ovl-eb", "ovl-patch-tun", "vx9-1"]
     );
+    assert_eq!(lab.tun_ports(), ["ovl-patch-int", "ovl-vx2", "ovl-vx3"]);
     assert!(lab.link("ovl-eb").is_some(), "b2's veth went without GC");
 
-    // With garbage collection the stale owned port, tunnel and veth go; nothing else does.
+    // With garbage collection the stale owned port, tunnel, rules and veth go; nothing else
+    // does.
     let r = reconcile(&mut dp, &smaller, true).await;
     assert_all_ok(&r);
     let changes: BTreeSet<&str> = r.changes.iter().map(String::as_str).collect();
@@ -469,14 +546,21 @@ async fn garbage_collection_removes_stale_owned_ports_with_their_veths_and_spare
         changes,
         BTreeSet::from([
             "delete port ovl-eb",
-            "delete port vx3-1",
+            "delete port ovl-vx3",
+            "rules on br-tun: 2 changes in one bundle",
             "removed stale veth ovl-eb"
         ]),
         "{:#?}",
         r.changes
     );
-    assert_eq!(lab.ports(), ["byhand", "ovl-ea", "vx2-1", "vx9-1"]);
-    assert_eq!(lab.row("Interface", "vx3-1"), None);
+    assert_eq!(lab.ports(), ["byhand", "ovl-ea", "ovl-patch-tun", "vx9-1"]);
+    assert_eq!(lab.tun_ports(), ["ovl-patch-int", "ovl-vx2"]);
+    assert_eq!(lab.row("Interface", "ovl-vx3"), None);
+    assert!(
+        !lab.tun_rules().iter().any(|r| r.contains("in_port=8")),
+        "{:#?}",
+        lab.tun_rules()
+    );
     assert_eq!(lab.row("Port", "ovl-eb"), None);
     assert_eq!(lab.link_names("ovl-e"), ["ovl-ea"]);
     assert!(
@@ -495,7 +579,7 @@ async fn garbage_collection_removes_stale_owned_ports_with_their_veths_and_spare
 
     let r = reconcile(&mut dp, &smaller, true).await;
     assert_eq!(r.changes, Vec::<String>::new());
-    assert_eq!(lab.ports(), ["byhand", "ovl-ea", "vx2-1", "vx9-1"]);
+    assert_eq!(lab.ports(), ["byhand", "ovl-ea", "ovl-patch-tun", "vx9-1"]);
 
     // Drift on an owned port (someone retags it by hand) is put back in place, same row.
     let uuid = lab.row("Port", "ovl-ea").expect("b1's port").uuid();
@@ -581,7 +665,14 @@ async fn an_ovs_restart_is_reported_while_down_and_repaired_when_back() {
         ifindexes(&lab, "ovl-e2", &ns_b2),
     ];
     let ports = lab.ports();
-    assert_eq!(ports, ["ovl-e1", "ovl-e2", "vx2-1"]);
+    assert_eq!(ports, ["ovl-e1", "ovl-e2", "ovl-patch-tun"]);
+    let tun_ports = lab.tun_ports();
+    assert_eq!(tun_ports, ["ovl-patch-int", "ovl-vx2"]);
+    let rules = lab.tun_rules();
+    let rules_back = format!(
+        "rules on {TUNNEL_BRIDGE}: {} changes in one bundle",
+        rules.len()
+    );
 
     for wipe in [false, true] {
         lab.ovs.kill(Daemon::Vswitchd);
@@ -631,12 +722,17 @@ async fn an_ovs_restart_is_reported_while_down_and_repaired_when_back() {
         if wipe {
             // A wiped database has lost the bridge and every port; they come back, and the
             // veths, which OVS never owned, stay as they were.
-            assert!(
-                back.changes.iter().any(|c| c.starts_with("bridge br-int")),
-                "{:#?}",
-                back.changes
-            );
-            for p in &ports {
+            for b in [BRIDGE, TUNNEL_BRIDGE] {
+                assert!(
+                    back.changes
+                        .iter()
+                        .any(|c| c.starts_with(&format!("bridge {b}"))),
+                    "{:#?}",
+                    back.changes
+                );
+            }
+            assert!(back.changes.contains(&rules_back), "{:#?}", back.changes);
+            for p in ports.iter().chain(&tun_ports) {
                 assert!(
                     back.changes
                         .iter()
@@ -651,10 +747,13 @@ async fn an_ovs_restart_is_reported_while_down_and_repaired_when_back() {
                 back.changes
             );
         } else {
-            // The database kept everything; ovs-vswitchd rebuilt it by itself.
-            assert_eq!(back.changes, Vec::<String>::new());
+            // The database kept every port, and ovs-vswitchd rebuilt them by itself; the
+            // rules lived in its memory only, and are put back.
+            assert_eq!(back.changes, std::slice::from_ref(&rules_back));
         }
         assert_eq!(lab.ports(), ports);
+        assert_eq!(lab.tun_ports(), tun_ports);
+        assert_eq!(lab.tun_rules(), rules);
         assert_eq!(
             lab.row("Bridge", BRIDGE)
                 .expect("br-int")
@@ -673,6 +772,122 @@ async fn an_ovs_restart_is_reported_while_down_and_repaired_when_back() {
             "no ping after the OVS restart (wiped database: {wipe})"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: runs ovsdb-server and ovs-vswitchd in a network namespace, veths into test namespaces"]
+async fn an_agent_restarted_over_the_previous_releases_tunnels_converges_to_br_tun() {
+    use ovl_agent::ovs::names::{KIND_KEY, PEER_KEY, TENANT_KEY};
+    use ovl_agent::ovs::{tunnel_port_name, PortChange, PortKind, PortSpec};
+    require_privileged(BINARIES);
+    let mut lab = DatapathLab::start().expect("start OVS");
+    let (ns_b1, ns_b2) = (TestNetns::new(), TestNetns::new());
+    let blue = tenant(
+        1,
+        "blue",
+        SegmentType::Vxlan,
+        10,
+        "10.1.0.0/24",
+        &[(2, "h2", "192.0.2.2"), (3, "h3", "192.0.2.3")],
+    );
+    let b1 = endpoint(1, "b1", &blue, target(&ns_b1), 2);
+    let b2 = endpoint(2, "b2", &blue, target(&ns_b2), 3);
+    let want = intent(1, vec![blue], vec![b1, b2.clone()]);
+    let mut dp = lab.datapath().await;
+    assert_all_ok(&reconcile(&mut dp, &want, true).await);
+
+    // Make the host what the previous release left: no br-tun, no patch, and one protected
+    // VXLAN port per (peer, tenant) on br-int, owned, with the tenant's key and tag.
+    lab.ovs.vsctl(&["del-br", TUNNEL_BRIDGE]).unwrap();
+    let old: Vec<PortChange> = [(2, "192.0.2.2"), (3, "192.0.2.3")]
+        .iter()
+        .map(|(peer, remote)| {
+            PortChange::Add(
+                PortSpec::new(
+                    tunnel_port_name(SegmentType::Vxlan, *peer, 1),
+                    PortKind::Vxlan {
+                        remote_ip: remote.parse().unwrap(),
+                        key: 5001,
+                    },
+                )
+                .with_tag(10)
+                .protected()
+                .with_external_id(KIND_KEY, "tunnel")
+                .with_external_id(TENANT_KEY, "blue")
+                .with_external_id(PEER_KEY, format!("h{peer}")),
+            )
+        })
+        .chain([PortChange::Delete {
+            name: "ovl-patch-tun".into(),
+        }])
+        .collect();
+    dp.driver().apply(BRIDGE, &old).await.unwrap();
+    dp.driver()
+        .wait_for_vswitchd(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(lab.ports(), ["ovl-e1", "ovl-e2", "vx2-1", "vx3-1"]);
+    assert!(lab.row("Port", "vx2-1").unwrap().bool("protected"));
+    let indexes = [
+        ifindexes(&lab, "ovl-e1", &ns_b1),
+        ifindexes(&lab, "ovl-e2", &ns_b2),
+    ];
+    drop(dp);
+
+    // The new agent starts and gets its first intent: br-tun, its ports and rules come,
+    // the old tunnels go and the patch comes; the endpoints keep their veths and ports and
+    // keep talking while it happens.
+    assert!(ping_within(&ns_b1, b2.ip, PING_LIMIT), "no ping before");
+    let ping = BackgroundPing::start(&ns_b1, b2.ip, 30, Duration::from_millis(50));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut dp = lab.datapath().await;
+    let upgraded = reconcile(&mut dp, &want, true).await;
+    assert_all_ok(&upgraded);
+    let (received, sent, out) = tokio::task::spawn_blocking(move || ping.finish())
+        .await
+        .expect("ping thread");
+    assert_eq!(
+        received, sent,
+        "packets were lost across the upgrade:\n{out}"
+    );
+    let changes: BTreeSet<&str> = upgraded.changes.iter().map(String::as_str).collect();
+    for c in [
+        "delete port vx2-1",
+        "delete port vx3-1",
+        "add port ovl-patch-tun (type=patch trunks=10)",
+        "add port ovl-vx2 (vxlan remote_ip=192.0.2.2 key=flow)",
+        "add port ovl-vx3 (vxlan remote_ip=192.0.2.3 key=flow)",
+    ] {
+        assert!(changes.contains(c), "no '{c}' in {:#?}", upgraded.changes);
+    }
+    assert!(
+        !upgraded.changes.iter().any(|c| c.contains("ovl-e")),
+        "the endpoints were touched: {:#?}",
+        upgraded.changes
+    );
+    assert_eq!(lab.ports(), ["ovl-e1", "ovl-e2", "ovl-patch-tun"]);
+    assert_eq!(lab.tun_ports(), ["ovl-patch-int", "ovl-vx2", "ovl-vx3"]);
+    assert_eq!(lab.row("Interface", "vx2-1"), None);
+    assert_eq!(
+        lab.row("Bridge", TUNNEL_BRIDGE).unwrap().str("fail_mode"),
+        "secure"
+    );
+    assert!(
+        lab.tun_rules().iter().any(|r| r
+            .contains("dl_vlan=10 actions=pop_vlan,set_field:0x1389->tun_id,output:6,output:8")),
+        "{:#?}",
+        lab.tun_rules()
+    );
+    assert_eq!(
+        [
+            ifindexes(&lab, "ovl-e1", &ns_b1),
+            ifindexes(&lab, "ovl-e2", &ns_b2)
+        ],
+        indexes
+    );
+    // And it stays converged.
+    let again = reconcile(&mut dp, &want, true).await;
+    assert_eq!(again.changes, Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -703,13 +918,15 @@ async fn a_missing_namespace_fails_only_its_endpoint() {
         objects(&r),
         expected_objects(&[
             (ObjectKind::Bridge, BRIDGE),
+            (ObjectKind::Bridge, TUNNEL_BRIDGE),
+            (ObjectKind::Bridge, "ovl-patch-tun"),
             (ObjectKind::Endpoint, "b1"),
             (ObjectKind::Endpoint, "b2"),
             (ObjectKind::Endpoint, "ghost"),
         ])
     );
     // The ghost got neither a port nor a veth; the others work.
-    assert_eq!(lab.ports(), ["ovl-e1", "ovl-e2"]);
+    assert_eq!(lab.ports(), ["ovl-e1", "ovl-e2", "ovl-patch-tun"]);
     assert_eq!(lab.link_names("ovl-e"), ["ovl-e1", "ovl-e2"]);
     assert!(
         ping_within(&ns_b1, b2.ip, PING_LIMIT),
@@ -755,7 +972,7 @@ async fn deleting_an_owned_port_by_hand_wakes_the_watcher_and_the_next_reconcile
     let r = reconcile(&mut dp, &want, true).await;
     assert_all_ok(&r);
     assert_eq!(r.changes, ["add port ovl-e2 (type=system tag=10)"]);
-    assert_eq!(lab.ports(), ["ovl-e1", "ovl-e2"]);
+    assert_eq!(lab.ports(), ["ovl-e1", "ovl-e2", "ovl-patch-tun"]);
     assert_eq!(
         ifindexes(&lab, "ovl-e2", &ns_b2),
         indexes,
@@ -782,7 +999,11 @@ async fn ports_ovs_vswitchd_has_not_taken_are_reported_until_it_runs() {
     lab.ovs.kill(Daemon::Vswitchd);
 
     let r = reconcile(&mut dp, &want, true).await;
-    assert_eq!(lab.ports(), ["ovl-e1", "ovl-e2"], "the rows are written");
+    assert_eq!(
+        lab.ports(),
+        ["ovl-e1", "ovl-e2", "ovl-patch-tun"],
+        "the rows are written"
+    );
     let bridge = r
         .report
         .objects
@@ -818,10 +1039,26 @@ async fn ports_ovs_vswitchd_has_not_taken_are_reported_until_it_runs() {
     assert_eq!(again.changes, Vec::<String>::new());
     check_endpoints(&again);
 
+    // Until ovs-vswitchd runs, br-tun's rules cannot even be read: br-tun says so.
+    let tun = again
+        .report
+        .objects
+        .iter()
+        .find(|o| o.kind == ObjectKind::Bridge && o.name == TUNNEL_BRIDGE)
+        .expect("a br-tun line");
+    assert!(tun.error.is_some(), "{tun:?}");
+
     lab.ovs.start_vswitchd().expect("start ovs-vswitchd");
     let up = reconcile(&mut dp, &want, true).await;
     assert_all_ok(&up);
-    assert_eq!(up.changes, Vec::<String>::new());
+    // The rows were all there; only the rules, which need ovs-vswitchd, were still to come.
+    assert_eq!(
+        up.changes,
+        [format!(
+            "rules on {TUNNEL_BRIDGE}: {} changes in one bundle",
+            lab.tun_rules().len()
+        )]
+    );
     assert!(
         ping_within(&ns_b1, b2.ip, PING_LIMIT),
         "no ping once ovs-vswitchd runs"

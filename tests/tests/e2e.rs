@@ -2,35 +2,11 @@
 //! datapath), real agents and controller over QUIC, real packets.
 
 use std::net::Ipv4Addr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ovl_common::proto::ApiRequest;
-use ovl_tests::lab::{neighbour_mac, ns_exec, ping, TestLab};
-
-/// Starts `tcpdump -nn -e -l` on `link` in `ns` with `filter`, writing text to a file.
-fn capture(ns: &str, link: &str, filter: &str, out: &std::path::Path) -> Child {
-    let child = Command::new("ip")
-        .args([
-            "netns", "exec", ns, "tcpdump", "-nn", "-e", "-l", "-i", link, filter,
-        ])
-        .stdout(std::fs::File::create(out).expect("capture file"))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tcpdump");
-    // tcpdump needs a moment to open the socket.
-    std::thread::sleep(Duration::from_millis(700));
-    child
-}
-
-fn stop_capture(mut child: Child, out: &std::path::Path) -> String {
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
-    std::fs::read_to_string(out).unwrap_or_default()
-}
+use ovl_tests::lab::{capture, neighbour_mac, ns_exec, ping, stop_capture, TestLab};
 
 /// iperf3 from `client_ns` to `server_ip` (server in `server_ns`); bits per second received.
 fn iperf(server_ns: &str, client_ns: &str, server_ip: Ipv4Addr) -> f64 {

@@ -7,100 +7,13 @@
 //! removes what became stale.
 
 use std::net::Ipv4Addr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ovl_common::converge::Poll;
 use ovl_common::proto::ApiRequest;
 use ovl_lab::{self as lab, ovs};
 use ovl_tests::lab::{ns_exec, ping, TestLab};
-
-/// A background `ping -i 0.01` with per-reply timestamps. Its output is read as it comes: a
-/// full pipe would block ping's writes and pause its sending, which reads as an outage.
-struct Pinger {
-    child: Child,
-    reader: std::thread::JoinHandle<String>,
-}
-
-impl Pinger {
-    fn start(from: &str, to: Ipv4Addr, seconds: u32) -> Self {
-        let count = (seconds * 100).to_string();
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                from,
-                "ping",
-                "-n",
-                "-D",
-                "-i",
-                "0.01",
-                "-W",
-                "1",
-                "-c",
-                &count,
-                &to.to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ping");
-        let mut stdout = child.stdout.take().expect("ping stdout");
-        let reader = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
-            text
-        });
-        Self { child, reader }
-    }
-
-    /// Waits for the pings to finish: (sent, received, longest gap between replies).
-    fn finish(mut self) -> PingStats {
-        let _ = self.child.wait();
-        let text = self.reader.join().expect("ping reader");
-        let mut stamps = Vec::new();
-        let mut sent = 0;
-        let mut received = 0;
-        for line in text.lines() {
-            if line.contains("bytes from") {
-                if let Some(ts) = line
-                    .strip_prefix('[')
-                    .and_then(|l| l.split(']').next())
-                    .and_then(|t| t.parse::<f64>().ok())
-                {
-                    stamps.push(ts);
-                }
-            }
-            if line.contains("packets transmitted") {
-                let nums: Vec<u32> = line
-                    .split(|c: char| !c.is_ascii_digit())
-                    .filter_map(|s| s.parse().ok())
-                    .collect();
-                sent = nums[0];
-                received = nums[1];
-            }
-        }
-        let (gap, gap_at) = stamps
-            .windows(2)
-            .map(|w| (w[1] - w[0], w[0]))
-            .fold((0.0, 0.0), |a, b| if b.0 > a.0 { b } else { a });
-        PingStats {
-            sent,
-            received,
-            longest_gap: Duration::from_secs_f64(gap),
-            gap_at,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct PingStats {
-    sent: u32,
-    received: u32,
-    longest_gap: Duration,
-    /// Unix time of the last reply before the longest gap.
-    gap_at: f64,
-}
+use ovl_tests::pinger::Pinger;
 
 fn unix_now() -> f64 {
     std::time::SystemTime::now()

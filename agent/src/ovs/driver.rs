@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, Instrument};
 
 use super::datapath::DatapathType;
-use super::plan::{plan_ensure_bridge, plan_port_changes, BridgeOutcome, Step};
+use super::plan::{plan_ensure_bridge, plan_port_changes, BridgeOutcome, FailMode, Step};
 use super::port::{BridgeState, ObservedPort, PortChange};
 use super::view::{read_ops, DbView};
 use super::{Error, DB};
@@ -108,23 +108,25 @@ impl OvsDriver {
         external_ids: &BTreeMap<String, String>,
     ) -> Result<BridgeOutcome, Error> {
         Ok(self
-            .ensure_bridge_with_ports(name, datapath, external_ids)
+            .ensure_bridge_with_ports(name, datapath, None, external_ids)
             .await?
             .0)
     }
 
-    /// [`ensure_bridge`](Self::ensure_bridge), also returning the ports ovl owns on the
-    /// bridge as the same read found them (none for a bridge it created): a reconcile that
-    /// changes nothing reads the database once.
+    /// [`ensure_bridge`](Self::ensure_bridge), with `fail_mode` set when given (`ovs-vsctl set
+    /// bridge NAME fail_mode=secure`), also returning the ports ovl owns on the bridge as the
+    /// same read found them (none for a bridge it created): a reconcile that changes nothing
+    /// reads the database once per bridge.
     pub async fn ensure_bridge_with_ports(
         &self,
         name: &str,
         datapath: DatapathType,
+        fail_mode: Option<FailMode>,
         external_ids: &BTreeMap<String, String>,
     ) -> Result<(BridgeOutcome, Vec<ObservedPort>), Error> {
         let action = format!("ensuring bridge {name}");
         let view = self.read(|| action.clone()).await?;
-        let (steps, outcome) = plan_ensure_bridge(&view, name, datapath, external_ids)?;
+        let (steps, outcome) = plan_ensure_bridge(&view, name, datapath, fail_mode, external_ids)?;
         if !steps.is_empty() {
             self.run(&steps, &action).await?;
         }
@@ -275,7 +277,13 @@ impl OvsDriver {
         let requests = [
             MonitorRequest::columns(
                 "Bridge",
-                &["name", "ports", "datapath_type", "external_ids"],
+                &[
+                    "name",
+                    "ports",
+                    "datapath_type",
+                    "fail_mode",
+                    "external_ids",
+                ],
             ),
             MonitorRequest::columns(
                 "Port",

@@ -166,6 +166,14 @@ impl RuleChange {
     }
 }
 
+/// One (tenant, peer) pair of the intent as its status line names it (`TENANT@PEER`,
+/// [`ObjectKind::Tunnel`]), with the `br-tun` port that carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelObject {
+    pub name: String,
+    pub port: String,
+}
+
 /// What `br-tun` must hold for an intent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TunnelLayout {
@@ -178,6 +186,9 @@ pub struct TunnelLayout {
     pub rules: Vec<Rule>,
     /// Intent-level problems (a peer id past [`MAX_PEER_ID`]).
     pub problems: Vec<ObjectStatus>,
+    /// The tunnel status objects, one per (tunnel tenant, peer) whose port could be planned
+    /// (the others are in `problems`), in intent order.
+    pub tunnels: Vec<TunnelObject>,
 }
 
 impl TunnelLayout {
@@ -219,6 +230,10 @@ pub fn desired_tunnels(intent: &HostIntent) -> TunnelLayout {
                 continue;
             };
             ofports.insert(ofport);
+            layout.tunnels.push(TunnelObject {
+                name: format!("{}@{}", t.name, p.host),
+                port: flow_tunnel_name(t.segment, p.id),
+            });
             peers.entry(ofport).or_insert_with(|| {
                 let kind = match t.segment {
                     SegmentType::Gre => PortKind::GreFlow {
@@ -243,16 +258,7 @@ pub fn desired_tunnels(intent: &HostIntent) -> TunnelLayout {
     if tenants.is_empty() {
         return layout;
     }
-    layout.int_patch = Some(
-        PortSpec::new(
-            PATCH_ON_INT,
-            PortKind::Patch {
-                peer: PATCH_ON_TUN.into(),
-            },
-        )
-        .with_trunks(tenants.iter().map(|t| t.tag))
-        .with_external_id(KIND_KEY, "patch"),
-    );
+    layout.int_patch = int_patch(intent);
     layout.tun_ports.push(
         PortSpec::new(
             PATCH_ON_TUN,
@@ -266,6 +272,31 @@ pub fn desired_tunnels(intent: &HostIntent) -> TunnelLayout {
     layout.tun_ports.extend(peers.values().cloned());
     layout.rules = desired_rules(peers.keys().copied(), &tenants);
     layout
+}
+
+/// The patch port on `br-int` that leads to `br-tun`, when the intent has a tunnel tenant: a
+/// trunk of exactly the tunnel tenants' local tags, so a `vlan` tenant's tag never crosses.
+/// The one rule for it, used by both the `br-int` and the `br-tun` planners.
+pub fn int_patch(intent: &HostIntent) -> Option<PortSpec> {
+    let tags: BTreeSet<u16> = intent
+        .tenants
+        .iter()
+        .filter(|t| t.segment != SegmentType::Vlan)
+        .map(|t| t.vlan)
+        .collect();
+    if tags.is_empty() {
+        return None;
+    }
+    Some(
+        PortSpec::new(
+            PATCH_ON_INT,
+            PortKind::Patch {
+                peer: PATCH_ON_TUN.into(),
+            },
+        )
+        .with_trunks(tags)
+        .with_external_id(KIND_KEY, "patch"),
+    )
 }
 
 fn desired_rules(tunnels: impl Iterator<Item = u16>, tenants: &[FlowTenant]) -> Vec<Rule> {

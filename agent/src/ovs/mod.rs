@@ -14,7 +14,8 @@
 //! is the reconciler's job.
 //!
 //! - [`OvsDriver::ensure_bridge`]: `ovs-vsctl --may-exist add-br br-int -- set bridge br-int
-//!   datapath_type=netdev`;
+//!   datapath_type=netdev` (with [`OvsDriver::ensure_bridge_with_ports`] also `fail_mode=secure`,
+//!   as `br-tun` has);
 //! - [`OvsDriver::bridge_state`] / [`OvsDriver::owned_ports`]: the observed owned ports, with
 //!   `ofport` and `error` as ovs-vswitchd reports them;
 //! - [`OvsDriver::apply`]: add, update and delete ports, batched in one transaction;
@@ -36,7 +37,7 @@ use std::time::Duration;
 pub use datapath::{choose_datapath, choose_datapath_with, DatapathType, KERNEL_MODULE_PATH};
 pub use driver::{OvsDriver, OvsEvent, Watcher};
 pub use names::{endpoint_port_name, tunnel_port_name, MAX_IFNAME_LEN};
-pub use plan::BridgeOutcome;
+pub use plan::{BridgeOutcome, FailMode};
 pub use port::{BridgeState, ObservedInterface, ObservedPort, PortChange, PortKind, PortSpec};
 
 use crate::ovsdb;

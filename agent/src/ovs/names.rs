@@ -6,8 +6,11 @@
 //!
 //! Name space (no two schemes can produce the same name):
 //! - `ovl-e<hex id>`: the host end of an endpoint's veth (`ovl-e1f`);
-//! - `vx<hex peer>-<hex tenant>` / `gr…` / `vl…`: a VXLAN / GRE tunnel (or VLAN segment object)
-//!   to peer host `peer` for tenant `tenant` (`vx3-a`);
+//! - `ovl-vx<hex peer>` / `ovl-gr<hex peer>`: the `key=flow` tunnel to a peer host on `br-tun`
+//!   ([`super::flow_planner::flow_tunnel_name`]);
+//! - `vx<hex peer>-<hex tenant>` / `gr…` / `vl…`: the per-(peer, tenant) tunnel ports of the
+//!   previous release (`vx3-a`), which the agent no longer makes; the name is kept so that
+//!   tests can build what an upgraded host still holds, and so no new scheme reuses it;
 //! - when both hex ids together are too long for that (more than 12 digits, which needs ids
 //!   beyond 2^24), the compact form `x`/`g`/`l` followed by both ids in base 36, each padded to
 //!   7 digits (`x00000rs0000001`): 15 bytes, and its second byte is always `0` or `1`, never the
@@ -41,8 +44,8 @@ pub fn endpoint_port_name(endpoint_id: u32) -> String {
     format!("ovl-e{endpoint_id:x}")
 }
 
-/// The name of the tunnel port to `peer_host_id` for `tenant_id` over `segment`; at most 15
-/// bytes for any ids.
+/// The name the previous release gave the tunnel port to `peer_host_id` for `tenant_id` over
+/// `segment` (one port per (peer, tenant) on `br-int`); at most 15 bytes for any ids.
 pub fn tunnel_port_name(segment: SegmentType, peer_host_id: u32, tenant_id: u32) -> String {
     let (readable, compact) = match segment {
         SegmentType::Vxlan => ("vx", 'x'),

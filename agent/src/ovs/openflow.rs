@@ -14,6 +14,11 @@
 //! - [`OfCtl::apply`]: `ovs-ofctl -O OpenFlow14 --bundle add-flows BR -` with one line per
 //!   change (`add`, `modify_strict` and `delete_strict`, the last two filtered on the cookie).
 //!
+//! - [`OfCtl::watch`]: `ovs-ofctl -O OpenFlow14 monitor BR` kept running, to learn at once
+//!   that ovs-vswitchd went away (the monitor ends) or came back (a new monitor stays up),
+//!   since rules, unlike ports, live only in ovs-vswitchd's memory and nothing in OVSDB
+//!   changes when it restarts.
+//!
 //! The bridge is reached through its management socket, `RUNDIR/BRIDGE.mgmt`, which does not
 //! depend on the network namespace the agent runs in.
 
@@ -23,6 +28,9 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, Instrument};
 
 use super::flow_planner::{self, Rule, RuleChange, COOKIE};
 
@@ -30,6 +38,13 @@ use super::flow_planner::{self, Rule, RuleChange, COOKIE};
 pub const DEFAULT_RUNDIR: &str = "/var/run/openvswitch";
 /// How long one `ovs-ofctl` run may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the watch waits before trying again to reach an ovs-vswitchd that is not there,
+/// at first and at most: it finds a restarted one within [`WATCH_RETRY_MAX`].
+const WATCH_RETRY_MIN: Duration = Duration::from_millis(250);
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
+/// A monitor still running after this long has connected: `ovs-ofctl` gives up at once on
+/// a missing socket. (Its output cannot tell sooner: stdio buffers it in a pipe.)
+const WATCH_CONNECTED_AFTER: Duration = Duration::from_secs(1);
 
 /// What can go wrong with the rules.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +152,23 @@ impl OfCtl {
         .map(drop)
     }
 
+    /// Watches `bridge`'s OpenFlow side and sends `()` on `notify` whenever its rules may
+    /// have gone or need putting back: when a monitor connects (ovs-vswitchd is there, maybe
+    /// freshly restarted with no rules) and when it ends (ovs-vswitchd went away). While
+    /// ovs-vswitchd is unreachable it retries with a short backoff. The watch lasts as long
+    /// as the returned guard.
+    pub fn watch(&self, bridge: &str, notify: mpsc::Sender<()>) -> FlowWatch {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(["-O", "OpenFlow14", "monitor", &self.target(bridge)])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        let span = tracing::info_span!("flow-watch", %bridge);
+        let task = tokio::spawn(watch_loop(cmd, notify).instrument(span));
+        FlowWatch { task }
+    }
+
     async fn run(
         &self,
         action: &'static str,
@@ -186,6 +218,53 @@ impl OfCtl {
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// A running [`OfCtl::watch`]; dropping it stops the watching (and its `ovs-ofctl`).
+#[derive(Debug)]
+pub struct FlowWatch {
+    task: JoinHandle<()>,
+}
+
+impl Drop for FlowWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn watch_loop(mut cmd: Command, notify: mpsc::Sender<()>) {
+    let mut retry = WATCH_RETRY_MIN;
+    loop {
+        let connected = match cmd.spawn() {
+            Ok(mut child) => {
+                tokio::select! {
+                    _ = child.wait() => false,
+                    _ = tokio::time::sleep(WATCH_CONNECTED_AFTER) => {
+                        debug!("monitoring the bridge: ovs-vswitchd is there");
+                        // A full channel already holds a wake-up.
+                        let _ = notify.try_send(());
+                        let _ = child.wait().await;
+                        debug!("the bridge's monitor ended: ovs-vswitchd went away");
+                        let _ = notify.try_send(());
+                        true
+                    }
+                }
+            }
+            Err(e) => {
+                debug!("cannot run ovs-ofctl monitor: {e}");
+                false
+            }
+        };
+        if notify.is_closed() {
+            return;
+        }
+        retry = if connected {
+            WATCH_RETRY_MIN
+        } else {
+            (retry * 2).min(WATCH_RETRY_MAX)
+        };
+        tokio::time::sleep(retry).await;
     }
 }
 

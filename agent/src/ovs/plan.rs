@@ -41,11 +41,31 @@ pub enum BridgeOutcome {
     Unchanged,
 }
 
-/// Plans `ovs-vsctl --may-exist add-br NAME -- set bridge NAME datapath_type=… external_ids:…`.
+/// A bridge's `fail_mode`: what it does with traffic no OpenFlow rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Nothing forwards without the rules of whoever owns the bridge (`br-tun`).
+    Secure,
+    /// The bridge switches as a learning switch (`NORMAL`) when it has no controller.
+    Standalone,
+}
+
+impl FailMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailMode::Secure => "secure",
+            FailMode::Standalone => "standalone",
+        }
+    }
+}
+
+/// Plans `ovs-vsctl --may-exist add-br NAME -- set bridge NAME datapath_type=… [fail_mode=…]
+/// external_ids:…`. A `fail_mode` of `None` leaves the column as it is.
 pub(crate) fn plan_ensure_bridge(
     view: &DbView,
     name: &str,
     datapath: DatapathType,
+    fail_mode: Option<FailMode>,
     external_ids: &BTreeMap<String, String>,
 ) -> Result<(Vec<Step>, BridgeOutcome), Error> {
     let Some(existing) = view.bridge(name) else {
@@ -54,6 +74,14 @@ pub(crate) fn plan_ensure_bridge(
                 rows: view.roots.len(),
             });
         };
+        let mut bridge_row = Row::new()
+            .with("name", name)
+            .with("datapath_type", datapath.as_str())
+            .with("ports", Value::set([Atom::NamedUuid("bridge_port".into())]))
+            .with("external_ids", Value::from_string_map(external_ids));
+        if let Some(mode) = fail_mode {
+            bridge_row = bridge_row.with("fail_mode", mode.as_str());
+        }
         let steps = vec![
             Step::new(
                 Operation::insert_named(
@@ -74,15 +102,7 @@ pub(crate) fn plan_ensure_bridge(
                 format!("create the local port of bridge {name}"),
             ),
             Step::new(
-                Operation::insert_named(
-                    "Bridge",
-                    Row::new()
-                        .with("name", name)
-                        .with("datapath_type", datapath.as_str())
-                        .with("ports", Value::set([Atom::NamedUuid("bridge_port".into())]))
-                        .with("external_ids", Value::from_string_map(external_ids)),
-                    "bridge",
-                ),
+                Operation::insert_named("Bridge", bridge_row, "bridge"),
                 format!("create bridge {name}"),
             ),
             Step::new(
@@ -115,6 +135,21 @@ pub(crate) fn plan_ensure_bridge(
         changes.push(format!(
             "datapath_type '{}' -> '{datapath}'",
             existing.datapath_type
+        ));
+    }
+    if let Some(mode) = fail_mode.filter(|m| existing.fail_mode != m.as_str()) {
+        steps.push(Step::new(
+            Operation::update(
+                "Bridge",
+                here.clone(),
+                Row::new().with("fail_mode", mode.as_str()),
+            ),
+            format!("set fail_mode={} on bridge {name}", mode.as_str()),
+        ));
+        changes.push(format!(
+            "fail_mode '{}' -> '{}'",
+            existing.fail_mode,
+            mode.as_str()
         ));
     }
     let differing: BTreeMap<&String, &String> = external_ids
@@ -375,7 +410,7 @@ mod tests {
         let view = sample_view();
         let ids = BTreeMap::from([("ovl-owner".to_owned(), "ovl-agent".to_owned())]);
         let (steps, outcome) =
-            plan_ensure_bridge(&view, "br-new", DatapathType::Netdev, &ids).unwrap();
+            plan_ensure_bridge(&view, "br-new", DatapathType::Netdev, None, &ids).unwrap();
         assert_eq!(outcome, BridgeOutcome::Created);
         let o = ops(&steps);
         assert_eq!(o[0]["row"], json!({"name": "br-new", "type": "internal"}));
@@ -401,13 +436,13 @@ mod tests {
         let view = sample_view();
         let none = BTreeMap::new();
         let (steps, outcome) =
-            plan_ensure_bridge(&view, "br-int", DatapathType::Netdev, &none).unwrap();
+            plan_ensure_bridge(&view, "br-int", DatapathType::Netdev, None, &none).unwrap();
         assert!(steps.is_empty());
         assert_eq!(outcome, BridgeOutcome::Unchanged);
 
         let ids = BTreeMap::from([("k".to_owned(), "v".to_owned())]);
         let (steps, outcome) =
-            plan_ensure_bridge(&view, "br-int", DatapathType::System, &ids).unwrap();
+            plan_ensure_bridge(&view, "br-int", DatapathType::System, None, &ids).unwrap();
         let o = ops(&steps);
         assert_eq!(o[0]["op"], "update");
         assert_eq!(o[0]["row"], json!({"datapath_type": "system"}));
@@ -421,16 +456,42 @@ mod tests {
         assert!(matches!(outcome, BridgeOutcome::Updated { changes } if changes.len() == 2));
 
         // br-ex has datapath_type "", which OVS reads as system.
-        let (steps, _) = plan_ensure_bridge(&view, "br-ex", DatapathType::System, &none).unwrap();
+        let (steps, _) =
+            plan_ensure_bridge(&view, "br-ex", DatapathType::System, None, &none).unwrap();
         assert!(steps.is_empty());
+    }
+
+    #[test]
+    fn fail_mode_is_set_on_a_new_bridge_and_put_back_on_an_existing_one() {
+        let view = sample_view();
+        let none = BTreeMap::new();
+        let secure = Some(FailMode::Secure);
+        let (steps, _) =
+            plan_ensure_bridge(&view, "br-tun", DatapathType::Netdev, secure, &none).unwrap();
+        assert_eq!(ops(&steps)[2]["row"]["fail_mode"], "secure");
+        let (steps, outcome) =
+            plan_ensure_bridge(&view, "br-int", DatapathType::Netdev, secure, &none).unwrap();
+        assert_eq!(ops(&steps)[0]["row"], json!({"fail_mode": "secure"}));
+        assert_eq!(
+            outcome,
+            BridgeOutcome::Updated {
+                changes: vec!["fail_mode '' -> 'secure'".into()]
+            }
+        );
     }
 
     #[test]
     fn creating_a_bridge_needs_exactly_one_root_row() {
         let mut view = sample_view();
         view.roots.clear();
-        let e = plan_ensure_bridge(&view, "br-new", DatapathType::Netdev, &BTreeMap::new())
-            .unwrap_err();
+        let e = plan_ensure_bridge(
+            &view,
+            "br-new",
+            DatapathType::Netdev,
+            None,
+            &BTreeMap::new(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("ovs-vsctl init"), "{e}");
     }
 

@@ -3,11 +3,14 @@
 //! tested without root; [`crate::reconcile::OvsDatapath`] observes, calls these, applies and
 //! verifies.
 //!
-//! Rules:
+//! Rules, for `br-int` (the tunnels themselves are on `br-tun`, planned by
+//! [`super::flow_planner`]):
 //! - every endpoint gets an access port (its veth's host end) tagged with its tenant's local
 //!   VLAN tag;
-//! - every (tunnel tenant, peer) pair gets one VXLAN or GRE port with the peer's underlay
-//!   address as `remote_ip`, the tenant's VNI/key as `key` and the tenant's tag;
+//! - when a tunnel (VXLAN or GRE) tenant is present, the patch port to `br-tun` is a trunk of
+//!   exactly the tunnel tenants' tags ([`super::flow_planner::int_patch`]); no tunnel port
+//!   is on `br-int` (those of the previous release, one per (peer, tenant), are owned ports
+//!   the intent no longer names, so they go as any stale port does: that is the upgrade);
 //! - `vlan` tenants get no tunnels: the uplink becomes a trunk carrying exactly their tags
 //!   (never the tunnel tenants' local tags, which must not leak onto the wire);
 //! - an owned port that differs from its spec is updated in place; one the intent no longer
@@ -24,17 +27,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use ovl_common::intent::{HostIntent, ObjectKind, ObjectStatus};
 use ovl_common::SegmentType;
 
-use super::names::{ENDPOINT_KEY, IFINDEX_KEY, KIND_KEY, PEER_KEY, TENANT_KEY};
-use super::{endpoint_port_name, tunnel_port_name, ObservedPort, PortChange, PortKind, PortSpec};
+use super::flow_planner::{self, PATCH_ON_INT};
+use super::names::{ENDPOINT_KEY, IFINDEX_KEY, KIND_KEY, TENANT_KEY};
+use super::{endpoint_port_name, ObservedPort, PortChange, PortKind, PortSpec};
 
 /// What a desired port stands for, for per-object status lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PortRole {
     Endpoint(String),
-    Tunnel {
-        tenant: String,
-        peer: String,
-    },
+    /// The patch port to `br-tun`, through which every tunnel tenant reaches its tunnels.
+    Patch,
     Uplink,
     /// A tenant router's port on `br-int` (see [`crate::router`]); the tenant's name.
     Router(String),
@@ -45,7 +47,7 @@ impl PortRole {
     pub fn object(&self) -> (ObjectKind, String) {
         match self {
             PortRole::Endpoint(n) => (ObjectKind::Endpoint, n.clone()),
-            PortRole::Tunnel { tenant, peer } => (ObjectKind::Tunnel, format!("{tenant}@{peer}")),
+            PortRole::Patch => (ObjectKind::Bridge, PATCH_ON_INT.into()),
             PortRole::Uplink => (ObjectKind::Bridge, "uplink".into()),
             PortRole::Router(t) => (ObjectKind::Router, t.clone()),
         }
@@ -73,36 +75,13 @@ pub fn desired_ports(intent: &HostIntent, uplink: Option<&str>) -> Desired {
         d.ports.push((spec, PortRole::Endpoint(e.name.to_string())));
     }
     d.ports.extend(crate::router::layout::ports(intent));
+    if let Some(patch) = flow_planner::int_patch(intent) {
+        d.ports.push((patch, PortRole::Patch));
+    }
     let mut trunk_tags = BTreeSet::new();
     for t in &intent.tenants {
         match t.segment {
-            SegmentType::Vxlan | SegmentType::Gre => {
-                for p in &t.peers {
-                    let kind = match t.segment {
-                        SegmentType::Vxlan => PortKind::Vxlan {
-                            remote_ip: p.underlay,
-                            key: t.key,
-                        },
-                        _ => PortKind::Gre {
-                            remote_ip: p.underlay,
-                            key: t.key,
-                        },
-                    };
-                    let spec = PortSpec::new(tunnel_port_name(t.segment, p.id, t.id), kind)
-                        .with_tag(t.vlan)
-                        .protected()
-                        .with_external_id(KIND_KEY, "tunnel")
-                        .with_external_id(TENANT_KEY, t.name.as_str())
-                        .with_external_id(PEER_KEY, p.host.as_str());
-                    d.ports.push((
-                        spec,
-                        PortRole::Tunnel {
-                            tenant: t.name.to_string(),
-                            peer: p.host.to_string(),
-                        },
-                    ));
-                }
-            }
+            SegmentType::Vxlan | SegmentType::Gre => {}
             SegmentType::Vlan => {
                 if uplink.is_some() {
                     trunk_tags.insert(t.vlan);
@@ -227,6 +206,8 @@ fn kind_text(s: &PortSpec) -> String {
     let mut t = match &s.kind {
         PortKind::Vxlan { remote_ip, key } => format!("vxlan remote_ip={remote_ip} key={key}"),
         PortKind::Gre { remote_ip, key } => format!("gre remote_ip={remote_ip} key={key}"),
+        PortKind::VxlanFlow { remote_ip } => format!("vxlan remote_ip={remote_ip} key=flow"),
+        PortKind::GreFlow { remote_ip } => format!("gre remote_ip={remote_ip} key=flow"),
         k => format!(
             "type={}",
             if k.interface_type().is_empty() {
@@ -279,11 +260,21 @@ pub fn verify_port(spec: &PortSpec, observed: Option<&ObservedPort>) -> Option<S
     }
     // ovs-vswitchd fills in `ofport` when it takes an interface; a row without one exists
     // only in the database.
-    if p.interface().is_some_and(|i| i.ofport.is_none()) {
+    let ofport = p.interface().and_then(|i| i.ofport);
+    if p.interface().is_some() && ofport.is_none() {
         return Some(format!(
             "ovs-vswitchd has not configured port {} (it has no OpenFlow port number); is ovs-vswitchd running?",
             spec.name
         ));
+    }
+    // Rules name ports by the number they asked for: any other number and they miss it.
+    if let (Some(want), Some(have)) = (spec.ofport_request, ofport) {
+        if have != i64::from(want) {
+            return Some(format!(
+                "port {} has OpenFlow port {have}, not the {want} it asked for (is that number taken on the bridge?)",
+                spec.name
+            ));
+        }
     }
     None
 }
@@ -397,29 +388,72 @@ mod tests {
     }
 
     #[test]
-    fn an_intent_becomes_access_tunnel_and_trunk_ports() {
+    fn an_intent_becomes_access_patch_and_trunk_ports_and_no_tunnel_on_br_int() {
         let d = desired_ports(&intent(), Some("tr0"));
         assert!(d.problems.is_empty());
         let names: Vec<&str> = d.ports.iter().map(|(s, _)| s.name.as_str()).collect();
+        assert_eq!(names, ["ovl-e7", "ovl-e8", "ovl-e9", PATCH_ON_INT, "tr0"]);
+        let patch = &d.ports[3];
+        assert_eq!(patch.1, PortRole::Patch);
         assert_eq!(
-            names,
-            ["ovl-e7", "ovl-e8", "ovl-e9", "vx2-1", "vx3-1", "gr2-2", "tr0"]
-        );
-        let vx = &d.ports[3].0;
-        assert_eq!(
-            vx.kind,
-            PortKind::Vxlan {
-                remote_ip: "10.0.2.1".parse().unwrap(),
-                key: 5001
+            patch.0.kind,
+            PortKind::Patch {
+                peer: flow_planner::PATCH_ON_TUN.into()
             }
         );
-        assert_eq!(vx.tag, Some(10));
-        assert_eq!(vx.external_ids[PEER_KEY], "h2");
-        assert!(vx.protected, "tunnels are split-horizon");
-        assert!(!d.ports[0].0.protected, "access ports are not");
+        // The patch carries exactly the tunnel tenants' tags, never the vlan tenant's.
+        assert_eq!(patch.0.trunks, BTreeSet::from([10, 11]));
+        assert!(d.ports.iter().all(|(s, _)| !s.protected));
         // The trunk carries the vlan tenant's tag only, never a tunnel tenant's local tag.
-        assert_eq!(d.ports[6].0.trunks, BTreeSet::from([300]));
-        assert_eq!(d.ports[6].0.tag, None);
+        assert_eq!(d.ports[4].0.trunks, BTreeSet::from([300]));
+        assert_eq!(d.ports[4].0.tag, None);
+    }
+
+    #[test]
+    fn an_agent_of_the_previous_release_converges_to_the_patch_in_one_transaction() {
+        // What the previous release left on br-int: per-(peer, tenant) tunnels, protected.
+        let old_tunnel = |name: &str, peer: &str, key: u32, tag: u16| {
+            PortSpec::new(
+                name,
+                PortKind::Vxlan {
+                    remote_ip: peer.parse().unwrap(),
+                    key,
+                },
+            )
+            .with_tag(tag)
+            .protected()
+            .with_external_id(KIND_KEY, "tunnel")
+            .with_external_id(TENANT_KEY, "blue")
+            .with_external_id(super::super::names::PEER_KEY, "h2")
+        };
+        let want = specs(&desired_ports(&intent(), Some("tr0")));
+        let mut before: Vec<PortSpec> = want
+            .iter()
+            .filter(|s| s.name != PATCH_ON_INT)
+            .cloned()
+            .collect();
+        before.push(old_tunnel("vx2-1", "10.0.2.1", 5001, 10));
+        before.push(old_tunnel("vx3-1", "10.0.3.1", 5001, 10));
+        before.push(old_tunnel("gr2-2", "10.0.2.1", 5002, 11));
+        let seen = observe(&before);
+        // The patch comes and the old tunnels go in one plan, hence one transaction: no
+        // frame ever has both ways out (a patch beside old, protected tunnels would let a
+        // flood from br-tun leave again over them).
+        let plan = plan_ports(&want, &seen, &BTreeSet::new(), true);
+        let mut names: Vec<String> = plan.iter().map(describe).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                format!("add port {PATCH_ON_INT} (type=patch trunks=10,11)"),
+                "delete port gr2-2".to_owned(),
+                "delete port vx2-1".to_owned(),
+                "delete port vx3-1".to_owned(),
+            ]
+        );
+        // After it, the next plan is empty.
+        let after: Vec<PortSpec> = want.clone();
+        assert!(plan_ports(&want, &observe(&after), &BTreeSet::new(), true).is_empty());
     }
 
     #[test]
@@ -427,7 +461,9 @@ mod tests {
         let d = desired_ports(&intent(), None);
         assert_eq!(d.problems.len(), 1);
         assert_eq!(d.problems[0].name, "green");
-        assert!(d.ports.iter().all(|(s, _)| s.trunks.is_empty()));
+        // No uplink: the vlan tenant's tag is on no trunk (the patch carries the others).
+        assert!(d.ports.iter().all(|(s, _)| !s.trunks.contains(&300)));
+        assert!(d.ports.iter().all(|(_, r)| *r != PortRole::Uplink));
     }
 
     #[test]
@@ -479,18 +515,12 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_leaving_removes_exactly_its_tunnel() {
+    fn a_peer_leaving_changes_nothing_on_br_int() {
         let before = specs(&desired_ports(&intent(), Some("tr0")));
         let mut i = intent();
         i.tenants[0].peers.retain(|p| p.host.as_str() != "h3");
         let after = specs(&desired_ports(&i, Some("tr0")));
-        let plan = plan_ports(&after, &observe(&before), &BTreeSet::new(), true);
-        assert_eq!(
-            plan,
-            vec![PortChange::Delete {
-                name: "vx3-1".into()
-            }]
-        );
+        assert_eq!(after, before);
     }
 
     #[test]

@@ -8,7 +8,14 @@ use super::Error;
 use crate::ovsdb::{self, Operation, OperationResult, Row, Uuid};
 
 const ROOT_COLUMNS: &[&str] = &["_uuid", "bridges"];
-const BRIDGE_COLUMNS: &[&str] = &["_uuid", "name", "ports", "datapath_type", "external_ids"];
+const BRIDGE_COLUMNS: &[&str] = &[
+    "_uuid",
+    "name",
+    "ports",
+    "datapath_type",
+    "fail_mode",
+    "external_ids",
+];
 const PORT_COLUMNS: &[&str] = &[
     "_uuid",
     "name",
@@ -37,6 +44,8 @@ pub(crate) struct BridgeRow {
     pub uuid: Uuid,
     pub name: String,
     pub datapath_type: String,
+    /// `secure` or `standalone`; empty when unset (OVS then behaves as `standalone`).
+    pub fail_mode: String,
     pub external_ids: BTreeMap<String, String>,
     pub ports: Vec<Uuid>,
 }
@@ -97,6 +106,11 @@ fn parse_bridge(row: &Row) -> Result<BridgeRow, ovsdb::Error> {
         uuid: row.uuid()?.clone(),
         name: row.str("name")?.to_owned(),
         datapath_type: row.str("datapath_type")?.to_owned(),
+        // Absent from rows read before ovl asked for the column (test fixtures).
+        fail_mode: match row.get("fail_mode") {
+            Ok(v) => v.optional_str()?.unwrap_or_default().to_owned(),
+            Err(_) => String::new(),
+        },
         external_ids: row.string_map("external_ids")?,
         ports: row.uuid_set("ports")?,
     })

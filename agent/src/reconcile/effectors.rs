@@ -8,8 +8,7 @@
 //! - [`Routing`]: tenant routers with their firewall (`ip netns add`, `nft -f`), implemented by
 //!   [`RouterDriver`];
 //! - [`Flows`]: the agent's OpenFlow rules on `br-tun` (`ovs-ofctl dump-flows`, `--bundle
-//!   add-flows`), implemented by [`OfCtl`]. Not yet driven by the OVS datapath: the flow
-//!   tunnels it serves are planned ([`crate::ovs::flow_planner`]) but not wired in.
+//!   add-flows`, `monitor`), implemented by [`OfCtl`].
 //!
 //! Layer: under [`super::OvsDatapath`], over `ovs`, `netns` and `router`. The traits say what
 //! a reconcile needs and nothing more; they hold no policy.
@@ -29,8 +28,10 @@ use crate::netns::{
     Plumber,
 };
 use crate::ovs::flow_planner::{Rule, RuleChange};
-use crate::ovs::openflow::{self, OfCtl};
-use crate::ovs::{self, BridgeOutcome, DatapathType, ObservedPort, OvsDriver, PortChange, Watcher};
+use crate::ovs::openflow::{self, FlowWatch, OfCtl};
+use crate::ovs::{
+    self, BridgeOutcome, DatapathType, FailMode, ObservedPort, OvsDriver, PortChange, Watcher,
+};
 use crate::router::{Prepared, Routers};
 
 /// Open vSwitch, as a reconcile uses it.
@@ -38,12 +39,14 @@ pub trait Switch: Send + Sync + 'static {
     /// Why the database cannot be reached now, if it cannot.
     fn connection_problem(&self) -> Option<String>;
 
-    /// `ovs-vsctl --may-exist add-br BRIDGE -- set bridge BRIDGE datapath_type=DP`, and returns the ports ovl owns on it as the same read found them (none for a new
-    /// bridge).
+    /// `ovs-vsctl --may-exist add-br BRIDGE -- set bridge BRIDGE datapath_type=DP
+    /// [fail_mode=MODE]`, and returns the ports ovl owns on it as the same read found them
+    /// (none for a new bridge).
     fn ensure_bridge(
         &self,
         bridge: &str,
         datapath: DatapathType,
+        fail_mode: Option<FailMode>,
     ) -> impl Future<Output = ovs::Result<(BridgeOutcome, Vec<ObservedPort>)>> + Send;
 
     /// The ports ovl owns on `bridge`.
@@ -76,8 +79,10 @@ impl Switch for OvsDriver {
         &self,
         bridge: &str,
         datapath: DatapathType,
+        fail_mode: Option<FailMode>,
     ) -> ovs::Result<(BridgeOutcome, Vec<ObservedPort>)> {
-        OvsDriver::ensure_bridge_with_ports(self, bridge, datapath, &BTreeMap::new()).await
+        OvsDriver::ensure_bridge_with_ports(self, bridge, datapath, fail_mode, &BTreeMap::new())
+            .await
     }
 
     async fn owned_ports(&self, bridge: &str) -> ovs::Result<Vec<ObservedPort>> {
@@ -232,6 +237,11 @@ pub trait Flows: Send + Sync + 'static {
         bridge: &str,
         changes: &[RuleChange],
     ) -> impl Future<Output = openflow::Result<()>> + Send;
+
+    /// Sends `()` on `notify` whenever the rules on `bridge` may have changed under the
+    /// agent (ovs-vswitchd restarted, someone changed them); the watch lasts as long as the
+    /// returned guard.
+    fn watch(&self, bridge: &str, notify: mpsc::Sender<()>) -> Option<FlowWatch>;
 }
 
 impl Flows for OfCtl {
@@ -241,5 +251,9 @@ impl Flows for OfCtl {
 
     async fn apply(&self, bridge: &str, changes: &[RuleChange]) -> openflow::Result<()> {
         OfCtl::apply(self, bridge, changes).await
+    }
+
+    fn watch(&self, bridge: &str, notify: mpsc::Sender<()>) -> Option<FlowWatch> {
+        Some(OfCtl::watch(self, bridge, notify))
     }
 }

@@ -2,10 +2,12 @@
 //! desired ones ([`crate::ovs::flow_planner::plan_rules`]), apply the difference in one
 //! bundle, and verify by dumping again. Rules with other cookies (learnt MAC addresses,
 //! anybody else's) are never read, so never touched; rules already in place are not
-//! rewritten, so an agent restart that finds them changes nothing and loses no packet.
+//! rewritten, so an agent restart that finds them changes nothing and loses no packet. Like
+//! stale ports, rules the intent no longer names are deleted only with garbage collection
+//! allowed (once an intent from the controller has arrived in this agent's lifetime).
 //!
-//! Layer: reconcile, over the [`Flows`] effector. Not yet called by the OVS datapath (the
-//! flow tunnels are planned but not wired in).
+//! Layer: reconcile, over the [`Flows`] effector; the OVS datapath runs it on `br-tun` in
+//! every reconcile, after `br-tun`'s ports.
 
 use ovl_common::intent::{ObjectKind, ObjectStatus};
 
@@ -22,8 +24,14 @@ pub struct RulesOutcome {
     pub problems: Vec<ObjectStatus>,
 }
 
-/// Brings the agent's rules on `bridge` to `desired` and verifies them.
-pub async fn reconcile_rules<F: Flows>(flows: &F, bridge: &str, desired: &[Rule]) -> RulesOutcome {
+/// Brings the agent's rules on `bridge` to `desired` (deleting the others only with
+/// `collect_garbage`) and verifies them.
+pub async fn reconcile_rules<F: Flows>(
+    flows: &F,
+    bridge: &str,
+    desired: &[Rule],
+    collect_garbage: bool,
+) -> RulesOutcome {
     let mut out = RulesOutcome::default();
     let fail = |why: String| ObjectStatus::failed(ObjectKind::Bridge, bridge, why);
     let observed = match flows.dump(bridge).await {
@@ -33,7 +41,13 @@ pub async fn reconcile_rules<F: Flows>(flows: &F, bridge: &str, desired: &[Rule]
             return out;
         }
     };
-    let changes = plan_rules(desired, &observed);
+    let plan = |observed: &[Rule]| -> Vec<RuleChange> {
+        plan_rules(desired, observed)
+            .into_iter()
+            .filter(|c| collect_garbage || !matches!(c, RuleChange::Delete(_)))
+            .collect()
+    };
+    let changes = plan(&observed);
     if changes.is_empty() {
         return out;
     }
@@ -44,7 +58,7 @@ pub async fn reconcile_rules<F: Flows>(flows: &F, bridge: &str, desired: &[Rule]
     out.applied = changes;
     match flows.dump(bridge).await {
         Ok(now) => {
-            let left = plan_rules(desired, &now);
+            let left = plan(&now);
             if let Some(c) = left.first() {
                 out.problems.push(fail(format!(
                     "{} rule changes did not take, such as {}",

@@ -10,7 +10,7 @@
 //!   [`crate::ovs::port_planner`] and [`crate::netns::plan`]), apply, verify.
 //! - [`endpoint_delta`]: which endpoints a reconcile plumbs (the incremental path), pure.
 //! - [`flow_rules`]: the rule step (dump by cookie, diff, one bundle, verify), for the flow
-//!   tunnels on `br-tun`; not yet called by the datapath.
+//!   tunnels on `br-tun`, which [`ovs_datapath`] runs in every reconcile.
 //! - [`effectors`]: the traits it changes the host through (switch, links, routing, rules), with
 //!   their real implementations; recording fakes for its unit tests are in `recording`.
 //!

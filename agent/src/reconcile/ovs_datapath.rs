@@ -15,21 +15,33 @@
 //!    and its host end is removed, so an old copy of it in a namespace that lingers (Docker
 //!    unmounts a stopped container's namespace lazily) can never answer for it. An endpoint
 //!    Docker plumbs itself gets its pair, and is `target-missing` until Docker takes it.
-//! 4. The owned ports are diffed against the intent and the difference applied; ports whose
-//!    veth was made again are deleted and, once ovs-vswitchd has let go of the old device,
-//!    added again. ovs-vswitchd is then waited for.
-//! 5. With garbage collection allowed, veths ovl made that no endpoint wants are deleted —
+//! 4. `br-tun` ([`crate::ovs::flow_planner`]): its ports (the patch end and one `key=flow`
+//!    tunnel per (peer, segment type)) are diffed and applied, then its rules
+//!    ([`super::flow_rules`]: dumped by cookie, the difference applied in one bundle,
+//!    verified), so the tunnels forward before anything crosses the patch.
+//! 5. The owned ports of `br-int` are diffed against the intent and the difference applied;
+//!    ports whose veth was made again are deleted and, once ovs-vswitchd has let go of the
+//!    old device, added again. ovs-vswitchd is then waited for. The patch to `br-tun` comes
+//!    and the per-(peer, tenant) tunnel ports of the previous release go in this one
+//!    transaction (they are owned ports the intent no longer names): that is the upgrade.
+//! 6. With garbage collection allowed, veths ovl made that no endpoint wants are deleted —
 //!    after the ports, so no port ever points at a device that is being removed.
-//! 6. Every port is checked as ovs-vswitchd left it (the database is read again only if
-//!    step 2 or 4 changed it), and the report says, per object, whether it is in place: a row
-//!    with an `ofport` is not enough; the device ovs-vswitchd has must be the one the kernel
-//!    has now.
+//! 7. Every port is checked as ovs-vswitchd left it (the database is read again only if
+//!    step 2, 4 or 5 changed it), and the report says, per object, whether it is in place: a
+//!    row with an `ofport` is not enough; the device ovs-vswitchd has must be the one the
+//!    kernel has now. A tenant's tunnel to a peer (`TENANT@PEER`) is in place only when the
+//!    peer's port on `br-tun`, both patch ends and the rules are; a rule problem is also
+//!    reported on the `br-tun` bridge, until the rules are back.
 //!
-//! A reconcile that finds nothing changed thus costs one database read, one link dump, a
-//! `stat` per namespace and the rolling share, whatever the number of endpoints; the port
-//! changes of any number of endpoints go in one transaction (two when veths were remade).
+//! A reconcile that finds nothing changed thus costs one database read per bridge, one rule
+//! dump, one link dump, a `stat` per namespace and the rolling share, whatever the number of
+//! endpoints; the port changes of any number of endpoints go in one transaction (two when
+//! veths were remade). Rules already in place are never rewritten, so a restarted agent
+//! changes none and loses no packet; after ovs-vswitchd restarts (rules live only in its
+//! memory, ports come back from OVSDB) the rule watch ([`Flows::watch`]) wakes the loop and
+//! the rules are put back.
 //!
-//! Tenant routers take part in steps 3 (their namespaces and veths, before the ports) and 5
+//! Tenant routers take part in steps 3 (their namespaces and veths, before the ports) and 6
 //! (their nftables tables, forwarding, and stale routers, after). Everything is done through
 //! the effector traits of [`super::effectors`], so these rules are unit-tested with fakes.
 
@@ -44,13 +56,17 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::datapath::Datapath;
-use super::effectors::{Links, RouterDriver, Routing, Switch};
+use super::effectors::{Flows, Links, RouterDriver, Routing, Switch};
 use super::endpoint_delta::{self as delta, Glance, Memo, Verified, Want, Wanted};
+use super::flow_rules::reconcile_rules;
 use crate::config::{AgentConfig, DatapathChoice};
 use crate::netns::{Plumber, Resolver, TargetWatch};
+use crate::ovs::flow_planner::{self, TunnelLayout, PATCH_ON_TUN, TUNNEL_BRIDGE};
+use crate::ovs::openflow::{FlowWatch, OfCtl};
 use crate::ovs::port_planner::{self as planner, PortRole};
 use crate::ovs::{
-    self, choose_datapath, endpoint_port_name, DatapathType, OvsDriver, PortChange, Watcher,
+    self, choose_datapath, endpoint_port_name, DatapathType, FailMode, OvsDriver, PortChange,
+    Watcher,
 };
 use crate::ovsdb::{Client, ClientOptions};
 use crate::router::{RouterSettings, Routers};
@@ -108,20 +124,21 @@ impl OvsSettings {
     }
 }
 
-/// Open vSwitch plus netlink plus routers, each behind its effector trait.
-pub struct OvsDatapath<S = OvsDriver, L = Plumber, R = RouterDriver> {
+/// Open vSwitch plus its rules plus netlink plus routers, each behind its effector trait.
+pub struct OvsDatapath<S = OvsDriver, L = Plumber, R = RouterDriver, F = OfCtl> {
     settings: OvsSettings,
     pub(super) switch: S,
     pub(super) links: Arc<L>,
     routing: R,
+    pub(super) flows: F,
     /// The targets of the current intent's endpoints, for the target watch.
     targets: watch::Sender<BTreeSet<NetnsTarget>>,
-    watchers: (Option<Watcher>, Option<TargetWatch>),
+    watchers: (Option<Watcher>, Option<TargetWatch>, Option<FlowWatch>),
     /// What plumbing verified in this process's lifetime (see [`delta`]).
     memo: Memo,
 }
 
-impl<S, L, R> std::fmt::Debug for OvsDatapath<S, L, R> {
+impl<S, L, R, F> std::fmt::Debug for OvsDatapath<S, L, R, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OvsDatapath")
             .field("settings", &self.settings)
@@ -167,11 +184,14 @@ impl OvsDatapath {
         let client = Client::start(address, ClientOptions::default());
         info!(datapath = settings.datapath.as_str(), ovsdb = %settings.ovsdb, bridge = %settings.bridge, "Open vSwitch datapath");
         let plumber = Arc::new(plumber);
+        // ovs-vswitchd's management sockets are beside the database's.
+        let flows = OfCtl::beside_ovsdb(&settings.ovsdb);
         Ok(Self::with_effectors(
             settings,
             OvsDriver::new(client),
             plumber.clone(),
             RouterDriver { routers, plumber },
+            flows,
         ))
     }
 
@@ -185,16 +205,23 @@ impl OvsDatapath {
     }
 }
 
-impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
+impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
     /// A datapath over the given effectors (unit tests give it recording fakes).
-    pub fn with_effectors(settings: OvsSettings, switch: S, links: Arc<L>, routing: R) -> Self {
+    pub fn with_effectors(
+        settings: OvsSettings,
+        switch: S,
+        links: Arc<L>,
+        routing: R,
+        flows: F,
+    ) -> Self {
         Self {
             settings,
             switch,
             links,
             routing,
+            flows,
             targets: watch::Sender::new(BTreeSet::new()),
-            watchers: (None, None),
+            watchers: (None, None, None),
             memo: Memo::default(),
         }
     }
@@ -230,6 +257,7 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
         let mut changes = Vec::new();
         let mut objects = Vec::new();
         let desired = planner::desired_ports(intent, self.settings.uplink.as_deref());
+        let layout = flow_planner::desired_tunnels(intent);
         let bridge = self.settings.bridge.clone();
         let datapath_name = self.settings.datapath.as_str();
         let report = |objects: Vec<ObjectStatus>| AppliedReport {
@@ -247,7 +275,7 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
 
         if let Some(problem) = self.switch.connection_problem() {
             return Reconciled {
-                report: report(everything_failed(&bridge, &desired, &problem)),
+                report: report(everything_failed(&bridge, &desired, &layout, &problem)),
                 changes,
             };
         }
@@ -255,7 +283,7 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
         // changes, the verification.
         let (bridge_outcome, observed_ports) = match self
             .switch
-            .ensure_bridge(&bridge, self.settings.datapath)
+            .ensure_bridge(&bridge, self.settings.datapath, None)
             .await
         {
             Ok((outcome, ports)) => {
@@ -268,12 +296,29 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
             Err(e) => {
                 let problem = format!("cannot set up bridge {bridge}: {e}");
                 return Reconciled {
-                    report: report(everything_failed(&bridge, &desired, &problem)),
+                    report: report(everything_failed(&bridge, &desired, &layout, &problem)),
                     changes,
                 };
             }
         };
+        // br-tun: nothing forwards there without the agent's rules. It takes br-int's
+        // datapath type, so that the patch between them stays inside one datapath.
+        let tun_bridge = self
+            .switch
+            .ensure_bridge(
+                TUNNEL_BRIDGE,
+                self.settings.datapath,
+                Some(FailMode::Secure),
+            )
+            .await
+            .map_err(|e| format!("cannot set up bridge {TUNNEL_BRIDGE}: {e}"));
+        if let Ok((outcome, _)) = &tun_bridge {
+            if *outcome != ovs::BridgeOutcome::Unchanged {
+                changes.push(format!("bridge {TUNNEL_BRIDGE}: {outcome:?}"));
+            }
+        }
         objects.extend(desired.problems.iter().cloned());
+        objects.extend(layout.problems.iter().cloned());
 
         // The glance: one dump of the host's links (it also serves the ports' ifindexes and
         // the stale veths below) and the identity of each namespace endpoints were plumbed in.
@@ -324,6 +369,10 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
         if let Some(ifindexes) = &host_links {
             planner::record_ifindexes(&mut specs, ifindexes);
         }
+        // The tunnels forward before the patch joins them to br-int.
+        let mut tunnels = self
+            .reconcile_tunnels(&layout, tun_bridge, collect_garbage, &mut changes)
+            .await;
         let applied = self
             .apply_ports(
                 &bridge,
@@ -370,6 +419,11 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
         let observed: Option<BTreeMap<&str, &ovs::ObservedPort>> = observed
             .as_ref()
             .map(|o| o.iter().map(|p| (p.name.as_str(), p)).collect());
+        let int_changed = applied.changed || bridge_outcome != ovs::BridgeOutcome::Unchanged;
+        self.verify_tunnels(&layout, &mut tunnels, int_changed)
+            .await;
+        // Why the br-int end of the patch to br-tun is not in place, if it is not.
+        let mut patch_error = None;
         for ((_, role), spec) in desired.ports.iter().zip(&specs) {
             let (kind, name) = role.object();
             if let PortRole::Endpoint(n) = role {
@@ -389,11 +443,15 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
                     Some(o) => planner::verify_port(spec, o.get(spec.name.as_str()).copied()),
                     None => Some(format!("cannot verify port {}", spec.name)),
                 });
+            if *role == PortRole::Patch {
+                patch_error = error.clone();
+            }
             objects.push(match error {
                 None => ObjectStatus::ok(kind, name),
                 Some(e) => ObjectStatus::failed(kind, name, e),
             });
         }
+        objects.extend(tunnels.statuses(&layout, patch_error.as_deref()));
         // The rows are in OVSDB but nothing forwards until ovs-vswitchd takes them: say so
         // on the bridge, so neither the controller nor the runner's retry mistakes a running
         // ovsdb-server for a running Open vSwitch.
@@ -438,6 +496,89 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
         Reconciled {
             report: report(objects),
             changes,
+        }
+    }
+
+    /// Step 4: `br-tun`'s ports, then its rules (the ports are verified in step 7, once the
+    /// patch's `br-int` end exists too). `bridge` is what ensuring `br-tun` came to (its
+    /// owned ports, or why it failed).
+    async fn reconcile_tunnels(
+        &self,
+        layout: &TunnelLayout,
+        bridge: Result<(ovs::BridgeOutcome, Vec<ovs::ObservedPort>), String>,
+        collect_garbage: bool,
+        changes: &mut Vec<String>,
+    ) -> Tunnels {
+        let (outcome, observed) = match bridge {
+            Ok(b) => b,
+            Err(problem) => {
+                return Tunnels {
+                    port_error: Some(problem.clone()),
+                    bridge_problem: Some(problem),
+                    ..Tunnels::default()
+                }
+            }
+        };
+        let applied = self
+            .apply_ports(
+                TUNNEL_BRIDGE,
+                &layout.tun_ports,
+                &observed,
+                &BTreeSet::new(),
+                collect_garbage,
+                changes,
+            )
+            .await;
+        if outcome != ovs::BridgeOutcome::Unchanged && !applied.changed {
+            // A bridge ovs-vswitchd has not taken yet has no management socket to reach it
+            // by; a port change waited for it already.
+            if let Err(e) = self.switch.wait_for_vswitchd(VSWITCHD_WAIT).await {
+                warn!("ovs-vswitchd did not confirm {TUNNEL_BRIDGE}: {e}");
+            }
+        }
+        let rules =
+            reconcile_rules(&self.flows, TUNNEL_BRIDGE, &layout.rules, collect_garbage).await;
+        if !rules.applied.is_empty() {
+            changes.push(format!(
+                "rules on {TUNNEL_BRIDGE}: {} changes in one bundle",
+                rules.applied.len()
+            ));
+        }
+        let mut problems: Vec<String> = applied
+            .error
+            .iter()
+            .chain(&applied.vswitchd_problem)
+            .cloned()
+            .collect();
+        problems.extend(rules.problems.into_iter().filter_map(|p| p.error));
+        Tunnels {
+            bridge_problem: (!problems.is_empty()).then(|| problems.join("; ")),
+            port_error: applied.error,
+            observed: (!applied.changed && outcome == ovs::BridgeOutcome::Unchanged)
+                .then_some(observed),
+            port_errors: BTreeMap::new(),
+        }
+    }
+
+    /// Step 7 for `br-tun`: each port as ovs-vswitchd left it, read again unless neither
+    /// bridge changed (the patch's `br-tun` end is in place only once its `br-int` end is).
+    async fn verify_tunnels(&self, layout: &TunnelLayout, t: &mut Tunnels, int_changed: bool) {
+        let observed = match (&t.port_error, t.observed.take()) {
+            (Some(e), _) => Err(e.clone()),
+            (None, Some(o)) if !int_changed => Ok(o),
+            _ => self.switch.owned_ports(TUNNEL_BRIDGE).await.map_err(|e| {
+                warn!("cannot read back the ports of {TUNNEL_BRIDGE}: {e}");
+                format!("cannot verify the ports of {TUNNEL_BRIDGE}: {e}")
+            }),
+        };
+        for spec in &layout.tun_ports {
+            let error = match &observed {
+                Ok(o) => planner::verify_port(spec, o.iter().find(|p| p.name == spec.name)),
+                Err(e) => Some(e.clone()),
+            };
+            if let Some(e) = error {
+                t.port_errors.insert(spec.name.clone(), e);
+            }
         }
     }
 
@@ -518,7 +659,8 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
         p
     }
 
-    /// Step 4: plans and applies the port changes against the `observed` ports.
+    /// Steps 4 and 5: plans and applies the port changes on `bridge` against its `observed`
+    /// ports.
     async fn apply_ports(
         &self,
         bridge: &str,
@@ -563,7 +705,7 @@ impl<S: Switch, L: Links, R: Routing> OvsDatapath<S, L, R> {
         outcome
     }
 
-    /// Step 5: veths named like endpoints' host ends (among the host's `links`) that no
+    /// Step 6: veths named like endpoints' host ends (among the host's `links`) that no
     /// endpoint of the intent wants.
     async fn remove_stale_veths(
         &self,
@@ -677,7 +819,7 @@ struct Plumbed {
     entered: usize,
 }
 
-/// What step 4 did.
+/// What steps 4 and 5 did to one bridge's ports.
 #[derive(Debug, Default)]
 struct AppliedPorts {
     /// Whether a transaction was sent.
@@ -688,21 +830,77 @@ struct AppliedPorts {
     vswitchd_problem: Option<String>,
 }
 
+/// What steps 4 and 7 found on `br-tun`.
+#[derive(Debug, Default)]
+struct Tunnels {
+    /// Why `br-tun` as a whole does not forward as planned (it could not be set up, its
+    /// ports not changed, ovs-vswitchd did not confirm, its rules are not in place).
+    bridge_problem: Option<String>,
+    /// Why `br-tun`'s ports could not be set up or changed.
+    port_error: Option<String>,
+    /// The ports as first read, while they are still what `br-tun` holds (nothing changed).
+    observed: Option<Vec<ovs::ObservedPort>>,
+    /// Why each `br-tun` port that is not in place is not.
+    port_errors: BTreeMap<String, String>,
+}
+
+impl Tunnels {
+    /// The `br-tun` bridge line and one line per (tenant, peer): in place only when the
+    /// bridge and its rules, both patch ends (`patch_error` is the `br-int` end's) and the
+    /// peer's port are.
+    fn statuses(&self, layout: &TunnelLayout, patch_error: Option<&str>) -> Vec<ObjectStatus> {
+        let mut out = vec![match &self.bridge_problem {
+            None => ObjectStatus::ok(ObjectKind::Bridge, TUNNEL_BRIDGE),
+            Some(p) => ObjectStatus::failed(ObjectKind::Bridge, TUNNEL_BRIDGE, p.clone()),
+        }];
+        let patch = patch_error
+            .or_else(|| self.port_errors.get(PATCH_ON_TUN).map(String::as_str))
+            .map(|e| format!("the patch between br-int and {TUNNEL_BRIDGE}: {e}"));
+        for t in &layout.tunnels {
+            let error = self
+                .bridge_problem
+                .as_ref()
+                .map(|p| format!("{TUNNEL_BRIDGE}: {p}"))
+                .or_else(|| self.port_errors.get(&t.port).cloned())
+                .or_else(|| patch.clone());
+            out.push(match error {
+                None => ObjectStatus::ok(ObjectKind::Tunnel, &t.name),
+                Some(e) => ObjectStatus::failed(ObjectKind::Tunnel, &t.name, e),
+            });
+        }
+        out
+    }
+}
+
 /// The report when nothing could be done: every object fails with `problem`.
-fn everything_failed(bridge: &str, desired: &planner::Desired, problem: &str) -> Vec<ObjectStatus> {
+fn everything_failed(
+    bridge: &str,
+    desired: &planner::Desired,
+    layout: &TunnelLayout,
+    problem: &str,
+) -> Vec<ObjectStatus> {
     let mut objects = vec![ObjectStatus::failed(ObjectKind::Bridge, bridge, problem)];
+    let waiting = format!("waiting for Open vSwitch: {problem}");
     for (_, role) in &desired.ports {
         let (kind, name) = role.object();
+        objects.push(ObjectStatus::failed(kind, name, waiting.clone()));
+    }
+    objects.push(ObjectStatus::failed(
+        ObjectKind::Bridge,
+        TUNNEL_BRIDGE,
+        waiting.clone(),
+    ));
+    for t in &layout.tunnels {
         objects.push(ObjectStatus::failed(
-            kind,
-            name,
-            format!("waiting for Open vSwitch: {problem}"),
+            ObjectKind::Tunnel,
+            &t.name,
+            waiting.clone(),
         ));
     }
     objects
 }
 
-impl<S: Switch, L: Links, R: Routing> Datapath for OvsDatapath<S, L, R> {
+impl<S: Switch, L: Links, R: Routing, F: Flows> Datapath for OvsDatapath<S, L, R, F> {
     fn kind(&self) -> String {
         self.settings.datapath.as_str().to_string()
     }
@@ -717,7 +915,8 @@ impl<S: Switch, L: Links, R: Routing> Datapath for OvsDatapath<S, L, R> {
 
     fn watch(&mut self, notify: mpsc::Sender<()>) {
         let switch = self.switch.watch(notify.clone());
+        let flows = self.flows.watch(TUNNEL_BRIDGE, notify.clone());
         let targets = self.links.watch_targets(self.targets.subscribe(), notify);
-        self.watchers = (switch, targets);
+        self.watchers = (switch, targets, flows);
     }
 }

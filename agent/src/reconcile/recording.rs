@@ -15,12 +15,12 @@ use super::effectors::{Flows, Links, Routing, Switch};
 use crate::netns::{
     self, DetachedReport, DetachedSpec, EndpointReport, EndpointSpec, NsIdentity, ObservedLink,
 };
-use crate::ovs::flow_planner::{Rule, RuleChange, RuleKey, COOKIE};
+use crate::ovs::flow_planner::{Rule, RuleChange, RuleKey, COOKIE, TUNNEL_BRIDGE};
 use crate::ovs::names::IFINDEX_KEY;
-use crate::ovs::openflow;
+use crate::ovs::openflow::{self, FlowWatch};
 use crate::ovs::{
-    self, BridgeOutcome, DatapathType, ObservedInterface, ObservedPort, PortChange, Watcher,
-    OWNER_KEY, OWNER_VALUE,
+    self, BridgeOutcome, DatapathType, FailMode, ObservedInterface, ObservedPort, PortChange,
+    Watcher, OWNER_KEY, OWNER_VALUE,
 };
 use crate::ovsdb::Uuid;
 use crate::router::Prepared;
@@ -32,12 +32,17 @@ fn log(l: &Log, line: String) {
     l.lock().unwrap().push(line);
 }
 
-/// Open vSwitch as a map of owned ports. An added port's interface reports the ifindex its
-/// spec recorded, as ovs-vswitchd would after opening that device.
+/// Open vSwitch as two maps of owned ports: `br-int`'s (whatever the integration bridge is
+/// named) and `br-tun`'s. An added port's interface reports the ifindex its spec recorded, as
+/// ovs-vswitchd would after opening that device, and the OpenFlow number it asked for.
+/// Changes to `br-tun` are logged as `switch: apply br-tun [...]`.
 #[derive(Debug, Default)]
 pub struct FakeSwitch {
     pub log: Log,
     pub ports: Mutex<BTreeMap<String, ObservedPort>>,
+    pub tun_ports: Mutex<BTreeMap<String, ObservedPort>>,
+    /// `br-tun`'s `fail_mode`, as the last ensure set it.
+    pub tun_fail_mode: Mutex<Option<FailMode>>,
     next: Mutex<u64>,
 }
 
@@ -68,7 +73,7 @@ impl FakeSwitch {
                 iface_type: spec.kind.interface_type().to_string(),
                 options: spec.kind.options(),
                 external_ids: ids,
-                ofport: Some(*n as i64),
+                ofport: Some(spec.ofport_request.map_or(*n as i64 + 100, i64::from)),
                 ofport_request: spec.ofport_request.map(i64::from),
                 error: None,
                 ifindex: spec
@@ -80,6 +85,16 @@ impl FakeSwitch {
     }
 }
 
+impl FakeSwitch {
+    fn bridge(&self, name: &str) -> &Mutex<BTreeMap<String, ObservedPort>> {
+        if name == TUNNEL_BRIDGE {
+            &self.tun_ports
+        } else {
+            &self.ports
+        }
+    }
+}
+
 impl Switch for FakeSwitch {
     fn connection_problem(&self) -> Option<String> {
         None
@@ -87,31 +102,58 @@ impl Switch for FakeSwitch {
 
     async fn ensure_bridge(
         &self,
-        _: &str,
+        bridge: &str,
         _: DatapathType,
+        fail_mode: Option<FailMode>,
     ) -> ovs::Result<(BridgeOutcome, Vec<ObservedPort>)> {
-        let ports = self.ports.lock().unwrap().values().cloned().collect();
+        if bridge == TUNNEL_BRIDGE {
+            *self.tun_fail_mode.lock().unwrap() = fail_mode;
+        }
+        let ports = self
+            .bridge(bridge)
+            .lock()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect();
         Ok((BridgeOutcome::Unchanged, ports))
     }
 
-    async fn owned_ports(&self, _: &str) -> ovs::Result<Vec<ObservedPort>> {
-        Ok(self.ports.lock().unwrap().values().cloned().collect())
+    async fn owned_ports(&self, bridge: &str) -> ovs::Result<Vec<ObservedPort>> {
+        Ok(self
+            .bridge(bridge)
+            .lock()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect())
     }
 
-    async fn apply(&self, _: &str, changes: &[PortChange]) -> ovs::Result<()> {
+    async fn apply(&self, bridge: &str, changes: &[PortChange]) -> ovs::Result<()> {
         let lines: Vec<String> = changes
             .iter()
             .map(crate::ovs::port_planner::describe)
             .collect();
-        log(&self.log, format!("switch: apply [{}]", lines.join("; ")));
+        let which = if bridge == TUNNEL_BRIDGE {
+            "br-tun "
+        } else {
+            ""
+        };
+        log(
+            &self.log,
+            format!("switch: apply {which}[{}]", lines.join("; ")),
+        );
         for c in changes {
             match c {
                 PortChange::Add(s) | PortChange::Update(s) => {
                     let p = self.observed(s);
-                    self.ports.lock().unwrap().insert(s.name.clone(), p);
+                    self.bridge(bridge)
+                        .lock()
+                        .unwrap()
+                        .insert(s.name.clone(), p);
                 }
                 PortChange::Delete { name } => {
-                    self.ports.lock().unwrap().remove(name);
+                    self.bridge(bridge).lock().unwrap().remove(name);
                 }
             }
         }
@@ -572,6 +614,10 @@ impl Flows for FakeFlows {
         }
         Ok(())
     }
+
+    fn watch(&self, _: &str, _: mpsc::Sender<()>) -> Option<FlowWatch> {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -583,7 +629,7 @@ mod tests {
     use crate::ovs::endpoint_port_name;
     use crate::reconcile::{OvsDatapath, OvsSettings};
 
-    type Fake = OvsDatapath<FakeSwitch, FakeLinks, FakeRouting>;
+    type Fake = OvsDatapath<FakeSwitch, FakeLinks, FakeRouting, FakeFlows>;
 
     fn datapath() -> (Fake, Log) {
         let l: Log = Log::default();
@@ -601,6 +647,7 @@ mod tests {
                 log: l.clone(),
                 links: Some(links),
             },
+            FakeFlows::new(l.clone()),
         );
         (dp, l)
     }
@@ -1115,20 +1162,20 @@ mod tests {
         flows.insert_foreign(LEARNT_COOKIE, &learnt);
 
         let want = desired_tunnels(&flow_intent(&[2, 3])).rules;
-        let first = reconcile_rules(&flows, "br-tun", &want).await;
+        let first = reconcile_rules(&flows, "br-tun", &want, true).await;
         assert!(first.problems.is_empty(), "{:?}", first.problems);
         assert_eq!(first.applied.len(), want.len());
         assert_eq!(flows.dump("br-tun").await.unwrap(), want);
 
         // A new agent process: one dump, no bundle.
         l.lock().unwrap().clear();
-        let again = reconcile_rules(&flows, "br-tun", &want).await;
+        let again = reconcile_rules(&flows, "br-tun", &want, true).await;
         assert!(again.applied.is_empty() && again.problems.is_empty());
         assert_eq!(*l.lock().unwrap(), ["dump-flows br-tun"]);
 
         // A peer leaves: its ingress and table-0 rules go, the flood is modified in place.
         let fewer = desired_tunnels(&flow_intent(&[3])).rules;
-        let shrink = reconcile_rules(&flows, "br-tun", &fewer).await;
+        let shrink = reconcile_rules(&flows, "br-tun", &fewer, true).await;
         assert!(shrink.problems.is_empty(), "{:?}", shrink.problems);
         let kinds: Vec<&str> = shrink
             .applied
@@ -1156,18 +1203,239 @@ mod tests {
         use crate::reconcile::flow_rules::reconcile_rules;
         let flows = FakeFlows::new(Log::default());
         let want = desired_tunnels(&flow_intent(&[2])).rules;
-        reconcile_rules(&flows, "br-tun", &want).await;
+        reconcile_rules(&flows, "br-tun", &want, true).await;
         flows.restart();
-        let back = reconcile_rules(&flows, "br-tun", &want).await;
+        let back = reconcile_rules(&flows, "br-tun", &want, true).await;
         assert_eq!(back.applied.len(), want.len());
         assert_eq!(flows.dump("br-tun").await.unwrap(), want);
 
         flows.restart();
         *flows.drop_adds.lock().unwrap() = true;
-        let lost = reconcile_rules(&flows, "br-tun", &want).await;
+        let lost = reconcile_rules(&flows, "br-tun", &want, true).await;
         assert_eq!(lost.problems.len(), 1, "{lost:?}");
         assert_eq!(lost.problems[0].kind, ObjectKind::Bridge);
         let why = lost.problems[0].error.as_deref().unwrap_or_default();
         assert!(why.contains("did not take"), "{why}");
+    }
+
+    fn tunnel_status<'a>(objects: &'a [ObjectStatus], name: &str) -> &'a ObjectStatus {
+        objects
+            .iter()
+            .find(|o| o.kind == ObjectKind::Tunnel && o.name == name)
+            .unwrap_or_else(|| panic!("no tunnel status {name}: {objects:?}"))
+    }
+
+    fn bridge_status<'a>(objects: &'a [ObjectStatus], name: &str) -> &'a ObjectStatus {
+        objects
+            .iter()
+            .find(|o| o.kind == ObjectKind::Bridge && o.name == name)
+            .unwrap_or_else(|| panic!("no bridge status {name}: {objects:?}"))
+    }
+
+    /// `flow_intent` with an endpoint of its tenant.
+    fn flow_intent_with_endpoint(peers: &[u32]) -> HostIntent {
+        let mut i = flow_intent(peers);
+        let mut e = endpoint(1, netns("a"));
+        e.vlan = 11;
+        i.endpoints = vec![e];
+        i
+    }
+
+    #[tokio::test]
+    async fn tunnels_go_through_br_tun_ports_before_rules_before_the_patch() {
+        use crate::ovs::flow_planner::{desired_tunnels, PATCH_ON_INT};
+        let (mut dp, log) = datapath();
+        let i = flow_intent_with_endpoint(&[2, 3]);
+        let r = dp.reconcile(&i, true).await;
+        assert!(r.report.all_ok(), "{:?}", r.report);
+        assert_eq!(
+            *dp.switch.tun_fail_mode.lock().unwrap(),
+            Some(FailMode::Secure)
+        );
+        let tun: Vec<String> = dp
+            .switch
+            .tun_ports
+            .lock()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(tun, ["ovl-patch-int", "ovl-vx2", "ovl-vx3"]);
+        let int: Vec<String> = dp.switch.ports.lock().unwrap().keys().cloned().collect();
+        assert_eq!(int, ["ovl-e1", PATCH_ON_INT]);
+        assert_eq!(
+            dp.flows.dump("br-tun").await.unwrap(),
+            desired_tunnels(&i).rules
+        );
+        let l = lines(&log);
+        // br-tun's ports, then its rules, then br-int's ports with the patch.
+        assert!(pos(&l, "switch: apply br-tun [") < pos(&l, "bundle br-tun"));
+        assert!(pos(&l, "bundle br-tun") < pos(&l, "add port ovl-patch-tun"));
+        for t in ["blue@h2", "blue@h3"] {
+            assert!(tunnel_status(&r.report.objects, t).error.is_none());
+        }
+        assert!(bridge_status(&r.report.objects, "br-tun").error.is_none());
+        assert!(bridge_status(&r.report.objects, PATCH_ON_INT)
+            .error
+            .is_none());
+
+        // Nothing changes the second time, and the rules are only dumped.
+        let again = dp.reconcile(&i, true).await;
+        assert!(again.changes.is_empty(), "{:?}", again.changes);
+        let l = lines(&log);
+        assert_eq!(
+            l.iter().filter(|x| x.starts_with("dump-flows")).count(),
+            1,
+            "{l:#?}"
+        );
+        assert!(!l.iter().any(|x| x.starts_with("bundle")), "{l:#?}");
+
+        // A peer leaves: its port and rules go, nothing on br-int changes.
+        let fewer = flow_intent_with_endpoint(&[3]);
+        let r = dp.reconcile(&fewer, true).await;
+        assert!(r.report.all_ok(), "{:?}", r.report);
+        let tun: Vec<String> = dp
+            .switch
+            .tun_ports
+            .lock()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(tun, ["ovl-patch-int", "ovl-vx3"]);
+        let l = lines(&log);
+        assert!(
+            !l.iter().any(|x| x.starts_with("switch: apply [")),
+            "{l:#?}"
+        );
+        assert_eq!(
+            dp.flows.dump("br-tun").await.unwrap(),
+            desired_tunnels(&fewer).rules
+        );
+    }
+
+    #[tokio::test]
+    async fn an_agent_of_the_previous_release_restarted_converges_to_br_tun() {
+        use crate::ovs::flow_planner::PATCH_ON_INT;
+        use crate::ovs::names::{KIND_KEY, PEER_KEY, TENANT_KEY};
+        use crate::ovs::PortKind;
+        let (mut dp, log) = datapath();
+        let i = flow_intent_with_endpoint(&[2, 3]);
+        // What the previous release built: the endpoint, and per-(peer, tenant) tunnels on
+        // br-int, protected, with its ownership marks.
+        dp.reconcile(&flow_intent_with_endpoint(&[]), true).await;
+        let old_tunnels: Vec<PortChange> = [(2u8, "vx2-1"), (3, "vx3-1")]
+            .iter()
+            .map(|(peer, name)| {
+                PortChange::Add(
+                    ovs::PortSpec::new(
+                        *name,
+                        PortKind::Vxlan {
+                            remote_ip: std::net::Ipv4Addr::new(192, 0, 2, *peer),
+                            key: 5001,
+                        },
+                    )
+                    .with_tag(11)
+                    .protected()
+                    .with_external_id(KIND_KEY, "tunnel")
+                    .with_external_id(TENANT_KEY, "blue")
+                    .with_external_id(PEER_KEY, format!("h{peer}")),
+                )
+            })
+            .collect();
+        dp.switch
+            .apply(
+                "br-int",
+                &[PortChange::Delete {
+                    name: PATCH_ON_INT.into(),
+                }],
+            )
+            .await
+            .unwrap();
+        dp.switch.apply("br-int", &old_tunnels).await.unwrap();
+        dp.switch.tun_ports.lock().unwrap().clear();
+        dp.flows.restart();
+        lines(&log);
+
+        // The new agent's first reconcile: br-tun and its rules first, then the patch comes
+        // and the old tunnels go in one transaction; the endpoint's port is not touched.
+        let r = dp.reconcile(&i, true).await;
+        assert!(r.report.all_ok(), "{:?}", r.report);
+        let int: Vec<String> = dp.switch.ports.lock().unwrap().keys().cloned().collect();
+        assert_eq!(int, ["ovl-e1", PATCH_ON_INT]);
+        let l = lines(&log);
+        let swaps: Vec<&String> = l
+            .iter()
+            .filter(|x| x.starts_with("switch: apply ["))
+            .collect();
+        assert_eq!(swaps.len(), 1, "{l:#?}");
+        for needle in [
+            "delete port vx2-1",
+            "delete port vx3-1",
+            "add port ovl-patch-tun",
+        ] {
+            assert!(swaps[0].contains(needle), "{needle} not in {}", swaps[0]);
+        }
+        assert!(!swaps[0].contains("ovl-e1"), "{}", swaps[0]);
+        assert!(pos(&l, "bundle br-tun") < pos(&l, "switch: apply ["));
+        let again = dp.reconcile(&i, true).await;
+        assert!(again.changes.is_empty(), "{:?}", again.changes);
+    }
+
+    #[tokio::test]
+    async fn rules_lost_to_an_ovs_vswitchd_restart_are_reported_until_they_are_back() {
+        use crate::ovs::flow_planner::desired_tunnels;
+        let (mut dp, _log) = datapath();
+        let i = flow_intent_with_endpoint(&[2]);
+        assert!(dp.reconcile(&i, true).await.report.all_ok());
+
+        // ovs-vswitchd restarted, and the rules do not take this time.
+        dp.flows.restart();
+        *dp.flows.drop_adds.lock().unwrap() = true;
+        let r = dp.reconcile(&i, true).await;
+        let bridge = bridge_status(&r.report.objects, "br-tun");
+        assert!(
+            bridge
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("did not take")),
+            "{bridge:?}"
+        );
+        let t = tunnel_status(&r.report.objects, "blue@h2");
+        assert!(
+            t.error.as_deref().is_some_and(|e| e.contains("br-tun")),
+            "{t:?}"
+        );
+        // Endpoints on br-int are not what failed.
+        assert!(status(&r.report.objects, "web1").error.is_none());
+
+        // Rules back: everything is in place again.
+        *dp.flows.drop_adds.lock().unwrap() = false;
+        let r = dp.reconcile(&i, true).await;
+        assert!(r.report.all_ok(), "{:?}", r.report);
+        assert_eq!(
+            dp.flows.dump("br-tun").await.unwrap(),
+            desired_tunnels(&i).rules
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_whose_port_lacks_its_openflow_number_is_not_ok() {
+        let (mut dp, _log) = datapath();
+        let i = flow_intent_with_endpoint(&[2, 3]);
+        assert!(dp.reconcile(&i, true).await.report.all_ok());
+        // Someone else's port took the number: ovs-vswitchd gave ovl-vx3 another one.
+        if let Some(p) = dp.switch.tun_ports.lock().unwrap().get_mut("ovl-vx3") {
+            p.interfaces[0].ofport = Some(999);
+        }
+        let r = dp.reconcile(&i, true).await;
+        assert!(tunnel_status(&r.report.objects, "blue@h2").error.is_none());
+        let t = tunnel_status(&r.report.objects, "blue@h3");
+        assert!(
+            t.error
+                .as_deref()
+                .is_some_and(|e| e.contains("not the 8 it asked for")),
+            "{t:?}"
+        );
     }
 }
