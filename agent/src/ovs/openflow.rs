@@ -158,8 +158,16 @@ impl OfCtl {
     /// ovs-vswitchd is unreachable it retries with a short backoff. The watch lasts as long
     /// as the returned guard.
     pub fn watch(&self, bridge: &str, notify: mpsc::Sender<()>) -> FlowWatch {
+        // `ovs-ofctl monitor` opens a control socket of its own, by default in Open vSwitch's
+        // run directory, which the agent's unit (ProtectSystem=strict) may not write; the
+        // temporary directory (private to the unit) always takes it.
+        let unixctl = std::env::temp_dir().join(format!(
+            "ovl-flow-watch-{bridge}-{}.ctl",
+            std::process::id()
+        ));
         let mut cmd = Command::new(&self.program);
-        cmd.args(["-O", "OpenFlow14", "monitor", &self.target(bridge)])
+        cmd.arg(format!("--unixctl={}", unixctl.display()))
+            .args(["-O", "OpenFlow14", "monitor", &self.target(bridge)])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
