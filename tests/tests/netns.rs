@@ -104,11 +104,21 @@ fn assert_endpoint(
         "routes: {routes}"
     );
     assert_eq!(tx_checksumming(ns, ifname), "off");
+    // No IPv6 on either end (tenants are IPv4 only): no link-local address, so no duplicate
+    // address detection, router solicitations or MLD reports flooded through the bridge.
+    assert!(!has_inet6(&peer), "the peer has IPv6 addresses: {peer}");
 
     let h = link_json(host, host_ifname);
     assert_eq!(h["mtu"], mtu, "{h}");
     assert!(is_up(&h), "{h}");
     assert_eq!(tx_checksumming(host, host_ifname), "off");
+    assert!(!has_inet6(&h), "the host end has IPv6 addresses: {h}");
+}
+
+fn has_inet6(link: &Value) -> bool {
+    link["addr_info"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|i| i["family"] == "inet6"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

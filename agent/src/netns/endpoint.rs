@@ -279,8 +279,14 @@ impl Plumber {
             Change::SetPeerMac(mac) => link::set_mac(target, &peer, *mac).await,
             Change::SetMtu(End::Host, mtu) => link::set_mtu(host_ns, &pair.host, *mtu).await,
             Change::SetMtu(End::Peer, mtu) => link::set_mtu(target, &peer, *mtu).await,
-            Change::SetUp(End::Host) => link::set_up(host_ns, &pair.host).await,
-            Change::SetUp(End::Peer) => link::set_up(target, &peer).await,
+            Change::SetUp(End::Host) => {
+                link::set_ipv6_addr_gen_none(host_ns, &pair.host).await?;
+                link::set_up(host_ns, &pair.host).await
+            }
+            Change::SetUp(End::Peer) => {
+                link::set_ipv6_addr_gen_none(target, &peer).await?;
+                link::set_up(target, &peer).await
+            }
             Change::SetLoopbackUp => match link::by_name(target, "lo").await? {
                 Some(lo) => link::set_up(target, &lo).await,
                 None => Err(Error::Unexpected {

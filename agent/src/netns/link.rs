@@ -5,7 +5,9 @@
 //! namespace and the link in its errors. Creating veth pairs is [`super::veth`]'s job.
 
 use futures::TryStreamExt;
-use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkFlag, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    AfSpecInet6, AfSpecUnspec, LinkAttribute, LinkExtentMask, LinkFlag, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::AddressFamily;
 use ovl_common::MacAddr;
 
@@ -131,6 +133,25 @@ pub async fn set_up(ns: &NetlinkNs, link: &ObservedLink) -> Result<()> {
         .await
         .map_err(|e| Error::netlink(ns.label(), &link.name, "set up", e))
 }
+
+/// `ip link set dev NAME addrgenmode none`: no IPv6 link-local address when the link comes up,
+/// hence no duplicate address detection, router solicitations or MLD reports. Tenants are
+/// IPv4 only, and at a thousand endpoints on one tenant that multicast chatter, flooded by the
+/// bridge to every port of the tenant, starves Open vSwitch's userspace datapath.
+pub async fn set_ipv6_addr_gen_none(ns: &NetlinkNs, link: &ObservedLink) -> Result<()> {
+    let mut req = ns.rtnl().link().set(link.ifindex);
+    req.message_mut()
+        .attributes
+        .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+            vec![AfSpecInet6::AddrGenMode(IN6_ADDR_GEN_MODE_NONE)],
+        )]));
+    req.execute()
+        .await
+        .map_err(|e| Error::netlink(ns.label(), &link.name, "set addrgenmode none", e))
+}
+
+/// `IN6_ADDR_GEN_MODE_NONE` (linux/if_link.h).
+const IN6_ADDR_GEN_MODE_NONE: u8 = 1;
 
 /// `ip link set dev NAME down`.
 pub async fn set_down(ns: &NetlinkNs, link: &ObservedLink) -> Result<()> {
