@@ -31,7 +31,7 @@ use ovl_common::proto::{
 use ovl_common::tls::{fingerprint, CA_FILE, CERT_FILE, KEY_FILE, SERVER_NAME};
 use ovl_common::HostName;
 use quinn::crypto::rustls::QuicClientConfig;
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PublicKeyData};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
@@ -261,7 +261,7 @@ fn check_answer(
     }
     let (_, parsed) = x509_parser::parse_x509_certificate(&cert)
         .map_err(|e| JoinError::BadAnswer(format!("the certificate does not parse: {e}")))?;
-    if parsed.public_key().raw != key.public_key_der().as_slice() {
+    if parsed.public_key().raw != key.subject_public_key_info().as_slice() {
         return Err(JoinError::BadAnswer(
             "the certificate is not for the key this host generated".into(),
         ));
@@ -452,12 +452,13 @@ mod tests {
             rcgen::KeyUsagePurpose::KeyCertSign,
             rcgen::KeyUsagePurpose::DigitalSignature,
         ];
-        let ca = ca.self_signed(&ca_key).unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
         let key = KeyPair::generate().unwrap();
         let mut leaf = CertificateParams::new(vec![SERVER_NAME.to_string()]).unwrap();
         leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
-        (ca.der().clone(), leaf.der().clone())
+        let leaf = leaf.signed_by(&key, &issuer).unwrap();
+        (ca_cert.der().clone(), leaf.der().clone())
     }
 
     fn verify(v: &PinnedCa, leaf: &CertificateDer<'_>, chain: &[CertificateDer<'_>]) -> bool {

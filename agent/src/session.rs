@@ -16,7 +16,7 @@ use ovl_common::proto::{
 };
 use ovl_common::tls::Bundle;
 use ovl_common::HostName;
-use rand::Rng;
+use rand::RngExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -61,7 +61,7 @@ pub struct SessionParams {
 /// Next delay: double, capped, with ±50 % jitter so a fleet does not reconnect in lockstep.
 pub fn next_backoff(current: Duration) -> (Duration, Duration) {
     let doubled = (current * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
-    let jitter = rand::thread_rng().gen_range(0.5..1.5);
+    let jitter = rand::rng().random_range(0.5..1.5);
     (doubled, current.mul_f64(jitter))
 }
 

@@ -23,7 +23,7 @@ use ovl_common::tls::{self, Bundle};
 use ovl_common::{EndpointName, HostName, TenantName};
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 /// Every network wait in these tests is bounded by this.
@@ -34,7 +34,7 @@ const TEST_LIMIT: Duration = Duration::from_secs(20);
 /// A throwaway cluster CA.
 struct Pki {
     cert: Certificate,
-    key: KeyPair,
+    issuer: Issuer<'static, KeyPair>,
 }
 
 impl Pki {
@@ -48,7 +48,10 @@ impl Pki {
             KeyUsagePurpose::DigitalSignature,
         ];
         let cert = params.self_signed(&key).unwrap();
-        Pki { cert, key }
+        Pki {
+            cert,
+            issuer: Issuer::new(params, key),
+        }
     }
 
     /// Issues a certificate for `identity`, with the controller's DNS name if `server`.
@@ -70,7 +73,7 @@ impl Pki {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem())
     }
 

@@ -393,7 +393,10 @@ mod tests {
             Identity::Host(h("n1"))
         );
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-        assert_eq!(cert.public_key().raw, key.public_key_der().as_slice());
+        assert_eq!(
+            cert.public_key().raw,
+            rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
+        );
         assert_eq!(service.decide(&req, now), Err(JoinRefusal::UsedToken));
     }
 

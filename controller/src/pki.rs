@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use ovl_common::identity::Identity;
 use ovl_common::tls::{CA_FILE, CERT_FILE, KEY_FILE, SERVER_NAME};
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -62,8 +62,8 @@ pub type Result<T, E = PkiError> = std::result::Result<T, E>;
 /// The loaded cluster CA, able to issue certificates.
 pub struct Ca {
     dir: PathBuf,
-    cert: Certificate,
-    key: KeyPair,
+    /// The CA's name, key identifier and key, as rcgen signs with them.
+    issuer: Issuer<'static, KeyPair>,
     pem: String,
 }
 
@@ -146,14 +146,12 @@ impl Ca {
         let v = Validity::from_now(CA_VALIDITY);
         params.not_before = v.not_before;
         params.not_after = v.not_after;
-        let cert = params.self_signed(&key)?;
-        let pem = cert.pem();
+        let pem = params.self_signed(&key)?.pem();
         write_file(&dir.join(CA_KEY_FILE), &key.serialize_pem(), 0o600)?;
         write_file(&cert_path, &pem, 0o644)?;
         Ok(Ca {
             dir: dir.to_path_buf(),
-            cert,
-            key,
+            issuer: Issuer::new(params, key),
             pem,
         })
     }
@@ -175,13 +173,12 @@ impl Ca {
         };
         let pem = read(&cert_path)?;
         let key = KeyPair::from_pem(&read(&key_path)?)?;
-        // rcgen signs with an issuer `Certificate`; rebuilding it from the stored parameters and
-        // key yields the same subject and key identifier, which is all issuance uses.
-        let cert = CertificateParams::from_ca_cert_pem(&pem)?.self_signed(&key)?;
+        // Issuance takes the subject, key identifier and key usages from the stored
+        // certificate, so certificates issued after a restart chain to the same CA.
+        let issuer = Issuer::from_ca_cert_pem(&pem, key)?;
         Ok(Ca {
             dir: dir.to_path_buf(),
-            cert,
-            key,
+            issuer,
             pem,
         })
     }
@@ -246,7 +243,7 @@ impl Ca {
         params.not_before = validity.not_before;
         params.not_after = validity.not_after;
         params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(public_key, &self.cert, &self.key)?;
+        let cert = params.signed_by(public_key, &self.issuer)?;
         Ok(cert.pem())
     }
 

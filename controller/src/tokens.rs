@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use ovl_common::proto::JoinRefusal;
 use ovl_common::HostName;
-use rand::RngCore;
+use rand::TryRng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -67,6 +67,8 @@ pub enum TokenError {
     },
     #[error("a token must live between 1 second and {} days, not {}", MAX_TTL.as_secs() / 86400, humantime::format_duration(*.0))]
     Ttl(Duration),
+    #[error("cannot draw random bytes for a token from the operating system: {0}")]
+    Random(rand::rngs::SysError),
     #[error("no token with id '{0}' (see `ovl-controller token list`)")]
     NoSuchId(String),
     #[error("the id '{0}' matches more than one token; give more of it")]
@@ -222,7 +224,9 @@ impl Tokens {
         self.ensure()?;
         self.prune(now)?;
         let mut bytes = [0u8; TOKEN_BYTES];
-        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        rand::rngs::SysRng
+            .try_fill_bytes(&mut bytes)
+            .map_err(TokenError::Random)?;
         let token = format!("{TOKEN_PREFIX}{}", hex::encode(bytes));
         let hash = hash(&token);
         let record = TokenRecord {

@@ -413,10 +413,7 @@ fn hand_made(c: &Cluster, uris: &[&str], name: &str) -> Bundle {
     let ca_key =
         rcgen::KeyPair::from_pem(&std::fs::read_to_string(c.pki.join(CA_KEY_FILE)).unwrap())
             .unwrap();
-    let issuer = rcgen::CertificateParams::from_ca_cert_pem(&ca_pem)
-        .unwrap()
-        .self_signed(&ca_key)
-        .unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params
@@ -432,7 +429,7 @@ fn hand_made(c: &Cluster, uris: &[&str], name: &str) -> Bundle {
         rcgen::ExtendedKeyUsagePurpose::ServerAuth,
     ];
     params.use_authority_key_identifier_extension = true;
-    let cert = params.signed_by(&key, &issuer, &ca_key).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
     let dir = c.path().join("hand-made").join(name);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(CA_FILE), &ca_pem).unwrap();

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use rand::Rng;
+use rand::RngExt;
 use serde_json::{json, Value as Json};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -378,7 +378,7 @@ fn reason(e: &Error) -> String {
 
 fn jittered(d: Duration) -> Duration {
     // Spread reconnects of many agents after a server restart over half a period.
-    d.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+    d.mul_f64(rand::rng().random_range(0.5..=1.0))
 }
 
 async fn supervise(shared: Arc<Shared>) {

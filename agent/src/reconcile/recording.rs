@@ -977,7 +977,7 @@ mod tests {
     #[tokio::test]
     async fn incremental_reconciles_end_where_full_ones_do() {
         use rand::rngs::StdRng;
-        use rand::{Rng, SeedableRng};
+        use rand::{RngExt, SeedableRng};
 
         for seed in 0..64u64 {
             let mut rng = StdRng::seed_from_u64(seed);
@@ -988,10 +988,11 @@ mod tests {
             let mut generation = 1u64;
             for step in 0..48 {
                 let pick = |rng: &mut StdRng, eps: &BTreeMap<u32, EndpointIntent>| {
-                    (!eps.is_empty()).then(|| *eps.keys().nth(rng.gen_range(0..eps.len())).unwrap())
+                    (!eps.is_empty())
+                        .then(|| *eps.keys().nth(rng.random_range(0..eps.len())).unwrap())
                 };
                 let path_of = |e: &EndpointIntent| netns::namespace_file(&e.target).unwrap();
-                let event = rng.gen_range(0..14);
+                let event = rng.random_range(0..14);
                 let mut what = format!("step {step}: event {event}");
                 match (event, pick(&mut rng, &eps)) {
                     (0..=2, _) | (_, None) => {
@@ -1052,7 +1053,7 @@ mod tests {
                     _ => what.push_str(" (resync)"),
                 }
                 let i = intent(generation, eps.values().cloned().collect());
-                if rng.gen_bool(0.2) {
+                if rng.random_bool(0.2) {
                     // A periodic resync: the rolling share must change nothing either.
                     inc.roll_next();
                 }

@@ -15,7 +15,7 @@ use ovl_common::proto::{
 };
 use ovl_common::{HostAttach, HostName, NetnsTarget, SegmentType, TenantName};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use redb::Database;
 use tempfile::TempDir;
 
@@ -1192,7 +1192,7 @@ fn random_workloads_stay_consistent() {
         }
         let mut ever_ids: BTreeSet<u32> = BTreeSet::new();
         for step in 0..120 {
-            let r = rng.gen_range(0..100);
+            let r = rng.random_range(0..100);
             let tenants: Vec<String> = f
                 .store()
                 .state()
@@ -1210,13 +1210,13 @@ fn random_workloads_stay_consistent() {
                 .map(|e| e.to_string())
                 .collect();
             let (resp, _) = if r < 20 {
-                let segment = ["vxlan", "gre", "vlan"][rng.gen_range(0..3)];
-                let prefix = rng.gen_range(28..=30);
+                let segment = ["vxlan", "gre", "vlan"][rng.random_range(0..3)];
+                let prefix = rng.random_range(28..=30);
                 let req = TenantCreate {
                     segment: Some(segment.into()),
                     ..TenantCreate::new(
-                        format!("t{}", rng.gen_range(0..8)),
-                        format!("10.{}.0.0/{prefix}", rng.gen_range(0..4)),
+                        format!("t{}", rng.random_range(0..8)),
+                        format!("10.{}.0.0/{prefix}", rng.random_range(0..4)),
                     )
                 };
                 handle(
@@ -1227,29 +1227,29 @@ fn random_workloads_stay_consistent() {
                     NOW,
                 )
             } else if r < 30 && !tenants.is_empty() {
-                let name = tenants[rng.gen_range(0..tenants.len())].clone();
+                let name = tenants[rng.random_range(0..tenants.len())].clone();
                 handle(
                     f.store(),
                     &ApiRequest::TenantDelete {
                         name,
-                        force: rng.gen_bool(0.5),
+                        force: rng.random_bool(0.5),
                     },
                     &admin(),
                     &NoLive,
                     NOW,
                 )
             } else if r < 75 && !tenants.is_empty() {
-                let t = &tenants[rng.gen_range(0..tenants.len())];
+                let t = &tenants[rng.random_range(0..tenants.len())];
                 let mut req = endpoint(
-                    &format!("e{}", rng.gen_range(0..40)),
+                    &format!("e{}", rng.random_range(0..40)),
                     t,
-                    hosts[rng.gen_range(0..4)],
+                    hosts[rng.random_range(0..4)],
                 );
-                if rng.gen_bool(0.3) {
+                if rng.random_bool(0.3) {
                     req.ip = Some(format!(
                         "10.{}.0.{}",
-                        rng.gen_range(0..4),
-                        rng.gen_range(0..8)
+                        rng.random_range(0..4),
+                        rng.random_range(0..8)
                     ));
                 }
                 handle(
@@ -1260,7 +1260,7 @@ fn random_workloads_stay_consistent() {
                     NOW,
                 )
             } else if !endpoints.is_empty() {
-                let name = endpoints[rng.gen_range(0..endpoints.len())].clone();
+                let name = endpoints[rng.random_range(0..endpoints.len())].clone();
                 handle(
                     f.store(),
                     &ApiRequest::EndpointDelete { name },
