@@ -10,6 +10,8 @@ if [[ "${OVL_DEV_PACKAGES:-0}" == 1 ]]; then
     # its CNI tests (podman with its CNI backend per lab host).
     packages+=(shellcheck systemd vagrant docker.io busybox-static)
     packages+=(podman containernetworking-plugins)
+    # The etcd client and store tests run real etcd members (etcdctl reads their snapshots).
+    packages+=(etcd-server etcd-client)
 fi
 
 if [[ "${OVL_VM_PACKAGES:-0}" == 1 ]]; then

@@ -194,6 +194,22 @@ pub fn client_config(bundle: &Bundle) -> Result<quinn::ClientConfig, TlsError> {
     Ok(cfg)
 }
 
+/// A TLS client configuration for HTTPS to a service outside ovl (etcd): verifies the
+/// server under the CA in `ca` (by the name or address it is reached at) and presents the
+/// certificate in `cert` with the key in `key`.
+pub fn https_client_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(&load_certs(ca)?)?)
+        .with_client_auth_cert(load_certs(cert)?, load_key(key)?)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
 /// The verified identity of a connection's peer.
 pub fn peer_identity(conn: &quinn::Connection) -> Result<Identity, TlsError> {
     let any = conn.peer_identity().ok_or(TlsError::NoPeerCertificate)?;

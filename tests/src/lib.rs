@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cluster;
 pub mod datapath;
 pub mod docker;
+pub mod etcd;
 pub mod image;
 pub mod lab;
 pub mod netns;
