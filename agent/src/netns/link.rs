@@ -6,10 +6,12 @@
 
 use futures::TryStreamExt;
 use netlink_packet_route::link::{
-    AfSpecInet6, AfSpecUnspec, LinkAttribute, LinkExtentMask, LinkFlag, LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo,
+    LinkMessage,
 };
 use netlink_packet_route::AddressFamily;
 use ovl_common::MacAddr;
+use rtnetlink::LinkUnspec;
 
 use super::error::{Error, Result};
 use super::handle::NetlinkNs;
@@ -50,7 +52,7 @@ impl ObservedLink {
             kind: None,
             mac: None,
             mtu: 0,
-            up: msg.header.flags.contains(&LinkFlag::Up),
+            up: msg.header.flags.contains(LinkFlags::Up),
             peer_ifindex: None,
             peer_netnsid: None,
         };
@@ -62,7 +64,7 @@ impl ObservedLink {
                     link.mac = <[u8; 6]>::try_from(a.as_slice()).ok().map(MacAddr);
                 }
                 LinkAttribute::Link(i) => link.peer_ifindex = Some(*i),
-                LinkAttribute::NetnsId(id) => link.peer_netnsid = Some(*id),
+                LinkAttribute::LinkNetNsId(id) => link.peer_netnsid = Some(*id),
                 LinkAttribute::LinkInfo(infos) => {
                     link.kind = infos.iter().find_map(|i| match i {
                         LinkInfo::Kind(k) => Some(k.to_string()),
@@ -127,8 +129,7 @@ pub async fn list(ns: &NetlinkNs) -> Result<Vec<ObservedLink>> {
 pub async fn set_up(ns: &NetlinkNs, link: &ObservedLink) -> Result<()> {
     ns.rtnl()
         .link()
-        .set(link.ifindex)
-        .up()
+        .set(LinkUnspec::new_with_index(link.ifindex).up().build())
         .execute()
         .await
         .map_err(|e| Error::netlink(ns.label(), &link.name, "set up", e))
@@ -139,26 +140,25 @@ pub async fn set_up(ns: &NetlinkNs, link: &ObservedLink) -> Result<()> {
 /// IPv4 only, and at a thousand endpoints on one tenant that multicast chatter, flooded by the
 /// bridge to every port of the tenant, starves Open vSwitch's userspace datapath.
 pub async fn set_ipv6_addr_gen_none(ns: &NetlinkNs, link: &ObservedLink) -> Result<()> {
-    let mut req = ns.rtnl().link().set(link.ifindex);
-    req.message_mut()
-        .attributes
-        .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
-            vec![AfSpecInet6::AddrGenMode(IN6_ADDR_GEN_MODE_NONE)],
-        )]));
-    req.execute()
+    let msg = LinkUnspec::new_with_index(link.ifindex)
+        .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+            vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+        )]))
+        .build();
+    ns.rtnl()
+        .link()
+        .set(msg)
+        .execute()
         .await
         .map_err(|e| Error::netlink(ns.label(), &link.name, "set addrgenmode none", e))
 }
 
 /// `IN6_ADDR_GEN_MODE_NONE` (linux/if_link.h).
-const IN6_ADDR_GEN_MODE_NONE: u8 = 1;
-
 /// `ip link set dev NAME down`.
 pub async fn set_down(ns: &NetlinkNs, link: &ObservedLink) -> Result<()> {
     ns.rtnl()
         .link()
-        .set(link.ifindex)
-        .down()
+        .set(LinkUnspec::new_with_index(link.ifindex).down().build())
         .execute()
         .await
         .map_err(|e| Error::netlink(ns.label(), &link.name, "set down", e))
@@ -168,8 +168,7 @@ pub async fn set_down(ns: &NetlinkNs, link: &ObservedLink) -> Result<()> {
 pub async fn set_mtu(ns: &NetlinkNs, link: &ObservedLink, mtu: u32) -> Result<()> {
     ns.rtnl()
         .link()
-        .set(link.ifindex)
-        .mtu(mtu)
+        .set(LinkUnspec::new_with_index(link.ifindex).mtu(mtu).build())
         .execute()
         .await
         .map_err(|e| Error::netlink(ns.label(), &link.name, "set mtu of", e))
@@ -179,8 +178,11 @@ pub async fn set_mtu(ns: &NetlinkNs, link: &ObservedLink, mtu: u32) -> Result<()
 pub async fn set_mac(ns: &NetlinkNs, link: &ObservedLink, mac: MacAddr) -> Result<()> {
     ns.rtnl()
         .link()
-        .set(link.ifindex)
-        .address(mac.0.to_vec())
+        .set(
+            LinkUnspec::new_with_index(link.ifindex)
+                .address(mac.0.to_vec())
+                .build(),
+        )
         .execute()
         .await
         .map_err(|e| Error::netlink(ns.label(), &link.name, "set MAC of", e))
@@ -190,8 +192,11 @@ pub async fn set_mac(ns: &NetlinkNs, link: &ObservedLink, mac: MacAddr) -> Resul
 pub async fn rename(ns: &NetlinkNs, link: &ObservedLink, new_name: &str) -> Result<()> {
     ns.rtnl()
         .link()
-        .set(link.ifindex)
-        .name(new_name.to_string())
+        .set(
+            LinkUnspec::new_with_index(link.ifindex)
+                .name(new_name.to_string())
+                .build(),
+        )
         .execute()
         .await
         .map_err(|e| {

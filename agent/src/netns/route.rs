@@ -8,7 +8,7 @@ use futures::TryStreamExt;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
 };
-use rtnetlink::IpVersion;
+use rtnetlink::RouteMessageBuilder;
 
 use super::error::{Error, Result};
 use super::handle::NetlinkNs;
@@ -28,7 +28,7 @@ pub async fn default_v4(ns: &NetlinkNs) -> Result<Option<DefaultRoute>> {
     let routes: Vec<RouteMessage> = ns
         .rtnl()
         .route()
-        .get(IpVersion::V4)
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
         .execute()
         .try_collect()
         .await
@@ -72,13 +72,14 @@ pub async fn replace_default_v4(
     link: &ObservedLink,
     gateway: Ipv4Addr,
 ) -> Result<()> {
-    ns.rtnl()
-        .route()
-        .add()
-        .v4()
-        .replace()
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
         .gateway(gateway)
         .output_interface(link.ifindex)
+        .build();
+    ns.rtnl()
+        .route()
+        .add(route)
+        .replace()
         .execute()
         .await
         .map_err(|e| {

@@ -53,8 +53,7 @@ pub async fn create(host_ns: &NetlinkNs, pair: &NewPair<'_>) -> Result<()> {
         .push(LinkAttribute::Address(pair.peer_mac.0.to_vec()));
     peer.attributes.push(LinkAttribute::Mtu(pair.mtu));
 
-    let mut req = host_ns.rtnl().link().add();
-    let msg = req.message_mut();
+    let mut msg = LinkMessage::default();
     msg.attributes
         .push(LinkAttribute::IfName(pair.host_name.to_string()));
     msg.attributes.push(LinkAttribute::Mtu(pair.mtu));
@@ -62,7 +61,7 @@ pub async fn create(host_ns: &NetlinkNs, pair: &NewPair<'_>) -> Result<()> {
         LinkInfo::Kind(InfoKind::Veth),
         LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
     ]));
-    req.execute().await.map_err(|e| {
+    host_ns.rtnl().link().add(msg).execute().await.map_err(|e| {
         Error::netlink(
             host_ns.label(),
             &format!(
