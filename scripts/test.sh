@@ -16,6 +16,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo deny (advisories, licenses, duplicate versions, sources)"
+bash scripts/deny.sh
 echo "== build"
 cargo build --workspace --all-targets --locked
 echo "== deployment checks (shellcheck, systemd-analyze verify, vagrant validate)"
