@@ -67,8 +67,9 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
-    /// Controller address as HOST:PORT [env: OVL_CONTROLLER] [config: controller]
-    #[arg(long, global = true, value_name = "HOST:PORT")]
+    /// Controller address as HOST:PORT, or the controllers of a cluster as HOST:PORT,HOST:PORT
+    /// (tried in order until one answers) [env: OVL_CONTROLLER] [config: controller]
+    #[arg(long, global = true, value_name = "HOST:PORT[,…]")]
     pub controller: Option<String>,
 
     /// Admin credential bundle: a directory with ca.crt, tls.crt and tls.key

@@ -85,6 +85,16 @@ impl ExitStatus {
                 Refusal::Join(_) => ExitStatus::Denied,
             },
             ClientError::VersionMismatch { .. } => ExitStatus::VersionMismatch,
+            // Every controller of the list failed: their common class, if they agree.
+            ClientError::NoneAnswered { failures } => {
+                let mut statuses = failures.iter().map(|(_, e)| Self::from_client(e));
+                let first = statuses.next().unwrap_or(ExitStatus::Unreachable);
+                if statuses.all(|s| s == first) {
+                    first
+                } else {
+                    ExitStatus::Unreachable
+                }
+            }
             ClientError::Bind { .. }
             | ClientError::Connect { .. }
             | ClientError::Decode { .. }

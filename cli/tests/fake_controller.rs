@@ -549,6 +549,51 @@ async fn an_unanswered_request_times_out_and_breaks_the_client() {
     client.close().await;
 }
 
+/// A list of controllers: a silent one is passed over for the next, which is used; when none
+/// answers, the error names each and why.
+#[tokio::test]
+async fn a_controller_list_moves_past_a_silent_controller() {
+    let cluster = Cluster::new();
+    let fake = FakeController::start(&cluster.server, Hello::Welcome, catalogue());
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead = silent.local_addr().unwrap();
+    let t = Timeouts {
+        connect: Duration::from_millis(400),
+        request: Duration::from_secs(5),
+    };
+    let started = std::time::Instant::now();
+    let mut client = Client::connect(&format!("{dead}, {}", fake.addr), &cluster.admin, t)
+        .await
+        .expect("the second controller answers");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(3),
+        "one connect timeout for the silent one, then the next: {waited:?}"
+    );
+    assert!(client.call(ApiRequest::Status).await.is_ok());
+    client.close().await;
+
+    let silent2 = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead2 = silent2.local_addr().unwrap();
+    let err = Client::connect(&format!("{dead},{dead2}"), &cluster.admin, t)
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, ClientError::NoneAnswered { ref failures } if failures.len() == 2),
+        "{err:?}"
+    );
+    assert!(
+        text.contains(&dead.to_string()) && text.contains(&dead2.to_string()),
+        "{text}"
+    );
+    assert_eq!(ExitStatus::from_client(&err), ExitStatus::Unreachable);
+    let err = Client::connect(&format!("{dead},"), &cluster.admin, t)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::BadAddress { .. }), "{err:?}");
+}
+
 #[tokio::test]
 async fn a_silent_address_times_out_connecting() {
     let cluster = Cluster::new();

@@ -57,6 +57,11 @@ pub enum ClientError {
     },
     #[error("invalid controller address '{addr}': {problem}")]
     BadAddress { addr: String, problem: String },
+    #[error("no controller answered: {}", failures.iter().map(|(a, e)| format!("{a}: {}", error_chain(e))).collect::<Vec<_>>().join("; "))]
+    NoneAnswered {
+        /// Each address tried, in order, and why it did not do.
+        failures: Vec<(String, ClientError)>,
+    },
     #[error("cannot resolve the controller address '{addr}'")]
     Resolve {
         addr: String,
@@ -182,6 +187,34 @@ fn stream_error(conn: &quinn::Connection, addr: SocketAddr, e: FrameError) -> Cl
     }
 }
 
+/// Splits a list of controller addresses (`HOST:PORT,HOST:PORT`, spaces allowed around the
+/// commas) into its entries; each is checked when it is resolved.
+pub fn controller_list(controllers: &str) -> Result<Vec<String>, ClientError> {
+    let list: Vec<String> = controllers
+        .split(',')
+        .map(|c| c.trim().to_string())
+        .collect();
+    if list.iter().any(String::is_empty) {
+        return Err(ClientError::BadAddress {
+            addr: controllers.to_string(),
+            problem: "an entry of the list is empty; write HOST:PORT or HOST:PORT,HOST:PORT".into(),
+        });
+    }
+    Ok(list)
+}
+
+/// An error and its sources, as one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// Parses `HOST:PORT` (or `[v6]:PORT`) and resolves it, giving the first address.
 pub async fn resolve(controller: &str, limit: Duration) -> Result<SocketAddr, ClientError> {
     if let Ok(addr) = controller.parse::<SocketAddr>() {
@@ -249,7 +282,9 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects to `controller` (`HOST:PORT`) with the credential bundle in `creds_dir`.
+    /// Connects to `controller` with the credential bundle in `creds_dir`. `controller` is
+    /// `HOST:PORT`, or several separated by commas (the controllers of one cluster): they are
+    /// tried in order, each for up to the connect timeout, and the first that answers is used.
     pub async fn connect(
         controller: &str,
         creds_dir: &Path,
@@ -259,8 +294,20 @@ impl Client {
             dir: creds_dir.to_path_buf(),
             source,
         })?;
-        let addr = resolve(controller, timeouts.connect).await?;
-        Self::connect_addr(addr, &bundle, timeouts).await
+        let controllers = controller_list(controller)?;
+        let mut failures = Vec::new();
+        for c in &controllers {
+            let attempt = async {
+                let addr = resolve(c, timeouts.connect).await?;
+                Self::connect_addr(addr, &bundle, timeouts).await
+            };
+            match attempt.await {
+                Ok(client) => return Ok(client),
+                Err(e) if controllers.len() == 1 => return Err(e),
+                Err(e) => failures.push((c.clone(), e)),
+            }
+        }
+        Err(ClientError::NoneAnswered { failures })
     }
 
     /// Connects to `addr` with an already loaded bundle, as an administrator.
