@@ -1369,7 +1369,9 @@ fn a_schema_3_store_keeps_its_generations() {
         .iter()
         .map(|h| f.store().intent(&hn(h)).unwrap().intent())
         .collect();
-    let legacy: redb::TableDefinition<&str, (u64, &[u8])> = redb::TableDefinition::new("intents");
+    // As redb 2 encoded the tuple (see `tables::LEGACY_INTENTS`).
+    let legacy: redb::TableDefinition<&str, redb::Legacy<(u64, &[u8])>> =
+        redb::TableDefinition::new("intents");
     f.store = None;
     {
         let db = Database::create(&f.path).unwrap();
@@ -2082,4 +2084,81 @@ fn concurrent_mutations_commit_in_groups_and_survive_a_reopen() {
     for i in &kept {
         assert_eq!(&f.store().intent(&i.host).unwrap().intent(), i);
     }
+}
+
+/// A store written by ovl 0.1 on redb 2 (file format 2; `tests/fixtures/README.md` says how it
+/// was made) opens after the upgrade to redb's format 3, with every object, allocation and
+/// generation it held, the file as it was kept beside it; a second open upgrades nothing.
+#[test]
+fn a_store_written_on_redb_2_opens_after_the_file_format_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("controller.redb");
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/store-0.1-redb2.redb.gz"
+    );
+    let out = std::process::Command::new("gzip")
+        .args(["-dc", fixture])
+        .output()
+        .expect("gzip runs");
+    assert!(out.status.success(), "gzip -dc {fixture} failed");
+    std::fs::write(&path, &out.stdout).unwrap();
+    // redb 5 refuses the file as it is: this test would prove nothing otherwise.
+    assert!(matches!(
+        Database::open(&path),
+        Err(redb::DatabaseError::UpgradeRequired(2))
+    ));
+
+    let ctl = open(&path, Settings::default()).expect("the old store opens");
+    let backup = dir.path().join("controller.redb.v2-backup");
+    assert_eq!(
+        std::fs::read(&backup).unwrap(),
+        out.stdout,
+        "the file as it was is kept"
+    );
+    let report = ctl.store().check().unwrap();
+    assert!(report.is_clean(), "check found problems:\n{report}");
+    let state = ctl.store().state().unwrap();
+    let names = |it: Vec<&str>| it.into_iter().map(String::from).collect::<Vec<_>>();
+    assert_eq!(
+        state
+            .tenants
+            .keys()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>(),
+        names(vec!["blue", "green", "red"])
+    );
+    assert_eq!(
+        state
+            .hosts
+            .keys()
+            .map(|h| h.to_string())
+            .collect::<Vec<_>>(),
+        names(vec!["h1", "h2"])
+    );
+    assert_eq!(
+        state
+            .endpoints
+            .keys()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>(),
+        names(vec!["a1", "b1", "g1", "g2", "r1"])
+    );
+    let g1 = &state.endpoints[&ovl_common::EndpointName::new("g1").unwrap()].endpoint;
+    assert_eq!(g1.ip.to_string(), "10.51.0.2");
+    assert_eq!(g1.mac.to_string(), "0a:58:00:00:00:06");
+    assert_eq!(state.tenants[&TenantName::new("blue").unwrap()].key, 1000);
+    for h in ["h1", "h2"] {
+        let stored = state.generations[&hn(h)];
+        assert!(stored > 1, "{h}'s generation {stored} is kept");
+        assert_eq!(ctl.intent(&hn(h)).unwrap().generation, stored);
+    }
+    let before = ctl.store().dump().unwrap();
+    drop(ctl);
+
+    // Upgraded once: the second open finds format 3 and changes nothing.
+    std::fs::remove_file(&backup).unwrap();
+    let ctl = open(&path, Settings::default()).unwrap();
+    assert!(!backup.exists(), "no second upgrade");
+    assert_eq!(ctl.store().dump().unwrap(), before);
 }

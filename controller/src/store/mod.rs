@@ -80,6 +80,14 @@ pub enum StoreError {
         #[source]
         source: Box<redb::DatabaseError>,
     },
+    #[error("cannot upgrade the store at {} from redb file format {version}: {detail}", path.display())]
+    Upgrade {
+        path: PathBuf,
+        version: u8,
+        detail: String,
+    },
+    #[error("cannot set a store transaction's durability: {0}")]
+    Durability(#[source] redb::SetDurabilityError),
     #[error("cannot start a store transaction: {0}")]
     Transaction(#[source] Box<redb::TransactionError>),
     #[error("cannot open store table '{table}': {source}")]

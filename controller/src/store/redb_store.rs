@@ -10,7 +10,10 @@ use std::path::Path;
 
 use ovl_common::model::Host;
 use ovl_common::HostName;
-use redb::{Database, Durability, ReadTransaction, ReadableTable, TableDefinition, TableHandle};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    TableHandle,
+};
 
 use super::tables::{self, meta, open_read_table, WriteTables, SCHEMA_VERSION};
 use super::{check, CheckReport, Outcome, Settings, State, Store, StoreDump, StoreError, Txn};
@@ -92,7 +95,8 @@ impl RedbStore {
         body: &mut dyn FnMut(&mut dyn Txn) -> Result<Outcome, StoreError>,
     ) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(durability);
+        txn.set_durability(durability)
+            .map_err(StoreError::Durability)?;
         let outcome = {
             let mut t = WriteTables::open(&txn)?;
             body(&mut t)?
@@ -105,19 +109,57 @@ impl RedbStore {
     }
 }
 
-/// Opens the database file at `path`, creating it if `create` and missing.
+/// Opens the database file at `path`, creating it if `create` and missing. A store written by
+/// an ovl release on redb 2 is upgraded to redb's current file format first
+/// ([`upgrade_file_format`]).
 fn database(path: &Path, create: bool) -> Result<Database, StoreError> {
-    let mut builder = Database::builder();
-    builder.set_cache_size(CACHE_BYTES);
-    let opened = if create {
-        builder.create(path)
-    } else {
-        builder.open(path)
+    let open = || {
+        let mut builder = Database::builder();
+        builder.set_cache_size(CACHE_BYTES);
+        if create {
+            builder.create(path)
+        } else {
+            builder.open(path)
+        }
+    };
+    let opened = match open() {
+        Err(redb::DatabaseError::UpgradeRequired(version)) => {
+            upgrade_file_format(path, version)?;
+            open()
+        }
+        other => other,
     };
     opened.map_err(|source| StoreError::Open {
         path: path.to_path_buf(),
         source: Box::new(source),
     })
+}
+
+/// Upgrades the file at `path` from redb's file format `version` (ovl releases up to 0.1 used
+/// redb 2, format 2) to format 3, which redb 3 and later read, keeping a copy of the file as it
+/// was beside it (`NAME.v2-backup`). redb 2.6 does the upgrade, in place and atomically (a
+/// crash leaves the old format, and the next start upgrades again); it is only ever used for
+/// this.
+fn upgrade_file_format(path: &Path, version: u8) -> Result<(), StoreError> {
+    let failed = |detail: String| StoreError::Upgrade {
+        path: path.to_path_buf(),
+        version,
+        detail,
+    };
+    let mut backup = path.as_os_str().to_owned();
+    backup.push(format!(".v{version}-backup"));
+    let backup = std::path::PathBuf::from(backup);
+    std::fs::copy(path, &backup)
+        .map_err(|e| failed(format!("cannot copy it to {} first: {e}", backup.display())))?;
+    let mut old = redb2::Database::open(path).map_err(|e| failed(e.to_string()))?;
+    old.upgrade().map_err(|e| failed(e.to_string()))?;
+    drop(old);
+    tracing::info!(
+        path = %path.display(),
+        backup = %backup.display(),
+        "store upgraded from redb file format {version} to 3; the file as it was is kept as the backup"
+    );
+    Ok(())
 }
 
 impl Store for RedbStore {
@@ -155,7 +197,8 @@ impl Store for RedbStore {
     fn generation(&self, host: &HostName) -> Result<Option<u64>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = open_read_table(&txn, tables::GENERATIONS)?;
-        Ok(table.get(host.as_str())?.map(|g| g.value()))
+        let generation = table.get(host.as_str())?.map(|g| g.value());
+        Ok(generation)
     }
 
     fn hosts(&self) -> Result<Vec<Host>, StoreError> {

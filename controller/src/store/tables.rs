@@ -41,7 +41,9 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use ovl_common::model::{Endpoint, Host, HostAttach, Tenant};
 use ovl_common::{EndpointName, HostName, MacAddr, NetnsTarget, Publish, SegmentType, TenantName};
-use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, TableHandle, WriteTransaction};
+use redb::{
+    Legacy, ReadTransaction, ReadableTable, Table, TableDefinition, TableHandle, WriteTransaction,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -59,8 +61,9 @@ pub(crate) const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("t
 pub(crate) const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
 pub(crate) const ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("endpoints");
 pub(crate) const GENERATIONS: TableDefinition<&str, u64> = TableDefinition::new("generations");
-/// The whole compiled intents of schemas 1–3, read only by the schema 4 migration.
-const LEGACY_INTENTS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("intents");
+/// The whole compiled intents of schemas 1–3, read only by the schema 4 migration. Written by
+/// redb 2, whose encoding of tuples redb 3 changed: read through `Legacy`.
+const LEGACY_INTENTS: TableDefinition<&str, Legacy<(u64, &[u8])>> = TableDefinition::new("intents");
 pub(crate) const KEYS: TableDefinition<u64, &str> = TableDefinition::new("alloc_keys");
 pub(crate) const VLANS: TableDefinition<u64, &str> = TableDefinition::new("alloc_vlans");
 pub(crate) const IPS: TableDefinition<u64, &str> = TableDefinition::new("alloc_ips");
