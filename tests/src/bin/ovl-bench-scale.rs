@@ -35,7 +35,8 @@ struct Options {
     keep_logs: Option<std::path::PathBuf>,
 }
 
-const USAGE: &str = "usage: ovl-bench-scale [--endpoints N] [--pings N] [--max-secs N] [--keep-logs DIR]
+const USAGE: &str =
+    "usage: ovl-bench-scale [--endpoints N] [--pings N] [--max-secs N] [--keep-logs DIR]
   --endpoints N    endpoints on the measured host, 1–4000 (default 1000)
   --pings N        create-to-ping samples with those endpoints present (default 20)
   --max-secs N     bound on each step (default 300)
