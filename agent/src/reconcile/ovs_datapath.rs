@@ -38,8 +38,8 @@
 //!
 //! A reconcile that finds nothing changed thus costs one database read, one link dump (and
 //! one rule dump in the periodic resync), a `stat` per namespace and the rolling share,
-//! whatever the number of endpoints; the port changes of any number of endpoints go in one transaction (two when
-//! veths were remade). Rules already in place are never rewritten, so a restarted agent
+//! whatever the number of endpoints; the port changes of any number of endpoints go in one
+//! transaction (two when veths were remade). Rules already in place are never rewritten, so a restarted agent
 //! changes none and loses no packet; after ovs-vswitchd restarts (rules live only in its
 //! memory, ports come back from OVSDB) the rule watch ([`Flows::watch`]) wakes the loop and
 //! the rules are put back.
