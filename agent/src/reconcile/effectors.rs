@@ -62,6 +62,12 @@ pub trait Switch: Send + Sync + 'static {
     /// Waits until ovs-vswitchd has taken every committed change.
     fn wait_for_vswitchd(&self, timeout: Duration) -> impl Future<Output = ovs::Result<()>> + Send;
 
+    /// The least time between deleting a port and adding one of the same name back: a
+    /// switch may report the deletion before it has let go of the old device.
+    fn release_delay(&self) -> Duration {
+        Duration::ZERO
+    }
+
     /// Sends `()` on `notify` on every change under the switch; the watch lasts as long as the
     /// returned guard.
     fn watch(&self, notify: mpsc::Sender<()>) -> Option<Watcher>;
@@ -92,6 +98,14 @@ impl Switch for OvsDriver {
 
     async fn wait_for_vswitchd(&self, timeout: Duration) -> ovs::Result<()> {
         OvsDriver::wait_for_vswitchd(self, timeout).await
+    }
+
+    /// ovs-vswitchd reports a deleted port (`cur_cfg`) before its userspace datapath has let
+    /// go of the old device, and a port of the same name added back at once can stay bound
+    /// to the deleted device. The wait for ovs-vswitchd, when it looked every 50 ms, never
+    /// took less than 50 ms; twice that.
+    fn release_delay(&self) -> Duration {
+        Duration::from_millis(100)
     }
 
     fn watch(&self, notify: mpsc::Sender<()>) -> Option<Watcher> {

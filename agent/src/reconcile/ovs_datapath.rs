@@ -758,7 +758,7 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
             .iter()
             .cloned()
             .partition(|c| matches!(c, PortChange::Delete { name } if rebinds.contains(name)));
-        for batch in [first, rest] {
+        for (rebind, batch) in [(true, first), (false, rest)] {
             if batch.is_empty() {
                 continue;
             }
@@ -774,6 +774,14 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
             if let Err(e) = self.switch.wait_for_vswitchd(VSWITCHD_WAIT).await {
                 warn!("ovs-vswitchd did not confirm the changes: {e}");
                 outcome.vswitchd_problem = Some(e.to_string());
+            }
+            if rebind {
+                // ovs-vswitchd reports a deleted port (cur_cfg) before its userspace
+                // datapath has let go of the old device; a port of the same name added
+                // back at once can stay bound to the deleted device.
+                let waited = started.elapsed() - committed;
+                let settle = self.switch.release_delay();
+                tokio::time::sleep(settle.saturating_sub(waited)).await;
             }
             debug!(
                 bridge,
