@@ -11,11 +11,24 @@ use tracing::{debug, error, Instrument};
 use super::datapath::DatapathType;
 use super::plan::{plan_ensure_bridge, plan_port_changes, BridgeOutcome, FailMode, Step};
 use super::port::{BridgeState, ObservedPort, PortChange};
-use super::view::{read_ops, DbView};
+use super::view::{read_ops, read_ops_for, DbView};
 use super::{Error, DB};
 use crate::ovsdb::{
     self, Client, MonitorEvent, MonitorRequest, MonitorStream, Mutation, Operation, OperationResult,
 };
+
+/// First and longest pause between two looks at `cur_cfg` while waiting for ovs-vswitchd.
+const VSWITCHD_POLL_MIN: Duration = Duration::from_millis(1);
+const VSWITCHD_POLL_MAX: Duration = Duration::from_millis(50);
+
+/// A bridge to ensure ([`OvsDriver::ensure_bridges`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeWant {
+    pub name: String,
+    pub datapath: DatapathType,
+    /// Set when given; left as it is otherwise.
+    pub fail_mode: Option<FailMode>,
+}
 
 /// What the watcher reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +147,62 @@ impl OvsDriver {
         Ok((outcome, owned))
     }
 
+    /// [`ensure_bridge_with_ports`](Self::ensure_bridge_with_ports) for several bridges from
+    /// one read of the database: at a thousand ports a read is the largest part of a reconcile
+    /// that changes nothing, and `br-int` and `br-tun` were read once each. A failed read falls
+    /// back to one read per bridge, so each bridge reports its own error.
+    pub async fn ensure_bridges(
+        &self,
+        wanted: &[BridgeWant],
+    ) -> Vec<Result<(BridgeOutcome, Vec<ObservedPort>), Error>> {
+        let none = BTreeMap::new();
+        let view = match self.read(|| "ensuring bridges".to_owned()).await {
+            Ok(v) => v,
+            Err(_) => {
+                let mut out = Vec::with_capacity(wanted.len());
+                for w in wanted {
+                    out.push(
+                        self.ensure_bridge_with_ports(&w.name, w.datapath, w.fail_mode, &none)
+                            .await,
+                    );
+                }
+                return out;
+            }
+        };
+        let mut out = Vec::with_capacity(wanted.len());
+        for w in wanted {
+            let action = format!("ensuring bridge {}", w.name);
+            let planned = plan_ensure_bridge(&view, &w.name, w.datapath, w.fail_mode, &none);
+            let result = match planned {
+                Ok((steps, outcome)) if steps.is_empty() => Ok(outcome),
+                Ok((steps, outcome)) => self.run(&steps, &action).await.map(|_| outcome),
+                Err(e) => Err(e),
+            };
+            out.push(result.map(|outcome| {
+                let owned = view
+                    .bridge_state(&w.name)
+                    .map(|s| s.owned)
+                    .unwrap_or_default();
+                (outcome, owned)
+            }));
+        }
+        out
+    }
+
+    /// The ports ovl owns on each of `bridges` that exists, from one read of the database.
+    pub async fn owned_ports_of(
+        &self,
+        bridges: &[&str],
+    ) -> Result<BTreeMap<String, Vec<ObservedPort>>, Error> {
+        let view = self
+            .read(|| format!("reading bridges {}", bridges.join(", ")))
+            .await?;
+        Ok(bridges
+            .iter()
+            .filter_map(|b| view.bridge_state(b).map(|s| ((*b).to_owned(), s.owned)))
+            .collect())
+    }
+
     /// The bridge with the ports ovl owns on it, or `None` if there is no such bridge.
     pub async fn bridge_state(&self, bridge: &str) -> Result<Option<BridgeState>, Error> {
         let view = self.read(|| format!("reading bridge {bridge}")).await?;
@@ -159,7 +228,14 @@ impl OvsDriver {
             return Ok(());
         }
         let action = format!("changing ports on bridge {bridge}");
-        let view = self.read(|| action.clone()).await?;
+        // Only the ports the changes name are read: the plan needs no others.
+        let names: Vec<&str> = changes.iter().map(PortChange::port_name).collect();
+        let results = self
+            .client
+            .transact(DB, &read_ops_for(&names))
+            .await
+            .map_err(|source| Error::ovsdb(action.clone(), source))?;
+        let view = DbView::from_results_for(&results, names.len())?;
         let steps = plan_port_changes(&view, bridge, changes)?;
         if steps.is_empty() {
             return Ok(());
@@ -207,6 +283,10 @@ impl OvsDriver {
         };
         let target = read_cfg(&r[1], "next_cfg")?;
         let deadline = tokio::time::Instant::now() + timeout;
+        // ovs-vswitchd takes a small change in a few milliseconds: poll often at first, then
+        // back off, so a reconcile neither waits out a fixed 50 ms nor floods the database
+        // while a large change is taken.
+        let mut pause = VSWITCHD_POLL_MIN;
         let poll = [Operation::select_columns(
             "Open_vSwitch",
             vec![],
@@ -220,7 +300,8 @@ impl OvsDriver {
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::VswitchdTimeout { timeout });
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(VSWITCHD_POLL_MAX);
         }
     }
 

@@ -235,6 +235,13 @@ pub struct FlowWatch {
     task: JoinHandle<()>,
 }
 
+impl FlowWatch {
+    /// A watch that is `task` (fakes stand in for `ovs-ofctl monitor` with their own).
+    pub fn of_task(task: JoinHandle<()>) -> Self {
+        Self { task }
+    }
+}
+
 impl Drop for FlowWatch {
     fn drop(&mut self) {
         self.task.abort();

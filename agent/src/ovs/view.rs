@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::port::{is_owned, BridgeState, ObservedInterface, ObservedPort};
 use super::Error;
-use crate::ovsdb::{self, Operation, OperationResult, Row, Uuid};
+use crate::ovsdb::{self, Condition, Operation, OperationResult, Row, Uuid};
 
 const ROOT_COLUMNS: &[&str] = &["_uuid", "bridges"];
 const BRIDGE_COLUMNS: &[&str] = &[
@@ -72,6 +72,26 @@ pub(crate) fn read_ops() -> Vec<Operation> {
     ]
 }
 
+/// The `select`s that [`DbView::from_results_for`] reads: the root and the bridges, and only
+/// the ports and interfaces named `names` (ovl's ports have one interface of their name).
+/// Planning a change to a few ports needs no more, and a bridge of a thousand ports is not
+/// read for it.
+pub(crate) fn read_ops_for(names: &[&str]) -> Vec<Operation> {
+    let named = |table: &str, columns: &[&str]| {
+        names
+            .iter()
+            .map(|n| Operation::select_columns(table, vec![Condition::eq("name", *n)], columns))
+            .collect::<Vec<_>>()
+    };
+    let mut ops = vec![
+        Operation::select_columns("Open_vSwitch", vec![], ROOT_COLUMNS),
+        Operation::select_columns("Bridge", vec![], BRIDGE_COLUMNS),
+    ];
+    ops.extend(named("Port", PORT_COLUMNS));
+    ops.extend(named("Interface", INTERFACE_COLUMNS));
+    ops
+}
+
 fn data(table: &'static str) -> impl Fn(ovsdb::Error) -> Error {
     move |source| Error::data(table, source)
 }
@@ -81,6 +101,46 @@ fn vlan(table: &'static str, v: i64) -> Result<u16, Error> {
         .ok()
         .filter(|t| *t <= 4095)
         .ok_or_else(|| Error::data(table, ovsdb::Error::Value(format!("{v} is not a VLAN id"))))
+}
+
+/// One `Port` row with its interfaces (those of `interfaces` it refers to).
+fn parse_port(
+    row: &Row,
+    interfaces: &BTreeMap<Uuid, ObservedInterface>,
+) -> Result<ObservedPort, Error> {
+    let uuid = row.uuid().map_err(data("Port"))?.clone();
+    let tag = match row.get("tag").and_then(|v| v.optional_i64()) {
+        Ok(t) => t.map(|t| vlan("Port", t)).transpose()?,
+        Err(e) => return Err(data("Port")(e)),
+    };
+    let trunks = row
+        .get("trunks")
+        .and_then(|v| v.i64_set())
+        .map_err(data("Port"))?
+        .into_iter()
+        .map(|t| vlan("Port", t))
+        .collect::<Result<_, _>>()?;
+    let port = ObservedPort {
+        uuid: uuid.clone(),
+        name: row.str("name").map_err(data("Port"))?.to_owned(),
+        tag,
+        trunks,
+        // Older schemas lack the column; absent reads as unprotected.
+        protected: row
+            .get("protected")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
+        external_ids: row.string_map("external_ids").map_err(data("Port"))?,
+        // A reference to a missing row cannot happen in one consistent read; skip
+        // rather than fail if it ever does.
+        interfaces: row
+            .uuid_set("interfaces")
+            .map_err(data("Port"))?
+            .iter()
+            .filter_map(|u| interfaces.get(u).cloned())
+            .collect(),
+    };
+    Ok(port)
 }
 
 fn parse_interface(row: &Row) -> Result<ObservedInterface, ovsdb::Error> {
@@ -119,6 +179,24 @@ fn parse_bridge(row: &Row) -> Result<BridgeRow, ovsdb::Error> {
 impl DbView {
     /// Builds the view from the results of [`read_ops`].
     pub(crate) fn from_results(results: &[OperationResult]) -> Result<Self, Error> {
+        Self::from_selects(results, 1, 1)
+    }
+
+    /// Builds the narrow view from the results of [`read_ops_for`] with `names`.
+    pub(crate) fn from_results_for(
+        results: &[OperationResult],
+        names: usize,
+    ) -> Result<Self, Error> {
+        Self::from_selects(results, names, names)
+    }
+
+    /// Results laid out as: the root select, the bridge select, `port_selects` selects of
+    /// `Port`, then `interface_selects` selects of `Interface`.
+    fn from_selects(
+        results: &[OperationResult],
+        port_selects: usize,
+        interface_selects: usize,
+    ) -> Result<Self, Error> {
         let rows = |i: usize, table: &'static str| {
             results
                 .get(i)
@@ -139,46 +217,19 @@ impl DbView {
             .collect::<Result<_, _>>()
             .map_err(data("Bridge"))?;
         let mut interfaces = BTreeMap::new();
-        for row in rows(3, "Interface")? {
-            let iface = parse_interface(row).map_err(data("Interface"))?;
-            interfaces.insert(iface.uuid.clone(), iface);
+        for i in 0..interface_selects {
+            for row in rows(2 + port_selects + i, "Interface")? {
+                let iface = parse_interface(row).map_err(data("Interface"))?;
+                interfaces.insert(iface.uuid.clone(), iface);
+            }
         }
         let interface_names = interfaces.values().map(|i| i.name.clone()).collect();
         let mut ports = BTreeMap::new();
-        for row in rows(2, "Port")? {
-            let uuid = row.uuid().map_err(data("Port"))?.clone();
-            let tag = match row.get("tag").and_then(|v| v.optional_i64()) {
-                Ok(t) => t.map(|t| vlan("Port", t)).transpose()?,
-                Err(e) => return Err(data("Port")(e)),
-            };
-            let trunks = row
-                .get("trunks")
-                .and_then(|v| v.i64_set())
-                .map_err(data("Port"))?
-                .into_iter()
-                .map(|t| vlan("Port", t))
-                .collect::<Result<_, _>>()?;
-            let port = ObservedPort {
-                uuid: uuid.clone(),
-                name: row.str("name").map_err(data("Port"))?.to_owned(),
-                tag,
-                trunks,
-                // Older schemas lack the column; absent reads as unprotected.
-                protected: row
-                    .get("protected")
-                    .and_then(|v| v.as_bool())
-                    .unwrap_or(false),
-                external_ids: row.string_map("external_ids").map_err(data("Port"))?,
-                // A reference to a missing row cannot happen in one consistent read; skip
-                // rather than fail if it ever does.
-                interfaces: row
-                    .uuid_set("interfaces")
-                    .map_err(data("Port"))?
-                    .iter()
-                    .filter_map(|u| interfaces.get(u).cloned())
-                    .collect(),
-            };
-            ports.insert(uuid, port);
+        for i in 0..port_selects {
+            for row in rows(2 + i, "Port")? {
+                let port = parse_port(row, &interfaces)?;
+                ports.insert(port.uuid.clone(), port);
+            }
         }
         Ok(DbView {
             roots,

@@ -29,9 +29,7 @@ use crate::netns::{
 };
 use crate::ovs::flow_planner::{Rule, RuleChange};
 use crate::ovs::openflow::{self, FlowWatch, OfCtl};
-use crate::ovs::{
-    self, BridgeOutcome, DatapathType, FailMode, ObservedPort, OvsDriver, PortChange, Watcher,
-};
+use crate::ovs::{self, BridgeOutcome, BridgeWant, ObservedPort, OvsDriver, PortChange, Watcher};
 use crate::router::{Prepared, Routers};
 
 /// Open vSwitch, as a reconcile uses it.
@@ -40,20 +38,19 @@ pub trait Switch: Send + Sync + 'static {
     fn connection_problem(&self) -> Option<String>;
 
     /// `ovs-vsctl --may-exist add-br BRIDGE -- set bridge BRIDGE datapath_type=DP
-    /// [fail_mode=MODE]`, and returns the ports ovl owns on it as the same read found them
-    /// (none for a new bridge).
-    fn ensure_bridge(
+    /// [fail_mode=MODE]` for each bridge of `wanted`, from one read of the database, and
+    /// returns, per bridge in order, the ports ovl owns on it as that read found them (none
+    /// for a new bridge).
+    fn ensure_bridges(
         &self,
-        bridge: &str,
-        datapath: DatapathType,
-        fail_mode: Option<FailMode>,
-    ) -> impl Future<Output = ovs::Result<(BridgeOutcome, Vec<ObservedPort>)>> + Send;
+        wanted: &[BridgeWant],
+    ) -> impl Future<Output = Vec<ovs::Result<(BridgeOutcome, Vec<ObservedPort>)>>> + Send;
 
-    /// The ports ovl owns on `bridge`.
-    fn owned_ports(
+    /// The ports ovl owns on each of `bridges` that exists, from one read.
+    fn owned_ports_of(
         &self,
-        bridge: &str,
-    ) -> impl Future<Output = ovs::Result<Vec<ObservedPort>>> + Send;
+        bridges: &[&str],
+    ) -> impl Future<Output = ovs::Result<BTreeMap<String, Vec<ObservedPort>>>> + Send;
 
     /// Applies a batch of port changes in one transaction.
     fn apply(
@@ -65,6 +62,12 @@ pub trait Switch: Send + Sync + 'static {
     /// Waits until ovs-vswitchd has taken every committed change.
     fn wait_for_vswitchd(&self, timeout: Duration) -> impl Future<Output = ovs::Result<()>> + Send;
 
+    /// The least time between deleting a port and adding one of the same name back: a
+    /// switch may report the deletion before it has let go of the old device.
+    fn release_delay(&self) -> Duration {
+        Duration::ZERO
+    }
+
     /// Sends `()` on `notify` on every change under the switch; the watch lasts as long as the
     /// returned guard.
     fn watch(&self, notify: mpsc::Sender<()>) -> Option<Watcher>;
@@ -75,18 +78,18 @@ impl Switch for OvsDriver {
         OvsDriver::connection_problem(self)
     }
 
-    async fn ensure_bridge(
+    async fn ensure_bridges(
         &self,
-        bridge: &str,
-        datapath: DatapathType,
-        fail_mode: Option<FailMode>,
-    ) -> ovs::Result<(BridgeOutcome, Vec<ObservedPort>)> {
-        OvsDriver::ensure_bridge_with_ports(self, bridge, datapath, fail_mode, &BTreeMap::new())
-            .await
+        wanted: &[BridgeWant],
+    ) -> Vec<ovs::Result<(BridgeOutcome, Vec<ObservedPort>)>> {
+        OvsDriver::ensure_bridges(self, wanted).await
     }
 
-    async fn owned_ports(&self, bridge: &str) -> ovs::Result<Vec<ObservedPort>> {
-        OvsDriver::owned_ports(self, bridge).await
+    async fn owned_ports_of(
+        &self,
+        bridges: &[&str],
+    ) -> ovs::Result<BTreeMap<String, Vec<ObservedPort>>> {
+        OvsDriver::owned_ports_of(self, bridges).await
     }
 
     async fn apply(&self, bridge: &str, changes: &[PortChange]) -> ovs::Result<()> {
@@ -95,6 +98,14 @@ impl Switch for OvsDriver {
 
     async fn wait_for_vswitchd(&self, timeout: Duration) -> ovs::Result<()> {
         OvsDriver::wait_for_vswitchd(self, timeout).await
+    }
+
+    /// ovs-vswitchd reports a deleted port (`cur_cfg`) before its userspace datapath has let
+    /// go of the old device, and a port of the same name added back at once can stay bound
+    /// to the deleted device. The wait for ovs-vswitchd, when it looked every 50 ms, never
+    /// took less than 50 ms; twice that.
+    fn release_delay(&self) -> Duration {
+        Duration::from_millis(100)
     }
 
     fn watch(&self, notify: mpsc::Sender<()>) -> Option<Watcher> {

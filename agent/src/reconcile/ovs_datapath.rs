@@ -3,8 +3,8 @@
 //! One reconcile = observe, plan ([`crate::ovs::port_planner`], pure), apply, verify:
 //!
 //! 1. Open vSwitch must be reachable; if not, every object reports why and nothing is touched.
-//! 2. `br-int` exists with the chosen datapath type; the same database read gives the owned
-//!    ports, and one dump of the host's links with the identity of each namespace file gives
+//! 2. `br-int` and `br-tun` exist with the chosen datapath type; the same database read gives
+//!    both bridges' owned ports, and one dump of the host's links with the identity of each namespace file gives
 //!    the rest of the observation (the [`Glance`]).
 //! 3. Each endpoint's veth pair and namespace side is brought in line, for the endpoints whose
 //!    part of the glance differs from what their last plumbing verified and a rolling share
@@ -18,7 +18,10 @@
 //! 4. `br-tun` ([`crate::ovs::flow_planner`]): its ports (the patch end and one `key=flow`
 //!    tunnel per (peer, segment type)) are diffed and applied, then its rules
 //!    ([`super::flow_rules`]: dumped by cookie, the difference applied in one bundle,
-//!    verified), so the tunnels forward before anything crosses the patch.
+//!    verified), so the tunnels forward before anything crosses the patch. The rule step is
+//!    skipped when this process found exactly these rules in place and nothing since could
+//!    have removed them: the rule watch has not fired, `br-tun` is unchanged, and this is not
+//!    the periodic resync.
 //! 5. The owned ports of `br-int` are diffed against the intent and the difference applied;
 //!    ports whose veth was made again are deleted and, once ovs-vswitchd has let go of the
 //!    old device, added again. ovs-vswitchd is then waited for. The patch to `br-tun` comes
@@ -26,17 +29,17 @@
 //!    transaction (they are owned ports the intent no longer names): that is the upgrade.
 //! 6. With garbage collection allowed, veths ovl made that no endpoint wants are deleted —
 //!    after the ports, so no port ever points at a device that is being removed.
-//! 7. Every port is checked as ovs-vswitchd left it (the database is read again only if
-//!    step 2, 4 or 5 changed it), and the report says, per object, whether it is in place: a
+//! 7. Every port is checked as ovs-vswitchd left it (the database is read again, once for
+//!    both bridges, only if step 2, 4 or 5 changed it), and the report says, per object, whether it is in place: a
 //!    row with an `ofport` is not enough; the device ovs-vswitchd has must be the one the
 //!    kernel has now. A tenant's tunnel to a peer (`TENANT@PEER`) is in place only when the
 //!    peer's port on `br-tun`, both patch ends and the rules are; a rule problem is also
 //!    reported on the `br-tun` bridge, until the rules are back.
 //!
-//! A reconcile that finds nothing changed thus costs one database read per bridge, one rule
-//! dump, one link dump, a `stat` per namespace and the rolling share, whatever the number of
-//! endpoints; the port changes of any number of endpoints go in one transaction (two when
-//! veths were remade). Rules already in place are never rewritten, so a restarted agent
+//! A reconcile that finds nothing changed thus costs one database read, one link dump (and
+//! one rule dump in the periodic resync), a `stat` per namespace and the rolling share,
+//! whatever the number of endpoints; the port changes of any number of endpoints go in one
+//! transaction (two when veths were remade). Rules already in place are never rewritten, so a restarted agent
 //! changes none and loses no packet; after ovs-vswitchd restarts (rules live only in its
 //! memory, ports come back from OVSDB) the rule watch ([`Flows::watch`]) wakes the loop and
 //! the rules are put back.
@@ -46,6 +49,7 @@
 //! the effector traits of [`super::effectors`], so these rules are unit-tested with fakes.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,15 +62,15 @@ use tracing::{debug, info, warn};
 use super::datapath::Datapath;
 use super::effectors::{Flows, Links, RouterDriver, Routing, Switch};
 use super::endpoint_delta::{self as delta, Glance, Memo, Verified, Want, Wanted};
-use super::flow_rules::reconcile_rules;
+use super::flow_rules::{reconcile_rules, RulesOutcome};
 use crate::config::{AgentConfig, DatapathChoice};
 use crate::netns::{Plumber, Resolver, TargetWatch};
-use crate::ovs::flow_planner::{self, TunnelLayout, PATCH_ON_TUN, TUNNEL_BRIDGE};
+use crate::ovs::flow_planner::{self, Rule, TunnelLayout, PATCH_ON_TUN, TUNNEL_BRIDGE};
 use crate::ovs::openflow::{FlowWatch, OfCtl};
 use crate::ovs::port_planner::{self as planner, PortRole};
 use crate::ovs::{
-    self, choose_datapath, endpoint_port_name, DatapathType, FailMode, OvsDriver, PortChange,
-    Watcher,
+    self, choose_datapath, endpoint_port_name, BridgeWant, DatapathType, FailMode, OvsDriver,
+    PortChange, Watcher,
 };
 use crate::ovsdb::{Client, ClientOptions};
 use crate::router::{RouterSettings, Routers};
@@ -136,6 +140,18 @@ pub struct OvsDatapath<S = OvsDriver, L = Plumber, R = RouterDriver, F = OfCtl> 
     watchers: (Option<Watcher>, Option<TargetWatch>, Option<FlowWatch>),
     /// What plumbing verified in this process's lifetime (see [`delta`]).
     memo: Memo,
+    /// The rules last found in place on `br-tun` (dumped, or dumped again after a bundle) in
+    /// this process, while the rule watch runs; `None` when they were not.
+    rules_in_place: Option<Vec<Rule>>,
+    /// Set by the rule watch (ovs-vswitchd gone or back, which loses the rules): the next
+    /// rule step dumps them.
+    rules_touched: Arc<AtomicBool>,
+    /// Whether a rule watch runs; without one a lost rule could go unnoticed, so every rule
+    /// step dumps.
+    rules_watched: bool,
+    /// Whether the next reconcile is the periodic resync, which dumps the rules whatever the
+    /// above say (someone else's `ovs-ofctl del-flows` shows nowhere else).
+    deep: bool,
 }
 
 impl<S, L, R, F> std::fmt::Debug for OvsDatapath<S, L, R, F> {
@@ -223,12 +239,17 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
             targets: watch::Sender::new(BTreeSet::new()),
             watchers: (None, None, None),
             memo: Memo::default(),
+            rules_in_place: None,
+            rules_touched: Arc::new(AtomicBool::new(true)),
+            rules_watched: false,
+            deep: false,
         }
     }
 
     /// Makes the next reconcile plumb the rolling share too (the periodic resync does).
     pub fn roll_next(&mut self) {
         self.memo.roll_next();
+        self.deep = true;
     }
 
     /// Forgets what plumbing verified: the next reconcile plumbs every endpoint, as after a
@@ -254,6 +275,7 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
     /// One reconcile; see the module documentation.
     pub async fn reconcile(&mut self, intent: &HostIntent, collect_garbage: bool) -> Reconciled {
         let started = std::time::Instant::now();
+        let deep = std::mem::take(&mut self.deep);
         let mut changes = Vec::new();
         let mut objects = Vec::new();
         let desired = planner::desired_ports(intent, self.settings.uplink.as_deref());
@@ -279,39 +301,47 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
                 changes,
             };
         }
-        // One read of the database serves the bridge, the port plan and, when nothing
-        // changes, the verification.
-        let (bridge_outcome, observed_ports) = match self
-            .switch
-            .ensure_bridge(&bridge, self.settings.datapath, None)
-            .await
-        {
-            Ok((outcome, ports)) => {
+        // One read of the database serves both bridges, the port plans and, when nothing
+        // changes, the verification. br-tun: nothing forwards there without the agent's
+        // rules. It takes br-int's datapath type, so that the patch between them stays inside
+        // one datapath.
+        let wanted = [
+            BridgeWant {
+                name: bridge.clone(),
+                datapath: self.settings.datapath,
+                fail_mode: None,
+            },
+            BridgeWant {
+                name: TUNNEL_BRIDGE.to_owned(),
+                datapath: self.settings.datapath,
+                fail_mode: Some(FailMode::Secure),
+            },
+        ];
+        let mut ensured = self.switch.ensure_bridges(&wanted).await.into_iter();
+        let (bridge_outcome, observed_ports) = match ensured.next() {
+            Some(Ok((outcome, ports))) => {
                 if outcome != ovs::BridgeOutcome::Unchanged {
                     changes.push(format!("bridge {bridge}: {outcome:?}"));
                 }
                 objects.push(ObjectStatus::ok(ObjectKind::Bridge, &bridge));
                 (outcome, ports)
             }
-            Err(e) => {
-                let problem = format!("cannot set up bridge {bridge}: {e}");
+            other => {
+                let why = match other {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "no answer".to_owned(),
+                };
+                let problem = format!("cannot set up bridge {bridge}: {why}");
                 return Reconciled {
                     report: report(everything_failed(&bridge, &desired, &layout, &problem)),
                     changes,
                 };
             }
         };
-        // br-tun: nothing forwards there without the agent's rules. It takes br-int's
-        // datapath type, so that the patch between them stays inside one datapath.
-        let tun_bridge = self
-            .switch
-            .ensure_bridge(
-                TUNNEL_BRIDGE,
-                self.settings.datapath,
-                Some(FailMode::Secure),
-            )
-            .await
-            .map_err(|e| format!("cannot set up bridge {TUNNEL_BRIDGE}: {e}"));
+        let tun_bridge = match ensured.next() {
+            Some(r) => r.map_err(|e| format!("cannot set up bridge {TUNNEL_BRIDGE}: {e}")),
+            None => Err(format!("cannot set up bridge {TUNNEL_BRIDGE}: no answer")),
+        };
         if let Ok((outcome, _)) = &tun_bridge {
             if *outcome != ovs::BridgeOutcome::Unchanged {
                 changes.push(format!("bridge {TUNNEL_BRIDGE}: {outcome:?}"));
@@ -320,6 +350,7 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
         objects.extend(desired.problems.iter().cloned());
         objects.extend(layout.problems.iter().cloned());
 
+        let bridges_at = started.elapsed();
         // The glance: one dump of the host's links (it also serves the ports' ifindexes and
         // the stale veths below) and the identity of each namespace endpoints were plumbed in.
         let glance = self.glance().await;
@@ -369,10 +400,12 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
         if let Some(ifindexes) = &host_links {
             planner::record_ifindexes(&mut specs, ifindexes);
         }
+        let routers_at = started.elapsed();
         // The tunnels forward before the patch joins them to br-int.
         let mut tunnels = self
-            .reconcile_tunnels(&layout, tun_bridge, collect_garbage, &mut changes)
+            .reconcile_tunnels(&layout, tun_bridge, collect_garbage, deep, &mut changes)
             .await;
+        let tunnels_at = started.elapsed();
         let applied = self
             .apply_ports(
                 &bridge,
@@ -402,26 +435,35 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
             self.remove_stale_veths(intent, links, &mut changes).await;
         }
 
-        // Verify, against a fresh read if anything on the bridge changed.
+        // Verify, against one fresh read of both bridges if anything on either changed.
+        let int_changed = applied.changed || bridge_outcome != ovs::BridgeOutcome::Unchanged;
+        let need_int = port_error.is_none() && int_changed;
+        let need_tun = tunnels.port_error.is_none() && (tunnels.observed.is_none() || int_changed);
+        let mut fresh = if need_int || need_tun {
+            self.switch
+                .owned_ports_of(&[bridge.as_str(), TUNNEL_BRIDGE])
+                .await
+                .map_err(|e| {
+                    warn!("cannot read back ports: {e}");
+                    e.to_string()
+                })
+        } else {
+            Ok(BTreeMap::new())
+        };
+        let mut take_fresh = |b: &str| match &mut fresh {
+            Ok(m) => m.remove(b).ok_or_else(|| format!("bridge {b} not found")),
+            Err(e) => Err(e.clone()),
+        };
         let observed = match &port_error {
             Some(_) => None,
-            None if !applied.changed && bridge_outcome == ovs::BridgeOutcome::Unchanged => {
-                Some(observed_ports)
-            }
-            None => match self.switch.owned_ports(&bridge).await {
-                Ok(o) => Some(o),
-                Err(e) => {
-                    warn!("cannot read back ports: {e}");
-                    None
-                }
-            },
+            None if !int_changed => Some(observed_ports),
+            None => take_fresh(&bridge).ok(),
         };
         let observed: Option<BTreeMap<&str, &ovs::ObservedPort>> = observed
             .as_ref()
             .map(|o| o.iter().map(|p| (p.name.as_str(), p)).collect());
-        let int_changed = applied.changed || bridge_outcome != ovs::BridgeOutcome::Unchanged;
-        self.verify_tunnels(&layout, &mut tunnels, int_changed)
-            .await;
+        let tun_fresh = need_tun.then(|| take_fresh(TUNNEL_BRIDGE));
+        Self::verify_tunnels(&layout, &mut tunnels, tun_fresh);
         // Why the br-int end of the patch to br-tun is not in place, if it is not.
         let mut patch_error = None;
         for ((_, role), spec) in desired.ports.iter().zip(&specs) {
@@ -464,21 +506,25 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
             }
         }
         let took_ms = started.elapsed().as_millis() as u64;
-        // Where the time went: observing, plumbing, the ports (with ovs-vswitchd), the rest.
+        // Where the time went: the two bridges' reads, the glance, plumbing, routers, br-tun
+        // (ports, rules), br-int's ports (with ovs-vswitchd), the rest (verification).
         let ms = |d: Duration| d.as_millis() as u64;
-        let (observe_ms, plumb_ms, ports_ms) = (
-            ms(observed_at),
+        let phases = format!(
+            "bridges {} glance {} plumb {} routers {} tunnels {} ports {} verify {}",
+            ms(bridges_at),
+            ms(observed_at - bridges_at),
             ms(plumbed_at - observed_at),
-            ms(ports_at - plumbed_at),
+            ms(routers_at - plumbed_at),
+            ms(tunnels_at - routers_at),
+            ms(ports_at - tunnels_at),
+            ms(started.elapsed() - ports_at),
         );
         if changes.is_empty() {
             debug!(
                 generation = intent.generation,
                 took_ms,
-                observe_ms,
-                plumb_ms,
-                ports_ms,
                 plumbed = plumbed.entered,
+                phases_ms = %phases,
                 "host already matches the intent"
             );
         } else {
@@ -486,10 +532,8 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
                 generation = intent.generation,
                 changes = changes.len(),
                 took_ms,
-                observe_ms,
-                plumb_ms,
-                ports_ms,
                 plumbed = plumbed.entered,
+                phases_ms = %phases,
                 "reconciled"
             );
         }
@@ -503,10 +547,11 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
     /// patch's `br-int` end exists too). `bridge` is what ensuring `br-tun` came to (its
     /// owned ports, or why it failed).
     async fn reconcile_tunnels(
-        &self,
+        &mut self,
         layout: &TunnelLayout,
         bridge: Result<(ovs::BridgeOutcome, Vec<ovs::ObservedPort>), String>,
         collect_garbage: bool,
+        deep: bool,
         changes: &mut Vec<String>,
     ) -> Tunnels {
         let (outcome, observed) = match bridge {
@@ -536,8 +581,21 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
                 warn!("ovs-vswitchd did not confirm {TUNNEL_BRIDGE}: {e}");
             }
         }
-        let rules =
-            reconcile_rules(&self.flows, TUNNEL_BRIDGE, &layout.rules, collect_garbage).await;
+        // The rules are dumped unless this process found exactly these in place since
+        // ovs-vswitchd last came or went (the rule watch says), on a br-tun nobody remade,
+        // and this is not the periodic resync.
+        let touched = self.rules_touched.swap(false, Ordering::SeqCst);
+        let known = self.rules_watched
+            && !touched
+            && !deep
+            && outcome == ovs::BridgeOutcome::Unchanged
+            && self.rules_in_place.as_deref() == Some(layout.rules.as_slice());
+        let rules = if known {
+            RulesOutcome::default()
+        } else {
+            reconcile_rules(&self.flows, TUNNEL_BRIDGE, &layout.rules, collect_garbage).await
+        };
+        self.rules_in_place = rules.problems.is_empty().then(|| layout.rules.clone());
         if !rules.applied.is_empty() {
             changes.push(format!(
                 "rules on {TUNNEL_BRIDGE}: {} changes in one bundle",
@@ -560,16 +618,21 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
         }
     }
 
-    /// Step 7 for `br-tun`: each port as ovs-vswitchd left it, read again unless neither
-    /// bridge changed (the patch's `br-tun` end is in place only once its `br-int` end is).
-    async fn verify_tunnels(&self, layout: &TunnelLayout, t: &mut Tunnels, int_changed: bool) {
-        let observed = match (&t.port_error, t.observed.take()) {
-            (Some(e), _) => Err(e.clone()),
-            (None, Some(o)) if !int_changed => Ok(o),
-            _ => self.switch.owned_ports(TUNNEL_BRIDGE).await.map_err(|e| {
-                warn!("cannot read back the ports of {TUNNEL_BRIDGE}: {e}");
-                format!("cannot verify the ports of {TUNNEL_BRIDGE}: {e}")
-            }),
+    /// Step 7 for `br-tun`: each port as ovs-vswitchd left it: `fresh`, the second read,
+    /// when one was needed (either bridge changed, or the first read is not at hand), else
+    /// the first (the patch's `br-tun` end is in place only once its `br-int` end is).
+    fn verify_tunnels(
+        layout: &TunnelLayout,
+        t: &mut Tunnels,
+        fresh: Option<Result<Vec<ovs::ObservedPort>, String>>,
+    ) {
+        let observed = match (&t.port_error, fresh, t.observed.take()) {
+            (Some(e), _, _) => Err(e.clone()),
+            (None, Some(f), _) => {
+                f.map_err(|e| format!("cannot verify the ports of {TUNNEL_BRIDGE}: {e}"))
+            }
+            (None, None, Some(o)) => Ok(o),
+            (None, None, None) => Err(format!("cannot verify the ports of {TUNNEL_BRIDGE}")),
         };
         for spec in &layout.tun_ports {
             let error = match &observed {
@@ -584,10 +647,12 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
 
     /// The cheap observation a reconcile starts from (see [`delta`]).
     async fn glance(&self) -> Glance {
+        let started = std::time::Instant::now();
         let links = self.links.host_links(OWNED_LINK_PREFIX).await.map_err(|e| {
             warn!("cannot list the host's links: {e}");
         });
-        let namespaces = self
+        let dumped = started.elapsed();
+        let namespaces: BTreeMap<_, _> = self
             .memo
             .namespace_files()
             .into_iter()
@@ -596,6 +661,13 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
                 (p, id)
             })
             .collect();
+        debug!(
+            links = links.as_ref().map_or(0, BTreeMap::len),
+            dump_ms = dumped.as_millis() as u64,
+            namespaces = namespaces.len(),
+            stat_ms = (started.elapsed() - dumped).as_millis() as u64,
+            "glance"
+        );
         Glance {
             listed: links.is_ok(),
             links: links.unwrap_or_default(),
@@ -686,21 +758,38 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
             .iter()
             .cloned()
             .partition(|c| matches!(c, PortChange::Delete { name } if rebinds.contains(name)));
-        for batch in [first, rest] {
+        for (rebind, batch) in [(true, first), (false, rest)] {
             if batch.is_empty() {
                 continue;
             }
             outcome.changed = true;
+            let started = std::time::Instant::now();
             if let Err(e) = self.switch.apply(bridge, &batch).await {
                 outcome.error = Some(format!("cannot change ports on {bridge}: {e}"));
                 outcome.vswitchd_problem = None;
                 return outcome;
             }
+            let committed = started.elapsed();
             changes.extend(batch.iter().map(planner::describe));
             if let Err(e) = self.switch.wait_for_vswitchd(VSWITCHD_WAIT).await {
                 warn!("ovs-vswitchd did not confirm the changes: {e}");
                 outcome.vswitchd_problem = Some(e.to_string());
             }
+            if rebind {
+                // ovs-vswitchd reports a deleted port (cur_cfg) before its userspace
+                // datapath has let go of the old device; a port of the same name added
+                // back at once can stay bound to the deleted device.
+                let waited = started.elapsed() - committed;
+                let settle = self.switch.release_delay();
+                tokio::time::sleep(settle.saturating_sub(waited)).await;
+            }
+            debug!(
+                bridge,
+                changes = batch.len(),
+                commit_ms = committed.as_millis() as u64,
+                vswitchd_ms = (started.elapsed() - committed).as_millis() as u64,
+                "port changes applied"
+            );
         }
         outcome
     }
@@ -910,12 +999,26 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> Datapath for OvsDatapath<S, L, R
     }
 
     fn resync_due(&mut self) {
-        self.memo.roll_next();
+        self.roll_next();
     }
 
     fn watch(&mut self, notify: mpsc::Sender<()>) {
         let switch = self.switch.watch(notify.clone());
-        let flows = self.flows.watch(TUNNEL_BRIDGE, notify.clone());
+        // The rule watch's wake-ups also mark the rules for a dump.
+        let (rules_tx, mut rules_rx) = mpsc::channel(1);
+        let flows = self.flows.watch(TUNNEL_BRIDGE, rules_tx);
+        if flows.is_some() {
+            self.rules_watched = true;
+            let touched = self.rules_touched.clone();
+            let wake = notify.clone();
+            // Ends with the watch, which holds the sender.
+            tokio::spawn(async move {
+                while rules_rx.recv().await.is_some() {
+                    touched.store(true, Ordering::SeqCst);
+                    let _ = wake.try_send(());
+                }
+            });
+        }
         let targets = self.links.watch_targets(self.targets.subscribe(), notify);
         self.watchers = (switch, targets, flows);
     }

@@ -19,7 +19,7 @@ use crate::ovs::flow_planner::{Rule, RuleChange, RuleKey, COOKIE, TUNNEL_BRIDGE}
 use crate::ovs::names::IFINDEX_KEY;
 use crate::ovs::openflow::{self, FlowWatch};
 use crate::ovs::{
-    self, BridgeOutcome, DatapathType, FailMode, ObservedInterface, ObservedPort, PortChange,
+    self, BridgeOutcome, BridgeWant, FailMode, ObservedInterface, ObservedPort, PortChange,
     Watcher, OWNER_KEY, OWNER_VALUE,
 };
 use crate::ovsdb::Uuid;
@@ -100,32 +100,38 @@ impl Switch for FakeSwitch {
         None
     }
 
-    async fn ensure_bridge(
+    async fn ensure_bridges(
         &self,
-        bridge: &str,
-        _: DatapathType,
-        fail_mode: Option<FailMode>,
-    ) -> ovs::Result<(BridgeOutcome, Vec<ObservedPort>)> {
-        if bridge == TUNNEL_BRIDGE {
-            *self.tun_fail_mode.lock().unwrap() = fail_mode;
-        }
-        let ports = self
-            .bridge(bridge)
-            .lock()
-            .unwrap()
-            .values()
-            .cloned()
-            .collect();
-        Ok((BridgeOutcome::Unchanged, ports))
+        wanted: &[BridgeWant],
+    ) -> Vec<ovs::Result<(BridgeOutcome, Vec<ObservedPort>)>> {
+        wanted
+            .iter()
+            .map(|w| {
+                if w.name == TUNNEL_BRIDGE {
+                    *self.tun_fail_mode.lock().unwrap() = w.fail_mode;
+                }
+                let ports = self
+                    .bridge(&w.name)
+                    .lock()
+                    .unwrap()
+                    .values()
+                    .cloned()
+                    .collect();
+                Ok((BridgeOutcome::Unchanged, ports))
+            })
+            .collect()
     }
 
-    async fn owned_ports(&self, bridge: &str) -> ovs::Result<Vec<ObservedPort>> {
-        Ok(self
-            .bridge(bridge)
-            .lock()
-            .unwrap()
-            .values()
-            .cloned()
+    async fn owned_ports_of(
+        &self,
+        bridges: &[&str],
+    ) -> ovs::Result<BTreeMap<String, Vec<ObservedPort>>> {
+        Ok(bridges
+            .iter()
+            .map(|b| {
+                let ports = self.bridge(b).lock().unwrap().values().cloned().collect();
+                ((*b).to_owned(), ports)
+            })
             .collect())
     }
 
@@ -550,6 +556,8 @@ pub struct FakeFlows {
     pub log: Log,
     pub table: Mutex<BTreeMap<RuleKey, (u64, String)>>,
     pub drop_adds: Mutex<bool>,
+    /// Where a running watch reports a restart.
+    watcher: Mutex<Option<mpsc::Sender<()>>>,
 }
 
 impl FakeFlows {
@@ -568,9 +576,13 @@ impl FakeFlows {
             .insert(rule.key(), (cookie, rule.actions.clone()));
     }
 
-    /// ovs-vswitchd restarted: rules live in its memory, so all of them are gone.
+    /// ovs-vswitchd restarted: rules live in its memory, so all of them are gone; a watch,
+    /// if one runs, says so (as `ovs-ofctl monitor` reconnecting does).
     pub fn restart(&self) {
         self.table.lock().unwrap().clear();
+        if let Some(w) = self.watcher.lock().unwrap().as_ref() {
+            let _ = w.try_send(());
+        }
     }
 }
 
@@ -615,8 +627,9 @@ impl Flows for FakeFlows {
         Ok(())
     }
 
-    fn watch(&self, _: &str, _: mpsc::Sender<()>) -> Option<FlowWatch> {
-        None
+    fn watch(&self, _: &str, notify: mpsc::Sender<()>) -> Option<FlowWatch> {
+        *self.watcher.lock().unwrap() = Some(notify);
+        Some(FlowWatch::of_task(tokio::spawn(std::future::pending())))
     }
 }
 
@@ -627,6 +640,7 @@ mod tests {
 
     use super::*;
     use crate::ovs::endpoint_port_name;
+    use crate::ovs::DatapathType;
     use crate::reconcile::{OvsDatapath, OvsSettings};
 
     type Fake = OvsDatapath<FakeSwitch, FakeLinks, FakeRouting, FakeFlows>;
@@ -1438,5 +1452,66 @@ mod tests {
                 .is_some_and(|e| e.contains("not the 8 it asked for")),
             "{t:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn rules_are_dumped_only_when_they_may_have_changed_and_agree_with_a_full_reconcile() {
+        use crate::reconcile::datapath::Datapath;
+        let (mut inc, inc_log) = datapath();
+        let (mut full, _) = datapath();
+        let (notify, mut woken) = mpsc::channel(1);
+        inc.watch(notify);
+        let dumps = |l: &Log| {
+            lines(l)
+                .iter()
+                .filter(|x| x.starts_with("dump-flows"))
+                .count()
+        };
+        // Each step: the incremental datapath (rule watch running) and one that dumps every
+        // time must report the same and leave the same rules.
+        async fn both(
+            inc: &mut Fake,
+            full: &mut Fake,
+            i: &HostIntent,
+        ) -> ovl_common::intent::AppliedReport {
+            let a = inc.reconcile(i, true).await.report;
+            let b = full.reconcile(i, true).await.report;
+            assert_eq!(a, b);
+            assert_eq!(
+                inc.flows.dump("br-tun").await.unwrap(),
+                full.flows.dump("br-tun").await.unwrap()
+            );
+            a
+        }
+        let i = flow_intent_with_endpoint(&[2]);
+        assert!(both(&mut inc, &mut full, &i).await.all_ok());
+        inc_log.lock().unwrap().clear();
+
+        // Nothing happened: no dump.
+        assert!(both(&mut inc, &mut full, &i).await.all_ok());
+        assert_eq!(dumps(&inc_log), 1, "only the comparison's own dump");
+        inc_log.lock().unwrap().clear();
+
+        // A new peer changes the rules: dumped and applied.
+        let i = flow_intent_with_endpoint(&[2, 3]);
+        assert!(both(&mut inc, &mut full, &i).await.all_ok());
+        assert!(lines(&inc_log).iter().any(|l| l.starts_with("bundle")));
+        inc_log.lock().unwrap().clear();
+
+        // ovs-vswitchd restarted (rules gone); the watch wakes the loop and the rules come
+        // back, in both.
+        inc.flows.restart();
+        full.flows.restart();
+        woken.recv().await.expect("the watch wakes the loop");
+        assert!(both(&mut inc, &mut full, &i).await.all_ok());
+        assert!(lines(&inc_log).iter().any(|l| l.starts_with("bundle")));
+        inc_log.lock().unwrap().clear();
+
+        // Someone else deleted the rules, which no watch sees: the periodic resync dumps.
+        inc.flows.table.lock().unwrap().clear();
+        full.flows.table.lock().unwrap().clear();
+        inc.resync_due();
+        assert!(both(&mut inc, &mut full, &i).await.all_ok());
+        assert!(lines(&inc_log).iter().any(|l| l.starts_with("bundle")));
     }
 }

@@ -123,44 +123,34 @@ pub async fn run_observed<D: Datapath>(
     let mut resync_due = false;
     loop {
         let wake = pending.unwrap_or(resync_at).min(resync_at);
-        let event = tokio::select! {
+        let first = tokio::select! {
             e = session_rx.recv() => match e { Some(e) => Some(Event::Session(e)), None => break },
             c = change_rx.recv() => { if c.is_some() { Some(Event::DatapathChanged) } else { change_rx = mpsc::channel(1).1; None } },
             _ = tokio::time::sleep_until(wake) => None,
             _ = shutdown.cancelled() => break,
         };
-        match event {
-            Some(Event::Session(SessionEvent::Intent(i))) => {
-                info!(
-                    generation = i.generation,
-                    endpoints = i.endpoints.len(),
-                    tenants = i.tenants.len(),
-                    "new intent"
-                );
-                observers.intent.send_replace(Some(i.clone()));
-                intent = Some(i);
-                pending = Some(Instant::now());
-            }
-            Some(Event::Session(SessionEvent::Connected)) => {
-                debug!("session up");
-                observers.connected.send_replace(true);
-            }
-            Some(Event::Session(SessionEvent::Disconnected(why))) => {
-                debug!("session down: {why}; the data plane stays as it is");
-                observers.connected.send_replace(false);
-            }
-            Some(Event::DatapathChanged) => {
-                if pending.is_none() {
-                    pending = Some(Instant::now() + DEBOUNCE);
-                }
-            }
-            None => {
-                let now = Instant::now();
-                if now >= resync_at {
-                    pending = Some(now);
-                    resync_due = true;
-                }
-            }
+        // Whatever else is already waiting is taken too, so intents that arrived during a
+        // reconcile cost one reconcile of the latest, not one each: 50 endpoints created in a
+        // row were 17 reconciles per host, one per intent.
+        let mut events = vec![first];
+        while let Ok(e) = session_rx.try_recv() {
+            events.push(Some(Event::Session(e)));
+        }
+        if change_rx.try_recv().is_ok() {
+            events.push(Some(Event::DatapathChanged));
+        }
+        for event in events {
+            handle(
+                event,
+                &mut Handled {
+                    intent: &mut intent,
+                    pending: &mut pending,
+                    resync_at,
+                    resync_due: &mut resync_due,
+                    intent_tx: &observers.intent,
+                    connected_tx: &observers.connected,
+                },
+            );
         }
         let due = pending.is_some_and(|p| p <= Instant::now());
         let Some(current) = intent.as_ref().filter(|_| due) else {
@@ -231,5 +221,53 @@ fn save_generation(dir: &Path, generation: u64) {
             "cannot record the applied generation in {}: {e}",
             dir.display()
         );
+    }
+}
+
+/// The loop's state an event changes.
+struct Handled<'a> {
+    intent: &'a mut Option<HostIntent>,
+    /// When to reconcile next, if something asked for it.
+    pending: &'a mut Option<Instant>,
+    resync_at: Instant,
+    resync_due: &'a mut bool,
+    intent_tx: &'a watch::Sender<Option<HostIntent>>,
+    connected_tx: &'a watch::Sender<bool>,
+}
+
+/// Takes one event (`None`: a timer fired) into the loop's state.
+fn handle(event: Option<Event>, st: &mut Handled<'_>) {
+    match event {
+        Some(Event::Session(SessionEvent::Intent(i))) => {
+            info!(
+                generation = i.generation,
+                endpoints = i.endpoints.len(),
+                tenants = i.tenants.len(),
+                "new intent"
+            );
+            st.intent_tx.send_replace(Some(i.clone()));
+            *st.intent = Some(i);
+            *st.pending = Some(Instant::now());
+        }
+        Some(Event::Session(SessionEvent::Connected)) => {
+            debug!("session up");
+            st.connected_tx.send_replace(true);
+        }
+        Some(Event::Session(SessionEvent::Disconnected(why))) => {
+            debug!("session down: {why}; the data plane stays as it is");
+            st.connected_tx.send_replace(false);
+        }
+        Some(Event::DatapathChanged) => {
+            if st.pending.is_none() {
+                *st.pending = Some(Instant::now() + DEBOUNCE);
+            }
+        }
+        None => {
+            let now = Instant::now();
+            if now >= st.resync_at {
+                *st.pending = Some(now);
+                *st.resync_due = true;
+            }
+        }
     }
 }

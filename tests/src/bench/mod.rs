@@ -8,5 +8,6 @@
 pub mod bound;
 pub mod fill;
 pub mod flow_tunnels;
+pub mod logs;
 pub mod probe;
 pub mod summary;

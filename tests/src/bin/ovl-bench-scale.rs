@@ -26,23 +26,28 @@ use ovl_tests::bench::summary::{self, Row};
 const FIRST_IP: Ipv4Addr = Ipv4Addr::new(10, 95, 15, 1);
 
 /// Sizes and bounds, from the command line.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Options {
     endpoints: usize,
     pings: usize,
     max_secs: u64,
+    /// Where to copy the daemons' logs before the lab goes.
+    keep_logs: Option<std::path::PathBuf>,
 }
 
-const USAGE: &str = "usage: ovl-bench-scale [--endpoints N] [--pings N] [--max-secs N]
-  --endpoints N  endpoints on the measured host, 1–4000 (default 1000)
-  --pings N      create-to-ping samples with those endpoints present (default 20)
-  --max-secs N   bound on each step (default 300)";
+const USAGE: &str =
+    "usage: ovl-bench-scale [--endpoints N] [--pings N] [--max-secs N] [--keep-logs DIR]
+  --endpoints N    endpoints on the measured host, 1–4000 (default 1000)
+  --pings N        create-to-ping samples with those endpoints present (default 20)
+  --max-secs N     bound on each step (default 300)
+  --keep-logs DIR  copy the controller's and agents' logs (agents at debug level) into DIR";
 
 fn options() -> anyhow::Result<Options> {
     let mut o = Options {
         endpoints: 1000,
         pings: 20,
         max_secs: 300,
+        keep_logs: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -57,6 +62,10 @@ fn options() -> anyhow::Result<Options> {
         let value = args
             .next()
             .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+        if flag == "--keep-logs" {
+            o.keep_logs = Some(value.into());
+            continue;
+        }
         let n: u64 = value
             .parse()
             .with_context(|| format!("{flag} {value}: not a number"))?;
@@ -207,7 +216,7 @@ async fn run(state: &mut LabState, o: Options) -> anyhow::Result<()> {
     converged(state, Duration::from_secs(120)).await?;
     let restart = started.elapsed();
 
-    let pings = create_to_ping(state, o, n).await;
+    let pings = create_to_ping(state, &o, n).await;
     table.push(Row::new(
         format!(
             "create → first ping from another host, with {n} endpoints already on the host, p95"
@@ -343,7 +352,7 @@ async fn diagnose(state: &LabState, from: usize) -> String {
 /// create returning to the first reply. Returns the samples and the time the step took.
 async fn create_to_ping(
     state: &mut LabState,
-    o: Options,
+    o: &Options,
     present: usize,
 ) -> anyhow::Result<(Vec<Duration>, Duration)> {
     const LIMIT: Duration = Duration::from_secs(30);
@@ -423,8 +432,14 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(async {
         lab::wait_for_agents(&state, Duration::from_secs(60), |l| eprintln!("lab: {l}")).await?;
-        run(&mut state, o).await
+        run(&mut state, o.clone()).await
     });
+    if let Some(into) = &o.keep_logs {
+        match ovl_tests::bench::logs::keep(&spec.dir, spec.hosts, into) {
+            Ok(n) => eprintln!("kept {n} logs in {}", into.display()),
+            Err(e) => eprintln!("cannot keep the logs in {}: {e}", into.display()),
+        }
+    }
     if let Err(e) = lab::down(&spec.dir, &mut |_| {}) {
         eprintln!("lab down: {e}");
     }

@@ -71,8 +71,8 @@ fn say(line: &str) {
 }
 
 fn main() -> ExitCode {
-    let bin_dir = match parse_args() {
-        Ok(Some(dir)) => dir,
+    let Args { bin_dir, keep_logs } = match parse_args() {
+        Ok(Some(args)) => args,
         Ok(None) => return ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ovl-bench: {e:#}");
@@ -100,7 +100,11 @@ fn main() -> ExitCode {
     let started = Instant::now();
     // Created before the runtime, so it is dropped after it: the runtime's drop waits for
     // blocking tasks (a `lab::up` in progress), then the guard tears the lab down.
-    let guard = LabGuard { dir };
+    if keep_logs.is_some() {
+        // Each reconcile's phases are logged at debug level.
+        std::env::set_var("OVL_LOG", "info,ovl_agent=debug");
+    }
+    let guard = LabGuard { dir, keep_logs };
     let outcome = match tokio::runtime::Runtime::new() {
         Ok(rt) => {
             let r = rt.block_on(async {
@@ -131,31 +135,47 @@ fn main() -> ExitCode {
     }
 }
 
-/// `ovl-bench [--bin-dir DIR]`; `None` when only help was asked for.
-fn parse_args() -> Result<Option<PathBuf>> {
-    let mut bin_dir = ovl_tests::bin_dir();
+/// What the command line asks for.
+struct Args {
+    /// Holds `ovl-controller` and `ovl-agent`.
+    bin_dir: PathBuf,
+    /// Where to copy the daemons' logs before the lab goes.
+    keep_logs: Option<PathBuf>,
+}
+
+/// `ovl-bench [--bin-dir DIR] [--keep-logs DIR]`; `None` when only help was asked for.
+fn parse_args() -> Result<Option<Args>> {
+    let mut parsed = Args {
+        bin_dir: ovl_tests::bin_dir(),
+        keep_logs: None,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--bin-dir" => {
-                bin_dir = args.next().context("--bin-dir needs a directory")?.into();
+                parsed.bin_dir = args.next().context("--bin-dir needs a directory")?.into();
+            }
+            "--keep-logs" => {
+                parsed.keep_logs =
+                    Some(args.next().context("--keep-logs needs a directory")?.into());
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: ovl-bench [--bin-dir DIR]\n\n\
+                    "usage: ovl-bench [--bin-dir DIR] [--keep-logs DIR]\n\n\
                      Builds a private 3-host ovl lab (prefix {PREFIX}, 10.{NET}.0.0/16, \
                      port {PORT}), \
                      measures create-to-ping latency, attaching {ATTACH_COUNT} endpoints against a \
                      shell script, and overlay against underlay TCP throughput, prints the figures \
                      and removes the lab. Needs root. DIR holds ovl-controller and ovl-agent \
-                     (default: the directory of this binary)."
+                     (default: the directory of this binary). --keep-logs copies the \
+                     controller's and agents' logs (agents at debug level) into DIR first."
                 );
                 return Ok(None);
             }
             other => bail!("unknown argument '{other}'; see --help"),
         }
     }
-    Ok(Some(bin_dir))
+    Ok(Some(parsed))
 }
 
 async fn interrupted() -> &'static str {
@@ -179,10 +199,17 @@ async fn interrupted() -> &'static str {
 /// unwinds.
 struct LabGuard {
     dir: PathBuf,
+    keep_logs: Option<PathBuf>,
 }
 
 impl Drop for LabGuard {
     fn drop(&mut self) {
+        if let Some(into) = &self.keep_logs {
+            match ovl_tests::bench::logs::keep(&self.dir, HOSTS, into) {
+                Ok(n) => say(&format!("kept {n} logs in {}", into.display())),
+                Err(e) => say(&format!("cannot keep the logs in {}: {e}", into.display())),
+            }
+        }
         say("tearing the lab down");
         if self.dir.join("lab.json").exists() {
             if let Err(e) = lab::down(&self.dir, &mut |l| say(l)) {
