@@ -254,16 +254,10 @@ impl SharedIntent {
                 }
             },
         );
-        (delta.endpoints, delta.endpoints_removed) = diff_by_id(
-            self.endpoints.iter().map(|e| &**e),
-            next.endpoints.iter().map(|e| &**e),
-            |e| e.id,
-        );
-        (delta.routers, delta.routers_removed) = diff_by_id(
-            self.routers.iter().map(|r| &**r),
-            next.routers.iter().map(|r| &**r),
-            |r| r.tenant_id,
-        );
+        (delta.endpoints, delta.endpoints_removed) =
+            diff_shared(&self.endpoints, &next.endpoints, |e| e.id);
+        (delta.routers, delta.routers_removed) =
+            diff_shared(&self.routers, &next.routers, |r| r.tenant_id);
         delta
     }
 
@@ -271,6 +265,51 @@ impl SharedIntent {
     pub fn same_content(&self, other: &SharedIntent) -> bool {
         self.host == other.host && self.host_id == other.host_id && self.delta(other).is_empty()
     }
+}
+
+/// Objects that may have changed, by name, each with its value now (`None`: gone): what
+/// [`Compiled::apply`] and [`Compiled::stage`] take.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub tenants: Vec<(TenantName, Option<Tenant>)>,
+    pub hosts: Vec<(HostName, Option<Host>)>,
+    pub endpoints: Vec<(EndpointName, Option<Endpoint>)>,
+}
+
+/// What staged changes concern, between [`Compiled::stage`] and [`Compiled::rebuild`].
+#[derive(Debug, Clone, Default)]
+pub struct Dirty {
+    tenants: BTreeSet<TenantName>,
+    hosts: BTreeSet<HostName>,
+}
+
+impl Dirty {
+    /// The tenants concerned so far: the only ones whose router placement a change can move.
+    pub fn tenants(&self) -> impl Iterator<Item = &TenantName> {
+        self.tenants.iter()
+    }
+}
+
+/// [`diff_by_id`] over shared pieces: one that is the same `Arc` in both lists is unchanged
+/// without comparing its content (most of a host's pieces, from one generation to the next).
+fn diff_shared<T: Clone + PartialEq>(
+    old: &[Arc<T>],
+    new: &[Arc<T>],
+    id: impl Fn(&T) -> u32,
+) -> (Vec<T>, Vec<u32>) {
+    let (mut upserted, mut removed) = (Vec::new(), Vec::new());
+    merge_sorted(
+        old,
+        new,
+        |p| id(p),
+        |m| match m {
+            Merged::Old(o) => removed.push(id(o)),
+            Merged::New(n) => upserted.push((**n).clone()),
+            Merged::Both(o, n) if !Arc::ptr_eq(o, n) && **o != **n => upserted.push((**n).clone()),
+            Merged::Both(..) => {}
+        },
+    );
+    (upserted, removed)
 }
 
 /// Every registered host's intent, kept in step with the state it was compiled from, so that a
@@ -289,6 +328,11 @@ pub struct Compiled {
     segments: BTreeMap<TenantName, Arc<TenantIntent>>,
     /// Each tenant's router and its host, for tenants that have one.
     routers: BTreeMap<TenantName, (HostName, Arc<RouterIntent>)>,
+    /// The tenants whose router each host carries (the index of `routers` by host).
+    routed_on: BTreeMap<HostName, BTreeSet<TenantName>>,
+    /// Each endpoint's intent as last built, shared by the host's successive intents;
+    /// dropped when the endpoint or its tenant changes.
+    endpoint_intents: BTreeMap<EndpointName, Arc<EndpointIntent>>,
     intents: BTreeMap<HostName, Arc<SharedIntent>>,
     /// Whether an update changed anything since the last [`Compiled::settle`].
     touched: bool,
@@ -305,6 +349,45 @@ impl Compiled {
     /// Marks the current content as committed.
     pub fn settle(&mut self) {
         self.touched = false;
+    }
+
+    /// A tenant as last staged.
+    pub fn tenant(&self, name: &TenantName) -> Option<&Tenant> {
+        self.tenants.get(name)
+    }
+
+    /// Whether a host is registered, as last staged.
+    pub fn has_host(&self, name: &HostName) -> bool {
+        self.hosts.contains_key(name)
+    }
+
+    /// How many endpoints of `tenant` each registered host has, as last staged.
+    pub fn endpoint_counts(&self, tenant: &TenantName) -> BTreeMap<&HostName, u32> {
+        self.in_tenant
+            .get(tenant)
+            .into_iter()
+            .flatten()
+            .filter(|(h, _)| self.hosts.contains_key(*h))
+            .map(|(h, names)| (h, u32::try_from(names.len()).unwrap_or(u32::MAX)))
+            .collect()
+    }
+
+    /// The names of the endpoints of `tenant`, in name order, as last staged.
+    pub fn tenant_endpoints(&self, tenant: &TenantName) -> Vec<&EndpointName> {
+        let mut names: Vec<&EndpointName> = self
+            .in_tenant
+            .get(tenant)
+            .into_iter()
+            .flatten()
+            .flat_map(|(_, names)| names)
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The names of the endpoints on `host`, as last staged.
+    pub fn host_endpoints(&self, host: &HostName) -> impl Iterator<Item = &EndpointName> {
+        self.on_host.get(host).into_iter().flatten().map(|(_, n)| n)
     }
 
     /// A host's current intent.
@@ -324,11 +407,8 @@ impl Compiled {
     /// state is unchanged) or starts at 1; a host whose content changed gets its previous
     /// generation + 1.
     ///
-    /// Only what differs from the previous state is recompiled: each changed endpoint
-    /// concerns its host (before and after) and its tenant; each changed host concerns
-    /// itself and the tenants it is in or routes; each concerned tenant's segment and router
-    /// are rebuilt, and when either differs, every host of the tenant (before and after)
-    /// and its router host is recompiled.
+    /// The whole state is compared with the copy kept here to find what changed
+    /// ([`Changes`]); then [`Compiled::apply`] recompiles only what that concerns.
     pub fn update<'a>(
         &mut self,
         tenants: &BTreeMap<TenantName, Tenant>,
@@ -336,91 +416,144 @@ impl Compiled {
         endpoints: impl IntoIterator<Item = &'a Endpoint>,
         stored: impl Fn(&HostName) -> Option<u64>,
     ) -> Vec<Arc<SharedIntent>> {
-        let mut dirty_tenants: BTreeSet<TenantName> = BTreeSet::new();
-        let mut dirty_hosts: BTreeSet<HostName> = BTreeSet::new();
-
-        // What changed, object by object.
-        let mut tenant_changes = Vec::new();
+        let mut changes = Changes::default();
         merge_sorted(
             self.tenants.values(),
             tenants.values(),
             |t| &t.name,
             |m| match m {
-                Merged::Old(o) => tenant_changes.push((o.name.clone(), None)),
-                Merged::New(n) => tenant_changes.push((n.name.clone(), Some(n.clone()))),
+                Merged::Old(o) => changes.tenants.push((o.name.clone(), None)),
+                Merged::New(n) => changes.tenants.push((n.name.clone(), Some(n.clone()))),
                 Merged::Both(o, n) if o != n => {
-                    tenant_changes.push((n.name.clone(), Some(n.clone())))
+                    changes.tenants.push((n.name.clone(), Some(n.clone())))
                 }
                 Merged::Both(..) => {}
             },
         );
-        for (name, t) in tenant_changes {
-            dirty_tenants.insert(name.clone());
-            match t {
-                Some(t) => self.tenants.insert(name, t),
-                None => self.tenants.remove(&name),
-            };
-        }
-        let mut host_changes = Vec::new();
         merge_sorted(
             self.hosts.values(),
             hosts.values(),
             |h| &h.name,
             |m| match m {
-                Merged::Old(o) => host_changes.push((o.name.clone(), None)),
-                Merged::New(n) => host_changes.push((n.name.clone(), Some(n.clone()))),
+                Merged::Old(o) => changes.hosts.push((o.name.clone(), None)),
+                Merged::New(n) => changes.hosts.push((n.name.clone(), Some(n.clone()))),
                 Merged::Both(o, n) if o != n => {
-                    host_changes.push((n.name.clone(), Some(n.clone())))
+                    changes.hosts.push((n.name.clone(), Some(n.clone())))
                 }
                 Merged::Both(..) => {}
             },
         );
-        for (name, h) in host_changes {
-            for (tenant, by_host) in &self.in_tenant {
-                if by_host.contains_key(&name) {
-                    dirty_tenants.insert(tenant.clone());
-                }
-            }
-            for t in self.tenants.values() {
-                if t.router_host.as_ref() == Some(&name) {
-                    dirty_tenants.insert(t.name.clone());
-                }
-            }
-            dirty_hosts.insert(name.clone());
-            match h {
-                Some(h) => self.hosts.insert(name, h),
-                None => self.hosts.remove(&name),
-            };
-        }
-        let mut endpoint_changes = Vec::new();
         let endpoints: Vec<&Endpoint> = endpoints.into_iter().collect();
         merge_sorted(
             self.endpoints.values(),
             endpoints.iter().map(|e| &**e),
             |e| &e.name,
             |m| match m {
-                Merged::Old(o) => endpoint_changes.push((o.clone(), None)),
-                Merged::New(n) => endpoint_changes.push((n.clone(), Some(n.clone()))),
-                Merged::Both(o, n) if o != n => endpoint_changes.push((o.clone(), Some(n.clone()))),
+                Merged::Old(o) => changes.endpoints.push((o.name.clone(), None)),
+                Merged::New(n) => changes.endpoints.push((n.name.clone(), Some(n.clone()))),
+                Merged::Both(o, n) if o != n => {
+                    changes.endpoints.push((n.name.clone(), Some(n.clone())))
+                }
                 Merged::Both(..) => {}
             },
         );
-        for (before, after) in endpoint_changes {
-            if let Some(old) = self.endpoints.remove(&before.name) {
+        self.apply(changes, stored)
+    }
+
+    /// [`Compiled::update`] for a caller that knows which objects may have changed: each
+    /// entry of `changes` is an object's value now (`None`: it is gone). Entries equal to the
+    /// copy kept here change nothing. Costs what the changes concern, not the cluster's size.
+    pub fn apply(
+        &mut self,
+        changes: Changes,
+        stored: impl Fn(&HostName) -> Option<u64>,
+    ) -> Vec<Arc<SharedIntent>> {
+        let mut dirty = Dirty::default();
+        self.stage(changes, &mut dirty);
+        self.rebuild(dirty, stored)
+    }
+
+    /// The first half of [`Compiled::apply`]: takes the changed objects into the copy kept
+    /// here and its indexes, and marks in `dirty` what they concern. Each changed endpoint
+    /// concerns its host (before and after) and its tenant; each changed host concerns
+    /// itself and the tenants it is in, routes or is the gateway host of; each changed tenant
+    /// concerns itself. Between the halves, [`Dirty::tenants`] and the accessors below
+    /// (`tenant`, `endpoint_counts`, `has_host`) are what router placement needs, and a
+    /// second `stage` takes the tenants it changed.
+    pub fn stage(&mut self, changes: Changes, dirty: &mut Dirty) {
+        for (name, t) in changes.tenants {
+            if self.tenants.get(&name) == t.as_ref() {
+                continue;
+            }
+            for names in self
+                .in_tenant
+                .get(&name)
+                .into_iter()
+                .flat_map(|h| h.values())
+            {
+                for e in names {
+                    self.endpoint_intents.remove(e);
+                }
+            }
+            dirty.tenants.insert(name.clone());
+            match t {
+                Some(t) => self.tenants.insert(name, t),
+                None => self.tenants.remove(&name),
+            };
+        }
+        for (name, h) in changes.hosts {
+            if self.hosts.get(&name) == h.as_ref() {
+                continue;
+            }
+            for (tenant, by_host) in &self.in_tenant {
+                if by_host.contains_key(&name) {
+                    dirty.tenants.insert(tenant.clone());
+                }
+            }
+            for t in self.tenants.values() {
+                if t.router_host.as_ref() == Some(&name) || t.gateway_host.as_ref() == Some(&name) {
+                    dirty.tenants.insert(t.name.clone());
+                }
+            }
+            dirty.hosts.insert(name.clone());
+            match h {
+                Some(h) => self.hosts.insert(name, h),
+                None => self.hosts.remove(&name),
+            };
+        }
+        for (name, after) in changes.endpoints {
+            if self.endpoints.get(&name) == after.as_ref() {
+                continue;
+            }
+            self.endpoint_intents.remove(&name);
+            if let Some(old) = self.endpoints.remove(&name) {
                 self.unindex(&old);
-                dirty_tenants.insert(old.tenant.clone());
-                dirty_hosts.insert(old.host.clone());
+                dirty.tenants.insert(old.tenant.clone());
+                dirty.hosts.insert(old.host.clone());
             }
             if let Some(new) = after {
                 self.index(&new);
-                dirty_tenants.insert(new.tenant.clone());
-                dirty_hosts.insert(new.host.clone());
+                dirty.tenants.insert(new.tenant.clone());
+                dirty.hosts.insert(new.host.clone());
                 self.endpoints.insert(new.name.clone(), new);
             }
         }
+        self.touched |= !dirty.tenants.is_empty() || !dirty.hosts.is_empty();
+    }
 
-        self.touched |= !dirty_tenants.is_empty() || !dirty_hosts.is_empty();
-
+    /// The second half of [`Compiled::apply`]: rebuilds the segments and routers of the
+    /// concerned tenants (where one differs, every host of the tenant, before and after, and
+    /// its router host are concerned), then recompiles the concerned hosts and returns those
+    /// whose content changed, with their new generations.
+    pub fn rebuild(
+        &mut self,
+        dirty: Dirty,
+        stored: impl Fn(&HostName) -> Option<u64>,
+    ) -> Vec<Arc<SharedIntent>> {
+        let Dirty {
+            tenants: dirty_tenants,
+            hosts: mut dirty_hosts,
+        } = dirty;
         // Tenants: rebuild segments and routers; where one differs, its hosts are concerned.
         for name in &dirty_tenants {
             let (segment, router) = self.tenant_pieces(name);
@@ -447,10 +580,20 @@ impl Compiled {
             if !same_router {
                 if let Some((h, _)) = &old_router {
                     dirty_hosts.insert(h.clone());
+                    if let Some(set) = self.routed_on.get_mut(h) {
+                        set.remove(name);
+                        if set.is_empty() {
+                            self.routed_on.remove(h);
+                        }
+                    }
                 }
                 match router {
                     Some((h, r)) => {
                         dirty_hosts.insert(h.clone());
+                        self.routed_on
+                            .entry(h.clone())
+                            .or_default()
+                            .insert(name.clone());
                         self.routers.insert(name.clone(), (h, Arc::new(r)))
                     }
                     None => self.routers.remove(name),
@@ -568,28 +711,36 @@ impl Compiled {
     }
 
     /// A registered host's intent from the current segments and routers (generation 0).
-    fn host_intent(&self, name: &HostName) -> Option<SharedIntent> {
+    fn host_intent(&mut self, name: &HostName) -> Option<SharedIntent> {
         let host = self.hosts.get(name)?;
         let mut endpoints = Vec::new();
         let mut tenants: BTreeMap<u32, Arc<TenantIntent>> = BTreeMap::new();
         for (_, e) in self.on_host.get(name).into_iter().flatten() {
-            let Some(e) = self.endpoints.get(e) else {
+            let intent = match self.endpoint_intents.get(e) {
+                Some(i) => i.clone(),
+                None => {
+                    let Some(e) = self.endpoints.get(e) else {
+                        continue;
+                    };
+                    let Some(t) = self.tenants.get(&e.tenant) else {
+                        continue;
+                    };
+                    let i = Arc::new(endpoint_intent(e, t));
+                    self.endpoint_intents.insert(e.name.clone(), i.clone());
+                    i
+                }
+            };
+            let Some(segment) = self.segments.get(&intent.tenant) else {
                 continue;
             };
-            let (Some(t), Some(segment)) =
-                (self.tenants.get(&e.tenant), self.segments.get(&e.tenant))
-            else {
-                continue;
-            };
-            endpoints.push(Arc::new(endpoint_intent(e, t)));
-            tenants.entry(t.id).or_insert_with(|| segment.clone());
+            tenants.entry(segment.id).or_insert_with(|| segment.clone());
+            endpoints.push(intent);
         }
         let mut routers = Vec::new();
-        for (tenant, (router_host, router)) in &self.routers {
-            if router_host != name {
-                continue;
-            }
-            if let Some(segment) = self.segments.get(tenant) {
+        for tenant in self.routed_on.get(name).into_iter().flatten() {
+            if let (Some((_, router)), Some(segment)) =
+                (self.routers.get(tenant), self.segments.get(tenant))
+            {
                 tenants.entry(segment.id).or_insert_with(|| segment.clone());
                 routers.push(router.clone());
             }
@@ -826,6 +977,31 @@ pub(crate) mod tests {
         next_endpoint: u32,
     }
 
+    /// What a transaction making the change from `old` to `w` would report as written: every
+    /// object that differs, and one that does not (writing a row unchanged is allowed).
+    fn written(old: &World, w: &World) -> Changes {
+        fn differing<K: Ord + Clone, V: PartialEq + Clone>(
+            old: &BTreeMap<K, V>,
+            new: &BTreeMap<K, V>,
+        ) -> Vec<(K, Option<V>)> {
+            let keys: BTreeSet<&K> = old.keys().chain(new.keys()).collect();
+            let mut out: Vec<(K, Option<V>)> = keys
+                .iter()
+                .filter(|k| old.get(**k) != new.get(**k))
+                .map(|k| ((*k).clone(), new.get(*k).cloned()))
+                .collect();
+            if let Some((k, v)) = new.iter().find(|(k, v)| old.get(*k) == Some(*v)) {
+                out.push((k.clone(), Some(v.clone())));
+            }
+            out
+        }
+        Changes {
+            tenants: differing(&old.tenants, &w.tenants),
+            hosts: differing(&old.hosts, &w.hosts),
+            endpoints: differing(&old.endpoints, &w.endpoints),
+        }
+    }
+
     /// One random change: `op` picks what, the other numbers which. Small ranges make
     /// changes collide (the same host, tenant, endpoint again and again).
     fn mutate(w: &mut World, (op, x, y, z): (u8, u8, u8, u8)) {
@@ -895,12 +1071,22 @@ pub(crate) mod tests {
         ) {
             let mut w = World::default();
             let mut c = Compiled::default();
+            // The same intents kept by `apply`, told only which objects an operation wrote
+            // (as the store's transactions tell it), plus one it did not change.
+            let mut told = Compiled::default();
             let mut agents: BTreeMap<HostName, HostIntent> = BTreeMap::new();
             for op in ops {
                 let before: BTreeMap<HostName, Arc<SharedIntent>> =
                     c.intents.iter().map(|(h, i)| (h.clone(), i.clone())).collect();
+                let old = w.clone();
                 mutate(&mut w, op);
                 let changed = c.update(&w.tenants, &w.hosts, w.endpoints.values(), |_| None);
+                let told_changed = told.apply(written(&old, &w), |_| None);
+                proptest::prop_assert_eq!(&told_changed, &changed);
+                for (name, intent) in &c.intents {
+                    proptest::prop_assert_eq!(told.intent(name), Some(intent));
+                }
+                proptest::prop_assert_eq!(told.intents.len(), c.intents.len());
                 let full = compile(w.tenants.values(), w.hosts.values(), w.endpoints.values());
                 proptest::prop_assert_eq!(
                     c.intents.keys().collect::<Vec<_>>(),

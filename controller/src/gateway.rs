@@ -63,34 +63,40 @@ fn busiest<'s>(
 /// placed when the tenant has endpoints and no (registered) router host, cleared when it has
 /// none. Pure; the store writes the result in the transaction it runs in.
 pub fn place_routers(state: &State) -> Vec<Tenant> {
-    let mut out = Vec::new();
-    for t in state.tenants.values() {
-        let counts = endpoint_counts(state, &t.name);
-        let placed = t
-            .router_host
-            .as_ref()
-            .filter(|h| state.hosts.contains_key(*h));
-        let want = if counts.is_empty() {
-            None
-        } else if let Some(h) = placed {
-            Some(h.clone())
-        } else {
-            match t
-                .gateway_host
-                .as_ref()
-                .filter(|g| state.hosts.contains_key(*g))
-            {
-                Some(g) => Some(g.clone()),
-                None => busiest(&counts, |_| true).cloned(),
-            }
-        };
-        if want != t.router_host {
-            let mut changed = t.clone();
-            changed.router_host = want;
-            out.push(changed);
+    state
+        .tenants
+        .values()
+        .filter_map(|t| {
+            place_router(t, &endpoint_counts(state, &t.name), |h| {
+                state.hosts.contains_key(h)
+            })
+        })
+        .collect()
+}
+
+/// [`place_routers`] for one tenant, given how many of its endpoints each registered host has
+/// and which hosts are registered: the tenant with its new router host, or `None` when it
+/// stays where it is.
+pub fn place_router(
+    t: &Tenant,
+    counts: &BTreeMap<&HostName, u32>,
+    registered: impl Fn(&HostName) -> bool,
+) -> Option<Tenant> {
+    let placed = t.router_host.as_ref().filter(|h| registered(h));
+    let want = if counts.is_empty() {
+        None
+    } else if let Some(h) = placed {
+        Some(h.clone())
+    } else {
+        match t.gateway_host.as_ref().filter(|g| registered(g)) {
+            Some(g) => Some(g.clone()),
+            None => busiest(counts, |_| true).cloned(),
         }
-    }
-    out
+    };
+    (want != t.router_host).then(|| Tenant {
+        router_host: want,
+        ..t.clone()
+    })
 }
 
 /// A host's session presence, as the server's session table knows it.

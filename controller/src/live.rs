@@ -18,7 +18,7 @@ pub struct LiveHost {
     pub datapath: Option<String>,
     /// The last generation the agent reported applying.
     pub applied_generation: Option<u64>,
-    /// Per-object outcomes of that report.
+    /// The failed objects of that report (the controller keeps no others).
     pub objects: Vec<ObjectStatus>,
 }
 

@@ -451,6 +451,7 @@ impl Server {
         let mut ok = frame::write_frame(&mut send, &ControllerToAgent::Intent(sent.intent()))
             .await
             .is_ok();
+        let mut pushes = Pushes::new();
         // Frames are read in their own task: a read interrupted by `select!` would lose the
         // bytes it had taken, so reads must never be cancelled halfway.
         let (msg_tx, mut msgs) = tokio::sync::mpsc::channel(16);
@@ -464,19 +465,30 @@ impl Server {
             }
         });
         while ok {
-            tokio::select! {
-                changed = rx.changed() => {
-                    if changed.is_err() { break; }
-                    let next = rx.borrow_and_update().clone();
-                    if let Some(next) = next {
-                        if next.generation > sent.generation {
-                            let delta = sent.delta(&next);
-                            debug!(base = delta.base, generation = delta.generation, "pushing a delta");
-                            sent = next;
-                            ok = frame::write_frame(&mut send, &ControllerToAgent::Delta(delta)).await.is_ok();
-                        }
-                    }
+            if pushes.held && pushes.may_push(sent.generation) {
+                pushes.held = false;
+                let next = rx.borrow_and_update().clone();
+                if let Some(next) = next.filter(|n| n.generation > sent.generation) {
+                    let delta = sent.delta(&next);
+                    debug!(
+                        base = delta.base,
+                        generation = delta.generation,
+                        "pushing a delta"
+                    );
+                    sent = next;
+                    pushes.pushed();
+                    ok = frame::write_frame(&mut send, &ControllerToAgent::Delta(delta))
+                        .await
+                        .is_ok();
+                    continue;
                 }
+            }
+            tokio::select! {
+                changed = rx.changed(), if !pushes.held => {
+                    if changed.is_err() { break; }
+                    pushes.held = true;
+                }
+                _ = tokio::time::sleep_until(pushes.patience_ends()), if pushes.held => {}
                 msg = msgs.recv() => match msg.unwrap_or(Err(FrameError::Closed)) {
                     Ok(AgentToController::NeedIntent { have }) => {
                         if let Some(latest) = rx.borrow_and_update().clone() {
@@ -484,10 +496,13 @@ impl Server {
                                 sent = latest;
                             }
                         }
+                        pushes.held = false;
+                        pushes.pushed();
                         info!(?have, generation = sent.generation, "the agent asks for its whole intent");
                         ok = frame::write_frame(&mut send, &ControllerToAgent::Intent(sent.intent())).await.is_ok();
                     }
                     Ok(AgentToController::Applied(report)) => {
+                        pushes.acked = pushes.acked.max(Some(report.generation));
                         let failed = report.errors().count();
                         if failed > 0 {
                             warn!(generation = report.generation, failed, "agent applied with errors");
@@ -529,15 +544,59 @@ impl Server {
     }
 }
 
+/// How long a session waits for its agent to report the intent last pushed before it pushes
+/// a newer one anyway (an agent that does not report, or reports late).
+const PUSH_PATIENCE: Duration = Duration::from_secs(1);
+
+/// When an agent session pushes the newest intent. While the agent has not yet reported
+/// applying the intent last pushed, newer ones wait (the host's `watch` keeps only the
+/// newest), so an agent that lags behind a burst of changes gets one delta covering all of
+/// them when it reports, instead of one delta per change, each applied in turn; after
+/// [`PUSH_PATIENCE`] without a report the newest goes out anyway. An agent that keeps up
+/// gets every change at once.
+#[derive(Debug)]
+struct Pushes {
+    /// Whether a newer intent is waiting to be pushed.
+    held: bool,
+    /// The highest generation the agent reported applied in this session.
+    acked: Option<u64>,
+    /// When the last intent was pushed.
+    last: tokio::time::Instant,
+}
+
+impl Pushes {
+    fn new() -> Self {
+        Self {
+            held: false,
+            acked: None,
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Whether the newest intent may go out now, `sent` being the generation last pushed.
+    fn may_push(&self, sent: u64) -> bool {
+        self.acked.is_some_and(|a| a >= sent) || tokio::time::Instant::now() >= self.patience_ends()
+    }
+
+    fn patience_ends(&self) -> tokio::time::Instant {
+        self.last + PUSH_PATIENCE
+    }
+
+    fn pushed(&mut self) {
+        self.last = tokio::time::Instant::now();
+    }
+}
+
 /// Most capabilities an agent's hello may announce, and the longest capability or version
 /// word: far above what any agent sends, and small enough that no host can bloat the store
 /// or the answers that list hosts (`host list` sends every host's hello back in one frame).
 const MAX_CAPABILITIES: usize = 64;
 const MAX_HELLO_WORD: usize = 128;
 /// What the controller keeps of an agent's report for `status` and `endpoint show`, which
-/// send it back to admins: at most this many objects, of them at most this many failed ones,
-/// with names and error messages cut to these lengths. Real reports stay far below.
-const MAX_KEPT_OBJECTS: usize = 65_536;
+/// send it back to admins: its failed objects only (those are all they show; the report of
+/// a host in many wide tenants lists thousands of tunnels, and keeping them for every host
+/// cost hundreds of MiB at 1000 hosts), at most this many, with names and error messages cut
+/// to these lengths. Real reports stay far below.
 const MAX_KEPT_FAILURES: usize = 1_024;
 const MAX_KEPT_NAME: usize = 256;
 const MAX_KEPT_ERROR: usize = 1_024;
@@ -579,14 +638,10 @@ fn truncate(s: &mut String, max: usize) {
 
 /// The bounded part of a report's objects that the controller keeps (see the limits above).
 fn kept_objects(objects: Vec<ObjectStatus>) -> Vec<ObjectStatus> {
-    let mut failures = 0;
     objects
         .into_iter()
-        .filter(|o| {
-            failures += usize::from(o.error.is_some());
-            o.error.is_none() || failures <= MAX_KEPT_FAILURES
-        })
-        .take(MAX_KEPT_OBJECTS)
+        .filter(|o| o.error.is_some())
+        .take(MAX_KEPT_FAILURES)
         .map(|mut o| {
             truncate(&mut o.name, MAX_KEPT_NAME);
             if let Some(e) = o.error.as_mut() {

@@ -12,6 +12,7 @@ use super::fields::{count_of, endpoint_name, find_endpoint, host_name, parse_ip,
 use super::outcome::{Done, Failure};
 use super::pools::{allocate_mac, claim, plan_of, release};
 use super::reservation::drop_reservation;
+use crate::compile::Compiled;
 use crate::ipam::{ip_from_key, ip_key, mac_key, mac_pool, port_key, port_pool};
 use crate::store::{Counter, Holders, StoreError, StoredEndpoint, Txn};
 
@@ -23,6 +24,7 @@ pub const DEFAULT_IFNAME: &str = "eth0";
 /// endpoint; one that another host reserved is refused.
 pub(crate) fn endpoint_create(
     t: &mut dyn Txn,
+    compiled: &Compiled,
     c: &EndpointCreate,
     now: u64,
 ) -> Result<Done, Failure> {
@@ -60,7 +62,7 @@ pub(crate) fn endpoint_create(
             ),
         )));
     }
-    check_ifname_free(t, &host.name, &c.target, ifname, None)?;
+    check_ifname_free(t, compiled, &host.name, &c.target, ifname, None)?;
 
     let plan = plan_of(&tenant)?;
     let pool = plan.pool(tenant.id);
@@ -133,20 +135,29 @@ pub(crate) fn endpoint_create(
 }
 
 /// Refuses a second endpoint with the same interface in the same namespace of a host
-/// (`except` is the endpoint being changed, which may keep its own).
+/// (`except` is the endpoint being changed, which may keep its own). The host's endpoints
+/// are found in `compiled`'s index, so only they are read.
 pub(crate) fn check_ifname_free(
     t: &dyn Txn,
+    compiled: &Compiled,
     host: &HostName,
     target: &NetnsTarget,
     ifname: &str,
     except: Option<&EndpointName>,
 ) -> Result<(), Failure> {
-    let clash = t.all_endpoints()?.into_iter().find(|e| {
-        Some(&e.endpoint.name) != except
-            && e.endpoint.host == *host
-            && e.endpoint.target == *target
-            && e.endpoint.ifname == ifname
-    });
+    let mut clash = None;
+    for name in compiled.host_endpoints(host) {
+        if Some(name) == except {
+            continue;
+        }
+        let Some(e) = t.endpoint(name.as_str())? else {
+            continue;
+        };
+        if e.endpoint.host == *host && e.endpoint.target == *target && e.endpoint.ifname == ifname {
+            clash = Some(e);
+            break;
+        }
+    }
     match clash {
         Some(clash) => Err(Failure::Api(ApiError::field(
             ErrorCode::Conflict,
@@ -214,13 +225,21 @@ pub(crate) fn remove_endpoint(
 /// it to the host.
 pub(crate) fn endpoint_retarget(
     t: &mut dyn Txn,
+    compiled: &Compiled,
     name: &str,
     target: &NetnsTarget,
 ) -> Result<Done, Failure> {
     let name = endpoint_name("name", name)?;
     target.validate()?;
     let mut e = find_endpoint(t, "name", &name)?;
-    check_ifname_free(t, &e.endpoint.host, target, &e.endpoint.ifname, Some(&name))?;
+    check_ifname_free(
+        t,
+        compiled,
+        &e.endpoint.host,
+        target,
+        &e.endpoint.ifname,
+        Some(&name),
+    )?;
     e.endpoint.target = target.clone();
     t.put_endpoint(&e)?;
     Ok(Done::EndpointChanged(name))

@@ -106,7 +106,7 @@ fn apply_hello(
         );
     }
     t.put_host(&host)?;
-    let (_, changed) = recompile(t, compiled)?;
+    let changed = recompile(t, compiled)?;
     let intent = compiled
         .intent(&host.name)
         .cloned()

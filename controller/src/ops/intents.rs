@@ -1,17 +1,20 @@
-//! Recompiling inside an operation's transaction: settle the router placement that needs no
-//! liveness ([`place_routers`]), bring the compiled intents up to the transaction's state
-//! ([`Compiled::update`], which recompiles only the hosts the change concerns), and store the
-//! changed hosts' generations, so that a change and the generations it causes commit
-//! together.
+//! Recompiling inside an operation's transaction: bring the compiled intents up to the
+//! transaction's changes ([`recompile`]: the objects the transaction wrote are read back and
+//! handed to [`Compiled::stage`]), settle the router placement that needs no liveness for the
+//! tenants they concern ([`place_router`]), recompile only the hosts the change concerns
+//! ([`Compiled::rebuild`]) and store the changed hosts' generations, so that a change and the
+//! generations it causes commit together. A change costs what it touches, not the size of
+//! the store.
 //!
 //! The compiled intents live in memory, in [`Intents`], beside the store: the store is their
 //! source of truth. They are kept in step with committed transactions only: a transaction
-//! takes them, updates them from its own state, and hands them back once it has committed.
+//! takes them, updates them from its own changes, and hands them back once it has committed.
 //! A transaction that fails or aborts after updating them drops them, and the next one
 //! compiles them again from the store's state (as opening the store does), so a cache that
-//! might be ahead of the store is never used. Every update also compares the whole state it
-//! is given with the copy the cache holds, so a change made behind the cache's back (another
-//! controller on a shared store) is found like any other.
+//! might be ahead of the store is never used. They are also kept with the store's revision
+//! they are up to date with ([`Txn::revision`], one more per commit): a transaction that
+//! finds another revision (a commit made without them, such as another controller's on a
+//! shared store) compiles them again from the store before it starts.
 //!
 //! Group commit: each transaction commits without flushing ([`Store::write_unsynced`]) while
 //! it holds the lock, then waits, without the lock, until a flush ([`Store::sync`]) covers
@@ -26,17 +29,18 @@ use std::sync::{Arc, Condvar, Mutex};
 use ovl_common::HostName;
 
 use super::outcome::Done;
-use crate::compile::{Compiled, SharedIntent};
-use crate::gateway::place_routers;
-use crate::store::{Outcome, State, Store, StoreError, Txn};
+use crate::compile::{Changes, Compiled, Dirty, SharedIntent};
+use crate::gateway::{place_router, place_routers};
+use crate::store::{Outcome, Store, StoreError, Txn};
 
 /// The compiled intents of every registered host, kept in step with the store.
 #[derive(Debug, Default)]
 pub struct Intents {
     /// `None` until the first transaction, and after one that may have left it ahead of the
-    /// store. The lock is held for the whole write transaction (which the store serialises
-    /// anyway), so updates apply in commit order.
-    compiled: Mutex<Option<Compiled>>,
+    /// store; else the intents with the store revision they are up to date with. The lock is
+    /// held for the whole write transaction (which the store serialises anyway), so updates
+    /// apply in commit order.
+    compiled: Mutex<Option<(u64, Compiled)>>,
     flushes: Mutex<Flushes>,
     flushed: Condvar,
 }
@@ -53,7 +57,7 @@ impl Intents {
     /// A host's current intent, if it is registered and the intents are compiled.
     pub fn get(&self, host: &HostName) -> Option<Arc<SharedIntent>> {
         let compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
-        compiled.as_ref()?.intent(host).cloned()
+        compiled.as_ref()?.1.intent(host).cloned()
     }
 
     /// Runs `body` in one write transaction of `store`, lending it the compiled intents as of
@@ -67,19 +71,29 @@ impl Intents {
         let mut cached = slot.take();
         let mut committed = false;
         let result = store.transact_unsynced(|t| {
+            let revision = t.revision()?;
+            if cached.as_ref().is_some_and(|(r, _)| *r != revision) {
+                tracing::info!(
+                    revision,
+                    "the store changed without the compiled intents; compiling them again"
+                );
+                cached = None;
+            }
             let compiled = match cached.as_mut() {
-                Some(c) => c,
-                None => cached.insert(load(t)?),
+                Some((_, c)) => c,
+                None => &mut cached.insert((revision, load(t)?)).1,
             };
             let (value, outcome) = body(t, compiled)?;
             committed = outcome == Outcome::Commit;
             Ok((value, outcome))
         });
         // An aborted body may have updated the cache before it gave up: only a commit (or
-        // a body that never recompiled, which leaves it untouched) keeps it.
-        if result.is_ok() && (committed || cached.as_ref().is_some_and(|c| !c.touched())) {
-            if let Some(c) = cached.as_mut() {
+        // a body that never recompiled, which leaves it untouched) keeps it. A commit moves
+        // the store one revision on.
+        if result.is_ok() && (committed || cached.as_ref().is_some_and(|(_, c)| !c.touched())) {
+            if let Some((revision, c)) = cached.as_mut() {
                 c.settle();
+                *revision += u64::from(committed);
             }
             *slot = cached;
         }
@@ -137,54 +151,110 @@ fn load(t: &mut dyn Txn) -> Result<Compiled, StoreError> {
 }
 
 /// Recompiles the hosts the transaction's changes concern and stores the generations of those
-/// whose intent changed. Router placement that needs no liveness ([`place_routers`]) is
-/// settled first. Returns the state (with the new generations) and the changed intents,
-/// sorted by host name.
+/// whose intent changed. The objects the transaction wrote or removed ([`Txn::take_touched`])
+/// are read back and staged; router placement that needs no liveness ([`place_router`]) is
+/// settled for the tenants they concern, and the tenants it moves are written and staged too.
+/// Returns the changed intents, sorted by host name.
 pub(crate) fn recompile(
     t: &mut dyn Txn,
     compiled: &mut Compiled,
-) -> Result<(State, Vec<Arc<SharedIntent>>), StoreError> {
+) -> Result<Vec<Arc<SharedIntent>>, StoreError> {
+    let touched = t.take_touched();
+    let mut changes = Changes::default();
+    for name in &touched.tenants {
+        changes.tenants.push((name_of(name)?, t.tenant(name)?));
+    }
+    let mut stored = std::collections::BTreeMap::new();
+    for name in &touched.hosts {
+        let host = name_of::<HostName>(name)?;
+        stored.insert(host.clone(), t.generation(name)?);
+        changes.hosts.push((host, t.host(name)?));
+    }
+    for name in &touched.endpoints {
+        changes
+            .endpoints
+            .push((name_of(name)?, t.endpoint(name)?.map(|e| e.endpoint)));
+    }
+    let mut dirty = Dirty::default();
+    compiled.stage(changes, &mut dirty);
+    let placed: Vec<_> = dirty
+        .tenants()
+        .filter_map(|name| {
+            let tenant = compiled.tenant(name)?;
+            place_router(tenant, &compiled.endpoint_counts(name), |h| {
+                compiled.has_host(h)
+            })
+        })
+        .collect();
+    if !placed.is_empty() {
+        let mut moved = Changes::default();
+        for tenant in placed {
+            t.put_tenant(&tenant)?;
+            moved.tenants.push((tenant.name.clone(), Some(tenant)));
+        }
+        t.take_touched();
+        compiled.stage(moved, &mut dirty);
+    }
+    let changed = compiled.rebuild(dirty, |h| stored.get(h).copied().flatten());
+    store_generations(t, &changed)?;
+    Ok(changed)
+}
+
+/// [`recompile`] over the whole state, for opening a store: every tenant's router placement
+/// is settled, and every object compared with the compiled copy.
+pub(crate) fn recompile_all(
+    t: &mut dyn Txn,
+    compiled: &mut Compiled,
+) -> Result<Vec<Arc<SharedIntent>>, StoreError> {
     let mut state = t.state()?;
     for tenant in place_routers(&state) {
         t.put_tenant(&tenant)?;
         state.tenants.insert(tenant.name.clone(), tenant);
     }
+    t.take_touched();
     let changed = compiled.update(
         &state.tenants,
         &state.hosts,
         state.endpoints.values().map(|e| &e.endpoint),
         |h| state.generations.get(h).copied(),
     );
-    for intent in &changed {
+    store_generations(t, &changed)?;
+    Ok(changed)
+}
+
+fn store_generations(t: &mut dyn Txn, changed: &[Arc<SharedIntent>]) -> Result<(), StoreError> {
+    for intent in changed {
         t.put_generation(intent.host.as_str(), intent.generation)?;
-        state
-            .generations
-            .insert(intent.host.clone(), intent.generation);
     }
-    Ok((state, changed))
+    Ok(())
+}
+
+/// A name the store keys a row by, as its typed name.
+fn name_of<N: std::str::FromStr>(name: &str) -> Result<N, StoreError> {
+    name.parse()
+        .map_err(|_| StoreError::Inconsistent(format!("the store holds an invalid name '{name}'")))
 }
 
 /// Stores, with a new endpoint, the generation of its host's intent that first includes it.
 pub(crate) fn mark_first_generation(
     t: &mut dyn Txn,
-    state: &mut State,
+    compiled: &Compiled,
     done: &Done,
 ) -> Result<(), StoreError> {
     let Done::EndpointCreated(name) = done else {
         return Ok(());
     };
-    let stored = state
-        .endpoints
-        .get_mut(name)
+    let mut stored = t
+        .endpoint(name.as_str())?
         .ok_or_else(|| StoreError::Inconsistent(format!("new endpoint '{name}' is not stored")))?;
-    let generation = state
-        .generations
-        .get(&stored.endpoint.host)
-        .copied()
+    let generation = compiled
+        .intent(&stored.endpoint.host)
+        .map(|i| i.generation)
         .ok_or_else(|| {
             StoreError::Inconsistent(format!("host '{}' has no intent", stored.endpoint.host))
         })?;
     stored.first_generation = generation;
-    t.put_endpoint(stored)?;
+    t.put_endpoint(&stored)?;
+    t.take_touched();
     Ok(())
 }

@@ -43,10 +43,10 @@ use ovl_common::proto::{ApiError, ApiRequest, ApiResponse, ErrorCode};
 use ovl_common::HostName;
 
 use crate::authz::{self, Caller};
-use crate::compile::SharedIntent;
+use crate::compile::{Compiled, SharedIntent};
 use crate::live::Live;
 use crate::store::{Outcome, RedbStore, Settings, Store, StoreError, Txn};
-use intents::{mark_first_generation, recompile, Intents};
+use intents::{mark_first_generation, recompile, recompile_all, Intents};
 use outcome::{Done, Failure};
 
 pub use host::register_host;
@@ -96,7 +96,7 @@ impl Controller {
     /// One write transaction with the compiled intents (see [`Intents::transact`]).
     pub(crate) fn transact<R, E: From<StoreError>>(
         &self,
-        body: impl FnOnce(&mut dyn Txn, &mut crate::compile::Compiled) -> Result<(R, Outcome), E>,
+        body: impl FnOnce(&mut dyn Txn, &mut Compiled) -> Result<(R, Outcome), E>,
     ) -> Result<R, E> {
         self.intents.transact(self.store.as_ref(), body)
     }
@@ -135,7 +135,7 @@ pub fn prepare(ctl: &Controller) -> Result<(), StoreError> {
                 t.put_tenant(&tenant)?;
             }
         }
-        recompile(t, compiled)?;
+        recompile_all(t, compiled)?;
         Ok(((), Outcome::Commit))
     })
 }
@@ -199,11 +199,12 @@ fn apply(
     let settings = ctl.store.settings();
     let result = ctl.transact(|t, compiled| {
         authz::authorize(caller, req, || Ok::<_, Failure>(Cow::Owned(t.state()?)))?;
-        let done = mutate(t, req, caller, settings, now)?;
-        let (mut state, changed) = recompile(t, compiled)?;
-        mark_first_generation(t, &mut state, &done)?;
+        let done = mutate(t, compiled, req, caller, settings, now)?;
+        let changed = recompile(t, compiled)?;
+        mark_first_generation(t, compiled, &done)?;
+        let objects = query::reply_objects(t, compiled, &done)?;
         Ok::<_, Failure>((
-            (query::reply(&state, &done, live), changed),
+            (query::reply(&objects, &done, live), changed),
             Outcome::Commit,
         ))
     });
@@ -234,9 +235,11 @@ pub fn is_mutation(req: &ApiRequest) -> bool {
 }
 
 /// Applies one mutation, already authorised for `caller`, to the tables of the store's open
-/// write transaction.
+/// write transaction. `compiled` is the compiled intents as of the transaction's start,
+/// whose indexes (a host's or a tenant's endpoints) spare an operation a scan of the store.
 fn mutate(
     t: &mut dyn Txn,
+    compiled: &Compiled,
     req: &ApiRequest,
     caller: &Caller,
     settings: &Settings,
@@ -244,8 +247,10 @@ fn mutate(
 ) -> Result<Done, Failure> {
     match req {
         ApiRequest::TenantCreate(c) => tenant::tenant_create(t, c, settings, now),
-        ApiRequest::TenantDelete { name, force } => tenant::tenant_delete(t, name, *force),
-        ApiRequest::EndpointCreate(c) => endpoint::endpoint_create(t, c, now),
+        ApiRequest::TenantDelete { name, force } => {
+            tenant::tenant_delete(t, compiled, name, *force)
+        }
+        ApiRequest::EndpointCreate(c) => endpoint::endpoint_create(t, compiled, c, now),
         ApiRequest::EndpointDelete { name } => endpoint::endpoint_delete(t, name),
         ApiRequest::TenantCreateGateway {
             create,
@@ -270,7 +275,7 @@ fn mutate(
         },
         ApiRequest::AddressRelease { tenant, ip } => reservation::address_release(t, tenant, ip),
         ApiRequest::EndpointRetarget { name, target } => {
-            endpoint::endpoint_retarget(t, name, target)
+            endpoint::endpoint_retarget(t, compiled, name, target)
         }
         ApiRequest::TenantSetAttach { name, attach } => tenant::tenant_set_attach(t, name, attach),
         other => Err(Failure::Api(ApiError::new(

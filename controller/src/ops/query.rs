@@ -4,7 +4,7 @@
 //!
 //! Layer: operations.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ovl_common::intent::ObjectKind;
 use ovl_common::model::{validate_name, Host, Tenant};
@@ -12,15 +12,61 @@ use ovl_common::proto::{
     AddressInfo, ApiError, ApiReply, ApiRequest, ApiResponse, EndpointInfo, ErrorCode, HostInfo,
     HostStatus, TenantInfo,
 };
-use ovl_common::EndpointName;
+use ovl_common::{EndpointName, HostName};
 
 use super::fields::{host_name, missing, tenant_name};
 use super::outcome::Done;
+use crate::compile::Compiled;
 use crate::live::Live;
-use crate::store::{State, StoredEndpoint};
+use crate::store::{State, StoreError, StoredEndpoint, Txn};
 
 /// The state of an endpoint whose target (container, process, namespace) is gone.
 pub const TARGET_MISSING: &str = "target-missing";
+
+/// The objects [`reply`] reads for `done`, read from the write transaction after the change
+/// (with `compiled` brought up to it): the changed endpoint with its tenant and router
+/// host, or the changed tenant with its endpoints. Keep it in step with what `reply` and
+/// the `*_info` functions it calls look up.
+pub(crate) fn reply_objects(
+    t: &dyn Txn,
+    compiled: &Compiled,
+    done: &Done,
+) -> Result<State, StoreError> {
+    let mut state = State::default();
+    let tenant = match done {
+        Done::EndpointCreated(name) | Done::EndpointChanged(name) => {
+            let Some(e) = t.endpoint(name.as_str())? else {
+                return Ok(state);
+            };
+            let tenant = e.endpoint.tenant.clone();
+            state.endpoints.insert(name.clone(), e);
+            Some((tenant, false))
+        }
+        Done::TenantCreated(name) | Done::TenantChanged(name) => Some((name.clone(), true)),
+        Done::AddressReserved(name, _) => Some((name.clone(), false)),
+        Done::Deleted(_) => None,
+    };
+    let Some((name, with_endpoints)) = tenant else {
+        return Ok(state);
+    };
+    let Some(tenant) = t.tenant(name.as_str())? else {
+        return Ok(state);
+    };
+    if let Some(router) = &tenant.router_host {
+        if let Some(h) = t.host(router.as_str())? {
+            state.hosts.insert(h.name.clone(), h);
+        }
+    }
+    if with_endpoints {
+        for e in compiled.tenant_endpoints(&name) {
+            if let Some(stored) = t.endpoint(e.as_str())? {
+                state.endpoints.insert(e.clone(), stored);
+            }
+        }
+    }
+    state.tenants.insert(name, tenant);
+    Ok(state)
+}
 
 /// The reply to a mutation that succeeded, built from the state after it.
 pub(crate) fn reply(state: &State, done: &Done, live: &dyn Live) -> ApiResponse {
@@ -85,16 +131,24 @@ pub(crate) fn query(state: &State, req: &ApiRequest, live: &dyn Live) -> ApiResp
             let t = find_tenant(state, "name", name)?;
             Ok(ApiReply::Tenant(tenant_info(state, t)))
         }
-        ApiRequest::HostList => Ok(ApiReply::Hosts(
-            state
-                .hosts
-                .values()
-                .map(|h| host_info(state, h, live))
-                .collect(),
-        )),
+        ApiRequest::HostList => {
+            let counts = endpoints_per_host(state);
+            Ok(ApiReply::Hosts(
+                state
+                    .hosts
+                    .values()
+                    .map(|h| host_info(state, h, live, &counts))
+                    .collect(),
+            ))
+        }
         ApiRequest::HostShow { name } => {
             let h = find_host(state, "name", name)?;
-            Ok(ApiReply::Host(host_info(state, h, live)))
+            Ok(ApiReply::Host(host_info(
+                state,
+                h,
+                live,
+                &endpoints_per_host(state),
+            )))
         }
         ApiRequest::EndpointList { tenant, host } => {
             let tenant = tenant
@@ -128,13 +182,16 @@ pub(crate) fn query(state: &State, req: &ApiRequest, live: &dyn Live) -> ApiResp
                 })?;
             Ok(ApiReply::Endpoint(endpoint_info(state, e, live)?))
         }
-        ApiRequest::Status => Ok(ApiReply::Status(
-            state
-                .hosts
-                .values()
-                .map(|h| host_status(state, h, live))
-                .collect(),
-        )),
+        ApiRequest::Status => {
+            let counts = endpoints_per_host(state);
+            Ok(ApiReply::Status(
+                state
+                    .hosts
+                    .values()
+                    .map(|h| host_status(state, h, live, &counts))
+                    .collect(),
+            ))
+        }
         other => Err(ApiError::new(
             ErrorCode::Internal,
             format!(
@@ -164,17 +221,37 @@ pub fn tenant_info(state: &State, t: &Tenant) -> TenantInfo {
     }
 }
 
-pub fn host_info(state: &State, h: &Host, live: &dyn Live) -> HostInfo {
+/// How many endpoints each host has, counted in one pass for a listing of hosts.
+pub fn endpoints_per_host(state: &State) -> BTreeMap<&HostName, u32> {
+    let mut counts = BTreeMap::new();
+    for e in state.endpoints.values() {
+        *counts.entry(&e.endpoint.host).or_insert(0) += 1;
+    }
+    counts
+}
+
+pub fn host_info(
+    state: &State,
+    h: &Host,
+    live: &dyn Live,
+    counts: &BTreeMap<&HostName, u32>,
+) -> HostInfo {
     HostInfo {
         host: h.clone(),
-        status: host_status(state, h, live),
+        status: host_status(state, h, live, counts),
     }
 }
 
 /// A host's session state (from `live`), its desired generation (from the stored intent) and
 /// the objects that failed in its last report. An endpoint whose target is missing (its
 /// container stopped) has not failed: it shows as `target-missing` on the endpoint instead.
-pub fn host_status(state: &State, h: &Host, live: &dyn Live) -> HostStatus {
+/// `counts` are the endpoints per host ([`endpoints_per_host`]).
+pub fn host_status(
+    state: &State,
+    h: &Host,
+    live: &dyn Live,
+    counts: &BTreeMap<&HostName, u32>,
+) -> HostStatus {
     let l = live.host(&h.name).unwrap_or_default();
     HostStatus {
         name: h.name.clone(),
@@ -185,11 +262,7 @@ pub fn host_status(state: &State, h: &Host, live: &dyn Live) -> HostStatus {
         datapath: l.datapath,
         desired_generation: state.generations.get(&h.name).copied().unwrap_or(0),
         applied_generation: l.applied_generation,
-        endpoints: state
-            .endpoints
-            .values()
-            .filter(|e| e.endpoint.host == h.name)
-            .count() as u32,
+        endpoints: counts.get(&h.name).copied().unwrap_or(0),
         errors: l
             .objects
             .into_iter()

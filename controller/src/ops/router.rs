@@ -35,7 +35,7 @@ pub fn move_routers(
         if applied.is_empty() {
             return Ok(((applied, Vec::new()), Outcome::Abort));
         }
-        let changed = recompile(t, compiled)?.1;
+        let changed = recompile(t, compiled)?;
         Ok(((applied, changed), Outcome::Commit))
     })
 }

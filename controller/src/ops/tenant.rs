@@ -15,6 +15,7 @@ use super::outcome::{Done, Failure};
 use super::pools::{allocate_mac, claim, release};
 use super::reservation::drop_reservation;
 use crate::alloc::{key_pool, key_space, key_space_pool, key_word, vlan_pool, VLAN_MAX, VLAN_MIN};
+use crate::compile::Compiled;
 use crate::ipam::{gateway_mac_owner, mac_key, mac_pool, SubnetPlan};
 use crate::store::{Counter, Holders, Settings, StoreError, StoredEndpoint, Txn, NO_MAC};
 
@@ -210,14 +211,24 @@ pub(crate) fn tenant_create_gateway(
 /// `ovl tenant delete [--force]`: refused while endpoints remain unless forced, in which case
 /// they go in the same transaction. Frees the key, the tag, the endpoints' addresses and the
 /// addresses hosts reserved.
-pub(crate) fn tenant_delete(t: &mut dyn Txn, name: &str, force: bool) -> Result<Done, Failure> {
+pub(crate) fn tenant_delete(
+    t: &mut dyn Txn,
+    compiled: &Compiled,
+    name: &str,
+    force: bool,
+) -> Result<Done, Failure> {
     let name = tenant_name("name", name)?;
     let tenant = find_stored_tenant(t, "name", &name)?;
-    let endpoints: Vec<StoredEndpoint> = t
-        .all_endpoints()?
-        .into_iter()
-        .filter(|e| e.endpoint.tenant == name)
-        .collect();
+    // The tenant's endpoints from `compiled`'s index, each read from the store.
+    let mut endpoints: Vec<StoredEndpoint> = Vec::new();
+    for e in compiled.tenant_endpoints(&name) {
+        if let Some(e) = t
+            .endpoint(e.as_str())?
+            .filter(|e| e.endpoint.tenant == name)
+        {
+            endpoints.push(e);
+        }
+    }
     if !endpoints.is_empty() && !force {
         let names: Vec<&str> = endpoints.iter().map(|e| e.endpoint.name.as_str()).collect();
         return Err(Failure::Api(ApiError::field(

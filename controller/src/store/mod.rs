@@ -19,7 +19,7 @@ mod check;
 mod redb_store;
 pub(crate) mod tables;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
@@ -185,6 +185,14 @@ impl State {
     }
 }
 
+/// The names of the objects a write transaction wrote or removed ([`Txn::take_touched`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    pub tenants: BTreeSet<String>,
+    pub hosts: BTreeSet<String>,
+    pub endpoints: BTreeSet<String>,
+}
+
 /// The outcome of [`Store::check`]: counts, and one sentence per problem found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CheckReport {
@@ -228,7 +236,9 @@ impl fmt::Display for CheckReport {
 }
 
 /// Every table's rows in readable form, to compare the whole store before and after an
-/// operation (and to look inside a store when debugging).
+/// operation (and to look inside a store when debugging). The commit counter
+/// (`meta.revision`, see [`Txn::revision`]) is left out: it counts transactions, not data,
+/// so a request or a reopening that changes nothing leaves the dump equal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreDump {
     /// Table name → (key, value) rows in key order. Record values are shown as hex.
@@ -318,6 +328,14 @@ pub trait Txn {
     /// Every object and generation as the transaction sees them now.
     fn state(&self) -> Result<State, StoreError>;
 
+    /// How many write transactions had committed when this one started (this one counts
+    /// when it commits): what the compiled intents in memory check they are up to date with,
+    /// instead of comparing every object.
+    fn revision(&self) -> Result<u64, StoreError>;
+    /// The tenants, hosts and endpoints written or removed through this handle since the
+    /// transaction started or since the last call, which the intents are recompiled from.
+    fn take_touched(&mut self) -> Touched;
+
     /// [`Pool::claim`] on the table `holders`.
     fn claim(
         &mut self,
@@ -352,7 +370,8 @@ pub trait Store: Send + Sync {
     /// The settings the store was opened with.
     fn settings(&self) -> &Settings;
     /// Runs `body` in one write transaction, then commits or aborts as it says. An error from
-    /// `body` aborts and is returned.
+    /// `body` aborts and is returned. Every commit adds one to the store's revision
+    /// ([`Txn::revision`]).
     fn write(
         &self,
         body: &mut dyn FnMut(&mut dyn Txn) -> Result<Outcome, StoreError>,

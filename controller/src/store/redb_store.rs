@@ -99,7 +99,11 @@ impl RedbStore {
             .map_err(StoreError::Durability)?;
         let outcome = {
             let mut t = WriteTables::open(&txn)?;
-            body(&mut t)?
+            let outcome = body(&mut t)?;
+            if outcome == Outcome::Commit {
+                t.bump_revision()?;
+            }
+            outcome
         };
         match outcome {
             Outcome::Commit => txn.commit()?,
@@ -227,10 +231,9 @@ impl Store for RedbStore {
                 );
             }
         }
-        tables.insert(
-            "meta".into(),
-            dump_table(&txn, tables::META, |k| k.to_string(), |v| v.to_string())?,
-        );
+        let mut meta = dump_table(&txn, tables::META, |k| k.to_string(), |v| v.to_string())?;
+        meta.retain(|(k, _)| k != meta::REVISION);
+        tables.insert("meta".into(), meta);
         for def in [tables::TENANTS, tables::HOSTS, tables::ENDPOINTS] {
             tables.insert(
                 def.name().into(),

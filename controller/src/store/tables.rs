@@ -48,7 +48,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Counter, Holders, Reservation, Settings, State, StoreError, StoredEndpoint, Txn, NO_MAC,
+    Counter, Holders, Reservation, Settings, State, StoreError, StoredEndpoint, Touched, Txn,
+    NO_MAC,
 };
 use crate::alloc::{Claim, Pool, PoolTable};
 use crate::ipam::{gateway_mac_owner, ip_key, mac_from_key, mac_pool};
@@ -100,6 +101,10 @@ pub(crate) mod meta {
     pub const UNDERLAY_MTU: &str = "underlay_mtu";
     pub const KEY_RANGE_START: &str = "key_range_start";
     pub const KEY_RANGE_END: &str = "key_range_end";
+    /// How many write transactions have committed (absent: none since this key exists). The
+    /// compiled intents kept in memory record the revision they were brought up to, so a
+    /// commit they did not see (another writer) makes them compile again from the store.
+    pub const REVISION: &str = "revision";
 }
 
 /// A stored tenant.
@@ -510,6 +515,8 @@ pub(crate) struct WriteTables<'txn> {
     pub macs: Table<'txn, u64, &'static str>,
     pub ports: Table<'txn, u64, &'static str>,
     pub reservations: Table<'txn, u64, &'static [u8]>,
+    /// The objects written or removed through [`Txn`] so far.
+    touched: Touched,
 }
 
 pub(crate) fn open_read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
@@ -548,7 +555,14 @@ impl<'txn> WriteTables<'txn> {
             macs: open_write_table(txn, MACS)?,
             ports: open_write_table(txn, PORTS)?,
             reservations: open_write_table(txn, RESERVATIONS)?,
+            touched: Touched::default(),
         })
+    }
+
+    /// Counts a commit: called once, right before the transaction commits.
+    pub(crate) fn bump_revision(&mut self) -> Result<(), StoreError> {
+        let next = self.meta(meta::REVISION)?.unwrap_or(0) + 1;
+        self.set_meta(meta::REVISION, next)
     }
 
     pub(crate) fn meta(&self, key: &str) -> Result<Option<u64>, StoreError> {
@@ -641,11 +655,13 @@ impl Txn for WriteTables<'_> {
     fn put_tenant(&mut self, t: &Tenant) -> Result<(), StoreError> {
         let bytes = encode("tenants", t.name.as_str(), &TenantRow::from(t))?;
         self.tenants.insert(t.name.as_str(), bytes.as_slice())?;
+        self.touched.tenants.insert(t.name.to_string());
         Ok(())
     }
 
     fn remove_tenant(&mut self, name: &str) -> Result<(), StoreError> {
         self.tenants.remove(name)?;
+        self.touched.tenants.insert(name.to_string());
         Ok(())
     }
 
@@ -663,6 +679,7 @@ impl Txn for WriteTables<'_> {
     fn put_host(&mut self, h: &Host) -> Result<(), StoreError> {
         let bytes = encode("hosts", h.name.as_str(), &HostRow::from(h))?;
         self.hosts.insert(h.name.as_str(), bytes.as_slice())?;
+        self.touched.hosts.insert(h.name.to_string());
         Ok(())
     }
 
@@ -681,11 +698,13 @@ impl Txn for WriteTables<'_> {
         let name = e.endpoint.name.as_str();
         let bytes = encode("endpoints", name, &EndpointRow::from(e))?;
         self.endpoints.insert(name, bytes.as_slice())?;
+        self.touched.endpoints.insert(name.to_string());
         Ok(())
     }
 
     fn remove_endpoint(&mut self, name: &str) -> Result<(), StoreError> {
         self.endpoints.remove(name)?;
+        self.touched.endpoints.insert(name.to_string());
         Ok(())
     }
 
@@ -742,6 +761,14 @@ impl Txn for WriteTables<'_> {
 
     fn state(&self) -> Result<State, StoreError> {
         self.load_state()
+    }
+
+    fn revision(&self) -> Result<u64, StoreError> {
+        Ok(self.meta(meta::REVISION)?.unwrap_or(0))
+    }
+
+    fn take_touched(&mut self) -> Touched {
+        std::mem::take(&mut self.touched)
     }
 
     fn claim(

@@ -496,16 +496,22 @@ async fn bench(o: Options) -> Result<()> {
             seed: 11,
         };
         let report = sim::churn(c.addr, &c.admin_credentials(), plan).await;
-        if !report.failures.is_empty() {
-            bail!("the churn failed: {:#?}", report.failures);
-        }
+        // A failed call is part of the figure, not the end of the run: the other rows and
+        // the summary still get printed.
+        let failed = match report.failures.first() {
+            None => String::new(),
+            Some(first) => {
+                eprintln!("churn failures: {:#?}", report.failures);
+                format!("; {} failed, first: {first}", report.failures.len())
+            }
+        };
         table.push(Row::new(
             format!(
                 "{} hosts, {} concurrent clients: mutations per second",
                 o.agents, o.clients
             ),
             format!(
-                "{:.1}/s ({} mutations in {})",
+                "{:.1}/s ({} mutations in {}{failed})",
                 report.calls() as f64 / report.elapsed.as_secs_f64(),
                 report.calls(),
                 summary::secs(report.elapsed)

@@ -156,6 +156,9 @@ fn endpoint_address(rng: &mut Rng, subnet: ipnetwork::Ipv4Network) -> Ipv4Addr {
     Ipv4Addr::from(first + rng.below(u64::from(last - first + 1)) as u32)
 }
 
+/// How many times a churn client tries to connect.
+const CONNECT_ATTEMPTS: u32 = 3;
+
 async fn churn_client(
     i: usize,
     addr: SocketAddr,
@@ -166,11 +169,20 @@ async fn churn_client(
 ) -> ClientRun {
     use ovl_common::proto::{EndpointCreate, ErrorCode, TenantCreate};
     let mut run = ClientRun::default();
-    let mut client = match Client::connect(&addr.to_string(), &creds, Timeouts::default()).await {
-        Ok(c) => c,
-        Err(e) => {
-            run.failures.push(format!("client {i} cannot connect: {e}"));
-            return run;
+    // Fifty clients handshaking at once with a busy controller may wait longer than one
+    // connect allows: a client tries a few times before it counts as failed.
+    let mut attempts = 0;
+    let mut client = loop {
+        attempts += 1;
+        match Client::connect(&addr.to_string(), &creds, Timeouts::default()).await {
+            Ok(c) => break c,
+            Err(e) if attempts >= CONNECT_ATTEMPTS || Instant::now() >= deadline => {
+                run.failures.push(format!(
+                    "client {i} cannot connect ({attempts} attempts): {e}"
+                ));
+                return run;
+            }
+            Err(_) => continue,
         }
     };
     let mut rng = Rng::new(plan.seed ^ (i as u64 + 1).wrapping_mul(0x1000_0001));

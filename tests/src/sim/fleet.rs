@@ -142,17 +142,30 @@ impl AckLog {
 pub struct AckDatapath {
     host: HostName,
     log: Arc<AckLog>,
+    /// The event loop's change channel, kept open and never sent on: nothing changes under
+    /// a datapath that builds nothing. (Dropping it, as `Datapath::watch` does by default,
+    /// leaves the loop polling a closed channel: with the runner of 2026-12-06 that is a
+    /// busy loop, one core's worth for a fleet of simulated agents.)
+    changes: Option<tokio::sync::mpsc::Sender<()>>,
 }
 
 impl AckDatapath {
     pub fn new(host: HostName, log: Arc<AckLog>) -> Self {
-        Self { host, log }
+        Self {
+            host,
+            log,
+            changes: None,
+        }
     }
 }
 
 impl Datapath for AckDatapath {
     fn kind(&self) -> String {
         "sim".into()
+    }
+
+    fn watch(&mut self, notify: tokio::sync::mpsc::Sender<()>) {
+        self.changes = Some(notify);
     }
 
     async fn apply(&mut self, intent: &HostIntent, _collect_garbage: bool) -> AppliedReport {
