@@ -101,8 +101,11 @@ pub async fn run_observed<D: Datapath>(
     let report_tx = observers.report;
     let report_rx = report_tx.subscribe();
     let (applied_tx, applied_rx) = watch::channel(load_generation(&state_dir));
-    let (change_tx, mut change_rx) = mpsc::channel(1);
+    let (change_tx, change_rx) = mpsc::channel(1);
     dp.watch(change_tx);
+    // `None` once the datapath has dropped its sender (one that watches nothing does so at
+    // once): a closed channel answers `recv` immediately, and polling it would spin.
+    let mut change_rx = Some(change_rx);
 
     let session = tokio::spawn(crate::session::run(
         params,
@@ -125,7 +128,9 @@ pub async fn run_observed<D: Datapath>(
         let wake = pending.unwrap_or(resync_at).min(resync_at);
         let first = tokio::select! {
             e = session_rx.recv() => match e { Some(e) => Some(Event::Session(e)), None => break },
-            c = change_rx.recv() => { if c.is_some() { Some(Event::DatapathChanged) } else { change_rx = mpsc::channel(1).1; None } },
+            c = recv_change(&mut change_rx), if change_rx.is_some() => {
+                if c.is_some() { Some(Event::DatapathChanged) } else { change_rx = None; None }
+            },
             _ = tokio::time::sleep_until(wake) => None,
             _ = shutdown.cancelled() => break,
         };
@@ -136,7 +141,7 @@ pub async fn run_observed<D: Datapath>(
         while let Ok(e) = session_rx.try_recv() {
             events.push(Some(Event::Session(e)));
         }
-        if change_rx.try_recv().is_ok() {
+        if change_rx.as_mut().is_some_and(|rx| rx.try_recv().is_ok()) {
             events.push(Some(Event::DatapathChanged));
         }
         for event in events {
@@ -269,5 +274,14 @@ fn handle(event: Option<Event>, st: &mut Handled<'_>) {
                 *st.resync_due = true;
             }
         }
+    }
+}
+
+/// The next datapath change notice; `None` when the datapath dropped its sender (the caller
+/// polls this only while the receiver is there).
+async fn recv_change(rx: &mut Option<mpsc::Receiver<()>>) -> Option<()> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => None,
     }
 }
