@@ -10,7 +10,6 @@
 //! member costs one connect timeout, once. Streamed answers (keep-alive, snapshot) take a
 //! connection of their own that is dropped afterwards.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -82,7 +81,7 @@ impl Member {
 
 type Conn = SendRequest<Full<Bytes>>;
 
-/// A connection to one member, or why there is none.
+/// One member and its idle connections.
 struct MemberState {
     member: Member,
     idle: Mutex<Vec<Conn>>,
@@ -349,11 +348,6 @@ fn status_error(member: &Member, status: hyper::StatusCode, body: &[u8]) -> Etcd
         status: status.as_u16(),
         message,
     }
-}
-
-/// The socket address of a member, for tests and messages.
-pub fn socket_addr(member: &Member) -> Option<SocketAddr> {
-    format!("{}:{}", member.host, member.port).parse().ok()
 }
 
 #[cfg(test)]
