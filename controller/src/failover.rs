@@ -1,7 +1,9 @@
-//! The gateway failover task: every second, it asks the server's session table which hosts
-//! are connected, plans the router moves that liveness calls for ([`plan_moves`], pure), has
-//! them applied in one transaction ([`move_routers`], an operation) and pushes the changed
-//! intents through the session table like any other change.
+//! The gateway failover task: every second, if this controller leads (the only one of a redb
+//! store always does; on a shared store one of them, [`crate::store::Store::lead`]), it asks
+//! the server's session table and the other controllers which hosts are connected, plans the
+//! router moves that liveness calls for ([`plan_moves`], pure), has them applied in one
+//! transaction ([`move_routers`], an operation) and pushes the changed intents through the
+//! session table like any other change.
 //!
 //! Layer: service, beside the server ([`crate::server`]), over the operations. It holds no
 //! state of its own besides when it started.
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::gateway::{plan_moves, Availability, MoveReason};
+use crate::gateway::{plan_moves, Availability, MoveReason, Presence};
 use crate::ops::router::move_routers;
 use crate::ops::Controller;
 use crate::server::Sessions;
@@ -43,9 +45,17 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => break,
         }
-        let presence = sessions.presence();
+        let mut presence = sessions.presence();
         let ctl = ctl.clone();
         let round = tokio::task::spawn_blocking(move || {
+            // On a shared store one controller, the leader, moves routers, counting the
+            // hosts connected to any controller as connected.
+            if !ctl.store().lead()? {
+                return Ok((Vec::new(), Vec::new()));
+            }
+            for host in ctl.store().elsewhere()?.into_keys() {
+                presence.insert(host, Presence::Connected);
+            }
             let state = ctl.state()?;
             let avail = Availability::of(
                 state.hosts.keys().cloned(),

@@ -8,10 +8,11 @@
 //! import each other:
 //!
 //! 1. service — [`server`] (QUIC, sessions), [`failover`] (the gateway failover task),
-//!    [`join`] (the join endpoint) with [`tokens`];
+//!    [`follow`] (taking in other controllers' commits to a shared store), [`join`] (the
+//!    join endpoint) with [`tokens`];
 //! 2. operations — [`ops`] (one module per object) and [`authz`] (who may ask for what);
 //! 3. persistence — [`store`]: the [`store::Store`] and [`store::Txn`] traits and their redb
-//!    implementation;
+//!    and etcd implementations;
 //! 4. pure — [`compile`] (the intent compiler), [`gateway`] (router placement), [`alloc`] and
 //!    [`ipam`] (allocators over a table handle), [`live`] (the session view operations read),
 //!    [`pki`].
@@ -22,6 +23,7 @@ pub mod alloc;
 pub mod authz;
 pub mod compile;
 pub mod failover;
+pub mod follow;
 pub mod gateway;
 pub mod ipam;
 pub mod join;

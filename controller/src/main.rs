@@ -14,7 +14,7 @@ use ovl_controller::join::JoinService;
 use ovl_controller::ops;
 use ovl_controller::pki::{self, Ca, Validity};
 use ovl_controller::server::{unix_now, Server};
-use ovl_controller::store::{RedbStore, Settings, Store};
+use ovl_controller::store::{EtcdOptions, EtcdStore, RedbStore, Settings, Store};
 use ovl_controller::tokens::Tokens;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -71,9 +71,12 @@ enum Command {
         /// PKI directory; the controller uses its bundle PKI/controller.
         #[arg(long, env = "OVL_PKI", default_value = "/etc/ovl/pki")]
         pki: PathBuf,
-        /// The redb database file; created if missing.
+        /// The redb database file; created if missing. Not used with --etcd-endpoints (but
+        /// the default join token directory is still beside it).
         #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
         db: PathBuf,
+        #[command(flatten)]
+        etcd: EtcdArgs,
         /// UDP address to listen on for QUIC.
         #[arg(long, env = "OVL_LISTEN", default_value = "0.0.0.0:7300")]
         listen: SocketAddr,
@@ -105,12 +108,76 @@ enum Command {
         what: TokenWhat,
     },
     /// Audit the store: no duplicated or leaked allocations, no dangling references.
-    /// Run it while the controller is stopped (the database is locked while it runs).
+    /// A redb file is checked while the controller is stopped (it is locked while one runs);
+    /// an etcd store (--etcd-endpoints) while controllers run, at one etcd revision.
     Check {
         #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
         db: PathBuf,
+        #[command(flatten)]
+        etcd: EtcdArgs,
     },
 }
+
+/// Where the store is when it is in etcd instead of a redb file.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Store in etcd (instead of --db)")]
+struct EtcdArgs {
+    /// Keep the store in this etcd cluster instead of a redb file: its members'
+    /// client URLs, comma-separated (https://10.0.0.1:2379,https://10.0.0.2:2379,...). Any
+    /// number of controllers may share one etcd store.
+    #[arg(long, env = "OVL_ETCD_ENDPOINTS", value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// The CA that signed the etcd members' certificates.
+    #[arg(long, env = "OVL_ETCD_CA", requires = "etcd_endpoints")]
+    etcd_ca: Option<PathBuf>,
+    /// This controller's client certificate for etcd (etcd's --client-cert-auth).
+    #[arg(long, env = "OVL_ETCD_CERT", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// The key of --etcd-cert.
+    #[arg(long, env = "OVL_ETCD_KEY", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// Every key ovl writes starts with this, so one etcd cluster can hold several ovl
+    /// clusters.
+    #[arg(long, env = "OVL_ETCD_PREFIX", default_value = EtcdOptions::DEFAULT_PREFIX)]
+    etcd_prefix: String,
+}
+
+impl EtcdArgs {
+    /// The etcd store's options, or `None` to use the redb file.
+    fn options(&self) -> anyhow::Result<Option<EtcdOptions>> {
+        if self.etcd_endpoints.is_empty() {
+            return Ok(None);
+        }
+        let tls = match (&self.etcd_ca, &self.etcd_cert, &self.etcd_key) {
+            (Some(ca), Some(cert), Some(key)) => Some(ovl_etcd::TlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None, None) => None,
+            _ => bail!("--etcd-ca, --etcd-cert and --etcd-key go together: give all three for an etcd cluster with TLS, or none"),
+        };
+        if tls.is_none()
+            && self
+                .etcd_endpoints
+                .iter()
+                .any(|e| e.starts_with("https://"))
+        {
+            bail!("https etcd endpoints need --etcd-ca, --etcd-cert and --etcd-key");
+        }
+        Ok(Some(EtcdOptions {
+            etcd: ovl_etcd::Settings {
+                endpoints: self.etcd_endpoints.clone(),
+                tls,
+                timeout: ETCD_TIMEOUT,
+            },
+            prefix: self.etcd_prefix.clone(),
+        }))
+    }
+}
+
+/// How long one etcd request may take before the client tries another member.
+const ETCD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where join tokens are kept.
 #[derive(clap::Args, Debug)]
@@ -293,9 +360,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { what } => token(what),
-        Command::Check { db } => {
-            let store = RedbStore::open_existing(&db)
-                .with_context(|| format!("opening {}", db.display()))?;
+        Command::Check { db, etcd } => {
+            let store: Box<dyn Store> = match etcd.options()? {
+                Some(options) => {
+                    Box::new(EtcdStore::open_existing(&options).with_context(|| {
+                        format!(
+                            "reading the store from etcd {}",
+                            options.etcd.endpoints.join(",")
+                        )
+                    })?)
+                }
+                None => Box::new(
+                    RedbStore::open_existing(&db)
+                        .with_context(|| format!("opening {}", db.display()))?,
+                ),
+            };
             let report = store.check().context("checking the store")?;
             println!("{report}");
             if !report.is_clean() {
@@ -306,6 +385,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run {
             pki,
             db,
+            etcd,
             listen,
             key_range,
             underlay_mtu,
@@ -318,12 +398,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 key_range: parse_range(&key_range)?,
                 underlay_mtu,
             };
-            if let Some(parent) = db.parent() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("creating {}", parent.display()))?;
-            }
-            let store = ops::open(&db, settings)
-                .with_context(|| format!("opening the store {}", db.display()))?;
+            let (store, store_name) = match etcd.options()? {
+                Some(options) => {
+                    let name = format!(
+                        "etcd {} (prefix {})",
+                        options.etcd.endpoints.join(","),
+                        options.prefix
+                    );
+                    let store = ops::open_etcd(&options, settings)
+                        .with_context(|| format!("opening the store in {name}"))?;
+                    (store, name)
+                }
+                None => {
+                    if let Some(parent) = db.parent() {
+                        std::fs::create_dir_all(parent)
+                            .with_context(|| format!("creating {}", parent.display()))?;
+                    }
+                    let store = ops::open(&db, settings)
+                        .with_context(|| format!("opening the store {}", db.display()))?;
+                    (store, db.display().to_string())
+                }
+            };
             let bundle_dir = pki::bundle_dir(&pki, &Identity::Controller);
             let bundle = ovl_common::tls::Bundle::load(&bundle_dir).with_context(|| {
                 format!(
@@ -350,7 +445,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(async move {
                 let endpoint = quinn::Endpoint::server(config, listen)
                     .with_context(|| format!("listening on udp {listen}"))?;
-                info!(%listen, db = %db.display(), "controller listening");
+                info!(%listen, store = %store_name, "controller listening");
                 let shutdown = CancellationToken::new();
                 let s = shutdown.clone();
                 tokio::spawn(async move {
@@ -379,8 +474,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     std::time::Duration::from_secs(gateway_failover_secs),
                     shutdown.clone(),
                 ));
+                let follower = tokio::spawn(ovl_controller::follow::run(
+                    server.controller().clone(),
+                    server.sessions().clone(),
+                    shutdown.clone(),
+                ));
                 server.serve(endpoint, shutdown).await;
                 let _ = gateways.await;
+                let _ = follower.await;
                 if let Some(joins) = joins {
                     let _ = joins.await;
                 }

@@ -33,7 +33,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::authz::Caller;
 use crate::compile::SharedIntent;
 use crate::gateway::Presence;
-use crate::live::{Live, LiveHost};
+use crate::live::{Live, LiveHost, Merged};
 use crate::ops::{self, Controller};
 use crate::store::Store;
 
@@ -98,6 +98,17 @@ impl Sessions {
                 };
                 (name.clone(), p)
             })
+            .collect()
+    }
+
+    /// The hosts with a session now, and their live state: what this controller announces
+    /// to others sharing its store.
+    pub fn connected(&self) -> std::collections::BTreeMap<HostName, LiveHost> {
+        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts
+            .iter()
+            .filter(|(_, e)| e.live.connected)
+            .map(|(name, e)| (name.clone(), e.live.clone()))
             .collect()
     }
 
@@ -341,8 +352,17 @@ impl Server {
                     let sessions = self.sessions.clone();
                     let caller = caller.clone();
                     let joined = tokio::task::spawn_blocking(move || {
-                        let (resp, changed) =
-                            ops::handle(&ctl, &req, &caller, sessions.as_ref(), unix_now());
+                        // Hosts connected to other controllers on a shared store count as
+                        // connected here too.
+                        let elsewhere = ctl.store().elsewhere().unwrap_or_else(|e| {
+                            warn!("cannot read other controllers' sessions: {e}");
+                            Default::default()
+                        });
+                        let live = Merged {
+                            local: sessions.as_ref(),
+                            elsewhere: &elsewhere,
+                        };
+                        let (resp, changed) = ops::handle(&ctl, &req, &caller, &live, unix_now());
                         sessions.publish(changed);
                         resp
                     })

@@ -41,6 +41,10 @@ pub struct Intents {
     /// held for the whole write transaction (which the store serialises anyway), so updates
     /// apply in commit order.
     compiled: Mutex<Option<(u64, Compiled)>>,
+    /// Set when a transaction compiled the intents again because of commits made elsewhere:
+    /// what those commits changed was not published by the transaction (it publishes only
+    /// its own changes), so [`Intents::catch_up`] publishes every intent.
+    unpublished: std::sync::atomic::AtomicBool,
     flushes: Mutex<Flushes>,
     flushed: Condvar,
 }
@@ -65,7 +69,7 @@ impl Intents {
     pub(crate) fn transact<R, E: From<StoreError>>(
         &self,
         store: &dyn Store,
-        body: impl FnOnce(&mut dyn Txn, &mut Compiled) -> Result<(R, Outcome), E>,
+        mut body: impl FnMut(&mut dyn Txn, &mut Compiled) -> Result<(R, Outcome), E>,
     ) -> Result<R, E> {
         let mut slot = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
         let mut cached = slot.take();
@@ -78,6 +82,8 @@ impl Intents {
                     "the store changed without the compiled intents; compiling them again"
                 );
                 cached = None;
+                self.unpublished
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
             }
             let compiled = match cached.as_mut() {
                 Some((_, c)) => c,
@@ -107,6 +113,40 @@ impl Intents {
             self.wait_durable(store, seq)?;
         }
         result
+    }
+
+    /// Brings the intents up to commits made elsewhere (another controller on a shared
+    /// store, once [`Store::refresh`] has seen them): if the store's revision is not the one
+    /// they were compiled at, compiles them again from the store and returns every host's
+    /// intent (sessions keep only those with a newer generation than they hold); else none.
+    pub(crate) fn catch_up(&self, store: &dyn Store) -> Result<Vec<Arc<SharedIntent>>, StoreError> {
+        let mut slot = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+        if self
+            .unpublished
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            if let Some((_, compiled)) = slot.as_ref() {
+                return Ok(compiled.intents().cloned().collect());
+            }
+        }
+        let current = slot.as_ref().map(|(revision, _)| *revision);
+        let fresh = store.transact_unsynced(|t| {
+            let revision = t.revision()?;
+            if current == Some(revision) {
+                return Ok::<_, StoreError>((None, Outcome::Abort));
+            }
+            Ok((Some((revision, load(t)?)), Outcome::Abort))
+        })?;
+        let Some((revision, compiled)) = fresh else {
+            return Ok(Vec::new());
+        };
+        tracing::info!(
+            revision,
+            "the store changed elsewhere; intents compiled again from it"
+        );
+        let intents = compiled.intents().cloned().collect();
+        *slot = Some((revision, compiled));
+        Ok(intents)
     }
 
     /// Returns once commit number `seq` is durable, flushing if no one else is.

@@ -45,7 +45,7 @@ use ovl_common::HostName;
 use crate::authz::{self, Caller};
 use crate::compile::{Compiled, SharedIntent};
 use crate::live::Live;
-use crate::store::{Outcome, RedbStore, Settings, Store, StoreError, Txn};
+use crate::store::{EtcdOptions, EtcdStore, Outcome, RedbStore, Settings, Store, StoreError, Txn};
 use intents::{mark_first_generation, recompile, recompile_all, Intents};
 use outcome::{Done, Failure};
 
@@ -93,10 +93,17 @@ impl Controller {
         self.intents.get(host)
     }
 
+    /// Takes in what other controllers sharing the store committed ([`Store::refresh`],
+    /// [`Intents::catch_up`]): returns the intents to publish, none if nothing changed.
+    pub fn follow(&self) -> Result<Vec<Arc<SharedIntent>>, StoreError> {
+        self.store.refresh()?;
+        self.intents.catch_up(self.store.as_ref())
+    }
+
     /// One write transaction with the compiled intents (see [`Intents::transact`]).
     pub(crate) fn transact<R, E: From<StoreError>>(
         &self,
-        body: impl FnOnce(&mut dyn Txn, &mut Compiled) -> Result<(R, Outcome), E>,
+        body: impl FnMut(&mut dyn Txn, &mut Compiled) -> Result<(R, Outcome), E>,
     ) -> Result<R, E> {
         self.intents.transact(self.store.as_ref(), body)
     }
@@ -106,6 +113,12 @@ impl Controller {
 /// brings it up to date (see [`prepare`]).
 pub fn open(path: &Path, settings: Settings) -> Result<Controller, StoreError> {
     Controller::new(RedbStore::create(path, settings)?)
+}
+
+/// Connects to the etcd store `options` names and, in its first transaction, brings it up to
+/// date (see [`prepare`]), as [`open`] does for a redb file.
+pub fn open_etcd(options: &EtcdOptions, settings: Settings) -> Result<Controller, StoreError> {
+    Controller::new(EtcdStore::connect(options, settings)?)
 }
 
 /// Brings a store up to date in one transaction: its layout ([`Txn::migrate`]), then derived

@@ -16,7 +16,10 @@
 //! made from a tokio task with `spawn_blocking`.
 
 mod check;
+mod etcd_presence;
+mod etcd_store;
 mod redb_store;
+mod rows;
 pub(crate) mod tables;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,7 +33,9 @@ use ovl_common::{EndpointName, HostName, MacAddr, TenantName};
 
 use crate::alloc::{Claim, Pool};
 use crate::compile;
+use crate::live::LiveHost;
 
+pub use etcd_store::{EtcdOptions, EtcdStore};
 pub use redb_store::RedbStore;
 pub use tables::SCHEMA_VERSION;
 
@@ -122,6 +127,23 @@ pub enum StoreError {
     Hello { host: HostName, problem: String },
     #[error("store inconsistency: {0}; run `ovl-controller check`")]
     Inconsistent(String),
+    #[error("etcd store: {0}")]
+    Etcd(#[source] ovl_etcd::EtcdError),
+    /// Another controller committed to the shared store since this transaction began: run
+    /// it again on the new state (the etcd store does, see `ATTEMPTS` there).
+    #[error("another controller changed the store during this transaction")]
+    Conflict,
+    #[error(
+        "the store is too busy: other controllers committed first {0} times in a row; try again"
+    )]
+    Contended(usize),
+    #[error(
+        "no turn to commit to the shared store after {waited:?}: controller {holder} holds it"
+    )]
+    TurnTimeout {
+        holder: String,
+        waited: std::time::Duration,
+    },
 }
 
 impl From<redb::TransactionError> for StoreError {
@@ -385,6 +407,31 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Makes every commit made so far durable.
     fn sync(&self) -> Result<(), StoreError>;
+    /// Brings what this process reads up to date with commits made elsewhere (another
+    /// controller sharing the store); returns whether there were any. A store only this
+    /// process writes has nothing to do.
+    fn refresh(&self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    /// Tells the other controllers sharing the store which hosts have a session with this
+    /// one, and how each is doing (its complete set, each time; what it no longer holds is
+    /// withdrawn). Also what keeps this controller's claims alive: if it stops calling, or
+    /// dies, its sessions and its leadership expire within seconds. A store only this
+    /// process uses has no one to tell.
+    fn announce(&self, _sessions: &BTreeMap<HostName, LiveHost>) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The hosts with a session on another controller sharing the store, as that one
+    /// announced them.
+    fn elsewhere(&self) -> Result<BTreeMap<HostName, LiveHost>, StoreError> {
+        Ok(BTreeMap::new())
+    }
+    /// Whether this controller leads: runs what must run once in the cluster (the gateway
+    /// failover). Taken when no one holds it, kept while this controller announces; the
+    /// only controller of an unshared store always leads.
+    fn lead(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
     /// Loads every object and generation in one read transaction.
     fn state(&self) -> Result<State, StoreError>;
     /// The generation of a host's intent, if the host is registered.
@@ -402,10 +449,12 @@ pub trait Store: Send + Sync {
 
 impl dyn Store + '_ {
     /// [`Store::write`] for a body that returns a value or fails with its own error type
-    /// (which aborts the transaction).
+    /// (which aborts the transaction). The body may run more than once: a shared store runs
+    /// it again when another controller committed first, so it must get everything it works
+    /// on from the transaction, not from what an earlier run left behind.
     pub fn transact<R, E: From<StoreError>>(
         &self,
-        body: impl FnOnce(&mut dyn Txn) -> Result<(R, Outcome), E>,
+        body: impl FnMut(&mut dyn Txn) -> Result<(R, Outcome), E>,
     ) -> Result<R, E> {
         self.transact_with(true, body)
     }
@@ -413,7 +462,7 @@ impl dyn Store + '_ {
     /// [`Store::transact`] over [`Store::write_unsynced`].
     pub fn transact_unsynced<R, E: From<StoreError>>(
         &self,
-        body: impl FnOnce(&mut dyn Txn) -> Result<(R, Outcome), E>,
+        body: impl FnMut(&mut dyn Txn) -> Result<(R, Outcome), E>,
     ) -> Result<R, E> {
         self.transact_with(false, body)
     }
@@ -421,25 +470,17 @@ impl dyn Store + '_ {
     fn transact_with<R, E: From<StoreError>>(
         &self,
         synced: bool,
-        body: impl FnOnce(&mut dyn Txn) -> Result<(R, Outcome), E>,
+        mut body: impl FnMut(&mut dyn Txn) -> Result<(R, Outcome), E>,
     ) -> Result<R, E> {
-        let mut body = Some(body);
         let mut result = None;
-        let mut run = |t: &mut dyn Txn| {
-            let Some(body) = body.take() else {
-                return Err(StoreError::Inconsistent(
-                    "a transaction body ran twice".into(),
-                ));
-            };
-            match body(t) {
-                Ok((value, outcome)) => {
-                    result = Some(Ok(value));
-                    Ok(outcome)
-                }
-                Err(e) => {
-                    result = Some(Err(e));
-                    Ok(Outcome::Abort)
-                }
+        let mut run = |t: &mut dyn Txn| match body(t) {
+            Ok((value, outcome)) => {
+                result = Some(Ok(value));
+                Ok(outcome)
+            }
+            Err(e) => {
+                result = Some(Err(e));
+                Ok(Outcome::Abort)
             }
         };
         if synced {

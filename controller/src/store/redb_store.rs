@@ -15,6 +15,7 @@ use redb::{
     TableHandle,
 };
 
+use super::rows::{RawRow, RowKey};
 use super::tables::{self, meta, open_read_table, WriteTables, SCHEMA_VERSION};
 use super::{check, CheckReport, Outcome, Settings, State, Store, StoreDump, StoreError, Txn};
 
@@ -51,41 +52,78 @@ impl RedbStore {
     /// if the file does not exist or was never initialised.
     pub fn open_existing(path: &Path) -> Result<RedbStore, StoreError> {
         let db = database(path, false)?;
-        let settings = {
-            let txn = db.begin_read()?;
-            let table = open_read_table(&txn, tables::META)?;
-            let get = |key: &str| -> Result<Option<u64>, StoreError> {
-                Ok(table.get(key)?.map(|g| g.value()))
-            };
-            match get(meta::SCHEMA_VERSION)? {
-                Some(SCHEMA_VERSION) => {}
-                Some(found) if found > SCHEMA_VERSION => {
-                    return Err(StoreError::SchemaTooNew {
-                        found,
-                        supported: SCHEMA_VERSION,
-                    })
-                }
-                other => {
-                    return Err(StoreError::Inconsistent(format!(
-                        "the store at {} has schema version {other:?}; open it with `ovl-controller run` first",
-                        path.display()
-                    )))
-                }
-            }
-            let defaults = Settings::default();
-            let narrow = |v: Option<u64>, default: u32| {
-                v.and_then(|v| u32::try_from(v).ok()).unwrap_or(default)
-            };
-            Settings {
-                key_range: narrow(get(meta::KEY_RANGE_START)?, *defaults.key_range.start())
-                    ..=narrow(get(meta::KEY_RANGE_END)?, *defaults.key_range.end()),
-                underlay_mtu: get(meta::UNDERLAY_MTU)?
-                    .and_then(|v| u16::try_from(v).ok())
-                    .unwrap_or(defaults.underlay_mtu),
-            }
-        };
+        let settings = stored_settings(&db, &path.display().to_string())?;
         Ok(RedbStore { db, settings })
     }
+
+    /// A store held in memory only: the copy of an etcd store's rows that
+    /// [`super::EtcdStore`] reads from and runs transactions against.
+    pub(crate) fn in_memory(settings: Settings) -> Result<RedbStore, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|source| StoreError::Open {
+                path: "(memory)".into(),
+                source: Box::new(source),
+            })?;
+        Ok(RedbStore { db, settings })
+    }
+
+    /// The settings the store was last opened with by [`crate::ops::open`] (its `meta`
+    /// rows), read back to inspect it; `what` names the store in errors.
+    pub(crate) fn recorded_settings(&self, what: &str) -> Result<Settings, StoreError> {
+        stored_settings(&self.db, what)
+    }
+
+    /// Writes rows as [`super::rows`] gives them, in one transaction (to fill a store made
+    /// by [`RedbStore::in_memory`]).
+    pub(crate) fn load_rows(
+        &self,
+        rows: impl IntoIterator<Item = (RowKey, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)
+            .map_err(StoreError::Durability)?;
+        {
+            let mut t = WriteTables::open(&txn)?;
+            for (key, value) in rows {
+                t.put_raw(&key, &value)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+/// The settings recorded in a store's `meta` table; `what` names the store in errors.
+fn stored_settings(db: &Database, what: &str) -> Result<Settings, StoreError> {
+    let txn = db.begin_read()?;
+    let table = open_read_table(&txn, tables::META)?;
+    let get =
+        |key: &str| -> Result<Option<u64>, StoreError> { Ok(table.get(key)?.map(|g| g.value())) };
+    match get(meta::SCHEMA_VERSION)? {
+        Some(SCHEMA_VERSION) => {}
+        Some(found) if found > SCHEMA_VERSION => {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            })
+        }
+        other => {
+            return Err(StoreError::Inconsistent(format!(
+                "the store at {what} has schema version {other:?}; open it with `ovl-controller run` first"
+            )))
+        }
+    }
+    let defaults = Settings::default();
+    let narrow =
+        |v: Option<u64>, default: u32| v.and_then(|v| u32::try_from(v).ok()).unwrap_or(default);
+    Ok(Settings {
+        key_range: narrow(get(meta::KEY_RANGE_START)?, *defaults.key_range.start())
+            ..=narrow(get(meta::KEY_RANGE_END)?, *defaults.key_range.end()),
+        underlay_mtu: get(meta::UNDERLAY_MTU)?
+            .and_then(|v| u16::try_from(v).ok())
+            .unwrap_or(defaults.underlay_mtu),
+    })
 }
 
 impl RedbStore {
@@ -93,6 +131,18 @@ impl RedbStore {
         &self,
         durability: Durability,
         body: &mut dyn FnMut(&mut dyn Txn) -> Result<Outcome, StoreError>,
+    ) -> Result<(), StoreError> {
+        self.write_checked(durability, body, &mut |_| Ok(()))
+    }
+
+    /// [`Store::write`], with `before_commit` handed the rows a committing transaction wrote
+    /// (its revision counted) right before redb commits it: an error from it aborts the
+    /// transaction and is returned. [`super::EtcdStore`] commits them to etcd there.
+    pub(crate) fn write_checked(
+        &self,
+        durability: Durability,
+        body: &mut dyn FnMut(&mut dyn Txn) -> Result<Outcome, StoreError>,
+        before_commit: &mut dyn FnMut(Vec<RawRow>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(durability)
@@ -102,6 +152,7 @@ impl RedbStore {
             let outcome = body(&mut t)?;
             if outcome == Outcome::Commit {
                 t.bump_revision()?;
+                before_commit(t.written_rows()?)?;
             }
             outcome
         };

@@ -36,6 +36,7 @@
 //! stored intent grows with the square of the cluster (every host lists its peers). The
 //! migration copies the generations and drops `intents`.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
@@ -47,6 +48,7 @@ use redb::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::rows::{RowKey, Table as Tab};
 use super::{
     Counter, Holders, Reservation, Settings, State, StoreError, StoredEndpoint, Touched, Txn,
     NO_MAC,
@@ -517,6 +519,8 @@ pub(crate) struct WriteTables<'txn> {
     pub reservations: Table<'txn, u64, &'static [u8]>,
     /// The objects written or removed through [`Txn`] so far.
     touched: Touched,
+    /// Every row written or removed so far (see [`super::rows`]).
+    written: BTreeSet<RowKey>,
 }
 
 pub(crate) fn open_read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
@@ -556,6 +560,7 @@ impl<'txn> WriteTables<'txn> {
             ports: open_write_table(txn, PORTS)?,
             reservations: open_write_table(txn, RESERVATIONS)?,
             touched: Touched::default(),
+            written: BTreeSet::new(),
         })
     }
 
@@ -571,7 +576,28 @@ impl<'txn> WriteTables<'txn> {
 
     pub(crate) fn set_meta(&mut self, key: &str, value: u64) -> Result<(), StoreError> {
         self.meta.insert(key, value)?;
+        self.wrote(RowKey::Name(Tab::Meta, key.to_string()));
         Ok(())
+    }
+
+    /// The rows written or removed so far.
+    pub(crate) fn written(&self) -> &BTreeSet<RowKey> {
+        &self.written
+    }
+
+    fn wrote(&mut self, key: RowKey) {
+        self.written.insert(key);
+    }
+
+    fn wrote_holder(&mut self, holders: Holders, value: u64) {
+        let table = match holders {
+            Holders::Keys => Tab::Keys,
+            Holders::Vlans => Tab::Vlans,
+            Holders::Ips => Tab::Ips,
+            Holders::Macs => Tab::Macs,
+            Holders::Ports => Tab::Ports,
+        };
+        self.wrote(RowKey::Number(table, value));
     }
 
     fn holders(&mut self, holders: Holders) -> &mut PoolTable<'txn> {
@@ -656,12 +682,14 @@ impl Txn for WriteTables<'_> {
         let bytes = encode("tenants", t.name.as_str(), &TenantRow::from(t))?;
         self.tenants.insert(t.name.as_str(), bytes.as_slice())?;
         self.touched.tenants.insert(t.name.to_string());
+        self.wrote(RowKey::Name(Tab::Tenants, t.name.to_string()));
         Ok(())
     }
 
     fn remove_tenant(&mut self, name: &str) -> Result<(), StoreError> {
         self.tenants.remove(name)?;
         self.touched.tenants.insert(name.to_string());
+        self.wrote(RowKey::Name(Tab::Tenants, name.to_string()));
         Ok(())
     }
 
@@ -680,6 +708,7 @@ impl Txn for WriteTables<'_> {
         let bytes = encode("hosts", h.name.as_str(), &HostRow::from(h))?;
         self.hosts.insert(h.name.as_str(), bytes.as_slice())?;
         self.touched.hosts.insert(h.name.to_string());
+        self.wrote(RowKey::Name(Tab::Hosts, h.name.to_string()));
         Ok(())
     }
 
@@ -699,12 +728,14 @@ impl Txn for WriteTables<'_> {
         let bytes = encode("endpoints", name, &EndpointRow::from(e))?;
         self.endpoints.insert(name, bytes.as_slice())?;
         self.touched.endpoints.insert(name.to_string());
+        self.wrote(RowKey::Name(Tab::Endpoints, name.to_string()));
         Ok(())
     }
 
     fn remove_endpoint(&mut self, name: &str) -> Result<(), StoreError> {
         self.endpoints.remove(name)?;
         self.touched.endpoints.insert(name.to_string());
+        self.wrote(RowKey::Name(Tab::Endpoints, name.to_string()));
         Ok(())
     }
 
@@ -717,6 +748,7 @@ impl Txn for WriteTables<'_> {
 
     fn put_generation(&mut self, host: &str, generation: u64) -> Result<(), StoreError> {
         self.generations.insert(host, generation)?;
+        self.wrote(RowKey::Name(Tab::Generations, host.to_string()));
         Ok(())
     }
 
@@ -739,11 +771,14 @@ impl Txn for WriteTables<'_> {
         let key = ip_key(tenant_id, r.ip);
         let bytes = encode("reservations", &key.to_string(), &ReservationRow::from(r))?;
         self.reservations.insert(key, bytes.as_slice())?;
+        self.wrote(RowKey::Number(Tab::Reservations, key));
         Ok(())
     }
 
     fn remove_reservation(&mut self, tenant_id: u32, ip: Ipv4Addr) -> Result<(), StoreError> {
-        self.reservations.remove(ip_key(tenant_id, ip))?;
+        let key = ip_key(tenant_id, ip);
+        self.reservations.remove(key)?;
+        self.wrote(RowKey::Number(Tab::Reservations, key));
         Ok(())
     }
 
@@ -778,7 +813,11 @@ impl Txn for WriteTables<'_> {
         value: u64,
         owner: &str,
     ) -> Result<Claim, StoreError> {
-        Ok(pool.claim(self.holders(holders), value, owner)?)
+        let claim = pool.claim(self.holders(holders), value, owner)?;
+        if claim == Claim::Claimed {
+            self.wrote_holder(holders, value);
+        }
+        Ok(claim)
     }
 
     fn allocate(
@@ -787,7 +826,11 @@ impl Txn for WriteTables<'_> {
         pool: &Pool,
         owner: &str,
     ) -> Result<Option<u64>, StoreError> {
-        Ok(pool.allocate(self.holders(holders), owner)?)
+        let taken = pool.allocate(self.holders(holders), owner)?;
+        if let Some(value) = taken {
+            self.wrote_holder(holders, value);
+        }
+        Ok(taken)
     }
 
     fn release(
@@ -797,7 +840,11 @@ impl Txn for WriteTables<'_> {
         value: u64,
         owner: &str,
     ) -> Result<bool, StoreError> {
-        Ok(pool.release(self.holders(holders), value, owner)?)
+        let released = pool.release(self.holders(holders), value, owner)?;
+        if released {
+            self.wrote_holder(holders, value);
+        }
+        Ok(released)
     }
 
     fn next_mac(&mut self, owner: &str) -> Result<Option<MacAddr>, StoreError> {
@@ -806,6 +853,7 @@ impl Txn for WriteTables<'_> {
         let Some(taken) = macs.allocate_from(&mut self.macs, cursor, owner)? else {
             return Ok(None);
         };
+        self.wrote_holder(Holders::Macs, taken);
         let next = if taken >= *macs.range().end() {
             *macs.range().start()
         } else {

@@ -1,0 +1,60 @@
+//! Following a shared store: several controllers may run on one etcd store, each serving the
+//! agents connected to it. A change made through another controller reaches this one's agents
+//! here: several times a second the task asks the store whether someone else committed
+//! ([`Controller::follow`]), and publishes the intents compiled again from it through the
+//! session table, which passes on only generations newer than a session has. In the same
+//! round it announces this controller's sessions to the others ([`crate::store::Store::announce`]), which
+//! also keeps its claims (sessions, leadership) alive. With a redb file, which only this
+//! process writes, a round costs one lock and finds nothing.
+//!
+//! Layer: service, beside the server ([`crate::server`]) and the failover task, over the
+//! operations.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::ops::Controller;
+use crate::server::Sessions;
+
+/// How often the store is asked for other controllers' commits: the delay, at worst, before
+/// such a change is pushed to this controller's agents.
+pub const INTERVAL: Duration = Duration::from_millis(200);
+
+/// Runs until `shutdown`.
+pub async fn run(ctl: Arc<Controller>, sessions: Arc<Sessions>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        let ctl = ctl.clone();
+        let connected = sessions.connected();
+        let round = tokio::task::spawn_blocking(move || {
+            ctl.store().announce(&connected)?;
+            ctl.follow()
+        });
+        match round.await {
+            Ok(Ok(intents)) => {
+                if failing {
+                    tracing::info!("the store answers again");
+                    failing = false;
+                }
+                sessions.publish(intents);
+            }
+            Ok(Err(e)) => {
+                // Said once per outage, not five times a second.
+                if !failing {
+                    warn!("cannot follow the store's changes: {e}");
+                    failing = true;
+                }
+            }
+            Err(e) => warn!("store follower panicked: {e}"),
+        }
+    }
+}
