@@ -1,8 +1,14 @@
 //! A control-plane cluster of real processes on loopback: one `ovl-controller`, any number of
 //! `ovl-agent`s (fake or real datapath), and the `ovl` CLI, all with real certificates in a
 //! temporary directory. Everything is killed and removed on drop, also when a test panics.
+//!
+//! The store is a redb file, or an etcd store in a three-member etcd cluster of its own
+//! ([`Cluster::with_store`]; `OVL_TEST_STORE=etcd` makes every [`Cluster::new`] use etcd, so
+//! the same tests run against both backends), on which more controllers can run beside the
+//! first ([`Cluster::start_extra_controller`]).
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -15,6 +21,26 @@ use ovl_common::HostName;
 use serde_json::Value;
 
 use crate::bin;
+use crate::etcd::EtcdCluster;
+
+/// Which store the cluster's controllers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Redb,
+    /// A three-member etcd cluster started for this cluster.
+    Etcd,
+}
+
+impl StoreKind {
+    /// `OVL_TEST_STORE` (`redb`, the default, or `etcd`).
+    pub fn from_env() -> StoreKind {
+        match std::env::var("OVL_TEST_STORE").as_deref() {
+            Err(_) | Ok("") | Ok("redb") => StoreKind::Redb,
+            Ok("etcd") => StoreKind::Etcd,
+            Ok(other) => panic!("OVL_TEST_STORE={other}: expected redb or etcd"),
+        }
+    }
+}
 
 /// A free UDP port on loopback (bound and released; good enough for tests).
 pub fn free_udp_port() -> u16 {
@@ -69,13 +95,24 @@ pub struct Cluster {
     pub db: PathBuf,
     pub addr: SocketAddr,
     controller: Option<Child>,
+    /// Controllers started beside the first on the same (etcd) store, with their addresses.
+    extra: Vec<(SocketAddr, Child)>,
+    /// The etcd cluster the store is in, if it is in etcd.
+    pub etcd: Option<EtcdCluster>,
     pub agents: BTreeMap<String, AgentProc>,
     restarts: u32,
 }
 
 impl Cluster {
-    /// Initialises a PKI with the real `ovl-controller init` and picks a port.
+    /// Initialises a PKI with the real `ovl-controller init` and picks a port; the store is
+    /// the one `OVL_TEST_STORE` names ([`StoreKind::from_env`]).
     pub fn new() -> Self {
+        Self::with_store(StoreKind::from_env())
+    }
+
+    /// [`Cluster::new`] with the given store (for etcd, a three-member etcd cluster is
+    /// started now).
+    pub fn with_store(store: StoreKind) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("ovl-cluster-")
             .tempdir()
@@ -93,15 +130,55 @@ impl Cluster {
         );
         let addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
         let db = dir.path().join("controller.redb");
+        let etcd = (store == StoreKind::Etcd)
+            .then(|| EtcdCluster::start(3).expect("start a three-member etcd cluster"));
         Self {
             dir,
             pki,
             db,
             addr,
             controller: None,
+            extra: Vec::new(),
+            etcd,
             agents: BTreeMap::new(),
             restarts: 0,
         }
+    }
+
+    /// The arguments that name the store to `ovl-controller run` and `check`.
+    pub fn store_args(&self) -> Vec<OsString> {
+        match &self.etcd {
+            None => vec!["--db".into(), self.db.clone().into()],
+            Some(etcd) => vec![
+                "--etcd-endpoints".into(),
+                etcd.endpoints().join(",").into(),
+                "--etcd-ca".into(),
+                etcd.client.ca.clone().into(),
+                "--etcd-cert".into(),
+                etcd.client.cert.clone().into(),
+                "--etcd-key".into(),
+                etcd.client.key.clone().into(),
+                // Join tokens live beside --db even with etcd.
+                "--db".into(),
+                self.db.clone().into(),
+            ],
+        }
+    }
+
+    /// Runs `ovl-controller check` on the store (a redb file only while no controller runs;
+    /// an etcd store at any time); returns whether it is consistent and what it printed.
+    pub fn check_store(&self) -> (bool, String) {
+        let out = Command::new(bin("ovl-controller"))
+            .arg("check")
+            .args(self.store_args())
+            .output()
+            .expect("run ovl-controller check");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
     }
 
     pub fn path(&self) -> &Path {
@@ -115,22 +192,56 @@ impl Cluster {
             .path()
             .join(format!("controller-{}.log", self.restarts));
         self.restarts += 1;
-        let child = Command::new(bin("ovl-controller"))
-            .args(["run", "--pki"])
-            .arg(&self.pki)
-            .arg("--db")
-            .arg(&self.db)
-            .arg("--listen")
-            .arg(self.addr.to_string())
-            .env("OVL_LOG", "info,ovl_controller=debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("controller log"))
-            .spawn()
-            .expect("spawn ovl-controller");
+        let child = self.spawn_controller(self.addr, &log);
         self.controller = Some(child);
         wait_for("the controller to answer", Duration::from_secs(20), || {
             self.ovl(&["status"]).status.success().then_some(())
         });
+    }
+
+    fn spawn_controller(&self, addr: SocketAddr, log: &Path) -> Child {
+        Command::new(bin("ovl-controller"))
+            .args(["run", "--pki"])
+            .arg(&self.pki)
+            .args(self.store_args())
+            .arg("--listen")
+            .arg(addr.to_string())
+            .env("OVL_LOG", "info,ovl_controller=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("controller log"))
+            .spawn()
+            .expect("spawn ovl-controller")
+    }
+
+    /// Starts one more controller on the same store (which must be in etcd), on a port of
+    /// its own, and waits until it answers; returns its address.
+    pub fn start_extra_controller(&mut self) -> SocketAddr {
+        assert!(
+            self.etcd.is_some(),
+            "more controllers need a shared store: Cluster::with_store(StoreKind::Etcd)"
+        );
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+        let log = self
+            .path()
+            .join(format!("controller-x{}.log", self.extra.len()));
+        let child = self.spawn_controller(addr, &log);
+        self.extra.push((addr, child));
+        wait_for(
+            "the extra controller to answer",
+            Duration::from_secs(20),
+            || {
+                crate::lab::run_ovl(&addr.to_string(), &self.admin_credentials(), &["status"])
+                    .status
+                    .success()
+                    .then_some(())
+            },
+        );
+        addr
+    }
+
+    /// Stops the `i`th extra controller with SIGTERM.
+    pub fn stop_extra_controller(&mut self, i: usize) {
+        terminate(&mut self.extra[i].1);
     }
 
     /// Stops the controller with SIGTERM.
@@ -161,6 +272,11 @@ impl Cluster {
 
     /// Starts an agent with the recording fake datapath.
     pub fn start_fake_agent(&mut self, name: &str, underlay: &str) {
+        self.start_fake_agent_on(name, underlay, self.addr);
+    }
+
+    /// [`Cluster::start_fake_agent`] talking to the controller at `controller`.
+    pub fn start_fake_agent_on(&mut self, name: &str, underlay: &str, controller: SocketAddr) {
         let creds = self.pki.join("hosts").join(name);
         if !creds.exists() {
             self.issue_host(name);
@@ -177,7 +293,7 @@ impl Cluster {
                 "fake",
                 "--controller",
             ])
-            .arg(self.addr.to_string())
+            .arg(controller.to_string())
             .arg("--credentials")
             .arg(&creds)
             .args(["--underlay-ip", underlay, "--record"])
@@ -301,7 +417,11 @@ impl Drop for Cluster {
             let _ = a.child.kill();
             let _ = a.child.wait();
         }
-        if let Some(c) = self.controller.as_mut() {
+        for c in self
+            .controller
+            .iter_mut()
+            .chain(self.extra.iter_mut().map(|(_, c)| c))
+        {
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -63,8 +63,23 @@ pub struct EtcdCluster {
 }
 
 impl EtcdCluster {
-    /// Starts `n` members and waits until the cluster answers through every member.
+    /// Starts `n` members and waits until the cluster answers through every member. Ports
+    /// are picked free and bound by etcd a moment later, so a test running beside may take
+    /// one in between: a start that fails that way is tried again with other ports.
     pub fn start(n: usize) -> Result<Self> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match Self::start_once(n) {
+                Err(e) if tries < 4 && format!("{e:#}").contains("address already in use") => {
+                    eprintln!("etcd cluster start lost a port race; trying other ports");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(n: usize) -> Result<Self> {
         if ovl_lab::sys::which("etcd").is_none() {
             bail!("`etcd` is not installed; run deploy/install-deps.sh with OVL_DEV_PACKAGES=1");
         }

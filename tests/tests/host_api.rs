@@ -262,7 +262,7 @@ async fn a_host_attaches_its_own_endpoints_with_its_own_certificate() {
     admin.close().await;
     let mut c = c;
     tokio::task::block_in_place(|| c.stop_controller());
-    let (clean, report) = sim::check_store(&c.db);
+    let (clean, report) = c.check_store();
     assert!(clean, "{report}");
 }
 

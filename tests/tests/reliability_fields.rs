@@ -702,7 +702,7 @@ async fn every_request_field_is_validated() {
     client.close().await;
     let mut c = c;
     tokio::task::block_in_place(|| c.stop_controller());
-    let (clean, report) = sim::check_store(&c.db);
+    let (clean, report) = c.check_store();
     assert!(clean, "ovl-controller check: {report}");
 }
 

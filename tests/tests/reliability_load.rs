@@ -176,7 +176,7 @@ async fn fifty_clients_churning_leave_a_consistent_store() {
     admin.close().await;
     fleet.stop().await;
     tokio::task::block_in_place(|| c.stop_controller());
-    let (clean, text) = sim::check_store(&c.db);
+    let (clean, text) = c.check_store();
     assert!(clean, "ovl-controller check after the load: {text}");
     println!("{}", text.trim());
 }
@@ -281,6 +281,6 @@ async fn five_hundred_simulated_agents_ack_every_change() {
     admin.close().await;
     fleet.stop().await;
     tokio::task::block_in_place(|| c.stop_controller());
-    let (clean, text) = sim::check_store(&c.db);
+    let (clean, text) = c.check_store();
     assert!(clean, "ovl-controller check: {text}");
 }

@@ -311,6 +311,13 @@ async fn churn_client(
 /// Runs `plan.clients` admin clients at once, each on its own QUIC connection, until
 /// `plan.duration` has passed (a call in flight then completes).
 pub async fn churn(addr: SocketAddr, creds: &Path, plan: ChurnPlan) -> ChurnReport {
+    churn_across(&[addr], creds, plan).await
+}
+
+/// [`churn`] with the clients spread over several controllers sharing one store (client `i`
+/// talks to `addrs[i % addrs.len()]`), all on the same names, tenants and pools.
+pub async fn churn_across(addrs: &[SocketAddr], creds: &Path, plan: ChurnPlan) -> ChurnReport {
+    assert!(!addrs.is_empty(), "churn needs a controller address");
     let plan = Arc::new(plan);
     let ledger = Arc::new(Ledger::default());
     let start = Instant::now();
@@ -319,7 +326,7 @@ pub async fn churn(addr: SocketAddr, creds: &Path, plan: ChurnPlan) -> ChurnRepo
         .map(|i| {
             tokio::spawn(churn_client(
                 i,
-                addr,
+                addrs[i % addrs.len()],
                 creds.to_path_buf(),
                 plan.clone(),
                 deadline,

@@ -1,0 +1,375 @@
+//! The controller's etcd store (issue 13, items 1 and 2), against a real three-member etcd
+//! cluster on loopback with mutual TLS (`ovl_tests::etcd::EtcdCluster`):
+//!
+//! - [`an_etcd_store_holds_exactly_what_a_redb_store_holds`]: the same requests through the
+//!   operations on both backends leave row-for-row equal stores, also after reopening;
+//! - [`a_commit_on_a_stale_copy_runs_again_on_the_new_state`]: two stores on one etcd
+//!   prefix, each unaware of the other's commit, still hand out different values;
+//! - [`controllers_on_one_etcd_store_serve_the_same_state_and_push_each_others_changes`]:
+//!   agents on two controllers get each other's endpoints as tunnel peers;
+//! - [`fifty_clients_on_two_controllers_leave_a_consistent_store`]: churn through both
+//!   controllers at once leaves no value held twice, exactly what the successful calls say,
+//!   and a store `ovl-controller check` finds consistent while the controllers run;
+//! - [`a_killed_etcd_member_stops_nothing`].
+//!
+//! The same control-plane tests that run on redb also run on etcd: `scripts/test.sh` runs
+//! `control_plane` again with `OVL_TEST_STORE=etcd`.
+//!
+//! Privileged only in that they start processes and bind loopback ports; gated like the
+//! others (`--run-ignored all`), and fail loudly when etcd is not installed.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use ovl_common::proto::{AgentHello, ApiReply, ApiRequest, EndpointCreate, TenantCreate};
+use ovl_common::{HostName, NetnsTarget};
+use ovl_controller::authz::Caller;
+use ovl_controller::live::NoLive;
+use ovl_controller::ops::{self, Controller};
+use ovl_controller::pki::Ca;
+use ovl_controller::store::{EtcdOptions, Settings};
+use ovl_tests::cluster::{Cluster, StoreKind};
+use ovl_tests::etcd::EtcdCluster;
+use ovl_tests::sim::{self, ChurnPlan, ChurnTenant, Fleet};
+
+const NOW: u64 = 1_700_000_000;
+
+fn options(etcd: &EtcdCluster, prefix: &str) -> EtcdOptions {
+    EtcdOptions {
+        etcd: etcd.settings(),
+        prefix: prefix.into(),
+    }
+}
+
+fn hello(host: &str, last_octet: u8) -> AgentHello {
+    AgentHello {
+        host: HostName::new(host).unwrap(),
+        underlay: Ipv4Addr::new(192, 168, 50, last_octet),
+        underlay_mtu: 1500,
+        capabilities: vec!["datapath=netdev".into()],
+        last_applied: None,
+        agent_version: "test".into(),
+    }
+}
+
+fn admin() -> Caller {
+    Caller::Admin("test".into())
+}
+
+fn tenant(name: &str, subnet: &str) -> ApiRequest {
+    ApiRequest::TenantCreate(TenantCreate::new(name, subnet))
+}
+
+fn endpoint(tenant: &str, host: &str, name: &str) -> ApiRequest {
+    ApiRequest::EndpointCreate(EndpointCreate::new(
+        tenant,
+        host,
+        name,
+        NetnsTarget::Name(name.into()),
+    ))
+}
+
+/// Runs `req` as an administrator; panics unless it succeeds.
+fn ok(ctl: &Controller, req: &ApiRequest) -> ApiReply {
+    let (resp, _) = ops::handle(ctl, req, &admin(), &NoLive, NOW);
+    resp.unwrap_or_else(|e| panic!("{req:?} failed: {e:?}"))
+}
+
+/// A mix of requests touching every table: hosts, tenants of each kind, endpoints with
+/// addresses and MACs, a published port, a reservation, deletes.
+fn workload(ctl: &Controller) {
+    for (i, h) in ["h1", "h2", "h3"].iter().enumerate() {
+        ops::register_host(ctl, &hello(h, 10 + i as u8), NOW).unwrap();
+    }
+    ok(ctl, &tenant("blue", "10.1.0.0/24"));
+    ok(
+        ctl,
+        &ApiRequest::TenantCreate(TenantCreate {
+            segment: Some("gre".into()),
+            ..TenantCreate::new("red", "10.2.0.0/24")
+        }),
+    );
+    ok(ctl, &tenant("gone", "10.3.0.0/24"));
+    for (i, host) in ["h1", "h2", "h3", "h1"].iter().enumerate() {
+        ok(ctl, &endpoint("blue", host, &format!("b{i}")));
+    }
+    ok(ctl, &endpoint("red", "h2", "r0"));
+    ok(ctl, &endpoint("gone", "h3", "g0"));
+    ok(ctl, &ApiRequest::EndpointDelete { name: "b1".into() });
+    ok(ctl, &ApiRequest::EndpointDelete { name: "g0".into() });
+    ok(
+        ctl,
+        &ApiRequest::TenantDelete {
+            name: "gone".into(),
+            force: false,
+        },
+    );
+    ok(ctl, &endpoint("blue", "h2", "b9"));
+}
+
+fn start_etcd() -> EtcdCluster {
+    EtcdCluster::start(3).expect("start a three-member etcd cluster")
+}
+
+#[test]
+#[ignore = "privileged: starts etcd; run with --run-ignored all"]
+fn an_etcd_store_holds_exactly_what_a_redb_store_holds() {
+    let etcd = start_etcd();
+    let dir = tempfile::tempdir().unwrap();
+    let redb = ops::open(&dir.path().join("c.redb"), Settings::default()).unwrap();
+    let on_etcd = ops::open_etcd(&options(&etcd, "/same/"), Settings::default()).unwrap();
+    workload(&redb);
+    workload(&on_etcd);
+    let want = redb.dump().unwrap();
+    assert!(
+        want.tables["endpoints"].len() >= 4,
+        "the workload left too little to compare:\n{want}"
+    );
+    assert_eq!(
+        on_etcd.dump().unwrap(),
+        want,
+        "etcd store differs from redb"
+    );
+    assert!(on_etcd.check().unwrap().is_clean());
+
+    // What is in etcd, read back by a new process's store, is the same.
+    drop(on_etcd);
+    let reopened = ops::open_etcd(&options(&etcd, "/same/"), Settings::default()).unwrap();
+    assert_eq!(
+        reopened.dump().unwrap(),
+        want,
+        "etcd store differs after reopening"
+    );
+
+    // Another prefix is another, empty, store.
+    let other = ops::open_etcd(&options(&etcd, "/other/"), Settings::default()).unwrap();
+    assert!(other.state().unwrap().tenants.is_empty());
+}
+
+#[test]
+#[ignore = "privileged: starts etcd; run with --run-ignored all"]
+fn a_commit_on_a_stale_copy_runs_again_on_the_new_state() {
+    let etcd = start_etcd();
+    let a = ops::open_etcd(&options(&etcd, "/ovl/"), Settings::default()).unwrap();
+    let b = ops::open_etcd(&options(&etcd, "/ovl/"), Settings::default()).unwrap();
+    ops::register_host(&a, &hello("h1", 1), NOW).unwrap();
+    // `b` has not seen the host yet: its copy is stale. Its first commit fails the compare,
+    // reloads and runs again, so it sees the host and the tenant `a` creates next.
+    ok(&a, &tenant("blue", "10.1.0.0/24"));
+    ok(&b, &tenant("red", "10.2.0.0/24"));
+    ok(&a, &endpoint("blue", "h1", "e1"));
+    ok(&b, &endpoint("blue", "h1", "e2"));
+    ok(&a, &endpoint("red", "h1", "e3"));
+    for store in [&a, &b] {
+        store.refresh().unwrap();
+        let state = store.state().unwrap();
+        let tenants: Vec<_> = state.tenants.values().collect();
+        assert_eq!(tenants.len(), 2);
+        assert_ne!(tenants[0].key, tenants[1].key, "two tenants got one VNI");
+        assert_ne!(
+            tenants[0].vlan, tenants[1].vlan,
+            "two tenants got one VLAN tag"
+        );
+        let e: Vec<_> = state.endpoints.values().map(|e| &e.endpoint).collect();
+        assert_eq!(e.len(), 3);
+        assert_ne!(e[0].ip, e[1].ip, "two endpoints of blue got one address");
+        let macs: BTreeSet<_> = e.iter().map(|e| e.mac).collect();
+        assert_eq!(macs.len(), 3, "endpoints share a MAC: {e:?}");
+        let report = store.check().unwrap();
+        assert!(report.is_clean(), "{report}");
+    }
+    assert_eq!(a.dump().unwrap(), b.dump().unwrap());
+}
+
+#[test]
+#[ignore = "privileged: starts etcd and controllers; run with --run-ignored all"]
+fn controllers_on_one_etcd_store_serve_the_same_state_and_push_each_others_changes() {
+    let mut c = Cluster::with_store(StoreKind::Etcd);
+    c.start_controller();
+    let second = c.start_extra_controller();
+    let first = c.addr.to_string();
+    let second = second.to_string();
+    c.start_fake_agent("h1", "192.168.60.1");
+    c.start_fake_agent_on("h2", "192.168.60.2", second.parse().unwrap());
+    let admin = c.admin_credentials();
+    let ovl_at = |addr: &str, args: &[&str]| {
+        let out = ovl_tests::lab::run_ovl(addr, &admin, args);
+        assert!(
+            out.status.success(),
+            "ovl {args:?} at {addr}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    ovl_at(
+        &first,
+        &["tenant", "create", "blue", "--subnet", "10.50.0.0/24"],
+    );
+    ovl_at(
+        &first,
+        &[
+            "endpoint", "create", "blue", "--host", "h1", "--name", "e1", "--netns", "e1",
+        ],
+    );
+    // Made through the second controller, to the first one's agent and back.
+    ovl_at(
+        &second,
+        &[
+            "endpoint", "create", "blue", "--host", "h2", "--name", "e2", "--netns", "e2",
+        ],
+    );
+    c.wait_converged(&["h1", "h2"]);
+    for (host, peer) in [("h1", "192.168.60.2"), ("h2", "192.168.60.1")] {
+        let intent = c.last_intent(host).expect("an applied intent");
+        let tenant = intent
+            .tenants
+            .iter()
+            .find(|t| t.name.as_str() == "blue")
+            .unwrap_or_else(|| panic!("{host} has no tenant blue: {intent:?}"));
+        let peers: Vec<String> = tenant
+            .peers
+            .iter()
+            .map(|p| p.underlay.to_string())
+            .collect();
+        assert_eq!(peers, vec![peer.to_string()], "{host}'s tunnel peers");
+    }
+    // Both controllers list the same endpoints, and the store is consistent while they run.
+    let list = |addr: &str| {
+        let out = ovl_at(addr, &["endpoint", "list", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut names: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(list(&first), vec!["e1", "e2"]);
+    assert_eq!(list(&second), vec!["e1", "e2"]);
+    let (clean, text) = c.check_store();
+    assert!(clean, "ovl-controller check on the live etcd store: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: starts etcd and controllers; run with --run-ignored all"]
+async fn fifty_clients_on_two_controllers_leave_a_consistent_store() {
+    let (c, second) = tokio::task::spawn_blocking(|| {
+        let mut c = Cluster::with_store(StoreKind::Etcd);
+        c.start_controller();
+        let second = c.start_extra_controller();
+        (c, second)
+    })
+    .await
+    .unwrap();
+    let addrs = [c.addr, second];
+    let ca = Ca::load(&c.pki).unwrap();
+    let hosts = sim::issue_sim_hosts(&ca, "ha", 6, &c.path().join("hosts"));
+    let names: Vec<HostName> = hosts.iter().map(|h| h.name.clone()).collect();
+    let fleets = [
+        Fleet::start(c.addr, &hosts[..3], &c.path().join("agents-a"), true),
+        Fleet::start(second, &hosts[3..], &c.path().join("agents-b"), true),
+    ];
+    let mut admin = sim::admin_client(c.addr, &c.admin_credentials()).await;
+    sim::wait_converged(&mut admin, &names, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let tenants = [("alpha", "10.10.0.0/24"), ("tiny", "10.13.0.0/28")];
+    for (n, s) in tenants {
+        admin.call(tenant(n, s)).await.unwrap();
+    }
+    let plan = ChurnPlan {
+        clients: 50,
+        duration: Duration::from_secs(15),
+        tenants: tenants
+            .iter()
+            .map(|(n, s)| ChurnTenant {
+                name: n.to_string(),
+                subnet: s.parse().unwrap(),
+            })
+            .collect(),
+        hosts: names.clone(),
+        tenant_churners: 6,
+        seed: 13,
+    };
+    let report = sim::churn_across(&addrs, &c.admin_credentials(), plan).await;
+    println!("{report}");
+    assert!(
+        report.failures.is_empty(),
+        "{} failures under load on two controllers:\n{}",
+        report.failures.len(),
+        report.failures.join("\n")
+    );
+    let created = report.ops.get("endpoint create").map_or(0, |o| o.ok);
+    assert!(created >= 50, "only {created} endpoints were created");
+
+    // Both controllers show exactly what the successful calls say, with nothing held twice.
+    let mut other = sim::admin_client(second, &c.admin_credentials()).await;
+    sim::wait_converged(&mut admin, &names, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let view = sim::api_view(&mut admin).await.unwrap();
+    let problems = sim::audit(&view);
+    assert!(problems.is_empty(), "audit: {problems:#?}");
+    let listed: BTreeSet<String> = view
+        .endpoints
+        .iter()
+        .map(|e| e.endpoint.name.to_string())
+        .collect();
+    assert_eq!(listed, report.endpoints, "endpoints differ from the ledger");
+    let seen_there = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let there = sim::api_view(&mut other).await.unwrap();
+            if there.endpoints == view.endpoints && there.tenants == view.tenants {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        seen_there.is_ok(),
+        "the second controller never showed what the first shows"
+    );
+    admin.close().await;
+    other.close().await;
+    for f in fleets {
+        f.stop().await;
+    }
+    let (clean, text) = tokio::task::block_in_place(|| c.check_store());
+    assert!(clean, "ovl-controller check on the live etcd store: {text}");
+    println!("{}", text.trim());
+}
+
+#[test]
+#[ignore = "privileged: starts etcd and controllers; run with --run-ignored all"]
+fn a_killed_etcd_member_stops_nothing() {
+    let mut c = Cluster::with_store(StoreKind::Etcd);
+    c.start_controller();
+    c.start_fake_agent("h1", "192.168.61.1");
+    c.start_fake_agent("h2", "192.168.61.2");
+    c.ovl_json(&["tenant", "create", "blue", "--subnet", "10.51.0.0/24"]);
+    c.ovl_json(&[
+        "endpoint", "create", "blue", "--host", "h1", "--name", "e1", "--netns", "e1",
+    ]);
+    c.wait_converged(&["h1", "h2"]);
+    // The first member is the one the controller's client talks to first.
+    c.etcd.as_mut().unwrap().kill(0);
+    c.ovl_json(&[
+        "endpoint", "create", "blue", "--host", "h2", "--name", "e2", "--netns", "e2",
+    ]);
+    c.ovl_json(&["tenant", "create", "red", "--subnet", "10.52.0.0/24"]);
+    c.wait_converged(&["h1", "h2"]);
+    let intent = c.last_intent("h2").expect("h2 applied an intent");
+    assert!(
+        intent.endpoints.iter().any(|e| e.name.as_str() == "e2"),
+        "h2 lacks e2 after an etcd member died: {intent:?}"
+    );
+    let (clean, text) = c.check_store();
+    assert!(clean, "check with one member down: {text}");
+    c.etcd.as_mut().unwrap().restart(0).unwrap();
+    c.ovl_json(&["endpoint", "delete", "e1"]);
+    c.wait_converged(&["h1", "h2"]);
+}
