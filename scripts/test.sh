@@ -24,6 +24,12 @@ echo "== deployment checks (shellcheck, systemd-analyze verify, vagrant validate
 bash scripts/check-deploy.sh target/debug
 echo "== tests (privileged tests included: --run-ignored all)"
 cargo nextest run --workspace --locked --run-ignored all --no-fail-fast -E 'not binary(vm_lab)'
+# The control-plane tests once more with the store in etcd (each test starts a three-member
+# etcd cluster of its own) instead of a redb file.
+echo "== control-plane tests against the etcd store (OVL_TEST_STORE=etcd)"
+OVL_TEST_STORE=etcd cargo nextest run -p ovl-tests --locked --run-ignored all --no-fail-fast \
+    --test control_plane --test intent_deltas --test host_api --test join \
+    --test reliability_auth --test reliability_fields
 # Real VMs last, on their own: emulated CPUs take the machine's cores, which would slow the
 # timing-sensitive tests above. The first run on a machine also builds the VM image
 # (vagrant/build-box.sh, cached afterwards).
