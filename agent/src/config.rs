@@ -21,6 +21,8 @@ pub enum ConfigError {
     },
     #[error("no controller address: set `controller = \"IP:PORT\"` in the config file or pass --controller")]
     NoController,
+    #[error("bad controller address '{given}': {why} (expected HOST:PORT, comma-separated for several controllers)")]
+    Controller { given: String, why: String },
     #[error("cannot find the underlay address towards {controller}: {source}; set `underlay_ip` or pass --underlay-ip")]
     Underlay {
         controller: SocketAddr,
@@ -58,7 +60,8 @@ pub enum DatapathChoice {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    pub controller: Option<SocketAddr>,
+    /// `HOST:PORT`, or several, comma-separated, of controllers sharing one store.
+    pub controller: Option<String>,
     pub credentials: Option<PathBuf>,
     pub underlay_ip: Option<Ipv4Addr>,
     pub underlay_mtu: Option<u16>,
@@ -91,7 +94,8 @@ impl FileConfig {
 /// The resolved configuration the agent runs with.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    pub controller: SocketAddr,
+    /// The controllers, in the order to try them (several share one store); never empty.
+    pub controllers: Vec<SocketAddr>,
     /// Bundle directory: ca.crt, tls.crt, tls.key.
     pub credentials: PathBuf,
     pub underlay_ip: Ipv4Addr,
@@ -119,13 +123,13 @@ pub struct AgentConfig {
 impl AgentConfig {
     /// Fills defaults into a merged file+flags configuration.
     pub fn resolve(f: FileConfig) -> Result<Self, ConfigError> {
-        let controller = f.controller.ok_or(ConfigError::NoController)?;
+        let controllers = parse_controllers(&f.controller.ok_or(ConfigError::NoController)?)?;
         let underlay_ip = match f.underlay_ip {
             Some(ip) => ip,
-            None => source_address_towards(controller)?,
+            None => source_address_towards(controllers[0])?,
         };
         Ok(Self {
-            controller,
+            controllers,
             credentials: f
                 .credentials
                 .unwrap_or_else(|| PathBuf::from("/etc/ovl/host")),
@@ -154,6 +158,38 @@ impl AgentConfig {
                 .unwrap_or_else(|| PathBuf::from(ovl_common::local::DEFAULT_SOCKET)),
         })
     }
+}
+
+/// The controllers in `text`: `HOST:PORT`, comma-separated; a host may be a name, resolved
+/// now (every address it has, in the resolver's order).
+pub fn parse_controllers(text: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for given in text.split(',').map(str::trim) {
+        let bad = |why: String| ConfigError::Controller {
+            given: given.to_string(),
+            why,
+        };
+        if given.is_empty() {
+            return Err(bad("an empty entry".into()));
+        }
+        if given
+            .rsplit_once(':')
+            .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+        {
+            return Err(bad("no port".into()));
+        }
+        let resolved = std::net::ToSocketAddrs::to_socket_addrs(given)
+            .map_err(|e| bad(format!("cannot resolve it: {e}")))?;
+        for addr in resolved {
+            if !out.contains(&addr) {
+                out.push(addr);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(ConfigError::NoController);
+    }
+    Ok(out)
 }
 
 /// The local address the kernel would use to reach `controller`: a UDP `connect` sends
@@ -196,9 +232,26 @@ mod tests {
     }
 
     #[test]
+    fn several_controllers_and_names_are_taken_in_order() {
+        let c = parse_controllers("127.0.0.1:7300, localhost:7301,127.0.0.1:7300").unwrap();
+        assert_eq!(c[0], "127.0.0.1:7300".parse().unwrap());
+        assert!(c[1..].iter().all(|a| a.port() == 7301), "{c:?}");
+        for bad in [
+            "",
+            "127.0.0.1",
+            "127.0.0.1:7300,",
+            "no-such-host.invalid:7300",
+            "1.2.3.4:x",
+        ] {
+            let e = parse_controllers(bad).unwrap_err().to_string();
+            assert!(e.contains("controller"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn underlay_is_detected_towards_loopback() {
         let c = AgentConfig::resolve(FileConfig {
-            controller: Some("127.0.0.1:7300".parse().unwrap()),
+            controller: Some("127.0.0.1:7300".into()),
             ..Default::default()
         })
         .unwrap();

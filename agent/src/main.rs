@@ -80,9 +80,11 @@ struct RunArgs {
     /// Configuration file; flags override its keys.
     #[arg(long, env = "OVL_AGENT_CONFIG", default_value = "/etc/ovl/agent.toml")]
     config: PathBuf,
-    /// Controller address (UDP, QUIC).
+    /// Controller address, HOST:PORT (UDP, QUIC); several, comma-separated, for controllers
+    /// sharing one store: the agent moves to the next when its controller goes away. Names
+    /// are resolved at start.
     #[arg(long)]
-    controller: Option<SocketAddr>,
+    controller: Option<String>,
     /// Credentials bundle directory (ca.crt, tls.crt, tls.key).
     #[arg(long)]
     credentials: Option<PathBuf>,
@@ -225,13 +227,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             s.cancel();
         });
         let mut params = SessionParams {
-            controller: cfg.controller,
+            controllers: cfg.controllers.clone(),
             host: host.clone(),
             underlay: cfg.underlay_ip,
             underlay_mtu: cfg.underlay_mtu,
             capabilities: vec![],
         };
-        info!(%host, controller = %cfg.controller, underlay = %cfg.underlay_ip, driver = ?cfg.driver, "agent starting");
+        info!(%host, controllers = ?cfg.controllers, underlay = %cfg.underlay_ip, driver = ?cfg.driver, "agent starting");
         let ready = |r: &ovl_common::intent::AppliedReport| {
             info!(generation = r.generation, "first sync with the controller done");
             let status = match r.errors().count() {
@@ -244,7 +246,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         let (observers, views) = Observers::new();
         let local = {
-            let client = ovl_agent::local::HostClient { controller: cfg.controller, bundle: bundle.clone() };
+            let client = ovl_agent::local::HostClient { controllers: cfg.controllers.clone(), bundle: bundle.clone() };
             let (path, host, shutdown) = (cfg.local_socket.clone(), host.clone(), shutdown.clone());
             tokio::spawn(async move {
                 // Without its local API the agent still runs the data plane; only the CNI

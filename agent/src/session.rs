@@ -51,7 +51,8 @@ pub enum SessionEvent {
 /// Everything a session needs that does not change between reconnects.
 #[derive(Debug, Clone)]
 pub struct SessionParams {
-    pub controller: SocketAddr,
+    /// Tried in turn: a session that ends (or never starts) moves to the next.
+    pub controllers: Vec<SocketAddr>,
     pub host: HostName,
     pub underlay: Ipv4Addr,
     pub underlay_mtu: u16,
@@ -94,15 +95,23 @@ pub async fn run(
     };
     endpoint.set_default_client_config(client_config);
     let mut backoff = BACKOFF_MIN;
+    let mut next = 0;
+    // Controllers tried since the last session that was established: while some are left,
+    // the next is tried at once instead of after the backoff.
+    let mut tried = 0;
     loop {
         let mut established = false;
+        let addr = params.controllers[next % params.controllers.len()];
+        next += 1;
         let result = tokio::select! {
-            r = session(&endpoint, &params, &events, &mut reports, &last_applied, &mut established) => r,
+            r = session(&endpoint, addr, &params, &events, &mut reports, &last_applied, &mut established) => r,
             _ = shutdown.cancelled() => break,
         };
         if established {
             backoff = BACKOFF_MIN;
+            tried = 0;
         }
+        tried += 1;
         let reason = match result {
             Ok(()) => "the controller closed the session".to_string(),
             Err(e) => e.to_string(),
@@ -114,9 +123,17 @@ pub async fn run(
         {
             break;
         }
-        let (next, delay) = next_backoff(backoff);
-        warn!("controller session down ({reason}); retrying in {delay:.1?}");
-        backoff = next;
+        let delay = if tried < params.controllers.len() {
+            let other = params.controllers[next % params.controllers.len()];
+            warn!(controller = %addr, "controller session down ({reason}); trying {other}");
+            Duration::ZERO
+        } else {
+            let (longer, delay) = next_backoff(backoff);
+            backoff = longer;
+            tried = 0;
+            warn!("controller session down ({reason}); retrying in {delay:.1?}");
+            delay
+        };
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.cancelled() => break,
@@ -128,13 +145,13 @@ pub async fn run(
 
 async fn session(
     endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
     params: &SessionParams,
     events: &mpsc::Sender<SessionEvent>,
     reports: &mut watch::Receiver<Option<AppliedReport>>,
     last_applied: &watch::Receiver<Option<u64>>,
     established: &mut bool,
 ) -> Result<(), SessionError> {
-    let addr = params.controller;
     let connecting = endpoint
         .connect(addr, ovl_common::tls::SERVER_NAME)
         .map_err(|e| SessionError::Connect {

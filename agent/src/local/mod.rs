@@ -59,24 +59,32 @@ pub trait Controller: Send + Sync {
 
 /// The real controller: one connection per call, in the host role. Calls are rare (a
 /// container start or stop) and a fresh connection cannot be left broken by an earlier one.
+/// With several controllers (sharing one store), the first that answers takes the call.
 #[derive(Debug)]
 pub struct HostClient {
-    pub controller: SocketAddr,
+    pub controllers: Vec<SocketAddr>,
     pub bundle: Bundle,
 }
 
 impl Controller for HostClient {
     async fn call(&self, req: ApiRequest) -> Result<ApiReply, CallError> {
-        let mut c = Client::connect_as(
-            self.controller,
-            &self.bundle,
-            Timeouts::default(),
-            ClientRole::Host,
-        )
-        .await?;
-        let r = c.call(req).await;
-        c.close().await;
-        r
+        let mut failures = Vec::new();
+        for &addr in &self.controllers {
+            match Client::connect_as(addr, &self.bundle, Timeouts::default(), ClientRole::Host)
+                .await
+            {
+                Ok(mut c) => {
+                    let r = c.call(req).await;
+                    c.close().await;
+                    return r;
+                }
+                Err(e) => failures.push((addr.to_string(), e)),
+            }
+        }
+        if failures.len() == 1 {
+            return Err(failures.remove(0).1.into());
+        }
+        Err(ovl_common::client::ClientError::NoneAnswered { failures }.into())
     }
 }
 

@@ -233,7 +233,7 @@ impl Fleet {
             let bundle = Bundle::load(&h.bundle)
                 .unwrap_or_else(|e| panic!("loading {}: {e}", h.bundle.display()));
             let params = SessionParams {
-                controller,
+                controllers: vec![controller],
                 host: h.name.clone(),
                 underlay: h.underlay,
                 underlay_mtu: 1500,
