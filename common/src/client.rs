@@ -281,10 +281,16 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// How long a connection attempt to one of several controllers runs alone before the next
+/// one starts beside it ([`Client::connect`]).
+pub const STAGGER: Duration = Duration::from_millis(500);
+
 impl Client {
     /// Connects to `controller` with the credential bundle in `creds_dir`. `controller` is
     /// `HOST:PORT`, or several separated by commas (the controllers of one cluster): they are
-    /// tried in order, each for up to the connect timeout, and the first that answers is used.
+    /// tried in order, the next one started when the ones before have not answered within
+    /// [`STAGGER`] (without giving up on them), and the first that answers is used. So a
+    /// dead controller early in the list costs half a second, not the connect timeout.
     pub async fn connect(
         controller: &str,
         creds_dir: &Path,
@@ -295,17 +301,35 @@ impl Client {
             source,
         })?;
         let controllers = controller_list(controller)?;
+        let bundle = std::sync::Arc::new(bundle);
+        let mut attempts = tokio::task::JoinSet::new();
+        for (i, c) in controllers.iter().enumerate() {
+            let (c, bundle) = (c.clone(), bundle.clone());
+            attempts.spawn(async move {
+                tokio::time::sleep(STAGGER * i as u32).await;
+                let attempt = async {
+                    let addr = resolve(&c, timeouts.connect).await?;
+                    Self::connect_addr(addr, &bundle, timeouts).await
+                };
+                let result = attempt.await;
+                (i, c, result)
+            });
+        }
         let mut failures = Vec::new();
-        for c in &controllers {
-            let attempt = async {
-                let addr = resolve(c, timeouts.connect).await?;
-                Self::connect_addr(addr, &bundle, timeouts).await
-            };
-            match attempt.await {
-                Ok(client) => return Ok(client),
-                Err(e) if controllers.len() == 1 => return Err(e),
-                Err(e) => failures.push((c.clone(), e)),
+        while let Some(joined) = attempts.join_next().await {
+            match joined {
+                // Dropping the set stops the attempts still running.
+                Ok((_, _, Ok(client))) => return Ok(client),
+                Ok((i, c, Err(e))) => failures.push((i, c, e)),
+                // A panic in an attempt is a bug: let it be seen. Nothing cancels them.
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => {}
             }
+        }
+        failures.sort_by_key(|(i, ..)| *i);
+        let mut failures: Vec<_> = failures.into_iter().map(|(_, c, e)| (c, e)).collect();
+        if failures.len() == 1 {
+            return Err(failures.remove(0).1);
         }
         Err(ClientError::NoneAnswered { failures })
     }
