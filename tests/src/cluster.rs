@@ -244,6 +244,14 @@ impl Cluster {
         terminate(&mut self.extra[i].1);
     }
 
+    /// Kills the controller with SIGKILL: no goodbye to its agents, clients or etcd.
+    pub fn kill_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Stops the controller with SIGTERM.
     pub fn stop_controller(&mut self) {
         if let Some(mut c) = self.controller.take() {
@@ -272,11 +280,12 @@ impl Cluster {
 
     /// Starts an agent with the recording fake datapath.
     pub fn start_fake_agent(&mut self, name: &str, underlay: &str) {
-        self.start_fake_agent_on(name, underlay, self.addr);
+        self.start_fake_agent_on(name, underlay, &self.addr.to_string());
     }
 
-    /// [`Cluster::start_fake_agent`] talking to the controller at `controller`.
-    pub fn start_fake_agent_on(&mut self, name: &str, underlay: &str, controller: SocketAddr) {
+    /// [`Cluster::start_fake_agent`] talking to the controllers in `controllers` (its
+    /// `--controller`: one address or several, comma-separated).
+    pub fn start_fake_agent_on(&mut self, name: &str, underlay: &str, controllers: &str) {
         let creds = self.pki.join("hosts").join(name);
         if !creds.exists() {
             self.issue_host(name);
@@ -293,7 +302,7 @@ impl Cluster {
                 "fake",
                 "--controller",
             ])
-            .arg(controller.to_string())
+            .arg(controllers)
             .arg("--credentials")
             .arg(&creds)
             .args(["--underlay-ip", underlay, "--record"])

@@ -10,7 +10,10 @@
 //! - [`fifty_clients_on_two_controllers_leave_a_consistent_store`]: churn through both
 //!   controllers at once leaves no value held twice, exactly what the successful calls say,
 //!   and a store `ovl-controller check` finds consistent while the controllers run;
-//! - [`a_killed_etcd_member_stops_nothing`].
+//! - [`a_killed_etcd_member_stops_nothing`];
+//! - [`a_killed_controller_s_agents_and_clients_move_to_another`]: the leader killed, the
+//!   survivor leads, nothing acknowledged is lost, and agents and the CLI, given both
+//!   addresses, carry on through the survivor (the times are printed).
 //!
 //! The same control-plane tests that run on redb also run on etcd: `scripts/test.sh` runs
 //! `control_plane` again with `OVL_TEST_STORE=etcd`.
@@ -191,7 +194,7 @@ fn controllers_on_one_etcd_store_serve_the_same_state_and_push_each_others_chang
     let first = c.addr.to_string();
     let second = second.to_string();
     c.start_fake_agent("h1", "192.168.60.1");
-    c.start_fake_agent_on("h2", "192.168.60.2", second.parse().unwrap());
+    c.start_fake_agent_on("h2", "192.168.60.2", &second);
     let admin = c.admin_credentials();
     let ovl_at = |addr: &str, args: &[&str]| {
         let out = ovl_tests::lab::run_ovl(addr, &admin, args);
@@ -372,4 +375,104 @@ fn a_killed_etcd_member_stops_nothing() {
     c.etcd.as_mut().unwrap().restart(0).unwrap();
     c.ovl_json(&["endpoint", "delete", "e1"]);
     c.wait_converged(&["h1", "h2"]);
+}
+
+#[test]
+#[ignore = "privileged: starts etcd and controllers; run with --run-ignored all"]
+fn a_killed_controller_s_agents_and_clients_move_to_another() {
+    let mut c = Cluster::with_store(StoreKind::Etcd);
+    c.start_controller();
+    // The first controller leads before the second exists.
+    wait_for_log(
+        &c.path().join("controller-0.log"),
+        "this controller now leads",
+    );
+    let second = c.start_extra_controller();
+    let both = format!("{},{second}", c.addr);
+    c.start_fake_agent_on("h1", "192.168.62.1", &both);
+    c.start_fake_agent_on("h2", "192.168.62.2", &both);
+    let admin = c.admin_credentials();
+    let ovl = |args: &[&str]| ovl_tests::lab::run_ovl(&both, &admin, args);
+    for args in [
+        &["tenant", "create", "blue", "--subnet", "10.53.0.0/24"][..],
+        &[
+            "endpoint", "create", "blue", "--host", "h1", "--name", "e1", "--netns", "e1",
+        ],
+        &[
+            "endpoint", "create", "blue", "--host", "h2", "--name", "e2", "--netns", "e2",
+        ],
+    ] {
+        let out = ovl(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    c.wait_converged(&["h1", "h2"]);
+
+    c.kill_controller();
+    let killed = std::time::Instant::now();
+    // A client given both addresses gets its change made by the survivor.
+    let out = ovl(&[
+        "endpoint", "create", "blue", "--host", "h1", "--name", "e3", "--netns", "e3",
+    ]);
+    assert!(
+        out.status.success(),
+        "after the kill: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first_change = killed.elapsed();
+    // The survivor takes the lead once the dead one's lease runs out.
+    wait_for_log(
+        &c.path().join("controller-x0.log"),
+        "this controller now leads",
+    );
+    let leads = killed.elapsed();
+    // The agents move to the survivor and apply what it wants.
+    let status = ovl_tests::cluster::wait_for(
+        "both agents on the survivor",
+        Duration::from_secs(40),
+        || {
+            let out =
+                ovl_tests::lab::run_ovl(&second.to_string(), &admin, &["status", "-o", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let all = v.as_array()?.iter().all(|h| {
+                h["connected"].as_bool() == Some(true)
+                    && h["applied_generation"].is_number()
+                    && h["applied_generation"] == h["desired_generation"]
+            });
+            all.then_some(v)
+        },
+    );
+    let agents_back = killed.elapsed();
+    println!(
+        "controller killed: first change through the survivor after {first_change:.2?}, \
+         survivor leads after {leads:.2?}, both agents applied through it after {agents_back:.2?}"
+    );
+    assert_eq!(status.as_array().unwrap().len(), 2, "{status}");
+    let intent = c.last_intent("h1").expect("h1 applied an intent");
+    let names: BTreeSet<String> = intent
+        .endpoints
+        .iter()
+        .map(|e| e.name.to_string())
+        .collect();
+    assert_eq!(names, BTreeSet::from(["e1".to_string(), "e3".to_string()]));
+    let listed = ovl(&["endpoint", "list", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(
+        v.as_array().unwrap().len(),
+        3,
+        "every acknowledged endpoint is kept: {v}"
+    );
+}
+
+/// Waits up to 20 s for `needle` in the log at `path`.
+fn wait_for_log(path: &std::path::Path, needle: &str) {
+    ovl_tests::cluster::wait_for(needle, Duration::from_secs(20), || {
+        std::fs::read_to_string(path)
+            .ok()
+            .filter(|log| log.contains(needle))
+            .map(|_| ())
+    });
 }
