@@ -192,6 +192,19 @@ impl EtcdStore {
         Ok(())
     }
 
+    /// Loads the copy again if anyone committed since it was loaded (one small etcd read);
+    /// returns whether it did. The caller holds `writer`.
+    fn catch_up(&self) -> Result<bool, StoreError> {
+        let now = self
+            .block_on(self.client.get(self.revision_key()))?
+            .map_or(0, |kv| kv.mod_revision);
+        if now == self.current().revision_key.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        self.reload()?;
+        Ok(true)
+    }
+
     /// Sends a committing transaction's rows to etcd, with the deletion of the turn's key,
     /// on condition that nobody committed since the mirror's revision;
     /// [`StoreError::Conflict`] if someone did (the turn is then still held).
@@ -227,6 +240,9 @@ impl EtcdStore {
         body: &mut dyn FnMut(&mut dyn Txn) -> Result<Outcome, StoreError>,
     ) -> Result<(), StoreError> {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        // A body decides on what it reads (a refusal commits nothing, so no compare would
+        // catch a stale copy): it reads what etcd has now.
+        self.catch_up()?;
         // The turn is taken only when a transaction wants to commit (aborts and reads cost
         // nothing), and kept across a rerun; a commit gives it back.
         let mut turn: Option<Turn> = None;
@@ -314,15 +330,8 @@ impl Store for EtcdStore {
     }
 
     fn refresh(&self) -> Result<bool, StoreError> {
-        let now = self
-            .block_on(self.client.get(self.revision_key()))?
-            .map_or(0, |kv| kv.mod_revision);
-        if now == self.current().revision_key.load(Ordering::SeqCst) {
-            return Ok(false);
-        }
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        self.reload()?;
-        Ok(true)
+        self.catch_up()
     }
 
     fn announce(&self, sessions: &BTreeMap<HostName, LiveHost>) -> Result<(), StoreError> {
@@ -337,7 +346,10 @@ impl Store for EtcdStore {
         self.take_lead()
     }
 
+    /// Read after a refresh, so that what one controller acknowledged is seen through any
+    /// other at once.
     fn state(&self) -> Result<State, StoreError> {
+        self.refresh()?;
         self.current().rows.state()
     }
 
