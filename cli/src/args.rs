@@ -68,7 +68,8 @@ pub struct Cli {
 #[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Controller address as HOST:PORT, or the controllers of a cluster as HOST:PORT,HOST:PORT
-    /// (tried in order until one answers) [env: OVL_CONTROLLER] [config: controller]
+    /// (tried in order, the next after 500 ms without an answer; the first to answer is used)
+    /// [env: OVL_CONTROLLER] [config: controller]
     #[arg(long, global = true, value_name = "HOST:PORT[,…]")]
     pub controller: Option<String>,
 
