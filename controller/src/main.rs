@@ -14,7 +14,9 @@ use ovl_controller::join::JoinService;
 use ovl_controller::ops;
 use ovl_controller::pki::{self, Ca, Validity};
 use ovl_controller::server::{unix_now, Server};
-use ovl_controller::store::{EtcdOptions, EtcdStore, RedbStore, Settings, Store};
+use ovl_controller::store::{
+    Backup, EtcdOptions, EtcdStore, RedbReader, RedbStore, Settings, Store,
+};
 use ovl_controller::tokens::Tokens;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -108,13 +110,37 @@ enum Command {
         what: TokenWhat,
     },
     /// Audit the store: no duplicated or leaked allocations, no dangling references.
-    /// A redb file is checked while the controller is stopped (it is locked while one runs);
-    /// an etcd store (--etcd-endpoints) while controllers run, at one etcd revision.
+    /// Runs beside running controllers, at one committed state.
     Check {
         #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
         db: PathBuf,
         #[command(flatten)]
         etcd: EtcdArgs,
+    },
+    /// Write a backup of the store: every row at one committed state, in a file that
+    /// `restore` reads into a redb file or an etcd store (so it also moves a cluster between
+    /// them). Runs beside running controllers.
+    Backup {
+        /// The file to write (mode 0600; replaced if it exists).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
+        db: PathBuf,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// Restore a backup into a new store (a redb file at --db, or an etcd prefix), then
+    /// check it. Stop every controller of that store first.
+    Restore {
+        /// The file `ovl-controller backup` wrote.
+        file: PathBuf,
+        #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
+        db: PathBuf,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// Replace a store that is already there.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -370,15 +396,74 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         )
                     })?)
                 }
-                None => Box::new(
-                    RedbStore::open_existing(&db)
-                        .with_context(|| format!("opening {}", db.display()))?,
-                ),
+                None => {
+                    let reader = RedbReader::open(&db)
+                        .with_context(|| format!("opening {}", db.display()))?;
+                    let report = reader.check().context("checking the store")?;
+                    println!("{report}");
+                    if !report.is_clean() {
+                        bail!("the store is inconsistent");
+                    }
+                    return Ok(());
+                }
             };
             let report = store.check().context("checking the store")?;
             println!("{report}");
             if !report.is_clean() {
                 bail!("the store is inconsistent");
+            }
+            Ok(())
+        }
+        Command::Backup { out, db, etcd } => {
+            let backup = match etcd.options()? {
+                Some(options) => EtcdStore::open_existing(&options)
+                    .and_then(|s| s.backup())
+                    .with_context(|| {
+                        format!(
+                            "reading the store from etcd {}",
+                            options.etcd.endpoints.join(",")
+                        )
+                    })?,
+                None => RedbReader::open(&db)
+                    .and_then(|r| r.backup())
+                    .with_context(|| format!("reading {}", db.display()))?,
+            };
+            backup.write(&out)?;
+            println!(
+                "backup of {} rows at store revision {} written to {}",
+                backup.len(),
+                backup.revision,
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Restore {
+            file,
+            db,
+            etcd,
+            force,
+        } => {
+            let backup = Backup::read(&file)?;
+            let store: Box<dyn Store> = match etcd.options()? {
+                Some(options) => Box::new(
+                    EtcdStore::restore(&options, &backup, force).with_context(|| {
+                        format!("restoring into etcd prefix {}", options.prefix)
+                    })?,
+                ),
+                None => Box::new(
+                    RedbStore::restore(&db, &backup, force)
+                        .with_context(|| format!("restoring into {}", db.display()))?,
+                ),
+            };
+            let report = store.check().context("checking the restored store")?;
+            println!(
+                "restored {} rows (store revision {})",
+                backup.len(),
+                backup.revision
+            );
+            println!("{report}");
+            if !report.is_clean() {
+                bail!("the restored store is inconsistent");
             }
             Ok(())
         }

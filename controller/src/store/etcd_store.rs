@@ -34,7 +34,9 @@ use super::rows::{RawRow, RowKey, Table};
 use super::tables::meta;
 use crate::live::LiveHost;
 
-use super::{CheckReport, Outcome, RedbStore, Settings, State, Store, StoreDump, StoreError, Txn};
+use super::{
+    Backup, CheckReport, Outcome, RedbStore, Settings, State, Store, StoreDump, StoreError, Txn,
+};
 
 /// How many times a transaction runs before a conflict is given up as an error: each retry
 /// means another controller committed in between, so this bounds a livelock, not a wait.
@@ -129,6 +131,44 @@ impl EtcdStore {
         let what = format!("etcd prefix {}", store.prefix);
         store.settings = store.current().rows.recorded_settings(&what)?;
         Ok(store)
+    }
+
+    /// Writes `backup`'s rows under the prefix, which must hold no store unless `force`
+    /// (which deletes what is there first). Run it with every controller of the prefix
+    /// stopped: the rows go in batches (etcd bounds a transaction's operations), so a
+    /// controller could see half of them.
+    pub fn restore(
+        options: &EtcdOptions,
+        backup: &Backup,
+        force: bool,
+    ) -> Result<EtcdStore, StoreError> {
+        /// Below etcd's default `--max-txn-ops` (128).
+        const BATCH: usize = 100;
+        let store = Self::connect(options, Settings::default())?;
+        let rows = store.rows_prefix();
+        let present = store.block_on(store.client.prefix(rows.clone()))?;
+        if present.count > 0 {
+            if !force {
+                return Err(StoreError::NotEmpty(format!(
+                    "etcd prefix {}",
+                    store.prefix
+                )));
+            }
+            store.block_on(store.client.delete_prefix(rows))?;
+        }
+        for batch in backup.rows.chunks(BATCH) {
+            let txn = TxnRequest {
+                compare: Vec::new(),
+                success: batch
+                    .iter()
+                    .map(|(k, v)| Op::put(store.key(k), v.clone()))
+                    .collect(),
+                failure: Vec::new(),
+            };
+            store.block_on(store.client.txn(&txn))?;
+        }
+        drop(store);
+        Self::open_existing(options)
     }
 
     fn current(&self) -> Arc<Mirror> {
@@ -367,5 +407,11 @@ impl Store for EtcdStore {
 
     fn dump(&self) -> Result<StoreDump, StoreError> {
         self.current().rows.dump()
+    }
+
+    /// After a refresh: the rows as of one etcd revision.
+    fn backup(&self) -> Result<Backup, StoreError> {
+        self.refresh()?;
+        self.current().rows.backup()
     }
 }

@@ -15,6 +15,7 @@
 //! restarts. Implementations are synchronous; each call is short (one transaction) and is
 //! made from a tokio task with `spawn_blocking`.
 
+pub mod backup;
 mod check;
 mod etcd_presence;
 mod etcd_store;
@@ -35,8 +36,9 @@ use crate::alloc::{Claim, Pool};
 use crate::compile;
 use crate::live::LiveHost;
 
+pub use backup::{Backup, BackupError};
 pub use etcd_store::{EtcdOptions, EtcdStore};
-pub use redb_store::RedbStore;
+pub use redb_store::{RedbReader, RedbStore};
 pub use tables::SCHEMA_VERSION;
 
 /// Cluster-wide settings the store records and the operations allocate and compute with.
@@ -144,6 +146,8 @@ pub enum StoreError {
         holder: String,
         waited: std::time::Duration,
     },
+    #[error("{0} already holds a store; restore into an empty one, or pass --force to replace it")]
+    NotEmpty(String),
 }
 
 impl From<redb::TransactionError> for StoreError {
@@ -445,6 +449,8 @@ pub trait Store: Send + Sync {
     fn check(&self) -> Result<CheckReport, StoreError>;
     /// Every row of every table, for comparison and debugging.
     fn dump(&self) -> Result<StoreDump, StoreError>;
+    /// Every row, read at one committed state, to write a backup file from.
+    fn backup(&self) -> Result<Backup, StoreError>;
 }
 
 impl dyn Store + '_ {

@@ -15,6 +15,7 @@ use redb::{
     TableHandle,
 };
 
+use super::backup::Backup;
 use super::rows::{RawRow, RowKey};
 use super::tables::{self, meta, open_read_table, WriteTables, SCHEMA_VERSION};
 use super::{check, CheckReport, Outcome, Settings, State, Store, StoreDump, StoreError, Txn};
@@ -52,7 +53,7 @@ impl RedbStore {
     /// if the file does not exist or was never initialised.
     pub fn open_existing(path: &Path) -> Result<RedbStore, StoreError> {
         let db = database(path, false)?;
-        let settings = stored_settings(&db, &path.display().to_string())?;
+        let settings = stored_settings(&db.begin_read()?, &path.display().to_string())?;
         Ok(RedbStore { db, settings })
     }
 
@@ -71,7 +72,27 @@ impl RedbStore {
     /// The settings the store was last opened with by [`crate::ops::open`] (its `meta`
     /// rows), read back to inspect it; `what` names the store in errors.
     pub(crate) fn recorded_settings(&self, what: &str) -> Result<Settings, StoreError> {
-        stored_settings(&self.db, what)
+        stored_settings(&self.db.begin_read()?, what)
+    }
+
+    /// Makes a store at `path` holding exactly `backup`'s rows. Refuses an existing file
+    /// unless `force` (which replaces it).
+    pub fn restore(path: &Path, backup: &Backup, force: bool) -> Result<RedbStore, StoreError> {
+        if path.exists() {
+            if !force {
+                return Err(StoreError::NotEmpty(path.display().to_string()));
+            }
+            std::fs::remove_file(path).map_err(|e| {
+                StoreError::Settings(format!("cannot replace {}: {e}", path.display()))
+            })?;
+        }
+        let db = database(path, true)?;
+        let settings = Settings::default();
+        let store = RedbStore { db, settings };
+        store.load_rows(backup.rows.iter().cloned())?;
+        store.sync()?;
+        let settings = store.recorded_settings(&path.display().to_string())?;
+        Ok(RedbStore { settings, ..store })
     }
 
     /// Writes rows as [`super::rows`] gives them, in one transaction (to fill a store made
@@ -95,9 +116,8 @@ impl RedbStore {
 }
 
 /// The settings recorded in a store's `meta` table; `what` names the store in errors.
-fn stored_settings(db: &Database, what: &str) -> Result<Settings, StoreError> {
-    let txn = db.begin_read()?;
-    let table = open_read_table(&txn, tables::META)?;
+fn stored_settings(txn: &ReadTransaction, what: &str) -> Result<Settings, StoreError> {
+    let table = open_read_table(txn, tables::META)?;
     let get =
         |key: &str| -> Result<Option<u64>, StoreError> { Ok(table.get(key)?.map(|g| g.value())) };
     match get(meta::SCHEMA_VERSION)? {
@@ -271,53 +291,103 @@ impl Store for RedbStore {
     }
 
     fn dump(&self) -> Result<StoreDump, StoreError> {
-        let txn = self.db.begin_read()?;
-        let mut tables = BTreeMap::new();
-        for handle in txn.list_tables()? {
-            let name = handle.name().to_string();
-            if !tables::ALL_TABLES.contains(&name.as_str()) {
-                tables.insert(
-                    name,
-                    vec![("?".into(), "table unknown to this build".into())],
-                );
-            }
-        }
-        let mut meta = dump_table(&txn, tables::META, |k| k.to_string(), |v| v.to_string())?;
-        meta.retain(|(k, _)| k != meta::REVISION);
-        tables.insert("meta".into(), meta);
-        for def in [tables::TENANTS, tables::HOSTS, tables::ENDPOINTS] {
-            tables.insert(
-                def.name().into(),
-                dump_table(&txn, def, |k| k.to_string(), to_hex)?,
-            );
-        }
-        tables.insert(
-            "generations".into(),
-            dump_table(
-                &txn,
-                tables::GENERATIONS,
-                |k| k.to_string(),
-                |g| g.to_string(),
-            )?,
-        );
-        for def in [
-            tables::KEYS,
-            tables::VLANS,
-            tables::IPS,
-            tables::MACS,
-            tables::PORTS,
-        ] {
-            tables.insert(
-                def.name().into(),
-                dump_table(&txn, def, |k| k.to_string(), |v| v.to_string())?,
-            );
-        }
-        tables.insert(
-            "reservations".into(),
-            dump_table(&txn, tables::RESERVATIONS, |k| k.to_string(), to_hex)?,
-        );
-        Ok(StoreDump { tables })
+        dump_txn(&self.db.begin_read()?)
     }
+
+    fn backup(&self) -> Result<Backup, StoreError> {
+        Backup::of(&self.db.begin_read()?)
+    }
+}
+
+/// A redb store opened read-only (`ovl-controller check` and `backup`). Only while no
+/// controller has it open: redb shares a file between processes only in a mode without
+/// non-durable commits, which the controller's group commit needs. An etcd store is read
+/// beside running controllers instead.
+pub struct RedbReader {
+    db: redb::ReadOnlyDatabase,
+    settings: Settings,
+}
+
+impl RedbReader {
+    pub fn open(path: &Path) -> Result<RedbReader, StoreError> {
+        let db = Database::builder()
+            .open_read_only(path)
+            .map_err(|source| match source {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Settings(format!(
+                    "{} is open in a running controller; stop it first (a redb store is read only while no controller runs)",
+                    path.display()
+                )),
+                source => StoreError::Open {
+                    path: path.to_path_buf(),
+                    source: Box::new(source),
+                },
+            })?;
+        let settings = stored_settings(&db.begin_read()?, &path.display().to_string())?;
+        Ok(RedbReader { db, settings })
+    }
+
+    /// See [`Store::check`].
+    pub fn check(&self) -> Result<CheckReport, StoreError> {
+        check::check(&self.db.begin_read()?, &self.settings)
+    }
+
+    /// See [`Store::dump`].
+    pub fn dump(&self) -> Result<StoreDump, StoreError> {
+        dump_txn(&self.db.begin_read()?)
+    }
+
+    /// Every row, read in one transaction (see [`super::backup`]).
+    pub fn backup(&self) -> Result<Backup, StoreError> {
+        Backup::of(&self.db.begin_read()?)
+    }
+}
+
+fn dump_txn(txn: &ReadTransaction) -> Result<StoreDump, StoreError> {
+    let mut tables = BTreeMap::new();
+    for handle in txn.list_tables()? {
+        let name = handle.name().to_string();
+        if !tables::ALL_TABLES.contains(&name.as_str()) {
+            tables.insert(
+                name,
+                vec![("?".into(), "table unknown to this build".into())],
+            );
+        }
+    }
+    let mut meta = dump_table(txn, tables::META, |k| k.to_string(), |v| v.to_string())?;
+    meta.retain(|(k, _)| k != meta::REVISION);
+    tables.insert("meta".into(), meta);
+    for def in [tables::TENANTS, tables::HOSTS, tables::ENDPOINTS] {
+        tables.insert(
+            def.name().into(),
+            dump_table(txn, def, |k| k.to_string(), to_hex)?,
+        );
+    }
+    tables.insert(
+        "generations".into(),
+        dump_table(
+            txn,
+            tables::GENERATIONS,
+            |k| k.to_string(),
+            |g| g.to_string(),
+        )?,
+    );
+    for def in [
+        tables::KEYS,
+        tables::VLANS,
+        tables::IPS,
+        tables::MACS,
+        tables::PORTS,
+    ] {
+        tables.insert(
+            def.name().into(),
+            dump_table(txn, def, |k| k.to_string(), |v| v.to_string())?,
+        );
+    }
+    tables.insert(
+        "reservations".into(),
+        dump_table(txn, tables::RESERVATIONS, |k| k.to_string(), to_hex)?,
+    );
+    Ok(StoreDump { tables })
 }
 
 fn to_hex(bytes: &[u8]) -> String {
