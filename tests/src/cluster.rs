@@ -168,17 +168,8 @@ impl Cluster {
     /// Runs `ovl-controller check` on the store (a redb file only while no controller runs;
     /// an etcd store at any time); returns whether it is consistent and what it printed.
     pub fn check_store(&self) -> (bool, String) {
-        let out = Command::new(bin("ovl-controller"))
-            .arg("check")
-            .args(self.store_args())
-            .output()
-            .expect("run ovl-controller check");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        let args = self.store_args();
+        crate::sim::check_store_at(&args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>())
     }
 
     pub fn path(&self) -> &Path {

@@ -299,12 +299,7 @@ async fn fifty_clients_on_two_controllers_leave_a_consistent_store() {
     };
     let report = sim::churn_across(&addrs, &c.admin_credentials(), plan).await;
     println!("{report}");
-    assert!(
-        report.failures.is_empty(),
-        "{} failures under load on two controllers:\n{}",
-        report.failures.len(),
-        report.failures.join("\n")
-    );
+    report.assert_no_failures("under load on two controllers");
     let created = report.ops.get("endpoint create").map_or(0, |o| o.ok);
     assert!(created >= 50, "only {created} endpoints were created");
 
@@ -314,14 +309,7 @@ async fn fifty_clients_on_two_controllers_leave_a_consistent_store() {
         .await
         .unwrap();
     let view = sim::api_view(&mut admin).await.unwrap();
-    let problems = sim::audit(&view);
-    assert!(problems.is_empty(), "audit: {problems:#?}");
-    let listed: BTreeSet<String> = view
-        .endpoints
-        .iter()
-        .map(|e| e.endpoint.name.to_string())
-        .collect();
-    assert_eq!(listed, report.endpoints, "endpoints differ from the ledger");
+    report.assert_view_matches(&view);
     let seen_there = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let there = sim::api_view(&mut other).await.unwrap();

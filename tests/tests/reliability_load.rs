@@ -94,12 +94,7 @@ async fn fifty_clients_churning_leave_a_consistent_store() {
     };
     let report = sim::churn(c.addr, &c.admin_credentials(), plan).await;
     println!("{report}");
-    assert!(
-        report.failures.is_empty(),
-        "{} failures under load:\n{}",
-        report.failures.len(),
-        report.failures.join("\n")
-    );
+    report.assert_no_failures("under load");
     let created = report.ops.get("endpoint create").map_or(0, |o| o.ok);
     assert!(created >= 100, "only {created} endpoints were created");
     assert!(
@@ -109,14 +104,7 @@ async fn fifty_clients_churning_leave_a_consistent_store() {
 
     // What exists is exactly what the successful calls say.
     let view = sim::api_view(&mut admin).await.unwrap();
-    let problems = sim::audit(&view);
-    assert!(problems.is_empty(), "audit: {problems:#?}");
-    let listed: BTreeSet<String> = view
-        .endpoints
-        .iter()
-        .map(|e| e.endpoint.name.to_string())
-        .collect();
-    assert_eq!(listed, report.endpoints, "endpoints differ from the ledger");
+    let listed = report.assert_view_matches(&view);
     let fixed: BTreeSet<String> = tenants.iter().map(|(n, ..)| n.to_string()).collect();
     let listed_tenants: BTreeSet<String> = view
         .tenants

@@ -61,6 +61,30 @@ pub struct ChurnReport {
 }
 
 impl ChurnReport {
+    /// Panics, listing them, if any call failed (see [`ChurnReport::failures`]).
+    pub fn assert_no_failures(&self, during: &str) {
+        assert!(
+            self.failures.is_empty(),
+            "{} failures {during}:\n{}",
+            self.failures.len(),
+            self.failures.join("\n")
+        );
+    }
+
+    /// Asserts that `view` holds nothing twice ([`super::audit`]) and exactly the endpoints
+    /// the successful calls left; returns their names.
+    pub fn assert_view_matches(&self, view: &super::ApiView) -> BTreeSet<String> {
+        let problems = super::audit(view);
+        assert!(problems.is_empty(), "audit: {problems:#?}");
+        let listed: BTreeSet<String> = view
+            .endpoints
+            .iter()
+            .map(|e| e.endpoint.name.to_string())
+            .collect();
+        assert_eq!(listed, self.endpoints, "endpoints differ from the ledger");
+        listed
+    }
+
     pub fn calls(&self) -> u64 {
         self.ops
             .values()

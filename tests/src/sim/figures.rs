@@ -102,10 +102,15 @@ pub fn controller_pid(db: &Path) -> Option<u32> {
 /// Runs `ovl-controller check --db DB` (the controller must be stopped); returns whether the
 /// store is consistent and what the command printed.
 pub fn check_store(db: &Path) -> (bool, String) {
+    check_store_at(&["--db".as_ref(), db.as_os_str()])
+}
+
+/// `ovl-controller check` on the store that `store_args` name (`--db FILE` or the
+/// `--etcd-…` arguments); returns whether it is consistent and what the command printed.
+pub fn check_store_at(store_args: &[&std::ffi::OsStr]) -> (bool, String) {
     let out = Command::new(bin("ovl-controller"))
         .arg("check")
-        .arg("--db")
-        .arg(db)
+        .args(store_args)
         .output()
         .expect("run ovl-controller check");
     let text = format!(
