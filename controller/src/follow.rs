@@ -3,9 +3,10 @@
 //! here: several times a second the task asks the store whether someone else committed
 //! ([`Controller::follow`]), and publishes the intents compiled again from it through the
 //! session table, which passes on only generations newer than a session has. In the same
-//! round it announces this controller's sessions to the others ([`crate::store::Store::announce`]), which
-//! also keeps its claims (sessions, leadership) alive. With a redb file, which only this
-//! process writes, a round costs one lock and finds nothing.
+//! round it announces this controller's sessions to the others
+//! ([`crate::store::Store::announce`]), which also keeps its claims (sessions, leadership)
+//! alive, and reads theirs into the session table, where requests look. With a redb file,
+//! which only this process writes, a round costs one lock and finds nothing.
 //!
 //! Layer: service, beside the server ([`crate::server`]) and the failover task, over the
 //! operations.
@@ -37,14 +38,16 @@ pub async fn run(ctl: Arc<Controller>, sessions: Arc<Sessions>, shutdown: Cancel
         let connected = sessions.connected();
         let round = tokio::task::spawn_blocking(move || {
             ctl.store().announce(&connected)?;
-            ctl.follow()
+            let elsewhere = ctl.store().elsewhere()?;
+            Ok::<_, crate::store::StoreError>((ctl.follow()?, elsewhere))
         });
         match round.await {
-            Ok(Ok(intents)) => {
+            Ok(Ok((intents, elsewhere))) => {
                 if failing {
                     tracing::info!("the store answers again");
                     failing = false;
                 }
+                sessions.set_elsewhere(elsewhere);
                 sessions.publish(intents);
             }
             Ok(Err(e)) => {

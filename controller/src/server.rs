@@ -69,6 +69,9 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct Sessions {
     hosts: Mutex<HashMap<HostName, Entry>>,
+    /// The hosts connected to other controllers on a shared store, as the follower task last
+    /// read them (`crate::follow`): requests read this copy instead of the store.
+    elsewhere: Mutex<Arc<std::collections::BTreeMap<HostName, LiveHost>>>,
     next_session: std::sync::atomic::AtomicU64,
 }
 
@@ -110,6 +113,19 @@ impl Sessions {
             .filter(|(_, e)| e.live.connected)
             .map(|(name, e)| (name.clone(), e.live.clone()))
             .collect()
+    }
+
+    /// The hosts connected to other controllers, as last read.
+    pub fn elsewhere(&self) -> Arc<std::collections::BTreeMap<HostName, LiveHost>> {
+        self.elsewhere
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the copy of the hosts connected to other controllers.
+    pub fn set_elsewhere(&self, hosts: std::collections::BTreeMap<HostName, LiveHost>) {
+        *self.elsewhere.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(hosts);
     }
 
     /// Makes new intents visible to the sessions of their hosts.
@@ -354,10 +370,7 @@ impl Server {
                     let joined = tokio::task::spawn_blocking(move || {
                         // Hosts connected to other controllers on a shared store count as
                         // connected here too.
-                        let elsewhere = ctl.store().elsewhere().unwrap_or_else(|e| {
-                            warn!("cannot read other controllers' sessions: {e}");
-                            Default::default()
-                        });
+                        let elsewhere = sessions.elsewhere();
                         let live = Merged {
                             local: sessions.as_ref(),
                             elsewhere: &elsewhere,
