@@ -269,7 +269,7 @@ async fn session(
             },
             changed = reports.changed() => {
                 if changed.is_err() { break Ok(()); }
-                let report = reports.borrow_and_update().clone();
+                let report = reports.borrow_and_update().as_ref().map(AppliedReport::summary);
                 if let Some(report) = report {
                     frame::write_frame(&mut send, &AgentToController::Applied(report)).await?;
                 }

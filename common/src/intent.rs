@@ -252,6 +252,35 @@ impl AppliedReport {
     pub fn errors(&self) -> impl Iterator<Item = &ObjectStatus> {
         self.objects.iter().filter(|o| o.error.is_some())
     }
+
+    /// The report as the agent sends it to the controller: the objects not in place, and
+    /// how many are.
+    pub fn summary(&self) -> AppliedSummary {
+        let failed: Vec<ObjectStatus> = self.errors().cloned().collect();
+        AppliedSummary {
+            generation: self.generation,
+            datapath: self.datapath.clone(),
+            in_place: u32::try_from(self.objects.len() - failed.len()).unwrap_or(u32::MAX),
+            failed,
+        }
+    }
+}
+
+/// An [`AppliedReport`] as it travels to the controller
+/// ([`crate::proto::AgentToController::Applied`]): the objects that are not in place, one
+/// line each, and only a count of those that are. A host in wide tenants has a tunnel per
+/// peer, thousands at 1000 hosts, and would otherwise send a line for each after every
+/// apply; the controller shows only what failed (`ovl status`, `ovl host show`). The agent
+/// keeps the whole report for itself (its local API reads it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedSummary {
+    pub generation: u64,
+    /// The datapath the agent drives (`netdev`, `system`, or `fake` in tests).
+    pub datapath: String,
+    /// How many objects (the bridge included) are in place.
+    pub in_place: u32,
+    /// The objects not in place (failed, or their target missing), in the report's order.
+    pub failed: Vec<ObjectStatus>,
 }
 
 /// What changed in one host's intent from generation `base` to `generation`. Objects are

@@ -19,7 +19,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::intent::{AppliedReport, HostIntent, IntentDelta, ObjectStatus};
+use crate::intent::{AppliedSummary, HostIntent, IntentDelta, ObjectStatus};
 use crate::model::{Endpoint, Host, HostName, Tenant};
 
 /// The protocol version this build speaks. Version 2 added tenant gateways: NAT, gateway and
@@ -27,8 +27,10 @@ use crate::model::{Endpoint, Host, HostName, Tenant};
 /// added host API sessions ([`ClientRole::Host`]), tenants' attach policy, Docker-plumbed
 /// endpoints ([`crate::model::NetnsTarget::Cnm`]), address reservations and the
 /// `target_missing` flag of object reports. Version 4 added intent deltas
-/// ([`ControllerToAgent::Delta`], [`AgentToController::NeedIntent`]).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// ([`ControllerToAgent::Delta`], [`AgentToController::NeedIntent`]). Version 5 reports an
+/// apply as the objects not in place and a count of the others ([`AppliedSummary`]) instead
+/// of a line per object.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The ALPN identifier both ends require.
 pub const ALPN: &[u8] = b"ovl/1";
@@ -196,9 +198,9 @@ pub enum ControllerToAgent {
 /// Frames an agent sends on its session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentToController {
-    /// Sent after every apply of an intent (and after a resync that changed something), with
-    /// per-object outcomes.
-    Applied(AppliedReport),
+    /// Sent after every apply of an intent (and after a resync that changed something): the
+    /// objects not in place, and how many are.
+    Applied(AppliedSummary),
     /// A delta did not apply to the intent the agent holds (`have`, its generation, if any):
     /// the controller answers with the whole intent.
     NeedIntent { have: Option<u64> },

@@ -20,13 +20,16 @@
 //! hosts as peers) and its router are built once and shared by every host that has them
 //! (`Arc`), so memory grows with the cluster, not with its square; [`SharedIntent::intent`]
 //! gives the `HostIntent` a host is sent (its own entry left out of the peers), and
-//! [`SharedIntent::delta`] the [`IntentDelta`] between two of its generations. The property
-//! tests below hold the two ways equal on random sequences of changes.
+//! [`SharedIntent::delta`] the [`IntentDelta`] between two of its generations. A segment
+//! whose peers alone changed carries that change ([`Segment`]), computed once per tenant, so
+//! the delta of each of the tenant's hosts takes it instead of comparing the peer lists. The
+//! property tests below hold the two ways equal on random sequences of changes.
 //!
 //! Layer: pure.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::ops::Deref;
+use std::sync::{Arc, Weak};
 
 use ovl_common::intent::{
     diff_by_id, merge_sorted, EndpointIntent, HostIntent, IntentDelta, Merged, Peer, PeerDelta,
@@ -192,7 +195,7 @@ pub struct SharedIntent {
     /// The host's id, which its own entry in the tenants' peers carries.
     pub host_id: u32,
     pub generation: u64,
-    pub tenants: Vec<Arc<TenantIntent>>,
+    pub tenants: Vec<Arc<Segment>>,
     pub endpoints: Vec<Arc<EndpointIntent>>,
     pub routers: Vec<Arc<RouterIntent>>,
 }
@@ -236,14 +239,17 @@ impl SharedIntent {
         merge_sorted(
             self.tenants.iter().map(|t| &**t),
             next.tenants.iter().map(|t| &**t),
-            |t| t.id,
+            |t| t.intent.id,
             |m| match m {
                 Merged::Old(o) => delta.tenants_removed.push(o.id),
                 Merged::New(n) => delta.tenants.push(next.own(n)),
                 Merged::Both(o, n) if std::ptr::eq(o, n) => {}
                 Merged::Both(o, n) if !o.same_segment(n) => delta.tenants.push(next.own(n)),
                 Merged::Both(o, n) => {
-                    let (upserted, removed) = diff_by_id(self.peers(o), next.peers(n), |p| p.id);
+                    let (upserted, removed) = match n.peers_since(o, next.host_id) {
+                        Some(change) => change,
+                        None => diff_by_id(self.peers(o), next.peers(n), |p| p.id),
+                    };
                     if !upserted.is_empty() || !removed.is_empty() {
                         delta.peers.push(PeerDelta {
                             tenant: n.id,
@@ -261,11 +267,145 @@ impl SharedIntent {
         delta
     }
 
+    /// This intent with the tenants of `segments` (by tenant id) in place of its own, and
+    /// the rest shared (generation 0).
+    fn with_segments(&self, segments: &BTreeMap<u32, Arc<Segment>>) -> SharedIntent {
+        SharedIntent {
+            host: self.host.clone(),
+            host_id: self.host_id,
+            generation: 0,
+            tenants: self
+                .tenants
+                .iter()
+                .map(|t| segments.get(&t.id).unwrap_or(t).clone())
+                .collect(),
+            endpoints: self.endpoints.clone(),
+            routers: self.routers.clone(),
+        }
+    }
+
     /// Whether two intents of a host describe the same data plane (generations aside).
     pub fn same_content(&self, other: &SharedIntent) -> bool {
         self.host == other.host && self.host_id == other.host_id && self.delta(other).is_empty()
     }
 }
+
+/// A tenant's segment as [`Compiled`] keeps it: its `TenantIntent` with all of its hosts as
+/// peers, shared by every host of the tenant, and, when it replaced a segment that differed
+/// in its peers alone, how the peers changed ([`Step`]). A create into a tenant over N hosts
+/// changes N intents by one peer each; with the step, each of the N deltas takes that peer
+/// instead of comparing two lists of N peers (N² work per change, and again in every
+/// session's push).
+#[derive(Debug)]
+pub struct Segment {
+    pub intent: TenantIntent,
+    step: Option<Arc<Step>>,
+}
+
+/// One change of a segment's peers: the segment it was made from, and the peers upserted
+/// and removed (every host of the tenant: each host leaves itself out). Steps chain back to
+/// earlier ones, at most [`MAX_STEPS`] long, so a session that pushes after several changes
+/// (its agent lagged) still finds its way from the segment it last sent.
+#[derive(Debug)]
+struct Step {
+    /// Which segment this one was made from. Only compared by address: the `Weak` keeps the
+    /// allocation (not the peers), so no other segment can take the address while it lives.
+    from: Weak<Segment>,
+    upserted: Vec<Peer>,
+    removed: Vec<u32>,
+    before: Option<Arc<Step>>,
+    depth: usize,
+}
+
+/// How many steps a segment remembers: enough for a session that lags a few changes behind;
+/// beyond that, a delta compares the peer lists.
+const MAX_STEPS: usize = 64;
+
+impl Segment {
+    fn new(intent: TenantIntent) -> Self {
+        Self { intent, step: None }
+    }
+
+    /// The segment `next`, which replaces `prev`: when only the peers differ, it keeps how.
+    fn after(prev: &Arc<Segment>, next: TenantIntent) -> Self {
+        if !prev.intent.same_segment(&next) {
+            return Self::new(next);
+        }
+        let (upserted, removed) = diff_by_id(&prev.intent.peers, &next.peers, |p| p.id);
+        let before = prev.step.clone().filter(|s| s.depth + 1 < MAX_STEPS);
+        let depth = before.as_ref().map_or(0, |s| s.depth + 1);
+        Self {
+            intent: next,
+            step: Some(Arc::new(Step {
+                from: Arc::downgrade(prev),
+                upserted,
+                removed,
+                before,
+                depth,
+            })),
+        }
+    }
+
+    /// The peers upserted and removed from `old` (an earlier segment of the same tenant,
+    /// with the same segment fields) to this one, leaving out host `me`: what [`diff_by_id`]
+    /// gives over the two peer lists, from the steps in between. `None` when the steps do not
+    /// lead back to `old` (then the caller compares the lists).
+    fn peers_since(&self, old: &Segment, me: u32) -> Option<(Vec<Peer>, Vec<u32>)> {
+        let mut steps = Vec::new();
+        let mut step = self.step.as_deref();
+        loop {
+            let s = step?;
+            steps.push(s);
+            if std::ptr::eq(s.from.as_ptr(), old) {
+                break;
+            }
+            step = s.before.as_deref();
+        }
+        // Each changed peer's last state, oldest step first; unlisted peers are unchanged.
+        let mut last: BTreeMap<u32, Option<&Peer>> = BTreeMap::new();
+        for s in steps.iter().rev() {
+            for p in &s.upserted {
+                last.insert(p.id, Some(p));
+            }
+            for id in &s.removed {
+                last.insert(*id, None);
+            }
+        }
+        let before = |id: u32| {
+            old.intent
+                .peers
+                .binary_search_by_key(&id, |p| p.id)
+                .ok()
+                .map(|i| &old.intent.peers[i])
+        };
+        let (mut upserted, mut removed) = (Vec::new(), Vec::new());
+        for (id, now) in last.into_iter().filter(|(id, _)| *id != me) {
+            match (before(id), now) {
+                (Some(b), Some(n)) if b == n => {}
+                (_, Some(n)) => upserted.push(n.clone()),
+                (Some(_), None) => removed.push(id),
+                (None, None) => {}
+            }
+        }
+        Some((upserted, removed))
+    }
+}
+
+impl Deref for Segment {
+    type Target = TenantIntent;
+
+    fn deref(&self) -> &TenantIntent {
+        &self.intent
+    }
+}
+
+impl PartialEq for Segment {
+    fn eq(&self, other: &Self) -> bool {
+        self.intent == other.intent
+    }
+}
+
+impl Eq for Segment {}
 
 /// Objects that may have changed, by name, each with its value now (`None`: gone): what
 /// [`Compiled::apply`] and [`Compiled::stage`] take.
@@ -325,7 +465,7 @@ pub struct Compiled {
     /// Endpoints by tenant (existing or not) and host.
     in_tenant: BTreeMap<TenantName, BTreeMap<HostName, BTreeSet<EndpointName>>>,
     /// Each tenant's segment with all its hosts as peers, for tenants that have hosts.
-    segments: BTreeMap<TenantName, Arc<TenantIntent>>,
+    segments: BTreeMap<TenantName, Arc<Segment>>,
     /// Each tenant's router and its host, for tenants that have one.
     routers: BTreeMap<TenantName, (HostName, Arc<RouterIntent>)>,
     /// The tenants whose router each host carries (the index of `routers` by host).
@@ -554,20 +694,42 @@ impl Compiled {
             tenants: dirty_tenants,
             hosts: mut dirty_hosts,
         } = dirty;
+        // Hosts concerned only because the peers of a tenant of theirs changed (a segment
+        // with a step): each takes the new segments in place of the old ones and keeps the
+        // rest of its intent, instead of being compiled again from its endpoints. (Which
+        // hosts a tenant has changes only with their own endpoints, routers or registration,
+        // and those concern the host itself.)
+        let mut peers_only = BTreeSet::new();
+        let mut stepped: BTreeMap<u32, Arc<Segment>> = BTreeMap::new();
         // Tenants: rebuild segments and routers; where one differs, its hosts are concerned.
         for name in &dirty_tenants {
             let (segment, router) = self.tenant_pieces(name);
             let old_segment = self.segments.get(name).cloned();
-            if old_segment.as_deref() != segment.as_ref() {
-                for h in [&old_segment.as_deref(), &segment.as_ref()]
-                    .into_iter()
-                    .flatten()
-                    .flat_map(|s| &s.peers)
+            if old_segment.as_ref().map(|s| &s.intent) != segment.as_ref() {
+                let fresh = match (segment, &old_segment) {
+                    (Some(s), Some(old)) => Some(Arc::new(Segment::after(old, s))),
+                    (Some(s), None) => Some(Arc::new(Segment::new(s))),
+                    (None, _) => None,
+                };
+                let concerned = match fresh.as_ref().filter(|f| f.step.is_some()) {
+                    Some(f) => {
+                        stepped.insert(f.intent.id, f.clone());
+                        &mut peers_only
+                    }
+                    None => &mut dirty_hosts,
+                };
+                for h in [
+                    old_segment.as_ref().map(|s| &s.intent),
+                    fresh.as_ref().map(|s| &s.intent),
+                ]
+                .into_iter()
+                .flatten()
+                .flat_map(|s| &s.peers)
                 {
-                    dirty_hosts.insert(h.host.clone());
+                    concerned.insert(h.host.clone());
                 }
-                match segment {
-                    Some(s) => self.segments.insert(name.clone(), Arc::new(s)),
+                match fresh {
+                    Some(f) => self.segments.insert(name.clone(), f),
                     None => self.segments.remove(name),
                 };
             }
@@ -603,8 +765,17 @@ impl Compiled {
 
         // Hosts: recompile the concerned ones; keep the others as they are.
         let mut changed = Vec::new();
-        for name in dirty_hosts {
-            let Some(fresh) = self.host_intent(&name) else {
+        // In host name order (the order of the changed list), each with whether it is
+        // concerned by peers only.
+        let mut hosts: BTreeMap<HostName, bool> =
+            peers_only.into_iter().map(|h| (h, true)).collect();
+        hosts.extend(dirty_hosts.into_iter().map(|h| (h, false)));
+        for (name, peers_only) in hosts {
+            let restepped = match self.intents.get(&name) {
+                Some(old) if peers_only => Some(old.with_segments(&stepped)),
+                _ => None,
+            };
+            let Some(fresh) = restepped.or_else(|| self.host_intent(&name)) else {
                 self.intents.remove(&name);
                 continue;
             };
@@ -714,7 +885,7 @@ impl Compiled {
     fn host_intent(&mut self, name: &HostName) -> Option<SharedIntent> {
         let host = self.hosts.get(name)?;
         let mut endpoints = Vec::new();
-        let mut tenants: BTreeMap<u32, Arc<TenantIntent>> = BTreeMap::new();
+        let mut tenants: BTreeMap<u32, Arc<Segment>> = BTreeMap::new();
         for (_, e) in self.on_host.get(name).into_iter().flatten() {
             let intent = match self.endpoint_intents.get(e) {
                 Some(i) => i.clone(),
@@ -1064,7 +1235,9 @@ pub(crate) mod tests {
     proptest::proptest! {
         /// After every change of a random sequence, the incrementally kept intents equal a
         /// full compilation byte for byte; generations go up exactly when content changes;
-        /// and an agent that applies the deltas ends with the same bytes.
+        /// and an agent that applies the deltas ends with the same bytes, whether it takes
+        /// every change or lags behind and takes several in one delta (as a session pushes
+        /// to an agent that has not reported yet).
         #[test]
         fn incremental_intents_equal_a_full_compile(
             ops in proptest::collection::vec(proptest::prelude::any::<(u8, u8, u8, u8)>(), 1..60)
@@ -1075,7 +1248,11 @@ pub(crate) mod tests {
             // (as the store's transactions tell it), plus one it did not change.
             let mut told = Compiled::default();
             let mut agents: BTreeMap<HostName, HostIntent> = BTreeMap::new();
-            for op in ops {
+            // Agents that catch up every third change: the intent last sent to each, as the
+            // controller kept it, and what the agent holds.
+            let mut laggards: BTreeMap<HostName, (Arc<SharedIntent>, HostIntent)> =
+                BTreeMap::new();
+            for (step, op) in ops.into_iter().enumerate() {
                 let before: BTreeMap<HostName, Arc<SharedIntent>> =
                     c.intents.iter().map(|(h, i)| (h.clone(), i.clone())).collect();
                 let old = w.clone();
@@ -1121,10 +1298,73 @@ pub(crate) mod tests {
                     };
                     proptest::prop_assert_eq!(encoded(&held), encoded(&want));
                     agents.insert(name.clone(), held);
+                    if step % 3 == 0 {
+                        let held = match laggards.get(name) {
+                            Some((sent, held)) if have.generation > sent.generation => {
+                                let delta = sent.delta(have);
+                                proptest::prop_assert_eq!(&delta, &intent::diff(held, &want));
+                                intent::apply(held, &delta).unwrap()
+                            }
+                            Some((_, held)) => held.clone(),
+                            None => have.intent(),
+                        };
+                        proptest::prop_assert_eq!(encoded(&held), encoded(&want));
+                        laggards.insert(name.clone(), (have.clone(), held));
+                    }
                 }
                 agents.retain(|h, _| full.contains_key(h));
+                laggards.retain(|h, _| full.contains_key(h));
             }
         }
+    }
+
+    /// A new host in a tenant changes the segment's peers once; every host's delta takes that
+    /// one change from the segment's step (without comparing peer lists), and so does a
+    /// delta over several changes. A segment whose other fields change has no step.
+    #[test]
+    fn a_peer_change_is_computed_once_per_tenant() {
+        let red = tenant(1, "red", SegmentType::Vxlan);
+        let hosts: Vec<Host> = (1..=5).map(|i| host(i, &format!("h{i}"))).collect();
+        let tenants = BTreeMap::from([(red.name.clone(), red.clone())]);
+        let by_name = hosts.iter().map(|h| (h.name.clone(), h.clone())).collect();
+        let mut endpoints: Vec<Endpoint> = (1..=3)
+            .map(|i| endpoint(i, &format!("e{i}"), &red, &hosts[i as usize - 1]))
+            .collect();
+        let mut c = Compiled::default();
+        c.update(&tenants, &by_name, &endpoints, |_| None);
+        let first = c.intent(&hn("h1")).unwrap().clone();
+        let segment = |c: &Compiled| c.segments[&red.name].clone();
+        let s1 = segment(&c);
+
+        endpoints.push(endpoint(4, "e4", &red, &hosts[3]));
+        c.update(&tenants, &by_name, &endpoints, |_| None);
+        let s2 = segment(&c);
+        let (upserted, removed) = s2
+            .peers_since(&s1, 1)
+            .expect("a step back to the old segment");
+        assert_eq!(upserted.iter().map(|p| p.id).collect::<Vec<_>>(), [4]);
+        assert!(removed.is_empty());
+        // h4 itself is left out of its own change.
+        assert_eq!(s2.peers_since(&s1, 4), Some((vec![], vec![])));
+
+        endpoints.push(endpoint(5, "e5", &red, &hosts[4]));
+        endpoints.retain(|e| e.name.as_str() != "e2");
+        c.update(&tenants, &by_name, &endpoints, |_| None);
+        let s3 = segment(&c);
+        let (upserted, removed) = s3.peers_since(&s1, 1).expect("two steps back");
+        assert_eq!(upserted.iter().map(|p| p.id).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(removed, [2]);
+        let delta = first.delta(c.intent(&hn("h1")).unwrap());
+        assert_eq!(
+            delta,
+            intent::diff(&first.intent(), &c.intent(&hn("h1")).unwrap().intent())
+        );
+
+        let mut wider = red.clone();
+        wider.mtu -= 10;
+        let tenants = BTreeMap::from([(red.name.clone(), wider)]);
+        c.update(&tenants, &by_name, &endpoints, |_| None);
+        assert!(segment(&c).peers_since(&s3, 1).is_none());
     }
 
     #[test]

@@ -536,11 +536,11 @@ impl Server {
                     }
                     Ok(AgentToController::Applied(report)) => {
                         pushes.acked = pushes.acked.max(Some(report.generation));
-                        let failed = report.errors().count();
+                        let failed = report.failed.len();
                         if failed > 0 {
-                            warn!(generation = report.generation, failed, "agent applied with errors");
+                            warn!(generation = report.generation, failed, in_place = report.in_place, "agent applied with errors");
                         } else {
-                            info!(generation = report.generation, objects = report.objects.len(), "agent applied");
+                            info!(generation = report.generation, in_place = report.in_place, "agent applied");
                         }
                         self.sessions.with_entry(&host, |e| {
                             if e.session == session {
@@ -549,7 +549,7 @@ impl Server {
                                 let mut datapath = report.datapath.clone();
                                 truncate(&mut datapath, MAX_HELLO_WORD);
                                 e.live.datapath = Some(datapath);
-                                e.live.objects = kept_objects(report.objects);
+                                e.live.objects = kept_objects(report.failed);
                             }
                         });
                     }
@@ -626,10 +626,9 @@ impl Pushes {
 const MAX_CAPABILITIES: usize = 64;
 const MAX_HELLO_WORD: usize = 128;
 /// What the controller keeps of an agent's report for `status` and `endpoint show`, which
-/// send it back to admins: its failed objects only (those are all they show; the report of
-/// a host in many wide tenants lists thousands of tunnels, and keeping them for every host
-/// cost hundreds of MiB at 1000 hosts), at most this many, with names and error messages cut
-/// to these lengths. Real reports stay far below.
+/// send it back to admins: its failed objects (the only ones a report lists since protocol
+/// version 5, and all those views show), at most this many, with names and error messages
+/// cut to these lengths. Real reports stay far below.
 const MAX_KEPT_FAILURES: usize = 1_024;
 const MAX_KEPT_NAME: usize = 256;
 const MAX_KEPT_ERROR: usize = 1_024;

@@ -553,7 +553,7 @@ pub fn frame_corpus() -> Vec<(String, Vec<u8>)> {
     ));
     c.push((
         "api-agent-report",
-        framed(&enc(&AgentToController::Applied(sample_report()))),
+        framed(&enc(&AgentToController::Applied(sample_report().summary()))),
     ));
     c.push((
         "api-controller-intent",
@@ -562,7 +562,7 @@ pub fn frame_corpus() -> Vec<(String, Vec<u8>)> {
     c.push(("api-hello-again", framed(&enc(&admin_hello()))));
 
     // After a host's accepted hello.
-    let report = enc(&AgentToController::Applied(sample_report()));
+    let report = enc(&AgentToController::Applied(sample_report().summary()));
     c.push(("agent-variant-out-of-range", framed(&varint(5))));
     c.push((
         "agent-report-truncated",
@@ -574,6 +574,8 @@ pub fn frame_corpus() -> Vec<(String, Vec<u8>)> {
             &varint(0),
             &varint(9),
             &string(b"fake"),
+            // The count of objects in place.
+            &varint(3),
             &varint(u64::from(u32::MAX)),
             &[0],
         ])),
@@ -584,6 +586,8 @@ pub fn frame_corpus() -> Vec<(String, Vec<u8>)> {
             &varint(0),
             &varint(9),
             &string(b"fake"),
+            // The count of objects in place.
+            &varint(3),
             &varint(1),
             &varint(9),
             &string(b"br-int"),
@@ -596,6 +600,8 @@ pub fn frame_corpus() -> Vec<(String, Vec<u8>)> {
             &varint(0),
             &varint(9),
             &string(b"fake"),
+            // The count of objects in place.
+            &varint(3),
             &varint(VERSION),
             &varint(0),
             &string(b"br-int"),
@@ -649,7 +655,7 @@ pub fn fuzz_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     out.push((
         "agent_to_controller",
         "valid-applied.bin".into(),
-        framed(&enc(&AgentToController::Applied(sample_report()))),
+        framed(&enc(&AgentToController::Applied(sample_report().summary()))),
     ));
     out.push((
         "controller_to_agent",

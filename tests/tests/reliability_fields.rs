@@ -16,7 +16,7 @@ use std::time::Duration;
 use ovl_cli::client::CallError;
 use ovl_common::frame::{self};
 use ovl_common::identity::Identity;
-use ovl_common::intent::{AppliedReport, ObjectKind, ObjectStatus};
+use ovl_common::intent::{AppliedSummary, ObjectKind, ObjectStatus};
 use ovl_common::proto::{
     AgentHello, AgentToController, ApiRequest, ClientHello, ClientRole, ControllerToAgent,
     EndpointCreate, ErrorCode, TenantCreate, PROTOCOL_VERSION,
@@ -774,10 +774,11 @@ async fn a_host_cannot_bloat_what_admins_read() {
         else {
             panic!("a session must start with the whole intent");
         };
-        let report = AppliedReport {
+        let report = AppliedSummary {
             generation: intent.generation,
             datapath: "fake".into(),
-            objects: vec![
+            in_place: 0,
+            failed: vec![
                 ObjectStatus::failed(ObjectKind::Bridge, "br-int", "e".repeat(2 << 20)),
                 ObjectStatus::failed(ObjectKind::Endpoint, "n".repeat(1 << 20), "x"),
             ],

@@ -64,6 +64,15 @@ impl Intents {
         compiled.as_ref()?.1.intent(host).cloned()
     }
 
+    /// Whether the intents are compiled (kept from the last transaction).
+    #[cfg(test)]
+    pub(crate) fn is_kept(&self) -> bool {
+        self.compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
     /// Runs `body` in one write transaction of `store`, lending it the compiled intents as of
     /// the transaction's start; they are kept only if the transaction commits.
     pub(crate) fn transact<R, E: From<StoreError>>(
@@ -93,10 +102,14 @@ impl Intents {
             committed = outcome == Outcome::Commit;
             Ok((value, outcome))
         });
-        // An aborted body may have updated the cache before it gave up: only a commit (or
-        // a body that never recompiled, which leaves it untouched) keeps it. A commit moves
-        // the store one revision on.
-        if result.is_ok() && (committed || cached.as_ref().is_some_and(|(_, c)| !c.touched())) {
+        // An aborted or failed body may have updated the cache before it gave up: only a
+        // commit, or a body that never recompiled (which leaves it untouched: a refused
+        // request), keeps it. Reloading after every refusal cost a full compile of the
+        // store each time, which under many clients (some of them refused) was most of
+        // the controller's work and memory. A commit moves the store one revision on; should
+        // a failed commit have landed after all, the revision check above finds it.
+        let committed = committed && result.is_ok();
+        if committed || cached.as_ref().is_some_and(|(_, c)| !c.touched()) {
             if let Some((revision, c)) = cached.as_mut() {
                 c.settle();
                 *revision += u64::from(committed);

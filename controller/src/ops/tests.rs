@@ -113,11 +113,18 @@ impl Fixture {
         self.fails_as(&Caller::Host(hn(host)), req)
     }
 
+    /// Also checks that the refusal kept the compiled intents: they are still those of the
+    /// store, and compiling them again after every refusal cost a full compile each.
     fn fails_as(&self, caller: &Caller, req: ApiRequest) -> ApiError {
         let before = self.store().dump().unwrap();
+        let kept = self.store().intents.is_kept();
         let (resp, changed) = handle(self.store(), &req, caller, &NoLive, NOW);
         let after = self.store().dump().unwrap();
         assert_eq!(before, after, "a failed {req:?} changed the store");
+        assert!(
+            !kept || self.store().intents.is_kept(),
+            "a failed {req:?} dropped the compiled intents"
+        );
         assert!(
             changed.is_empty(),
             "a failed request reported changed intents"

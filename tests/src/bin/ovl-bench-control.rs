@@ -5,8 +5,11 @@
 //! process:
 //!
 //! 1. issues `--agents` host certificates with the library and connects that many simulated
-//!    agents (the real agent session and event loop over real QUIC with mutual TLS; a datapath
-//!    that only timestamps each generation it is given);
+//!    agents over real QUIC with mutual TLS: lean ones by default, which speak the agent
+//!    protocol themselves and hold only their intent's ids (`sim::Fleet::start_lean`), or
+//!    with `--agent real` the real agent session and event loop over a datapath that only
+//!    timestamps each generation it is given (which costs this process two to three times
+//!    the controller's CPU at 1000 agents, and so starves the controller on a small machine);
 //! 2. spreads one tenant over `--span` of those hosts, one endpoint create at a time, with
 //!    every agent connected;
 //! 3. `--waves` times, adds an endpoint on one more host and deletes it again; each of those
@@ -57,11 +60,14 @@ struct Options {
     fill_tenants: usize,
     fill_endpoints: usize,
     fill_clients: usize,
+    real_agents: bool,
 }
 
 const USAGE: &str =
     "usage: ovl-bench-control [--agents N] [--span N] [--waves N] [--clients N] [--churn-secs N]
   --agents N      simulated agents connected at once (default 1000)
+  --agent KIND    lean (the protocol spoken by the simulation, the default) or real (the
+                  agent's own session and event loop)
   --span N        hosts the measured tenant spans (default: all agents but the waves' hosts)
   --waves N       measured changes each way (add a host to the tenant, remove it) (default 10)
   --clients N     concurrent admin clients in the churn step (default 50)
@@ -82,6 +88,7 @@ fn options() -> Result<Options> {
         fill_tenants: 100,
         fill_endpoints: 10_000,
         fill_clients: 50,
+        real_agents: false,
     };
     let mut span = None;
     let mut args = std::env::args().skip(1);
@@ -108,6 +115,13 @@ fn options() -> Result<Options> {
             "--fill-tenants" => o.fill_tenants = number()? as usize,
             "--fill-endpoints" => o.fill_endpoints = number()? as usize,
             "--fill-clients" => o.fill_clients = number()? as usize,
+            "--agent" => {
+                o.real_agents = match value.as_str() {
+                    "lean" => false,
+                    "real" => true,
+                    other => bail!("--agent {other}: lean or real\n{USAGE}"),
+                }
+            }
             other => bail!("unknown option {other}\n{USAGE}"),
         }
     }
@@ -212,8 +226,13 @@ async fn bench(o: Options) -> Result<()> {
     println!("- machine: {}", machine());
     println!("- load average at the start: {}", load());
     println!(
-        "- options: {} agents, tenant over {} hosts, {} waves each way, {} clients for {} s\n",
-        o.agents, o.span, o.waves, o.clients, o.churn_secs
+        "- options: {} {} agents, tenant over {} hosts, {} waves each way, {} clients for {} s\n",
+        o.agents,
+        if o.real_agents { "real" } else { "lean" },
+        o.span,
+        o.waves,
+        o.clients,
+        o.churn_secs
     );
     let mut c = tokio::task::spawn_blocking(|| {
         let mut c = Cluster::new();
@@ -240,7 +259,11 @@ async fn bench(o: Options) -> Result<()> {
     // its turn behind them.
     let mut admin = sim::admin_client(c.addr, &c.admin_credentials()).await;
     let t = Instant::now();
-    let fleet = Fleet::start(c.addr, &hosts, &c.path().join("agents"), false);
+    let fleet = if o.real_agents {
+        Fleet::start(c.addr, &hosts, &c.path().join("agents"), false)
+    } else {
+        Fleet::start_lean(c.addr, &hosts)
+    };
     sim::wait_converged(&mut admin, &names, Duration::from_secs(300)).await?;
     rows.push((
         format!("{} agents connect, register and ack", o.agents),

@@ -1,7 +1,8 @@
 //! Simulated agents ([`Fleet`]): the real agent session and event loop
 //! ([`ovl_agent::reconcile::runner::run`]), each over its own QUIC connection with its own
 //! certificate, driving an [`AckDatapath`] that builds nothing and only timestamps each
-//! generation it is asked to apply ([`AckLog`]).
+//! generation it is asked to apply ([`AckLog`]); or lean agents that speak the protocol
+//! themselves ([`Fleet::start_lean`], [`super::lean_agent`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -67,12 +68,17 @@ impl AckLog {
             let mut intents = intents.lock().unwrap_or_else(|p| p.into_inner());
             intents.insert(host.clone(), intent.clone());
         }
+        self.record_generation(host, intent.generation, at);
+    }
+
+    /// Records an apply without its intent (lean agents hold none).
+    pub(crate) fn record_generation(&self, host: &HostName, generation: u64, at: Instant) {
         let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
         hosts
             .entry(host.clone())
             .or_default()
             .applies
-            .push((intent.generation, at));
+            .push((generation, at));
     }
 
     /// The last intent `host` applied, if the log keeps intents.
@@ -252,6 +258,31 @@ impl Fleet {
                 |_: &AppliedReport| {},
             )));
         }
+        Fleet {
+            log,
+            shutdown,
+            tasks,
+            hosts: hosts.iter().map(|h| h.name.clone()).collect(),
+        }
+    }
+
+    /// Starts one lean agent per host ([`super::lean_agent`]): the agent protocol spoken by
+    /// the simulation itself, without the real session and event loop, so that a fleet of
+    /// 1000 costs little beside the controller it loads. The log keeps no intents.
+    pub fn start_lean(controller: SocketAddr, hosts: &[SimHost]) -> Fleet {
+        let log = Arc::new(AckLog::new(false));
+        let shutdown = CancellationToken::new();
+        let tasks = hosts
+            .iter()
+            .map(|h| {
+                tokio::spawn(super::lean_agent::run(
+                    controller,
+                    h.clone(),
+                    log.clone(),
+                    shutdown.child_token(),
+                ))
+            })
+            .collect();
         Fleet {
             log,
             shutdown,

@@ -5,7 +5,8 @@
 //! - simulated agents ([`Fleet`]): the real agent session and event loop
 //!   ([`ovl_agent::reconcile::runner::run`]), each over its own QUIC connection with its own certificate,
 //!   driving an [`AckDatapath`] that builds nothing and only timestamps each generation it is
-//!   asked to apply;
+//!   asked to apply; or lean agents ([`Fleet::start_lean`]) that speak the agent protocol
+//!   themselves and hold only their intent's ids, for loads of 1000 agents;
 //! - raw QUIC peers ([`RawPeer`]) for abuse and authentication tests, including clients that
 //!   present no certificate or speak another ALPN;
 //! - load: [`churn`] runs many admin clients that create and delete endpoints and tenants
@@ -18,14 +19,15 @@
 //! [`crate::cluster::Cluster`] for that, so the controller under test is the real binary in its
 //! own process, and its memory can be measured apart from the simulated agents.
 //!
-//! One module per job: [`certs`], [`fleet`], [`api`], [`wave`], [`churn`], [`raw`],
-//! [`figures`]; everything is re-exported here, so users write `sim::Fleet`, `sim::churn`.
+//! One module per job: [`certs`], [`fleet`], [`lean_agent`], [`api`], [`wave`], [`churn`],
+//! [`raw`], [`figures`]; everything is re-exported here, so users write `sim::Fleet`, `sim::churn`.
 
 mod api;
 mod certs;
 mod churn;
 mod figures;
 mod fleet;
+mod lean_agent;
 mod raw;
 mod wave;
 
