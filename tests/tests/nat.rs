@@ -652,3 +652,46 @@ async fn gateway_failover_moves_the_router_and_traffic_resumes() {
     );
     drop(ext_tcp);
 }
+
+/// A table changed by hand is seen only when the agent lists it again: a reconcile that is
+/// not the periodic resync trusts this process's last listing (no `nft` run), the resync's
+/// recheck puts the table back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root, network namespaces and nftables"]
+async fn a_table_deleted_by_hand_comes_back_at_the_recheck_only() {
+    ovl_tests::require_privileged(&["nft", "ip"]);
+    let name = "ovlas-nft";
+    let _ = Command::new("ip").args(["netns", "del", name]).status();
+    assert!(Command::new("ip")
+        .args(["netns", "add", name])
+        .status()
+        .expect("ip netns add")
+        .success());
+    let path = std::path::PathBuf::from(format!("/run/netns/{name}"));
+    let table = "table ip ovl {\n\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t}\n}\n";
+    let mut tables = ovl_agent::nat::Nft::new();
+    let present = || nft(name, &["list", "tables"]).contains("table ip ovl");
+
+    assert!(tables.ensure(&path, Some(table), false).await.unwrap());
+    assert!(present());
+    // Listed and found as installed: nothing to do, with or without a recheck.
+    assert!(!tables.ensure(&path, Some(table), true).await.unwrap());
+    assert!(!tables.ensure(&path, Some(table), false).await.unwrap());
+
+    nft(name, &["delete", "table", "ip", "ovl"]);
+    assert!(!present());
+    assert!(
+        !tables.ensure(&path, Some(table), false).await.unwrap(),
+        "without a recheck the last listing stands"
+    );
+    assert!(!present());
+    assert!(
+        tables.ensure(&path, Some(table), true).await.unwrap(),
+        "the recheck lists the table and puts it back"
+    );
+    assert!(present());
+    // Another table wanted is always installed, recheck or not.
+    let other = table.replace("chain postrouting", "chain other");
+    assert!(tables.ensure(&path, Some(&other), false).await.unwrap());
+    let _ = Command::new("ip").args(["netns", "del", name]).status();
+}

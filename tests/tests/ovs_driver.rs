@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ovl_agent::ovs::{
-    endpoint_port_name, tunnel_port_name, BridgeOutcome, DatapathType, Error, OvsDriver, OvsEvent,
-    PortChange, PortKind, PortSpec, MAX_IFNAME_LEN, OWNER_KEY, OWNER_VALUE,
+    endpoint_port_name, tunnel_port_name, BridgeOutcome, BridgeWant, DatapathType, Error, FailMode,
+    ObservedPort, OvsDriver, OvsEvent, PortChange, PortKind, PortSpec, MAX_IFNAME_LEN, OWNER_KEY,
+    OWNER_VALUE,
 };
 use ovl_agent::ovsdb::{Client, ClientOptions};
 use ovl_common::SegmentType;
@@ -516,6 +517,113 @@ async fn the_watcher_reports_changes_and_resyncs_after_a_restart() {
     assert_eq!(next(&mut rx).await, OvsEvent::Changed);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(rx.try_recv().is_err(), "no event without a change");
+}
+
+/// Both bridges' owned ports as `drv` reads them while ensuring the bridges.
+async fn ensured(drv: &OvsDriver) -> Vec<Vec<ObservedPort>> {
+    let wanted = [
+        BridgeWant {
+            name: BR.into(),
+            datapath: DatapathType::Netdev,
+            fail_mode: None,
+        },
+        BridgeWant {
+            name: "br-tun".into(),
+            datapath: DatapathType::Netdev,
+            fail_mode: Some(FailMode::Secure),
+        },
+    ];
+    drv.ensure_bridges(&wanted)
+        .await
+        .into_iter()
+        .map(|r| r.expect("ensure bridges").1)
+        .collect()
+}
+
+/// Waits until `cached` (a driver whose watcher keeps the monitor's copy) reads, from that
+/// copy, what `plain` (a driver without a watcher) reads from the database, both when
+/// ensuring the bridges and when verifying; ovs-vswitchd may still be filling in rows, so
+/// both are read again until they agree.
+async fn agree(cached: &OvsDriver, plain: &OvsDriver) -> Vec<Vec<ObservedPort>> {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let before = cached.read_counts();
+        let (a, b) = (ensured(cached).await, ensured(plain).await);
+        let verified = cached.owned_ports_of(&[BR, "br-tun"]).await.unwrap();
+        let read = plain.owned_ports_of(&[BR, "br-tun"]).await.unwrap();
+        let after = cached.read_counts();
+        // Both reads served by the copy (a read may go to the database while ovs-vswitchd
+        // has not yet caught up with a fence), and both equal to the database's.
+        let from_copy = after.cached == before.cached + 2 && after.database == before.database;
+        if from_copy && a == b && verified == read {
+            return a;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the copy never served reads that agree with the database ({before:?} → \
+             {after:?}):\n{a:?}\n{b:?}\n{verified:?}\n{read:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: runs ovsdb-server and ovs-vswitchd in a network namespace"]
+async fn the_monitors_copy_reads_what_the_database_holds() {
+    require_privileged(BINARIES);
+    let mut ovs = start();
+    let cached = driver(&ovs).await;
+    let plain = driver(&ovs).await;
+    // Before the watcher, every read goes to the database.
+    ensured(&cached).await;
+    assert_eq!(cached.read_counts().cached, 0);
+    let (tx, mut rx) = mpsc::channel(1);
+    let _watcher = cached.spawn_watcher(tx);
+    timeout(LIMIT, rx.recv()).await.unwrap().unwrap();
+    assert!(agree(&cached, &plain).await.iter().all(Vec::is_empty));
+
+    // The agent's own writes: read from the database until the fence after them is seen,
+    // then from the copy, with what ovs-vswitchd made of them.
+    let ports = [
+        PortChange::Add(PortSpec::new("ovl-gw3", PortKind::Internal).with_tag(3)),
+        PortChange::Add(tunnel(
+            &tunnel_port_name(SegmentType::Vxlan, 2, 1),
+            true,
+            "192.0.2.2",
+            5001,
+            3,
+        )),
+    ];
+    cached.apply(BR, &ports).await.unwrap();
+    // A read right after a write puts a fence after it and waits for the copy to see it.
+    let before = cached.read_counts();
+    let right_after = ensured(&cached).await;
+    assert_eq!(cached.read_counts().cached, before.cached + 1);
+    assert_eq!(right_after[0].len(), 2, "{right_after:?}");
+    cached.wait_for_vswitchd(LIMIT).await.unwrap();
+    let seen = agree(&cached, &plain).await;
+    assert_eq!(seen[0].len(), 2);
+    assert!(
+        seen[0]
+            .iter()
+            .all(|p| p.error().is_none() && p.interface().and_then(|i| i.ofport).unwrap_or(-1) > 0),
+        "{seen:?}"
+    );
+
+    // Someone else's change reaches the copy through the monitor.
+    ovs.vsctl(&["set", "Port", "ovl-gw3", "tag=9"]).unwrap();
+    let seen = agree(&cached, &plain).await;
+    assert!(seen[0]
+        .iter()
+        .any(|p| p.name == "ovl-gw3" && p.tag == Some(9)));
+
+    // A restarted ovsdb-server: the old copy is not used on the new connection; once the
+    // monitor's new snapshot is in, the copy serves reads again.
+    ovs.stop(Daemon::OvsdbServer);
+    ovs.start_ovsdb().unwrap();
+    let _ = ovs.vsctl(&["del-port", BR, "ovl-gw3"]);
+    let seen = agree(&cached, &plain).await;
+    assert_eq!(seen[0].len(), 1, "{seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

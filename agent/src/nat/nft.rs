@@ -10,7 +10,7 @@
 //! replaces it only when it drifted. The caller keeps that memory across restarts
 //! ([`Nft::installed`], [`Nft::with_installed`]), so a restarted agent replaces nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -51,6 +51,8 @@ pub struct Installed {
 #[derive(Debug, Default)]
 pub struct Nft {
     installed: BTreeMap<PathBuf, Installed>,
+    /// Namespaces whose table this process has listed and found as installed.
+    seen: BTreeSet<PathBuf>,
 }
 
 impl Nft {
@@ -58,9 +60,13 @@ impl Nft {
         Self::default()
     }
 
-    /// An `Nft` that remembers what an earlier run installed.
+    /// An `Nft` that remembers what an earlier run installed (and lists each table before
+    /// trusting that memory).
     pub fn with_installed(installed: BTreeMap<PathBuf, Installed>) -> Self {
-        Self { installed }
+        Self {
+            installed,
+            seen: BTreeSet::new(),
+        }
     }
 
     /// What is installed, per namespace file, to remember across restarts.
@@ -69,11 +75,29 @@ impl Nft {
     }
 
     /// Makes the `ovl` table in the namespace at `ns` exactly `table` (`None` removes it).
-    /// Returns whether anything was changed.
-    pub async fn ensure(&mut self, ns: &Path, table: Option<&str>) -> Result<bool, NftError> {
+    /// Returns whether anything was changed. Unless `recheck`, a table this process already
+    /// listed and found as it installed it, and still wants, is not listed again: a listing
+    /// runs `nft` in the namespace, tens of milliseconds, and nothing but a hand-made change
+    /// alters the table, which the periodic resync (`recheck`) catches.
+    pub async fn ensure(
+        &mut self,
+        ns: &Path,
+        table: Option<&str>,
+        recheck: bool,
+    ) -> Result<bool, NftError> {
+        let trusted = self.seen.contains(ns)
+            && self
+                .installed
+                .get(ns)
+                .is_some_and(|known| known.table.as_deref() == table);
+        if trusted && !recheck {
+            return Ok(false);
+        }
+        self.seen.remove(ns);
         let current = list(ns).await?;
         if let Some(known) = self.installed.get(ns) {
             if known.table.as_deref() == table && known.listing == current {
+                self.seen.insert(ns.to_path_buf());
                 return Ok(false);
             }
         }
@@ -85,6 +109,7 @@ impl Nft {
                     listing: None,
                 },
             );
+            self.seen.insert(ns.to_path_buf());
             return Ok(false);
         }
         run(ns, &["-f", "-"], &replace_script(table)).await?;
@@ -96,12 +121,14 @@ impl Nft {
                 listing,
             },
         );
+        self.seen.insert(ns.to_path_buf());
         Ok(true)
     }
 
     /// Forgets a namespace that is gone.
     pub fn forget(&mut self, ns: &Path) {
         self.installed.remove(ns);
+        self.seen.remove(ns);
     }
 }
 

@@ -1,17 +1,23 @@
 //! The Open vSwitch driver: reads and writes bridges and ports in the `Open_vSwitch` database
-//! through the OVSDB client (never by running `ovs-vsctl`).
+//! through the OVSDB client (never by running `ovs-vsctl`). While its watcher runs
+//! ([`OvsDriver::spawn_watcher`]), the reads a reconcile makes come from the monitor's copy of
+//! the rows when that copy is as good as a read (`cache.rs` says when), and from the
+//! database otherwise.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, Instrument};
 
+use super::cache::{Need, RowCache, Stale};
 use super::datapath::DatapathType;
 use super::plan::{plan_ensure_bridge, plan_port_changes, BridgeOutcome, FailMode, Step};
 use super::port::{BridgeState, ObservedPort, PortChange};
-use super::view::{read_ops, read_ops_for, DbView};
+use super::view::{read_ops, read_ops_for, DbView, BRIDGE_COLUMNS, PORT_COLUMNS};
 use super::{Error, DB};
 use crate::ovsdb::{
     self, Client, MonitorEvent, MonitorRequest, MonitorStream, Mutation, Operation, OperationResult,
@@ -20,6 +26,9 @@ use crate::ovsdb::{
 /// First and longest pause between two looks at `cur_cfg` while waiting for ovs-vswitchd.
 const VSWITCHD_POLL_MIN: Duration = Duration::from_millis(1);
 const VSWITCHD_POLL_MAX: Duration = Duration::from_millis(50);
+/// How long a read waits for the monitor's copy to catch up with a fence before it reads the
+/// database instead. The update follows the fence's reply within a millisecond or two.
+const CACHE_PATIENCE: Duration = Duration::from_millis(100);
 
 /// A bridge to ensure ([`OvsDriver::ensure_bridges`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,27 +50,104 @@ pub enum OvsEvent {
     Changed,
 }
 
-/// A running watcher; dropping it stops the watching.
+/// A running watcher; dropping it stops the watching (and the driver's reads go back to the
+/// database).
 #[derive(Debug)]
 pub struct Watcher {
     task: JoinHandle<()>,
+    /// The copy this watcher feeds, and its feeder id there.
+    feeds: Option<(Arc<RowCache>, u64)>,
 }
 
 impl Drop for Watcher {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some((cache, feeder)) = &self.feeds {
+            cache.lost(*feeder);
+        }
     }
 }
 
-/// The Open vSwitch driver. Cheap to clone.
+/// How many whole-bridge reads the driver served from the monitor's copy and from the
+/// database ([`OvsDriver::read_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadCounts {
+    pub cached: u64,
+    pub database: u64,
+}
+
+/// The Open vSwitch driver. Cheap to clone; clones share the monitor's copy of the rows.
 #[derive(Debug, Clone)]
 pub struct OvsDriver {
     client: Client,
+    cache: Arc<RowCache>,
+    counts: Arc<[AtomicU64; 2]>,
 }
 
 impl OvsDriver {
     pub fn new(client: Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            cache: Arc::default(),
+            counts: Arc::default(),
+        }
+    }
+
+    /// Whole-bridge reads so far, from the copy and from the database.
+    pub fn read_counts(&self) -> ReadCounts {
+        ReadCounts {
+            cached: self.counts[0].load(Ordering::Relaxed),
+            database: self.counts[1].load(Ordering::Relaxed),
+        }
+    }
+
+    /// The client's current connection (its `connects` count), if it is connected.
+    fn connection_now(&self) -> Option<u64> {
+        let state = self.client.state();
+        state.connected.then_some(state.connects)
+    }
+
+    /// The view of the bridges a reconcile reads: the monitor's copy when it can stand for a
+    /// read (waiting up to [`CACHE_PATIENCE`] for it to see the last fence), the database
+    /// otherwise. Says which it was.
+    async fn view(
+        &self,
+        need: Need,
+        action: impl FnOnce() -> String,
+    ) -> Result<(DbView, bool), Error> {
+        let mut changes = self.cache.subscribe();
+        let deadline = tokio::time::Instant::now() + CACHE_PATIENCE;
+        let mut fenced = false;
+        let why = loop {
+            match self.cache.view(self.connection_now(), need) {
+                Ok(view) => {
+                    self.counts[0].fetch_add(1, Ordering::Relaxed);
+                    return Ok((view?, true));
+                }
+                // Writes with no wait for ovs-vswitchd after them (a bridge made or changed,
+                // nothing else): put a fence after them now, once.
+                Err(Stale::Unfenced) if !fenced => {
+                    fenced = true;
+                    if let Err(e) = self.fence().await {
+                        debug!(error = %e, "cannot put a fence after the agent's writes");
+                        break Stale::Unfenced;
+                    }
+                }
+                // Only a copy that is behind a fence catches up by itself.
+                Err(Stale::Behind) => {
+                    if tokio::time::timeout_at(deadline, changes.changed())
+                        .await
+                        .is_ok_and(|r| r.is_ok())
+                    {
+                        continue;
+                    }
+                    break Stale::Behind;
+                }
+                Err(why) => break why,
+            }
+        };
+        debug!(?why, "reading the bridges from the database");
+        Ok((self.read(action).await?, false))
     }
 
     pub fn client(&self) -> &Client {
@@ -86,6 +172,7 @@ impl OvsDriver {
     }
 
     async fn read(&self, action: impl FnOnce() -> String) -> Result<DbView, Error> {
+        self.counts[1].fetch_add(1, Ordering::Relaxed);
         let results = self
             .client
             .transact(DB, &read_ops())
@@ -96,6 +183,8 @@ impl OvsDriver {
 
     async fn run(&self, steps: &[Step], action: &str) -> Result<Vec<OperationResult>, Error> {
         let ops: Vec<Operation> = steps.iter().map(|s| s.op.clone()).collect();
+        // Counted before it is sent: from now on the copy needs a fence to be trusted.
+        self.cache.write_started();
         self.client
             .transact(DB, &ops)
             .await
@@ -156,7 +245,14 @@ impl OvsDriver {
         wanted: &[BridgeWant],
     ) -> Vec<Result<(BridgeOutcome, Vec<ObservedPort>), Error>> {
         let none = BTreeMap::new();
-        let view = match self.read(|| "ensuring bridges".to_owned()).await {
+        let action = || "ensuring bridges".to_owned();
+        let view = match self.view(Need::OwnWrites, action).await {
+            // A change to a bridge is planned on a fresh read, never on the copy alone.
+            Ok((v, true)) if needs_writes(&v, wanted, &none) => self.read(action).await,
+            Ok((v, _)) => Ok(v),
+            Err(e) => Err(e),
+        };
+        let view = match view {
             Ok(v) => v,
             Err(_) => {
                 let mut out = Vec::with_capacity(wanted.len());
@@ -189,13 +285,18 @@ impl OvsDriver {
         out
     }
 
-    /// The ports ovl owns on each of `bridges` that exists, from one read of the database.
+    /// The ports ovl owns on each of `bridges` that exists, from one read of the database or
+    /// from the monitor's copy once it holds what ovs-vswitchd made of the agent's last
+    /// writes (as the database did when [`wait_for_vswitchd`](Self::wait_for_vswitchd) last
+    /// returned).
     pub async fn owned_ports_of(
         &self,
         bridges: &[&str],
     ) -> Result<BTreeMap<String, Vec<ObservedPort>>, Error> {
-        let view = self
-            .read(|| format!("reading bridges {}", bridges.join(", ")))
+        let (view, _) = self
+            .view(Need::Vswitchd, || {
+                format!("reading bridges {}", bridges.join(", "))
+            })
             .await?;
         Ok(bridges
             .iter()
@@ -255,10 +356,9 @@ impl OvsDriver {
         Ok(())
     }
 
-    /// Waits until ovs-vswitchd has applied every change committed so far, as `ovs-vsctl`
-    /// without `--no-wait` does: bump `next_cfg` and wait for `cur_cfg` to reach it. Fails
-    /// with [`Error::VswitchdTimeout`] if ovs-vswitchd is not running.
-    pub async fn wait_for_vswitchd(&self, timeout: Duration) -> Result<(), Error> {
+    /// Bumps `next_cfg` (as every `ovs-vsctl` command does): the fence after the agent's
+    /// writes that the monitor's copy waits to see (`cache.rs`). Returns the new `next_cfg`.
+    async fn fence(&self) -> Result<i64, Error> {
         let action = "asking ovs-vswitchd to report its configuration";
         let bump = [
             Operation::mutate(
@@ -268,20 +368,26 @@ impl OvsDriver {
             ),
             Operation::select_columns("Open_vSwitch", vec![], &["next_cfg"]),
         ];
-        let ovsdb_err = |source| Error::ovsdb(action, source);
-        let r = self.client.transact(DB, &bump).await.map_err(ovsdb_err)?;
-        let read_cfg = |r: &OperationResult, column: &str| -> Result<i64, Error> {
-            let rows = r
-                .rows()
-                .map_err(|source| Error::data("Open_vSwitch", source))?;
-            let [row] = rows else {
-                return Err(Error::RootRow { rows: rows.len() });
-            };
-            row.get(column)
-                .and_then(|v| v.as_i64())
-                .map_err(|source| Error::data("Open_vSwitch", source))
-        };
+        let writes = self.cache.writes();
+        let connection = self.client.state().connects;
+        let r = self
+            .client
+            .transact(DB, &bump)
+            .await
+            .map_err(|source| Error::ovsdb(action, source))?;
         let target = read_cfg(&r[1], "next_cfg")?;
+        self.cache.fenced(writes, target, connection);
+        Ok(target)
+    }
+
+    /// Waits until ovs-vswitchd has applied every change committed so far, as `ovs-vsctl`
+    /// without `--no-wait` does: bump `next_cfg` and wait for `cur_cfg` to reach it. Fails
+    /// with [`Error::VswitchdTimeout`] if ovs-vswitchd is not running.
+    pub async fn wait_for_vswitchd(&self, timeout: Duration) -> Result<(), Error> {
+        let action = "asking ovs-vswitchd to report its configuration";
+        let ovsdb_err = |source| Error::ovsdb(action, source);
+        // The bump is also the fence after the agent's writes.
+        let target = self.fence().await?;
         let deadline = tokio::time::Instant::now() + timeout;
         // ovs-vswitchd takes a small change in a few milliseconds: poll often at first, then
         // back off, so a reconcile neither waits out a fixed 50 ms nor floods the database
@@ -326,51 +432,50 @@ impl OvsDriver {
     {
         let stream = self.monitor_all().await?;
         let span = tracing::info_span!("ovs-watcher");
-        let task = tokio::spawn(forward(stream, on_change).instrument(span));
-        Ok(Watcher { task })
+        let task = tokio::spawn(forward(stream, None, on_change).instrument(span));
+        Ok(Watcher { task, feeds: None })
     }
 
     /// [`watch`](Self::watch) for callers that cannot await: sends `()` on `notify` at every
     /// event, dropping it when the channel is full (one pending wake-up is as good as
     /// several). A refused monitor, which only a database without the Open vSwitch schema
-    /// would cause, is logged and ends the watcher.
+    /// would cause, is logged and ends the watcher. This watcher also keeps the driver's copy
+    /// of the rows (the latest one started does), which the driver's reads use while it runs.
     pub fn spawn_watcher(&self, notify: mpsc::Sender<()>) -> Watcher {
         let this = self.clone();
+        let feeder = self.cache.attach();
+        let feeds = Some((self.cache.clone(), feeder));
         let span = tracing::info_span!("ovs-watcher");
         let task = tokio::spawn(
             async move {
                 match this.monitor_all().await {
                     Ok(stream) => {
-                        forward(stream, move |_| {
+                        let feed = Feed {
+                            cache: this.cache.clone(),
+                            feeder,
+                            client: this.client.clone(),
+                        };
+                        forward(stream, Some(feed), move |_| {
                             let _ = notify.try_send(());
                         })
                         .await
                     }
                     Err(e) => error!(error = %e, "cannot watch Open vSwitch"),
                 }
+                this.cache.lost(feeder);
             }
             .instrument(span),
         );
-        Watcher { task }
+        Watcher { task, feeds }
     }
 
     async fn monitor_all(&self) -> Result<MonitorStream, Error> {
+        // The columns the reader reads, but `_uuid`, which a monitor reports anyway; and the
+        // root's configuration counters, which the copy's fences need.
         let requests = [
-            MonitorRequest::columns(
-                "Bridge",
-                &[
-                    "name",
-                    "ports",
-                    "datapath_type",
-                    "fail_mode",
-                    "external_ids",
-                ],
-            ),
-            MonitorRequest::columns(
-                "Port",
-                &["name", "interfaces", "tag", "trunks", "external_ids"],
-            ),
-            // The columns the reader reads, but `_uuid`, which a monitor reports anyway.
+            MonitorRequest::columns("Open_vSwitch", &["bridges", "next_cfg", "cur_cfg"]),
+            MonitorRequest::columns("Bridge", &BRIDGE_COLUMNS[1..]),
+            MonitorRequest::columns("Port", &PORT_COLUMNS[1..]),
             MonitorRequest::columns("Interface", &super::view::INTERFACE_COLUMNS[1..]),
         ];
         self.client
@@ -380,12 +485,62 @@ impl OvsDriver {
     }
 }
 
-async fn forward(mut stream: MonitorStream, mut on_change: impl FnMut(OvsEvent)) {
+/// The copy a watcher keeps, with what it needs to keep it.
+struct Feed {
+    cache: Arc<RowCache>,
+    feeder: u64,
+    client: Client,
+}
+
+/// Whether ensuring `wanted` on `view` would write anything.
+fn needs_writes(view: &DbView, wanted: &[BridgeWant], ids: &BTreeMap<String, String>) -> bool {
+    wanted.iter().any(|w| {
+        plan_ensure_bridge(view, &w.name, w.datapath, w.fail_mode, ids)
+            .map_or(true, |(steps, _)| !steps.is_empty())
+    })
+}
+
+/// `next_cfg` or `cur_cfg` of the one root row a `select` returned.
+fn read_cfg(r: &OperationResult, column: &str) -> Result<i64, Error> {
+    let rows = r
+        .rows()
+        .map_err(|source| Error::data("Open_vSwitch", source))?;
+    let [row] = rows else {
+        return Err(Error::RootRow { rows: rows.len() });
+    };
+    row.get(column)
+        .and_then(|v| v.as_i64())
+        .map_err(|source| Error::data("Open_vSwitch", source))
+}
+
+async fn forward(
+    mut stream: MonitorStream,
+    feed: Option<Feed>,
+    mut on_change: impl FnMut(OvsEvent),
+) {
     while let Some(event) = stream.next().await {
-        on_change(match event {
-            MonitorEvent::Reset(_) => OvsEvent::Resynced,
-            MonitorEvent::Update(_) => OvsEvent::Changed,
-        });
+        let event = match event {
+            MonitorEvent::Reset(snapshot) => {
+                if let Some(c) = &feed {
+                    // The snapshot belongs to the connection the client has now: the client
+                    // subscribes its monitors after counting a new connection.
+                    c.cache.reset(c.feeder, snapshot, c.client.state().connects);
+                }
+                OvsEvent::Resynced
+            }
+            MonitorEvent::Update(updates) => {
+                if let Some(c) = &feed {
+                    c.cache.update(c.feeder, &updates);
+                }
+                // The root row's counters move with every wait for ovs-vswitchd; only
+                // bridges, ports and interfaces are news to the reconciler.
+                if updates.tables().all(|t| t == "Open_vSwitch") {
+                    continue;
+                }
+                OvsEvent::Changed
+            }
+        };
+        on_change(event);
     }
     debug!("the OVSDB client is gone; the watcher stops");
 }

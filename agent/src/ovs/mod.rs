@@ -19,9 +19,13 @@
 //! - [`OvsDriver::bridge_state`] / [`OvsDriver::owned_ports`]: the observed owned ports, with
 //!   `ofport` and `error` as ovs-vswitchd reports them;
 //! - [`OvsDriver::apply`]: add, update and delete ports, batched in one transaction;
-//! - [`OvsDriver::watch`]: a callback on every change of bridges, ports and interfaces;
+//! - [`OvsDriver::watch`]: a callback on every change of bridges, ports and interfaces
+//!   ([`OvsDriver::spawn_watcher`] also keeps the monitor's copy of the rows, `cache.rs`,
+//!   which then serves the reads of [`OvsDriver::ensure_bridges`] and
+//!   [`OvsDriver::owned_ports_of`] when it is as good as a read);
 //! - [`choose_datapath`], [`endpoint_port_name`], [`tunnel_port_name`].
 
+mod cache;
 mod datapath;
 mod driver;
 pub mod flow_planner;
@@ -35,7 +39,7 @@ mod view;
 use std::time::Duration;
 
 pub use datapath::{choose_datapath, choose_datapath_with, DatapathType, KERNEL_MODULE_PATH};
-pub use driver::{BridgeWant, OvsDriver, OvsEvent, Watcher};
+pub use driver::{BridgeWant, OvsDriver, OvsEvent, ReadCounts, Watcher};
 pub use names::{endpoint_port_name, tunnel_port_name, MAX_IFNAME_LEN};
 pub use plan::{BridgeOutcome, FailMode};
 pub use port::{BridgeState, ObservedInterface, ObservedPort, PortChange, PortKind, PortSpec};

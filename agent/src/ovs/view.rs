@@ -1,14 +1,16 @@
 //! Reading the `Open_vSwitch` database: one transaction of `select`s gives a consistent view
-//! of the root row, the bridges, and every port with its interfaces.
+//! of the root row, the bridges, and every port with its interfaces. The same view is built
+//! from the monitor's copy of those rows ([`DbView::from_snapshot`], kept by `cache.rs`);
+//! both go through the same row parsers.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::port::{is_owned, BridgeState, ObservedInterface, ObservedPort};
 use super::Error;
-use crate::ovsdb::{self, Condition, Operation, OperationResult, Row, Uuid};
+use crate::ovsdb::{self, Condition, Operation, OperationResult, Row, Snapshot, Uuid};
 
 const ROOT_COLUMNS: &[&str] = &["_uuid", "bridges"];
-const BRIDGE_COLUMNS: &[&str] = &[
+pub(crate) const BRIDGE_COLUMNS: &[&str] = &[
     "_uuid",
     "name",
     "ports",
@@ -16,7 +18,7 @@ const BRIDGE_COLUMNS: &[&str] = &[
     "fail_mode",
     "external_ids",
 ];
-const PORT_COLUMNS: &[&str] = &[
+pub(crate) const PORT_COLUMNS: &[&str] = &[
     "_uuid",
     "name",
     "interfaces",
@@ -105,10 +107,10 @@ fn vlan(table: &'static str, v: i64) -> Result<u16, Error> {
 
 /// One `Port` row with its interfaces (those of `interfaces` it refers to).
 fn parse_port(
+    uuid: &Uuid,
     row: &Row,
     interfaces: &BTreeMap<Uuid, ObservedInterface>,
 ) -> Result<ObservedPort, Error> {
-    let uuid = row.uuid().map_err(data("Port"))?.clone();
     let tag = match row.get("tag").and_then(|v| v.optional_i64()) {
         Ok(t) => t.map(|t| vlan("Port", t)).transpose()?,
         Err(e) => return Err(data("Port")(e)),
@@ -143,9 +145,9 @@ fn parse_port(
     Ok(port)
 }
 
-fn parse_interface(row: &Row) -> Result<ObservedInterface, ovsdb::Error> {
+fn parse_interface(uuid: &Uuid, row: &Row) -> Result<ObservedInterface, ovsdb::Error> {
     Ok(ObservedInterface {
-        uuid: row.uuid()?.clone(),
+        uuid: uuid.clone(),
         name: row.str("name")?.to_owned(),
         iface_type: row.str("type")?.to_owned(),
         options: row.string_map("options")?,
@@ -161,9 +163,9 @@ fn parse_interface(row: &Row) -> Result<ObservedInterface, ovsdb::Error> {
     })
 }
 
-fn parse_bridge(row: &Row) -> Result<BridgeRow, ovsdb::Error> {
+fn parse_bridge(uuid: &Uuid, row: &Row) -> Result<BridgeRow, ovsdb::Error> {
     Ok(BridgeRow {
-        uuid: row.uuid()?.clone(),
+        uuid: uuid.clone(),
         name: row.str("name")?.to_owned(),
         datapath_type: row.str("datapath_type")?.to_owned(),
         // Absent from rows read before ovl asked for the column (test fixtures).
@@ -213,23 +215,61 @@ impl DbView {
             .map_err(data("Open_vSwitch"))?;
         let bridges = rows(1, "Bridge")?
             .iter()
-            .map(parse_bridge)
+            .map(|r| parse_bridge(r.uuid()?, r))
             .collect::<Result<_, _>>()
             .map_err(data("Bridge"))?;
-        let mut interfaces = BTreeMap::new();
+        let mut interfaces = Vec::new();
         for i in 0..interface_selects {
             for row in rows(2 + port_selects + i, "Interface")? {
-                let iface = parse_interface(row).map_err(data("Interface"))?;
-                interfaces.insert(iface.uuid.clone(), iface);
+                interfaces.push((row.uuid().map_err(data("Interface"))?, row));
             }
+        }
+        let mut ports = Vec::new();
+        for i in 0..port_selects {
+            for row in rows(2 + i, "Port")? {
+                ports.push((row.uuid().map_err(data("Port"))?, row));
+            }
+        }
+        Self::assemble(roots, bridges, interfaces, ports)
+    }
+
+    /// Builds the whole view from the monitor's copy of the `Open_vSwitch`, `Bridge`, `Port`
+    /// and `Interface` rows: the same view [`from_results`](Self::from_results) gives for a
+    /// read of the database in the state the snapshot reflects.
+    pub(crate) fn from_snapshot(snapshot: &Snapshot) -> Result<Self, Error> {
+        let roots = snapshot
+            .rows("Open_vSwitch")
+            .map(|(u, _)| u.clone())
+            .collect();
+        let bridges = snapshot
+            .rows("Bridge")
+            .map(|(u, r)| parse_bridge(u, r))
+            .collect::<Result<_, _>>()
+            .map_err(data("Bridge"))?;
+        Self::assemble(
+            roots,
+            bridges,
+            snapshot.rows("Interface").collect(),
+            snapshot.rows("Port").collect(),
+        )
+    }
+
+    fn assemble(
+        roots: Vec<Uuid>,
+        bridges: Vec<BridgeRow>,
+        interface_rows: Vec<(&Uuid, &Row)>,
+        port_rows: Vec<(&Uuid, &Row)>,
+    ) -> Result<Self, Error> {
+        let mut interfaces = BTreeMap::new();
+        for (uuid, row) in interface_rows {
+            let iface = parse_interface(uuid, row).map_err(data("Interface"))?;
+            interfaces.insert(iface.uuid.clone(), iface);
         }
         let interface_names = interfaces.values().map(|i| i.name.clone()).collect();
         let mut ports = BTreeMap::new();
-        for i in 0..port_selects {
-            for row in rows(2 + i, "Port")? {
-                let port = parse_port(row, &interfaces)?;
-                ports.insert(port.uuid.clone(), port);
-            }
+        for (uuid, row) in port_rows {
+            let port = parse_port(uuid, row, &interfaces)?;
+            ports.insert(port.uuid.clone(), port);
         }
         Ok(DbView {
             roots,

@@ -367,6 +367,9 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
         let mut routed = self.routing.prepare(intent, netdev).await;
         // Routers may have made links since the glance: then the ifindexes need a new dump.
         let routers_changed = !routed.changes.is_empty();
+        // The routers' firewall tables are listed again in the periodic resync, or after any
+        // router change; otherwise this process's last listing stands.
+        routed.recheck_tables = deep || routers_changed;
         changes.append(&mut routed.changes);
         hold.extend(routed.hold.iter().cloned());
 
@@ -420,6 +423,7 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
         let ports_at = started.elapsed();
 
         // Router rules and stale routers, once router ports are on the bridge.
+        routed.host_links = host_links.as_ref().map(|l| l.keys().cloned().collect());
         self.routing
             .finish(
                 intent,

@@ -95,6 +95,14 @@ pub struct Prepared {
     /// Tenant ids whose segment veth was (re)made this round: announced once their port is on
     /// the bridge.
     fresh: BTreeSet<u32>,
+    /// Whether [`Routers::finish`] lists the nftables tables it installed earlier in this
+    /// process, to catch a change made by hand (the periodic resync sets it; so does any
+    /// router change this round).
+    pub recheck_tables: bool,
+    /// The names of the host's `ovl-…` links as the reconcile knows them now (its glance,
+    /// or a dump after this round's router changes), if it does: garbage collection then
+    /// finds stale router veths among them instead of dumping every link of the host again.
+    pub host_links: Option<BTreeSet<String>>,
 }
 
 /// Sysctls of every router namespace: it forwards, announces its gateway address when its
@@ -301,7 +309,8 @@ impl Routers {
                 continue;
             }
             let ns = namespace::path_of(&l.netns);
-            match self.nft.ensure(&ns, l.table.as_deref()).await {
+            let recheck = p.recheck_tables || p.fresh.contains(&l.tenant_id);
+            match self.nft.ensure(&ns, l.table.as_deref(), recheck).await {
                 Ok(true) => {
                     p.changes
                         .push(format!("router {}: nftables table ovl replaced", l.tenant));
@@ -325,7 +334,8 @@ impl Routers {
         }
         self.finish_host(&intent.routers, p).await;
         if collect_garbage {
-            self.collect_garbage(&layouts, plumber, &mut p.changes)
+            let host_links = p.host_links.take();
+            self.collect_garbage(&layouts, plumber, host_links.as_ref(), &mut p.changes)
                 .await;
         }
     }
@@ -358,7 +368,11 @@ impl Routers {
             self.state.host_table = true;
             self.file.save(&self.state);
         }
-        match self.nft.ensure(&self.host_path, table.as_deref()).await {
+        match self
+            .nft
+            .ensure(&self.host_path, table.as_deref(), p.recheck_tables)
+            .await
+        {
             Ok(changed) => {
                 if changed {
                     self.remember_tables();
@@ -417,6 +431,7 @@ impl Routers {
         &mut self,
         layouts: &[Layout],
         plumber: &Plumber,
+        host_links: Option<&BTreeSet<String>>,
         changes: &mut Vec<String>,
     ) {
         let wanted_ns: BTreeSet<&str> = layouts.iter().map(|l| l.netns.as_str()).collect();
@@ -456,25 +471,26 @@ impl Routers {
                 wanted_links.insert(spec.host_ifname.clone());
             }
         }
-        for prefix in [LAN_PREFIX, UPLINK_PREFIX] {
-            match plumber.list_links_with_prefix(prefix).await {
-                Ok(links) => {
-                    for l in links
-                        .into_iter()
-                        .filter(|l| !wanted_links.contains(&l.name))
-                    {
-                        match plumber.remove_endpoint(&l.name).await {
-                            Ok(true) => {
-                                changes.push(format!("removed stale router veth {}", l.name))
-                            }
-                            Ok(false) => {}
-                            Err(e) => {
-                                warn!(link = %l.name, "cannot remove a stale router veth: {e}")
-                            }
-                        }
-                    }
+        let ours = |name: &str| name.starts_with(LAN_PREFIX) || name.starts_with(UPLINK_PREFIX);
+        let present: Vec<String> = match host_links {
+            Some(names) => names.iter().filter(|n| ours(n)).cloned().collect(),
+            None => match plumber.list_links_with_prefix("ovl-").await {
+                Ok(links) => links
+                    .into_iter()
+                    .map(|l| l.name)
+                    .filter(|n| ours(n))
+                    .collect(),
+                Err(e) => {
+                    warn!("cannot list router veths: {e}");
+                    Vec::new()
                 }
-                Err(e) => warn!("cannot list router veths: {e}"),
+            },
+        };
+        for name in present.iter().filter(|n| !wanted_links.contains(*n)) {
+            match plumber.remove_endpoint(name).await {
+                Ok(true) => changes.push(format!("removed stale router veth {name}")),
+                Ok(false) => {}
+                Err(e) => warn!(link = %name, "cannot remove a stale router veth: {e}"),
             }
         }
     }

@@ -11,14 +11,19 @@ use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-/// Makes the prober namespace `ns` resolve neighbours every 10 ms for up to 30 s (instead of
+/// Makes the prober namespace `ns` resolve neighbours every `every` for up to 30 s (instead of
 /// every second, three times), so a probe started before its target exists neither waits a
-/// second between ARP requests nor gives up with "host unreachable".
-pub async fn tune_prober(ns: &str, ifname: &str) -> Result<()> {
+/// second between ARP requests nor gives up with "host unreachable". Each request is a
+/// broadcast: the tenant's switches flood it to every port of the tenant.
+pub async fn tune_prober(ns: &str, ifname: &str, every: Duration) -> Result<()> {
+    let ms = every.as_millis().max(1);
     let out = Command::new("ip")
         .args(["netns", "exec", ns, "sysctl", "-qw"])
-        .arg(format!("net.ipv4.neigh.{ifname}.retrans_time_ms=10"))
-        .arg(format!("net.ipv4.neigh.{ifname}.mcast_solicit=3000"))
+        .arg(format!("net.ipv4.neigh.{ifname}.retrans_time_ms={ms}"))
+        .arg(format!(
+            "net.ipv4.neigh.{ifname}.mcast_solicit={}",
+            30_000 / ms
+        ))
         .output()
         .await
         .context("running sysctl")?;
@@ -31,12 +36,14 @@ pub async fn tune_prober(ns: &str, ifname: &str) -> Result<()> {
     Ok(())
 }
 
-/// Starts `ping -D -c 1` from `prober` to `ip`, runs `create`, and returns the time from
-/// `create` finishing to the first reply (ping's `-D` wall-clock stamp), or an error when no
-/// reply comes within `limit`.
+/// Starts `ping -D -c 1 -i EVERY` from `prober` to `ip`, runs `create`, and returns the time
+/// from `create` finishing to the first reply (ping's `-D` wall-clock stamp), or an error when
+/// no reply comes within `limit`. The figure's resolution is `every` (and the prober's
+/// neighbour retransmission time, [`tune_prober`]).
 pub async fn create_to_ping<F, T>(
     prober: &str,
     ip: Ipv4Addr,
+    every: Duration,
     limit: Duration,
     create: F,
 ) -> Result<Duration>
@@ -45,7 +52,8 @@ where
 {
     let mut ping = Command::new("ip")
         .args(["netns", "exec", prober, "ping", "-D", "-n", "-c", "1"])
-        .args(["-i", "0.01", "-w", &limit.as_secs().max(1).to_string()])
+        .args(["-i", &format!("{:.3}", every.as_secs_f64())])
+        .args(["-w", &limit.as_secs().max(1).to_string()])
         .arg(ip.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

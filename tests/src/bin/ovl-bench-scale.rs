@@ -31,6 +31,8 @@ struct Options {
     endpoints: usize,
     pings: usize,
     max_secs: u64,
+    /// The prober's ping and neighbour-resolution interval in row 3.
+    probe_ms: u64,
     /// Where to copy the daemons' logs before the lab goes.
     keep_logs: Option<std::path::PathBuf>,
 }
@@ -40,6 +42,7 @@ const USAGE: &str =
   --endpoints N    endpoints on the measured host, 1–4000 (default 1000)
   --pings N        create-to-ping samples with those endpoints present (default 20)
   --max-secs N     bound on each step (default 300)
+  --probe-ms N     row 3's prober pings and resolves the new address every N ms (default 10)
   --keep-logs DIR  copy the controller's and agents' logs (agents at debug level) into DIR";
 
 fn options() -> anyhow::Result<Options> {
@@ -47,6 +50,7 @@ fn options() -> anyhow::Result<Options> {
         endpoints: 1000,
         pings: 20,
         max_secs: 300,
+        probe_ms: 10,
         keep_logs: None,
     };
     let mut args = std::env::args().skip(1);
@@ -73,11 +77,15 @@ fn options() -> anyhow::Result<Options> {
             "--endpoints" => o.endpoints = n as usize,
             "--pings" => o.pings = n as usize,
             "--max-secs" => o.max_secs = n,
+            "--probe-ms" => o.probe_ms = n,
             other => bail!("unknown option {other}\n{USAGE}"),
         }
     }
     if !(1..=4000).contains(&o.endpoints) {
         bail!("--endpoints must be between 1 and 4000 (the tenant is a /20)");
+    }
+    if !(1..=1000).contains(&o.probe_ms) {
+        bail!("--probe-ms must be between 1 and 1000");
     }
     if o.pings > 200 {
         bail!("--pings must be at most 200");
@@ -356,6 +364,7 @@ async fn create_to_ping(
     present: usize,
 ) -> anyhow::Result<(Vec<Duration>, Duration)> {
     const LIMIT: Duration = Duration::from_secs(30);
+    let every = Duration::from_millis(o.probe_ms);
     let prober = "ovlbt-p";
     lab::add_container(&state.spec.dir, prober, "h2")?;
     let mut c = lab::lab_client(state).await?;
@@ -370,17 +379,19 @@ async fn create_to_ping(
         eprintln!("{}", diagnose(state, from).await);
         return Err(e.context("after creating the prober on h2"));
     }
-    probe::tune_prober(prober, "eth0").await?;
+    probe::tune_prober(prober, "eth0", every).await?;
     // The tunnel between the hosts works and the bridges have learnt the prober's MAC.
     if present > 0 {
-        probe::create_to_ping(prober, FIRST_IP, LIMIT, async { anyhow::Ok(()) })
+        probe::create_to_ping(prober, FIRST_IP, every, LIMIT, async { anyhow::Ok(()) })
             .await
             .context("the prober cannot reach the first endpoint")?;
     }
     eprintln!(
-        "create-to-ping: {} samples with {present} endpoints on h1…",
-        o.pings
+        "create-to-ping: {} samples with {present} endpoints on h1, probing every {} ms…",
+        o.pings, o.probe_ms
     );
+    let vswitchd = vswitchd_pid(state, 1);
+    let cpu_before = vswitchd.and_then(cpu_ticks);
     let budget = Budget::start(Duration::from_secs(o.max_secs));
     let mut samples = Vec::new();
     for i in 0..o.pings {
@@ -394,7 +405,7 @@ async fn create_to_ping(
             ip: Some(ip.to_string()),
             ..EndpointCreate::new("scale", "h1", name.clone(), NetnsTarget::Name(name.clone()))
         });
-        let sample = probe::create_to_ping(prober, ip, LIMIT, async {
+        let sample = probe::create_to_ping(prober, ip, every, LIMIT, async {
             c.call(req).await.context("endpoint create")
         })
         .await?;
@@ -407,7 +418,40 @@ async fn create_to_ping(
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     c.close().await;
+    if let (Some(before), Some(after)) = (cpu_before, vswitchd.and_then(cpu_ticks)) {
+        let busy = (after - before) as f64 / ticks_per_second() as f64;
+        eprintln!(
+            "ovs-vswitchd on h1: {:.1} s of CPU in the {:.1} s of the step ({:.0}%)",
+            busy,
+            budget.elapsed().as_secs_f64(),
+            100.0 * busy / budget.elapsed().as_secs_f64()
+        );
+    }
     Ok((samples, budget.elapsed()))
+}
+
+/// Host `i`'s ovs-vswitchd, from its pid file.
+fn vswitchd_pid(state: &LabState, i: u8) -> Option<u32> {
+    let file = state.spec.host_dir(i).join("ovs").join("ovs-vswitchd.pid");
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+/// User plus system CPU time of a process so far, in clock ticks (`/proc/PID/stat`).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command (which may hold spaces) start after its last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the command.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+fn ticks_per_second() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100)
 }
 
 fn main() -> anyhow::Result<()> {
