@@ -299,29 +299,29 @@ impl Store for RedbStore {
     }
 }
 
-/// A redb store opened read-only (`ovl-controller check` and `backup`). Only while no
-/// controller has it open: redb shares a file between processes only in a mode without
-/// non-durable commits, which the controller's group commit needs. An etcd store is read
-/// beside running controllers instead.
+/// A redb store opened to be read (`ovl-controller check` and `backup`); nothing is
+/// written, except that a file its controller did not close cleanly is repaired on open, as
+/// the controller's next start would. Only while no controller has it open: redb shares a
+/// file between processes only in a mode without non-durable commits, which the
+/// controller's group commit needs. An etcd store is read beside running controllers instead.
 pub struct RedbReader {
-    db: redb::ReadOnlyDatabase,
+    db: Database,
     settings: Settings,
 }
 
 impl RedbReader {
     pub fn open(path: &Path) -> Result<RedbReader, StoreError> {
-        let db = Database::builder()
-            .open_read_only(path)
-            .map_err(|source| match source {
-                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Settings(format!(
+        let db = database(path, false).map_err(|e| match e {
+            StoreError::Open { source, .. }
+                if matches!(*source, redb::DatabaseError::DatabaseAlreadyOpen) =>
+            {
+                StoreError::Settings(format!(
                     "{} is open in a running controller; stop it first (a redb store is read only while no controller runs)",
                     path.display()
-                )),
-                source => StoreError::Open {
-                    path: path.to_path_buf(),
-                    source: Box::new(source),
-                },
-            })?;
+                ))
+            }
+            other => other,
+        })?;
         let settings = stored_settings(&db.begin_read()?, &path.display().to_string())?;
         Ok(RedbReader { db, settings })
     }
