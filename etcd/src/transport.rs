@@ -156,8 +156,27 @@ impl Transport {
     }
 
     /// POSTs `body` to `path` and returns the answer's body, trying each member in turn
-    /// from the one that answered last.
+    /// from the one that answered last. An answer of 503 (etcd's "unavailable": no leader
+    /// yet, or the leader changed while the request was in flight, as when a member dies) is
+    /// asked again after a pause, for up to the request timeout: a cluster that still has a
+    /// quorum elects a new leader within a second or two.
     pub async fn call(&self, path: &str, body: Vec<u8>) -> Result<Vec<u8>, EtcdError> {
+        let started = tokio::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(50);
+        loop {
+            match self.call_once(path, body.clone()).await {
+                Err(EtcdError::Status { status: 503, .. })
+                    if started.elapsed() + pause < self.timeout =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(400));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once(&self, path: &str, body: Vec<u8>) -> Result<Vec<u8>, EtcdError> {
         let (index, response, conn) = self.send(path, body, false).await?;
         let status = response.status();
         let bytes = tokio::time::timeout(self.timeout, read_body(response))

@@ -246,6 +246,27 @@ impl EtcdCluster {
         }
     }
 
+    /// The index of the member that is the raft leader now.
+    pub fn leader(&self) -> Result<usize> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("making a runtime")?;
+        for (i, member) in self.members.iter().enumerate() {
+            let one = Settings {
+                endpoints: vec![member.client_url()],
+                ..self.settings()
+            };
+            let status = rt.block_on(async { ovl_etcd::Client::new(&one)?.status().await });
+            if let Ok(s) = status {
+                if s.leader != 0 && s.leader == s.header.member_id {
+                    return Ok(i);
+                }
+            }
+        }
+        bail!("no member says it leads")
+    }
+
     /// A CA, certificate and key that etcd's CA never signed (for refusal tests).
     pub fn foreign_client(&self) -> Result<Pki> {
         let (_, client) = make_pki(&self.dir.path().join("foreign"))?;

@@ -10,7 +10,7 @@
 //! - [`fifty_clients_on_two_controllers_leave_a_consistent_store`]: churn through both
 //!   controllers at once leaves no value held twice, exactly what the successful calls say,
 //!   and a store `ovl-controller check` finds consistent while the controllers run;
-//! - [`a_killed_etcd_member_stops_nothing`];
+//! - [`a_killed_etcd_member_stops_nothing`] (the raft leader);
 //! - [`a_killed_controller_s_agents_and_clients_move_to_another`]: the leader killed, the
 //!   survivor leads, nothing acknowledged is lost, and agents and the CLI, given both
 //!   addresses, carry on through the survivor (the times are printed).
@@ -346,8 +346,10 @@ fn a_killed_etcd_member_stops_nothing() {
         "endpoint", "create", "blue", "--host", "h1", "--name", "e1", "--netns", "e1",
     ]);
     c.wait_converged(&["h1", "h2"]);
-    // The first member is the one the controller's client talks to first.
-    c.etcd.as_mut().unwrap().kill(0);
+    // The raft leader: the others elect another, and answer "leader changed" meanwhile.
+    let etcd = c.etcd.as_mut().unwrap();
+    let leader = etcd.leader().unwrap();
+    etcd.kill(leader);
     c.ovl_json(&[
         "endpoint", "create", "blue", "--host", "h2", "--name", "e2", "--netns", "e2",
     ]);
@@ -360,7 +362,7 @@ fn a_killed_etcd_member_stops_nothing() {
     );
     let (clean, text) = c.check_store();
     assert!(clean, "check with one member down: {text}");
-    c.etcd.as_mut().unwrap().restart(0).unwrap();
+    c.etcd.as_mut().unwrap().restart(leader).unwrap();
     c.ovl_json(&["endpoint", "delete", "e1"]);
     c.wait_converged(&["h1", "h2"]);
 }
