@@ -149,19 +149,12 @@ impl Cluster {
     pub fn store_args(&self) -> Vec<OsString> {
         match &self.etcd {
             None => vec!["--db".into(), self.db.clone().into()],
-            Some(etcd) => vec![
-                "--etcd-endpoints".into(),
-                etcd.endpoints().join(",").into(),
-                "--etcd-ca".into(),
-                etcd.client.ca.clone().into(),
-                "--etcd-cert".into(),
-                etcd.client.cert.clone().into(),
-                "--etcd-key".into(),
-                etcd.client.key.clone().into(),
+            Some(etcd) => {
+                let mut args = etcd.controller_args();
                 // Join tokens live beside --db even with etcd.
-                "--db".into(),
-                self.db.clone().into(),
-            ],
+                args.extend(["--db".into(), self.db.clone().into()]);
+                args
+            }
         }
     }
 

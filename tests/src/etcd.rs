@@ -122,6 +122,21 @@ impl EtcdCluster {
         self.members.iter().map(Member::client_url).collect()
     }
 
+    /// The `ovl-controller run`/`check`/`restore` flags that put the store in this cluster
+    /// (every member, the cluster's client certificate).
+    pub fn controller_args(&self) -> Vec<std::ffi::OsString> {
+        vec![
+            "--etcd-endpoints".into(),
+            self.endpoints().join(",").into(),
+            "--etcd-ca".into(),
+            self.client.ca.clone().into(),
+            "--etcd-cert".into(),
+            self.client.cert.clone().into(),
+            "--etcd-key".into(),
+            self.client.key.clone().into(),
+        ]
+    }
+
     /// Client settings for every member, with the cluster's client certificate.
     pub fn settings(&self) -> Settings {
         self.settings_with(&self.client)

@@ -626,12 +626,13 @@ pub fn start_agent(spec: &LabSpec, h: &LabHost) -> Result<u32> {
     let state_dir = dir.join("agent");
     let router_prefix = spec.router_netns_prefix(h.index);
     let local_socket = spec.agent_socket(h.index);
+    // A host given controllers of its own (`set_agent_flags` with `--controller A,B,C`, as
+    // the HA tests do) talks to those instead of the lab's one.
+    let own_controllers = h.agent_flags.iter().any(|f| f == "--controller");
     let mut args: Vec<&std::ffi::OsStr> = vec![
         "run".as_ref(),
         "--config".as_ref(),
         "/nonexistent/ovl-lab-agent.toml".as_ref(),
-        "--controller".as_ref(),
-        addr.as_ref(),
         "--credentials".as_ref(),
         creds.as_os_str(),
         "--underlay-ip".as_ref(),
@@ -651,6 +652,9 @@ pub fn start_agent(spec: &LabSpec, h: &LabHost) -> Result<u32> {
         "--local-socket".as_ref(),
         local_socket.as_os_str(),
     ];
+    if !own_controllers {
+        args.extend([std::ffi::OsStr::new("--controller"), addr.as_ref()]);
+    }
     args.extend(
         h.agent_flags
             .iter()
