@@ -39,6 +39,14 @@ pub fn render_json(reply: &ApiReply) -> Result<String, serde_json::Error> {
         ApiReply::Deleted { removed } => serde_json::json!({ "removed": removed }),
         ApiReply::Status(s) => serde_json::to_value(s)?,
         ApiReply::Address(a) => serde_json::to_value(a)?,
+        ApiReply::BackupPart {
+            snapshot,
+            offset,
+            total,
+            data,
+        } => serde_json::json!({
+            "snapshot": snapshot, "offset": offset, "total": total, "bytes": data.len()
+        }),
     };
     if let Some(key) = nested_object(reply) {
         match &mut data {
@@ -57,7 +65,10 @@ fn nested_object(reply: &ApiReply) -> Option<&'static str> {
         ApiReply::Tenant(_) | ApiReply::Tenants(_) => Some("tenant"),
         ApiReply::Host(_) | ApiReply::Hosts(_) => Some("host"),
         ApiReply::Endpoint(_) | ApiReply::Endpoints(_) => Some("endpoint"),
-        ApiReply::Deleted { .. } | ApiReply::Status(_) | ApiReply::Address(_) => None,
+        ApiReply::Deleted { .. }
+        | ApiReply::Status(_)
+        | ApiReply::Address(_)
+        | ApiReply::BackupPart { .. } => None,
     }
 }
 
@@ -87,6 +98,15 @@ pub fn render_text(reply: &ApiReply, now: u64) -> String {
         ApiReply::Deleted { removed } => deleted(removed),
         ApiReply::Status(hs) => status_table(hs, now),
         ApiReply::Address(a) => address_block(a),
+        ApiReply::BackupPart {
+            snapshot,
+            offset,
+            total,
+            data,
+        } => format!(
+            "backup snapshot {snapshot}: bytes {offset}..{} of {total}\n",
+            offset + data.len() as u64
+        ),
     }
 }
 

@@ -86,6 +86,7 @@ pub fn describe(req: &ApiRequest) -> String {
         ApiRequest::EndpointRetarget { name, target } => {
             format!("move endpoint '{name}' to {target}")
         }
+        ApiRequest::Backup { .. } => "back up the store".into(),
         ApiRequest::TenantSetAttach { name, .. } => {
             format!("change which hosts may attach to tenant '{name}'")
         }

@@ -299,6 +299,14 @@ pub enum ApiRequest {
         name: String,
         attach: String,
     },
+    /// `ovl-controller backup` of a running controller: a part of a backup of the whole store
+    /// at one committed state, as the JSON lines `ovl-controller backup` writes. `snapshot:
+    /// None` takes a new snapshot and answers from `offset`; the parts after it name the
+    /// snapshot. Administrators only. Answered with [`ApiReply::BackupPart`].
+    Backup {
+        snapshot: Option<u64>,
+        offset: u64,
+    },
 }
 
 impl ApiRequest {
@@ -324,6 +332,7 @@ impl ApiRequest {
             ApiRequest::AddressRelease { .. } => "address release",
             ApiRequest::EndpointRetarget { .. } => "endpoint retarget",
             ApiRequest::TenantSetAttach { .. } => "tenant set --attachable",
+            ApiRequest::Backup { .. } => "backup",
         }
     }
 }
@@ -432,6 +441,14 @@ pub enum ApiReply {
     Status(Vec<HostStatus>),
     /// An address reserved by [`ApiRequest::AddressReserve`].
     Address(AddressInfo),
+    /// Bytes `offset..offset + data.len()` of backup `snapshot`, which is `total` bytes long
+    /// ([`ApiRequest::Backup`]).
+    BackupPart {
+        snapshot: u64,
+        offset: u64,
+        total: u64,
+        data: Vec<u8>,
+    },
 }
 
 impl ApiReply {
@@ -447,6 +464,7 @@ impl ApiReply {
             ApiReply::Deleted { .. } => "deleted",
             ApiReply::Status(_) => "status",
             ApiReply::Address(_) => "address",
+            ApiReply::BackupPart { .. } => "backup part",
         }
     }
 }

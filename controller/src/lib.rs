@@ -17,7 +17,8 @@
 //!    [`ipam`] (allocators over a table handle), [`live`] (the session view operations read),
 //!    [`pki`].
 //!
-//! Operations call the store; the store never calls an operation.
+//! Operations call the store; the store never calls an operation. [`remote`] is the
+//! controller's own tools asking a running controller over its API; nothing else calls it.
 
 pub mod alloc;
 pub mod authz;
@@ -30,6 +31,7 @@ pub mod join;
 pub mod live;
 pub mod ops;
 pub mod pki;
+pub mod remote;
 pub mod server;
 pub mod store;
 pub mod tokens;

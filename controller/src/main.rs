@@ -15,7 +15,7 @@ use ovl_controller::ops;
 use ovl_controller::pki::{self, Ca, Validity};
 use ovl_controller::server::{unix_now, Server};
 use ovl_controller::store::{
-    Backup, EtcdOptions, EtcdStore, RedbReader, RedbStore, Settings, Store,
+    Backup, EtcdOptions, EtcdStore, RedbReader, RedbStore, Settings, Store, StoreError,
 };
 use ovl_controller::tokens::Tokens;
 use tokio_util::sync::CancellationToken;
@@ -110,16 +110,20 @@ enum Command {
         what: TokenWhat,
     },
     /// Audit the store: no duplicated or leaked allocations, no dangling references.
-    /// Runs beside running controllers, at one committed state.
+    /// Runs beside running controllers, at one committed state (a redb file that a running
+    /// controller holds is checked in a snapshot the controller hands out, as for `backup`).
     Check {
         #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
         db: PathBuf,
         #[command(flatten)]
         etcd: EtcdArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Write a backup of the store: every row at one committed state, in a file that
     /// `restore` reads into a redb file or an etcd store (so it also moves a cluster between
-    /// them). Runs beside running controllers.
+    /// them). Runs beside running controllers: an etcd store is read directly; a redb file
+    /// that a running controller holds is asked of that controller (--controller).
     Backup {
         /// The file to write (mode 0600; replaced if it exists).
         #[arg(long)]
@@ -128,6 +132,8 @@ enum Command {
         db: PathBuf,
         #[command(flatten)]
         etcd: EtcdArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Restore a backup into a new store (a redb file at --db, or an etcd prefix), then
     /// check it. Stop every controller of that store first.
@@ -142,6 +148,85 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// Asking a running controller instead of opening the store.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Through a running controller")]
+struct RemoteArgs {
+    /// Ask the running controller at HOST:PORT for a snapshot of its store instead of
+    /// opening the store. Without it, a --db file that a running controller holds is asked of
+    /// the controller on this machine, at 127.0.0.1:7300.
+    #[arg(long = "controller", value_name = "HOST:PORT")]
+    controller: Option<String>,
+    /// Administrator credentials to ask with [default: PKI/admin].
+    #[arg(long, value_name = "DIR")]
+    credentials: Option<PathBuf>,
+    /// PKI directory, for its admin bundle.
+    #[arg(long, env = "OVL_PKI", default_value = "/etc/ovl/pki")]
+    pki: PathBuf,
+}
+
+impl RemoteArgs {
+    /// The store's backup, asked of a running controller: the one given, else the one on
+    /// this machine (`held` says which file it holds, for the message).
+    fn fetch(&self, held: Option<&std::path::Path>) -> anyhow::Result<Backup> {
+        let controller = self.controller.as_deref().unwrap_or(LOCAL_CONTROLLER);
+        let credentials = self
+            .credentials
+            .clone()
+            .unwrap_or_else(|| self.pki.join("admin"));
+        if let Some(path) = held {
+            eprintln!(
+                "{} is held by a running controller; asking the controller at {controller} for a snapshot",
+                path.display()
+            );
+        }
+        ovl_controller::remote::fetch_backup(controller, &credentials)
+    }
+}
+
+/// Where a controller on this machine answers with the default `--listen`.
+const LOCAL_CONTROLLER: &str = "127.0.0.1:7300";
+
+/// Reads the redb file at `db`, or, when a running controller holds it, asks that
+/// controller: either way a backup of one committed state.
+fn redb_backup(db: &std::path::Path, remote: &RemoteArgs) -> anyhow::Result<Backup> {
+    match RedbReader::open(db) {
+        Ok(reader) => reader
+            .backup()
+            .with_context(|| format!("reading {}", db.display())),
+        Err(StoreError::Held { .. }) => remote.fetch(Some(db)),
+        Err(e) => Err(e).with_context(|| format!("opening {}", db.display())),
+    }
+}
+
+/// Checks a snapshot a running controller handed out ([`RemoteArgs::fetch`]): restored into
+/// a redb file of its own in a private temporary directory, checked there, then removed.
+fn check_snapshot(backup: &Backup) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::env::temp_dir().join(format!("ovl-check-{}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let checked = (|| {
+        let store = RedbStore::restore(&dir.join("snapshot.redb"), backup, false)
+            .context("taking in the snapshot")?;
+        store.check().context("checking the store")
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = checked?;
+    println!(
+        "a snapshot at store revision {} ({} rows), handed out by the running controller:",
+        backup.revision,
+        backup.len()
+    );
+    println!("{report}");
+    if !report.is_clean() {
+        bail!("the store is inconsistent");
+    }
+    Ok(())
 }
 
 /// Where the store is when it is in etcd instead of a redb file.
@@ -386,7 +471,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { what } => token(what),
-        Command::Check { db, etcd } => {
+        Command::Check { db, etcd, remote } => {
+            if remote.controller.is_some() {
+                return check_snapshot(&remote.fetch(None)?);
+            }
             let store: Box<dyn Store> = match etcd.options()? {
                 Some(options) => {
                     Box::new(EtcdStore::open_existing(&options).with_context(|| {
@@ -397,8 +485,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     })?)
                 }
                 None => {
-                    let reader = RedbReader::open(&db)
-                        .with_context(|| format!("opening {}", db.display()))?;
+                    let reader = match RedbReader::open(&db) {
+                        Ok(reader) => reader,
+                        Err(StoreError::Held { .. }) => {
+                            return check_snapshot(&remote.fetch(Some(&db))?)
+                        }
+                        Err(e) => {
+                            return Err(e).with_context(|| format!("opening {}", db.display()))
+                        }
+                    };
                     let report = reader.check().context("checking the store")?;
                     println!("{report}");
                     if !report.is_clean() {
@@ -414,8 +509,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Backup { out, db, etcd } => {
+        Command::Backup {
+            out,
+            db,
+            etcd,
+            remote,
+        } => {
             let backup = match etcd.options()? {
+                _ if remote.controller.is_some() => remote.fetch(None)?,
                 Some(options) => EtcdStore::open_existing(&options)
                     .and_then(|s| s.backup())
                     .with_context(|| {
@@ -424,9 +525,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                             options.etcd.endpoints.join(",")
                         )
                     })?,
-                None => RedbReader::open(&db)
-                    .and_then(|r| r.backup())
-                    .with_context(|| format!("reading {}", db.display()))?,
+                None => redb_backup(&db, &remote)?,
             };
             backup.write(&out)?;
             println!(

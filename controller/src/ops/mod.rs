@@ -17,6 +17,7 @@
 //! intents that changed and the server pushes them. [`Controller`] is the store with the
 //! compiled intents kept beside it ([`intents::Intents`]).
 
+pub mod backup;
 pub mod endpoint;
 pub mod fields;
 pub mod host;
@@ -57,6 +58,8 @@ pub use router::move_routers;
 pub struct Controller {
     store: Arc<dyn Store>,
     intents: Intents,
+    /// The backup snapshot being read over the API ([`backup`]).
+    backups: std::sync::Mutex<backup::Snapshots>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -78,6 +81,7 @@ impl Controller {
         let ctl = Self {
             store: Arc::new(store),
             intents: Intents::default(),
+            backups: Default::default(),
         };
         prepare(&ctl)?;
         Ok(ctl)
@@ -167,6 +171,8 @@ pub fn handle(
 ) -> (ApiResponse, Vec<Arc<SharedIntent>>) {
     let outcome = if is_mutation(req) {
         apply(ctl, req, caller, live, now)
+    } else if backup::is_backup(req) {
+        backup_part(ctl, req, caller).map(|response| (response, Vec::new()))
     } else {
         answer(ctl, req, caller, live).map(|response| (response, Vec::new()))
     };
@@ -198,6 +204,25 @@ fn answer(
         Err(Failure::Api(e)) => Ok(Err(e)),
         Err(Failure::Store(e)) => Err(e),
     }
+}
+
+/// A part of a backup ([`backup`]), for an administrator only.
+fn backup_part(
+    ctl: &Controller,
+    req: &ApiRequest,
+    caller: &Caller,
+) -> Result<ApiResponse, StoreError> {
+    match authz::authorize(caller, req, || {
+        ctl.state().map(Cow::Owned).map_err(Failure::Store)
+    }) {
+        Ok(()) => {}
+        Err(Failure::Api(e)) => return Ok(Err(e)),
+        Err(Failure::Store(e)) => return Err(e),
+    }
+    let ApiRequest::Backup { snapshot, offset } = req else {
+        unreachable!("backup_part is called for backup requests only");
+    };
+    backup::part(ctl, &ctl.backups, *snapshot, *offset, backup::PART)
 }
 
 /// A mutation, in one write transaction: authorise the caller, apply the request,

@@ -2169,3 +2169,119 @@ fn a_store_written_on_redb_2_opens_after_the_file_format_upgrade() {
     assert!(!backup.exists(), "no second upgrade");
     assert_eq!(ctl.store().dump().unwrap(), before);
 }
+
+/// Reads backup `snapshot` from `offset` in parts of `max` bytes until its end.
+fn read_backup(
+    ctl: &Controller,
+    snapshot: Option<u64>,
+    max: usize,
+    mut bytes: Vec<u8>,
+) -> (u64, Vec<u8>) {
+    let mut snapshot = snapshot;
+    loop {
+        let reply = backup::part(ctl, &ctl.backups, snapshot, bytes.len() as u64, max)
+            .expect("store")
+            .expect("a part");
+        let ApiReply::BackupPart {
+            snapshot: id,
+            offset,
+            total,
+            data,
+        } = reply
+        else {
+            panic!("not a backup part: {reply:?}");
+        };
+        assert_eq!(offset, bytes.len() as u64);
+        assert!(data.len() <= max);
+        snapshot = Some(id);
+        bytes.extend_from_slice(&data);
+        if bytes.len() as u64 == total {
+            return (id, bytes);
+        }
+    }
+}
+
+#[test]
+fn a_backup_is_handed_out_in_parts_of_one_snapshot() {
+    let f = Fixture::new();
+    f.hello("h1", 1);
+    f.tenant(TenantCreate::new("blue", "10.1.0.0/24"));
+    for n in 0..5 {
+        f.endpoint(endpoint(&format!("e{n}"), "blue", "h1"));
+    }
+    let ctl = f.store();
+    let before = ctl.backup().unwrap().to_bytes();
+
+    // The first part takes the snapshot; a change made while it is read is not in it.
+    let first = backup::part(ctl, &ctl.backups, None, 0, 100)
+        .unwrap()
+        .unwrap();
+    let ApiReply::BackupPart { snapshot, data, .. } = first else {
+        panic!("{first:?}");
+    };
+    f.endpoint(endpoint("late", "blue", "h1"));
+    let (_, bytes) = read_backup(ctl, Some(snapshot), 100, data);
+    assert!(bytes.len() > 500, "several parts: {} bytes", bytes.len());
+    assert_eq!(bytes, before, "the parts make up the backup of one state");
+    let parsed =
+        crate::store::Backup::read_from(bytes.as_slice(), std::path::Path::new("test")).unwrap();
+    assert!(
+        parsed.revision < ctl.backup().unwrap().revision,
+        "the late change is after the snapshot"
+    );
+
+    // Read to the end, the snapshot is dropped; a later request for it is told to start again.
+    let gone = backup::part(ctl, &ctl.backups, Some(snapshot), 0, 100)
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(gone.code, ErrorCode::NotFound);
+    assert!(gone.message.contains("start the backup again"), "{gone}");
+
+    // A backup started meanwhile replaces one being read.
+    let (a, _) = read_backup(ctl, None, usize::MAX, Vec::new());
+    let ApiReply::BackupPart { snapshot: b, .. } = backup::part(ctl, &ctl.backups, None, 0, 10)
+        .unwrap()
+        .unwrap()
+    else {
+        panic!("not a part");
+    };
+    let ApiReply::BackupPart { snapshot: c, .. } = backup::part(ctl, &ctl.backups, None, 0, 10)
+        .unwrap()
+        .unwrap()
+    else {
+        panic!("not a part");
+    };
+    assert!(a < b && b < c);
+    let replaced = backup::part(ctl, &ctl.backups, Some(b), 10, 10)
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(replaced.code, ErrorCode::NotFound);
+    let past = backup::part(ctl, &ctl.backups, Some(c), 1 << 40, 10)
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(past.code, ErrorCode::InvalidArgument);
+    assert_eq!(past.field.as_deref(), Some("offset"));
+}
+
+#[test]
+fn only_an_administrator_gets_a_backup() {
+    let f = Fixture::new();
+    f.hello("h1", 1);
+    let e = f.host_fails(
+        "h1",
+        ApiRequest::Backup {
+            snapshot: None,
+            offset: 0,
+        },
+    );
+    assert_eq!(e.code, ErrorCode::PermissionDenied);
+    let (reply, changed) = f.ok(ApiRequest::Backup {
+        snapshot: None,
+        offset: 0,
+    });
+    assert!(changed.is_empty());
+    let ApiReply::BackupPart { total, data, .. } = reply else {
+        panic!("{reply:?}");
+    };
+    assert_eq!(total, data.len() as u64, "a small store fits one part");
+}

@@ -141,6 +141,32 @@ impl Backup {
         self.rows.is_empty()
     }
 
+    /// The backup as the bytes of its file ([`Backup::write`]).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_lines(&mut out)
+            .expect("writing into memory does not fail");
+        out
+    }
+
+    fn write_lines(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let header = Header {
+            ovl_backup: FORMAT,
+            schema_version: SCHEMA_VERSION,
+            revision: self.revision,
+            rows: self.rows.len(),
+        };
+        writeln!(out, "{}", json_line(&header))?;
+        for (k, v) in &self.rows {
+            let line = Line {
+                k: k.to_string(),
+                v: hex::encode(v),
+            };
+            writeln!(out, "{}", json_line(&line))?;
+        }
+        Ok(())
+    }
+
     /// Writes the backup to `path` (mode 0600: it holds the whole cluster's layout), through a
     /// temporary file renamed into place, so a failed write leaves no half a backup.
     pub fn write(&self, path: &Path) -> Result<(), BackupError> {
@@ -162,20 +188,7 @@ impl Backup {
                 .map_err(failed)?
         };
         let mut out = std::io::BufWriter::new(file);
-        let header = Header {
-            ovl_backup: FORMAT,
-            schema_version: SCHEMA_VERSION,
-            revision: self.revision,
-            rows: self.rows.len(),
-        };
-        writeln!(out, "{}", json_line(&header)).map_err(failed)?;
-        for (k, v) in &self.rows {
-            let line = Line {
-                k: k.to_string(),
-                v: hex::encode(v),
-            };
-            writeln!(out, "{}", json_line(&line)).map_err(failed)?;
-        }
+        self.write_lines(&mut out).map_err(failed)?;
         out.flush().map_err(failed)?;
         out.get_ref().sync_all().map_err(failed)?;
         std::fs::rename(&tmp, path).map_err(failed)
@@ -187,12 +200,18 @@ impl Backup {
             path: path.to_path_buf(),
             source,
         })?;
+        Self::read_from(std::io::BufReader::new(file), path)
+    }
+
+    /// Reads the lines of a backup from `input` (as [`Backup::read`] does a file); `path`
+    /// names where they come from in errors.
+    pub fn read_from(input: impl BufRead, path: &Path) -> Result<Backup, BackupError> {
         let bad = |line: usize, why: String| BackupError::Format {
             path: path.to_path_buf(),
             line,
             why,
         };
-        let mut lines = std::io::BufReader::new(file).lines();
+        let mut lines = input.lines();
         let mut next = |n: usize| -> Result<Option<String>, BackupError> {
             lines.next().transpose().map_err(|e| bad(n, e.to_string()))
         };

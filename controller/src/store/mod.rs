@@ -81,6 +81,9 @@ impl Settings {
 /// What went wrong inside the store (as opposed to a bad request, which is an `ApiError`).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A redb file a running controller holds: redb lets no second process open it.
+    #[error("{} is open in a running controller, which alone may open a redb store; ask it instead (ovl-controller backup/check --controller ADDR), or stop it first", path.display())]
+    Held { path: PathBuf },
     #[error("cannot open the store at {}: {source}", path.display())]
     Open {
         path: PathBuf,

@@ -315,10 +315,9 @@ impl RedbReader {
             StoreError::Open { source, .. }
                 if matches!(*source, redb::DatabaseError::DatabaseAlreadyOpen) =>
             {
-                StoreError::Settings(format!(
-                    "{} is open in a running controller; stop it first (a redb store is read only while no controller runs)",
-                    path.display()
-                ))
+                StoreError::Held {
+                    path: path.to_path_buf(),
+                }
             }
             other => other,
         })?;
