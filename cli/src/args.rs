@@ -6,6 +6,7 @@
 //! as `ovl lab …`, add a variant to [`Command`] with its own subcommand enum and handle it in
 //! [`crate::run::run`].
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -82,9 +83,14 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Output format; every command supports both
+    /// Output format; every command supports both (under json, a failure is printed as a
+    /// JSON object too)
     #[arg(short, long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+
+    /// Print only the names of the objects listed or changed, one per line
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
 
     /// Longest wait for one answer from the controller (e.g. 30s, 2m, 500ms)
     #[arg(long, global = true, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
@@ -95,6 +101,17 @@ pub struct GlobalArgs {
     pub connect_timeout: Duration,
 }
 
+impl GlobalArgs {
+    /// How to print: `-q` is `-o name`.
+    pub fn format(&self) -> OutputFormat {
+        if self.quiet {
+            OutputFormat::Name
+        } else {
+            self.output
+        }
+    }
+}
+
 /// How replies are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
@@ -102,6 +119,8 @@ pub enum OutputFormat {
     Table,
     /// The reply's data as pretty-printed JSON, for scripts.
     Json,
+    /// Only the names of the objects, one per line (as -q).
+    Name,
 }
 
 /// The top-level commands.
@@ -134,6 +153,10 @@ pub enum Command {
     /// Stop publishing a port of an endpoint
     #[command(after_help = "Examples:\n  ovl unpublish web1 8080\n  ovl unpublish dns1 5353/udp")]
     Unpublish(PublishArgs),
+
+    /// Show the versions of ovl and of the controller it talks to
+    #[command(after_help = "Example:\n  ovl version\n  ovl version -o json")]
+    Version,
 
     /// Show every host's session and apply state
     #[command(
@@ -303,7 +326,10 @@ pub enum TenantCommand {
     Create(TenantCreateArgs),
 
     /// List tenants
-    #[command(after_help = "Example:\n  ovl tenant list\n  ovl tenant list -o json")]
+    #[command(
+        visible_alias = "ls",
+        after_help = "Example:\n  ovl tenant list\n  ovl tenant ls -q\n  ovl tenant list -o json"
+    )]
     List,
 
     /// Show one tenant
@@ -333,6 +359,7 @@ pub enum TenantCommand {
 
     /// Delete a tenant (with --force, also its endpoints)
     #[command(
+        visible_alias = "rm",
         long_about = "Delete a tenant. The controller refuses while the tenant still has \
             endpoints (exit code 4); --force deletes those endpoints too, tearing down their \
             interfaces on their hosts. With --wait, ovl returns once every host that carried \
@@ -352,8 +379,12 @@ pub struct TenantCreateArgs {
     #[arg(long, value_name = "CIDR")]
     pub subnet: String,
 
-    /// Segment type: vxlan (default), gre or vlan
-    #[arg(long = "type", value_name = "TYPE")]
+    /// Segment type [default: vxlan]
+    #[arg(
+        long = "type",
+        value_name = "TYPE",
+        value_parser = clap::builder::PossibleValuesParser::new(SEGMENT_TYPES)
+    )]
     pub segment: Option<String>,
 
     /// VXLAN VNI or GRE key (allocated when absent)
@@ -391,6 +422,10 @@ pub struct TenantCreateArgs {
     )]
     pub attachable: Option<String>,
 }
+
+/// The values `--type` takes (checked again, with the rest of the request, by
+/// [`crate::request`]).
+pub const SEGMENT_TYPES: [&str; 3] = ["vxlan", "gre", "vlan"];
 
 /// `on` or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -463,7 +498,7 @@ pub struct NameArg {
 #[derive(Debug, Clone, Default, Args)]
 pub struct WaitArgs {
     /// Wait until the host(s) applied the change, printing progress to stderr; gives up after
-    /// 60s, or after DURATION with --wait=DURATION
+    /// 60s, or after DURATION with --wait DURATION (or --wait=DURATION)
     #[arg(
         long,
         value_name = "DURATION",
@@ -479,7 +514,10 @@ pub struct WaitArgs {
 #[derive(Debug, Subcommand)]
 pub enum HostCommand {
     /// List hosts with their session state
-    #[command(after_help = "Example:\n  ovl host list")]
+    #[command(
+        visible_alias = "ls",
+        after_help = "Example:\n  ovl host list\n  ovl host ls -q"
+    )]
     List,
 
     /// Show one host: addresses, capabilities, session and apply state, errors
@@ -508,6 +546,7 @@ pub enum EndpointCommand {
 
     /// List endpoints, optionally of one tenant and/or on one host
     #[command(
+        visible_alias = "ls",
         after_help = "Examples:\n  ovl endpoint list\n  ovl endpoint list --tenant blue --host node1"
     )]
     List(EndpointListArgs),
@@ -517,7 +556,10 @@ pub enum EndpointCommand {
     Show(NameArg),
 
     /// Delete an endpoint (its interfaces are removed from its host)
-    #[command(after_help = "Example:\n  ovl endpoint delete web1 --wait")]
+    #[command(
+        visible_alias = "rm",
+        after_help = "Example:\n  ovl endpoint delete web1 --wait\n  ovl endpoint rm web1 --wait 10s"
+    )]
     Delete(EndpointDeleteArgs),
 }
 
@@ -583,6 +625,33 @@ pub struct EndpointDeleteArgs {
 }
 
 /// Parses `30s`, `2m`, `500ms` (humantime syntax) or a bare number of seconds.
+/// Lets `--wait 10s` mean `--wait=10s`. `--wait` takes an optional value, and clap cannot tell
+/// an optional value from the positional argument after it, so the value must be joined with
+/// `=`; this joins a `--wait` with the next argument when that is a duration with a unit
+/// (`10s`, `2m`, `500ms`). No other argument looks like one: names start with a letter, and
+/// ports have no unit.
+pub fn join_wait_values(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut out: Vec<OsString> = Vec::new();
+    let mut args = args.into_iter().peekable();
+    while let Some(arg) = args.next() {
+        let is_duration = |next: &OsString| {
+            next.to_str().is_some_and(|n| {
+                n.chars().next().is_some_and(|c| c.is_ascii_digit())
+                    && n.chars().any(|c| c.is_ascii_alphabetic())
+                    && humantime::parse_duration(n).is_ok()
+            })
+        };
+        if arg == "--wait" && args.peek().is_some_and(is_duration) {
+            let mut joined = OsString::from("--wait=");
+            joined.push(args.next().expect("peeked"));
+            out.push(joined);
+        } else {
+            out.push(arg);
+        }
+    }
+    out
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if let Ok(secs) = s.parse::<u64>() {
@@ -596,6 +665,55 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
     use clap::error::ErrorKind;
+
+    fn joined(args: &[&str]) -> Vec<String> {
+        join_wait_values(args.iter().map(OsString::from))
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_wait_duration_may_follow_after_a_space() {
+        assert_eq!(
+            joined(&["ovl", "endpoint", "rm", "web1", "--wait", "10s"]),
+            ["ovl", "endpoint", "rm", "web1", "--wait=10s"]
+        );
+        // Not a duration: a name, a bare number (a port), another flag, or nothing.
+        for args in [
+            &["ovl", "tenant", "delete", "--wait", "blue"][..],
+            &["ovl", "unpublish", "web1", "--wait", "8080"],
+            &["ovl", "endpoint", "delete", "--wait", "--force"],
+            &["ovl", "endpoint", "delete", "web1", "--wait"],
+        ] {
+            assert_eq!(joined(args), args, "{args:?}");
+        }
+        let cli = Cli::try_parse_from(joined(&["ovl", "endpoint", "rm", "web1", "--wait", "2m"]))
+            .unwrap();
+        let Command::Endpoint(EndpointCommand::Delete(d)) = cli.command else {
+            panic!("not an endpoint delete");
+        };
+        assert_eq!(d.wait.wait, Some(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn lists_and_deletes_have_short_aliases_and_q_prints_names() {
+        let cli = Cli::try_parse_from(["ovl", "tenant", "ls", "-q"]).unwrap();
+        assert!(matches!(cli.command, Command::Tenant(TenantCommand::List)));
+        assert_eq!(cli.global.format(), OutputFormat::Name);
+        let cli = Cli::try_parse_from(["ovl", "endpoint", "ls", "--host", "h1"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Endpoint(EndpointCommand::List(_))
+        ));
+        let cli = Cli::try_parse_from(["ovl", "host", "ls", "-o", "json"]).unwrap();
+        assert_eq!(cli.global.format(), OutputFormat::Json);
+        let cli = Cli::try_parse_from(["ovl", "tenant", "rm", "blue", "--force"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Tenant(TenantCommand::Delete(_))
+        ));
+    }
     use clap::CommandFactory;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {

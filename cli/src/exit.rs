@@ -159,6 +159,37 @@ pub fn error_lines(err: &anyhow::Error) -> Vec<String> {
     lines.into_iter().map(|l| format!("error: {l}")).collect()
 }
 
+/// A failure as JSON, printed on stdout under `-o json` (beside the usual lines on stderr) so
+/// that a script reads one document either way: `{"error": {"message", "causes", "exit_code", "code", "field"}}`, where `code`
+/// and `field` are the controller's when it refused the request (`NotFound`, `"subnet"`).
+pub fn error_json(err: &anyhow::Error) -> serde_json::Value {
+    let lines: Vec<String> = error_lines(err)
+        .into_iter()
+        .map(|l| l.trim_start_matches("error: ").to_string())
+        .collect();
+    let api = err
+        .chain()
+        .find_map(|c| match c.downcast_ref::<CallError>() {
+            Some(CallError::Api(e)) => Some(e.clone()),
+            _ => c.downcast_ref::<ApiError>().cloned(),
+        });
+    serde_json::json!({
+        "error": {
+            "message": lines.first().cloned().unwrap_or_default(),
+            "causes": lines.iter().skip(1).collect::<Vec<_>>(),
+            "exit_code": ExitStatus::classify(err).code(),
+            "code": api.as_ref().map(|e| format!("{:?}", e.code)),
+            "field": api.as_ref().and_then(|e| e.field.clone()),
+        }
+    })
+}
+
+/// Prints [`error_json`] to stdout.
+pub fn report_json(err: &anyhow::Error) {
+    let text = serde_json::to_string_pretty(&error_json(err)).unwrap_or_default();
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+}
+
 /// Prints [`error_lines`] to stderr.
 pub fn report(err: &anyhow::Error) {
     let mut stderr = std::io::stderr().lock();
@@ -174,6 +205,22 @@ mod tests {
     use anyhow::Context;
     use clap::CommandFactory;
     use std::time::Duration;
+
+    #[test]
+    fn a_failure_under_json_is_one_json_document() {
+        let refusal = ApiError::field(ErrorCode::NotFound, "name", "no tenant named 'blue'");
+        let err = anyhow::Error::new(CallError::Api(refusal)).context("cannot show tenant 'blue'");
+        let v = error_json(&err);
+        assert_eq!(v["error"]["message"], "cannot show tenant 'blue'");
+        assert_eq!(v["error"]["causes"][0], "name: no tenant named 'blue'");
+        assert_eq!(v["error"]["exit_code"], 3);
+        assert_eq!(v["error"]["code"], "NotFound");
+        assert_eq!(v["error"]["field"], "name");
+        let local = anyhow::anyhow!("cannot write to stdout");
+        let v = error_json(&local);
+        assert_eq!(v["error"]["exit_code"], 1);
+        assert!(v["error"]["code"].is_null());
+    }
 
     #[test]
     fn api_codes_map_to_documented_statuses() {

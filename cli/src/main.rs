@@ -4,12 +4,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ovl_cli::args::Cli;
+use ovl_cli::args::{self, Cli, OutputFormat};
 use ovl_cli::exit::{self, ExitStatus};
 
 fn main() -> ExitCode {
     // Clap prints its own usage errors and exits with status 2.
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(args::join_wait_values(std::env::args_os()));
+    let json = cli.global.format() == OutputFormat::Json;
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -24,6 +25,11 @@ fn main() -> ExitCode {
     match runtime.block_on(ovl_cli::run::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Under -o json a script reads the failure from stdout; a person still sees it
+            // on stderr.
+            if json {
+                exit::report_json(&e);
+            }
             exit::report(&e);
             ExitCode::from(ExitStatus::classify(&e).code())
         }

@@ -21,6 +21,48 @@ pub fn render(
     match format {
         OutputFormat::Table => Ok(render_text(reply, now)),
         OutputFormat::Json => render_json(reply),
+        OutputFormat::Name => Ok(render_names(reply)),
+    }
+}
+
+/// The names of the objects a reply carries, one per line (`-q`, `-o name`): tenants, hosts
+/// and endpoints by name, a delete's removed objects as it names them (`endpoint web1`),
+/// a reservation by its address.
+pub fn render_names(reply: &ApiReply) -> String {
+    let names: Vec<String> = match reply {
+        ApiReply::Tenant(t) => vec![t.tenant.name.to_string()],
+        ApiReply::Tenants(ts) => ts.iter().map(|t| t.tenant.name.to_string()).collect(),
+        ApiReply::Host(h) => vec![h.host.name.to_string()],
+        ApiReply::Hosts(hs) => hs.iter().map(|h| h.host.name.to_string()).collect(),
+        ApiReply::Endpoint(e) => vec![e.endpoint.name.to_string()],
+        ApiReply::Endpoints(es) => es.iter().map(|e| e.endpoint.name.to_string()).collect(),
+        ApiReply::Deleted { removed } => removed.clone(),
+        ApiReply::Status(hs) => hs.iter().map(|h| h.name.to_string()).collect(),
+        ApiReply::Address(a) => vec![a.ip.to_string()],
+        ApiReply::BackupPart { .. } => Vec::new(),
+    };
+    names.iter().map(|n| format!("{n}\n")).collect()
+}
+
+/// Fields that hold a Unix time in seconds on the wire; JSON output shows them as RFC 3339
+/// (`2026-12-06T10:00:00Z`), as the tables do.
+const TIME_FIELDS: [&str; 3] = ["created", "registered", "last_contact"];
+
+/// Turns the [`TIME_FIELDS`] of one object (and of the objects nested in it) into RFC 3339.
+fn times_as_rfc3339(v: &mut Value) {
+    match v {
+        Value::Array(items) => items.iter_mut().for_each(times_as_rfc3339),
+        Value::Object(map) => {
+            for (k, x) in map.iter_mut() {
+                match x.as_u64() {
+                    Some(secs) if TIME_FIELDS.contains(&k.as_str()) => {
+                        *x = Value::String(timestamp(secs));
+                    }
+                    _ => times_as_rfc3339(x),
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -54,6 +96,7 @@ pub fn render_json(reply: &ApiReply) -> Result<String, serde_json::Error> {
             one => hoist(one, key),
         }
     }
+    times_as_rfc3339(&mut data);
     let mut out = serde_json::to_string_pretty(&data)?;
     out.push('\n');
     Ok(out)

@@ -28,14 +28,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Publish(a) => request::publish(a)?,
         Command::Unpublish(a) => request::unpublish(a)?,
         Command::Lab(c) => return crate::lab::run(c, &cli.global).await,
+        Command::Version => return version(&cli.global).await,
     };
     api(&cli.global, plan).await
 }
 
-/// Runs one API command against the configured controller.
-pub async fn api(global: &GlobalArgs, plan: Plan) -> anyhow::Result<()> {
+/// Opens a session with the configured controller.
+async fn connect(global: &GlobalArgs) -> anyhow::Result<Client> {
     let settings = config::resolve(global, |k| std::env::var(k).ok())?;
-    let mut client = Client::connect(
+    Client::connect(
         &settings.controller,
         &settings.credentials,
         settings.timeouts,
@@ -46,8 +47,58 @@ pub async fn api(global: &GlobalArgs, plan: Plan) -> anyhow::Result<()> {
             "cannot open a session with the controller at {} (set by {})",
             settings.controller, settings.controller_origin
         )
-    })?;
-    let result = execute(&mut client, plan, global.output).await;
+    })
+}
+
+/// `ovl version`: this build's version and the controller's, from its hello. Without a
+/// controller to ask, this build's version is printed before the error.
+async fn version(global: &GlobalArgs) -> anyhow::Result<()> {
+    let ours = env!("CARGO_PKG_VERSION");
+    let controller = match connect(global).await {
+        Ok(client) => {
+            let theirs = client.welcome().controller_version.clone();
+            let identity = client.welcome().identity.clone();
+            client.close().await;
+            Some((theirs, identity))
+        }
+        Err(e) if global.format() == OutputFormat::Table => {
+            println!("ovl         {ours}");
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    let (theirs, identity) = controller.expect("connected above");
+    let text = match global.format() {
+        OutputFormat::Json => {
+            let mut text = serde_json::to_string_pretty(&serde_json::json!({
+                "ovl": ours,
+                "controller": theirs,
+                "identity": identity,
+            }))?;
+            text.push('\n');
+            text
+        }
+        OutputFormat::Table => {
+            format!("ovl         {ours}\ncontroller  {theirs}\nidentity    {identity}\n")
+        }
+        OutputFormat::Name => format!("{ours}\n"),
+    };
+    write_stdout(&text)
+}
+
+/// Writes to stdout; a reader that went away (`ovl … | head`) is not an error.
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write to stdout"),
+    }
+}
+
+/// Runs one API command against the configured controller.
+pub async fn api(global: &GlobalArgs, plan: Plan) -> anyhow::Result<()> {
+    let mut client = connect(global).await?;
+    let result = execute(&mut client, plan, global.format()).await;
     client.close().await;
     result
 }
@@ -237,9 +288,5 @@ fn now() -> u64 {
 /// Prints a reply to stdout. A closed pipe (`ovl tenant list | head -1`) is not an error.
 pub fn print_reply(reply: &ApiReply, format: OutputFormat) -> anyhow::Result<()> {
     let text = output::render(reply, format, now()).context("cannot render the reply as JSON")?;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.context("cannot write to stdout"),
-    }
+    write_stdout(&text)
 }
