@@ -49,6 +49,20 @@ pub fn free_udp_port() -> u16 {
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
+/// The hosts `ovl status -o json` printed, as the wire type (the CLI shows `last_contact` as
+/// RFC 3339; the wire carries Unix seconds).
+pub fn status_of_cli(stdout: &[u8]) -> anyhow::Result<Vec<HostStatus>> {
+    let mut v: Value = serde_json::from_slice(stdout)?;
+    for host in v.as_array_mut().into_iter().flatten() {
+        if let Some(text) = host["last_contact"].as_str() {
+            let at = humantime::parse_rfc3339(text)?;
+            let secs = at.duration_since(std::time::UNIX_EPOCH)?.as_secs();
+            host["last_contact"] = Value::from(secs);
+        }
+    }
+    Ok(serde_json::from_value(v)?)
+}
+
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {
@@ -369,7 +383,7 @@ impl Cluster {
         });
         loop {
             let out = self.ovl(&["status"]);
-            let still = match serde_json::from_slice::<Vec<HostStatus>>(&out.stdout) {
+            let still = match status_of_cli(&out.stdout) {
                 Ok(status) if out.status.success() => converge::behind(&status, &converged),
                 _ => vec![format!(
                     "`ovl status` failed: {}",

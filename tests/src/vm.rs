@@ -141,7 +141,7 @@ impl VmLab {
         loop {
             let out = self.ovl(&["status"]);
             let still = if out.status.success() {
-                let hosts: Vec<HostStatus> = serde_json::from_slice(&out.stdout)
+                let hosts: Vec<HostStatus> = crate::cluster::status_of_cli(&out.stdout)
                     .unwrap_or_else(|e| panic!("`ovl status -o json` is not a host list: {e}"));
                 let mut still = behind(&hosts, &Condition::all());
                 if hosts.len() != usize::from(self.hosts) {

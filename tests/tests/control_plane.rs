@@ -502,3 +502,48 @@ fn agent_restart_resumes_from_its_generation() {
     assert_eq!(last.endpoints.len(), 2);
     assert!(last.generation > generation);
 }
+
+/// The CLI's conveniences against a real controller: `ovl version` reports the controller's
+/// build, `-q` prints names only, `ls`/`rm` work, `--wait 10s` takes its value after a space,
+/// and under `-o json` a refusal is one JSON document on stdout with the documented exit code.
+#[test]
+fn the_cli_prints_versions_names_and_json_failures() {
+    let c = start(&[("h1", "198.51.100.1")]);
+    let v = c.ovl_json(&["version"]);
+    assert_eq!(v["ovl"], env!("CARGO_PKG_VERSION"), "{v}");
+    assert_eq!(v["controller"], env!("CARGO_PKG_VERSION"), "{v}");
+    assert!(v["identity"].as_str().unwrap().contains("admin"), "{v}");
+
+    c.ovl_json(&["tenant", "create", "blue", "--subnet", "10.70.0.0/24"]);
+    for n in ["e1", "e2"] {
+        c.ovl_json(&[
+            "endpoint", "create", "blue", "--host", "h1", "--name", n, "--netns", n,
+        ]);
+    }
+    let out = c.ovl(&["endpoint", "ls", "-q"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "e1\ne2\n");
+    let listed = c.ovl_json(&["endpoint", "ls"]);
+    let created = listed[0]["created"].as_str().expect("created as text");
+    assert!(
+        created.ends_with('Z') && created.contains('T'),
+        "created is not RFC 3339: {created}"
+    );
+    let out = c.ovl(&["endpoint", "rm", "e2", "--wait", "10s", "-q"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "endpoint e2\n");
+
+    let out = c.ovl(&["tenant", "show", "nosuch"]);
+    assert_eq!(out.status.code(), Some(3));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("a JSON failure on stdout");
+    assert_eq!(doc["error"]["code"], "NotFound", "{doc}");
+    assert_eq!(doc["error"]["exit_code"], 3, "{doc}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("error: cannot show tenant 'nosuch'"),
+        "the person at the terminal still reads it on stderr"
+    );
+}
