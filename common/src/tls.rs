@@ -148,16 +148,17 @@ fn roots(ca: &[CertificateDer<'static>]) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// QUIC transport settings shared by both ends. Keep-alives every 2 s and a 10 s idle timeout
-/// mean a vanished peer is noticed within seconds, while a busy controller is not mistaken
-/// for a dead one.
+/// QUIC transport settings shared by both ends. Keep-alives every second and a 5 s idle
+/// timeout: a vanished peer is noticed within 5 s — an agent whose controller died moves to
+/// the next one in its list that soon, and a controller sees a dead host's session end —
+/// while four keep-alives in a row must be lost before a busy peer is taken for a dead one.
 pub fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
     t.max_idle_timeout(Some(
-        Duration::from_secs(10)
+        Duration::from_secs(5)
             .try_into()
-            .expect("10 s fits a VarInt"),
+            .expect("5 s fits a VarInt"),
     ));
     Arc::new(t)
 }
