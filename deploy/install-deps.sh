@@ -12,6 +12,8 @@ if [[ "${OVL_DEV_PACKAGES:-0}" == 1 ]]; then
     packages+=(podman containernetworking-plugins)
     # The etcd client and store tests run real etcd members (etcdctl reads their snapshots).
     packages+=(etcd-server etcd-client)
+    # `ovl topology -o svg` draws with Graphviz's dot (tested).
+    packages+=(graphviz)
 fi
 
 if [[ "${OVL_VM_PACKAGES:-0}" == 1 ]]; then

@@ -121,6 +121,10 @@ pub enum OutputFormat {
     Json,
     /// Only the names of the objects, one per line (as -q).
     Name,
+    /// `ovl topology` only: the picture in Graphviz's language.
+    Dot,
+    /// `ovl topology` only: the picture drawn as SVG (needs Graphviz's `dot`).
+    Svg,
 }
 
 /// The top-level commands.
@@ -153,6 +157,19 @@ pub enum Command {
     /// Stop publishing a port of an endpoint
     #[command(after_help = "Examples:\n  ovl unpublish web1 8080\n  ovl unpublish dns1 5353/udp")]
     Unpublish(PublishArgs),
+
+    /// Draw the overlay: hosts, endpoints, routers and the tunnels between hosts
+    #[command(
+        long_about = "Draw the overlay as the controller knows it: each host with its endpoints \
+            (coloured by tenant, outlined red unless `ok`) and the tenant routers it runs, and \
+            one tunnel per pair of hosts that share a VXLAN or GRE tenant, labelled with the \
+            tenants and keys it carries (red when an end's agent is not connected). -o table \
+            prints it as text, -o json as data, -o dot in Graphviz's language and -o svg as a \
+            drawing (Graphviz's `dot` must be installed: apt-get install graphviz).",
+        after_help = "Examples:\n  ovl topology\n  ovl topology -o svg > overlay.svg\n  \
+            ovl topology -o dot | dot -Tpng > overlay.png"
+    )]
+    Topology,
 
     /// Show the versions of ovl and of the controller it talks to
     #[command(after_help = "Example:\n  ovl version\n  ovl version -o json")]

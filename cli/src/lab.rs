@@ -205,10 +205,18 @@ pub async fn run(cmd: &LabCommand, global: &GlobalArgs) -> anyhow::Result<()> {
         LabCommand::Demo(d) => {
             let state = LabState::load(&d.dir)?;
             let report = demo::run(&state).await?;
+            // The picture of what the demo built (`ovl topology`).
+            let mut client = lab_client(&state).await?;
+            let picture = crate::run::fetch_topology(&mut client).await;
+            client.close().await;
+            let picture = picture?;
             if global.output == OutputFormat::Json {
-                println!("{}", serde_json::to_string_pretty(&json!(report))?);
+                let doc = json!({ "checks": report, "topology": picture });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
                 print!("{}", report.render());
+                println!("\ntopology (ovl topology; -o svg draws it):");
+                print!("{}", picture.text());
             }
             if !report.passed() {
                 bail!(

@@ -17,6 +17,7 @@ pub mod lab;
 pub mod output;
 pub mod request;
 pub mod run;
+pub mod topology;
 pub mod wait;
 
 pub use client::{CallError, Client, ClientError, Timeouts};

@@ -22,6 +22,8 @@ pub fn render(
         OutputFormat::Table => Ok(render_text(reply, now)),
         OutputFormat::Json => render_json(reply),
         OutputFormat::Name => Ok(render_names(reply)),
+        // Refused before any request ([`crate::run::run`]): only `ovl topology` draws.
+        OutputFormat::Dot | OutputFormat::Svg => Ok(render_text(reply, now)),
     }
 }
 

@@ -352,7 +352,9 @@ mod tests {
             Command::Status => Ok(status()),
             Command::Publish(a) => publish(a),
             Command::Unpublish(a) => unpublish(a),
-            Command::Lab(_) | Command::Version => panic!("{args:?} builds no API request"),
+            Command::Lab(_) | Command::Version | Command::Topology => {
+                panic!("{args:?} builds no API request")
+            }
         }
     }
 

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use ovl_common::model::HostName;
+use ovl_common::model::{HostName, ValidationError};
 use ovl_common::proto::{ApiReply, ApiRequest};
 
 use crate::args::{Cli, Command, GlobalArgs, OutputFormat};
@@ -16,10 +16,19 @@ use crate::client::{CallError, Client};
 use crate::config;
 use crate::output;
 use crate::request::{self, Plan};
+use crate::topology::Topology;
 use crate::wait;
 
 /// Runs `ovl` with parsed arguments.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let draws = matches!(cli.global.format(), OutputFormat::Dot | OutputFormat::Svg);
+    if draws && !matches!(cli.command, Command::Topology) {
+        return Err(ValidationError::new(
+            "--output",
+            "dot and svg draw `ovl topology`; other commands print table, json or name",
+        )
+        .into());
+    }
     let plan = match &cli.command {
         Command::Tenant(c) => request::tenant(c)?,
         Command::Host(c) => request::host(c)?,
@@ -29,6 +38,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unpublish(a) => request::unpublish(a)?,
         Command::Lab(c) => return crate::lab::run(c, &cli.global).await,
         Command::Version => return version(&cli.global).await,
+        Command::Topology => return topology(&cli.global).await,
     };
     api(&cli.global, plan).await
 }
@@ -78,12 +88,91 @@ async fn version(global: &GlobalArgs) -> anyhow::Result<()> {
             text.push('\n');
             text
         }
-        OutputFormat::Table => {
+        OutputFormat::Table | OutputFormat::Dot | OutputFormat::Svg => {
             format!("ovl         {ours}\ncontroller  {theirs}\nidentity    {identity}\n")
         }
         OutputFormat::Name => format!("{ours}\n"),
     };
     write_stdout(&text)
+}
+
+/// `ovl topology`: lists tenants, hosts and endpoints, and draws them ([`crate::topology`]).
+async fn topology(global: &GlobalArgs) -> anyhow::Result<()> {
+    let mut client = connect(global).await?;
+    let picture = fetch_topology(&mut client).await;
+    client.close().await;
+    let picture = picture?;
+    let text = match global.format() {
+        OutputFormat::Table => picture.text(),
+        OutputFormat::Name => picture
+            .hosts
+            .iter()
+            .map(|h| format!("{}\n", h.name))
+            .collect(),
+        OutputFormat::Json => {
+            let mut text = serde_json::to_string_pretty(&picture)?;
+            text.push('\n');
+            text
+        }
+        OutputFormat::Dot => picture.dot(),
+        OutputFormat::Svg => svg(&picture.dot())?,
+    };
+    write_stdout(&text)
+}
+
+/// The overlay as the controller lists it: tenants, hosts and endpoints, drawn together.
+pub async fn fetch_topology(client: &mut Client) -> anyhow::Result<Topology> {
+    let tenants = match call(client, ApiRequest::TenantList).await? {
+        ApiReply::Tenants(t) => t,
+        other => anyhow::bail!(
+            "the controller answered a tenant list with {}",
+            other.kind()
+        ),
+    };
+    let hosts = match call(client, ApiRequest::HostList).await? {
+        ApiReply::Hosts(h) => h,
+        other => anyhow::bail!("the controller answered a host list with {}", other.kind()),
+    };
+    let list = ApiRequest::EndpointList {
+        tenant: None,
+        host: None,
+    };
+    let endpoints = match call(client, list).await? {
+        ApiReply::Endpoints(e) => e,
+        other => anyhow::bail!(
+            "the controller answered an endpoint list with {}",
+            other.kind()
+        ),
+    };
+    Ok(Topology::of(&tenants, &hosts, &endpoints))
+}
+
+/// Graphviz's drawing of `dot` as SVG.
+fn svg(dot: &str) -> anyhow::Result<String> {
+    let mut child = std::process::Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context(
+            "cannot run Graphviz's `dot` to draw the SVG; install it (apt-get install graphviz) \
+             or use -o dot",
+        )?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(dot.as_bytes())
+        .context("cannot give the graph to `dot`")?;
+    let out = child.wait_with_output().context("`dot` did not finish")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "`dot -Tsvg` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    String::from_utf8(out.stdout).context("`dot` wrote something that is not UTF-8")
 }
 
 /// Writes to stdout; a reader that went away (`ovl … | head`) is not an error.

@@ -547,3 +547,55 @@ fn the_cli_prints_versions_names_and_json_failures() {
         "the person at the terminal still reads it on stderr"
     );
 }
+
+/// `ovl topology` against a real controller: the hosts with their endpoints, one tunnel for
+/// the pair of hosts that share a tenant, as text, JSON, Graphviz and (Graphviz's) SVG; -o dot
+/// on another command is refused.
+#[test]
+fn the_topology_shows_hosts_endpoints_and_tunnels() {
+    let c = start(&[("h1", "198.51.100.1"), ("h2", "198.51.100.2")]);
+    c.ovl_json(&["tenant", "create", "blue", "--subnet", "10.71.0.0/24"]);
+    for (n, h) in [("b1", "h1"), ("b2", "h2")] {
+        c.ovl_json(&[
+            "endpoint", "create", "blue", "--host", h, "--name", n, "--netns", n,
+        ]);
+    }
+    let t = c.ovl_json(&["topology"]);
+    assert_eq!(t["hosts"][0]["name"], "h1", "{t}");
+    assert_eq!(t["hosts"][0]["endpoints"][0]["name"], "b1", "{t}");
+    assert_eq!(t["tunnels"].as_array().map(Vec::len), Some(1), "{t}");
+    assert_eq!(t["tunnels"][0]["a"], "h1");
+    assert_eq!(t["tunnels"][0]["b"], "h2");
+    let key = t["tenants"][0]["key"].as_u64().unwrap();
+    assert_eq!(
+        t["tunnels"][0]["tenants"][0],
+        format!("blue (vxlan {key})"),
+        "{t}"
+    );
+
+    let text = |args: &[&str]| {
+        let out = c.ovl(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let dot = text(&["topology", "-o", "dot"]);
+    assert!(dot.starts_with("graph ovl {"), "{dot}");
+    assert!(dot.contains("\"host:h1\" -- \"host:h2\""), "{dot}");
+    let svg = text(&["topology", "-o", "svg"]);
+    assert!(
+        svg.contains("<svg") && svg.contains("b2"),
+        "not an SVG drawing: {svg}"
+    );
+
+    let out = c.ovl(&["tenant", "list", "-o", "dot"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("dot and svg draw `ovl topology`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
