@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use ovl_agent::config::{AgentConfig, DatapathChoice, Driver, FileConfig};
 use ovl_agent::reconcile::runner::{run_observed, Observers};
 use ovl_agent::reconcile::RecordingDatapath;
@@ -42,6 +42,9 @@ enum Command {
     /// CA matches --ca-hash before sending the token, and writes the bundle (ca.crt, tls.crt,
     /// tls.key 0600) that `ovl-agent run` uses.
     Join(JoinArgs),
+    /// Print ovl-agent's man page (roff; `ovl-agent man | man -l -`).
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(clap::Args, Debug)]
@@ -141,6 +144,8 @@ fn main() -> ExitCode {
             run(args)
         }
         Command::Join(args) => join(args),
+        Command::Man => ovl_common::cli_docs::man(Cli::command(), "8", &mut std::io::stdout())
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

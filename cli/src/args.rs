@@ -171,6 +171,23 @@ pub enum Command {
     )]
     Topology,
 
+    /// Print a shell completion script (bash, zsh or fish)
+    #[command(
+        long_about = "Print a completion script for SHELL on stdout. The packages install them; \
+            by hand: `ovl completion bash > /etc/bash_completion.d/ovl`, \
+            `ovl completion zsh > \"${fpath[1]}/_ovl\"`, \
+            `ovl completion fish > ~/.config/fish/completions/ovl.fish`.",
+        after_help = "Example:\n  source <(ovl completion bash)"
+    )]
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
+    /// Print ovl's man page (roff; `ovl man | man -l -`)
+    #[command(hide = true)]
+    Man,
+
     /// Show the versions of ovl and of the controller it talks to
     #[command(after_help = "Example:\n  ovl version\n  ovl version -o json")]
     Version,

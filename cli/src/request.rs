@@ -352,7 +352,11 @@ mod tests {
             Command::Status => Ok(status()),
             Command::Publish(a) => publish(a),
             Command::Unpublish(a) => unpublish(a),
-            Command::Lab(_) | Command::Version | Command::Topology => {
+            Command::Lab(_)
+            | Command::Version
+            | Command::Topology
+            | Command::Completion { .. }
+            | Command::Man => {
                 panic!("{args:?} builds no API request")
             }
         }

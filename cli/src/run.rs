@@ -8,6 +8,7 @@ use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use clap::CommandFactory;
 use ovl_common::model::{HostName, ValidationError};
 use ovl_common::proto::{ApiReply, ApiRequest};
 
@@ -39,6 +40,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lab(c) => return crate::lab::run(c, &cli.global).await,
         Command::Version => return version(&cli.global).await,
         Command::Topology => return topology(&cli.global).await,
+        Command::Completion { shell } => {
+            let mut out = Vec::new();
+            ovl_common::cli_docs::completion(Cli::command(), *shell, &mut out);
+            return write_stdout(&String::from_utf8_lossy(&out));
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            ovl_common::cli_docs::man(Cli::command(), "1", &mut out)?;
+            return write_stdout(&String::from_utf8_lossy(&out));
+        }
     };
     api(&cli.global, plan).await
 }

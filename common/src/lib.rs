@@ -5,6 +5,7 @@
 //! It is the only crate whose types cross a process boundary. It does no networking of its own
 //! beyond reading and writing frames on a stream it is handed, and it holds no state.
 
+pub mod cli_docs;
 pub mod client;
 pub mod converge;
 pub mod daemon;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use ovl_common::identity::Identity;
 use ovl_common::HostName;
 use ovl_controller::join::JoinService;
@@ -148,6 +148,9 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Print ovl-controller's man page (roff; `ovl-controller man | man -l -`).
+    #[command(hide = true)]
+    Man,
 }
 
 /// Asking a running controller instead of opening the store.
@@ -411,6 +414,10 @@ fn parse_range(s: &str) -> anyhow::Result<std::ops::RangeInclusive<u32>> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Man => {
+            ovl_common::cli_docs::man(Cli::command(), "8", &mut std::io::stdout())?;
+            Ok(())
+        }
         Command::Init {
             pki: dir,
             dns,
