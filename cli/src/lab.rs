@@ -187,14 +187,20 @@ pub async fn run(cmd: &LabCommand, global: &GlobalArgs) -> anyhow::Result<()> {
         }
         LabCommand::Exec(a) => {
             let state = LabState::load(&a.dir.dir)?;
-            let ns = match state.hosts.iter().find(|h| h.name == a.name) {
+            let host = state.hosts.iter().find(|h| h.name == a.name);
+            let ns = match host {
                 Some(h) => h.netns.clone(),
                 None if a.name == "ext" => state.spec.external_ns(),
                 None => a.name.clone(),
             };
-            let status = std::process::Command::new("ip")
-                .args(["netns", "exec", &ns])
-                .args(&a.command)
+            let mut cmd = std::process::Command::new("ip");
+            cmd.args(["netns", "exec", &ns]).args(&a.command);
+            // In a lab host, the OVS tools reach that host's own daemons (no --db, no -t).
+            let ovs = host.map(|h| state.spec.ovs(h.index));
+            for (k, v) in ovs.iter().flat_map(|o| o.env()) {
+                cmd.env(k, v);
+            }
+            let status = cmd
                 .status()
                 .with_context(|| format!("running ip netns exec {ns}"))?;
             if !status.success() {

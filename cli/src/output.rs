@@ -11,6 +11,7 @@ use ovl_common::proto::{AddressInfo, ApiReply, EndpointInfo, HostInfo, HostStatu
 use serde_json::Value;
 
 use crate::args::OutputFormat;
+pub use ovl_common::table::Table;
 
 /// Renders a reply in the chosen format, ending with a newline.
 pub fn render(
@@ -152,52 +153,6 @@ pub fn render_text(reply: &ApiReply, now: u64) -> String {
             "backup snapshot {snapshot}: bytes {offset}..{} of {total}\n",
             offset + data.len() as u64
         ),
-    }
-}
-
-/// A plain-text table: columns separated by two spaces, each as wide as its widest cell; no
-/// trailing spaces.
-#[derive(Debug, Clone, Default)]
-pub struct Table {
-    header: Vec<String>,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    pub fn new(header: &[&str]) -> Self {
-        Self {
-            header: header.iter().map(|h| h.to_string()).collect(),
-            rows: Vec::new(),
-        }
-    }
-
-    pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    pub fn render(&self) -> String {
-        let cols = self.header.len();
-        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
-        for row in &self.rows {
-            for (i, cell) in row.iter().enumerate().take(cols) {
-                widths[i] = widths[i].max(cell.chars().count());
-            }
-        }
-        let mut out = String::new();
-        for row in std::iter::once(&self.header).chain(&self.rows) {
-            let mut line = String::new();
-            for (i, cell) in row.iter().enumerate().take(cols) {
-                if i > 0 {
-                    line.push_str("  ");
-                }
-                line.push_str(cell);
-                let pad = widths[i].saturating_sub(cell.chars().count());
-                line.extend(std::iter::repeat_n(' ', pad));
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
-        }
-        out
     }
 }
 

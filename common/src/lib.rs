@@ -16,6 +16,7 @@ pub mod intent;
 pub mod local;
 pub mod model;
 pub mod proto;
+pub mod table;
 pub mod tls;
 
 pub use model::{

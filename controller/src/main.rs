@@ -766,10 +766,7 @@ fn token(what: TokenWhat) -> anyhow::Result<()> {
             let list = tokens
                 .list(unix_now())
                 .with_context(|| format!("listing {}", tokens.dir().display()))?;
-            println!(
-                "{:<12}  {:<8}  {:<20}  {:<20}",
-                "ID", "STATE", "HOST", "EXPIRES"
-            );
+            let mut table = ovl_common::table::Table::new(&["ID", "STATE", "HOST", "EXPIRES"]);
             for t in list {
                 let host = t
                     .record
@@ -777,14 +774,14 @@ fn token(what: TokenWhat) -> anyhow::Result<()> {
                     .as_ref()
                     .map(|h| h.to_string())
                     .unwrap_or_else(|| "(any new)".into());
-                println!(
-                    "{:<12}  {:<8}  {:<20}  {:<20}",
-                    t.id,
-                    t.state,
+                table.row(vec![
+                    t.id.to_string(),
+                    t.state.to_string(),
                     host,
-                    when(t.record.expires)
-                );
+                    when(t.record.expires),
+                ]);
             }
+            print!("{}", table.render());
             Ok(())
         }
         TokenWhat::Revoke { id, db, tokens } => {

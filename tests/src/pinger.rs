@@ -24,6 +24,8 @@ impl Pinger {
                 "ping",
                 "-n",
                 "-D",
+                // Report each request left unanswered, with its time.
+                "-O",
                 "-i",
                 "0.01",
                 "-W",
@@ -50,6 +52,7 @@ impl Pinger {
         let _ = self.child.wait();
         let text = self.reader.join().expect("ping reader");
         let mut stamps = Vec::new();
+        let mut lost_at = Vec::new();
         let mut sent = 0;
         let mut received = 0;
         for line in text.lines() {
@@ -60,6 +63,15 @@ impl Pinger {
                     .and_then(|t| t.parse::<f64>().ok())
                 {
                     stamps.push(ts);
+                }
+            }
+            if line.contains("no answer yet") {
+                if let Some(ts) = line
+                    .strip_prefix('[')
+                    .and_then(|l| l.split(']').next())
+                    .and_then(|t| t.parse::<f64>().ok())
+                {
+                    lost_at.push(ts);
                 }
             }
             if line.contains("packets transmitted") {
@@ -80,6 +92,7 @@ impl Pinger {
             received,
             longest_gap: Duration::from_secs_f64(gap),
             gap_at,
+            lost_at,
         }
     }
 }
@@ -91,4 +104,7 @@ pub struct PingStats {
     pub longest_gap: Duration,
     /// Unix time of the last reply before the longest gap.
     pub gap_at: f64,
+    /// Unix times at which ping gave up waiting for a request's reply (`ping -O`: it reports
+    /// a request still unanswered when the next one is due; a reply may still come late).
+    pub lost_at: Vec<f64>,
 }

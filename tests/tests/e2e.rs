@@ -242,6 +242,30 @@ async fn vlan_tenants_ride_the_trunk_with_their_tag() {
         Some(String::from_utf8_lossy(&mac.stdout).trim())
     );
 
+    // `ovl lab exec HOST` gives the OVS tools that host's own daemons: no --db, no -t.
+    let dir = lab.state.spec.dir.clone();
+    let exec = |args: &[&str]| {
+        let out = Command::new(ovl_tests::bin("ovl"))
+            .args(["lab", "exec", "h2", "--dir"])
+            .arg(&dir)
+            .arg("--")
+            .args(args)
+            .output()
+            .expect("run ovl lab exec");
+        assert!(
+            out.status.success(),
+            "ovl lab exec h2 -- {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let show = exec(&["ovs-vsctl", "show"]);
+    assert!(show.contains("br-int") && show.contains("tr0"), "{show}");
+    let version = exec(&["ovs-appctl", "version"]);
+    assert!(version.contains("ovs-vswitchd"), "{version}");
+    let rules = exec(&["ovs-ofctl", "-O", "OpenFlow14", "dump-flows", "br-tun"]);
+    assert!(rules.contains("cookie=0x6f766c01"), "{rules}");
+
     // Removing the last vlan tenant removes the trunk port.
     lab.call(ApiRequest::TenantDelete {
         name: "tv".into(),

@@ -212,8 +212,8 @@ async fn the_leader_killed_during_churn_loses_no_packet_and_no_acknowledged_chan
     let first = ovl_tests::lab::ping("ha-1", e2.endpoint.ip, 3);
     assert!(first.received > 0, "no ping before the test: {first:?}");
 
-    // Pings every 10 ms for 40 s; churn and the writer for 20 s; the leader killed 6 s in.
-    let pinger = Pinger::start("ha-1", e2.endpoint.ip, 40);
+    // Churn and the writer for 20 s; the leader killed 6 s in; pings every 10 ms from 2 s
+    // before the kill until 8 s after it, past the agents' move to the survivors (~5 s).
     let h3 = HostName::new("h3").unwrap();
     let plan = ChurnPlan {
         clients: 8,
@@ -239,7 +239,9 @@ async fn the_leader_killed_during_churn_loses_no_packet_and_no_acknowledged_chan
         h3,
         Instant::now() + Duration::from_secs(20),
     ));
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let pinger = Pinger::start("ha-1", e2.endpoint.ip, 10);
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let killed = Instant::now();
     let killed_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -299,6 +301,31 @@ async fn the_leader_killed_during_churn_loses_no_packet_and_no_acknowledged_chan
         );
         killed.elapsed()
     });
+    // When each agent's session with a survivor began, from its log's own timestamps.
+    let sessions: Vec<f64> = ["h1", "h2"]
+        .iter()
+        .map(|h| {
+            let i = lab.state.host_index(h).expect("lab host");
+            let log =
+                std::fs::read_to_string(spec.host_dir(i).join("agent.log")).unwrap_or_default();
+            log.lines()
+                .filter(|l| l.contains("session established"))
+                .filter(|l| {
+                    addrs[1..]
+                        .iter()
+                        .any(|a| l.contains(&format!("controller={a}")))
+                })
+                .filter_map(|l| l.split_whitespace().next())
+                .filter_map(|t| humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok())
+                .map(|t| {
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs_f64()
+                })
+                .find(|t| *t > killed_unix)
+                .map_or(f64::NAN, |t| t - killed_unix)
+        })
+        .collect();
     let pings = tokio::task::block_in_place(|| pinger.finish());
 
     // Everything acknowledged is there, nothing is held twice, and the store is consistent.
@@ -337,21 +364,34 @@ async fn the_leader_killed_during_churn_loses_no_packet_and_no_acknowledged_chan
         "three controllers on etcd, the leader SIGKILLed during churn:\n  \
          writer through the list: last change before the kill, next after {resumed:.2?} \
          ({} acknowledged, {} unanswered in flight)\n  \
-         controller {} leads after {leads:.2?}; h1 and h2 applied through a survivor after \
-         {moved:.2?}\n  \
+         controller {} leads after {leads:.2?}; h1's and h2's agents in session with a \
+         survivor after {:.2} and {:.2} s (all applied, checked once the churn ended: \
+         {moved:.2?})\n  \
          pings every 10 ms between h1 and h2: {} sent, {} received, longest gap {:.0?} \
          (from {:+.2} s after the kill)",
         writes.acked.len(),
         writes.unknown.len(),
         leader + 2,
+        sessions[0],
+        sessions[1],
         pings.sent,
         pings.received,
         pings.longest_gap,
         pings.gap_at - killed_unix,
     );
     assert_eq!(
-        pings.received, pings.sent,
-        "pings were lost while the leader died"
+        pings.received,
+        pings.sent,
+        "pings were lost while the leader died, at {:?} s from the kill",
+        pings
+            .lost_at
+            .iter()
+            .map(|t| format!("{:+.2}", t - killed_unix))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        sessions.iter().all(|s| *s < 8.0),
+        "an agent took more than 8 s to reach a survivor: {sessions:?}"
     );
     assert!(
         resumed < Duration::from_secs(3),

@@ -33,7 +33,10 @@ impl OvsPaths {
     fn pid(&self, daemon: &str) -> PathBuf {
         self.dir.join(format!("{daemon}.pid"))
     }
-    fn env(&self) -> Vec<(&'static str, &Path)> {
+    /// Where the instance's tools look for it: with these set, `ovs-vsctl`, `ovs-ofctl` and
+    /// `ovs-appctl` reach this host's daemons without `--db` or `-t` (`ovl lab exec` sets
+    /// them).
+    pub fn env(&self) -> Vec<(&'static str, &Path)> {
         vec![
             ("OVS_RUNDIR", &self.dir),
             ("OVS_DBDIR", &self.dir),
@@ -75,13 +78,11 @@ pub fn start(ns: &str, paths: &OvsPaths) -> Result<(), LabError> {
     start_vswitchd(ns, paths)
 }
 
+/// The daemons' control sockets keep their default names (`RUNDIR/DAEMON.PID.ctl`), so that
+/// `ovs-appctl` finds them from `OVS_RUNDIR` and the pidfile.
 fn daemon_args(paths: &OvsPaths, daemon: &str) -> Vec<String> {
     vec![
         format!("--pidfile={}", paths.pid(daemon).display()),
-        format!(
-            "--unixctl={}",
-            paths.dir.join(format!("{daemon}.ctl")).display()
-        ),
         format!(
             "--log-file={}",
             paths.dir.join(format!("{daemon}.log")).display()
