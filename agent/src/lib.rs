@@ -12,7 +12,6 @@ pub mod join;
 pub mod local;
 pub mod nat;
 pub mod netns;
-pub mod notify;
 pub mod ovs;
 pub mod ovsdb;
 pub mod reconcile;

@@ -231,6 +231,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             info!("shutting down; the data plane is left as it is");
             s.cancel();
         });
+        tokio::spawn(ovl_common::notify::feed_watchdog());
         let mut params = SessionParams {
             controllers: cfg.controllers.clone(),
             host: host.clone(),
@@ -245,7 +246,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 0 => format!("generation {} applied", r.generation),
                 n => format!("generation {} applied; {n} objects failed", r.generation),
             };
-            if let Err(e) = ovl_agent::notify::ready(&status) {
+            if let Err(e) = ovl_common::notify::ready(&status) {
                 error!("cannot report readiness to systemd: {e}");
             }
         };

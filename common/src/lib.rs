@@ -15,6 +15,7 @@ pub mod identity;
 pub mod intent;
 pub mod local;
 pub mod model;
+pub mod notify;
 pub mod proto;
 pub mod table;
 pub mod tls;

@@ -637,6 +637,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let endpoint = quinn::Endpoint::server(config, listen)
                     .with_context(|| format!("listening on udp {listen}"))?;
                 info!(%listen, store = %store_name, "controller listening");
+                if let Err(e) =
+                    ovl_common::notify::ready(&format!("listening on {listen}, store {store_name}"))
+                {
+                    tracing::error!("cannot report readiness to systemd: {e}");
+                }
+                tokio::spawn(ovl_common::notify::feed_watchdog());
                 let shutdown = CancellationToken::new();
                 let s = shutdown.clone();
                 tokio::spawn(async move {

@@ -369,6 +369,10 @@ fn units_and_sample_configs_agree() {
         .starts_with("/usr/local/bin/ovl-agent run --config /etc/ovl/agent.toml"));
     assert!(controller["ExecStart"][0].starts_with("/usr/local/bin/ovl-controller run"));
     assert_eq!(agent["Type"], ["notify"]);
+    assert_eq!(controller["Type"], ["notify"]);
+    // Both feed a watchdog (the daemons send WATCHDOG=1 at half of it).
+    assert_eq!(agent["WatchdogSec"], ["30s"]);
+    assert_eq!(controller["WatchdogSec"], ["30s"]);
     assert!(agent["Requires"].contains(&"openvswitch-switch.service".to_string()));
     assert!(agent["After"].contains(&"openvswitch-switch.service".to_string()));
     assert_eq!(
@@ -504,6 +508,82 @@ fn the_agent_tells_systemd_it_is_ready_after_its_first_sync_only() {
     assert!(msg.starts_with("READY=1\n"), "{msg}");
     assert!(msg.contains("STATUS=generation "), "{msg}");
     c.wait_converged(&["h1"]);
+}
+
+/// The controller says it is ready once it listens, then feeds the watchdog at half the
+/// interval systemd gives it; the agent feeds it too.
+#[test]
+fn the_daemons_tell_systemd_they_are_ready_and_feed_its_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::{Duration, Instant};
+
+    let c = Cluster::new();
+    let recv = |socket: &UnixDatagram, within: Duration| {
+        socket.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+
+    let socket_path = c.path().join("controller-notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let _controller = Reaper(
+        Command::new(ovl_tests::bin("ovl-controller"))
+            .args(["run", "--pki"])
+            .arg(&c.pki)
+            .args(c.store_args())
+            .arg("--listen")
+            .arg(c.addr.to_string())
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("WATCHDOG_USEC", "400000")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn ovl-controller"),
+    );
+    let ready = recv(&socket, Duration::from_secs(30));
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=listening on "),
+        "{ready}"
+    );
+    // Fed at half of the 400 ms asked for: three within a second.
+    let started = Instant::now();
+    for _ in 0..3 {
+        assert_eq!(recv(&socket, Duration::from_secs(2)), "WATCHDOG=1");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The agent feeds it from its start, before its first sync (its READY comes after).
+    let creds = c.issue_host("h1");
+    let agent_path = c.path().join("agent-notify.sock");
+    let agent_socket = UnixDatagram::bind(&agent_path).unwrap();
+    let _agent = Reaper(
+        Command::new(ovl_tests::bin("ovl-agent"))
+            .args([
+                "run",
+                "--config",
+                "/nonexistent/agent.toml",
+                "--driver",
+                "fake",
+            ])
+            .arg("--controller")
+            .arg("127.0.0.1:9")
+            .arg("--credentials")
+            .arg(&creds)
+            .args(["--underlay-ip", "198.51.100.1", "--state-dir"])
+            .arg(c.path().join("state"))
+            .env("NOTIFY_SOCKET", &agent_path)
+            .env("WATCHDOG_USEC", "400000")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn ovl-agent"),
+    );
+    assert_eq!(recv(&agent_socket, Duration::from_secs(10)), "WATCHDOG=1");
 }
 
 #[test]

@@ -1,12 +1,14 @@
-//! Readiness notification to systemd (`sd_notify(3)`), without libsystemd.
+//! Readiness and watchdog notifications to systemd (`sd_notify(3)`), without libsystemd.
 //!
 //! Under a `Type=notify` unit systemd passes the path of a unix datagram socket in
 //! `$NOTIFY_SOCKET` (a file path, or `@name` for the abstract namespace); a service reports
 //! state by sending newline-separated `VAR=VALUE` lines there. The agent sends `READY=1` once
 //! its first intent from the controller has been applied, so `systemctl start ovl-agent` (and
-//! every unit ordered after it) waits until the host's overlay is in place. What the agent
-//! does when it is not under systemd is unchanged: without `$NOTIFY_SOCKET` this does
-//! nothing.
+//! every unit ordered after it) waits until the host's overlay is in place; the controller
+//! once it listens. Under `WatchdogSec=` systemd also sets `$WATCHDOG_USEC` and restarts a
+//! daemon that does not send `WATCHDOG=1` that often: both daemons feed it from their async
+//! runtime ([`feed_watchdog`]), so a wedged runtime is restarted. Without `$NOTIFY_SOCKET`
+//! this does nothing.
 
 use std::ffi::{OsStr, OsString};
 use std::os::linux::net::SocketAddrExt;
@@ -56,11 +58,49 @@ pub fn notify_to(socket: Option<&OsStr>, state: &str) -> Result<bool, NotifyErro
     Ok(true)
 }
 
-/// Tells systemd the agent is ready, with a status line `systemctl status` shows.
+/// Tells systemd the daemon is ready, with a status line `systemctl status` shows.
 pub fn ready(status: &str) -> Result<bool, NotifyError> {
     // A newline would start another assignment; keep the status on its line.
     let status = status.replace('\n', " ");
     notify(&format!("READY=1\nSTATUS={status}"))
+}
+
+/// How often systemd wants to hear `WATCHDOG=1` from this process, if it does:
+/// `$WATCHDOG_USEC`, when `$WATCHDOG_PID` is unset or names this process.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    watchdog_interval_from(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+        std::process::id(),
+    )
+}
+
+fn watchdog_interval_from(
+    usec: Option<&str>,
+    pid: Option<&str>,
+    me: u32,
+) -> Option<std::time::Duration> {
+    if pid.is_some_and(|p| p.parse::<u32>().ok() != Some(me)) {
+        return None;
+    }
+    let usec: u64 = usec?.parse().ok().filter(|u| *u > 0)?;
+    Some(std::time::Duration::from_micros(usec))
+}
+
+/// Sends `WATCHDOG=1` at half the interval systemd asked for, for ever; returns at once when
+/// it asked for none. Spawned on the daemon's runtime: if the runtime stops running tasks,
+/// the feeding stops and systemd restarts the daemon.
+pub async fn feed_watchdog() {
+    let Some(every) = watchdog_interval() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(every / 2);
+    loop {
+        tick.tick().await;
+        if let Err(e) = notify("WATCHDOG=1") {
+            tracing::warn!("cannot feed the systemd watchdog: {e}");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -73,6 +113,23 @@ mod tests {
         let mut buf = [0u8; 512];
         let n = sock.recv(&mut buf).unwrap();
         String::from_utf8(buf[..n].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn the_watchdog_interval_is_this_process_s_only() {
+        use std::time::Duration;
+        assert_eq!(
+            watchdog_interval_from(Some("30000000"), None, 7),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            watchdog_interval_from(Some("500000"), Some("7"), 7),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(watchdog_interval_from(Some("500000"), Some("8"), 7), None);
+        assert_eq!(watchdog_interval_from(None, None, 7), None);
+        assert_eq!(watchdog_interval_from(Some("0"), None, 7), None);
+        assert_eq!(watchdog_interval_from(Some("soon"), None, 7), None);
     }
 
     #[test]
