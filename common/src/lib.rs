@@ -14,6 +14,7 @@ pub mod garp;
 pub mod identity;
 pub mod intent;
 pub mod local;
+pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod proto;
