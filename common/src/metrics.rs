@@ -116,6 +116,11 @@ impl Registry {
         self.update(name, labels, |_, s| s.value = value);
     }
 
+    /// Moves a gauge's series by `by` (up or down).
+    pub fn shift(&self, name: &'static str, labels: Labels, by: f64) {
+        self.update(name, labels, |_, s| s.value += by);
+    }
+
     /// Sets a gauge's whole family at once: the series not named are dropped (objects by
     /// state, where a state that no object has any more must not keep its last count).
     pub fn set_all(&self, name: &'static str, values: Vec<(Labels, f64)>) {

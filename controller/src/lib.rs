@@ -7,7 +7,7 @@
 //! Layers, top to bottom; each module calls only the layers below it, and no two modules
 //! import each other:
 //!
-//! 1. service — [`server`] (QUIC, sessions), [`failover`] (the gateway failover task),
+//! 1. service — [`server`] (QUIC, sessions) with its [`metrics`], [`failover`] (the gateway failover task),
 //!    [`follow`] (taking in other controllers' commits to a shared store), [`join`] (the
 //!    join endpoint) with [`tokens`];
 //! 2. operations — [`ops`] (one module per object) and [`authz`] (who may ask for what);
@@ -29,6 +29,7 @@ pub mod gateway;
 pub mod ipam;
 pub mod join;
 pub mod live;
+pub mod metrics;
 pub mod ops;
 pub mod pki;
 pub mod remote;

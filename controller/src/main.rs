@@ -102,6 +102,10 @@ enum Command {
         /// another host.
         #[arg(long, env = "OVL_GATEWAY_FAILOVER_SECS", default_value_t = 30)]
         gateway_failover_secs: u64,
+        /// Serve Prometheus metrics at http://ADDR/metrics (off unless given; e.g.
+        /// 127.0.0.1:9300). docs/operations.md lists them.
+        #[arg(long, env = "OVL_METRICS_LISTEN", value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Manage one-time join tokens, with which a host obtains its certificate
     /// (`ovl-agent join`) without copying a bundle.
@@ -584,6 +588,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             join_listen,
             tokens,
             gateway_failover_secs,
+            metrics_listen,
         } => {
             let settings = Settings {
                 key_range: parse_range(&key_range)?,
@@ -651,6 +656,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     s.cancel();
                 });
                 let server = Server::new(store);
+                let metrics = match metrics_listen {
+                    Some(addr) => {
+                        Some(ovl_common::metrics::listen(addr, server.metrics().clone()).await?)
+                    }
+                    None => None,
+                };
                 let joins = match join {
                     Some((addr, ca, tokens, config)) => {
                         let endpoint = quinn::Endpoint::server(config, addr)
@@ -681,6 +692,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let _ = follower.await;
                 if let Some(joins) = joins {
                     let _ = joins.await;
+                }
+                if let Some(metrics) = metrics {
+                    metrics.abort();
                 }
                 Ok::<_, anyhow::Error>(())
             })?;

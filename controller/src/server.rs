@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ovl_common::frame::{self, FrameError};
 use ovl_common::identity::Identity;
 use ovl_common::intent::ObjectStatus;
+use ovl_common::metrics::Registry;
 use ovl_common::proto::{
     AgentHello, AgentToController, ApiError, ApiRequest, ApiResponse, ClientRole,
     ControllerToAgent, ErrorCode, Refusal, ServerHello, Welcome, PROTOCOL_VERSION,
@@ -34,6 +35,7 @@ use crate::authz::Caller;
 use crate::compile::SharedIntent;
 use crate::gateway::Presence;
 use crate::live::{Live, LiveHost, Merged};
+use crate::metrics;
 use crate::ops::{self, Controller};
 use crate::store::Store;
 
@@ -161,6 +163,7 @@ impl Live for Sessions {
 pub struct Server {
     ctl: Arc<Controller>,
     sessions: Arc<Sessions>,
+    metrics: Registry,
 }
 
 impl std::fmt::Debug for Server {
@@ -174,7 +177,13 @@ impl Server {
         Self {
             ctl: Arc::new(ctl),
             sessions: Arc::new(Sessions::default()),
+            metrics: metrics::registry(),
         }
+    }
+
+    /// What the server counts ([`crate::metrics`]), for `--metrics-listen`.
+    pub fn metrics(&self) -> &Registry {
+        &self.metrics
     }
 
     /// The store with the compiled intents, shared with the gateway failover task.
@@ -364,6 +373,7 @@ impl Server {
             let response: ApiResponse = match frame::decode_body::<ApiRequest>(&body) {
                 Ok(req) => {
                     let kind = &req.kind();
+                    let started = std::time::Instant::now();
                     let ctl = self.ctl.clone();
                     let sessions = self.sessions.clone();
                     let caller = caller.clone();
@@ -390,6 +400,12 @@ impl Server {
                         Ok(_) => info!(request = kind, "ok"),
                         Err(e) => info!(request = kind, code = ?e.code, "refused: {e}"),
                     }
+                    metrics::api_request(
+                        &self.metrics,
+                        kind,
+                        resp.as_ref().map(|_| ()),
+                        started.elapsed(),
+                    );
                     resp
                 }
                 Err(e) => {
@@ -478,12 +494,15 @@ impl Server {
             old.close(3u32.into(), b"replaced by a newer session");
         }
         info!(underlay = %hello.underlay, last_applied = ?hello.last_applied, generation = intent.generation, "agent connected");
+        self.metrics.shift(metrics::SESSIONS, vec![], 1.0);
         // The intent last sent on this session: the agent holds it (the stream is ordered),
         // so each change goes out as a delta from it.
         let mut sent = intent;
         let mut ok = frame::write_frame(&mut send, &ControllerToAgent::Intent(sent.intent()))
             .await
             .is_ok();
+        self.metrics
+            .add(metrics::PUSHED, vec![("form", "full".into())], 1);
         let mut pushes = Pushes::new();
         // Frames are read in their own task: a read interrupted by `select!` would lose the
         // bytes it had taken, so reads must never be cancelled halfway.
@@ -513,6 +532,8 @@ impl Server {
                     ok = frame::write_frame(&mut send, &ControllerToAgent::Delta(delta))
                         .await
                         .is_ok();
+                    self.metrics
+                        .add(metrics::PUSHED, vec![("form", "delta".into())], 1);
                     continue;
                 }
             }
@@ -533,10 +554,18 @@ impl Server {
                         pushes.pushed();
                         info!(?have, generation = sent.generation, "the agent asks for its whole intent");
                         ok = frame::write_frame(&mut send, &ControllerToAgent::Intent(sent.intent())).await.is_ok();
+                        self.metrics.add(metrics::PUSHED, vec![("form", "full".into())], 1);
                     }
                     Ok(AgentToController::Applied(report)) => {
+                        // The lag is counted for the report of the intent last pushed.
+                        if report.generation == sent.generation && pushes.acked < Some(report.generation) {
+                            self.metrics.add(metrics::ACKED, vec![], 1);
+                            self.metrics.observe(metrics::ACK_LAG, vec![], pushes.last.elapsed());
+                        }
                         pushes.acked = pushes.acked.max(Some(report.generation));
                         let failed = report.failed.len();
+                        let result = if failed > 0 { "errors" } else { "clean" };
+                        self.metrics.add(metrics::REPORTS, vec![("result", result.into())], 1);
                         if failed > 0 {
                             warn!(generation = report.generation, failed, in_place = report.in_place, "agent applied with errors");
                         } else {
@@ -566,6 +595,7 @@ impl Server {
             }
         }
         reader.abort();
+        self.metrics.shift(metrics::SESSIONS, vec![], -1.0);
         self.sessions.with_entry(&host, |e| {
             if e.session == session {
                 e.live.connected = false;
