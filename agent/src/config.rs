@@ -76,6 +76,7 @@ pub struct FileConfig {
     pub router_netns_prefix: Option<String>,
     pub docker_socket: Option<PathBuf>,
     pub local_socket: Option<PathBuf>,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl FileConfig {
@@ -118,6 +119,8 @@ pub struct AgentConfig {
     pub docker_socket: PathBuf,
     /// The local API's socket (the CNI plugin asks there).
     pub local_socket: PathBuf,
+    /// Where Prometheus metrics are served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl AgentConfig {
@@ -156,6 +159,7 @@ impl AgentConfig {
             local_socket: f
                 .local_socket
                 .unwrap_or_else(|| PathBuf::from(ovl_common::local::DEFAULT_SOCKET)),
+            metrics_listen: f.metrics_listen,
         })
     }
 }

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod join;
 pub mod local;
+pub mod metrics;
 pub mod nat;
 pub mod netns;
 pub mod ovs;

@@ -131,6 +131,10 @@ struct RunArgs {
     /// [default: /run/ovl/agent.sock]
     #[arg(long)]
     local_socket: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given; e.g.
+    /// 127.0.0.1:9301). docs/operations.md lists them.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -188,7 +192,8 @@ fn merge(args: &RunArgs) -> anyhow::Result<AgentConfig> {
         uplink,
         router_netns_prefix,
         docker_socket,
-        local_socket
+        local_socket,
+        metrics_listen
     );
     Ok(AgentConfig::resolve(f)?)
 }
@@ -250,7 +255,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 error!("cannot report readiness to systemd: {e}");
             }
         };
-        let (observers, views) = Observers::new();
+        let (mut observers, views) = Observers::new();
+        let metrics = match cfg.metrics_listen {
+            Some(addr) => {
+                let registry = ovl_agent::metrics::registry();
+                ovl_common::metrics::listen(addr, registry.clone()).await?;
+                tokio::spawn(ovl_agent::metrics::follow_session(registry.clone(), views.connected.clone()));
+                observers = observers.with_metrics(registry.clone());
+                Some(registry)
+            }
+            None => None,
+        };
         let local = {
             let client = ovl_agent::local::HostClient { controllers: cfg.controllers.clone(), bundle: bundle.clone() };
             let (path, host, shutdown) = (cfg.local_socket.clone(), host.clone(), shutdown.clone());
@@ -270,6 +285,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             Driver::Ovs => {
                 let dp = ovl_agent::reconcile::OvsDatapath::start(&cfg).await.context("starting the Open vSwitch datapath")?;
+                if let Some(registry) = metrics {
+                    tokio::spawn(ovl_agent::metrics::follow_ovsdb(registry, dp.driver().client().watch_state()));
+                }
                 params.capabilities = dp.capabilities();
                 run_observed(params, bundle, dp, cfg.resync, cfg.state_dir.clone(), shutdown, ready, observers).await;
             }

@@ -17,6 +17,7 @@ pub mod netns;
 pub mod ovs;
 pub mod pinger;
 pub mod podman;
+pub mod prom;
 pub mod sim;
 pub mod vm;
 

@@ -45,6 +45,8 @@ pub struct Observers {
     intent: watch::Sender<Option<HostIntent>>,
     report: watch::Sender<Option<AppliedReport>>,
     connected: watch::Sender<bool>,
+    /// Where each reconcile is counted, with how long it took (`--metrics-listen`).
+    metrics: Option<ovl_common::metrics::Registry>,
 }
 
 impl Observers {
@@ -57,6 +59,7 @@ impl Observers {
                 intent,
                 report,
                 connected,
+                metrics: None,
             },
             Views {
                 intent: intent_rx,
@@ -64,6 +67,12 @@ impl Observers {
                 connected: connected_rx,
             },
         )
+    }
+
+    /// Counts each reconcile in `registry` ([`crate::metrics::reconciled`]).
+    pub fn with_metrics(mut self, registry: ovl_common::metrics::Registry) -> Self {
+        self.metrics = Some(registry);
+        self
     }
 }
 
@@ -167,7 +176,11 @@ pub async fn run_observed<D: Datapath>(
         }
         // The intent came from the controller in this process's lifetime, so it is complete:
         // owned objects it does not name may go.
+        let started = std::time::Instant::now();
         let report = dp.apply(current, true).await;
+        if let Some(m) = &observers.metrics {
+            crate::metrics::reconciled(m, &report, started.elapsed());
+        }
         let failed = report.errors().count();
         if failed == 0 {
             debug!(
