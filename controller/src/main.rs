@@ -77,8 +77,6 @@ enum Command {
         /// the default join token directory is still beside it).
         #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
         db: PathBuf,
-        #[command(flatten)]
-        etcd: EtcdArgs,
         /// UDP address to listen on for QUIC.
         #[arg(long, env = "OVL_LISTEN", default_value = "0.0.0.0:7300")]
         listen: SocketAddr,
@@ -106,6 +104,10 @@ enum Command {
         /// 127.0.0.1:9300). docs/operations.md lists them.
         #[arg(long, env = "OVL_METRICS_LISTEN", value_name = "ADDR")]
         metrics_listen: Option<SocketAddr>,
+        // Flattened groups with a help heading of their own come last: clap gives every
+        // option declared after one that heading.
+        #[command(flatten)]
+        etcd: EtcdArgs,
     },
     /// Manage one-time join tokens, with which a host obtains its certificate
     /// (`ovl-agent join`) without copying a bundle.
@@ -117,6 +119,7 @@ enum Command {
     /// Runs beside running controllers, at one committed state (a redb file that a running
     /// controller holds is checked in a snapshot the controller hands out, as for `backup`).
     Check {
+        /// The redb database file (unless the store is in etcd).
         #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
         db: PathBuf,
         #[command(flatten)]
@@ -132,6 +135,7 @@ enum Command {
         /// The file to write (mode 0600; replaced if it exists).
         #[arg(long)]
         out: PathBuf,
+        /// The redb database file (unless the store is in etcd).
         #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
         db: PathBuf,
         #[command(flatten)]
@@ -144,13 +148,14 @@ enum Command {
     Restore {
         /// The file `ovl-controller backup` wrote.
         file: PathBuf,
+        /// The redb database file (unless the store is in etcd).
         #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
         db: PathBuf,
-        #[command(flatten)]
-        etcd: EtcdArgs,
         /// Replace a store that is already there.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        etcd: EtcdArgs,
     },
     /// Print ovl-controller's man page (roff; `ovl-controller man | man -l -`).
     #[command(hide = true)]
@@ -341,6 +346,7 @@ enum TokenWhat {
     },
     /// List the tokens on record (never the tokens themselves: an id, a host, an expiry).
     List {
+        /// The redb database file (unless the store is in etcd).
         #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
         db: PathBuf,
         #[command(flatten)]
@@ -349,6 +355,7 @@ enum TokenWhat {
     /// Delete an unused token by the id `token list` shows (or a unique prefix of it).
     Revoke {
         id: String,
+        /// The redb database file (unless the store is in etcd).
         #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
         db: PathBuf,
         #[command(flatten)]
