@@ -346,7 +346,7 @@ enum TokenWhat {
     },
     /// List the tokens on record (never the tokens themselves: an id, a host, an expiry).
     List {
-        /// The redb database file (unless the store is in etcd).
+        /// The database the controller runs with; the token directory is beside it.
         #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
         db: PathBuf,
         #[command(flatten)]
@@ -355,7 +355,7 @@ enum TokenWhat {
     /// Delete an unused token by the id `token list` shows (or a unique prefix of it).
     Revoke {
         id: String,
-        /// The redb database file (unless the store is in etcd).
+        /// The database the controller runs with; the token directory is beside it.
         #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
         db: PathBuf,
         #[command(flatten)]
