@@ -1,7 +1,9 @@
 //! End-to-end tests of tenant gateways on a three-host lab: routers, SNAT egress to the lab's
 //! "external" namespace, published TCP and UDP ports, two tenants with the same subnet NATing
 //! at once, cleanup of rules and namespaces, and gateway failover with the interruption
-//! measured.
+//! measured: by the session (an agent killed, its Open vSwitch still up) and from the data
+//! plane (BFD on the tunnels: a host killed with its Open vSwitch), and fencing (a gateway host
+//! cut off withdraws its router).
 //!
 //! Traffic is checked with small servers written here: a socket made on a thread that entered
 //! a namespace stays in that namespace, so servers and clients run inside endpoints and the
