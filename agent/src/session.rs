@@ -11,7 +11,7 @@ use std::time::Duration;
 use ovl_common::frame::{self, FrameError};
 use ovl_common::intent::{self, AppliedReport, HostIntent};
 use ovl_common::proto::{
-    AgentHello, AgentToController, ClientHello, ClientRole, ControllerToAgent, Refusal,
+    AgentHello, AgentToController, ClientHello, ClientRole, ControllerToAgent, PeerReport, Refusal,
     ServerHello, PROTOCOL_VERSION,
 };
 use ovl_common::tls::Bundle;
@@ -66,13 +66,15 @@ pub fn next_backoff(current: Duration) -> (Duration, Duration) {
     (doubled, current.mul_f64(jitter))
 }
 
-/// Runs sessions until `shutdown`. Reports come from `reports` (the latest one is sent after
-/// each (re)connect and whenever it changes); `last_applied` feeds the hello.
+/// Runs sessions until `shutdown`. Reports come from `reports` and the peer report from
+/// `peers` (the latest of each is sent after each (re)connect and whenever it changes);
+/// `last_applied` feeds the hello.
 pub async fn run(
     params: SessionParams,
     bundle: Bundle,
     events: mpsc::Sender<SessionEvent>,
     mut reports: watch::Receiver<Option<AppliedReport>>,
+    mut peers: watch::Receiver<Option<PeerReport>>,
     last_applied: watch::Receiver<Option<u64>>,
     shutdown: CancellationToken,
 ) {
@@ -104,7 +106,7 @@ pub async fn run(
         let addr = params.controllers[next % params.controllers.len()];
         next += 1;
         let result = tokio::select! {
-            r = session(&endpoint, addr, &params, &events, &mut reports, &last_applied, &mut established) => r,
+            r = session(&endpoint, addr, &params, &events, &mut reports, &mut peers, &last_applied, &mut established) => r,
             _ = shutdown.cancelled() => break,
         };
         if established {
@@ -143,12 +145,14 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn session(
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,
     params: &SessionParams,
     events: &mpsc::Sender<SessionEvent>,
     reports: &mut watch::Receiver<Option<AppliedReport>>,
+    peers: &mut watch::Receiver<Option<PeerReport>>,
     last_applied: &watch::Receiver<Option<u64>>,
     established: &mut bool,
 ) -> Result<(), SessionError> {
@@ -212,6 +216,7 @@ async fn session(
     }
     // The controller learns at once what was applied last, even before the next apply.
     reports.mark_changed();
+    peers.mark_changed();
 
     let (msg_tx, mut msgs) = mpsc::channel(8);
     // Reads run in their own task: a frame read cancelled halfway by `select!` would lose bytes.
@@ -272,6 +277,13 @@ async fn session(
                 let report = reports.borrow_and_update().as_ref().map(AppliedReport::summary);
                 if let Some(report) = report {
                     frame::write_frame(&mut send, &AgentToController::Applied(report)).await?;
+                }
+            }
+            changed = peers.changed() => {
+                if changed.is_err() { break Ok(()); }
+                let report = peers.borrow_and_update().clone();
+                if let Some(report) = report {
+                    frame::write_frame(&mut send, &AgentToController::Peers(report)).await?;
                 }
             }
             reason = conn.closed() => break Err(SessionError::Quic(reason.to_string())),

@@ -29,8 +29,9 @@ use crate::model::{Endpoint, Host, HostName, Tenant};
 /// `target_missing` flag of object reports. Version 4 added intent deltas
 /// ([`ControllerToAgent::Delta`], [`AgentToController::NeedIntent`]). Version 5 reports an
 /// apply as the objects not in place and a count of the others ([`AppliedSummary`]) instead
-/// of a line per object.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// of a line per object. Version 6 added the agent's view of its tunnel peers
+/// ([`AgentToController::Peers`]), the data-plane evidence of gateway failover.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The ALPN identifier both ends require.
 pub const ALPN: &[u8] = b"ovl/1";
@@ -204,6 +205,21 @@ pub enum AgentToController {
     /// A delta did not apply to the intent the agent holds (`have`, its generation, if any):
     /// the controller answers with the whole intent.
     NeedIntent { have: Option<u64> },
+    /// Which peer hosts the agent's tunnels reach, as BFD on the tunnel ports sees them.
+    /// Sent after the hello and at once whenever it changes; the controller moves a router
+    /// off a host its peers report down (`controller/src/gateway.rs` holds the rule).
+    Peers(PeerReport),
+}
+
+/// What an agent's tunnels say about its peers. A peer is listed only once BFD has been up
+/// to it in the agent's lifetime: a session that never came up says nothing (the peer may
+/// not have enabled BFD yet, or just started), whereas one that went down does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerReport {
+    /// Peers with a tunnel that forwards (BFD up), sorted.
+    pub up: Vec<HostName>,
+    /// Peers whose every tunnel has lost BFD after having had it, sorted.
+    pub down: Vec<HostName>,
 }
 
 /// A CLI request. Names and addresses travel as the user typed them: the controller validates

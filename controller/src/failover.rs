@@ -1,6 +1,8 @@
-//! The gateway failover task: every second, if this controller leads (the only one of a redb
-//! store always does; on a shared store one of them, [`crate::store::Store::lead`]), it asks
-//! the server's session table and the other controllers which hosts are connected, plans the
+//! The gateway failover task: every second, and at once when an agent's peer report changes
+//! (BFD on its tunnels: data-plane evidence that a host is gone), if this controller leads
+//! (the only one of a redb store always does; on a shared store one of them,
+//! [`crate::store::Store::lead`]), it asks the server's session table and the other
+//! controllers which hosts are connected and what their peers report, plans the
 //! router moves that liveness calls for ([`plan_moves`], pure), has them applied in one
 //! transaction ([`move_routers`], an operation) and pushes the changed intents through the
 //! session table like any other change.
@@ -34,6 +36,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let started = Instant::now();
+    // The hosts the data plane found gone in the last round; they stay so while their
+    // session lasts and no peer sees them (`gateway::unreachable_hosts`).
+    let mut unreachable = std::collections::BTreeMap::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(
@@ -43,15 +48,19 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            // A host reported down by its peers needs no failover time: act at once.
+            _ = sessions.peer_report_changed() => {}
             _ = shutdown.cancelled() => break,
         }
         let mut presence = sessions.presence();
+        let reports = sessions.peer_reports();
         let ctl = ctl.clone();
+        let before = unreachable.clone();
         let round = tokio::task::spawn_blocking(move || {
             // On a shared store one controller, the leader, moves routers, counting the
             // hosts connected to any controller as connected.
             if !ctl.store().lead()? {
-                return Ok((Vec::new(), Vec::new()));
+                return Ok((Vec::new(), Vec::new(), Default::default()));
             }
             for host in ctl.store().elsewhere()?.into_keys() {
                 presence.insert(host, Presence::Connected);
@@ -60,22 +69,28 @@ pub async fn run(
             let avail = Availability::of(
                 state.hosts.keys().cloned(),
                 &presence,
+                &reports,
+                &before,
                 started,
                 Instant::now(),
                 failover,
             );
             let moves = plan_moves(&state, &avail);
             if moves.is_empty() {
-                return Ok((Vec::new(), Vec::new()));
+                return Ok((Vec::new(), Vec::new(), avail.unreachable));
             }
             let (applied, changed) = move_routers(&ctl, &moves)?;
-            Ok::<_, StoreError>((applied, changed))
+            Ok::<_, StoreError>((applied, changed, avail.unreachable))
         })
         .await;
         match round {
-            Ok(Ok((applied, changed))) => {
+            Ok(Ok((applied, changed, now_unreachable))) => {
+                unreachable = now_unreachable;
                 for m in &applied {
-                    if matches!(m.reason, MoveReason::Failover(_)) {
+                    if matches!(
+                        m.reason,
+                        MoveReason::Failover(_) | MoveReason::Unreachable(_)
+                    ) {
                         warn!(tenant = %m.tenant, from = %m.from, to = %m.to, "moving the tenant's router: {}", m.reason);
                     } else {
                         info!(tenant = %m.tenant, from = %m.from, to = %m.to, "moving the tenant's router: {}", m.reason);

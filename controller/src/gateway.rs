@@ -13,7 +13,9 @@
 //!   placed router otherwise stays where it is, so routers never move as a side effect of
 //!   unrelated changes.
 //! - [`plan_moves`] decides the moves that depend on liveness: a router host whose agent has
-//!   been away longer than the failover time loses its routers to a connected host (the
+//!   been away longer than the failover time, or that its tunnel peers report down
+//!   ([`unreachable_hosts`], data-plane evidence that needs no wait), loses its routers to a
+//!   connected, reachable host (the
 //!   configured gateway host, else one with endpoints of the tenant, else any); a configured
 //!   gateway host that is connected again gets its router back; a router left on a host
 //!   without endpoints of its tenant follows them to a connected host that has some.
@@ -30,6 +32,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use ovl_common::model::Tenant;
+use ovl_common::proto::PeerReport;
 use ovl_common::{HostName, TenantName};
 
 use crate::store::State;
@@ -113,25 +116,84 @@ pub enum Presence {
 /// Which hosts are usable for routers right now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Availability {
-    /// Hosts whose agent has a session.
+    /// Hosts whose agent has a session and that no peer reports unreachable.
     pub connected: BTreeSet<HostName>,
     /// Hosts whose agent has been away longer than the failover time, with how long.
     pub lost: BTreeMap<HostName, Duration>,
+    /// Hosts their tunnel peers report down ([`unreachable_hosts`]), with those peers.
+    pub unreachable: BTreeMap<HostName, BTreeSet<HostName>>,
+}
+
+/// The hosts the data plane says are gone, each with the peers that say so, from the peer
+/// reports (BFD on the tunnels) of the agents connected now and the previous round's answer
+/// (`before`). The rule:
+///
+/// - a host is unreachable when at least one reporter says it is down and no reporter says
+///   it is up. One "up" outweighs any number of "down": a peer that still exchanges BFD
+///   with the host proves it alive, and a router moved off a live host costs an
+///   interruption for nothing, whereas a router left on a dead host is still moved by the
+///   session fallback;
+/// - a reporter that reports two or more peers and sees every one of them down is not
+///   counted: it is far likelier to be the host that lost its own network (or its
+///   ovs-vswitchd) than to outlive everyone else, and its report would move routers off
+///   healthy hosts;
+/// - a host found unreachable stays so while its session lasts and no reporter says it is
+///   up: moving its router away removes the tunnels that reported it (its peers no longer
+///   need them), and the host must not look available again merely because nobody speaks of
+///   it any more (the router would move back to a dead host). Once its session ends the
+///   session rules take over, and a new session starts it afresh;
+/// - a host no one reports (no tunnel peers, or none with BFD up yet) is judged by its
+///   session alone.
+///
+/// Reports from agents connected to other controllers on a shared store are not seen here;
+/// their hosts count neither way.
+pub fn unreachable_hosts(
+    reports: &BTreeMap<HostName, PeerReport>,
+    before: &BTreeMap<HostName, BTreeSet<HostName>>,
+    presence: &BTreeMap<HostName, Presence>,
+) -> BTreeMap<HostName, BTreeSet<HostName>> {
+    let mut down: BTreeMap<HostName, BTreeSet<HostName>> = BTreeMap::new();
+    let mut up: BTreeSet<&HostName> = BTreeSet::new();
+    for (reporter, r) in reports {
+        up.extend(r.up.iter());
+        let cut_off = r.up.is_empty() && r.down.len() >= 2;
+        if cut_off {
+            continue;
+        }
+        for h in r.down.iter().filter(|h| *h != reporter) {
+            down.entry(h.clone()).or_default().insert(reporter.clone());
+        }
+    }
+    for (h, by) in before {
+        if presence.get(h) == Some(&Presence::Connected) && !down.contains_key(h) {
+            down.insert(h.clone(), by.clone());
+        }
+    }
+    down.retain(|h, _| !up.contains(h));
+    down
 }
 
 impl Availability {
     /// Classifies every registered host. A host never seen since the controller started
     /// counts as away since then, so a host that was down across a controller restart still
-    /// fails over.
+    /// fails over. `reports` are the peer reports of the connected agents, `before` the
+    /// previous round's [`Availability::unreachable`] ([`unreachable_hosts`]).
     pub fn of(
         hosts: impl IntoIterator<Item = HostName>,
         presence: &BTreeMap<HostName, Presence>,
+        reports: &BTreeMap<HostName, PeerReport>,
+        before: &BTreeMap<HostName, BTreeSet<HostName>>,
         started: Instant,
         now: Instant,
         failover: Duration,
     ) -> Self {
         let mut a = Availability::default();
+        let unreachable = unreachable_hosts(reports, before, presence);
         for h in hosts {
+            if let Some(by) = unreachable.get(&h) {
+                a.unreachable.insert(h, by.clone());
+                continue;
+            }
             let since = match presence.get(&h).copied() {
                 Some(Presence::Connected) => {
                     a.connected.insert(h);
@@ -154,6 +216,8 @@ impl Availability {
 pub enum MoveReason {
     /// Its host has been away this long.
     Failover(Duration),
+    /// Its host's tunnel peers report it down (BFD).
+    Unreachable(BTreeSet<HostName>),
     /// Its configured gateway host is connected again.
     Preferred,
     /// Its host has no endpoints of the tenant left; it follows them.
@@ -165,6 +229,14 @@ impl fmt::Display for MoveReason {
         match self {
             MoveReason::Failover(d) => {
                 write!(f, "its host has been disconnected for {}s", d.as_secs())
+            }
+            MoveReason::Unreachable(by) => {
+                let by: Vec<&str> = by.iter().map(HostName::as_str).collect();
+                write!(
+                    f,
+                    "its tunnel peers report it down (BFD: {})",
+                    by.join(", ")
+                )
             }
             MoveReason::Preferred => f.write_str("the configured gateway host is back"),
             MoveReason::FollowEndpoints => {
@@ -197,12 +269,17 @@ pub fn plan_moves(state: &State, avail: &Availability) -> Vec<Move> {
         }
         let connected = |h: &HostName| avail.connected.contains(h);
         let preferred = t.gateway_host.as_ref().filter(|g| connected(g));
-        let (to, reason) = if let Some(away) = avail.lost.get(current) {
+        let gone = match (avail.lost.get(current), avail.unreachable.get(current)) {
+            (Some(away), _) => Some(MoveReason::Failover(*away)),
+            (None, Some(by)) => Some(MoveReason::Unreachable(by.clone())),
+            (None, None) => None,
+        };
+        let (to, reason) = if let Some(reason) = gone {
             let target = preferred
                 .or_else(|| busiest(&counts, connected))
                 .or_else(|| avail.connected.iter().next());
             match target {
-                Some(to) => (to, MoveReason::Failover(*away)),
+                Some(to) => (to, reason),
                 None => continue,
             }
         } else if let Some(g) = preferred.filter(|g| *g != current) {
@@ -305,6 +382,7 @@ mod tests {
                 .iter()
                 .map(|h| (hn(h), Duration::from_secs(31)))
                 .collect(),
+            unreachable: BTreeMap::new(),
         }
     }
 
@@ -386,12 +464,136 @@ mod tests {
             (hn("d"), Presence::NeverConnected),
         ]);
         let hosts = ["a", "b", "c", "d", "e"].map(hn);
-        let a = Availability::of(hosts, &presence, start, now, Duration::from_secs(30));
+        let a = Availability::of(
+            hosts,
+            &presence,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            start,
+            now,
+            Duration::from_secs(30),
+        );
         assert_eq!(a.connected, BTreeSet::from([hn("a")]));
         assert_eq!(
             a.lost.keys().cloned().collect::<Vec<_>>(),
             ["b", "d", "e"].map(hn)
         );
         assert_eq!(a.lost[&hn("b")], Duration::from_secs(35));
+    }
+
+    fn peers(up: &[&str], down: &[&str]) -> PeerReport {
+        PeerReport {
+            up: up.iter().map(|h| hn(h)).collect(),
+            down: down.iter().map(|h| hn(h)).collect(),
+        }
+    }
+
+    fn unreachable(reports: &[(&str, PeerReport)]) -> Vec<(String, Vec<String>)> {
+        let reports = reports.iter().map(|(h, r)| (hn(h), r.clone())).collect();
+        unreachable_hosts(&reports, &BTreeMap::new(), &BTreeMap::new())
+            .into_iter()
+            .map(|(h, by)| (h.to_string(), by.iter().map(|b| b.to_string()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn a_host_is_unreachable_when_peers_say_down_and_none_says_up() {
+        // Both peers of a lost a.
+        assert_eq!(
+            unreachable(&[("b", peers(&["c"], &["a"])), ("c", peers(&["b"], &["a"]))]),
+            [("a".to_string(), vec!["b".to_string(), "c".to_string()])]
+        );
+        // One report is enough when nobody contradicts it (a two-host tenant).
+        assert_eq!(
+            unreachable(&[("b", peers(&[], &["a"]))]),
+            [("a".to_string(), vec!["b".to_string()])]
+        );
+        // Refusal: one peer says down, another says up.
+        assert!(
+            unreachable(&[("b", peers(&["c"], &["a"])), ("c", peers(&["a", "b"], &[]))]).is_empty()
+        );
+        // Refusal: a reporter that sees all of its two or more peers down is the one cut off.
+        assert!(unreachable(&[("a", peers(&[], &["b", "c"]))]).is_empty());
+        // A host reporting itself is ignored.
+        assert!(unreachable(&[("a", peers(&[], &["a"]))]).is_empty());
+        // No report at all: nobody is unreachable.
+        assert!(unreachable(&[]).is_empty());
+    }
+
+    #[test]
+    fn an_unreachable_host_stays_so_while_its_session_lasts_and_no_peer_sees_it() {
+        let before = BTreeMap::from([(hn("a"), BTreeSet::from([hn("b")]))]);
+        let connected = BTreeMap::from([(hn("a"), Presence::Connected)]);
+        // Its router moved, the tunnels to it went: nobody speaks of a any more.
+        let quiet = BTreeMap::from([(hn("b"), peers(&["c"], &[]))]);
+        assert_eq!(unreachable_hosts(&quiet, &before, &connected), before);
+        // A peer sees it up again: it is back.
+        let seen = BTreeMap::from([(hn("b"), peers(&["a"], &[]))]);
+        assert!(unreachable_hosts(&seen, &before, &connected).is_empty());
+        // Its session ended: the session rules judge it from now on.
+        let gone = BTreeMap::from([(hn("a"), Presence::LostSince(Instant::now()))]);
+        assert!(unreachable_hosts(&quiet, &before, &gone).is_empty());
+    }
+
+    #[test]
+    fn an_unreachable_router_host_fails_over_at_once_and_takes_no_router() {
+        let s = state(&[("a", 1), ("b", 2), ("c", 1)], Some("a"), None);
+        let start = Instant::now();
+        let presence = BTreeMap::from([
+            (hn("a"), Presence::Connected),
+            (hn("b"), Presence::Connected),
+            (hn("c"), Presence::Connected),
+        ]);
+        let reports = BTreeMap::from([
+            (hn("b"), peers(&["c"], &["a"])),
+            (hn("c"), peers(&["b"], &["a"])),
+        ]);
+        // Still connected (its session has not timed out) and no failover time has passed.
+        let a = Availability::of(
+            ["a", "b", "c"].map(hn),
+            &presence,
+            &reports,
+            &BTreeMap::new(),
+            start,
+            start,
+            Duration::from_secs(30),
+        );
+        assert!(!a.connected.contains(&hn("a")));
+        assert_eq!(moved(&s, &a), [("a".into(), "b".into())]);
+        assert_eq!(
+            plan_moves(&s, &a)[0].reason,
+            MoveReason::Unreachable(BTreeSet::from([hn("b"), hn("c")]))
+        );
+        // An unreachable configured gateway host does not get its router back.
+        let s = state(&[("a", 1), ("b", 2)], Some("b"), Some("a"));
+        assert!(moved(&s, &a).is_empty());
+        // One peer still sees a: nothing moves.
+        let contradicted = BTreeMap::from([
+            (hn("b"), peers(&["c"], &["a"])),
+            (hn("c"), peers(&["a", "b"], &[])),
+        ]);
+        let a = Availability::of(
+            ["a", "b", "c"].map(hn),
+            &presence,
+            &contradicted,
+            &BTreeMap::new(),
+            start,
+            start,
+            Duration::from_secs(30),
+        );
+        assert!(a.unreachable.is_empty());
+        let s = state(&[("a", 1), ("b", 2), ("c", 1)], Some("a"), None);
+        assert!(moved(&s, &a).is_empty());
+        // A host with no tunnel peers is judged by its session alone: connected, it stays.
+        let a = Availability::of(
+            ["a", "b", "c"].map(hn),
+            &presence,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            start,
+            start,
+            Duration::from_secs(30),
+        );
+        assert!(moved(&s, &a).is_empty());
     }
 }

@@ -23,7 +23,7 @@ use ovl_common::intent::ObjectStatus;
 use ovl_common::metrics::Registry;
 use ovl_common::proto::{
     AgentHello, AgentToController, ApiError, ApiRequest, ApiResponse, ClientRole,
-    ControllerToAgent, ErrorCode, Refusal, ServerHello, Welcome, PROTOCOL_VERSION,
+    ControllerToAgent, ErrorCode, PeerReport, Refusal, ServerHello, Welcome, PROTOCOL_VERSION,
 };
 use ovl_common::HostName;
 use quinn::{RecvStream, SendStream};
@@ -65,6 +65,9 @@ struct Entry {
     /// When the host's last session ended (`None` while connected or never connected); the
     /// gateway failover counts from here.
     lost_since: Option<std::time::Instant>,
+    /// What the current session's agent last said about its tunnel peers (BFD); cleared
+    /// when the session ends, so only connected hosts' reports count.
+    peers: Option<PeerReport>,
 }
 
 /// The live session table, shared by every connection task.
@@ -75,6 +78,8 @@ pub struct Sessions {
     /// read them (`crate::follow`): requests read this copy instead of the store.
     elsewhere: Mutex<Arc<std::collections::BTreeMap<HostName, LiveHost>>>,
     next_session: std::sync::atomic::AtomicU64,
+    /// Woken when an agent's peer report changes, so the failover task acts at once.
+    peers_changed: tokio::sync::Notify,
 }
 
 impl Sessions {
@@ -86,8 +91,25 @@ impl Sessions {
             session: 0,
             conn: None,
             lost_since: None,
+            peers: None,
         });
         f(entry)
+    }
+
+    /// The peer reports of the hosts connected to this controller, for the gateway failover
+    /// task.
+    pub fn peer_reports(&self) -> std::collections::BTreeMap<HostName, PeerReport> {
+        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts
+            .iter()
+            .filter(|(_, e)| e.live.connected)
+            .filter_map(|(name, e)| Some((name.clone(), e.peers.clone()?)))
+            .collect()
+    }
+
+    /// Resolves once an agent's peer report has changed since the last call.
+    pub async fn peer_report_changed(&self) {
+        self.peers_changed.notified().await
     }
 
     /// Every known host's session presence, for the gateway failover task.
@@ -484,6 +506,8 @@ impl Server {
             e.session = session;
             e.live.connected = true;
             e.lost_since = None;
+            // A new session's agent reports its peers afresh.
+            e.peers = None;
             e.live.last_contact = Some(unix_now());
             e.live.remote = Some(remote.to_string());
             e.live.agent_version = Some(hello.agent_version.clone());
@@ -582,6 +606,23 @@ impl Server {
                             }
                         });
                     }
+                    Ok(AgentToController::Peers(report)) => {
+                        if report.down.is_empty() {
+                            debug!(up = ?report.up, "tunnel peers (BFD)");
+                        } else {
+                            warn!(up = ?report.up, down = ?report.down, "tunnel peers down (BFD)");
+                        }
+                        let changed = self.sessions.with_entry(&host, |e| {
+                            let changed = e.session == session && e.peers.as_ref() != Some(&report);
+                            if changed {
+                                e.peers = Some(report);
+                            }
+                            changed
+                        });
+                        if changed {
+                            self.sessions.peers_changed.notify_one();
+                        }
+                    }
                     Err(FrameError::Closed) => break,
                     Err(e) => {
                         warn!("agent session ended: {e}");
@@ -601,6 +642,7 @@ impl Server {
                 e.live.connected = false;
                 e.conn = None;
                 e.lost_since = Some(std::time::Instant::now());
+                e.peers = None;
             }
         });
         info!("agent disconnected");

@@ -610,6 +610,16 @@ pub fn frame_corpus() -> Vec<(String, Vec<u8>)> {
         ])),
     ));
     c.push(("agent-trailing-byte", framed(&concat(&[&report, &[0]]))));
+    c.push((
+        "agent-peers-bad-host-name",
+        framed(&concat(&[
+            // Peers: one peer up, not a host name; none down.
+            &varint(2),
+            &varint(1),
+            &string(b"Bad_Name"),
+            &varint(0),
+        ])),
+    ));
     c.push(("agent-api-request", framed(&create)));
     c.push((
         "agent-hello-again",
@@ -666,6 +676,16 @@ pub fn fuzz_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         "agent_to_controller",
         "valid-need-intent.bin".into(),
         framed(&enc(&AgentToController::NeedIntent { have: Some(7) })),
+    ));
+    out.push((
+        "agent_to_controller",
+        "valid-peers.bin".into(),
+        framed(&enc(&AgentToController::Peers(
+            ovl_common::proto::PeerReport {
+                up: vec!["h2".parse().expect("host name")],
+                down: vec!["h3".parse().expect("host name")],
+            },
+        ))),
     ));
     let mut before = HostIntent::empty(sample_intent().host);
     before.generation = 1;

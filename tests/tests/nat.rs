@@ -1,7 +1,9 @@
 //! End-to-end tests of tenant gateways on a three-host lab: routers, SNAT egress to the lab's
 //! "external" namespace, published TCP and UDP ports, two tenants with the same subnet NATing
 //! at once, cleanup of rules and namespaces, and gateway failover with the interruption
-//! measured.
+//! measured: by the session (an agent killed, its Open vSwitch still up) and from the data
+//! plane (BFD on the tunnels: a host killed with its Open vSwitch), and fencing (a gateway host
+//! cut off withdraws its router).
 //!
 //! Traffic is checked with small servers written here: a socket made on a thread that entered
 //! a namespace stays in that namespace, so servers and clients run inside endpoints and the
@@ -694,4 +696,240 @@ async fn a_table_deleted_by_hand_comes_back_at_the_recheck_only() {
     let other = table.replace("chain postrouting", "chain other");
     assert!(tables.ensure(&path, Some(&other), false).await.unwrap());
     let _ = Command::new("ip").args(["netns", "del", name]).status();
+}
+
+/// Whether every tunnel of lab host `i` has BFD forwarding (and there is at least one).
+fn bfd_forwarding(lab: &TestLab, i: u8) -> bool {
+    let out = lab.state.spec.ovs(i).vsctl(&[
+        "--format=csv",
+        "--no-headings",
+        "--columns=bfd_status",
+        "find",
+        "interface",
+        "type=vxlan",
+    ]);
+    match out {
+        Ok(text) => {
+            // CSV doubles the quotes around `"true"`; without them the line reads plainly.
+            let text = text.replace('"', "");
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            !lines.is_empty() && lines.iter().all(|l| l.contains("forwarding=true"))
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits until BFD forwards on every tunnel of the lab's hosts `hosts`.
+async fn wait_bfd_up(lab: &TestLab, hosts: &[u8]) {
+    let start = Instant::now();
+    while !hosts.iter().all(|i| bfd_forwarding(lab, *i)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "BFD did not come up on the tunnels of hosts {hosts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The tenant's router host, as the controller has it.
+async fn router_host(lab: &TestLab, tenant: &str) -> Option<String> {
+    match lab
+        .call(ApiRequest::TenantShow {
+            name: tenant.into(),
+        })
+        .await
+    {
+        ApiReply::Tenant(t) => t.tenant.router_host.map(|h| h.to_string()),
+        _ => None,
+    }
+}
+
+/// Gateway failover from the data plane: the gateway host's agent and its Open vSwitch die
+/// (so its tunnels stop answering BFD, while the controller still counts its session, which
+/// ends only at QUIC's 10 s idle timeout). The peers report it down and the router moves at
+/// once, with the default 30 s `--gateway-failover-secs` untouched: egress stops for less
+/// than 3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root, network namespaces, Open vSwitch and nftables"]
+async fn a_gateway_host_killed_with_its_ovs_fails_over_from_the_data_plane_in_under_3_s() {
+    ovl_tests::require_privileged(&["nft", "ping"]);
+    let lab = TestLab::up("ovlbf", 88, 7410, 3).await;
+    let spec = lab.state.spec.clone();
+    let (ext_ns, ext_ip) = (spec.external_ns(), spec.external_ip());
+
+    nat_tenant(&lab, "bfk", "10.52.0.0/24", "vxlan", "h1").await;
+    lab.endpoint("ovlbf-c2", "bfk", "h2", "10.52.0.12").await;
+    lab.endpoint("ovlbf-c3", "bfk", "h3", "10.52.0.13").await;
+    lab.wait_ok(&["ovlbf-c2", "ovlbf-c3"]).await;
+    lab.wait_converged().await;
+    wait_bfd_up(&lab, &[1, 2, 3]).await;
+    let ext_tcp = tcp_peer_server(&ext_ns, 7000);
+    assert_eq!(
+        peer_ip(&tcp_ask("ovlbf-c2", sa(ext_ip, 7000)).expect("egress via h1")),
+        spec.underlay_ip(1)
+    );
+
+    let out = spec.dir.join("bfd-failover-ping.txt");
+    let mut ping = start_ping("ovlbf-c2", ext_ip, &out);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // h1 dies: its agent and both of its Open vSwitch daemons, without a word.
+    let h1_agent = lab.state.hosts[0].agent_pid.expect("h1 agent");
+    let mut pids = vec![h1_agent];
+    pids.extend(spec.ovs(1).pids());
+    assert_eq!(pids.len(), 3, "h1's agent, ovsdb-server and ovs-vswitchd");
+    let lost_at = epoch();
+    for pid in &pids {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    let seen = wait_router_and_replies(&lab, "bfk", "h1", "h2", &out).await;
+    let _ = ping.kill();
+    let _ = ping.wait();
+    let times = reply_times(&out);
+    let gap = longest_gap(&times, lost_at);
+    let moved = seen.moved.map_or(f64::NAN, |t| t - lost_at);
+    let disconnected = seen.disconnected.map_or(f64::NAN, |t| t - lost_at);
+    assert_eq!(
+        peer_ip(&tcp_ask("ovlbf-c3", sa(ext_ip, 7000)).expect("egress via h2")),
+        spec.underlay_ip(2)
+    );
+    eprintln!(
+        "gateway failover from the data plane (BFD; ping every 20 ms from an endpoint to the \
+         external namespace; h1's agent and OVS killed): longest gap {gap:.2} s; router seen \
+         moved after {moved:.2} s; h1 seen disconnected after {disconnected:.1} s"
+    );
+    assert!(
+        gap > 0.3,
+        "no interruption measured ({gap:.2} s): was the host really lost?"
+    );
+    assert!(
+        seen.disconnected
+            .is_none_or(|d| seen.moved.is_some_and(|m| m < d)),
+        "the router moved only after the session ended: the data plane was not used"
+    );
+    assert!(gap < 3.0, "egress stopped for {gap:.2} s, not under 3 s");
+    drop(ext_tcp);
+}
+
+/// Whether `ns` gets an answer from `ip` within a second.
+fn answers(ns: &str, ip: Ipv4Addr) -> bool {
+    ns_exec(ns, &["ping", "-c", "1", "-W", "1", &ip.to_string()])
+        .status
+        .success()
+}
+
+/// Fencing: the gateway host loses its underlay (both its links to the lab's router), so it
+/// loses the controller and every peer at once. Its peers report it down and the router
+/// moves; the cut-off host, once its session has ended, withdraws its own router, so the
+/// gateway address no longer answers on its side of the cut. When the cut heals, the router
+/// returns to the configured gateway host and exactly one router answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root, network namespaces, Open vSwitch and nftables"]
+async fn an_isolated_gateway_host_withdraws_its_router_and_one_router_answers_after_healing() {
+    ovl_tests::require_privileged(&["nft", "ping"]);
+    let lab = TestLab::up("ovlbf", 88, 7410, 3).await;
+    let spec = lab.state.spec.clone();
+    let (ext_ns, ext_ip) = (spec.external_ns(), spec.external_ip());
+    let gateway: Ipv4Addr = "10.53.0.1".parse().unwrap();
+
+    let t = nat_tenant(&lab, "bfi", "10.53.0.0/24", "vxlan", "h1").await;
+    lab.endpoint("ovlbf-c1", "bfi", "h1", "10.53.0.11").await;
+    lab.endpoint("ovlbf-c2", "bfi", "h2", "10.53.0.12").await;
+    lab.endpoint("ovlbf-c3", "bfi", "h3", "10.53.0.13").await;
+    lab.wait_ok(&["ovlbf-c1", "ovlbf-c2", "ovlbf-c3"]).await;
+    lab.wait_converged().await;
+    wait_bfd_up(&lab, &[1, 2, 3]).await;
+    let ext_tcp = tcp_peer_server(&ext_ns, 7000);
+    assert!(answers("ovlbf-c1", gateway), "the router answers on h1");
+    let routers = || -> Vec<u8> {
+        let names = netns_names();
+        (1..=3)
+            .filter(|i| names.contains(&format!("{}{}", spec.router_netns_prefix(*i), t.tenant.id)))
+            .collect()
+    };
+    assert_eq!(routers(), [1]);
+
+    // Cut h1 off: both of its links to the lab's router go down.
+    let rtr = spec.router_ns();
+    let link = |state: &str| {
+        for dev in ["h1", "t1"] {
+            let ok = Command::new("ip")
+                .args(["-n", &rtr, "link", "set", dev, state])
+                .status()
+                .expect("ip link set")
+                .success();
+            assert!(ok, "cannot set {dev} {state} in {rtr}");
+        }
+    };
+    let cut_at = Instant::now();
+    link("down");
+
+    // The router moves to h2 (the peers report h1 down)…
+    let moved = loop {
+        if router_host(&lab, "bfi").await.as_deref() == Some("h2") {
+            break cut_at.elapsed();
+        }
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(10),
+            "the router did not move off the isolated h1"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    lab.wait_ok(&["ovlbf-c2", "ovlbf-c3"]).await;
+    assert_eq!(
+        peer_ip(&tcp_ask("ovlbf-c2", sa(ext_ip, 7000)).expect("egress via h2")),
+        spec.underlay_ip(2)
+    );
+    // …and h1, without a controller and without a peer, withdraws its own router: nothing
+    // answers for the gateway address on its side of the cut.
+    let withdrawn = loop {
+        if !routers().contains(&1) {
+            break cut_at.elapsed();
+        }
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(40),
+            "the isolated h1 kept its router"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        !answers("ovlbf-c1", gateway),
+        "the gateway address still answers on the isolated h1"
+    );
+
+    // The cut heals: the router returns to h1, the configured gateway host, and only there.
+    let healed_at = Instant::now();
+    link("up");
+    let one = loop {
+        let on = router_host(&lab, "bfi").await;
+        if on.as_deref() == Some("h1") && routers() == [1] && answers("ovlbf-c1", gateway) {
+            break healed_at.elapsed();
+        }
+        assert!(
+            healed_at.elapsed() < Duration::from_secs(60),
+            "after healing the router is on {on:?}, router namespaces on hosts {:?}",
+            routers()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    lab.wait_converged().await;
+    assert_eq!(routers(), [1], "exactly one router after healing");
+    assert!(
+        answers("ovlbf-c2", gateway),
+        "h2's endpoint reaches the one router"
+    );
+    assert_eq!(
+        peer_ip(&tcp_ask("ovlbf-c2", sa(ext_ip, 7000)).expect("egress via h1 again")),
+        spec.underlay_ip(1)
+    );
+    eprintln!(
+        "isolated gateway host: router moved after {:.1} s, withdrawn on the isolated host \
+         after {:.1} s; after healing, one router (on h1) after {:.1} s",
+        moved.as_secs_f64(),
+        withdrawn.as_secs_f64(),
+        one.as_secs_f64()
+    );
+    drop(ext_tcp);
 }

@@ -29,10 +29,12 @@
 //! again. Decisions to write are not taken on the copy alone: the driver plans a bridge
 //! change on a fresh read, and a port change reads the ports it names.
 
+use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::watch;
 
+use super::bfd::{self, LinkState};
 use super::view::DbView;
 use super::Error;
 use crate::ovsdb::{Snapshot, TableUpdates};
@@ -120,6 +122,9 @@ pub(crate) struct RowCache {
     state: Mutex<State>,
     /// Bumped at every change of the copy, for readers waiting for it to catch up.
     version: watch::Sender<u64>,
+    /// What BFD says about each peer host, as the copy's tunnel interfaces show it
+    /// ([`bfd::peer_links`]); empty while there is no copy.
+    peers: watch::Sender<BTreeMap<String, LinkState>>,
 }
 
 impl Default for RowCache {
@@ -127,6 +132,7 @@ impl Default for RowCache {
         Self {
             state: Mutex::default(),
             version: watch::channel(0).0,
+            peers: watch::channel(BTreeMap::new()).0,
         }
     }
 }
@@ -138,6 +144,23 @@ impl RowCache {
 
     fn changed(&self) {
         self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Publishes the peers' BFD state as `snapshot` shows it, if it differs.
+    fn publish_peers(&self, snapshot: Option<&Snapshot>) {
+        let links = snapshot.map(bfd::peer_links).unwrap_or_default();
+        self.peers.send_if_modified(|old| {
+            let differs = *old != links;
+            if differs {
+                *old = links;
+            }
+            differs
+        });
+    }
+
+    /// A receiver of the peers' BFD state, published at every change.
+    pub(crate) fn peers(&self) -> watch::Receiver<BTreeMap<String, LinkState>> {
+        self.peers.subscribe()
     }
 
     /// Makes a new watcher the copy's only feeder; returns its id for the calls below. The
@@ -165,6 +188,7 @@ impl RowCache {
         if connection > s.fence_connection && s.next_cfg < s.fence_cfg {
             s.fence_cfg = s.next_cfg;
         }
+        self.publish_peers(s.snapshot.as_ref());
         drop(s);
         self.changed();
     }
@@ -182,6 +206,9 @@ impl RowCache {
         if updates.0.contains_key("Open_vSwitch") {
             s.take_cfgs();
         }
+        if updates.0.contains_key("Interface") {
+            self.publish_peers(s.snapshot.as_ref());
+        }
         drop(s);
         self.changed();
     }
@@ -191,6 +218,7 @@ impl RowCache {
         let mut s = self.lock();
         if s.feeder == feeder {
             s.snapshot = None;
+            self.publish_peers(None);
         }
         drop(s);
         self.changed();

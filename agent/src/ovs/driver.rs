@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, Instrument};
 
+use super::bfd::{self, LinkState};
 use super::cache::{Need, RowCache, Stale};
 use super::datapath::DatapathType;
 use super::plan::{plan_ensure_bridge, plan_port_changes, BridgeOutcome, FailMode, Step};
@@ -91,6 +92,13 @@ impl OvsDriver {
             cache: Arc::default(),
             counts: Arc::default(),
         }
+    }
+
+    /// What BFD says about each peer host with a tunnel port (keyed by the port's
+    /// `ovl-peer`), published at every change while a watcher
+    /// ([`spawn_watcher`](Self::spawn_watcher)) keeps the copy; empty without one.
+    pub fn peer_links(&self) -> tokio::sync::watch::Receiver<BTreeMap<String, LinkState>> {
+        self.cache.peers()
     }
 
     /// Whole-bridge reads so far, from the copy and from the database.
@@ -532,9 +540,11 @@ async fn forward(
                 if let Some(c) = &feed {
                     c.cache.update(c.feeder, &updates);
                 }
-                // The root row's counters move with every wait for ovs-vswitchd; only
-                // bridges, ports and interfaces are news to the reconciler.
-                if updates.tables().all(|t| t == "Open_vSwitch") {
+                // The root row's counters move with every wait for ovs-vswitchd, and BFD
+                // state with every peer that comes or goes (the copy publishes it, see
+                // `peer_links`); only bridges, ports and interfaces are news to the
+                // reconciler.
+                if updates.tables().all(|t| t == "Open_vSwitch") || bfd::only_bfd_status(&updates) {
                     continue;
                 }
                 OvsEvent::Changed

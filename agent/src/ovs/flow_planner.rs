@@ -32,6 +32,7 @@ use std::fmt;
 use ovl_common::intent::{HostIntent, ObjectKind, ObjectStatus};
 use ovl_common::SegmentType;
 
+use super::bfd::tunnel_bfd;
 use super::names::{KIND_KEY, PEER_KEY};
 use super::{PortKind, PortSpec};
 
@@ -247,6 +248,8 @@ pub fn desired_tunnels(intent: &HostIntent) -> TunnelLayout {
                     .with_ofport_request(ofport)
                     .with_external_id(KIND_KEY, "tunnel")
                     .with_external_id(PEER_KEY, p.host.as_str())
+                    // Every tunnel runs BFD: the peer report and gateway failover read it.
+                    .with_bfd(tunnel_bfd())
             });
         }
         tenants.push(FlowTenant {

@@ -23,8 +23,11 @@
 //!   ([`OvsDriver::spawn_watcher`] also keeps the monitor's copy of the rows, `cache.rs`,
 //!   which then serves the reads of [`OvsDriver::ensure_bridges`] and
 //!   [`OvsDriver::owned_ports_of`] when it is as good as a read);
+//! - [`OvsDriver::peer_links`]: what BFD on the tunnel ports says about each peer host
+//!   (`bfd.rs`, which also holds the `bfd` column every tunnel port gets);
 //! - [`choose_datapath`], [`endpoint_port_name`], [`tunnel_port_name`].
 
+pub mod bfd;
 mod cache;
 mod datapath;
 mod driver;

@@ -209,14 +209,20 @@ fn port_row(spec: &PortSpec) -> Row {
         )
 }
 
-fn interface_row(spec: &PortSpec) -> Row {
-    let row = Row::new()
+/// The Interface row of `spec`. `bfd` is written when the spec asks for BFD, and on every
+/// update (so BFD a spec no longer asks for is cleared); other new rows stay exactly as
+/// before the column was used.
+fn interface_row(spec: &PortSpec, update: bool) -> Row {
+    let mut row = Row::new()
         .with("type", spec.kind.interface_type())
         .with("options", Value::from_string_map(&spec.kind.options()))
         .with(
             "external_ids",
             Value::from_string_map(&spec.owned_external_ids()),
         );
+    if update || !spec.bfd.is_empty() {
+        row = row.with("bfd", Value::from_string_map(&spec.bfd));
+    }
     // Only the ports that name their number get the column: the others' rows stay exactly
     // as before it existed.
     match spec.ofport_request {
@@ -294,7 +300,7 @@ pub(crate) fn plan_port_changes(
                 steps.push(Step::new(
                     Operation::insert_named(
                         "Interface",
-                        interface_row(spec).with("name", spec.name.as_str()),
+                        interface_row(spec, false).with("name", spec.name.as_str()),
                         iface.clone(),
                     ),
                     format!("create interface {}", spec.name),
@@ -335,7 +341,7 @@ pub(crate) fn plan_port_changes(
                     Operation::update(
                         "Interface",
                         vec![Condition::uuid(&iface.uuid)],
-                        interface_row(spec),
+                        interface_row(spec, true),
                     ),
                     format!("update interface {}", spec.name),
                 ));

@@ -130,6 +130,9 @@ pub struct PortSpec {
     /// The OpenFlow port number asked of ovs-vswitchd (`ofport_request`), so that rules can
     /// name the port before it exists; `None` lets ovs-vswitchd choose.
     pub ofport_request: Option<u16>,
+    /// The Interface `bfd` column: on tunnel ports `enable=true` and the intervals
+    /// ([`super::bfd::tunnel_bfd`]), so ovs-vswitchd checks every peer; empty elsewhere.
+    pub bfd: BTreeMap<String, String>,
     /// What the port is for (`ovl-tenant`, `ovl-endpoint`, `ovl-peer`, …), written to both
     /// rows. The driver adds the ownership key itself; it must not be given here.
     pub external_ids: BTreeMap<String, String>,
@@ -144,8 +147,14 @@ impl PortSpec {
             trunks: BTreeSet::new(),
             protected: false,
             ofport_request: None,
+            bfd: BTreeMap::new(),
             external_ids: BTreeMap::new(),
         }
+    }
+
+    pub fn with_bfd(mut self, bfd: BTreeMap<String, String>) -> Self {
+        self.bfd = bfd;
+        self
     }
 
     pub fn with_ofport_request(mut self, ofport: u16) -> Self {
@@ -251,6 +260,11 @@ pub struct ObservedInterface {
     pub ifindex: Option<i64>,
     /// The `ofport_request` column.
     pub ofport_request: Option<i64>,
+    /// The `bfd` column (what was asked of BFD).
+    pub bfd: BTreeMap<String, String>,
+    /// The `bfd_status` column ovs-vswitchd keeps (`state`, `forwarding`, …); empty
+    /// without BFD.
+    pub bfd_status: BTreeMap<String, String>,
 }
 
 /// A Port row and its interfaces as observed.
@@ -295,6 +309,7 @@ impl ObservedPort {
             trunks: self.trunks.clone(),
             protected: self.protected,
             ofport_request: iface.ofport_request.and_then(|o| u16::try_from(o).ok()),
+            bfd: iface.bfd.clone(),
             external_ids,
         })
     }
@@ -443,6 +458,8 @@ mod tests {
             ifindex: None,
             ofport_request: None,
             error: None,
+            bfd: BTreeMap::new(),
+            bfd_status: BTreeMap::new(),
         };
         let port = ObservedPort {
             uuid: Uuid::parse("00000000-0000-0000-0000-000000000001").unwrap(),

@@ -378,6 +378,8 @@ mod tests {
                     ifindex: None,
                     ofport_request: s.ofport_request.map(i64::from),
                     error: None,
+                    bfd: s.bfd.clone(),
+                    bfd_status: Default::default(),
                 }],
             })
             .collect()

@@ -38,6 +38,8 @@ pub(crate) const INTERFACE_COLUMNS: &[&str] = &[
     "error",
     "ifindex",
     "ofport_request",
+    "bfd",
+    "bfd_status",
 ];
 
 /// A Bridge row.
@@ -160,7 +162,18 @@ fn parse_interface(uuid: &Uuid, row: &Row) -> Result<ObservedInterface, ovsdb::E
             Ok(v) => v.optional_i64()?,
             Err(_) => None,
         },
+        bfd: optional_map(row, "bfd")?,
+        bfd_status: optional_map(row, "bfd_status")?,
     })
+}
+
+/// A string map column that rows read before ovl asked for it (test fixtures) lack: absent
+/// reads as empty.
+fn optional_map(row: &Row, column: &str) -> Result<BTreeMap<String, String>, ovsdb::Error> {
+    match row.try_get(column) {
+        Some(_) => row.string_map(column),
+        None => Ok(BTreeMap::new()),
+    }
 }
 
 fn parse_bridge(uuid: &Uuid, row: &Row) -> Result<BridgeRow, ovsdb::Error> {

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use ovl_common::intent::{AppliedReport, HostIntent, ObjectKind, ObjectStatus};
 use ovl_common::NetnsTarget;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+
+use super::effectors::PeerLinks;
 
 /// Something that can bring a host to an intent.
 pub trait Datapath: Send + 'static {
@@ -37,6 +39,12 @@ pub trait Datapath: Send + 'static {
     /// (an OVSDB update, OVS restarting), so the loop reconciles again.
     fn watch(&mut self, notify: mpsc::Sender<()>) {
         drop(notify);
+    }
+
+    /// What BFD on the tunnels says about each peer host, once [`watch`](Self::watch) runs;
+    /// `None` for a datapath that cannot tell (no peer report is sent, no fencing happens).
+    fn peer_links(&self) -> Option<watch::Receiver<PeerLinks>> {
+        None
     }
 }
 

@@ -27,6 +27,7 @@ use crate::netns::{
     self, DetachedReport, DetachedSpec, EndpointReport, EndpointSpec, NsIdentity, ObservedLink,
     Plumber,
 };
+use crate::ovs::bfd::LinkState;
 use crate::ovs::flow_planner::{Rule, RuleChange};
 use crate::ovs::openflow::{self, FlowWatch, OfCtl};
 use crate::ovs::{self, BridgeOutcome, BridgeWant, ObservedPort, OvsDriver, PortChange, Watcher};
@@ -71,7 +72,16 @@ pub trait Switch: Send + Sync + 'static {
     /// Sends `()` on `notify` on every change under the switch; the watch lasts as long as the
     /// returned guard.
     fn watch(&self, notify: mpsc::Sender<()>) -> Option<Watcher>;
+
+    /// What BFD on the tunnel ports says about each peer host, while the watch runs; `None`
+    /// for a switch that cannot tell.
+    fn peer_links(&self) -> Option<watch::Receiver<PeerLinks>> {
+        None
+    }
 }
+
+/// What BFD says about each peer host, by name ([`crate::ovs::bfd::peer_links`]).
+pub type PeerLinks = BTreeMap<String, LinkState>;
 
 impl Switch for OvsDriver {
     fn connection_problem(&self) -> Option<String> {
@@ -110,6 +120,10 @@ impl Switch for OvsDriver {
 
     fn watch(&self, notify: mpsc::Sender<()>) -> Option<Watcher> {
         Some(self.spawn_watcher(notify))
+    }
+
+    fn peer_links(&self) -> Option<watch::Receiver<PeerLinks>> {
+        Some(OvsDriver::peer_links(self))
     }
 }
 

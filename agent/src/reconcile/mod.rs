@@ -9,6 +9,8 @@
 //! - [`ovs_datapath`]: [`OvsDatapath`], the real implementation: observe, plan (pure, in
 //!   [`crate::ovs::port_planner`] and [`crate::netns::plan`]), apply, verify.
 //! - [`endpoint_delta`]: which endpoints a reconcile plumbs (the incremental path), pure.
+//! - [`fencing`]: the peer report from BFD on the tunnels, and the decision to withdraw
+//!   the routers of a host cut off from the controller and every peer, pure.
 //! - [`flow_rules`]: the rule step (dump by cookie, diff, one bundle, verify), for the flow
 //!   tunnels on `br-tun`, which [`ovs_datapath`] runs in every reconcile.
 //! - [`effectors`]: the traits it changes the host through (switch, links, routing, rules), with
@@ -20,6 +22,7 @@
 pub mod datapath;
 pub mod effectors;
 pub mod endpoint_delta;
+pub mod fencing;
 pub mod flow_rules;
 pub mod ovs_datapath;
 #[cfg(test)]

@@ -1006,6 +1006,10 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> Datapath for OvsDatapath<S, L, R
         self.roll_next();
     }
 
+    fn peer_links(&self) -> Option<tokio::sync::watch::Receiver<super::effectors::PeerLinks>> {
+        self.switch.peer_links()
+    }
+
     fn watch(&mut self, notify: mpsc::Sender<()>) {
         let switch = self.switch.watch(notify.clone());
         // The rule watch's wake-ups also mark the rules for a dump.

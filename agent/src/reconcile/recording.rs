@@ -76,6 +76,8 @@ impl FakeSwitch {
                 ofport: Some(spec.ofport_request.map_or(*n as i64 + 100, i64::from)),
                 ofport_request: spec.ofport_request.map(i64::from),
                 error: None,
+                bfd: spec.bfd.clone(),
+                bfd_status: Default::default(),
                 ifindex: spec
                     .external_ids
                     .get(IFINDEX_KEY)

@@ -2,6 +2,11 @@
 //! an [`Event`]: a new intent, a change observed under the datapath, a timer. Reconciles run
 //! one at a time, always against the latest intent, so the outcome depends on state, not on
 //! which event woke the loop.
+//!
+//! Beside reconciling, the loop turns the tunnels' BFD state into the peer report the session
+//! sends and decides fencing (both in [`super::fencing`]): a router host cut off from the
+//! controller and every peer withdraws its routers from the intent it reconciles until the
+//! controller sends one again.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,9 +15,11 @@ use ovl_common::intent::{AppliedReport, HostIntent};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::datapath::Datapath;
+use super::effectors::PeerLinks;
+use super::fencing::{Fence, FenceAction, PeerTracker, FENCE_HOLD};
 use crate::session::{SessionEvent, SessionParams};
 
 /// Why the loop woke up.
@@ -116,11 +123,19 @@ pub async fn run_observed<D: Datapath>(
     // once): a closed channel answers `recv` immediately, and polling it would spin.
     let mut change_rx = Some(change_rx);
 
+    // What BFD says about the peers, for the controller and for fencing.
+    let mut links_rx = dp.peer_links();
+    let (peers_tx, peers_rx) = watch::channel(None);
+    let mut tracker = PeerTracker::default();
+    let mut fence = Fence::default();
+    let mut fence_at: Option<Instant> = None;
+
     let session = tokio::spawn(crate::session::run(
         params,
         bundle,
         session_tx,
         report_rx,
+        peers_rx,
         applied_rx,
         shutdown.clone(),
     ));
@@ -134,9 +149,16 @@ pub async fn run_observed<D: Datapath>(
     // looks at what the datapath's cheap observation cannot see.
     let mut resync_due = false;
     loop {
-        let wake = pending.unwrap_or(resync_at).min(resync_at);
+        let wake = pending
+            .unwrap_or(resync_at)
+            .min(resync_at)
+            .min(fence_at.unwrap_or(resync_at));
         let first = tokio::select! {
             e = session_rx.recv() => match e { Some(e) => Some(Event::Session(e)), None => break },
+            c = recv_links(&mut links_rx), if links_rx.is_some() => {
+                if c.is_err() { links_rx = None; }
+                None
+            },
             c = recv_change(&mut change_rx), if change_rx.is_some() => {
                 if c.is_some() { Some(Event::DatapathChanged) } else { change_rx = None; None }
             },
@@ -154,6 +176,9 @@ pub async fn run_observed<D: Datapath>(
             events.push(Some(Event::DatapathChanged));
         }
         for event in events {
+            if matches!(event, Some(Event::Session(SessionEvent::Intent(_)))) {
+                fence.lifted();
+            }
             handle(
                 event,
                 &mut Handled {
@@ -165,6 +190,43 @@ pub async fn run_observed<D: Datapath>(
                     connected_tx: &observers.connected,
                 },
             );
+        }
+        if let Some(rx) = &mut links_rx {
+            let report = tracker.observe(&rx.borrow_and_update());
+            peers_tx.send_if_modified(|old| {
+                let changed = old.as_ref() != Some(&report);
+                if changed {
+                    info!(up = ?report.up, down = ?report.down, "tunnel peers (BFD)");
+                    *old = Some(report.clone());
+                }
+                changed
+            });
+        }
+        fence_at = None;
+        if let Some(current) = intent.as_mut() {
+            let peers = peers_tx.borrow().clone().unwrap_or_default();
+            let connected = *observers.connected.borrow();
+            match fence.step(
+                Instant::now().into_std(),
+                connected,
+                &peers,
+                !current.routers.is_empty(),
+            ) {
+                FenceAction::None => {}
+                FenceAction::WaitUntil(t) => fence_at = Some(t.into()),
+                FenceAction::Withdraw => {
+                    error!(
+                        routers = current.routers.len(),
+                        down = ?peers.down,
+                        "FENCING: no controller session and every tunnel peer down for {:?}; \
+                         withdrawing this host's routers so that no two routers answer for \
+                         one gateway address (a controller's intent rebuilds them)",
+                        FENCE_HOLD
+                    );
+                    current.routers.clear();
+                    pending = Some(Instant::now());
+                }
+            }
         }
         let due = pending.is_some_and(|p| p <= Instant::now());
         let Some(current) = intent.as_ref().filter(|_| due) else {
@@ -287,6 +349,16 @@ fn handle(event: Option<Event>, st: &mut Handled<'_>) {
                 *st.resync_due = true;
             }
         }
+    }
+}
+
+/// The next change of the peers' BFD state; `Err` when the datapath dropped its sender.
+async fn recv_links(
+    rx: &mut Option<watch::Receiver<PeerLinks>>,
+) -> Result<(), watch::error::RecvError> {
+    match rx {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
     }
 }
 
