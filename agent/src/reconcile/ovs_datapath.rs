@@ -293,7 +293,7 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
         if deep {
             self.resyncs += 1;
         }
-        let dump_all = deep && self.resyncs % RESYNC_DUMP_EVERY == 0;
+        let dump_all = deep && self.resyncs.is_multiple_of(RESYNC_DUMP_EVERY);
         let mut changes = Vec::new();
         let mut objects = Vec::new();
         let desired = planner::desired_ports(intent, self.settings.uplink.as_deref());
