@@ -29,7 +29,7 @@ use ovl_common::HostName;
 use quinn::{RecvStream, SendStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken as CancelToken;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, trace, warn, Instrument};
 
 use crate::authz::Caller;
 use crate::compile::SharedIntent;
@@ -392,52 +392,56 @@ impl Server {
                     return;
                 }
             };
-            let response: ApiResponse = match frame::decode_body::<ApiRequest>(&body) {
-                Ok(req) => {
-                    let kind = &req.kind();
-                    let started = std::time::Instant::now();
-                    let ctl = self.ctl.clone();
-                    let sessions = self.sessions.clone();
-                    let caller = caller.clone();
-                    let joined = tokio::task::spawn_blocking(move || {
-                        // Hosts connected to other controllers on a shared store count as
-                        // connected here too.
-                        let elsewhere = sessions.elsewhere();
-                        let live = Merged {
-                            local: sessions.as_ref(),
-                            elsewhere: &elsewhere,
-                        };
-                        let (resp, changed) = ops::handle(&ctl, &req, &caller, &live, unix_now());
-                        sessions.publish(changed);
-                        resp
-                    })
-                    .await;
-                    let resp = joined.unwrap_or_else(|e| {
-                        Err(ApiError::new(
-                            ErrorCode::Internal,
-                            format!("request handler failed: {e}"),
-                        ))
-                    });
-                    match &resp {
-                        Ok(_) => info!(request = kind, "ok"),
-                        Err(e) => info!(request = kind, code = ?e.code, "refused: {e}"),
+            // The change is committed when the handler returns; the sessions of the hosts it
+            // changed are woken only once the answer is written (`publish` below), so the
+            // answer does not queue behind a thousand session pushes on the runtime.
+            let (response, changed): (ApiResponse, _) =
+                match frame::decode_body::<ApiRequest>(&body) {
+                    Ok(req) => {
+                        let kind = &req.kind();
+                        let started = std::time::Instant::now();
+                        let ctl = self.ctl.clone();
+                        let sessions = self.sessions.clone();
+                        let caller = caller.clone();
+                        let joined = tokio::task::spawn_blocking(move || {
+                            // Hosts connected to other controllers on a shared store count as
+                            // connected here too.
+                            let elsewhere = sessions.elsewhere();
+                            let live = Merged {
+                                local: sessions.as_ref(),
+                                elsewhere: &elsewhere,
+                            };
+                            ops::handle(&ctl, &req, &caller, &live, unix_now())
+                        })
+                        .await;
+                        let (resp, changed) = joined.unwrap_or_else(|e| {
+                            let failed = ApiError::new(
+                                ErrorCode::Internal,
+                                format!("request handler failed: {e}"),
+                            );
+                            (Err(failed), Vec::new())
+                        });
+                        match &resp {
+                            Ok(_) => info!(request = kind, "ok"),
+                            Err(e) => info!(request = kind, code = ?e.code, "refused: {e}"),
+                        }
+                        metrics::api_request(
+                            &self.metrics,
+                            kind,
+                            resp.as_ref().map(|_| ()),
+                            started.elapsed(),
+                        );
+                        (resp, changed)
                     }
-                    metrics::api_request(
-                        &self.metrics,
-                        kind,
-                        resp.as_ref().map(|_| ()),
-                        started.elapsed(),
-                    );
-                    resp
-                }
-                Err(e) => {
-                    warn!("malformed request: {e}");
-                    Err(ApiError::new(
-                        ErrorCode::InvalidArgument,
-                        format!("malformed request frame: {e}"),
-                    ))
-                }
-            };
+                    Err(e) => {
+                        warn!("malformed request: {e}");
+                        let malformed = ApiError::new(
+                            ErrorCode::InvalidArgument,
+                            format!("malformed request frame: {e}"),
+                        );
+                        (Err(malformed), Vec::new())
+                    }
+                };
             // An answer too large for one frame (a listing of a very large cluster) is
             // replaced by an error that says so; the connection stays usable.
             let bytes = match frame::encode(&response) {
@@ -458,6 +462,9 @@ impl Server {
                 Ok(b) => send.write_all(&b).await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
+            // Published whether or not the answer reached the client: the change is in the
+            // store either way.
+            self.sessions.publish(changed);
             if let Err(e) = written {
                 debug!("cannot answer: {e}");
                 return;
@@ -546,7 +553,8 @@ impl Server {
                 let next = rx.borrow_and_update().clone();
                 if let Some(next) = next.filter(|n| n.generation > sent.generation) {
                     let delta = sent.delta(&next);
-                    debug!(
+                    // Per session and change: a thousand lines per change to a wide tenant.
+                    trace!(
                         base = delta.base,
                         generation = delta.generation,
                         "pushing a delta"
@@ -593,7 +601,9 @@ impl Server {
                         if failed > 0 {
                             warn!(generation = report.generation, failed, in_place = report.in_place, "agent applied with errors");
                         } else {
-                            info!(generation = report.generation, in_place = report.in_place, "agent applied");
+                            // Routine, and one per host of a changed tenant: a failed apply
+                            // is the one worth a line at the default level.
+                            debug!(generation = report.generation, in_place = report.in_place, "agent applied");
                         }
                         self.sessions.with_entry(&host, |e| {
                             if e.session == session {

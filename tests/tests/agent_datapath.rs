@@ -985,6 +985,64 @@ async fn deleting_an_owned_port_by_hand_wakes_the_watcher_and_the_next_reconcile
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: runs ovsdb-server and ovs-vswitchd in a network namespace, veths into test namespaces"]
+async fn a_rule_deleted_by_hand_wakes_the_flow_monitor_and_is_put_back_without_a_resync() {
+    require_privileged(BINARIES);
+    let lab = DatapathLab::start().expect("start OVS");
+    let ns_b1 = TestNetns::new();
+    let blue = tenant(
+        1,
+        "blue",
+        SegmentType::Vxlan,
+        10,
+        "10.1.0.0/24",
+        &[(2, "h2", "192.0.2.2")],
+    );
+    let b1 = endpoint(1, "b1", &blue, target(&ns_b1), 2);
+    let want = intent(1, vec![blue], vec![b1]);
+    let mut dp = lab.datapath().await;
+    let (tx, mut rx) = mpsc::channel(1);
+    dp.watch(tx);
+    noticed(&mut rx, Duration::from_secs(10), "the flow monitor is up").await;
+    assert_all_ok(&reconcile(&mut dp, &want, true).await);
+    let rules = lab.tun_rules();
+    assert!(
+        rules.iter().any(|r| r.contains("table=4")),
+        "blue's egress rule: {rules:#?}"
+    );
+    // A reconcile that finds them (the monitor's connect woke it) changes nothing; then let
+    // the updates of the agent's own changes pass.
+    assert_all_ok(&reconcile(&mut dp, &want, true).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while rx.try_recv().is_ok() {}
+
+    // Someone deletes the agent's egress rules: the monitor's update wakes the loop, and the
+    // next reconcile (an event's, not the periodic resync) puts them back.
+    let target = format!("unix:{}/{TUNNEL_BRIDGE}.mgmt", lab.ovs.dir().display());
+    let deleted = rules.iter().filter(|r| r.contains("table=4")).count();
+    let out = std::process::Command::new("ovs-ofctl")
+        .args(["del-flows", &target, "cookie=0x6f766c01/-1,table=4"])
+        .output()
+        .expect("run ovs-ofctl");
+    assert!(out.status.success(), "{out:?}");
+    assert_ne!(lab.tun_rules(), rules, "the rules were not deleted");
+    let took = noticed(
+        &mut rx,
+        Duration::from_secs(5),
+        "a rule was deleted by hand",
+    )
+    .await;
+    eprintln!("rule deleted by hand noticed after {took:?}");
+    let r = reconcile(&mut dp, &want, true).await;
+    assert_all_ok(&r);
+    assert_eq!(
+        r.changes,
+        [format!("rules on br-tun: {deleted} changes in one bundle")]
+    );
+    assert_eq!(lab.tun_rules(), rules);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "privileged: runs ovsdb-server, and ovs-vswitchd later, in a network namespace"]
 async fn ports_ovs_vswitchd_has_not_taken_are_reported_until_it_runs() {
     require_privileged(BINARIES);

@@ -13,10 +13,11 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ovl_agent::ovs::flow_planner::{desired_tunnels, LEARNT_COOKIE, PATCH_OFPORT, TUNNEL_BRIDGE};
-use ovl_agent::ovs::openflow::OfCtl;
+use ovl_agent::ovs::openflow::{Expectation, OfCtl};
 use ovl_agent::ovs::{DatapathType, OvsDriver, PortChange};
 use ovl_agent::ovsdb::{Client, ClientOptions};
 use ovl_agent::reconcile::flow_rules::reconcile_rules;
@@ -175,14 +176,15 @@ async fn br_tun_ports_and_rules_are_reconciled_by_cookie_and_survive_restarts() 
     );
 
     let ofctl = OfCtl::new(ovs.dir());
-    let first = reconcile_rules(&ofctl, TUNNEL_BRIDGE, &layout.rules, true).await;
+    let expected = Arc::new(Expectation::default());
+    let first = reconcile_rules(&ofctl, TUNNEL_BRIDGE, &layout.rules, true, &expected).await;
     assert!(first.problems.is_empty(), "{:?}", first.problems);
     assert_eq!(first.applied.len(), layout.rules.len());
     assert_eq!(ofctl.dump(TUNNEL_BRIDGE).await.unwrap(), layout.rules);
 
     // A second reconcile (an agent restart finding the rules) changes nothing: the rules as
     // planned are exactly what ovs-ofctl prints back.
-    let again = reconcile_rules(&ofctl, TUNNEL_BRIDGE, &layout.rules, true).await;
+    let again = reconcile_rules(&ofctl, TUNNEL_BRIDGE, &layout.rules, true, &expected).await;
     assert!(
         again.applied.is_empty() && again.problems.is_empty(),
         "{again:?}"
@@ -192,7 +194,7 @@ async fn br_tun_ports_and_rules_are_reconciled_by_cookie_and_survive_restarts() 
     let mut smaller = intent.clone();
     smaller.tenants[0] = tenant(1, SegmentType::Vxlan, &[3]);
     let rules = desired_tunnels(&smaller).rules;
-    let shrink = reconcile_rules(&ofctl, TUNNEL_BRIDGE, &rules, true).await;
+    let shrink = reconcile_rules(&ofctl, TUNNEL_BRIDGE, &rules, true, &expected).await;
     assert!(shrink.problems.is_empty(), "{:?}", shrink.problems);
     assert!(!shrink.applied.is_empty());
     assert_eq!(ofctl.dump(TUNNEL_BRIDGE).await.unwrap(), rules);
@@ -208,7 +210,7 @@ async fn br_tun_ports_and_rules_are_reconciled_by_cookie_and_survive_restarts() 
     // agent learns of it from its watch of br-tun: once when ovs-vswitchd goes, once when it
     // is back.
     let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-    let _watch = ofctl.watch(TUNNEL_BRIDGE, tx);
+    let _watch = ofctl.watch(TUNNEL_BRIDGE, tx, expected.clone());
     woke(&mut rx, "the watch started").await;
     ovs.kill(Daemon::Vswitchd);
     woke(&mut rx, "ovs-vswitchd was killed").await;
@@ -216,7 +218,7 @@ async fn br_tun_ports_and_rules_are_reconciled_by_cookie_and_survive_restarts() 
     woke(&mut rx, "ovs-vswitchd started").await;
     drv.wait_for_vswitchd(LIMIT).await.unwrap();
     assert!(ofctl.dump(TUNNEL_BRIDGE).await.unwrap().is_empty());
-    let back = reconcile_rules(&ofctl, TUNNEL_BRIDGE, &rules, true).await;
+    let back = reconcile_rules(&ofctl, TUNNEL_BRIDGE, &rules, true, &expected).await;
     assert!(back.problems.is_empty(), "{:?}", back.problems);
     assert_eq!(back.applied.len(), rules.len());
     assert_eq!(ofctl.dump(TUNNEL_BRIDGE).await.unwrap(), rules);

@@ -715,3 +715,106 @@ fn a_gratuitous_arp_moves_a_peers_entry_at_once() {
     }
     panic!("b still has {seen:?}, not {real}");
 }
+
+/// Runs `ip ARGS` in `ns`, which must succeed.
+fn ip_in(ns: &TestNetns, args: &[&str]) {
+    let out = ns.exec("ip", args);
+    assert!(
+        out.status.success(),
+        "ip {args:?} in {}: {}",
+        ns.name(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: root, ip netns"]
+async fn links_kept_from_notifications_equal_a_fresh_dump_after_any_change() {
+    use ovl_agent::netns::{link, NetlinkNs};
+    require_privileged(NEEDS);
+    let host = TestNetns::new();
+    let peers = [TestNetns::new(), TestNetns::new()];
+    let file =
+        NetnsFile::open(format!("netns:{}", host.name()), host.path()).expect("open host ns");
+    let ns = NetlinkNs::enter_watching_links(&file)
+        .await
+        .expect("netlink in the host namespace");
+    let sorted = |mut v: Vec<ovl_agent::netns::ObservedLink>| {
+        v.sort_by_key(|l| l.ifindex);
+        v
+    };
+    // The first listing dumps; each one after a change must equal a dump taken then.
+    link::list_known(&ns, false).await.expect("first listing");
+    // A small deterministic generator (xorshift): the same sequence on every run.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    // Which veth names exist, and where each one's peer is: `None` in the host namespace
+    // (as Docker's container ends wait there), else in `peers[p]`.
+    let mut veths: Vec<Option<Option<usize>>> = vec![None; 6];
+    let peer_ns = |at: Option<usize>| at.map_or(&host, |p| &peers[p]);
+    for step in 0..200 {
+        let i = next(veths.len());
+        let name = format!("ovl-e{i}");
+        let peer = format!("p{i}");
+        let what = match veths[i] {
+            None => {
+                let at = [None, Some(0), Some(1)][next(3)];
+                let mut args = vec!["link", "add", &name, "type", "veth", "peer", "name", &peer];
+                if let Some(p) = at {
+                    args.extend(["netns", peers[p].name()]);
+                }
+                ip_in(&host, &args);
+                veths[i] = Some(at);
+                format!("add a veth, peer in {at:?}")
+            }
+            Some(at) => match next(7) {
+                0 => {
+                    ip_in(&host, &["link", "del", &name]);
+                    veths[i] = None;
+                    "delete a veth".into()
+                }
+                1 => {
+                    ip_in(&host, &["link", "set", &name, "up"]);
+                    "set up".into()
+                }
+                2 => {
+                    ip_in(&host, &["link", "set", &name, "down"]);
+                    "set down".into()
+                }
+                3 => {
+                    let mtu = (1300 + next(200)).to_string();
+                    ip_in(&host, &["link", "set", &name, "mtu", &mtu]);
+                    format!("set mtu {mtu}")
+                }
+                4 => {
+                    let mac = format!("0a:58:00:00:{:02x}:{:02x}", i, next(250));
+                    ip_in(&host, &["link", "set", &name, "address", &mac]);
+                    format!("set address {mac}")
+                }
+                5 if at.is_none() => {
+                    // The peer leaves the host namespace, as Docker takes a container end:
+                    // the host end's peer namespace changes without a notification of its
+                    // own.
+                    let to = next(peers.len());
+                    ip_in(&host, &["link", "set", &peer, "netns", peers[to].name()]);
+                    veths[i] = Some(Some(to));
+                    "move the peer out of the host namespace".into()
+                }
+                _ => {
+                    // The peer is deleted where it is: the pair goes.
+                    ip_in(peer_ns(at), &["link", "del", &peer]);
+                    veths[i] = None;
+                    "delete the peer".into()
+                }
+            },
+        };
+        let known = sorted(link::list_known(&ns, false).await.expect("known links"));
+        let dumped = sorted(link::list(&ns).await.expect("dump"));
+        assert_eq!(known, dumped, "step {step}: {what} on {name}");
+    }
+}

@@ -59,13 +59,13 @@ impl Plumber {
         Ok(Self {
             resolver,
             host_file: NetnsFile::own()?,
-            host: NetlinkNs::own()?,
+            host: NetlinkNs::own_watching_links()?,
         })
     }
 
     /// Plumbing with host ends in `host_netns` instead of the agent's own namespace.
     pub async fn with_host_netns(resolver: Resolver, host_netns: NetnsFile) -> Result<Self> {
-        let host = NetlinkNs::enter(&host_netns).await?;
+        let host = NetlinkNs::enter_watching_links(&host_netns).await?;
         Ok(Self {
             resolver,
             host_file: host_netns,
@@ -372,7 +372,14 @@ impl Plumber {
     /// The links in the agent's namespace whose names start with `prefix` (`ip link show`
     /// filtered by name), so stale ovl veths can be found and removed.
     pub async fn list_links_with_prefix(&self, prefix: &str) -> Result<Vec<ObservedLink>> {
-        Ok(link::list(&self.host)
+        self.links_with_prefix(prefix, false).await
+    }
+
+    /// The host's links whose name starts with `prefix`, as current as a dump: kept from
+    /// link notifications ([`link::list_known`]), or dumped (and the kept copy replaced) when
+    /// `fresh`.
+    pub async fn links_with_prefix(&self, prefix: &str, fresh: bool) -> Result<Vec<ObservedLink>> {
+        Ok(link::list_known(&self.host, fresh)
             .await?
             .into_iter()
             .filter(|l| l.name.starts_with(prefix))

@@ -15,10 +15,13 @@ use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use nix::sched::{setns, CloneFlags};
-use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+use nix::sys::socket::{setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType};
+use rtnetlink::sys::AsyncSocket;
 use tokio::task::JoinHandle;
+use tracing::debug;
 
 use super::error::{Error, Result};
+use super::link_book::{LinkBook, News};
 use super::target::NetnsFile;
 
 /// How errors name the namespace the agent itself runs in.
@@ -32,24 +35,48 @@ pub struct NetlinkNs {
     handle: rtnetlink::Handle,
     ioctl_socket: OwnedFd,
     driver: JoinHandle<()>,
+    /// The namespace's links kept from notifications, when the socket was opened subscribed
+    /// to them ([`NetlinkNs::own_watching_links`], [`NetlinkNs::enter_watching_links`]).
+    book: Option<tokio::sync::Mutex<LinkBook>>,
 }
 
 impl NetlinkNs {
     /// Opens the sockets in the namespace the calling thread is in: the agent's own (the
     /// agent never moves its threads). Must be called inside a tokio runtime.
     pub fn own() -> Result<Self> {
-        let (driver, handle, ioctl_socket) = open_sockets(OWN_NAMESPACE)?;
+        Self::own_opened(false)
+    }
+
+    /// Like [`own`](Self::own), with the netlink socket subscribed to link notifications
+    /// from the start, so that [`super::link::list_known`] can keep the links from them.
+    pub fn own_watching_links() -> Result<Self> {
+        Self::own_opened(true)
+    }
+
+    fn own_opened(watch_links: bool) -> Result<Self> {
+        let (driver, handle, ioctl_socket, news) = open_sockets(OWN_NAMESPACE, watch_links)?;
         Ok(Self {
             label: OWN_NAMESPACE.to_string(),
             handle,
             ioctl_socket,
             driver,
+            book: news.map(|n| tokio::sync::Mutex::new(LinkBook::new(n))),
         })
     }
 
     /// Opens the sockets inside `ns` from a dedicated thread (see the module docs). Must be
     /// called inside a tokio runtime.
     pub async fn enter(ns: &NetnsFile) -> Result<Self> {
+        Self::enter_opened(ns, false).await
+    }
+
+    /// Like [`enter`](Self::enter), with the netlink socket subscribed to link
+    /// notifications from the start (see [`own_watching_links`](Self::own_watching_links)).
+    pub async fn enter_watching_links(ns: &NetnsFile) -> Result<Self> {
+        Self::enter_opened(ns, true).await
+    }
+
+    async fn enter_opened(ns: &NetnsFile, watch_links: bool) -> Result<Self> {
         let label = ns.label().to_string();
         let socket_err = |what, source| Error::Socket {
             ns: label.clone(),
@@ -76,16 +103,16 @@ impl NetlinkNs {
                         // created, and its driver task is spawned there, so the runtime must
                         // be current on this thread.
                         let _entered = runtime.enter();
-                        open_sockets(&thread_label)
+                        open_sockets(&thread_label, watch_links)
                     });
                 // The receiver only goes away if the caller was cancelled; then the sockets
                 // are closed here and the connection's driver is stopped.
-                if let Err(Ok((driver, _, _))) = tx.send(opened) {
+                if let Err(Ok((driver, _, _, _))) = tx.send(opened) {
                     driver.abort();
                 }
             })
             .map_err(|e| socket_err("helper thread", e))?;
-        let (driver, handle, ioctl_socket) = rx.await.map_err(|_| {
+        let (driver, handle, ioctl_socket, news) = rx.await.map_err(|_| {
             socket_err(
                 "netlink socket",
                 std::io::Error::other("the namespace helper thread ended without an answer"),
@@ -96,7 +123,13 @@ impl NetlinkNs {
             handle,
             ioctl_socket,
             driver,
+            book: news.map(|n| tokio::sync::Mutex::new(LinkBook::new(n))),
         })
+    }
+
+    /// The links kept from notifications, if this socket is subscribed to them.
+    pub(super) fn link_book(&self) -> Option<&tokio::sync::Mutex<LinkBook>> {
+        self.book.as_ref()
     }
 
     /// How errors name this namespace.
@@ -169,17 +202,39 @@ impl Drop for NetlinkNs {
     }
 }
 
-type Opened = (JoinHandle<()>, rtnetlink::Handle, OwnedFd);
+type Opened = (JoinHandle<()>, rtnetlink::Handle, OwnedFd, Option<News>);
+
+/// How much the kernel may queue on a socket subscribed to link notifications before it
+/// drops them (`ENOBUFS`, after which the links are dumped again): a burst of a thousand
+/// veths made at once is about 1.5 MB of notifications, and the connection's task empties
+/// the socket as it goes.
+const NEWS_BUFFER: usize = 8 << 20;
 
 /// Opens both sockets in the calling thread's namespace and spawns the netlink connection's
-/// driver on the current runtime.
-fn open_sockets(label: &str) -> Result<Opened> {
-    let (conn, handle, _unsolicited) =
-        rtnetlink::new_connection().map_err(|source| Error::Socket {
-            ns: label.to_string(),
-            what: "rtnetlink socket",
-            source,
-        })?;
+/// driver on the current runtime; with `watch_links`, the netlink socket is subscribed to
+/// link notifications (`RTNLGRP_LINK`) before any request goes out on it.
+fn open_sockets(label: &str, watch_links: bool) -> Result<Opened> {
+    let socket_err = |what, source| Error::Socket {
+        ns: label.to_string(),
+        what,
+        source,
+    };
+    let (mut conn, handle, unsolicited) =
+        rtnetlink::new_connection().map_err(|e| socket_err("rtnetlink socket", e))?;
+    let news = if watch_links {
+        let socket = conn.socket_mut().socket_mut();
+        socket
+            .add_membership(RTNLGRP_LINK)
+            .map_err(|e| socket_err("link notifications", e))?;
+        // Past `net.core.rmem_max` only with CAP_NET_ADMIN (SO_RCVBUFFORCE); a smaller
+        // buffer only means an earlier dump again.
+        if let Err(e) = setsockopt(&*socket, sockopt::RcvBufForce, &NEWS_BUFFER) {
+            debug!("cannot enlarge the buffer of the link notification socket: {e}");
+        }
+        Some(unsolicited)
+    } else {
+        None
+    };
     let ioctl_socket = socket(
         AddressFamily::Inet,
         SockType::Datagram,
@@ -191,8 +246,11 @@ fn open_sockets(label: &str) -> Result<Opened> {
         what: "ioctl socket",
         source: e.into(),
     })?;
-    Ok((tokio::spawn(conn), handle, ioctl_socket))
+    Ok((tokio::spawn(conn), handle, ioctl_socket, news))
 }
+
+/// `RTNLGRP_LINK` (linux/rtnetlink.h): link notifications.
+const RTNLGRP_LINK: u32 = 1;
 
 #[cfg(test)]
 mod tests {

@@ -15,6 +15,7 @@ use rtnetlink::LinkUnspec;
 
 use super::error::{Error, Result};
 use super::handle::NetlinkNs;
+use super::link_book::Applied;
 
 /// What the kernel reports about one link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +46,7 @@ impl ObservedLink {
         self.kind.clone().unwrap_or_else(|| "device".into())
     }
 
-    fn from_message(msg: &LinkMessage) -> Self {
+    pub(super) fn from_message(msg: &LinkMessage) -> Self {
         let mut link = ObservedLink {
             ifindex: msg.header.index,
             name: String::new(),
@@ -124,6 +125,44 @@ pub async fn list(ns: &NetlinkNs) -> Result<Vec<ObservedLink>> {
         .await
         .map_err(|e| Error::netlink(ns.label(), "all links", "list", e))
 }
+
+/// Every link in the namespace, as [`list`] gives them, from the namespace's
+/// [`LinkBook`](super::link_book::LinkBook) when it has one: its notifications applied after
+/// a barrier (one `RTM_GETLINK` of the loopback device), without dumping every link. The
+/// links are dumped (and the book replaced) when `fresh`, when the book is not trusted (first
+/// use, notifications lost) and when the namespace has no book.
+pub async fn list_known(ns: &NetlinkNs, fresh: bool) -> Result<Vec<ObservedLink>> {
+    let Some(book) = ns.link_book() else {
+        return list(ns).await;
+    };
+    let mut book = book.lock().await;
+    if !fresh && book.trusted() {
+        // Any answer on the socket comes after the notifications queued before the request.
+        by_index(ns, LOOPBACK_IFINDEX).await?;
+        let mut current = book.apply_pending() == Applied::Current;
+        loop {
+            let stale = book.stale();
+            if stale.is_empty() || !current {
+                break;
+            }
+            for ifindex in stale {
+                let link = by_index(ns, ifindex).await?;
+                current = book.apply_pending() == Applied::Current;
+                book.set(ifindex, link);
+            }
+        }
+        if current {
+            return Ok(book.links());
+        }
+    }
+    book.before_dump();
+    let links = list(ns).await?;
+    book.replace(&links);
+    Ok(links)
+}
+
+/// The loopback device's ifindex, the same in every namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
 
 /// `ip link set dev NAME up`.
 pub async fn set_up(ns: &NetlinkNs, link: &ObservedLink) -> Result<()> {

@@ -25,7 +25,9 @@
 //! - [`handle`]: [`NetlinkNs`], netlink and ioctl sockets opened inside a namespace from a
 //!   dedicated thread, so no tokio worker ever calls `setns`.
 //! - [`link`], [`veth`], [`addr`], [`route`], [`offload`]: one managed object each
-//!   (`ip link`, `ip link add … type veth`, `ip addr`, `ip route`, `ethtool -K`).
+//!   (`ip link`, `ip link add … type veth`, `ip addr`, `ip route`, `ethtool -K`);
+//!   [`link_book`]: the host's links kept from link notifications (`ip monitor link`)
+//!   instead of dumped at every reconcile.
 //! - [`mod@plan`]: the wanted and observed endpoint and the pure diff between them, testable
 //!   without root.
 //! - [`endpoint`]: [`Plumber`], which observes, plans and applies; [`detached`]: the pairs of
@@ -45,6 +47,7 @@ pub mod endpoint;
 pub mod error;
 pub mod handle;
 pub mod link;
+pub mod link_book;
 pub mod named;
 pub mod offload;
 pub mod plan;

@@ -29,7 +29,7 @@ use crate::netns::{
 };
 use crate::ovs::bfd::LinkState;
 use crate::ovs::flow_planner::{Rule, RuleChange};
-use crate::ovs::openflow::{self, FlowWatch, OfCtl};
+use crate::ovs::openflow::{self, Expectation, FlowWatch, OfCtl};
 use crate::ovs::{self, BridgeOutcome, BridgeWant, ObservedPort, OvsDriver, PortChange, Watcher};
 use crate::router::{Prepared, Routers};
 
@@ -141,11 +141,13 @@ pub trait Links: Send + Sync + 'static {
         spec: &DetachedSpec,
     ) -> impl Future<Output = netns::Result<DetachedReport>> + Send;
 
-    /// Every link in the host's namespace whose name starts with `prefix`, by name: one
-    /// dump (`ip -d link show`).
+    /// Every link in the host's namespace whose name starts with `prefix`, by name, as a
+    /// dump (`ip -d link show`) now would show them: kept from link notifications, or, when
+    /// `fresh`, dumped.
     fn host_links(
         &self,
         prefix: &str,
+        fresh: bool,
     ) -> impl Future<Output = netns::Result<BTreeMap<String, ObservedLink>>> + Send;
 
     /// The identity of the namespace file at `path` now (`stat -L`); `None` when there is
@@ -176,9 +178,13 @@ impl Links for Plumber {
         Plumber::ensure_detached(self, spec).await
     }
 
-    async fn host_links(&self, prefix: &str) -> netns::Result<BTreeMap<String, ObservedLink>> {
+    async fn host_links(
+        &self,
+        prefix: &str,
+        fresh: bool,
+    ) -> netns::Result<BTreeMap<String, ObservedLink>> {
         Ok(self
-            .list_links_with_prefix(prefix)
+            .links_with_prefix(prefix, fresh)
             .await?
             .into_iter()
             .map(|l| (l.name.clone(), l))
@@ -264,9 +270,14 @@ pub trait Flows: Send + Sync + 'static {
     ) -> impl Future<Output = openflow::Result<()>> + Send;
 
     /// Sends `()` on `notify` whenever the rules on `bridge` may have changed under the
-    /// agent (ovs-vswitchd restarted, someone changed them); the watch lasts as long as the
-    /// returned guard.
-    fn watch(&self, bridge: &str, notify: mpsc::Sender<()>) -> Option<FlowWatch>;
+    /// agent (ovs-vswitchd restarted, someone changed them: what `expected` does not
+    /// explain); the watch lasts as long as the returned guard.
+    fn watch(
+        &self,
+        bridge: &str,
+        notify: mpsc::Sender<()>,
+        expected: Arc<Expectation>,
+    ) -> Option<FlowWatch>;
 }
 
 impl Flows for OfCtl {
@@ -278,7 +289,12 @@ impl Flows for OfCtl {
         OfCtl::apply(self, bridge, changes).await
     }
 
-    fn watch(&self, bridge: &str, notify: mpsc::Sender<()>) -> Option<FlowWatch> {
-        Some(OfCtl::watch(self, bridge, notify))
+    fn watch(
+        &self,
+        bridge: &str,
+        notify: mpsc::Sender<()>,
+        expected: Arc<Expectation>,
+    ) -> Option<FlowWatch> {
+        Some(OfCtl::watch(self, bridge, notify, expected))
     }
 }

@@ -13,6 +13,7 @@ use ovl_common::intent::{ObjectKind, ObjectStatus};
 
 use super::effectors::Flows;
 use crate::ovs::flow_planner::{plan_rules, Rule, RuleChange};
+use crate::ovs::openflow::Expectation;
 
 /// What one rule step did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,14 +26,18 @@ pub struct RulesOutcome {
 }
 
 /// Brings the agent's rules on `bridge` to `desired` (deleting the others only with
-/// `collect_garbage`) and verifies them.
+/// `collect_garbage`) and verifies them. `expected` is told what the agent wants and, before
+/// the bundle goes out, what it deletes, so the rule watch recognises the updates the bundle
+/// causes as the agent's own.
 pub async fn reconcile_rules<F: Flows>(
     flows: &F,
     bridge: &str,
     desired: &[Rule],
     collect_garbage: bool,
+    expected: &Expectation,
 ) -> RulesOutcome {
     let mut out = RulesOutcome::default();
+    expected.want(desired);
     let fail = |why: String| ObjectStatus::failed(ObjectKind::Bridge, bridge, why);
     let observed = match flows.dump(bridge).await {
         Ok(r) => r,
@@ -51,6 +56,7 @@ pub async fn reconcile_rules<F: Flows>(
     if changes.is_empty() {
         return out;
     }
+    expected.applying(&changes);
     if let Err(e) = flows.apply(bridge, &changes).await {
         out.problems.push(fail(e.to_string()));
         return out;

@@ -66,7 +66,7 @@ use super::flow_rules::{reconcile_rules, RulesOutcome};
 use crate::config::{AgentConfig, DatapathChoice};
 use crate::netns::{Plumber, Resolver, TargetWatch};
 use crate::ovs::flow_planner::{self, Rule, TunnelLayout, PATCH_ON_TUN, TUNNEL_BRIDGE};
-use crate::ovs::openflow::{FlowWatch, OfCtl};
+use crate::ovs::openflow::{Expectation, FlowWatch, OfCtl};
 use crate::ovs::port_planner::{self as planner, PortRole};
 use crate::ovs::{
     self, choose_datapath, endpoint_port_name, BridgeWant, DatapathType, FailMode, OvsDriver,
@@ -149,10 +149,22 @@ pub struct OvsDatapath<S = OvsDriver, L = Plumber, R = RouterDriver, F = OfCtl> 
     /// Whether a rule watch runs; without one a lost rule could go unnoticed, so every rule
     /// step dumps.
     rules_watched: bool,
-    /// Whether the next reconcile is the periodic resync, which dumps the rules whatever the
-    /// above say (someone else's `ovs-ofctl del-flows` shows nowhere else).
+    /// What the agent wants of its rules and is deleting, for the rule watch to tell its
+    /// own changes from anybody else's.
+    rules_expected: Arc<Expectation>,
+    /// Periodic resyncs so far in this process.
+    resyncs: u32,
+    /// Whether the next reconcile is the periodic resync, which dumps the rules unless a
+    /// flow monitor runs (someone else's `ovs-ofctl del-flows` then wakes the loop), and
+    /// every [`RESYNC_DUMP_EVERY`]th also the rules and the links whatever their watches say.
     deep: bool,
 }
+
+/// Every this many periodic resyncs, the rules and the host's links are dumped even though
+/// a flow monitor and link notifications keep them: a safety net under the monitor's
+/// updates, which cannot tell two rules differing only in priority apart, and under the
+/// notifications (about every 5 minutes at the default 30 s resync).
+pub(super) const RESYNC_DUMP_EVERY: u32 = 10;
 
 impl<S, L, R, F> std::fmt::Debug for OvsDatapath<S, L, R, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -242,6 +254,8 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
             rules_in_place: None,
             rules_touched: Arc::new(AtomicBool::new(true)),
             rules_watched: false,
+            rules_expected: Arc::new(Expectation::default()),
+            resyncs: 0,
             deep: false,
         }
     }
@@ -276,6 +290,10 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
     pub async fn reconcile(&mut self, intent: &HostIntent, collect_garbage: bool) -> Reconciled {
         let started = std::time::Instant::now();
         let deep = std::mem::take(&mut self.deep);
+        if deep {
+            self.resyncs += 1;
+        }
+        let dump_all = deep && self.resyncs.is_multiple_of(RESYNC_DUMP_EVERY);
         let mut changes = Vec::new();
         let mut objects = Vec::new();
         let desired = planner::desired_ports(intent, self.settings.uplink.as_deref());
@@ -353,7 +371,7 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
         let bridges_at = started.elapsed();
         // The glance: one dump of the host's links (it also serves the ports' ifindexes and
         // the stale veths below) and the identity of each namespace endpoints were plumbed in.
-        let glance = self.glance().await;
+        let glance = self.glance(dump_all).await;
 
         // Endpoints: veth pairs and the namespace side, for those the glance says changed.
         let netdev = self.settings.datapath == DatapathType::Netdev;
@@ -392,7 +410,7 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
                 }
                 Some(ifindexes)
             }
-            _ => match self.links.host_links(OWNED_LINK_PREFIX).await {
+            _ => match self.links.host_links(OWNED_LINK_PREFIX, false).await {
                 Ok(links) => Some(links.into_iter().map(|(n, l)| (n, l.ifindex)).collect()),
                 Err(e) => {
                     warn!("cannot list the host's links: {e}");
@@ -406,7 +424,13 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
         let routers_at = started.elapsed();
         // The tunnels forward before the patch joins them to br-int.
         let mut tunnels = self
-            .reconcile_tunnels(&layout, tun_bridge, collect_garbage, deep, &mut changes)
+            .reconcile_tunnels(
+                &layout,
+                tun_bridge,
+                collect_garbage,
+                (deep, dump_all),
+                &mut changes,
+            )
             .await;
         let tunnels_at = started.elapsed();
         let applied = self
@@ -555,7 +579,7 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
         layout: &TunnelLayout,
         bridge: Result<(ovs::BridgeOutcome, Vec<ovs::ObservedPort>), String>,
         collect_garbage: bool,
-        deep: bool,
+        (deep, dump_all): (bool, bool),
         changes: &mut Vec<String>,
     ) -> Tunnels {
         let (outcome, observed) = match bridge {
@@ -586,18 +610,33 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
             }
         }
         // The rules are dumped unless this process found exactly these in place since
-        // ovs-vswitchd last came or went (the rule watch says), on a br-tun nobody remade,
-        // and this is not the periodic resync.
+        // ovs-vswitchd last came or went and nobody else changed them (the rule watch
+        // says), on a br-tun nobody remade; the periodic resync dumps too, unless a flow
+        // monitor has run throughout (it would have woken the loop on someone else's
+        // change) and the last dump is fewer than RESYNC_DUMP_EVERY resyncs old.
         let touched = self.rules_touched.swap(false, Ordering::SeqCst);
+        let monitored = self
+            .watchers
+            .2
+            .as_ref()
+            .is_some_and(FlowWatch::sees_rule_changes);
+        let resync_dumps = deep && (!monitored || dump_all);
         let known = self.rules_watched
             && !touched
-            && !deep
+            && !resync_dumps
             && outcome == ovs::BridgeOutcome::Unchanged
             && self.rules_in_place.as_deref() == Some(layout.rules.as_slice());
         let rules = if known {
             RulesOutcome::default()
         } else {
-            reconcile_rules(&self.flows, TUNNEL_BRIDGE, &layout.rules, collect_garbage).await
+            reconcile_rules(
+                &self.flows,
+                TUNNEL_BRIDGE,
+                &layout.rules,
+                collect_garbage,
+                &self.rules_expected,
+            )
+            .await
         };
         self.rules_in_place = rules.problems.is_empty().then(|| layout.rules.clone());
         if !rules.applied.is_empty() {
@@ -649,12 +688,17 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> OvsDatapath<S, L, R, F> {
         }
     }
 
-    /// The cheap observation a reconcile starts from (see [`delta`]).
-    async fn glance(&self) -> Glance {
+    /// The cheap observation a reconcile starts from (see [`delta`]). The links come from
+    /// the copy kept from link notifications, dumped afresh when `fresh`.
+    async fn glance(&self, fresh: bool) -> Glance {
         let started = std::time::Instant::now();
-        let links = self.links.host_links(OWNED_LINK_PREFIX).await.map_err(|e| {
-            warn!("cannot list the host's links: {e}");
-        });
+        let links = self
+            .links
+            .host_links(OWNED_LINK_PREFIX, fresh)
+            .await
+            .map_err(|e| {
+                warn!("cannot list the host's links: {e}");
+            });
         let dumped = started.elapsed();
         let namespaces: BTreeMap<_, _> = self
             .memo
@@ -1014,7 +1058,9 @@ impl<S: Switch, L: Links, R: Routing, F: Flows> Datapath for OvsDatapath<S, L, R
         let switch = self.switch.watch(notify.clone());
         // The rule watch's wake-ups also mark the rules for a dump.
         let (rules_tx, mut rules_rx) = mpsc::channel(1);
-        let flows = self.flows.watch(TUNNEL_BRIDGE, rules_tx);
+        let flows = self
+            .flows
+            .watch(TUNNEL_BRIDGE, rules_tx, self.rules_expected.clone());
         if flows.is_some() {
             self.rules_watched = true;
             let touched = self.rules_touched.clone();

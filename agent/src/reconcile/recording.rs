@@ -17,7 +17,7 @@ use crate::netns::{
 };
 use crate::ovs::flow_planner::{Rule, RuleChange, RuleKey, COOKIE, TUNNEL_BRIDGE};
 use crate::ovs::names::IFINDEX_KEY;
-use crate::ovs::openflow::{self, FlowWatch};
+use crate::ovs::openflow::{self, Expectation, FlowWatch};
 use crate::ovs::{
     self, BridgeOutcome, BridgeWant, FailMode, ObservedInterface, ObservedPort, PortChange,
     Watcher, OWNER_KEY, OWNER_VALUE,
@@ -482,7 +482,11 @@ impl Links for FakeLinks {
         })
     }
 
-    async fn host_links(&self, prefix: &str) -> netns::Result<BTreeMap<String, ObservedLink>> {
+    async fn host_links(
+        &self,
+        prefix: &str,
+        _: bool,
+    ) -> netns::Result<BTreeMap<String, ObservedLink>> {
         let names: Vec<String> = self
             .links
             .lock()
@@ -560,6 +564,10 @@ pub struct FakeFlows {
     pub drop_adds: Mutex<bool>,
     /// Where a running watch reports a restart.
     watcher: Mutex<Option<mpsc::Sender<()>>>,
+    /// Whether the watch stands for a flow monitor (reports rules changed by hand, see
+    /// [`FakeFlows::delete_by_hand`]) rather than for one that sees only ovs-vswitchd come
+    /// and go.
+    pub monitors: bool,
 }
 
 impl FakeFlows {
@@ -584,6 +592,20 @@ impl FakeFlows {
         self.table.lock().unwrap().clear();
         if let Some(w) = self.watcher.lock().unwrap().as_ref() {
             let _ = w.try_send(());
+        }
+    }
+
+    /// Someone else deletes every agent rule of `table` (`ovs-ofctl del-flows BR
+    /// table=T,cookie=C/-1`); a flow monitor reports it, as its updates are not the agent's.
+    pub fn delete_by_hand(&self, table: u8) {
+        self.table
+            .lock()
+            .unwrap()
+            .retain(|(t, _, _), (c, _)| *t != table || *c != COOKIE);
+        if self.monitors {
+            if let Some(w) = self.watcher.lock().unwrap().as_ref() {
+                let _ = w.try_send(());
+            }
         }
     }
 }
@@ -629,9 +651,14 @@ impl Flows for FakeFlows {
         Ok(())
     }
 
-    fn watch(&self, _: &str, notify: mpsc::Sender<()>) -> Option<FlowWatch> {
+    fn watch(&self, _: &str, notify: mpsc::Sender<()>, _: Arc<Expectation>) -> Option<FlowWatch> {
         *self.watcher.lock().unwrap() = Some(notify);
-        Some(FlowWatch::of_task(tokio::spawn(std::future::pending())))
+        let task = tokio::spawn(std::future::pending());
+        Some(if self.monitors {
+            FlowWatch::monitoring(task, Arc::new(true.into()))
+        } else {
+            FlowWatch::of_task(task)
+        })
     }
 }
 
@@ -1179,20 +1206,20 @@ mod tests {
         flows.insert_foreign(LEARNT_COOKIE, &learnt);
 
         let want = desired_tunnels(&flow_intent(&[2, 3])).rules;
-        let first = reconcile_rules(&flows, "br-tun", &want, true).await;
+        let first = reconcile_rules(&flows, "br-tun", &want, true, &Expectation::default()).await;
         assert!(first.problems.is_empty(), "{:?}", first.problems);
         assert_eq!(first.applied.len(), want.len());
         assert_eq!(flows.dump("br-tun").await.unwrap(), want);
 
         // A new agent process: one dump, no bundle.
         l.lock().unwrap().clear();
-        let again = reconcile_rules(&flows, "br-tun", &want, true).await;
+        let again = reconcile_rules(&flows, "br-tun", &want, true, &Expectation::default()).await;
         assert!(again.applied.is_empty() && again.problems.is_empty());
         assert_eq!(*l.lock().unwrap(), ["dump-flows br-tun"]);
 
         // A peer leaves: its ingress and table-0 rules go, the flood is modified in place.
         let fewer = desired_tunnels(&flow_intent(&[3])).rules;
-        let shrink = reconcile_rules(&flows, "br-tun", &fewer, true).await;
+        let shrink = reconcile_rules(&flows, "br-tun", &fewer, true, &Expectation::default()).await;
         assert!(shrink.problems.is_empty(), "{:?}", shrink.problems);
         let kinds: Vec<&str> = shrink
             .applied
@@ -1220,15 +1247,15 @@ mod tests {
         use crate::reconcile::flow_rules::reconcile_rules;
         let flows = FakeFlows::new(Log::default());
         let want = desired_tunnels(&flow_intent(&[2])).rules;
-        reconcile_rules(&flows, "br-tun", &want, true).await;
+        reconcile_rules(&flows, "br-tun", &want, true, &Expectation::default()).await;
         flows.restart();
-        let back = reconcile_rules(&flows, "br-tun", &want, true).await;
+        let back = reconcile_rules(&flows, "br-tun", &want, true, &Expectation::default()).await;
         assert_eq!(back.applied.len(), want.len());
         assert_eq!(flows.dump("br-tun").await.unwrap(), want);
 
         flows.restart();
         *flows.drop_adds.lock().unwrap() = true;
-        let lost = reconcile_rules(&flows, "br-tun", &want, true).await;
+        let lost = reconcile_rules(&flows, "br-tun", &want, true, &Expectation::default()).await;
         assert_eq!(lost.problems.len(), 1, "{lost:?}");
         assert_eq!(lost.problems[0].kind, ObjectKind::Bridge);
         let why = lost.problems[0].error.as_deref().unwrap_or_default();
@@ -1515,5 +1542,46 @@ mod tests {
         inc.resync_due();
         assert!(both(&mut inc, &mut full, &i).await.all_ok());
         assert!(lines(&inc_log).iter().any(|l| l.starts_with("bundle")));
+    }
+
+    #[tokio::test]
+    async fn with_a_flow_monitor_the_resync_trusts_the_rules_and_a_rule_deleted_by_hand_comes_back()
+    {
+        use crate::reconcile::datapath::Datapath;
+        let (mut dp, log) = datapath();
+        dp.flows.monitors = true;
+        let (notify, mut woken) = mpsc::channel(1);
+        dp.watch(notify);
+        let dumps = |l: &Log| {
+            lines(l)
+                .iter()
+                .filter(|x| x.starts_with("dump-flows"))
+                .count()
+        };
+        let i = flow_intent_with_endpoint(&[2, 3]);
+        assert!(dp.reconcile(&i, true).await.report.all_ok());
+        let rules = dp.flows.dump("br-tun").await.unwrap();
+        assert!(rules.iter().any(|r| r.table == 4), "{rules:?}");
+        log.lock().unwrap().clear();
+
+        // Periodic resyncs with the monitor running: no dump until the tenth.
+        use crate::reconcile::ovs_datapath::RESYNC_DUMP_EVERY;
+        for n in 1..RESYNC_DUMP_EVERY {
+            dp.resync_due();
+            assert!(dp.reconcile(&i, true).await.report.all_ok());
+            assert_eq!(dumps(&log), 0, "resync {n} dumped");
+        }
+        dp.resync_due();
+        assert!(dp.reconcile(&i, true).await.report.all_ok());
+        assert_eq!(dumps(&log), 1, "the tenth resync dumps");
+        log.lock().unwrap().clear();
+
+        // Someone deletes the agent's rules of table 4: the monitor wakes the loop, and the
+        // next reconcile (not a resync) dumps and puts them back.
+        dp.flows.delete_by_hand(4);
+        woken.recv().await.expect("the monitor wakes the loop");
+        assert!(dp.reconcile(&i, true).await.report.all_ok());
+        assert!(lines(&log).iter().any(|l| l.starts_with("bundle")));
+        assert_eq!(dp.flows.dump("br-tun").await.unwrap(), rules);
     }
 }
