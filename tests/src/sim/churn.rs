@@ -44,6 +44,8 @@ pub struct OpStats {
     pub ok: u64,
     pub refused: BTreeMap<String, u64>,
     pub latencies: Vec<Duration>,
+    /// When each accepted call was answered, to find pauses in a run's mutations.
+    pub accepted_at: Vec<Instant>,
 }
 
 /// What a churn run did, and what must exist after it.
@@ -83,6 +85,17 @@ impl ChurnReport {
             .collect();
         assert_eq!(listed, self.endpoints, "endpoints differ from the ledger");
         listed
+    }
+
+    /// When every accepted call of the run was answered, in order.
+    pub fn accepted_at(&self) -> Vec<Instant> {
+        let mut all: Vec<Instant> = self
+            .ops
+            .values()
+            .flat_map(|o| o.accepted_at.iter().copied())
+            .collect();
+        all.sort();
+        all
     }
 
     pub fn calls(&self) -> u64 {
@@ -154,6 +167,7 @@ impl ClientRun {
         stats.latencies.push(t.elapsed());
         match result {
             Ok(reply) => {
+                stats.accepted_at.push(Instant::now());
                 stats.ok += 1;
                 Some(reply)
             }
@@ -369,6 +383,7 @@ pub async fn churn_across(addrs: &[SocketAddr], creds: &Path, plan: ChurnPlan) -
                         *total.refused.entry(code).or_default() += k;
                     }
                     total.latencies.extend(s.latencies);
+                    total.accepted_at.extend(s.accepted_at);
                 }
                 report.failures.extend(run.failures);
             }
