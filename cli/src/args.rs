@@ -49,7 +49,7 @@ Exit codes:
     version,
     about = "Manage ovl overlay networks: tenants, hosts and container endpoints",
     long_about = "Manage ovl overlay networks.\n\n\
-        A tenant is an isolated L2 segment (VXLAN, GRE or VLAN) with its own IPv4 subnet. An \
+        A tenant is an isolated L2 segment (VXLAN, GRE, VLAN or flat) with its own IPv4 subnet. An \
         endpoint attaches one container network namespace on one host to a tenant. Hosts \
         register themselves when their agent first connects. Every command talks to the \
         controller over QUIC with mutual TLS, using an admin credential bundle.",
@@ -349,11 +349,17 @@ pub enum TenantCommand {
             --attachable` lets containers on any node join a network: the Docker driver and \
             the CNI plugin on an allowed host may then create endpoints of the tenant on that \
             host (and reserve its addresses) with the host's own certificate. Without it only \
-            administrators attach endpoints.",
+            administrators attach endpoints.\n\n\
+            Segment types: vxlan (default) and gre cross the underlay in tunnels; vlan puts the \
+            tenant's frames on the hosts' uplinks (the agent's `uplink`) with an 802.1Q tag; \
+            flat puts them there untagged, like a cloud's flat provider network, so machines \
+            on that wire that know nothing of ovl share the segment. A cluster has at most one \
+            flat tenant (the wire has one untagged segment).",
         after_help = "Examples:\n  \
             ovl tenant create blue --subnet 10.10.0.0/24\n  \
             ovl tenant create red --subnet 10.20.0.0/16 --type gre --key 4242\n  \
             ovl tenant create green --subnet 10.30.0.0/24 --type vlan --vlan 300\n  \
+            ovl tenant create lan --subnet 192.168.50.0/24 --type flat\n  \
             ovl tenant create web --subnet 10.40.0.0/24 --attachable\n  \
             ovl tenant create db --subnet 10.50.0.0/24 --attachable=node1,node2"
     )]
@@ -413,7 +419,8 @@ pub struct TenantCreateArgs {
     #[arg(long, value_name = "CIDR")]
     pub subnet: String,
 
-    /// Segment type [default: vxlan]
+    /// Segment type: vxlan or gre (tunnels), vlan (tagged on the uplink) or flat (untagged on
+    /// the uplink) [default: vxlan]
     #[arg(
         long = "type",
         value_name = "TYPE",
@@ -426,7 +433,7 @@ pub struct TenantCreateArgs {
     pub vni: Option<u32>,
 
     /// VLAN tag 1-4094: the local tag on br-int, and for --type vlan the tag on the wire
-    /// (allocated when absent)
+    /// (allocated when absent; a flat tenant's never reaches the wire)
     #[arg(long, value_name = "TAG")]
     pub vlan: Option<u32>,
 
@@ -459,7 +466,7 @@ pub struct TenantCreateArgs {
 
 /// The values `--type` takes (checked again, with the rest of the request, by
 /// [`crate::request`]).
-pub const SEGMENT_TYPES: [&str; 3] = ["vxlan", "gre", "vlan"];
+pub const SEGMENT_TYPES: [&str; 4] = ["vxlan", "gre", "vlan", "flat"];
 
 /// `on` or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -6,8 +6,9 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use ovl_common::intent::{ObjectKind, ObjectStatus};
-use ovl_common::model::HostAttach;
+use ovl_common::model::{HostAttach, Tenant};
 use ovl_common::proto::{AddressInfo, ApiReply, EndpointInfo, HostInfo, HostStatus, TenantInfo};
+use ovl_common::SegmentType;
 use serde_json::Value;
 
 use crate::args::OutputFormat;
@@ -251,7 +252,7 @@ pub fn tenants_table(ts: &[TenantInfo]) -> String {
         t.row(vec![
             x.name.to_string(),
             x.segment.to_string(),
-            x.key.to_string(),
+            key_text(x),
             x.vlan.to_string(),
             x.subnet.to_string(),
             x.gateway.to_string(),
@@ -287,18 +288,32 @@ fn join<T: ToString>(items: &[T]) -> String {
         .join(",")
 }
 
+/// A tenant's key as people read it: a flat segment has none (its frames go untagged).
+fn key_text(t: &Tenant) -> String {
+    match t.segment {
+        SegmentType::Flat => "-".into(),
+        _ => t.key.to_string(),
+    }
+}
+
 pub fn tenant_block(i: &TenantInfo) -> String {
     let x = &i.tenant;
     let key_label = match x.segment {
-        ovl_common::SegmentType::Vxlan => "vni",
-        ovl_common::SegmentType::Gre => "key",
-        ovl_common::SegmentType::Vlan => "wire tag",
+        SegmentType::Vxlan => "vni",
+        SegmentType::Gre => "key",
+        SegmentType::Vlan | SegmentType::Flat => "wire tag",
     };
     block(&[
         ("name", x.name.to_string()),
         ("id", x.id.to_string()),
         ("type", x.segment.to_string()),
-        (key_label, x.key.to_string()),
+        (
+            key_label,
+            match x.segment {
+                SegmentType::Flat => "none (untagged)".into(),
+                _ => x.key.to_string(),
+            },
+        ),
         ("vlan", x.vlan.to_string()),
         ("subnet", x.subnet.to_string()),
         ("gateway", x.gateway.to_string()),

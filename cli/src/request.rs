@@ -200,11 +200,20 @@ pub fn tenant_create(a: &TenantCreateArgs) -> Result<TenantCreate, ValidationErr
         None => SegmentType::Vxlan,
     };
     if let Some(key) = a.vni {
-        if segment == SegmentType::Vlan {
-            return Err(ValidationError::new(
-                "--vni",
-                "a vlan segment has no VNI or key; give its tag with --vlan",
-            ));
+        match segment {
+            SegmentType::Vlan => {
+                return Err(ValidationError::new(
+                    "--vni",
+                    "a vlan segment has no VNI or key; give its tag with --vlan",
+                ))
+            }
+            SegmentType::Flat => {
+                return Err(ValidationError::new(
+                    "--vni",
+                    "a flat segment has no VNI or key: its frames cross the uplink untagged",
+                ))
+            }
+            SegmentType::Vxlan | SegmentType::Gre => {}
         }
         if key > segment.max_key() {
             return Err(ValidationError::new(
@@ -464,7 +473,7 @@ mod tests {
         .expect_err("geneve is not a type");
         assert!(
             e.to_string()
-                .contains("[possible values: vxlan, gre, vlan]"),
+                .contains("[possible values: vxlan, gre, vlan, flat]"),
             "{e}"
         );
         refused(

@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
-use ovl_common::model::SegmentType;
 use ovl_common::proto::{EndpointInfo, HostInfo, TenantInfo};
 use serde::Serialize;
 
@@ -99,7 +98,7 @@ impl Topology {
                     h.routers.push(t.tenant.name.to_string());
                 }
             }
-            if t.tenant.segment == SegmentType::Vlan {
+            if !t.tenant.segment.is_tunnel() {
                 continue;
             }
             let on: Vec<&String> = on.iter().collect();
@@ -132,11 +131,8 @@ impl Topology {
                 .map(|t| TopoTenant {
                     name: t.tenant.name.to_string(),
                     segment: t.tenant.segment.to_string(),
-                    key: if t.tenant.segment == SegmentType::Vlan {
-                        u32::from(t.tenant.vlan)
-                    } else {
-                        t.tenant.key
-                    },
+                    // A vlan tenant's key is its wire tag; a flat one has none (0).
+                    key: t.tenant.key,
                     subnet: t.tenant.subnet.to_string(),
                     nat: t.tenant.nat,
                     router_host: t.tenant.router_host.as_ref().map(|h| h.to_string()),
@@ -284,7 +280,7 @@ mod tests {
     use super::*;
     use ovl_common::model::{Endpoint, Host, HostAttach, Tenant};
     use ovl_common::proto::HostStatus;
-    use ovl_common::{HostName, MacAddr, NetnsTarget};
+    use ovl_common::{HostName, MacAddr, NetnsTarget, SegmentType};
 
     fn host(name: &str, last: u8, connected: bool) -> HostInfo {
         HostInfo {

@@ -155,17 +155,22 @@ pub enum SegmentType {
     Gre,
     /// An 802.1Q tag carried on a trunk over the hosts' shared L2 underlay; no tunnels.
     Vlan,
+    /// Untagged on the hosts' shared L2 underlay (each host's uplink), like a cloud's flat
+    /// provider network: machines on that wire that know nothing of ovl share the segment.
+    /// The wire has room for one untagged segment, so a cluster has at most one flat tenant.
+    Flat,
 }
 
 impl SegmentType {
     /// Bytes the encapsulation adds on an IPv4 underlay (outer Ethernet is not counted, as
     /// MTU is an L3 figure): VXLAN 20 IP + 8 UDP + 8 VXLAN + 14 inner Ethernet = 50; GRE with a
-    /// key 20 IP + 8 GRE + 14 inner Ethernet = 42; a VLAN trunk adds nothing to the L3 MTU.
+    /// key 20 IP + 8 GRE + 14 inner Ethernet = 42; a VLAN trunk or a flat segment adds
+    /// nothing to the L3 MTU.
     pub const fn overhead(self) -> u16 {
         match self {
             SegmentType::Vxlan => 50,
             SegmentType::Gre => 42,
-            SegmentType::Vlan => 0,
+            SegmentType::Vlan | SegmentType::Flat => 0,
         }
     }
 
@@ -174,12 +179,19 @@ impl SegmentType {
         matches!(self, SegmentType::Vxlan | SegmentType::Gre)
     }
 
-    /// Largest key the segment's header can carry.
+    /// Whether the segment reaches the wire through the host's uplink (`uplink` in the
+    /// agent's configuration) rather than through tunnels.
+    pub fn uses_uplink(self) -> bool {
+        matches!(self, SegmentType::Vlan | SegmentType::Flat)
+    }
+
+    /// Largest key the segment's header can carry (a flat segment has no header: 0).
     pub fn max_key(self) -> u32 {
         match self {
             SegmentType::Vxlan => (1 << 24) - 1,
             SegmentType::Gre => u32::MAX,
             SegmentType::Vlan => 4094,
+            SegmentType::Flat => 0,
         }
     }
 
@@ -188,6 +200,7 @@ impl SegmentType {
             SegmentType::Vxlan => "vxlan",
             SegmentType::Gre => "gre",
             SegmentType::Vlan => "vlan",
+            SegmentType::Flat => "flat",
         }
     }
 }
@@ -226,9 +239,10 @@ impl FromStr for SegmentType {
             "vxlan" => Ok(SegmentType::Vxlan),
             "gre" => Ok(SegmentType::Gre),
             "vlan" => Ok(SegmentType::Vlan),
+            "flat" => Ok(SegmentType::Flat),
             other => Err(ValidationError::new(
                 "type",
-                format!("'{other}' is not a segment type; use vxlan, gre or vlan"),
+                format!("'{other}' is not a segment type; use vxlan, gre, vlan or flat"),
             )),
         }
     }
@@ -762,5 +776,22 @@ mod tests {
     fn overheads() {
         assert_eq!(SegmentType::Vxlan.overhead(), 50);
         assert_eq!(SegmentType::Gre.overhead(), 42);
+        assert_eq!(SegmentType::Flat.overhead(), 0);
+    }
+
+    #[test]
+    fn segment_types_read_back_and_say_how_they_cross() {
+        for s in [
+            SegmentType::Vxlan,
+            SegmentType::Gre,
+            SegmentType::Vlan,
+            SegmentType::Flat,
+        ] {
+            assert_eq!(s.as_str().parse::<SegmentType>().unwrap(), s);
+            assert_ne!(s.is_tunnel(), s.uses_uplink(), "{s} crosses one way");
+        }
+        assert_eq!(SegmentType::Flat.max_key(), 0);
+        let e = "geneve".parse::<SegmentType>().unwrap_err();
+        assert!(e.to_string().contains("vxlan, gre, vlan or flat"), "{e}");
     }
 }

@@ -236,6 +236,7 @@ pub fn key_word(segment: SegmentType) -> &'static str {
         SegmentType::Gre => "GRE key",
         SegmentType::Vxlan => "VNI",
         SegmentType::Vlan => "VLAN tag",
+        SegmentType::Flat => "key",
     }
 }
 

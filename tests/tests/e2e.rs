@@ -290,6 +290,242 @@ async fn vlan_tenants_ride_the_trunk_with_their_tag() {
     );
 }
 
+/// Writes three ICMP echo requests from `src_ip` to `dst_ip` (Ethernet destination `dst_mac`)
+/// on `ns`'s `eth0` as whole frames on a packet socket, with an 802.1Q tag `vid` unless it
+/// is 0, and ICMP identifier `ident`.
+fn send_echo_frame(ns: &str, dst_mac: &str, vid: u16, ident: u16, src_ip: &str, dst_ip: &str) {
+    const SCRIPT: &str = r#"
+import socket, struct, sys
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xffff)
+    s += s >> 16
+    return ~s & 0xffff
+dst_mac, vid, ident, src, dst = sys.argv[1:6]
+vid, ident = int(vid), int(ident)
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+sock.bind(("eth0", 0))
+icmp = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"ovl flat probe"
+icmp = icmp[:2] + struct.pack("!H", csum(icmp)) + icmp[4:]
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0, 64, 1, 0,
+                 socket.inet_aton(src), socket.inet_aton(dst))
+ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+eth = bytes.fromhex(dst_mac.replace(":", "")) + sock.getsockname()[4]
+if vid:
+    eth += struct.pack("!HH", 0x8100, vid)
+eth += struct.pack("!H", 0x0800)
+for _ in range(3):
+    sock.send(eth + ip + icmp)
+"#;
+    let out = ns_exec(
+        ns,
+        &[
+            "python3",
+            "-c",
+            SCRIPT,
+            dst_mac,
+            &vid.to_string(),
+            &ident.to_string(),
+            src_ip,
+            dst_ip,
+        ],
+    );
+    assert!(out.status.success(), "sending frames from {ns}: {out:?}");
+}
+
+/// A machine on the hosts' shared L2 wire that knows nothing of ovl: a namespace whose one
+/// interface is plugged, untagged, into the lab's `trunk` bridge. Removed on drop.
+struct WireMachine {
+    ns: String,
+}
+
+impl WireMachine {
+    fn plug(lab: &TestLab, name: &str, addr: &str) -> Self {
+        let prefix = &lab.state.spec.prefix;
+        let (ns, rtr, peer) = (
+            format!("{prefix}-{name}"),
+            format!("{prefix}-rtr"),
+            format!("{prefix}w{name}"),
+        );
+        let run = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = Command::new("ip")
+            .args(["netns", "del", &ns])
+            .stderr(Stdio::null())
+            .status();
+        run(&["netns", "add", &ns]);
+        let me = Self { ns: ns.clone() };
+        run(&[
+            "-n", &rtr, "link", "add", &peer, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
+        run(&["-n", &rtr, "link", "set", &peer, "master", "trunk", "up"]);
+        run(&["-n", &ns, "addr", "add", addr, "dev", "eth0"]);
+        run(&["-n", &ns, "link", "set", "eth0", "up"]);
+        run(&["-n", &ns, "link", "set", "lo", "up"]);
+        me
+    }
+}
+
+impl Drop for WireMachine {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root, network namespaces, Open vSwitch and tcpdump"]
+async fn a_flat_tenant_rides_the_uplink_untagged_and_reaches_machines_on_the_wire() {
+    let lab = TestLab::up("ovlft", 98, 7470, 2).await;
+    let flat = lab.tenant("lan", "10.31.0.0/24", "flat", None).await;
+    assert_eq!(flat.tenant.key, 0, "a flat tenant has no key");
+    let lan1 = lab.endpoint("lan-1", "lan", "h1", "10.31.0.11").await;
+    lab.endpoint("lan-2", "lan", "h2", "10.31.0.12").await;
+    lab.wait_ok(&["lan-1", "lan-2"]).await;
+    lab.wait_converged().await;
+    let wire = WireMachine::plug(&lab, "wire", "10.31.0.50/24");
+    let dir = lab.state.spec.dir.clone();
+    let ovs = lab.state.spec.ovs(1);
+    let uplink = |col: &str| {
+        ovs.vsctl(&["get", "port", "tr0", col])
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+
+    // Alone on the uplink, the flat tenant is its access VLAN.
+    assert_eq!(uplink("tag"), flat.tenant.vlan.to_string());
+    assert_eq!(
+        (uplink("vlan_mode"), uplink("trunks")),
+        ("[]".into(), "[]".into())
+    );
+    let at_wire = dir.join("wire.txt");
+    let cap_wire = capture(&wire.ns, "eth0", "icmp or arp or vlan", &at_wire);
+    let _ = ping("lan-1", ip("10.31.0.12"), 1);
+    let across = ping("lan-1", ip("10.31.0.12"), 3);
+    let to_wire = ping("lan-2", ip("10.31.0.50"), 3);
+    let from_wire = ping(&wire.ns, ip("10.31.0.11"), 3);
+    let seen_by_wire = stop_capture(cap_wire, &at_wire);
+    assert_eq!(across.received, 3, "flat tenant across hosts: {across:?}");
+    assert_eq!(to_wire.received, 3, "endpoint to the wire: {to_wire:?}");
+    assert_eq!(from_wire.received, 3, "wire to an endpoint: {from_wire:?}");
+    assert!(
+        seen_by_wire
+            .lines()
+            .any(|l| l.contains("10.31.0.12 > 10.31.0.50")),
+        "the machine on the wire saw no ping:\n{seen_by_wire}"
+    );
+    assert!(
+        seen_by_wire.lines().all(|l| !l.contains("802.1Q")),
+        "a tagged frame reached the wire:\n{seen_by_wire}"
+    );
+
+    // The same ICMP echo, sent from the wire to lan-1 untagged and tagged with the flat
+    // tenant's local tag: only the untagged one arrives (the kernel here has no 802.1Q
+    // module, so the frames are written whole on a packet socket).
+    let lan1_mac = lan1.endpoint.mac.to_string();
+    let arrived = |vid: u16, ident: u16| {
+        let out = dir.join(format!("lan-1-{ident}.txt"));
+        let cap = capture(
+            "lan-1",
+            "eth0",
+            &format!("icmp and icmp[4:2] == {ident}"),
+            &out,
+        );
+        send_echo_frame(&wire.ns, &lan1_mac, vid, ident, "10.31.0.50", "10.31.0.11");
+        stop_capture(cap, &out)
+            .lines()
+            .filter(|l| l.contains("ICMP echo request"))
+            .count()
+    };
+    assert_eq!(
+        arrived(0, 0x4f01),
+        3,
+        "untagged frames from the wire reach the tenant"
+    );
+    assert_eq!(
+        arrived(flat.tenant.vlan, 0x4f02),
+        0,
+        "frames tagged with the flat tenant's local tag {} must not get in",
+        flat.tenant.vlan
+    );
+
+    // Beside a vlan tenant: the flat tenant is the uplink's untagged VLAN and the vlan
+    // tenant's frames keep their tag; the flat tenant's local tag never leaves the host.
+    lab.tenant("tv", "10.32.0.0/24", "vlan", Some(310)).await;
+    lab.endpoint("tv-1", "tv", "h1", "10.32.0.11").await;
+    lab.endpoint("tv-2", "tv", "h2", "10.32.0.12").await;
+    lab.wait_ok(&["tv-1", "tv-2"]).await;
+    lab.wait_converged().await;
+    assert_eq!(uplink("tag"), flat.tenant.vlan.to_string());
+    assert_eq!(uplink("vlan_mode"), "native-untagged");
+    assert_eq!(uplink("trunks"), "[310]");
+    let at_h2 = dir.join("uplink-h2.txt");
+    let cap_h2 = capture(&lab.host_ns("h2"), "tr0", "icmp or arp or vlan", &at_h2);
+    let _ = ping("tv-1", ip("10.32.0.12"), 1);
+    let across = ping("lan-1", ip("10.31.0.12"), 3);
+    let tagged = ping("tv-1", ip("10.32.0.12"), 3);
+    let from_wire = ping(&wire.ns, ip("10.31.0.12"), 3);
+    let h2 = stop_capture(cap_h2, &at_h2);
+    assert_eq!(across.received, 3, "flat tenant across hosts: {across:?}");
+    assert_eq!(tagged.received, 3, "the vlan tenant beside it: {tagged:?}");
+    assert_eq!(from_wire.received, 3, "wire to an endpoint: {from_wire:?}");
+    let flat_lines: Vec<&str> = h2.lines().filter(|l| l.contains("10.31.0.")).collect();
+    assert!(
+        flat_lines
+            .iter()
+            .any(|l| l.contains("10.31.0.11 > 10.31.0.12")),
+        "the flat tenant's ping did not cross h2's uplink:\n{h2}"
+    );
+    assert!(
+        flat_lines.iter().all(|l| !l.contains("802.1Q")),
+        "a flat tenant's frame carried a tag on the uplink:\n{h2}"
+    );
+    assert!(
+        h2.lines()
+            .any(|l| l.contains("vlan 310") && l.contains("10.32.0.11 > 10.32.0.12")),
+        "the vlan tenant's ping lost its tag 310:\n{h2}"
+    );
+    let local = format!("vlan {},", flat.tenant.vlan);
+    assert!(
+        !h2.lines().any(|l| l.contains(&local)),
+        "the flat tenant's local tag {} reached the wire:\n{h2}",
+        flat.tenant.vlan
+    );
+
+    // A second flat tenant would share the untagged wire: refused, naming the first.
+    let mut c = lab.client().await;
+    let e = c
+        .call(ApiRequest::TenantCreate(ovl_common::proto::TenantCreate {
+            segment: Some("flat".into()),
+            ..ovl_common::proto::TenantCreate::new("lan2", "10.33.0.0/24")
+        }))
+        .await
+        .expect_err("a second flat tenant");
+    c.close().await;
+    assert!(e.to_string().contains("'lan' is already flat"), "{e}");
+
+    // Deleting the flat tenant leaves the uplink a plain trunk of the vlan tenant's tag.
+    lab.call(ApiRequest::TenantDelete {
+        name: "lan".into(),
+        force: true,
+    })
+    .await;
+    lab.wait_converged().await;
+    assert_eq!(uplink("tag"), "[]");
+    assert_eq!(uplink("vlan_mode"), "[]");
+    assert_eq!(uplink("trunks"), "[310]");
+    assert_eq!(ping(&wire.ns, ip("10.31.0.11"), 2).received, 0);
+    assert_eq!(ping("tv-1", ip("10.32.0.12"), 2).received, 2);
+}
+
 /// The tunnel packets of a `tcpdump -e` capture, one per line (a VXLAN packet's inner frame,
 /// printed on the next line, joined to it), without BFD control packets.
 fn tenant_packets(text: &str) -> String {

@@ -67,7 +67,7 @@ pub fn tunnel_ofport(segment: SegmentType, peer_id: u32) -> Option<u16> {
     match segment {
         SegmentType::Vxlan => Some(base as u16),
         SegmentType::Gre => Some((base + 1) as u16),
-        SegmentType::Vlan => None,
+        SegmentType::Vlan | SegmentType::Flat => None,
     }
 }
 
@@ -78,6 +78,7 @@ pub fn flow_tunnel_name(segment: SegmentType, peer_id: u32) -> String {
         SegmentType::Vxlan => "vx",
         SegmentType::Gre => "gr",
         SegmentType::Vlan => "vl",
+        SegmentType::Flat => "fl",
     };
     format!("ovl-{kind}{peer_id:x}")
 }
@@ -207,14 +208,14 @@ struct FlowTenant {
     ofports: BTreeSet<u16>,
 }
 
-/// Derives what `br-tun` must hold for `intent`: ports, the patch pair and rules. `vlan`
-/// tenants add nothing (they leave through the uplink on `br-int`).
+/// Derives what `br-tun` must hold for `intent`: ports, the patch pair and rules. `vlan` and
+/// `flat` tenants add nothing (they leave through the uplink on `br-int`).
 pub fn desired_tunnels(intent: &HostIntent) -> TunnelLayout {
     let mut layout = TunnelLayout::default();
     let mut peers: BTreeMap<u16, PortSpec> = BTreeMap::new();
     let mut tenants = Vec::new();
     for t in &intent.tenants {
-        if t.segment == SegmentType::Vlan {
+        if !t.segment.is_tunnel() {
             continue;
         }
         let mut ofports = BTreeSet::new();
@@ -278,13 +279,14 @@ pub fn desired_tunnels(intent: &HostIntent) -> TunnelLayout {
 }
 
 /// The patch port on `br-int` that leads to `br-tun`, when the intent has a tunnel tenant: a
-/// trunk of exactly the tunnel tenants' local tags, so a `vlan` tenant's tag never crosses.
+/// trunk of exactly the tunnel tenants' local tags, so a `vlan` or `flat` tenant's tag never
+/// crosses.
 /// The one rule for it, used by both the `br-int` and the `br-tun` planners.
 pub fn int_patch(intent: &HostIntent) -> Option<PortSpec> {
     let tags: BTreeSet<u16> = intent
         .tenants
         .iter()
-        .filter(|t| t.segment != SegmentType::Vlan)
+        .filter(|t| t.segment.is_tunnel())
         .map(|t| t.vlan)
         .collect();
     if tags.is_empty() {

@@ -45,7 +45,9 @@ pub use datapath::{choose_datapath, choose_datapath_with, DatapathType, KERNEL_M
 pub use driver::{BridgeWant, OvsDriver, OvsEvent, ReadCounts, Watcher};
 pub use names::{endpoint_port_name, tunnel_port_name, MAX_IFNAME_LEN};
 pub use plan::{BridgeOutcome, FailMode};
-pub use port::{BridgeState, ObservedInterface, ObservedPort, PortChange, PortKind, PortSpec};
+pub use port::{
+    BridgeState, ObservedInterface, ObservedPort, PortChange, PortKind, PortSpec, NATIVE_UNTAGGED,
+};
 
 use crate::ovsdb;
 

@@ -51,6 +51,7 @@ pub fn tunnel_port_name(segment: SegmentType, peer_host_id: u32, tenant_id: u32)
         SegmentType::Vxlan => ("vx", 'x'),
         SegmentType::Gre => ("gr", 'g'),
         SegmentType::Vlan => ("vl", 'l'),
+        SegmentType::Flat => ("fl", 'f'),
     };
     let name = format!("{readable}{peer_host_id:x}-{tenant_id:x}");
     if name.len() <= MAX_IFNAME_LEN {
@@ -97,7 +98,12 @@ mod tests {
         u32::MAX - 1,
         u32::MAX,
     ];
-    const SEGMENTS: [SegmentType; 3] = [SegmentType::Vxlan, SegmentType::Gre, SegmentType::Vlan];
+    const SEGMENTS: [SegmentType; 4] = [
+        SegmentType::Vxlan,
+        SegmentType::Gre,
+        SegmentType::Vlan,
+        SegmentType::Flat,
+    ];
 
     #[test]
     fn names_are_readable_for_ordinary_ids() {

@@ -202,6 +202,7 @@ fn port_row(spec: &PortSpec) -> Row {
     Row::new()
         .with("tag", Value::optional(spec.tag))
         .with("trunks", Value::set(spec.trunks.iter().copied()))
+        .with("vlan_mode", Value::optional(spec.vlan_mode.as_deref()))
         .with("protected", spec.protected)
         .with(
             "external_ids",

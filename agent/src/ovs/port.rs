@@ -2,7 +2,9 @@
 //!
 //! One description covers every port ovl makes: an endpoint's veth end (`System`, access port
 //! with a `tag`), a tunnel to a peer (`Vxlan`/`Gre`, with a `tag`), or an uplink carrying VLAN
-//! segments (`System` or `Patch` with `trunks` and no `tag`). An observed port converts back
+//! segments (`System` or `Patch` with `trunks` and no `tag`; with a `flat` segment too, the
+//! uplink's `tag` is the flat tenant's and `vlan_mode=native-untagged`, so its frames leave
+//! untagged while the trunked ones keep their tags). An observed port converts back
 //! into a spec ([`ObservedPort::spec`]) so a reconciler can compare the two with `==`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -123,6 +125,10 @@ pub struct PortSpec {
     /// The VLANs a trunk port carries (`trunks`). With no `tag`, OVS reads an empty set as
     /// "all VLANs".
     pub trunks: BTreeSet<u16>,
+    /// The `vlan_mode` column; `None` lets OVS decide from `tag` and `trunks` (access with a
+    /// tag, trunk without). ovl sets only `native-untagged`, on an uplink that carries a flat
+    /// tenant beside tagged ones.
+    pub vlan_mode: Option<String>,
     /// `protected`: OVS does not forward between two protected ports. Set on every tunnel
     /// port, it is the split horizon that keeps a full mesh of tunnels from looping
     /// broadcasts (a frame that came in over one tunnel never leaves over another).
@@ -145,6 +151,7 @@ impl PortSpec {
             kind,
             tag: None,
             trunks: BTreeSet::new(),
+            vlan_mode: None,
             protected: false,
             ofport_request: None,
             bfd: BTreeMap::new(),
@@ -169,6 +176,12 @@ impl PortSpec {
 
     pub fn with_tag(mut self, tag: u16) -> Self {
         self.tag = Some(tag);
+        self
+    }
+
+    /// Untagged frames in and out belong to the port's `tag`; the `trunks` keep their tags.
+    pub fn native_untagged(mut self) -> Self {
+        self.vlan_mode = Some(NATIVE_UNTAGGED.to_owned());
         self
     }
 
@@ -217,6 +230,9 @@ impl PortSpec {
         Ok(())
     }
 }
+
+/// The `vlan_mode` of an uplink carrying a flat tenant beside tagged ones.
+pub const NATIVE_UNTAGGED: &str = "native-untagged";
 
 /// A change to the ports of one bridge. [`super::OvsDriver::apply`] makes a batch of them in
 /// one transaction.
@@ -274,6 +290,7 @@ pub struct ObservedPort {
     pub name: String,
     pub tag: Option<u16>,
     pub trunks: BTreeSet<u16>,
+    pub vlan_mode: Option<String>,
     pub protected: bool,
     /// All of the row's `external_ids`, the ownership key included.
     pub external_ids: BTreeMap<String, String>,
@@ -307,6 +324,7 @@ impl ObservedPort {
             kind: PortKind::from_interface(&iface.iface_type, &iface.options),
             tag: self.tag,
             trunks: self.trunks.clone(),
+            vlan_mode: self.vlan_mode.clone(),
             protected: self.protected,
             ofport_request: iface.ofport_request.and_then(|o| u16::try_from(o).ok()),
             bfd: iface.bfd.clone(),
@@ -466,6 +484,7 @@ mod tests {
             name: "vx3-a".into(),
             tag: Some(10),
             trunks: BTreeSet::new(),
+            vlan_mode: None,
             protected: false,
             external_ids: spec.owned_external_ids(),
             interfaces: vec![iface.clone()],

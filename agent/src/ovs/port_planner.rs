@@ -13,6 +13,10 @@
 //!   the intent no longer names, so they go as any stale port does: that is the upgrade);
 //! - `vlan` tenants get no tunnels: the uplink becomes a trunk carrying exactly their tags
 //!   (never the tunnel tenants' local tags, which must not leak onto the wire);
+//! - the one `flat` tenant goes untagged on the uplink: the port's `tag` is its local tag
+//!   (an access port, or `vlan_mode=native-untagged` beside a trunk of `vlan` tenants), so
+//!   its frames leave without a tag and untagged frames from the wire join it; a second flat
+//!   tenant is reported, never mixed in;
 //! - an owned port that differs from its spec is updated in place; one the intent no longer
 //!   names is deleted only when garbage collection is allowed;
 //! - a port whose kernel device was made again (its recorded [`IFINDEX_KEY`] differs from the
@@ -24,7 +28,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ovl_common::intent::{HostIntent, ObjectKind, ObjectStatus};
+use ovl_common::intent::{HostIntent, ObjectKind, ObjectStatus, TenantIntent};
 use ovl_common::SegmentType;
 
 use super::flow_planner::{self, PATCH_ON_INT};
@@ -79,29 +83,54 @@ pub fn desired_ports(intent: &HostIntent, uplink: Option<&str>) -> Desired {
         d.ports.push((patch, PortRole::Patch));
     }
     let mut trunk_tags = BTreeSet::new();
-    for t in &intent.tenants {
-        match t.segment {
-            SegmentType::Vxlan | SegmentType::Gre => {}
-            SegmentType::Vlan => {
-                if uplink.is_some() {
-                    trunk_tags.insert(t.vlan);
-                } else {
-                    d.problems.push(ObjectStatus::failed(
-                        ObjectKind::Tenant,
-                        t.name.as_str(),
-                        "vlan tenants need an uplink interface; set `uplink` in the agent configuration",
-                    ));
-                }
+    let mut flat: Option<&TenantIntent> = None;
+    for t in intent.tenants.iter().filter(|t| t.segment.uses_uplink()) {
+        if uplink.is_none() {
+            d.problems.push(ObjectStatus::failed(
+                ObjectKind::Tenant,
+                t.name.as_str(),
+                format!(
+                    "{} tenants need an uplink interface; set `uplink` in the agent configuration",
+                    t.segment
+                ),
+            ));
+            continue;
+        }
+        match (t.segment, flat) {
+            (SegmentType::Flat, None) => flat = Some(t),
+            (SegmentType::Flat, Some(first)) => d.problems.push(ObjectStatus::failed(
+                ObjectKind::Tenant,
+                t.name.as_str(),
+                format!(
+                    "the uplink already carries flat tenant '{}' untagged, and it has room for one",
+                    first.name
+                ),
+            )),
+            _ => {
+                trunk_tags.insert(t.vlan);
             }
         }
     }
-    if let (Some(uplink), false) = (uplink, trunk_tags.is_empty()) {
-        let spec = PortSpec::new(uplink, PortKind::System)
-            .with_trunks(trunk_tags)
-            .with_external_id(KIND_KEY, "uplink");
-        d.ports.push((spec, PortRole::Uplink));
+    if let Some(uplink) = uplink {
+        if let Some(spec) = uplink_port(uplink, flat.map(|f| f.vlan), trunk_tags) {
+            d.ports.push((spec, PortRole::Uplink));
+        }
     }
     d
+}
+
+/// The uplink's port: a trunk of the `vlan` tenants' tags and, for a flat tenant, its local
+/// tag as the port's untagged VLAN (an access port when it is alone, so OVS drops tagged
+/// frames; beside a trunk, native-untagged, which also takes the native VLAN tagged — the
+/// native tag need not be listed in `trunks`). `None` when neither needs the uplink.
+fn uplink_port(name: &str, flat_tag: Option<u16>, trunk_tags: BTreeSet<u16>) -> Option<PortSpec> {
+    let port = PortSpec::new(name, PortKind::System).with_external_id(KIND_KEY, "uplink");
+    match (flat_tag, trunk_tags.is_empty()) {
+        (None, true) => None,
+        (None, false) => Some(port.with_trunks(trunk_tags)),
+        (Some(tag), true) => Some(port.with_tag(tag)),
+        (Some(tag), false) => Some(port.with_tag(tag).with_trunks(trunk_tags).native_untagged()),
+    }
 }
 
 /// The changes that turn `observed` (owned ports only) into `desired`. Ports named in `hold`
@@ -224,6 +253,9 @@ fn kind_text(s: &PortSpec) -> String {
         let list: Vec<String> = s.trunks.iter().map(u16::to_string).collect();
         t.push_str(&format!(" trunks={}", list.join(",")));
     }
+    if let Some(mode) = &s.vlan_mode {
+        t.push_str(&format!(" vlan_mode={mode}"));
+    }
     t
 }
 
@@ -282,7 +314,8 @@ pub fn verify_port(spec: &PortSpec, observed: Option<&ObservedPort>) -> Option<S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ovl_common::intent::{EndpointIntent, Peer, TenantIntent};
+    use crate::ovs::NATIVE_UNTAGGED;
+    use ovl_common::intent::{EndpointIntent, Peer};
     use ovl_common::{MacAddr, NetnsTarget};
 
     fn tenant(
@@ -365,6 +398,7 @@ mod tests {
                 name: s.name.clone(),
                 tag: s.tag,
                 trunks: s.trunks.clone(),
+                vlan_mode: s.vlan_mode.clone(),
                 protected: s.protected,
                 external_ids: s.owned_external_ids(),
                 interfaces: vec![ObservedInterface {
@@ -466,6 +500,59 @@ mod tests {
         // No uplink: the vlan tenant's tag is on no trunk (the patch carries the others).
         assert!(d.ports.iter().all(|(s, _)| !s.trunks.contains(&300)));
         assert!(d.ports.iter().all(|(_, r)| *r != PortRole::Uplink));
+    }
+
+    fn uplink_of(d: &Desired) -> Option<&PortSpec> {
+        d.ports
+            .iter()
+            .find(|(_, r)| *r == PortRole::Uplink)
+            .map(|(s, _)| s)
+    }
+
+    #[test]
+    fn a_flat_tenant_is_the_uplinks_untagged_vlan() {
+        // Alone on the uplink: an access port of its local tag.
+        let mut only_flat = intent();
+        only_flat.tenants[2].segment = SegmentType::Flat;
+        let d = desired_ports(&only_flat, Some("tr0"));
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+        let up = uplink_of(&d).expect("an uplink port");
+        assert_eq!((up.tag, up.vlan_mode.as_deref()), (Some(300), None));
+        assert!(up.trunks.is_empty());
+
+        // Beside a vlan tenant: native-untagged, the vlan tenant's tag still trunked, and no
+        // tunnel tenant's local tag on the wire.
+        let mut both = only_flat.clone();
+        both.tenants
+            .push(tenant(4, "amber", SegmentType::Vlan, 400, &[]));
+        let d = desired_ports(&both, Some("tr0"));
+        let up = uplink_of(&d).expect("an uplink port");
+        assert_eq!(up.tag, Some(300));
+        assert_eq!(up.vlan_mode.as_deref(), Some(NATIVE_UNTAGGED));
+        assert_eq!(up.trunks, BTreeSet::from([400]));
+        // The patch to br-tun carries neither.
+        let patch = d.ports.iter().find(|(_, r)| *r == PortRole::Patch).unwrap();
+        assert_eq!(patch.0.trunks, BTreeSet::from([10, 11]));
+
+        // A second flat tenant would merge with the first on the wire: reported, left out.
+        let mut two = only_flat.clone();
+        two.tenants
+            .push(tenant(5, "plain", SegmentType::Flat, 500, &[]));
+        let d = desired_ports(&two, Some("tr0"));
+        assert_eq!(d.problems.len(), 1);
+        assert_eq!(d.problems[0].name, "plain");
+        assert!(d.problems[0].error.as_deref().unwrap().contains("'green'"));
+        assert_eq!(uplink_of(&d).unwrap().tag, Some(300));
+
+        // Without an uplink it is reported like a vlan tenant.
+        let d = desired_ports(&only_flat, None);
+        assert_eq!(d.problems.len(), 1);
+        assert!(d.problems[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with("flat tenants need an uplink"));
+        assert!(uplink_of(&d).is_none());
     }
 
     #[test]

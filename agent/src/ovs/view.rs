@@ -24,6 +24,7 @@ pub(crate) const PORT_COLUMNS: &[&str] = &[
     "interfaces",
     "tag",
     "trunks",
+    "vlan_mode",
     "protected",
     "external_ids",
 ];
@@ -129,6 +130,10 @@ fn parse_port(
         name: row.str("name").map_err(data("Port"))?.to_owned(),
         tag,
         trunks,
+        vlan_mode: match row.try_get("vlan_mode") {
+            Some(v) => v.optional_str().map_err(data("Port"))?.map(str::to_owned),
+            None => None,
+        },
         // Older schemas lack the column; absent reads as unprotected.
         protected: row
             .get("protected")

@@ -65,6 +65,7 @@ impl FakeSwitch {
             name: spec.name.clone(),
             tag: spec.tag,
             trunks: spec.trunks.clone(),
+            vlan_mode: spec.vlan_mode.clone(),
             protected: spec.protected,
             external_ids: ids.clone(),
             interfaces: vec![ObservedInterface {

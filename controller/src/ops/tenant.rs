@@ -19,6 +19,26 @@ use crate::compile::Compiled;
 use crate::ipam::{gateway_mac_owner, mac_key, mac_pool, SubnetPlan};
 use crate::store::{Counter, Holders, Settings, StoreError, StoredEndpoint, Txn, NO_MAC};
 
+/// The hosts' uplinks share one wire, and a wire has one untagged segment: a second flat
+/// tenant would merge with the first, so it is refused, naming the one that holds the wire.
+fn refuse_second_flat(t: &dyn Txn) -> Result<(), Failure> {
+    match t
+        .all_tenants()?
+        .into_iter()
+        .find(|x| x.segment == SegmentType::Flat)
+    {
+        Some(flat) => Err(Failure::Api(ApiError::field(
+            ErrorCode::Conflict,
+            "type",
+            format!(
+                "tenant '{}' is already flat: the hosts' uplinks carry one untagged segment; delete it first, or give this tenant --type vlan",
+                flat.name
+            ),
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// `ovl tenant create`: validates every field, then takes the VLAN tag and the key.
 pub(crate) fn tenant_create(
     t: &mut dyn Txn,
@@ -40,6 +60,12 @@ pub(crate) fn tenant_create(
         .unwrap_or_default();
     let key_word = key_word(segment);
     if let Some(key) = c.key {
+        if segment == SegmentType::Flat {
+            return Err(invalid(
+                "vni",
+                "a flat tenant has no VNI or key: its frames cross the uplink untagged; leave out --vni".to_owned(),
+            ));
+        }
         if !segment.is_tunnel() {
             return Err(invalid(
                 "vni",
@@ -94,6 +120,9 @@ pub(crate) fn tenant_create(
             format!("tenant '{name}' already exists"),
         )));
     }
+    if segment == SegmentType::Flat {
+        refuse_second_flat(t)?;
+    }
 
     let vlan = match c.vlan {
         Some(vlan) => {
@@ -124,7 +153,10 @@ pub(crate) fn tenant_create(
         }
     };
 
-    let key = if !segment.is_tunnel() {
+    // A vlan tenant's key is its wire tag; a flat tenant's frames carry none.
+    let key = if segment == SegmentType::Flat {
+        0
+    } else if !segment.is_tunnel() {
         u32::from(vlan)
     } else {
         match c.key {

@@ -238,6 +238,48 @@ fn tenants_get_keys_tags_and_mtus() {
 }
 
 #[test]
+fn a_flat_tenant_has_no_key_and_holds_the_wire_alone() {
+    let f = Fixture::new();
+    let lan = f.tenant(TenantCreate {
+        segment: Some("flat".into()),
+        ..TenantCreate::new("lan", "192.168.50.0/24")
+    });
+    assert_eq!(lan.tenant.segment, SegmentType::Flat);
+    assert_eq!(lan.tenant.key, 0, "a flat tenant's frames carry no key");
+    assert_eq!(lan.tenant.vlan, 1, "it still has a local tag on br-int");
+    assert_eq!(lan.tenant.mtu, 1500, "nothing is added on the wire");
+
+    // The wire has one untagged segment: a second flat tenant is refused, naming the first
+    // (`fails` also checks that a refusal changes nothing).
+    let e = f.fails(ApiRequest::TenantCreate(TenantCreate {
+        segment: Some("flat".into()),
+        ..TenantCreate::new("lan2", "192.168.60.0/24")
+    }));
+    assert_eq!(e.code, ErrorCode::Conflict);
+    assert_eq!(e.field.as_deref(), Some("type"));
+    assert!(e.message.contains("'lan' is already flat"), "{}", e.message);
+    // Neither has a key to give.
+    let e = f.fails(ApiRequest::TenantCreate(TenantCreate {
+        segment: Some("flat".into()),
+        key: Some(5),
+        ..TenantCreate::new("lan3", "192.168.70.0/24")
+    }));
+    assert_eq!(e.field.as_deref(), Some("vni"));
+    assert!(e.message.contains("untagged"), "{}", e.message);
+
+    // Once it is deleted, another tenant may take the wire.
+    f.ok(ApiRequest::TenantDelete {
+        name: "lan".into(),
+        force: false,
+    });
+    f.tenant(TenantCreate {
+        segment: Some("flat".into()),
+        ..TenantCreate::new("lan2", "192.168.60.0/24")
+    });
+    f.assert_clean();
+}
+
+#[test]
 fn bad_tenant_requests_name_the_field_and_change_nothing() {
     let f = Fixture::with(Settings {
         key_range: 1000..=1001,

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ovl_common::model::{validate_ifname, Tenant, MAX_TENANT_MTU, MIN_TENANT_MTU};
+use ovl_common::SegmentType;
 use redb::{ReadTransaction, ReadableTable};
 
 use super::tables::{self, assemble_state, meta, open_read_table, SCHEMA_VERSION};
@@ -124,6 +125,19 @@ pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckR
     let ports = load(tables::PORTS)?;
 
     // Tenants.
+    let flat: Vec<&str> = state
+        .tenants
+        .values()
+        .filter(|t| t.segment == SegmentType::Flat)
+        .map(|t| t.name.as_str())
+        .collect();
+    if flat.len() > 1 {
+        p(format!(
+            "{} flat tenants ({}) share the uplinks' one untagged segment",
+            flat.len(),
+            flat.join(", ")
+        ));
+    }
     let mut tenant_ids = BTreeSet::new();
     for t in state.tenants.values() {
         let n = &t.name;
@@ -171,6 +185,10 @@ pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckR
                     t.key,
                     keys.get(&u64::from(t.key))
                 ));
+            }
+        } else if t.segment == SegmentType::Flat {
+            if t.key != 0 {
+                p(format!("flat tenant '{n}' has key {}, not 0", t.key));
             }
         } else if t.key != u32::from(t.vlan) {
             p(format!(

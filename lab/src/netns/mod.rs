@@ -21,7 +21,7 @@
 //! `/run/netns` here) never claim each other's. Each host runs its own ovsdb-server and ovs-vswitchd (userspace `netdev` datapath,
 //! the underlay address on the internal port of `br-phy` as OVS's userspace tunnelling needs)
 //! and its own `ovl-agent`. The `trunk` bridge is a shared L2 segment that carries `vlan`
-//! tenants' 802.1Q tags between the hosts' `tr0` uplinks.
+//! tenants' 802.1Q tags, and the `flat` tenant untagged, between the hosts' `tr0` uplinks.
 //!
 //! Each agent serves its local API on a socket of its own, `DIR/h<i>/agent.sock`
 //! ([`LabSpec::agent_socket`]), never the machine's `/run/ovl/agent.sock`; [`podman`] lays out
