@@ -35,6 +35,17 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Connect to the controller and keep this host's data plane in line with its intent.
+    ///
+    /// Every option also has a key of the same name (with `_` for `-`) in the configuration
+    /// file, /etc/ovl/agent.toml unless --config; an option given here wins over the file.
+    /// Each reconcile reads what exists (OVSDB, netlink), changes only what differs from the
+    /// intent, verifies it and acknowledges the intent's generation with a line per object
+    /// not in place. systemd's `ovl-agent.service` runs it (Type=notify, with a watchdog).
+    #[command(after_help = "Examples:
+  ovl-agent run --controller 10.0.0.1:7300 --credentials /etc/ovl/host
+  ovl-agent run --controller ctl1:7300,ctl2:7300,ctl3:7300 --uplink eth1
+  ovl-agent run --ovsdb tcp:127.0.0.1:6640 --datapath netdev --metrics-listen 127.0.0.1:9301
+Logs go to stderr (the journal under systemd); OVL_LOG=debug (or OVL_LOG=ovl_agent=debug) says more.")]
     Run(RunArgs),
     /// Obtain this host's certificate with a one-time token from `ovl-controller token create`.
     ///
@@ -50,19 +61,19 @@ enum Command {
 #[derive(clap::Args, Debug)]
 struct JoinArgs {
     /// The controller's join endpoint, `IP[:PORT]` (port 7301 when omitted).
-    #[arg(long, value_parser = parse_join_addr)]
+    #[arg(long, value_parser = parse_join_addr, value_name = "IP[:PORT]")]
     controller: SocketAddr,
     /// The token `ovl-controller token create` printed.
     #[arg(long, env = "OVL_JOIN_TOKEN", hide_env_values = true)]
     token: String,
     /// The cluster CA's hash (`sha256:…`), as `ovl-controller init` and `token create` print it.
-    #[arg(long)]
+    #[arg(long, value_name = "sha256:HEX")]
     ca_hash: String,
     /// The host name to join as; the name the token is bound to when omitted.
     #[arg(long)]
     host: Option<String>,
     /// Where to write the bundle.
-    #[arg(long, default_value = "/etc/ovl/host")]
+    #[arg(long, default_value = "/etc/ovl/host", value_name = "DIR")]
     out: PathBuf,
     /// Replace a key already in --out (the host gets a new identity).
     #[arg(long)]
@@ -81,62 +92,75 @@ fn parse_join_addr(s: &str) -> Result<SocketAddr, String> {
 #[derive(clap::Args, Debug)]
 struct RunArgs {
     /// Configuration file; flags override its keys.
-    #[arg(long, env = "OVL_AGENT_CONFIG", default_value = "/etc/ovl/agent.toml")]
+    #[arg(
+        long,
+        env = "OVL_AGENT_CONFIG",
+        default_value = "/etc/ovl/agent.toml",
+        value_name = "FILE"
+    )]
     config: PathBuf,
     /// Controller address, HOST:PORT (UDP, QUIC); several, comma-separated, for controllers
     /// sharing one store: the agent moves to the next when its controller goes away. Names
     /// are resolved at start.
-    #[arg(long)]
+    #[arg(long, value_name = "HOST:PORT[,...]", help_heading = "Controller")]
     controller: Option<String>,
-    /// Credentials bundle directory (ca.crt, tls.crt, tls.key).
-    #[arg(long)]
+    /// Credentials bundle directory (ca.crt, tls.crt, tls.key), as `ovl-agent join` or
+    /// `ovl-controller issue host` wrote it [default: /etc/ovl/host].
+    #[arg(long, value_name = "DIR", help_heading = "Controller")]
     credentials: Option<PathBuf>,
     /// Address peers' tunnels point at; by default the source address towards the controller.
-    #[arg(long)]
+    #[arg(long, value_name = "IP", help_heading = "Underlay")]
     underlay_ip: Option<Ipv4Addr>,
-    #[arg(long)]
+    /// The MTU of this host's underlay, announced to the controller, which refuses a host
+    /// below 626 (room for a 576-byte tenant under VXLAN) [default: 1500]. Tenants' MTUs
+    /// derive from the controller's own --underlay-mtu.
+    #[arg(long, value_name = "BYTES", help_heading = "Underlay")]
     underlay_mtu: Option<u16>,
-    /// OVSDB remote (`unix:/var/run/openvswitch/db.sock` or `tcp:IP:PORT`).
-    #[arg(long)]
+    /// OVSDB remote (`unix:PATH` or `tcp:IP:PORT`) [default:
+    /// unix:/var/run/openvswitch/db.sock].
+    #[arg(long, value_name = "REMOTE", help_heading = "Open vSwitch")]
     ovsdb: Option<String>,
-    /// Integration bridge name.
-    #[arg(long)]
+    /// Integration bridge name [default: br-int].
+    #[arg(long, value_name = "NAME", help_heading = "Open vSwitch")]
     bridge: Option<String>,
-    /// OVS datapath type for the integration bridge.
-    #[arg(long, value_enum)]
+    /// OVS datapath type for the integration bridge [default: auto].
+    #[arg(long, value_enum, help_heading = "Open vSwitch")]
     datapath: Option<DatapathChoice>,
     /// `ovs` drives Open vSwitch; `fake` only records intents (tests and simulations).
     #[arg(long, value_enum)]
     driver: Option<Driver>,
     /// With `--driver fake`: append each applied intent to this file as JSON.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
-    /// Seconds between periodic reconciles.
-    #[arg(long)]
+    /// Seconds between periodic reconciles, the safety net that finds what no event
+    /// reported [default: 30].
+    #[arg(long, value_name = "SECS")]
     resync_secs: Option<u64>,
-    /// Directory for the agent's small state (last applied generation).
-    #[arg(long)]
+    /// Directory for the agent's small state (last applied generation, routers)
+    /// [default: /var/lib/ovl-agent].
+    #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// Underlay interface that carries `vlan` segments as an 802.1Q trunk.
-    #[arg(long)]
+    /// Underlay interface that carries `vlan` tenants as an 802.1Q trunk and the `flat`
+    /// tenant untagged (none unless given: such tenants then report failed).
+    #[arg(long, value_name = "IFACE", help_heading = "Underlay")]
     uplink: Option<String>,
-    /// Prefix of tenant router namespace names (the tenant id follows); [default: ovl-r-]
-    #[arg(long)]
+    /// Prefix of tenant router namespace names (the tenant id follows) [default: ovl-r-].
+    #[arg(long, value_name = "PREFIX")]
     router_netns_prefix: Option<String>,
     /// The Docker engine's API socket, asked about `--docker` endpoints' containers and
-    /// followed for their restarts; [default: /var/run/docker.sock]
-    #[arg(long)]
+    /// followed for their restarts [default: /var/run/docker.sock].
+    #[arg(long, value_name = "PATH", help_heading = "Container runtimes")]
     docker_socket: Option<PathBuf>,
     /// Where the local API for the host's own tools (the CNI plugin) listens, root only;
-    /// [default: /run/ovl/agent.sock]
-    #[arg(long)]
+    /// [default: /run/ovl/agent.sock].
+    #[arg(long, value_name = "PATH", help_heading = "Container runtimes")]
     local_socket: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics (off unless given; e.g.
     /// 127.0.0.1:9301). docs/operations.md lists them.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", help_heading = "Logs and metrics")]
     metrics_listen: Option<SocketAddr>,
     /// Log as JSON lines.
-    #[arg(long)]
+    #[arg(long, help_heading = "Logs and metrics")]
     log_json: bool,
 }
 
@@ -318,4 +342,17 @@ fn join(args: JoinArgs) -> anyhow::Result<()> {
         joined.ca_hash
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every subcommand, option and value is described in `--help` (the rule is
+    /// `ovl_common::cli_docs::help_gaps`).
+    #[test]
+    fn help_leaves_nothing_unsaid() {
+        let gaps = ovl_common::cli_docs::help_gaps(&Cli::command());
+        assert!(gaps.is_empty(), "--help gaps:\n{}", gaps.join("\n"));
+    }
 }

@@ -180,6 +180,7 @@ pub enum Command {
         after_help = "Example:\n  source <(ovl completion bash)"
     )]
     Completion {
+        /// The shell to complete for
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -706,6 +707,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
     use clap::error::ErrorKind;
+
+    /// Every subcommand, option and value is described in `--help` (the rule is
+    /// `ovl_common::cli_docs::help_gaps`, which the daemons are held to as well).
+    #[test]
+    fn help_leaves_nothing_unsaid() {
+        use clap::CommandFactory;
+        let gaps = ovl_common::cli_docs::help_gaps(&Cli::command());
+        assert!(gaps.is_empty(), "--help gaps:\n{}", gaps.join("\n"));
+    }
 
     fn joined(args: &[&str]) -> Vec<String> {
         join_wait_values(args.iter().map(OsString::from))

@@ -53,11 +53,16 @@ enum Command {
     /// ca.crt, tls.crt and tls.key). Refuses to overwrite an existing CA unless --force.
     Init {
         /// PKI directory.
-        #[arg(long, env = "OVL_PKI", default_value = "/etc/ovl/pki")]
+        #[arg(
+            long,
+            env = "OVL_PKI",
+            default_value = "/etc/ovl/pki",
+            value_name = "DIR"
+        )]
         pki: PathBuf,
         /// Extra DNS names for the controller's certificate (clients always verify
         /// `ovl-controller`, so this is rarely needed).
-        #[arg(long = "dns")]
+        #[arg(long = "dns", value_name = "NAME")]
         dns: Vec<String>,
         /// Replace an existing CA; every certificate issued by the old one stops working.
         #[arg(long)]
@@ -69,22 +74,49 @@ enum Command {
         what: IssueWhat,
     },
     /// Run the controller.
+    ///
+    /// Serves agents (their intents, over QUIC with mutual TLS) and the API (`ovl`, the
+    /// Docker driver, the CNI plugin) on --listen, keeps the store in the --db redb file or
+    /// in etcd, and moves tenant routers off hosts that are gone. Several controllers may
+    /// share one etcd store: one leads (router moves), all serve. systemd's
+    /// `ovl-controller.service` runs it (Type=notify, with a watchdog).
+    #[command(after_help = "Examples:
+  ovl-controller run --pki /etc/ovl/pki --db /var/lib/ovl/controller.redb
+  ovl-controller run --join-listen 0.0.0.0:7301 --metrics-listen 127.0.0.1:9300
+  ovl-controller run --etcd-endpoints https://10.0.0.1:2379,https://10.0.0.2:2379 \\
+      --etcd-ca etcd-ca.crt --etcd-cert ctl.crt --etcd-key ctl.key
+Logs go to stderr (the journal under systemd); OVL_LOG=debug says more.")]
     Run {
         /// PKI directory; the controller uses its bundle PKI/controller.
-        #[arg(long, env = "OVL_PKI", default_value = "/etc/ovl/pki")]
+        #[arg(
+            long,
+            env = "OVL_PKI",
+            default_value = "/etc/ovl/pki",
+            value_name = "DIR"
+        )]
         pki: PathBuf,
         /// The redb database file; created if missing. Not used with --etcd-endpoints (but
         /// the default join token directory is still beside it).
-        #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
+        #[arg(
+            long,
+            env = "OVL_DB",
+            default_value = "/var/lib/ovl/controller.redb",
+            value_name = "FILE"
+        )]
         db: PathBuf,
         /// UDP address to listen on for QUIC.
-        #[arg(long, env = "OVL_LISTEN", default_value = "0.0.0.0:7300")]
+        #[arg(
+            long,
+            env = "OVL_LISTEN",
+            default_value = "0.0.0.0:7300",
+            value_name = "ADDR"
+        )]
         listen: SocketAddr,
         /// Range for automatically allocated VNIs and GRE keys, as FIRST-LAST.
-        #[arg(long, default_value = "1000-999999")]
+        #[arg(long, default_value = "1000-999999", value_name = "FIRST-LAST")]
         key_range: String,
         /// Underlay MTU assumed for default tenant MTUs (tenant MTU = this − encapsulation).
-        #[arg(long, default_value_t = 1500)]
+        #[arg(long, default_value_t = 1500, value_name = "BYTES")]
         underlay_mtu: u16,
         /// Log as JSON lines instead of text.
         #[arg(long)]
@@ -92,13 +124,18 @@ enum Command {
         /// Also listen for `ovl-agent join` on this UDP address (7301 by convention). Joins
         /// need no client certificate, only a token from `ovl-controller token create`, and
         /// need the CA key (PKI/ca.key). Off unless given.
-        #[arg(long, env = "OVL_JOIN_LISTEN")]
+        #[arg(long, env = "OVL_JOIN_LISTEN", value_name = "ADDR")]
         join_listen: Option<SocketAddr>,
         #[command(flatten)]
         tokens: TokenDir,
         /// Seconds a tenant router's host may be disconnected before the router moves to
         /// another host.
-        #[arg(long, env = "OVL_GATEWAY_FAILOVER_SECS", default_value_t = 30)]
+        #[arg(
+            long,
+            env = "OVL_GATEWAY_FAILOVER_SECS",
+            default_value_t = 30,
+            value_name = "SECS"
+        )]
         gateway_failover_secs: u64,
         /// Serve Prometheus metrics at http://ADDR/metrics (off unless given; e.g.
         /// 127.0.0.1:9300). docs/operations.md lists them.
@@ -120,7 +157,12 @@ enum Command {
     /// controller holds is checked in a snapshot the controller hands out, as for `backup`).
     Check {
         /// The redb database file (unless the store is in etcd).
-        #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
+        #[arg(
+            long,
+            env = "OVL_DB",
+            default_value = "/var/lib/ovl/controller.redb",
+            value_name = "FILE"
+        )]
         db: PathBuf,
         #[command(flatten)]
         etcd: EtcdArgs,
@@ -133,10 +175,15 @@ enum Command {
     /// that a running controller holds is asked of that controller (--controller).
     Backup {
         /// The file to write (mode 0600; replaced if it exists).
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         out: PathBuf,
         /// The redb database file (unless the store is in etcd).
-        #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
+        #[arg(
+            long,
+            env = "OVL_DB",
+            default_value = "/var/lib/ovl/controller.redb",
+            value_name = "FILE"
+        )]
         db: PathBuf,
         #[command(flatten)]
         etcd: EtcdArgs,
@@ -149,7 +196,12 @@ enum Command {
         /// The file `ovl-controller backup` wrote.
         file: PathBuf,
         /// The redb database file (unless the store is in etcd).
-        #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
+        #[arg(
+            long,
+            env = "OVL_DB",
+            default_value = "/var/lib/ovl/controller.redb",
+            value_name = "FILE"
+        )]
         db: PathBuf,
         /// Replace a store that is already there.
         #[arg(long)]
@@ -175,7 +227,12 @@ struct RemoteArgs {
     #[arg(long, value_name = "DIR")]
     credentials: Option<PathBuf>,
     /// PKI directory, for its admin bundle.
-    #[arg(long, env = "OVL_PKI", default_value = "/etc/ovl/pki")]
+    #[arg(
+        long,
+        env = "OVL_PKI",
+        default_value = "/etc/ovl/pki",
+        value_name = "DIR"
+    )]
     pki: PathBuf,
 }
 
@@ -248,20 +305,45 @@ struct EtcdArgs {
     /// Keep the store in this etcd cluster instead of a redb file: its members'
     /// client URLs, comma-separated (https://10.0.0.1:2379,https://10.0.0.2:2379,...). Any
     /// number of controllers may share one etcd store.
-    #[arg(long, env = "OVL_ETCD_ENDPOINTS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "OVL_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        value_name = "URLS"
+    )]
     etcd_endpoints: Vec<String>,
     /// The CA that signed the etcd members' certificates.
-    #[arg(long, env = "OVL_ETCD_CA", requires = "etcd_endpoints")]
+    #[arg(
+        long,
+        env = "OVL_ETCD_CA",
+        requires = "etcd_endpoints",
+        value_name = "FILE"
+    )]
     etcd_ca: Option<PathBuf>,
     /// This controller's client certificate for etcd (etcd's --client-cert-auth).
-    #[arg(long, env = "OVL_ETCD_CERT", requires = "etcd_key")]
+    #[arg(
+        long,
+        env = "OVL_ETCD_CERT",
+        requires = "etcd_key",
+        value_name = "FILE"
+    )]
     etcd_cert: Option<PathBuf>,
     /// The key of --etcd-cert.
-    #[arg(long, env = "OVL_ETCD_KEY", requires = "etcd_cert")]
+    #[arg(
+        long,
+        env = "OVL_ETCD_KEY",
+        requires = "etcd_cert",
+        value_name = "FILE"
+    )]
     etcd_key: Option<PathBuf>,
     /// Every key ovl writes starts with this, so one etcd cluster can hold several ovl
     /// clusters.
-    #[arg(long, env = "OVL_ETCD_PREFIX", default_value = EtcdOptions::DEFAULT_PREFIX)]
+    #[arg(
+        long,
+        env = "OVL_ETCD_PREFIX",
+        default_value = EtcdOptions::DEFAULT_PREFIX,
+        value_name = "PREFIX"
+    )]
     etcd_prefix: String,
 }
 
@@ -306,7 +388,7 @@ const ETCD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 #[derive(clap::Args, Debug)]
 struct TokenDir {
     /// Token directory; `join-tokens` beside the database (--db) when not given.
-    #[arg(long = "tokens", env = "OVL_TOKENS")]
+    #[arg(long = "tokens", env = "OVL_TOKENS", value_name = "DIR")]
     dir: Option<PathBuf>,
 }
 
@@ -325,38 +407,64 @@ enum TokenWhat {
     /// It works once and expires after --ttl. Only its SHA-256 is stored.
     Create {
         /// Bind the token to this host name.
-        #[arg(long)]
+        #[arg(long, value_name = "NAME")]
         host: Option<String>,
         /// How long the token is valid (`30m`, `1h`, `2d`; at most 30 days).
-        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        #[arg(
+            long,
+            default_value = "1h",
+            value_parser = humantime::parse_duration,
+            value_name = "DURATION"
+        )]
         ttl: std::time::Duration,
         /// The database the controller runs with; the token directory is beside it.
-        #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
+        #[arg(
+            long,
+            env = "OVL_DB",
+            default_value = "/var/lib/ovl/controller.redb",
+            value_name = "FILE"
+        )]
         db: PathBuf,
         #[command(flatten)]
         tokens: TokenDir,
         /// PKI directory, to print the CA hash the joining host pins.
-        #[arg(long, env = "OVL_PKI", default_value = "/etc/ovl/pki")]
+        #[arg(
+            long,
+            env = "OVL_PKI",
+            default_value = "/etc/ovl/pki",
+            value_name = "DIR"
+        )]
         pki: PathBuf,
         /// The address hosts reach the join endpoint at (`HOST:PORT`), for the join command
         /// this prints. By default this machine's first IPv4 address that is up and not
         /// loopback, with port 7301 (the `--join-listen` convention).
-        #[arg(long, env = "OVL_JOIN_ADDRESS")]
+        #[arg(long, env = "OVL_JOIN_ADDRESS", value_name = "HOST:PORT")]
         join_address: Option<String>,
     },
     /// List the tokens on record (never the tokens themselves: an id, a host, an expiry).
     List {
         /// The database the controller runs with; the token directory is beside it.
-        #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
+        #[arg(
+            long,
+            env = "OVL_DB",
+            default_value = "/var/lib/ovl/controller.redb",
+            value_name = "FILE"
+        )]
         db: PathBuf,
         #[command(flatten)]
         tokens: TokenDir,
     },
     /// Delete an unused token by the id `token list` shows (or a unique prefix of it).
     Revoke {
+        /// The token's id as `token list` shows it, or a unique prefix of it.
         id: String,
         /// The database the controller runs with; the token directory is beside it.
-        #[arg(long, env = "OVL_DB", default_value = "/var/lib/ovl/controller.redb")]
+        #[arg(
+            long,
+            env = "OVL_DB",
+            default_value = "/var/lib/ovl/controller.redb",
+            value_name = "FILE"
+        )]
         db: PathBuf,
         #[command(flatten)]
         tokens: TokenDir,
@@ -367,11 +475,18 @@ enum TokenWhat {
 enum IssueWhat {
     /// A host's bundle (PKI/hosts/NAME unless --out); the agent on that host uses it.
     Host {
+        /// The host's name, as its agent will be known (a-z, 0-9 and '-').
         name: String,
-        #[arg(long, env = "OVL_PKI", default_value = "/etc/ovl/pki")]
+        /// PKI directory (its CA signs the bundle).
+        #[arg(
+            long,
+            env = "OVL_PKI",
+            default_value = "/etc/ovl/pki",
+            value_name = "DIR"
+        )]
         pki: PathBuf,
         /// Where to write the bundle.
-        #[arg(long)]
+        #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
         /// Validity in days.
         #[arg(long, default_value_t = 825)]
@@ -379,11 +494,20 @@ enum IssueWhat {
     },
     /// An extra admin's bundle (PKI/admins/NAME unless --out).
     Admin {
+        /// The administrator's name, recorded in the certificate and in the logs.
         name: String,
-        #[arg(long, env = "OVL_PKI", default_value = "/etc/ovl/pki")]
+        /// PKI directory (its CA signs the bundle).
+        #[arg(
+            long,
+            env = "OVL_PKI",
+            default_value = "/etc/ovl/pki",
+            value_name = "DIR"
+        )]
         pki: PathBuf,
-        #[arg(long)]
+        /// Where to write the bundle.
+        #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// Validity in days.
         #[arg(long, default_value_t = 825)]
         days: i64,
     },
@@ -817,5 +941,18 @@ fn token(what: TokenWhat) -> anyhow::Result<()> {
             println!("revoked token {}", gone.id);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every subcommand, option and value is described in `--help` (the rule is
+    /// `ovl_common::cli_docs::help_gaps`).
+    #[test]
+    fn help_leaves_nothing_unsaid() {
+        let gaps = ovl_common::cli_docs::help_gaps(&Cli::command());
+        assert!(gaps.is_empty(), "--help gaps:\n{}", gaps.join("\n"));
     }
 }
