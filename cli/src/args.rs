@@ -713,8 +713,7 @@ mod tests {
     #[test]
     fn help_leaves_nothing_unsaid() {
         use clap::CommandFactory;
-        let gaps = ovl_common::cli_docs::help_gaps(&Cli::command());
-        assert!(gaps.is_empty(), "--help gaps:\n{}", gaps.join("\n"));
+        ovl_common::cli_docs::assert_no_help_gaps(&Cli::command());
     }
 
     fn joined(args: &[&str]) -> Vec<String> {

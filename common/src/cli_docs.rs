@@ -34,6 +34,12 @@ pub fn help_gaps(cmd: &clap::Command) -> Vec<String> {
     gaps
 }
 
+/// Panics listing [`help_gaps`] if there are any: each binary's test of its `--help`.
+pub fn assert_no_help_gaps(cmd: &clap::Command) {
+    let gaps = help_gaps(cmd);
+    assert!(gaps.is_empty(), "--help gaps:\n{}", gaps.join("\n"));
+}
+
 fn collect_gaps(cmd: &clap::Command, path: &str, gaps: &mut Vec<String>) {
     if cmd.get_about().is_none() {
         gaps.push(format!("{path}: no description"));
