@@ -10,13 +10,18 @@
 //! Layer: service, beside the server ([`crate::server`]), over the operations. It holds no
 //! state of its own besides when it started.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use ovl_common::proto::PeerReport;
+use ovl_common::HostName;
+
 use crate::gateway::{plan_moves, Availability, MoveReason, Presence};
+use crate::live::LiveHost;
 use crate::ops::router::move_routers;
 use crate::ops::Controller;
 use crate::server::Sessions;
@@ -26,6 +31,22 @@ use crate::store::StoreError;
 pub const DEFAULT_FAILOVER: Duration = Duration::from_secs(30);
 /// How often the failover task looks at the hosts.
 const TICK: Duration = Duration::from_secs(1);
+
+/// Adds the hosts connected to other controllers sharing the store to what this one knows:
+/// connected, and their peer reports, except where a session of this controller's own
+/// reported (it is the fresher).
+fn count_elsewhere(
+    presence: &mut BTreeMap<HostName, Presence>,
+    reports: &mut BTreeMap<HostName, PeerReport>,
+    elsewhere: BTreeMap<HostName, LiveHost>,
+) {
+    for (host, live) in elsewhere {
+        if let Some(peers) = live.peers {
+            reports.entry(host.clone()).or_insert(peers);
+        }
+        presence.insert(host, Presence::Connected);
+    }
+}
 
 /// Runs the failover task until `shutdown`: every second, classify the hosts, plan the moves
 /// and apply them in one store transaction, then push the changed intents.
@@ -53,7 +74,7 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
         }
         let mut presence = sessions.presence();
-        let reports = sessions.peer_reports();
+        let mut reports = sessions.peer_reports();
         let ctl = ctl.clone();
         let before = unreachable.clone();
         let round = tokio::task::spawn_blocking(move || {
@@ -62,9 +83,7 @@ pub async fn run(
             if !ctl.store().lead()? {
                 return Ok((Vec::new(), Vec::new(), Default::default()));
             }
-            for host in ctl.store().elsewhere()?.into_keys() {
-                presence.insert(host, Presence::Connected);
-            }
+            count_elsewhere(&mut presence, &mut reports, ctl.store().elsewhere()?);
             let state = ctl.state()?;
             let avail = Availability::of(
                 state.hosts.keys().cloned(),
@@ -100,6 +119,61 @@ pub async fn run(
             }
             Ok(Err(e)) => warn!("gateway failover round failed: {e}"),
             Err(e) => warn!("gateway failover task panicked: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hn(s: &str) -> HostName {
+        s.parse().unwrap()
+    }
+
+    fn report(up: &[&str], down: &[&str]) -> PeerReport {
+        PeerReport {
+            up: up.iter().map(|h| hn(h)).collect(),
+            down: down.iter().map(|h| hn(h)).collect(),
+        }
+    }
+
+    #[test]
+    fn hosts_of_other_controllers_count_with_their_peer_reports() {
+        let mut presence = BTreeMap::from([(hn("h1"), Presence::Connected)]);
+        let mut reports = BTreeMap::from([(hn("h1"), report(&["h2"], &["h3"]))]);
+        let elsewhere = BTreeMap::from([
+            // Another controller's older word on h1 does not replace this one's.
+            (
+                hn("h1"),
+                LiveHost {
+                    connected: true,
+                    peers: Some(report(&["h2", "h3"], &[])),
+                    ..LiveHost::default()
+                },
+            ),
+            (
+                hn("h2"),
+                LiveHost {
+                    connected: true,
+                    peers: Some(report(&["h1"], &["h3"])),
+                    ..LiveHost::default()
+                },
+            ),
+            (
+                hn("h4"),
+                LiveHost {
+                    connected: true,
+                    ..LiveHost::default()
+                },
+            ),
+        ]);
+        count_elsewhere(&mut presence, &mut reports, elsewhere);
+        assert_eq!(reports[&hn("h1")], report(&["h2"], &["h3"]));
+        assert_eq!(reports[&hn("h2")], report(&["h1"], &["h3"]));
+        assert!(!reports.contains_key(&hn("h4")), "h4 reported nothing");
+        for h in ["h1", "h2", "h4"] {
+            assert!(matches!(presence[&hn(h)], Presence::Connected), "{h}");
         }
     }
 }

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use ovl_common::intent::ObjectStatus;
+use ovl_common::proto::PeerReport;
 use ovl_common::HostName;
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,12 @@ pub struct LiveHost {
     pub applied_generation: Option<u64>,
     /// The failed objects of that report (the controller keeps no others).
     pub objects: Vec<ObjectStatus>,
+    /// What the current session's agent last said about its tunnel peers (BFD); `None`
+    /// until it has said anything and once the session ends, so only connected hosts'
+    /// reports count. Announced with the rest, so the leader of controllers sharing a store
+    /// also judges hosts whose peers are connected to another controller.
+    #[serde(default)]
+    pub peers: Option<PeerReport>,
 }
 
 /// Read access to live session state, so the store can answer `status` and `show` requests

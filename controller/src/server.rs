@@ -65,9 +65,6 @@ struct Entry {
     /// When the host's last session ended (`None` while connected or never connected); the
     /// gateway failover counts from here.
     lost_since: Option<std::time::Instant>,
-    /// What the current session's agent last said about its tunnel peers (BFD); cleared
-    /// when the session ends, so only connected hosts' reports count.
-    peers: Option<PeerReport>,
 }
 
 /// The live session table, shared by every connection task.
@@ -91,7 +88,6 @@ impl Sessions {
             session: 0,
             conn: None,
             lost_since: None,
-            peers: None,
         });
         f(entry)
     }
@@ -103,7 +99,7 @@ impl Sessions {
         hosts
             .iter()
             .filter(|(_, e)| e.live.connected)
-            .filter_map(|(name, e)| Some((name.clone(), e.peers.clone()?)))
+            .filter_map(|(name, e)| Some((name.clone(), e.live.peers.clone()?)))
             .collect()
     }
 
@@ -147,9 +143,23 @@ impl Sessions {
             .clone()
     }
 
-    /// Replaces the copy of the hosts connected to other controllers.
+    /// Replaces the copy of the hosts connected to other controllers; wakes the failover
+    /// task when what their peers report has changed.
     pub fn set_elsewhere(&self, hosts: std::collections::BTreeMap<HostName, LiveHost>) {
-        *self.elsewhere.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(hosts);
+        let peers = |m: &std::collections::BTreeMap<HostName, LiveHost>| {
+            m.iter()
+                .filter_map(|(h, l)| Some((h.clone(), l.peers.clone()?)))
+                .collect::<Vec<_>>()
+        };
+        let changed = {
+            let mut copy = self.elsewhere.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = peers(&copy) != peers(&hosts);
+            *copy = Arc::new(hosts);
+            changed
+        };
+        if changed {
+            self.peers_changed.notify_one();
+        }
     }
 
     /// Makes new intents visible to the sessions of their hosts.
@@ -514,7 +524,7 @@ impl Server {
             e.live.connected = true;
             e.lost_since = None;
             // A new session's agent reports its peers afresh.
-            e.peers = None;
+            e.live.peers = None;
             e.live.last_contact = Some(unix_now());
             e.live.remote = Some(remote.to_string());
             e.live.agent_version = Some(hello.agent_version.clone());
@@ -623,9 +633,9 @@ impl Server {
                             warn!(up = ?report.up, down = ?report.down, "tunnel peers down (BFD)");
                         }
                         let changed = self.sessions.with_entry(&host, |e| {
-                            let changed = e.session == session && e.peers.as_ref() != Some(&report);
+                            let changed = e.session == session && e.live.peers.as_ref() != Some(&report);
                             if changed {
-                                e.peers = Some(report);
+                                e.live.peers = Some(report);
                             }
                             changed
                         });
@@ -652,7 +662,7 @@ impl Server {
                 e.live.connected = false;
                 e.conn = None;
                 e.lost_since = Some(std::time::Instant::now());
-                e.peers = None;
+                e.live.peers = None;
             }
         });
         info!("agent disconnected");

@@ -13,7 +13,9 @@
 //! - [`a_killed_etcd_member_stops_nothing`] (the raft leader);
 //! - [`a_killed_controller_s_agents_and_clients_move_to_another`]: the leader killed, the
 //!   survivor leads, nothing acknowledged is lost, and agents and the CLI, given both
-//!   addresses, carry on through the survivor (the times are printed).
+//!   addresses, carry on through the survivor (the times are printed);
+//! - [`peer_reports_on_a_follower_move_the_leader_s_routers`]: agents on the follower report
+//!   the router host down (BFD) and the leader moves its router.
 //!
 //! The same control-plane tests that run on redb also run on etcd: `scripts/test.sh` runs
 //! `control_plane` again with `OVL_TEST_STORE=etcd`.
@@ -25,7 +27,12 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use ovl_common::proto::{AgentHello, ApiReply, ApiRequest, EndpointCreate, TenantCreate};
+use ovl_common::frame;
+use ovl_common::proto::{
+    AgentHello, AgentToController, ApiReply, ApiRequest, ClientHello, ClientRole, EndpointCreate,
+    PeerReport, TenantCreate, PROTOCOL_VERSION,
+};
+use ovl_common::tls::Bundle;
 use ovl_common::{HostName, NetnsTarget};
 use ovl_controller::authz::Caller;
 use ovl_controller::live::NoLive;
@@ -34,7 +41,7 @@ use ovl_controller::pki::Ca;
 use ovl_controller::store::{EtcdOptions, Settings};
 use ovl_tests::cluster::{Cluster, StoreKind};
 use ovl_tests::etcd::EtcdCluster;
-use ovl_tests::sim::{self, ChurnPlan, ChurnTenant, Fleet};
+use ovl_tests::sim::{self, ChurnPlan, ChurnTenant, Fleet, RawPeer};
 
 const NOW: u64 = 1_700_000_000;
 
@@ -455,6 +462,129 @@ fn a_killed_controller_s_agents_and_clients_move_to_another() {
         3,
         "every acknowledged endpoint is kept: {v}"
     );
+}
+
+/// The leader judges a router host also from the peer reports of agents connected to
+/// another controller: they reach it with that controller's sessions announced in etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: starts etcd and controllers; run with --run-ignored all"]
+async fn peer_reports_on_a_follower_move_the_leader_s_routers() {
+    let (c, second, admin) = tokio::task::spawn_blocking(|| {
+        let mut c = Cluster::with_store(StoreKind::Etcd);
+        c.start_controller();
+        wait_for_log(
+            &c.path().join("controller-0.log"),
+            "this controller now leads",
+        );
+        let second = c.start_extra_controller();
+        // h1 carries the router and stays in session all along (the session fallback,
+        // 30 s by default, plays no part); every host is connected to the follower only.
+        c.start_fake_agent_on("h1", "192.168.63.1", &second.to_string());
+        let admin = c.admin_credentials();
+        (c, second, admin)
+    })
+    .await
+    .unwrap();
+    // h2 and h3 are agents speaking the protocol by hand, so they can report their peers.
+    let mut reporters = Vec::new();
+    for (name, octet) in [("h2", 2), ("h3", 3)] {
+        let bundle = Bundle::load(&c.issue_host(name)).unwrap();
+        let mut p = RawPeer::with_bundle(second, &bundle).await.unwrap();
+        let hello = ClientHello {
+            version: PROTOCOL_VERSION,
+            role: ClientRole::Agent(AgentHello {
+                underlay: Ipv4Addr::new(192, 168, 63, octet),
+                ..hello(name, octet)
+            }),
+        };
+        assert!(p.hello(&hello).await.unwrap().result.is_ok());
+        reporters.push((name, p));
+    }
+    let ovl = move |args: &[&str]| {
+        let out = ovl_tests::lab::run_ovl(&second.to_string(), &admin, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let router_host = {
+        let ovl = ovl.clone();
+        move || {
+            let shown = ovl(&["tenant", "show", "blue", "-o", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+            v["router_host"].as_str().map(str::to_owned)
+        }
+    };
+    tokio::task::spawn_blocking(move || {
+        ovl(&[
+            "tenant",
+            "create",
+            "blue",
+            "--subnet",
+            "10.54.0.0/24",
+            "--nat",
+            "--gateway-host",
+            "h1",
+        ]);
+        for (host, name) in [("h1", "e1"), ("h2", "e2"), ("h3", "e3")] {
+            ovl(&[
+                "endpoint", "create", "blue", "--host", host, "--name", name, "--netns", name,
+            ]);
+        }
+    })
+    .await
+    .unwrap();
+    let first = router_host.clone();
+    assert_eq!(
+        tokio::task::spawn_blocking(move || first())
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("h1")
+    );
+
+    // Both of h1's peers lose it (BFD down) and still see each other.
+    let down = |other: &str| PeerReport {
+        up: vec![HostName::new(other).unwrap()],
+        down: vec![HostName::new("h1").unwrap()],
+    };
+    let reported = std::time::Instant::now();
+    for (name, p) in &mut reporters {
+        let other = if *name == "h2" { "h3" } else { "h2" };
+        frame::write_frame(&mut p.send, &AgentToController::Peers(down(other)))
+            .await
+            .unwrap();
+    }
+    let moved_to = tokio::task::spawn_blocking(move || {
+        ovl_tests::cluster::wait_for(
+            "the leader to move blue's router off h1",
+            Duration::from_secs(10),
+            || router_host().filter(|h| h != "h1"),
+        )
+    })
+    .await
+    .unwrap();
+    println!(
+        "router moved to {moved_to} {:.2?} after the reports reached the follower",
+        reported.elapsed()
+    );
+    assert!(["h2", "h3"].contains(&moved_to.as_str()), "{moved_to}");
+    // The follower did not move it: it does not lead.
+    let follower_log = std::fs::read_to_string(c.path().join("controller-x0.log")).unwrap();
+    assert!(
+        !follower_log.contains("moving the tenant's router"),
+        "the follower moved a router:\n{follower_log}"
+    );
+    let leader_log = std::fs::read_to_string(c.path().join("controller-0.log")).unwrap();
+    assert!(
+        leader_log.contains("moving the tenant's router"),
+        "the leader logged no move:\n{leader_log}"
+    );
+    for (_, p) in reporters {
+        p.close().await;
+    }
 }
 
 /// Waits up to 20 s for `needle` in the log at `path`.
