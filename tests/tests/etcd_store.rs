@@ -538,10 +538,7 @@ async fn peer_reports_on_a_follower_move_the_leader_s_routers() {
     .unwrap();
     let first = router_host.clone();
     assert_eq!(
-        tokio::task::spawn_blocking(move || first())
-            .await
-            .unwrap()
-            .as_deref(),
+        tokio::task::spawn_blocking(first).await.unwrap().as_deref(),
         Some("h1")
     );
 
