@@ -231,8 +231,10 @@ fn packet_fields(p: &TracePacket) -> String {
     let l3 = format!("nw_src={},nw_dst={},nw_ttl=64", p.src_ip, p.dst_ip);
     match p.transport {
         TraceTransport::Icmp => format!("{l2},icmp,{l3},icmp_type=8,icmp_code=0"),
-        TraceTransport::Tcp(port) => format!("{l2},tcp,{l3},tp_src=40000,tp_dst={port}"),
-        TraceTransport::Udp(port) => format!("{l2},udp,{l3},tp_src=40000,tp_dst={port}"),
+        // `tcp_dst`, not `tp_dst`: ofproto/trace refuses the generic field ("prerequisites
+        // not met for setting tp_src") in an exact flow.
+        TraceTransport::Tcp(port) => format!("{l2},tcp,{l3},tcp_src=40000,tcp_dst={port}"),
+        TraceTransport::Udp(port) => format!("{l2},udp,{l3},udp_src=40000,udp_dst={port}"),
     }
 }
 

@@ -244,7 +244,7 @@ fn probes_become_the_flows_ofproto_trace_takes() {
             "br-tun".to_string(),
             "in_port=ovl-gr1a,tun_id=0x3e9,tun_src=10.95.1.1,tun_dst=10.95.2.1,\
              dl_src=0a:58:00:00:00:04,dl_dst=0a:58:00:00:00:05,tcp,nw_src=10.10.0.2,\
-             nw_dst=10.10.0.3,nw_ttl=64,tp_src=40000,tp_dst=80"
+             nw_dst=10.10.0.3,nw_ttl=64,tcp_src=40000,tcp_dst=80"
                 .to_string()
         )
     );
