@@ -533,7 +533,7 @@ pub struct TraceArgs {
     /// source [default: 64]
     #[arg(long, value_name = "BYTES")]
     pub size: Option<u32>,
-    /// Also print each host's own `ofproto/trace` under its hop
+    /// Also print what each host's Open vSwitch printed (`ofproto/trace`), after the verdict
     #[arg(long)]
     pub ovs: bool,
 }

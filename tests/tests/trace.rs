@@ -181,7 +181,8 @@ async fn trace_names_the_hops_and_where_a_packet_stops() {
     assert!(out.status.success(), "{out:?}");
     let (code, t) = trace_until(&lab, &["tb-1", "tb-2"], |c, _| c == 0);
     assert_eq!(code, 0, "{t:#}");
-    // The source's host end down.
+    // The source's host end down (the agent sets it up again at a later reconcile, about
+    // 10 s after here, so the trace is asked at once).
     let h1 = lab.host_ns("h1");
     let out = ns_exec(&h1, &["ip", "link", "set", &src_port, "down"]);
     assert!(out.status.success(), "{out:?}");
