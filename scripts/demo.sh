@@ -26,6 +26,7 @@ cat <<'MSG'
 The lab stays up. Next:
   ./target/release/ovl status
   ./target/release/ovl tenant list
+  ./target/release/ovl trace blue-1 blue-2 --ovs   # a packet's path, hop by hop
   ./target/release/ovl lab status
   ./target/release/ovl lab down      # removes every namespace, process, link and file
 MSG

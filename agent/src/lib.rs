@@ -18,3 +18,4 @@ pub mod ovsdb;
 pub mod reconcile;
 pub mod router;
 pub mod session;
+pub mod trace;

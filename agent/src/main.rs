@@ -267,6 +267,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             underlay: cfg.underlay_ip,
             underlay_mtu: cfg.underlay_mtu,
             capabilities: vec![],
+            trace: None,
         };
         info!(%host, controllers = ?cfg.controllers, underlay = %cfg.underlay_ip, driver = ?cfg.driver, "agent starting");
         let ready = |r: &ovl_common::intent::AppliedReport| {
@@ -313,6 +314,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                     tokio::spawn(ovl_agent::metrics::follow_ovsdb(registry, dp.driver().client().watch_state()));
                 }
                 params.capabilities = dp.capabilities();
+                let flows = ovl_agent::ovs::openflow::OfCtl::beside_ovsdb(&cfg.ovsdb);
+                params.trace = Some(ovl_agent::trace::Tracer::new(&flows, cfg.bridge.clone(), dp.driver().client().clone()));
                 run_observed(params, bundle, dp, cfg.resync, cfg.state_dir.clone(), shutdown, ready, observers).await;
             }
         }

@@ -19,7 +19,7 @@ use ovl_common::HostName;
 use rand::RngExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 /// Bounds on the reconnect delay.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -57,6 +57,9 @@ pub struct SessionParams {
     pub underlay: Ipv4Addr,
     pub underlay_mtu: u16,
     pub capabilities: Vec<String>,
+    /// Answers the controller's trace requests (`ovl trace`); `None` where there is no Open
+    /// vSwitch to ask (the fake driver), and the answer says so.
+    pub trace: Option<crate::trace::Tracer>,
 }
 
 /// Next delay: double, capped, with ±50 % jitter so a fleet does not reconnect in lockstep.
@@ -219,6 +222,8 @@ async fn session(
     peers.mark_changed();
 
     let (msg_tx, mut msgs) = mpsc::channel(8);
+    // Trace answers, from tasks of their own: a trace never holds up intents or reports.
+    let (traced_tx, mut traced) = mpsc::channel(8);
     // Reads run in their own task: a frame read cancelled halfway by `select!` would lose bytes.
     let reader = tokio::spawn(async move {
         loop {
@@ -269,9 +274,28 @@ async fn session(
                         }
                     }
                 }
+                Ok(ControllerToAgent::Trace { id, probe }) => match params.trace.clone() {
+                    Some(tracer) => {
+                        let done = traced_tx.clone();
+                        tokio::spawn(async move {
+                            let result = tracer.trace(&probe).await.map_err(|e| {
+                                warn!("trace failed: {e}");
+                                e.to_string()
+                            });
+                            let _ = done.send((id, result)).await;
+                        }.instrument(info_span!("trace", id)));
+                    }
+                    None => {
+                        let result = Err("this agent has no Open vSwitch to trace with (it runs the fake driver)".to_string());
+                        frame::write_frame(&mut send, &AgentToController::Trace { id, result }).await?;
+                    }
+                },
                 Err(FrameError::Closed) => break Ok(()),
                 Err(e) => break Err(e.into()),
             },
+            Some((id, result)) = traced.recv() => {
+                frame::write_frame(&mut send, &AgentToController::Trace { id, result }).await?;
+            }
             changed = reports.changed() => {
                 if changed.is_err() { break Ok(()); }
                 let report = reports.borrow_and_update().as_ref().map(AppliedReport::summary);

@@ -40,7 +40,8 @@ Exit codes:
   7  permission denied, authentication or TLS failure, unusable credential bundle,
      session refused
   8  controller unreachable or timed out (also: a --wait ran out of time)
-  9  protocol version mismatch between ovl and the controller";
+  9  protocol version mismatch between ovl and the controller
+  10  ovl trace: the packet does not arrive";
 
 /// `ovl`: drive an ovl cluster's controller.
 #[derive(Debug, Parser)]
@@ -170,6 +171,23 @@ pub enum Command {
             ovl topology -o dot | dot -Tpng > overlay.png"
     )]
     Topology,
+
+    /// Trace a packet from an endpoint to an address, hop by hop
+    #[command(
+        long_about = "Follow one packet from ENDPOINT to DEST (an IPv4 address or an endpoint's \
+            name) as the hosts' Open vSwitch would forward it, hop by hop, as `ovn-trace` and \
+            Antrea's Traceflow show it: the source endpoint's port, its host's br-int and \
+            br-tun (each agent runs `ovs-appctl ofproto/trace`), the tunnel (VNI or GRE key and \
+            remote host), the destination host, and the destination endpoint's port or the \
+            tenant's router and its NAT. Where the packet stops, the last hop says why: \
+            another tenant's address, no such address, a port that is down, a packet larger \
+            than the MTU, a host whose agent is not connected. Nothing is sent and nothing is \
+            changed. Exits 0 when the packet arrives and 10 when it does not.",
+        after_help = "Examples:\n  ovl trace web1 10.10.0.3\n  ovl trace web1 web2 --tcp 80\n  \
+            ovl trace web1 10.10.0.1 --icmp --size 1400\n  ovl trace web1 192.0.2.10 --udp 53 --ovs\n  \
+            ovl trace web1 web2 -o json"
+    )]
+    Trace(TraceArgs),
 
     /// Print a shell completion script (bash, zsh or fish)
     #[command(
@@ -499,6 +517,33 @@ pub struct TenantSetArgs {
 
     #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+/// `ovl trace`
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("transport").args(["tcp", "udp", "icmp"])))]
+pub struct TraceArgs {
+    /// The endpoint the packet leaves from
+    pub endpoint: String,
+    /// Where it goes: an IPv4 address (an endpoint's, the tenant's gateway, or outside the
+    /// tenant's subnet through its router) or an endpoint's name
+    pub dest: String,
+    /// A TCP packet to this port
+    #[arg(long, value_name = "PORT")]
+    pub tcp: Option<u16>,
+    /// A UDP packet to this port
+    #[arg(long, value_name = "PORT")]
+    pub udp: Option<u16>,
+    /// An ICMP echo request (the default)
+    #[arg(long)]
+    pub icmp: bool,
+    /// The packet's IP size in bytes; a packet larger than the tenant's MTU stops at the
+    /// source [default: 64]
+    #[arg(long, value_name = "BYTES")]
+    pub size: Option<u32>,
+    /// Also print what each host's Open vSwitch printed (`ofproto/trace`), after the verdict
+    #[arg(long)]
+    pub ovs: bool,
 }
 
 /// `ovl publish` and `ovl unpublish`.

@@ -32,10 +32,12 @@ pub enum ExitStatus {
     /// Controller unreachable, or a network wait (including `--wait`) timed out.
     Unreachable = 8,
     VersionMismatch = 9,
+    /// `ovl trace`: the packet does not arrive.
+    NotDelivered = 10,
 }
 
 impl ExitStatus {
-    pub const ALL: [ExitStatus; 10] = [
+    pub const ALL: [ExitStatus; 11] = [
         ExitStatus::Success,
         ExitStatus::Other,
         ExitStatus::Usage,
@@ -46,6 +48,7 @@ impl ExitStatus {
         ExitStatus::Denied,
         ExitStatus::Unreachable,
         ExitStatus::VersionMismatch,
+        ExitStatus::NotDelivered,
     ];
 
     pub fn code(self) -> u8 {
@@ -140,6 +143,9 @@ impl ExitStatus {
             if let Some(e) = cause.downcast_ref::<WaitError>() {
                 return Self::from_wait(e);
             }
+            if cause.downcast_ref::<crate::trace::NotDelivered>().is_some() {
+                return ExitStatus::NotDelivered;
+            }
         }
         ExitStatus::Other
     }
@@ -184,8 +190,15 @@ pub fn error_json(err: &anyhow::Error) -> serde_json::Value {
     })
 }
 
-/// Prints [`error_json`] to stdout.
+/// Prints [`error_json`] to stdout, except for a trace whose packet did not arrive: the
+/// trace, printed already, is the one document and carries the verdict.
 pub fn report_json(err: &anyhow::Error) {
+    if err
+        .chain()
+        .any(|c| c.downcast_ref::<crate::trace::NotDelivered>().is_some())
+    {
+        return;
+    }
     let text = serde_json::to_string_pretty(&error_json(err)).unwrap_or_default();
     let _ = writeln!(std::io::stdout().lock(), "{text}");
 }

@@ -214,15 +214,25 @@ pub async fn run(cmd: &LabCommand, global: &GlobalArgs) -> anyhow::Result<()> {
             // The picture of what the demo built (`ovl topology`).
             let mut client = lab_client(&state).await?;
             let picture = crate::run::fetch_topology(&mut client).await;
+            // And two packets' paths (`ovl trace`): one that arrives, one that stops.
+            let traces = demo_traces(&mut client, &report).await;
             client.close().await;
-            let picture = picture?;
+            let (picture, traces) = (picture?, traces?);
             if global.output == OutputFormat::Json {
-                let doc = json!({ "checks": report, "topology": picture });
+                let doc = json!({ "checks": report, "topology": picture, "traces": traces });
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
                 print!("{}", report.render());
                 println!("\ntopology (ovl topology; -o svg draws it):");
                 print!("{}", picture.text());
+                for t in &traces {
+                    println!(
+                        "\n$ ovl trace {} {}",
+                        t.endpoint,
+                        t.dest.split(' ').next().unwrap_or_default()
+                    );
+                    print!("{}", crate::trace::text(t, false));
+                }
             }
             if !report.passed() {
                 bail!(
@@ -234,4 +244,52 @@ pub async fn run(cmd: &LabCommand, global: &GlobalArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The demo's traces: from the first blue container to a blue one on another host (it
+/// arrives, over the tunnel), and to the address only red has (it stops: another tenant).
+async fn demo_traces(
+    client: &mut crate::client::Client,
+    report: &demo::DemoReport,
+) -> anyhow::Result<Vec<ovl_common::proto::TraceInfo>> {
+    let blue: Vec<&demo::DemoEndpoint> = report
+        .endpoints
+        .iter()
+        .filter(|e| e.tenant == "blue")
+        .collect();
+    let Some(from) = blue.first() else {
+        return Ok(Vec::new());
+    };
+    let mut dests: Vec<String> = blue
+        .iter()
+        .find(|e| e.host != from.host)
+        .map(|e| e.ip.to_string())
+        .into_iter()
+        .collect();
+    dests.extend(
+        report
+            .endpoints
+            .iter()
+            .filter(|e| e.name == "red-only")
+            .map(|e| e.ip.to_string()),
+    );
+    let mut out = Vec::new();
+    for dest in dests {
+        let req = ovl_common::proto::TraceRequest {
+            endpoint: from.name.clone(),
+            dest: dest.clone(),
+            protocol: None,
+            port: None,
+            size: None,
+        };
+        match client
+            .call(ApiRequest::Trace(req))
+            .await
+            .with_context(|| format!("tracing from {} to {dest}", from.name))?
+        {
+            ApiReply::Trace(t) => out.push(t),
+            other => bail!("the controller answered a trace with {}", other.kind()),
+        }
+    }
+    Ok(out)
 }

@@ -18,6 +18,7 @@ pub mod output;
 pub mod request;
 pub mod run;
 pub mod topology;
+pub mod trace;
 pub mod wait;
 
 pub use client::{CallError, Client, ClientError, Timeouts};

@@ -44,6 +44,7 @@ pub fn render_names(reply: &ApiReply) -> String {
         ApiReply::Status(hs) => hs.iter().map(|h| h.name.to_string()).collect(),
         ApiReply::Address(a) => vec![a.ip.to_string()],
         ApiReply::BackupPart { .. } => Vec::new(),
+        ApiReply::Trace(t) => t.hops.iter().map(|h| h.hop.clone()).collect(),
     };
     names.iter().map(|n| format!("{n}\n")).collect()
 }
@@ -93,6 +94,7 @@ pub fn render_json(reply: &ApiReply) -> Result<String, serde_json::Error> {
         } => serde_json::json!({
             "snapshot": snapshot, "offset": offset, "total": total, "bytes": data.len()
         }),
+        ApiReply::Trace(t) => serde_json::to_value(t)?,
     };
     if let Some(key) = nested_object(reply) {
         match &mut data {
@@ -115,7 +117,8 @@ fn nested_object(reply: &ApiReply) -> Option<&'static str> {
         ApiReply::Deleted { .. }
         | ApiReply::Status(_)
         | ApiReply::Address(_)
-        | ApiReply::BackupPart { .. } => None,
+        | ApiReply::BackupPart { .. }
+        | ApiReply::Trace(_) => None,
     }
 }
 
@@ -154,6 +157,7 @@ pub fn render_text(reply: &ApiReply, now: u64) -> String {
             "backup snapshot {snapshot}: bytes {offset}..{} of {total}\n",
             offset + data.len() as u64
         ),
+        ApiReply::Trace(t) => crate::trace::text(t, false),
     }
 }
 

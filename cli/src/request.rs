@@ -364,6 +364,7 @@ mod tests {
             Command::Lab(_)
             | Command::Version
             | Command::Topology
+            | Command::Trace(_)
             | Command::Completion { .. }
             | Command::Man => {
                 panic!("{args:?} builds no API request")

@@ -40,6 +40,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lab(c) => return crate::lab::run(c, &cli.global).await,
         Command::Version => return version(&cli.global).await,
         Command::Topology => return topology(&cli.global).await,
+        Command::Trace(a) => return trace(&cli.global, a).await,
         Command::Completion { shell } => {
             let mut out = Vec::new();
             ovl_common::cli_docs::completion(Cli::command(), *shell, &mut out);
@@ -129,6 +130,28 @@ async fn topology(global: &GlobalArgs) -> anyhow::Result<()> {
         OutputFormat::Svg => svg(&picture.dot())?,
     };
     write_stdout(&text)
+}
+
+/// `ovl trace`: sends the trace, prints its path ([`crate::trace`]), and fails with
+/// [`crate::trace::NotDelivered`] when the packet does not arrive.
+async fn trace(global: &GlobalArgs, args: &crate::args::TraceArgs) -> anyhow::Result<()> {
+    let req = crate::trace::request(args)?;
+    let mut client = connect(global).await?;
+    let reply = call(&mut client, ApiRequest::Trace(req)).await;
+    client.close().await;
+    let info = match reply? {
+        ApiReply::Trace(info) => info,
+        other => anyhow::bail!("the controller answered a trace with {}", other.kind()),
+    };
+    match global.format() {
+        OutputFormat::Table | OutputFormat::Dot | OutputFormat::Svg => {
+            write_stdout(&crate::trace::text(&info, args.ovs))?
+        }
+        OutputFormat::Json | OutputFormat::Name => {
+            print_reply(&ApiReply::Trace(info.clone()), global.format())?
+        }
+    }
+    Ok(crate::trace::outcome(&info)?)
 }
 
 /// The overlay as the controller lists it: tenants, hosts and endpoints, drawn together.
@@ -238,6 +261,7 @@ pub fn describe(req: &ApiRequest) -> String {
             format!("move endpoint '{name}' to {target}")
         }
         ApiRequest::Backup { .. } => "back up the store".into(),
+        ApiRequest::Trace(t) => format!("trace from endpoint '{}' to {}", t.endpoint, t.dest),
         ApiRequest::TenantSetAttach { name, .. } => {
             format!("change which hosts may attach to tenant '{name}'")
         }

@@ -20,7 +20,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use crate::intent::{AppliedSummary, HostIntent, IntentDelta, ObjectStatus};
-use crate::model::{Endpoint, Host, HostName, Tenant};
+use crate::model::{Endpoint, Host, HostName, MacAddr, SegmentType, Tenant};
 
 /// The protocol version this build speaks. Version 2 added tenant gateways: NAT, gateway and
 /// router hosts on tenants, published ports on endpoints, routers in host intents. Version 3
@@ -30,8 +30,10 @@ use crate::model::{Endpoint, Host, HostName, Tenant};
 /// ([`ControllerToAgent::Delta`], [`AgentToController::NeedIntent`]). Version 5 reports an
 /// apply as the objects not in place and a count of the others ([`AppliedSummary`]) instead
 /// of a line per object. Version 6 added the agent's view of its tunnel peers
-/// ([`AgentToController::Peers`]), the data-plane evidence of gateway failover.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// ([`AgentToController::Peers`]), the data-plane evidence of gateway failover. Version 7
+/// added `ovl trace` ([`ApiRequest::Trace`], [`ControllerToAgent::Trace`],
+/// [`AgentToController::Trace`]).
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The ALPN identifier both ends require.
 pub const ALPN: &[u8] = b"ovl/1";
@@ -194,6 +196,10 @@ pub enum ControllerToAgent {
     /// generation); sent whenever the host's intent changes. An agent that does not hold the
     /// base asks for the whole intent.
     Delta(IntentDelta),
+    /// `ovl trace`: trace one packet through this host's bridges with Open vSwitch's
+    /// `ofproto/trace` and report the ports named, changing nothing. The agent answers with
+    /// [`AgentToController::Trace`] carrying the same `id`.
+    Trace { id: u64, probe: TraceProbe },
 }
 
 /// Frames an agent sends on its session.
@@ -209,6 +215,121 @@ pub enum AgentToController {
     /// Sent after the hello and at once whenever it changes; the controller moves a router
     /// off a host its peers report down (`controller/src/gateway.rs` holds the rule).
     Peers(PeerReport),
+    /// The answer to [`ControllerToAgent::Trace`] `id`: what Open vSwitch did with the packet,
+    /// or why the agent could not ask it.
+    Trace {
+        id: u64,
+        result: Result<TraceReport, String>,
+    },
+}
+
+/// One packet for an agent to trace ([`ControllerToAgent::Trace`]): where it enters the
+/// host's bridges, what it carries, and which ports' state to report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceProbe {
+    pub ingress: TraceIngress,
+    pub packet: TracePacket,
+    /// Ports whose state the answer reports (the endpoints and router the packet should
+    /// leave by or come from), in this order.
+    pub ports: Vec<TracePort>,
+}
+
+/// Where a traced packet enters a host's bridges.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TraceIngress {
+    /// From an endpoint's container, on its access port of `br-int`.
+    Endpoint { id: u32 },
+    /// From peer host `peer_id`'s tunnel on `br-tun`, carrying `key`, sent from underlay
+    /// address `remote` to `local`.
+    Tunnel {
+        segment: SegmentType,
+        peer_id: u32,
+        key: u32,
+        remote: Ipv4Addr,
+        local: Ipv4Addr,
+    },
+}
+
+/// A port of `br-int` whose state a trace reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TracePort {
+    Endpoint {
+        id: u32,
+    },
+    /// A tenant router's access port.
+    Router {
+        tenant_id: u32,
+    },
+}
+
+/// The headers of a traced packet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TracePacket {
+    pub src_mac: MacAddr,
+    pub dst_mac: MacAddr,
+    pub src_ip: Ipv4Addr,
+    pub dst_ip: Ipv4Addr,
+    pub transport: TraceTransport,
+}
+
+/// The transport of a traced packet: an ICMP echo request, or TCP or UDP to a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TraceTransport {
+    Icmp,
+    Tcp(u16),
+    Udp(u16),
+}
+
+/// What Open vSwitch did with a traced packet on one host ([`AgentToController::Trace`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceReport {
+    /// The bridge and flow traced, as given to `ovs-appctl ofproto/trace`.
+    pub bridge: String,
+    pub flow: String,
+    /// `ofproto/trace`'s output, line by line.
+    pub lines: Vec<String>,
+    /// Where the packet leaves the host's bridges, from the trace's datapath actions; empty
+    /// or [`TraceOutput::Drop`] when it is dropped.
+    pub outputs: Vec<TraceOutput>,
+    /// The state of each port the probe asked about, in its order.
+    pub ports: Vec<TracePortState>,
+}
+
+/// One place a traced packet leaves a host's bridges.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TraceOutput {
+    /// Dropped.
+    Drop,
+    /// Out of the port named (an endpoint's or a router's veth, or another port).
+    Port { name: String },
+    /// Encapsulated with `key` (VNI or GRE key) to underlay address `remote` through tunnel
+    /// port `port`.
+    Tunnel {
+        port: String,
+        remote: Ipv4Addr,
+        key: u32,
+    },
+    /// A datapath action the agent does not interpret, as printed.
+    Other(String),
+}
+
+/// A port's state as a trace reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TracePortState {
+    pub port: TracePort,
+    /// The OVS port (and Linux interface) name.
+    pub name: String,
+    /// Whether `br-int` has the port at all.
+    pub exists: bool,
+    /// Its OpenFlow port number, once ovs-vswitchd has given it one.
+    pub ofport: Option<i64>,
+    /// OVS's `link_state` and `admin_state` (`up`/`down`).
+    pub link_up: Option<bool>,
+    pub admin_up: Option<bool>,
+    /// The interface's MTU.
+    pub mtu: Option<u32>,
+    /// OVS's `error` for the interface.
+    pub error: Option<String>,
 }
 
 /// What an agent's tunnels say about its peers. A peer is listed only once BFD has been up
@@ -323,6 +444,10 @@ pub enum ApiRequest {
         snapshot: Option<u64>,
         offset: u64,
     },
+    /// `ovl trace ENDPOINT DEST`: the path a packet from the endpoint takes to `DEST`, hop by
+    /// hop, as the hosts' Open vSwitch traces it; nothing is changed. Administrators only.
+    /// Answered with [`ApiReply::Trace`].
+    Trace(TraceRequest),
 }
 
 impl ApiRequest {
@@ -349,6 +474,7 @@ impl ApiRequest {
             ApiRequest::EndpointRetarget { .. } => "endpoint retarget",
             ApiRequest::TenantSetAttach { .. } => "tenant set --attachable",
             ApiRequest::Backup { .. } => "backup",
+            ApiRequest::Trace(_) => "trace",
         }
     }
 }
@@ -465,6 +591,8 @@ pub enum ApiReply {
         total: u64,
         data: Vec<u8>,
     },
+    /// The path of [`ApiRequest::Trace`]'s packet.
+    Trace(TraceInfo),
 }
 
 impl ApiReply {
@@ -481,8 +609,64 @@ impl ApiReply {
             ApiReply::Status(_) => "status",
             ApiReply::Address(_) => "address",
             ApiReply::BackupPart { .. } => "backup part",
+            ApiReply::Trace(_) => "trace",
         }
     }
+}
+
+/// `ovl trace`, as typed: the controller validates each field and names the flag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceRequest {
+    /// The source endpoint's name.
+    pub endpoint: String,
+    /// An IPv4 address, or an endpoint's name.
+    pub dest: String,
+    /// `icmp` (when absent), `tcp` or `udp`.
+    pub protocol: Option<String>,
+    /// The destination port, for `tcp` and `udp`.
+    pub port: Option<u32>,
+    /// The packet's IP size in bytes (`--size`); 64 when absent.
+    pub size: Option<u32>,
+}
+
+/// The path of a traced packet ([`ApiReply::Trace`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceInfo {
+    pub endpoint: crate::model::EndpointName,
+    pub tenant: crate::model::TenantName,
+    /// The destination as resolved (`10.10.0.3 (endpoint web2)`).
+    pub dest: String,
+    pub hops: Vec<TraceHop>,
+    pub verdict: TraceVerdict,
+}
+
+/// One step of a traced packet's path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceHop {
+    /// What the step is: `source`, `br-int`, `tunnel`, `br-tun`, `destination`, `router`.
+    pub hop: String,
+    /// The host it happens on, if one.
+    pub host: Option<HostName>,
+    /// What happened there, in words.
+    pub what: String,
+    /// Whether the packet went on past it.
+    pub ok: bool,
+    /// Open vSwitch's own trace of the step, when one was run.
+    pub ovs: Vec<String>,
+}
+
+/// Where a traced packet ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TraceVerdict {
+    /// It reaches the endpoint.
+    Delivered {
+        endpoint: crate::model::EndpointName,
+        host: HostName,
+    },
+    /// It reaches the tenant's router (its gateway address, or on its way out).
+    Routed { host: HostName, what: String },
+    /// It stops at `hop`, for `why`.
+    Stopped { hop: String, why: String },
 }
 
 /// A reserved address with what a container needs to use it.

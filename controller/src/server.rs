@@ -22,8 +22,9 @@ use ovl_common::identity::Identity;
 use ovl_common::intent::ObjectStatus;
 use ovl_common::metrics::Registry;
 use ovl_common::proto::{
-    AgentHello, AgentToController, ApiError, ApiRequest, ApiResponse, ClientRole,
-    ControllerToAgent, ErrorCode, PeerReport, Refusal, ServerHello, Welcome, PROTOCOL_VERSION,
+    AgentHello, AgentToController, ApiError, ApiReply, ApiRequest, ApiResponse, ClientRole,
+    ControllerToAgent, ErrorCode, PeerReport, Refusal, ServerHello, TraceProbe, TraceReport,
+    Welcome, PROTOCOL_VERSION,
 };
 use ovl_common::HostName;
 use quinn::{RecvStream, SendStream};
@@ -38,6 +39,16 @@ use crate::live::{Live, LiveHost, Merged};
 use crate::metrics;
 use crate::ops::{self, Controller};
 use crate::store::Store;
+
+/// How long a trace waits for one agent's answer (`ovs-appctl ofproto/trace` takes
+/// milliseconds; a busy ovs-vswitchd may take seconds).
+const TRACE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A trace question for an agent's session, and where its answer goes.
+type TraceAsk = (
+    TraceProbe,
+    tokio::sync::oneshot::Sender<Result<TraceReport, String>>,
+);
 
 /// How long a client has to complete the handshake and send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,6 +76,8 @@ struct Entry {
     /// When the host's last session ended (`None` while connected or never connected); the
     /// gateway failover counts from here.
     lost_since: Option<std::time::Instant>,
+    /// Carries `ovl trace` questions to the current session, while there is one.
+    traces: Option<tokio::sync::mpsc::Sender<TraceAsk>>,
 }
 
 /// The live session table, shared by every connection task.
@@ -88,6 +101,7 @@ impl Sessions {
             session: 0,
             conn: None,
             lost_since: None,
+            traces: None,
         });
         f(entry)
     }
@@ -159,6 +173,34 @@ impl Sessions {
         };
         if changed {
             self.peers_changed.notify_one();
+        }
+    }
+
+    /// Asks `host`'s agent, through its session with this controller, to trace `probe`
+    /// (`ovl trace`); the error says why there is no answer.
+    pub async fn trace(&self, host: &HostName, probe: TraceProbe) -> Result<TraceReport, String> {
+        let asks = {
+            let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+            hosts
+                .get(host)
+                .filter(|e| e.live.connected)
+                .and_then(|e| e.traces.clone())
+        };
+        let Some(asks) = asks else {
+            return Err(format!(
+                "host {host}'s agent is not connected to this controller"
+            ));
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if asks.send((probe, tx)).await.is_err() {
+            return Err(format!("host {host}'s session ended"));
+        }
+        match tokio::time::timeout(TRACE_TIMEOUT, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(format!("host {host}'s session ended before it answered")),
+            Err(_) => Err(format!(
+                "host {host}'s agent did not answer within {TRACE_TIMEOUT:?}"
+            )),
         }
     }
 
@@ -407,6 +449,21 @@ impl Server {
             // answer does not queue behind a thousand session pushes on the runtime.
             let (response, changed): (ApiResponse, _) =
                 match frame::decode_body::<ApiRequest>(&body) {
+                    Ok(req @ ApiRequest::Trace(_)) => {
+                        let started = std::time::Instant::now();
+                        let resp = self.trace(req, &caller).await;
+                        match &resp {
+                            Ok(_) => info!(request = "trace", "ok"),
+                            Err(e) => info!(request = "trace", code = ?e.code, "refused: {e}"),
+                        }
+                        metrics::api_request(
+                            &self.metrics,
+                            "trace",
+                            resp.as_ref().map(|_| ()),
+                            started.elapsed(),
+                        );
+                        (resp, Vec::new())
+                    }
                     Ok(req) => {
                         let kind = &req.kind();
                         let started = std::time::Instant::now();
@@ -482,6 +539,40 @@ impl Server {
         }
     }
 
+    /// `ovl trace`: resolves the request against the store ([`ops::trace`]), then asks the
+    /// agents the trace needs, one after the other, through their sessions.
+    async fn trace(&self, req: ApiRequest, caller: &Caller) -> ApiResponse {
+        let ctl = self.ctl.clone();
+        let who = caller.clone();
+        let started = tokio::task::spawn_blocking(move || ops::trace_start(&ctl, &req, &who)).await;
+        let (mut tracing, mut step) = match started {
+            Ok(Ok(Ok(started))) => started,
+            Ok(Ok(Err(refused))) => return Err(refused),
+            Ok(Err(e)) => {
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    format!("controller store: {e}"),
+                ))
+            }
+            Err(e) => {
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    format!("trace task failed: {e}"),
+                ))
+            }
+        };
+        loop {
+            match step {
+                ops::trace::Step::Done(info) => return Ok(ApiReply::Trace(info)),
+                ops::trace::Step::Ask { host, probe } => {
+                    debug!(%host, "asking for a trace");
+                    let answer = self.sessions.trace(&host, probe).await;
+                    step = tracing.answer(answer);
+                }
+            }
+        }
+    }
+
     /// Runs one agent session: register, push intents, record reports.
     async fn agent(
         &self,
@@ -519,8 +610,10 @@ impl Server {
         if welcome(&mut send, format!("host:{host}")).await.is_err() {
             return;
         }
+        let (trace_tx, mut trace_rx) = tokio::sync::mpsc::channel::<TraceAsk>(8);
         let previous = self.sessions.with_entry(&host, |e| {
             e.session = session;
+            e.traces = Some(trace_tx);
             e.live.connected = true;
             e.lost_since = None;
             // A new session's agent reports its peers afresh.
@@ -545,6 +638,10 @@ impl Server {
         self.metrics
             .add(metrics::PUSHED, vec![("form", "full".into())], 1);
         let mut pushes = Pushes::new();
+        // Trace questions sent to the agent and not yet answered, by id.
+        let mut traces: HashMap<u64, tokio::sync::oneshot::Sender<Result<TraceReport, String>>> =
+            HashMap::new();
+        let mut next_trace = 0u64;
         // Frames are read in their own task: a read interrupted by `select!` would lose the
         // bytes it had taken, so reads must never be cancelled halfway.
         let (msg_tx, mut msgs) = tokio::sync::mpsc::channel(16);
@@ -585,6 +682,14 @@ impl Server {
                     pushes.held = true;
                 }
                 _ = tokio::time::sleep_until(pushes.patience_ends()), if pushes.held => {}
+                Some((probe, answer)) = trace_rx.recv() => {
+                    next_trace += 1;
+                    // Questions whose asker gave up (timed out) are answered to nobody.
+                    traces.retain(|_, waiting| !waiting.is_closed());
+                    traces.insert(next_trace, answer);
+                    let ask = ControllerToAgent::Trace { id: next_trace, probe };
+                    ok = frame::write_frame(&mut send, &ask).await.is_ok();
+                }
                 msg = msgs.recv() => match msg.unwrap_or(Err(FrameError::Closed)) {
                     Ok(AgentToController::NeedIntent { have }) => {
                         if let Some(latest) = rx.borrow_and_update().clone() {
@@ -626,6 +731,12 @@ impl Server {
                             }
                         });
                     }
+                    Ok(AgentToController::Trace { id, result }) => {
+                        match traces.remove(&id) {
+                            Some(answer) => { let _ = answer.send(result); }
+                            None => debug!(id, "a trace answer nobody waits for"),
+                        }
+                    }
                     Ok(AgentToController::Peers(report)) => {
                         if report.down.is_empty() {
                             debug!(up = ?report.up, "tunnel peers (BFD)");
@@ -663,6 +774,7 @@ impl Server {
                 e.conn = None;
                 e.lost_since = Some(std::time::Instant::now());
                 e.live.peers = None;
+                e.traces = None;
             }
         });
         info!("agent disconnected");

@@ -251,6 +251,16 @@ pub fn sample_requests() -> Vec<(&'static str, ApiRequest)> {
                 attach: "h1,h2".into(),
             },
         ),
+        (
+            "trace",
+            ApiRequest::Trace(ovl_common::proto::TraceRequest {
+                endpoint: "web1".into(),
+                dest: "10.1.0.9".into(),
+                protocol: Some("tcp".into()),
+                port: Some(80),
+                size: Some(1400),
+            }),
+        ),
     ];
     let names = [
         "endpoint-create-netns",
@@ -270,6 +280,62 @@ pub fn sample_requests() -> Vec<(&'static str, ApiRequest)> {
         ));
     }
     out
+}
+
+/// A trace question as the controller sends it: a packet arriving over a tunnel.
+pub fn sample_trace_probe() -> ovl_common::proto::TraceProbe {
+    use ovl_common::proto::{TraceIngress, TracePacket, TracePort, TraceProbe, TraceTransport};
+    TraceProbe {
+        ingress: TraceIngress::Tunnel {
+            segment: ovl_common::SegmentType::Vxlan,
+            peer_id: 1,
+            key: 1001,
+            remote: Ipv4Addr::new(198, 51, 100, 1),
+            local: Ipv4Addr::new(198, 51, 100, 2),
+        },
+        packet: TracePacket {
+            src_mac: "0a:58:00:00:00:04".parse().expect("MAC"),
+            dst_mac: "0a:58:00:00:00:05".parse().expect("MAC"),
+            src_ip: Ipv4Addr::new(10, 1, 0, 2),
+            dst_ip: Ipv4Addr::new(10, 1, 0, 3),
+            transport: TraceTransport::Udp(53),
+        },
+        ports: vec![
+            TracePort::Endpoint { id: 3 },
+            TracePort::Router { tenant_id: 2 },
+        ],
+    }
+}
+
+/// An agent's answer to [`sample_trace_probe`].
+pub fn sample_trace_report() -> ovl_common::proto::TraceReport {
+    use ovl_common::proto::{TraceOutput, TracePort, TracePortState, TraceReport};
+    TraceReport {
+        bridge: "br-tun".into(),
+        flow: "in_port=ovl-vx1,tun_id=0x3e9".into(),
+        lines: vec!["bridge(\"br-tun\")".into(), "Datapath actions: 8".into()],
+        outputs: vec![
+            TraceOutput::Port {
+                name: "ovl-e3".into(),
+            },
+            TraceOutput::Tunnel {
+                port: "ovl-vx2".into(),
+                remote: Ipv4Addr::new(198, 51, 100, 3),
+                key: 1001,
+            },
+            TraceOutput::Drop,
+        ],
+        ports: vec![TracePortState {
+            port: TracePort::Endpoint { id: 3 },
+            name: "ovl-e3".into(),
+            exists: true,
+            ofport: Some(4),
+            link_up: Some(false),
+            admin_up: Some(true),
+            mtu: Some(1450),
+            error: None,
+        }],
+    }
 }
 
 pub fn sample_report() -> AppliedReport {
@@ -686,6 +752,22 @@ pub fn fuzz_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
                 down: vec!["h3".parse().expect("host name")],
             },
         ))),
+    ));
+    out.push((
+        "controller_to_agent",
+        "valid-trace.bin".into(),
+        framed(&enc(&ControllerToAgent::Trace {
+            id: 3,
+            probe: sample_trace_probe(),
+        })),
+    ));
+    out.push((
+        "agent_to_controller",
+        "valid-trace.bin".into(),
+        framed(&enc(&AgentToController::Trace {
+            id: 3,
+            result: Ok(sample_trace_report()),
+        })),
     ));
     let mut before = HostIntent::empty(sample_intent().host);
     before.generation = 1;

@@ -320,6 +320,9 @@ async fn case_agent(
             Err(_) => break Err("the session did not end".to_string()),
             Ok(Err(_)) => break Ok(Outcome::Closed),
             Ok(Ok(ControllerToAgent::Intent(_) | ControllerToAgent::Delta(_))) => continue,
+            Ok(Ok(ControllerToAgent::Trace { .. })) => {
+                break Err("the controller asked a trace nobody requested".to_string())
+            }
         }
     };
     p.close().await;

@@ -115,6 +115,11 @@ impl OfCtl {
         Self::new(dir.unwrap_or(Path::new(DEFAULT_RUNDIR)))
     }
 
+    /// ovs-vswitchd's run directory: its sockets and pid file (`ovs-appctl` finds it there).
+    pub fn rundir(&self) -> &Path {
+        &self.rundir
+    }
+
     /// The `ovs-ofctl` target for `bridge`: its management socket.
     pub fn target(&self, bridge: &str) -> String {
         format!(

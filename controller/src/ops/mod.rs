@@ -29,6 +29,7 @@ pub mod query;
 pub mod reservation;
 pub mod router;
 pub mod tenant;
+pub mod trace;
 
 #[cfg(test)]
 mod gateway_tests;
@@ -201,6 +202,27 @@ fn answer(
     let state = ctl.state()?;
     match authz::authorize(caller, req, || Ok::<_, Failure>(Cow::Borrowed(&state))) {
         Ok(()) => Ok(query::query(&state, req, live)),
+        Err(Failure::Api(e)) => Ok(Err(e)),
+        Err(Failure::Store(e)) => Err(e),
+    }
+}
+
+/// Starts `ovl trace` ([`trace`]) for `caller`: authorised, then resolved against one read of
+/// the state. The server carries the trace's questions to the agents.
+pub fn trace_start(
+    ctl: &Controller,
+    req: &ApiRequest,
+    caller: &Caller,
+) -> Result<Result<(trace::Tracing, trace::Step), ApiError>, StoreError> {
+    let ApiRequest::Trace(trace_req) = req else {
+        return Ok(Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("{} is not a trace", req.kind()),
+        )));
+    };
+    let state = ctl.state()?;
+    match authz::authorize(caller, req, || Ok::<_, Failure>(Cow::Borrowed(&state))) {
+        Ok(()) => Ok(trace::Tracing::start(&state, trace_req)),
         Err(Failure::Api(e)) => Ok(Err(e)),
         Err(Failure::Store(e)) => Err(e),
     }

@@ -244,6 +244,7 @@ impl Fleet {
                 underlay: h.underlay,
                 underlay_mtu: 1500,
                 capabilities: vec!["datapath=sim".into()],
+                trace: None,
             };
             let dp = AckDatapath::new(h.name.clone(), log.clone());
             let state = state_root.join(h.name.as_str());

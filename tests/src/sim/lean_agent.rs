@@ -233,6 +233,11 @@ async fn session(
                     continue;
                 }
             }
+            ControllerToAgent::Trace { id, .. } => {
+                let result = Err("a lean simulated agent traces nothing".to_string());
+                frame::write_frame(&mut send, &AgentToController::Trace { id, result }).await?;
+                continue;
+            }
         }
         let h = held
             .as_ref()
