@@ -30,8 +30,11 @@ use crate::model::{Endpoint, Host, HostName, Tenant};
 /// ([`ControllerToAgent::Delta`], [`AgentToController::NeedIntent`]). Version 5 reports an
 /// apply as the objects not in place and a count of the others ([`AppliedSummary`]) instead
 /// of a line per object. Version 6 added the agent's view of its tunnel peers
-/// ([`AgentToController::Peers`]), the data-plane evidence of gateway failover.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// ([`AgentToController::Peers`]), the data-plane evidence of gateway failover. Version 7
+/// added the host lifecycle: hosts carry their state and certificate fingerprints
+/// ([`crate::model::Host`]), and [`ApiRequest::HostDrain`], [`ApiRequest::HostUndrain`] and
+/// [`ApiRequest::HostDelete`].
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The ALPN identifier both ends require.
 pub const ALPN: &[u8] = b"ovl/1";
@@ -323,6 +326,25 @@ pub enum ApiRequest {
         snapshot: Option<u64>,
         offset: u64,
     },
+    /// `ovl host drain NAME`: the host takes no new endpoints and its routers move to other
+    /// hosts where one can take them; its endpoints stay. Administrators only. Answered with
+    /// [`ApiReply::Host`].
+    HostDrain {
+        name: String,
+    },
+    /// `ovl host undrain NAME`: the host takes new endpoints and routers again (routers that
+    /// moved away stay where they are). Administrators only. Answered with [`ApiReply::Host`].
+    HostUndrain {
+        name: String,
+    },
+    /// `ovl host delete NAME`: removes the host's endpoints (only with `force` when it has
+    /// any), its address reservations and its registration, moves its routers, revokes the
+    /// certificates it used and ends its sessions. Administrators only. Answered with
+    /// [`ApiReply::Deleted`].
+    HostDelete {
+        name: String,
+        force: bool,
+    },
 }
 
 impl ApiRequest {
@@ -349,6 +371,9 @@ impl ApiRequest {
             ApiRequest::EndpointRetarget { .. } => "endpoint retarget",
             ApiRequest::TenantSetAttach { .. } => "tenant set --attachable",
             ApiRequest::Backup { .. } => "backup",
+            ApiRequest::HostDrain { .. } => "host drain",
+            ApiRequest::HostUndrain { .. } => "host undrain",
+            ApiRequest::HostDelete { .. } => "host delete",
         }
     }
 }
