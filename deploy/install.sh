@@ -19,7 +19,9 @@
 # --start     after installing, enable and start the role's units (not with a destdir).
 # --uninstall remove binaries, units, and sample configs that were not edited; keep the PKI,
 #             host credentials, databases and edited configs, and say so.
-# --purge     with --uninstall: remove those too, and the ovl system user.
+# --purge     with --uninstall: remove those too, and the ovl system user; with the agent
+#             role, first run `ovl-agent cleanup` (every OVS row, link, router namespace and
+#             nftables table ovl made on this host), once the agent is stopped.
 #
 # Layout (see docs/deploy.md):
 #   /usr/local/bin/{ovl-controller,ovl,ovl-agent,ovl-docker}  0755
@@ -48,7 +50,7 @@ docker=0
 cni_dir=""
 
 usage() {
-    sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
     exit "${1:-0}"
 }
 
@@ -320,6 +322,25 @@ remove_dir() {
     echo "install: kept $1 (not empty; --purge removes it)" >&2
 }
 
+# purge_data_plane: removes what ovl built on this host with the installed agent's own
+# `ovl-agent cleanup` (the agent is stopped by now), while its configuration is still there.
+# In a scratch root it only says so: the data plane is the machine's, not the root's.
+purge_data_plane() {
+    local agent
+    agent=$(root "$BINDIR/ovl-agent")
+    if [[ ! -x "$agent" ]]; then
+        echo "install: no $BINDIR/ovl-agent installed; skipping ovl-agent cleanup" >&2
+        return 0
+    fi
+    if ! live; then
+        echo "install: would run $BINDIR/ovl-agent cleanup (not in a scratch root: it cleans this machine)" >&2
+        return 0
+    fi
+    echo "install: $BINDIR/ovl-agent cleanup" >&2
+    "$agent" cleanup --config "$CONFDIR/agent.toml" ||
+        echo "install: ovl-agent cleanup did not finish; run it again before reinstalling" >&2
+}
+
 do_uninstall() {
     local u b
     if systemd_running; then
@@ -330,6 +351,9 @@ do_uninstall() {
     for u in "${units[@]}"; do
         rm -f "$(root "$UNITDIR/$u")"
     done
+    if ((purge == 1)) && wants agent; then
+        purge_data_plane
+    fi
     for b in "${binaries[@]}"; do
         rm -f "$(root "$BINDIR/$b")"
     done

@@ -29,7 +29,7 @@ cargo nextest run --workspace --locked --run-ignored all --no-fail-fast -E 'not 
 echo "== control-plane tests against the etcd store (OVL_TEST_STORE=etcd)"
 OVL_TEST_STORE=etcd cargo nextest run -p ovl-tests --locked --run-ignored all --no-fail-fast \
     --test control_plane --test intent_deltas --test host_api --test join \
-    --test reliability_auth --test reliability_fields
+    --test reliability_auth --test reliability_fields --test host_lifecycle
 # Real VMs last, on their own: emulated CPUs take the machine's cores, which would slow the
 # timing-sensitive tests above. The first run on a machine also builds the VM image
 # (vagrant/build-box.sh, cached afterwards).

@@ -5,8 +5,10 @@
 //! implementation and a recording fake, and under the real one the OVSDB client (`ovsdb`), the
 //! Open vSwitch schema driver (`ovs`), the netlink plumbing (`netns`), and the tenant routers
 //! (`router`) with their nftables rules (`nat`). It never decides what should exist: that is
-//! the controller's intent.
+//! the controller's intent. Beside them, `cleanup` removes everything ovl owns from the host
+//! (`ovl-agent cleanup`) over the same layers.
 
+pub mod cleanup;
 pub mod config;
 pub mod join;
 pub mod local;

@@ -53,6 +53,20 @@ Logs go to stderr (the journal under systemd); OVL_LOG=debug (or OVL_LOG=ovl_age
     /// CA matches --ca-hash before sending the token, and writes the bundle (ca.crt, tls.crt,
     /// tls.key 0600) that `ovl-agent run` uses.
     Join(JoinArgs),
+    /// Remove everything ovl owns from this host, without a controller.
+    ///
+    /// For a host leaving the cluster (after `ovl host delete`; `deploy/install.sh
+    /// --uninstall --purge` runs it): ovl's OVS ports (external_ids:ovl-owner) on br-int and
+    /// br-tun, then those bridges once nothing else is on them, the host's `ovl-*` links
+    /// (endpoint and router veths, and with them the container ends), router namespaces,
+    /// the host's nftables table `ovl`, the IPv4 forwarding value ovl's routers changed, and
+    /// the agent's state files. Stop the agent first (it would build everything again).
+    /// Works without Open vSwitch (says so and cleans the rest). Prints one line per object;
+    /// a second run finds nothing to do.
+    #[command(
+        after_help = "Examples:\n  ovl-agent cleanup --dry-run\n  systemctl stop ovl-agent && ovl-agent cleanup"
+    )]
+    Cleanup(CleanupArgs),
     /// Print ovl-agent's man page (roff; `ovl-agent man | man -l -`).
     #[command(hide = true)]
     Man,
@@ -78,6 +92,34 @@ struct JoinArgs {
     /// Replace a key already in --out (the host gets a new identity).
     #[arg(long)]
     force: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct CleanupArgs {
+    /// Configuration file the agent ran with; its ovsdb, bridge, state_dir and
+    /// router_netns_prefix keys say what to clean, and flags override them.
+    #[arg(
+        long,
+        env = "OVL_AGENT_CONFIG",
+        default_value = "/etc/ovl/agent.toml",
+        value_name = "FILE"
+    )]
+    config: PathBuf,
+    /// OVSDB remote [default: unix:/var/run/openvswitch/db.sock]
+    #[arg(long, value_name = "REMOTE")]
+    ovsdb: Option<String>,
+    /// Integration bridge [default: br-int]
+    #[arg(long, value_name = "NAME")]
+    bridge: Option<String>,
+    /// The agent's state directory [default: /var/lib/ovl-agent]
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Prefix of router namespace names [default: ovl-r-]
+    #[arg(long, value_name = "PREFIX")]
+    router_netns_prefix: Option<String>,
+    /// List what would be removed, and change nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 fn parse_join_addr(s: &str) -> Result<SocketAddr, String> {
@@ -172,6 +214,7 @@ fn main() -> ExitCode {
             run(args)
         }
         Command::Join(args) => join(args),
+        Command::Cleanup(args) => cleanup(args),
         Command::Man => ovl_common::cli_docs::man(Cli::command(), "8", &mut std::io::stdout())
             .map_err(anyhow::Error::from),
     };
@@ -322,6 +365,45 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let _ = local.await;
         Ok::<_, anyhow::Error>(())
     })?;
+    Ok(())
+}
+
+fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
+    let f = if args.config.exists() {
+        FileConfig::load(&args.config)?
+    } else {
+        FileConfig::default()
+    };
+    let params = ovl_agent::cleanup::CleanupParams {
+        ovsdb: args
+            .ovsdb
+            .or(f.ovsdb)
+            .unwrap_or_else(|| ovl_agent::ovsdb::DEFAULT_ADDRESS.into()),
+        bridge: args.bridge.or(f.bridge).unwrap_or_else(|| "br-int".into()),
+        state_dir: args
+            .state_dir
+            .or(f.state_dir)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/ovl-agent")),
+        router_netns_prefix: args
+            .router_netns_prefix
+            .or(f.router_netns_prefix)
+            .unwrap_or_else(|| ovl_agent::router::layout::DEFAULT_NETNS_PREFIX.into()),
+        dry_run: args.dry_run,
+    };
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let done = rt.block_on(ovl_agent::cleanup::cleanup(&params));
+    for line in &done.removed {
+        println!("{line}");
+    }
+    for note in &done.notes {
+        eprintln!("{note}");
+    }
+    if done.removed.is_empty() {
+        println!("nothing of ovl's left to clean up");
+    }
+    if done.failed {
+        bail!("some of ovl's objects could not be removed (above); run `ovl-agent cleanup` again once fixed");
+    }
     Ok(())
 }
 

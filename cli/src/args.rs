@@ -610,6 +610,70 @@ pub enum HostCommand {
     /// Show one host: addresses, capabilities, session and apply state, errors
     #[command(after_help = "Example:\n  ovl host show node1")]
     Show(NameArg),
+
+    /// Stop placing new endpoints and routers on a host; its routers move away
+    #[command(
+        long_about = "Drain a host before maintenance or removal. The controller refuses new \
+            endpoints on it (naming the host and this command's opposite), and moves every \
+            tenant router it carries to the tenant's configured gateway host, else to the \
+            active host with the most endpoints of the tenant (a tenant whose endpoints are \
+            all on drained hosts keeps its router). Endpoints already on the host stay and \
+            keep working. `ovl host ls` shows the host as drained. Draining a drained host \
+            changes nothing.",
+        after_help = "Examples:\n  ovl host drain node3\n  ovl host drain node3 --wait\n  ovl host undrain node3"
+    )]
+    Drain(HostStateArgs),
+
+    /// Let a drained host take new endpoints and routers again
+    #[command(
+        long_about = "Undrain a host: it takes new endpoints again and may be chosen for \
+            routers of tenants placed from now on. Routers that moved away while it was \
+            drained stay where they are (moving them back would interrupt their tenants \
+            again); a tenant whose configured gateway host it is gets its router back from \
+            the failover task.",
+        after_help = "Example:\n  ovl host undrain node3"
+    )]
+    Undrain(HostStateArgs),
+
+    /// Remove a host from the cluster and revoke its certificate
+    #[command(
+        visible_alias = "rm",
+        long_about = "Delete a host: its endpoints (only with --force; without it the \
+            controller refuses while the host has endpoints, exit code 4, so a typo cannot \
+            delete them), its address reservations and its registration go, its routers \
+            move to other hosts, and every certificate its agent used is revoked: the \
+            controller refuses it on every connection from then on (agent sessions and the \
+            host's own tools), and ends the host's open sessions at once. The host's data \
+            plane is not touched (the agent is cut off): run `ovl-agent cleanup` on it, or \
+            `deploy/install.sh --uninstall --purge`. To bring the machine back, join it \
+            again with a new token: it is the certificate that is revoked, not the name.",
+        after_help = "Examples:\n  ovl host drain node3 && ovl host delete node3\n  ovl host delete node3 --force\n  ovl host delete node3 --force -o json"
+    )]
+    Delete(HostDeleteArgs),
+}
+
+/// `ovl host drain|undrain`.
+#[derive(Debug, Clone, Args)]
+pub struct HostStateArgs {
+    /// The host, as `ovl host ls` names it
+    pub name: String,
+
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// `ovl host delete`.
+#[derive(Debug, Clone, Args)]
+pub struct HostDeleteArgs {
+    /// The host, as `ovl host ls` names it
+    pub name: String,
+
+    /// Also delete the host's endpoints (their addresses and MACs are freed)
+    #[arg(long)]
+    pub force: bool,
+
+    #[command(flatten)]
+    pub wait: WaitArgs,
 }
 
 /// `ovl endpoint …`

@@ -424,6 +424,7 @@ pub fn hosts_table(hs: &[HostInfo], now: u64) -> String {
     let mut t = Table::new(&[
         "NAME",
         "UNDERLAY",
+        "STATE",
         "CONNECTED",
         "LAST-CONTACT",
         "APPLIED/DESIRED",
@@ -435,6 +436,7 @@ pub fn hosts_table(hs: &[HostInfo], now: u64) -> String {
         t.row(vec![
             h.host.name.to_string(),
             h.host.underlay.to_string(),
+            h.host.state.to_string(),
             yes_no(s.connected),
             ago(s.last_contact, now),
             generations(s),
@@ -454,6 +456,7 @@ pub fn host_block(h: &HostInfo, now: u64) -> String {
         ("underlay mtu", x.underlay_mtu.to_string()),
         ("capabilities", dash_if_empty(x.capabilities.join(" "))),
         ("registered", timestamp(x.registered)),
+        ("state", x.state.to_string()),
         ("connected", yes_no(s.connected)),
         ("remote", opt(&s.remote)),
         ("agent version", opt(&s.agent_version)),
@@ -792,6 +795,8 @@ mod tests {
                 underlay_mtu: 1500,
                 capabilities: vec!["datapath=netdev".into(), "segment=vxlan".into()],
                 registered: NOW - 3600,
+                state: Default::default(),
+                certificates: Vec::new(),
             },
             status: s,
         }
@@ -802,15 +807,21 @@ mod tests {
         let out = render_text(
             &ApiReply::Hosts(vec![
                 host("node1", status("node1", true, Some(7), vec![])),
-                host("node2", status("node2", false, None, vec![])),
+                HostInfo {
+                    host: Host {
+                        state: ovl_common::HostState::Drained,
+                        ..host("node2", status("node2", false, None, vec![])).host
+                    },
+                    status: status("node2", false, None, vec![]),
+                },
             ]),
             NOW,
         );
         assert_eq!(
             out,
-            "NAME   UNDERLAY       CONNECTED  LAST-CONTACT  APPLIED/DESIRED  DATAPATH  ENDPOINTS\n\
-             node1  192.168.56.11  yes        3s ago        7/7              netdev    2\n\
-             node2  192.168.56.11  no         never         -/7              -         2\n"
+            "NAME   UNDERLAY       STATE    CONNECTED  LAST-CONTACT  APPLIED/DESIRED  DATAPATH  ENDPOINTS\n\
+             node1  192.168.56.11  active   yes        3s ago        7/7              netdev    2\n\
+             node2  192.168.56.11  drained  no         never         -/7              -         2\n"
         );
     }
 
@@ -833,6 +844,7 @@ mod tests {
              underlay mtu:    1500\n\
              capabilities:    datapath=netdev segment=vxlan\n\
              registered:      2023-11-14T21:13:20Z\n\
+             state:           active\n\
              connected:       yes\n\
              remote:          192.168.56.11:40000\n\
              agent version:   0.1.0\n\

@@ -95,6 +95,34 @@ pub fn host(cmd: &HostCommand) -> Result<Plan, ValidationError> {
                 name: a.name.clone(),
             })
         }
+        HostCommand::Drain(a) => {
+            validate_name("host name", &a.name)?;
+            Plan {
+                request: ApiRequest::HostDrain {
+                    name: a.name.clone(),
+                },
+                wait: a.wait.wait,
+            }
+        }
+        HostCommand::Undrain(a) => {
+            validate_name("host name", &a.name)?;
+            Plan {
+                request: ApiRequest::HostUndrain {
+                    name: a.name.clone(),
+                },
+                wait: a.wait.wait,
+            }
+        }
+        HostCommand::Delete(a) => {
+            validate_name("host name", &a.name)?;
+            Plan {
+                request: ApiRequest::HostDelete {
+                    name: a.name.clone(),
+                    force: a.force,
+                },
+                wait: a.wait.wait,
+            }
+        }
     })
 }
 
@@ -678,6 +706,40 @@ mod tests {
                 wait: Some(Duration::from_secs(5)),
             }
         );
+    }
+
+    #[test]
+    fn host_lifecycle_commands_build_their_requests() {
+        assert_eq!(
+            plan(&["host", "drain", "node3", "--wait=5s"]).unwrap(),
+            Plan {
+                request: ApiRequest::HostDrain {
+                    name: "node3".into()
+                },
+                wait: Some(Duration::from_secs(5)),
+            }
+        );
+        assert_eq!(
+            plan(&["host", "undrain", "node3"]).unwrap().request,
+            ApiRequest::HostUndrain {
+                name: "node3".into()
+            }
+        );
+        assert_eq!(
+            plan(&["host", "rm", "node3", "--force"]).unwrap().request,
+            ApiRequest::HostDelete {
+                name: "node3".into(),
+                force: true
+            }
+        );
+        assert_eq!(
+            plan(&["host", "delete", "node3"]).unwrap().request,
+            ApiRequest::HostDelete {
+                name: "node3".into(),
+                force: false
+            }
+        );
+        assert!(plan(&["host", "drain", "Bad_Name"]).is_err());
     }
 
     #[test]

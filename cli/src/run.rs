@@ -265,6 +265,9 @@ pub fn describe(req: &ApiRequest) -> String {
         ApiRequest::TenantSetAttach { name, .. } => {
             format!("change which hosts may attach to tenant '{name}'")
         }
+        ApiRequest::HostDrain { name } => format!("drain host '{name}'"),
+        ApiRequest::HostUndrain { name } => format!("undrain host '{name}'"),
+        ApiRequest::HostDelete { name, .. } => format!("delete host '{name}'"),
     }
 }
 
@@ -345,6 +348,28 @@ pub async fn execute(client: &mut Client, plan: Plan, format: OutputFormat) -> a
                 .await
                 .with_context(|| format!("{what}: done, but waiting for the hosts failed"))?;
             eprintln!("applied on {}", hosts[0]);
+            Ok(())
+        }
+        change @ (ApiRequest::HostDrain { .. }
+        | ApiRequest::HostUndrain { .. }
+        | ApiRequest::HostDelete { .. }) => {
+            // Routers move between the other hosts: wait for every connected one.
+            let what = describe(&change);
+            let reply = call(client, change).await?;
+            print_reply(&reply, format)?;
+            let status = wait::status(client)
+                .await
+                .with_context(|| format!("{what}: done, but cannot wait for the hosts"))?;
+            let hosts: Vec<HostName> = status
+                .iter()
+                .filter(|s| s.connected)
+                .map(|s| s.name.clone())
+                .collect();
+            let targets = wait::targets(&status, &hosts);
+            wait::hosts_applied(client, &targets, limit, &mut progress)
+                .await
+                .with_context(|| format!("{what}: done, but waiting for the hosts failed"))?;
+            eprintln!("applied on {} connected hosts", hosts.len());
             Ok(())
         }
         other => {

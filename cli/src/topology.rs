@@ -291,6 +291,8 @@ mod tests {
                 underlay_mtu: 1500,
                 capabilities: vec![],
                 registered: 0,
+                state: Default::default(),
+                certificates: Vec::new(),
             },
             status: HostStatus {
                 name: HostName::new(name).unwrap(),

@@ -255,6 +255,8 @@ mod reply_tests {
             underlay_mtu: 1500,
             capabilities: vec!["datapath=netdev".into()],
             registered: 6,
+            state: Default::default(),
+            certificates: Vec::new(),
         };
         let status = HostStatus {
             name: host.name.clone(),

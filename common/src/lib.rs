@@ -22,6 +22,6 @@ pub mod table;
 pub mod tls;
 
 pub use model::{
-    EndpointName, HostAttach, HostName, MacAddr, NetnsTarget, Protocol, Publish, SegmentType,
-    TenantName, ValidationError,
+    EndpointName, HostAttach, HostName, HostState, MacAddr, NetnsTarget, Protocol, Publish,
+    SegmentType, TenantName, ValidationError,
 };

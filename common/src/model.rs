@@ -568,6 +568,31 @@ pub struct Host {
     pub capabilities: Vec<String>,
     /// Unix time (seconds) of the first session.
     pub registered: u64,
+    /// Whether it takes new endpoints and routers ([`HostState`], `ovl host drain`).
+    pub state: HostState,
+    /// The fingerprints (`sha256:HEX` of the DER, [`crate::tls::fingerprint`]) of the
+    /// certificates its agent has opened sessions with: what `ovl host delete` revokes.
+    pub certificates: Vec<String>,
+}
+
+/// A host's lifecycle state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostState {
+    /// Takes new endpoints and may carry routers.
+    #[default]
+    Active,
+    /// `ovl host drain`: refuses new endpoints, and its routers move to other hosts where
+    /// one can take them; the endpoints it has stay.
+    Drained,
+}
+
+impl fmt::Display for HostState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HostState::Active => "active",
+            HostState::Drained => "drained",
+        })
+    }
 }
 
 /// An endpoint: one container's interface on one tenant's segment.

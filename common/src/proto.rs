@@ -32,7 +32,10 @@ use crate::model::{Endpoint, Host, HostName, MacAddr, SegmentType, Tenant};
 /// of a line per object. Version 6 added the agent's view of its tunnel peers
 /// ([`AgentToController::Peers`]), the data-plane evidence of gateway failover. Version 7
 /// added `ovl trace` ([`ApiRequest::Trace`], [`ControllerToAgent::Trace`],
-/// [`AgentToController::Trace`]).
+/// [`AgentToController::Trace`]), the host lifecycle (hosts carry their state and
+/// certificate fingerprints, [`crate::model::Host`]; [`ApiRequest::HostDrain`],
+/// [`ApiRequest::HostUndrain`] and [`ApiRequest::HostDelete`]) and flat segments
+/// ([`crate::model::SegmentType::Flat`]).
 pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The ALPN identifier both ends require.
@@ -448,6 +451,25 @@ pub enum ApiRequest {
     /// hop, as the hosts' Open vSwitch traces it; nothing is changed. Administrators only.
     /// Answered with [`ApiReply::Trace`].
     Trace(TraceRequest),
+    /// `ovl host drain NAME`: the host takes no new endpoints and its routers move to other
+    /// hosts where one can take them; its endpoints stay. Administrators only. Answered with
+    /// [`ApiReply::Host`].
+    HostDrain {
+        name: String,
+    },
+    /// `ovl host undrain NAME`: the host takes new endpoints and routers again (routers that
+    /// moved away stay where they are). Administrators only. Answered with [`ApiReply::Host`].
+    HostUndrain {
+        name: String,
+    },
+    /// `ovl host delete NAME`: removes the host's endpoints (only with `force` when it has
+    /// any), its address reservations and its registration, moves its routers, revokes the
+    /// certificates it used and ends its sessions. Administrators only. Answered with
+    /// [`ApiReply::Deleted`].
+    HostDelete {
+        name: String,
+        force: bool,
+    },
 }
 
 impl ApiRequest {
@@ -475,6 +497,9 @@ impl ApiRequest {
             ApiRequest::TenantSetAttach { .. } => "tenant set --attachable",
             ApiRequest::Backup { .. } => "backup",
             ApiRequest::Trace(_) => "trace",
+            ApiRequest::HostDrain { .. } => "host drain",
+            ApiRequest::HostUndrain { .. } => "host undrain",
+            ApiRequest::HostDelete { .. } => "host delete",
         }
     }
 }

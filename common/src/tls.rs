@@ -221,6 +221,17 @@ pub fn peer_identity(conn: &quinn::Connection) -> Result<Identity, TlsError> {
     Ok(identity_of(leaf)?)
 }
 
+/// The [`fingerprint`] of a connection's peer certificate (its leaf): what the controller
+/// records per host and checks against its revocation list on every connection.
+pub fn peer_fingerprint(conn: &quinn::Connection) -> Result<String, TlsError> {
+    let any = conn.peer_identity().ok_or(TlsError::NoPeerCertificate)?;
+    let certs = any
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| TlsError::NoPeerCertificate)?;
+    let leaf = certs.first().ok_or(TlsError::NoPeerCertificate)?;
+    Ok(fingerprint(leaf.as_ref()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

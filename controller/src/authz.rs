@@ -12,6 +12,9 @@
 //! - show and delete endpoints on itself, and re-target them while their tenant is still open
 //!   to it.
 //!
+//! Everything else (lists of hosts, `host drain`, `undrain` and `delete` among them) takes an
+//! administrator: a host must not drain, delete or revoke itself or another host.
+//!
 //! Why so narrow: a host certificate lives on the host, readable by its root, so a stolen one
 //! must not reach further than that root already does. Endpoints on its own host are
 //! namespaces that root owns anyway; another host's endpoints, the cluster's tenants and the

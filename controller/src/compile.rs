@@ -496,9 +496,9 @@ impl Compiled {
         self.tenants.get(name)
     }
 
-    /// Whether a host is registered, as last staged.
-    pub fn has_host(&self, name: &HostName) -> bool {
-        self.hosts.contains_key(name)
+    /// A host's lifecycle state, as last staged (`None`: not registered).
+    pub fn host_state(&self, name: &HostName) -> Option<ovl_common::HostState> {
+        self.hosts.get(name).map(|h| h.state)
     }
 
     /// How many endpoints of `tenant` each registered host has, as last staged.
@@ -618,7 +618,7 @@ impl Compiled {
     /// concerns its host (before and after) and its tenant; each changed host concerns
     /// itself and the tenants it is in, routes or is the gateway host of; each changed tenant
     /// concerns itself. Between the halves, [`Dirty::tenants`] and the accessors below
-    /// (`tenant`, `endpoint_counts`, `has_host`) are what router placement needs, and a
+    /// (`tenant`, `endpoint_counts`, `host_state`) are what router placement needs, and a
     /// second `stage` takes the tenants it changed.
     pub fn stage(&mut self, changes: Changes, dirty: &mut Dirty) {
         for (name, t) in changes.tenants {
@@ -965,6 +965,8 @@ pub(crate) mod tests {
             underlay_mtu: 1500,
             capabilities: vec![],
             registered: 0,
+            state: Default::default(),
+            certificates: Vec::new(),
         }
     }
 

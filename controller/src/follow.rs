@@ -39,16 +39,26 @@ pub async fn run(ctl: Arc<Controller>, sessions: Arc<Sessions>, shutdown: Cancel
         let round = tokio::task::spawn_blocking(move || {
             ctl.store().announce(&connected)?;
             let elsewhere = ctl.store().elsewhere()?;
-            Ok::<_, crate::store::StoreError>((ctl.follow()?, elsewhere))
+            let intents = ctl.follow()?;
+            // Commits elsewhere may have deleted a host whose agent is connected here.
+            let revoked = if intents.is_empty() {
+                None
+            } else {
+                Some(ctl.store().revocations()?)
+            };
+            Ok::<_, crate::store::StoreError>((intents, elsewhere, revoked))
         });
         match round.await {
-            Ok(Ok((intents, elsewhere))) => {
+            Ok(Ok((intents, elsewhere, revoked))) => {
                 if failing {
                     tracing::info!("the store answers again");
                     failing = false;
                 }
                 sessions.set_elsewhere(elsewhere);
                 sessions.publish(intents);
+                if let Some(revoked) = revoked {
+                    sessions.close_revoked(&revoked);
+                }
             }
             Ok(Err(e)) => {
                 // Said once per outage, not five times a second.

@@ -11,7 +11,10 @@
 //!   endpoint appears (on the configured gateway host, else on the host with the most
 //!   endpoints of the tenant, ties broken by name) and cleared when its last endpoint goes. A
 //!   placed router otherwise stays where it is, so routers never move as a side effect of
-//!   unrelated changes.
+//!   unrelated changes, except off a drained host (`ovl host drain`): a drained host is
+//!   never chosen while an active one can be (the configured gateway host, else the active
+//!   host with the most endpoints of the tenant), and a router on it moves to such a host;
+//!   a tenant whose endpoints are all on drained hosts keeps its router where it is.
 //! - [`plan_moves`] decides the moves that depend on liveness: a router host whose agent has
 //!   been away longer than the failover time, or that its tunnel peers report down
 //!   ([`unreachable_hosts`], data-plane evidence that needs no wait), loses its routers to a
@@ -31,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use ovl_common::model::Tenant;
+use ovl_common::model::{HostState, Tenant};
 use ovl_common::proto::PeerReport;
 use ovl_common::{HostName, TenantName};
 
@@ -62,38 +65,58 @@ fn busiest<'s>(
         .map(|(h, _)| *h)
 }
 
+/// Whether `state` has host `h` drained.
+fn drained_in(state: &State, h: &HostName) -> bool {
+    state
+        .hosts
+        .get(h)
+        .is_some_and(|h| h.state == HostState::Drained)
+}
+
 /// The tenants whose router host must change regardless of liveness, with the new value:
-/// placed when the tenant has endpoints and no (registered) router host, cleared when it has
-/// none. Pure; the store writes the result in the transaction it runs in.
+/// placed when the tenant has endpoints and no (registered, active) router host, cleared
+/// when it has none. Pure; the store writes the result in the transaction it runs in.
 pub fn place_routers(state: &State) -> Vec<Tenant> {
     state
         .tenants
         .values()
         .filter_map(|t| {
             place_router(t, &endpoint_counts(state, &t.name), |h| {
-                state.hosts.contains_key(h)
+                state.hosts.get(h).map(|h| h.state)
             })
         })
         .collect()
 }
 
 /// [`place_routers`] for one tenant, given how many of its endpoints each registered host has
-/// and which hosts are registered: the tenant with its new router host, or `None` when it
-/// stays where it is.
+/// and each host's state (`None`: not registered): the tenant with its new router host, or
+/// `None` when it stays where it is.
 pub fn place_router(
     t: &Tenant,
     counts: &BTreeMap<&HostName, u32>,
-    registered: impl Fn(&HostName) -> bool,
+    host_state: impl Fn(&HostName) -> Option<HostState>,
 ) -> Option<Tenant> {
+    let registered = |h: &HostName| host_state(h).is_some();
+    let active = |h: &HostName| host_state(h) == Some(HostState::Active);
     let placed = t.router_host.as_ref().filter(|h| registered(h));
     let want = if counts.is_empty() {
         None
-    } else if let Some(h) = placed {
+    } else if let Some(h) = placed.filter(|h| active(h)) {
         Some(h.clone())
     } else {
-        match t.gateway_host.as_ref().filter(|g| registered(g)) {
-            Some(g) => Some(g.clone()),
-            None => busiest(counts, |_| true).cloned(),
+        let fresh = t
+            .gateway_host
+            .as_ref()
+            .filter(|g| active(g))
+            .or_else(|| busiest(counts, active));
+        match (fresh, placed) {
+            (Some(h), _) => Some(h.clone()),
+            // Every candidate is drained: a placed router stays rather than hop between them.
+            (None, Some(h)) => Some(h.clone()),
+            (None, None) => match t.gateway_host.as_ref().filter(|g| registered(g)) {
+                Some(g) => Some(g.clone()),
+                None => busiest(counts, |_| true).cloned(),
+            },
         }
     };
     (want != t.router_host).then(|| Tenant {
@@ -267,7 +290,8 @@ pub fn plan_moves(state: &State, avail: &Availability) -> Vec<Move> {
         if counts.is_empty() {
             continue;
         }
-        let connected = |h: &HostName| avail.connected.contains(h);
+        // A drained host takes no router, whatever its liveness.
+        let connected = |h: &HostName| avail.connected.contains(h) && !drained_in(state, h);
         let preferred = t.gateway_host.as_ref().filter(|g| connected(g));
         let gone = match (avail.lost.get(current), avail.unreachable.get(current)) {
             (Some(away), _) => Some(MoveReason::Failover(*away)),
@@ -277,7 +301,7 @@ pub fn plan_moves(state: &State, avail: &Availability) -> Vec<Move> {
         let (to, reason) = if let Some(reason) = gone {
             let target = preferred
                 .or_else(|| busiest(&counts, connected))
-                .or_else(|| avail.connected.iter().next());
+                .or_else(|| avail.connected.iter().find(|h| connected(h)));
             match target {
                 Some(to) => (to, reason),
                 None => continue,
@@ -373,6 +397,59 @@ mod tests {
         assert_eq!(placed(&state(&[("a", 1), ("b", 5)], Some("a"), None)), None);
         // The last endpoint going clears it.
         assert_eq!(placed(&state(&[], Some("a"), None)).as_deref(), Some(""));
+    }
+
+    fn drain(mut s: State, hosts: &[&str]) -> State {
+        for h in hosts {
+            s.hosts.get_mut(&hn(h)).unwrap().state = HostState::Drained;
+        }
+        s
+    }
+
+    #[test]
+    fn routers_leave_drained_hosts_when_an_active_one_can_take_them() {
+        // A router on a drained host moves to the busiest active host with endpoints.
+        let s = drain(
+            state(&[("a", 3), ("b", 1), ("c", 2)], Some("a"), None),
+            &["a"],
+        );
+        assert_eq!(placed(&s).as_deref(), Some("c"));
+        // To the configured gateway host first, if it is active.
+        let s = drain(state(&[("a", 3), ("b", 1)], Some("a"), Some("c")), &["a"]);
+        assert_eq!(placed(&s).as_deref(), Some("c"));
+        // A drained configured gateway host is passed over for a new router.
+        let s = drain(state(&[("a", 3), ("b", 1)], None, Some("c")), &["c"]);
+        assert_eq!(placed(&s).as_deref(), Some("a"));
+        // And a drained busiest host too.
+        let s = drain(state(&[("a", 3), ("b", 1)], None, None), &["a"]);
+        assert_eq!(placed(&s).as_deref(), Some("b"));
+        // Every host with endpoints drained: a placed router stays, a new one is placed.
+        let s = drain(state(&[("a", 3), ("b", 1)], Some("a"), None), &["a", "b"]);
+        assert_eq!(placed(&s), None);
+        let s = drain(state(&[("a", 3), ("b", 1)], None, None), &["a", "b"]);
+        assert_eq!(placed(&s).as_deref(), Some("a"));
+        // A router on an active host stays, whatever else is drained.
+        let s = drain(state(&[("a", 3), ("b", 1)], Some("b"), None), &["a"]);
+        assert_eq!(placed(&s), None);
+    }
+
+    #[test]
+    fn failover_never_moves_a_router_onto_a_drained_host() {
+        // The router host is lost; the busiest connected host is drained, so the other one.
+        let s = drain(
+            state(&[("a", 1), ("b", 3), ("c", 1)], Some("a"), None),
+            &["b"],
+        );
+        assert_eq!(
+            moved(&s, &avail(&["b", "c"], &["a"])),
+            vec![("a".into(), "c".into())]
+        );
+        // A drained configured gateway host does not get its router back.
+        let s = drain(state(&[("a", 1), ("b", 1)], Some("b"), Some("a")), &["a"]);
+        assert!(moved(&s, &avail(&["a", "b"], &[])).is_empty());
+        // Only drained hosts are connected: the router stays where it is.
+        let s = drain(state(&[("a", 1), ("b", 1)], Some("a"), None), &["b"]);
+        assert!(moved(&s, &avail(&["b"], &["a"])).is_empty());
     }
 
     fn avail(connected: &[&str], lost: &[&str]) -> Availability {

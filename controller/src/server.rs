@@ -6,8 +6,11 @@
 //! Each connection gets its own task and tracing span. A connection opens one bidirectional
 //! stream whose first frame is a `ClientHello`; identities come from the verified certificate,
 //! never from what the hello says, and a hello that claims something else is refused with a
-//! `Refusal` before the connection is closed. The store is the only shared state besides the
-//! live session table; all writes go through the operations ([`crate::ops`]).
+//! `Refusal` before the connection is closed. A certificate the store lists as revoked (a
+//! deleted host's, [`Store::revocation`]) is refused on every connection, whatever its role,
+//! and the sessions holding one are closed once it is revoked ([`Sessions::close_revoked`]).
+//! The store is the only shared state besides the live session table; all writes go through
+//! the operations ([`crate::ops`]).
 //!
 //! Layer: service, over the operations. The gateway failover task ([`crate::failover`])
 //! runs beside it and shares its session table.
@@ -38,7 +41,7 @@ use crate::gateway::Presence;
 use crate::live::{Live, LiveHost, Merged};
 use crate::metrics;
 use crate::ops::{self, Controller};
-use crate::store::Store;
+use crate::store::{Revocation, Store};
 
 /// How long a trace waits for one agent's answer (`ovs-appctl ofproto/trace` takes
 /// milliseconds; a busy ovs-vswitchd may take seconds).
@@ -78,6 +81,8 @@ struct Entry {
     lost_since: Option<std::time::Instant>,
     /// Carries `ovl trace` questions to the current session, while there is one.
     traces: Option<tokio::sync::mpsc::Sender<TraceAsk>>,
+    /// The fingerprint of the current session's certificate, to close it once revoked.
+    fingerprint: Option<String>,
 }
 
 /// The live session table, shared by every connection task.
@@ -102,8 +107,25 @@ impl Sessions {
             conn: None,
             lost_since: None,
             traces: None,
+            fingerprint: None,
         });
         f(entry)
+    }
+
+    /// Closes every agent session whose certificate is in `revoked` (fingerprints; a deleted
+    /// host's, [`crate::ops::host_lifecycle`]): at once on the controller that deleted the
+    /// host, and on the others sharing its store when their follower takes the change in.
+    pub fn close_revoked(&self, revoked: &std::collections::BTreeMap<String, Revocation>) {
+        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, e) in hosts.iter() {
+            let Some(r) = e.fingerprint.as_ref().and_then(|f| revoked.get(f)) else {
+                continue;
+            };
+            if let Some(conn) = &e.conn {
+                warn!(host = %name, certificate = %r.fingerprint, by = %r.by, "closing the session of a deleted host: its certificate is revoked");
+                conn.close(4u32.into(), b"certificate revoked: the host was deleted");
+            }
+        }
     }
 
     /// The peer reports of the hosts connected to this controller, for the gateway failover
@@ -351,6 +373,14 @@ impl Server {
                 return Ok(());
             }
         };
+        let fingerprint = match self.revoked(&conn).await {
+            Ok(fingerprint) => fingerprint,
+            Err(refusal) => {
+                warn!(%identity, "refusing connection: {refusal}");
+                refuse(&conn, &mut send, refusal).await;
+                return Ok(());
+            }
+        };
         match (hello.role, identity) {
             (ClientRole::Admin, Identity::Admin(name)) => {
                 welcome(&mut send, format!("admin:{name}")).await?;
@@ -362,7 +392,7 @@ impl Server {
             (ClientRole::Host, Identity::Host(host)) => {
                 welcome(&mut send, format!("host:{host}")).await?;
                 let span = info_span!("api", host = %host);
-                self.api(&mut send, &mut recv, Caller::Host(host))
+                self.api_as_host(&conn, &mut send, &mut recv, host, fingerprint)
                     .instrument(span)
                     .await;
             }
@@ -372,7 +402,7 @@ impl Server {
                     refuse(&conn, &mut send, Refusal::Malformed(problem)).await;
                     return Ok(());
                 }
-                self.agent(conn.clone(), send, recv, h, remote)
+                self.agent(conn.clone(), send, recv, h, fingerprint, remote)
                     .instrument(info_span!("agent", host = %cert_host))
                     .await;
             }
@@ -427,6 +457,75 @@ impl Server {
         Ok(())
     }
 
+    /// Whether the connection's certificate is revoked, from the store's current state: its
+    /// fingerprint if not, else the refusal to answer with.
+    async fn revoked(&self, conn: &quinn::Connection) -> Result<String, Refusal> {
+        let fingerprint = ovl_common::tls::peer_fingerprint(conn)
+            .map_err(|e| Refusal::Malformed(format!("no client certificate: {e}")))?;
+        let store = self.store().clone();
+        let f = fingerprint.clone();
+        let found = tokio::task::spawn_blocking(move || store.revocation(&f)).await;
+        match found {
+            Ok(Ok(None)) => Ok(fingerprint),
+            Ok(Ok(Some(r))) => Err(Refusal::NotAuthorized {
+                identity: format!("certificate {}", r.fingerprint),
+                action: "connect".into(),
+                hint: format!(
+                    "it was revoked when host '{}' was deleted (at unix time {}, by {}); join the host again with a new token (`ovl-controller token create`, `ovl-agent join`) to get a new certificate",
+                    r.host, r.revoked, r.by
+                ),
+            }),
+            // A store that cannot say is not taken for a yes: the client retries.
+            Ok(Err(e)) => Err(Refusal::Malformed(format!(
+                "the controller cannot check its revocation list now ({e}); try again"
+            ))),
+            Err(e) => Err(Refusal::Malformed(format!(
+                "the controller cannot check its revocation list now ({e}); try again"
+            ))),
+        }
+    }
+
+    /// Closes the sessions whose certificates are now revoked (after a host delete).
+    async fn close_revoked_sessions(&self) {
+        let store = self.store().clone();
+        match tokio::task::spawn_blocking(move || store.revocations()).await {
+            Ok(Ok(revoked)) => self.sessions.close_revoked(&revoked),
+            Ok(Err(e)) => warn!("cannot read the revocation list to close sessions: {e}"),
+            Err(e) => warn!("revocation list task failed: {e}"),
+        }
+    }
+
+    /// [`Server::api`] for a host's own tools: a connection whose certificate is revoked
+    /// while it is open (its host deleted) is closed before its next request is served.
+    async fn api_as_host(
+        &self,
+        conn: &quinn::Connection,
+        send: &mut SendStream,
+        recv: &mut RecvStream,
+        host: HostName,
+        fingerprint: String,
+    ) {
+        let watch = async {
+            loop {
+                tokio::time::sleep(REVOCATION_RECHECK).await;
+                let store = self.store().clone();
+                let f = fingerprint.clone();
+                if let Ok(Ok(Some(r))) =
+                    tokio::task::spawn_blocking(move || store.revocation(&f)).await
+                {
+                    return r;
+                }
+            }
+        };
+        tokio::select! {
+            _ = self.api(send, recv, Caller::Host(host)) => {}
+            r = watch => {
+                warn!(certificate = %r.fingerprint, by = %r.by, "closing a host API connection: its certificate is revoked");
+                conn.close(4u32.into(), b"certificate revoked: the host was deleted");
+            }
+        }
+    }
+
     /// Serves `caller`'s API requests until the client closes its stream.
     async fn api(&self, send: &mut SendStream, recv: &mut RecvStream, caller: Caller) {
         loop {
@@ -466,6 +565,7 @@ impl Server {
                     }
                     Ok(req) => {
                         let kind = &req.kind();
+                        let req_is_delete = matches!(req, ApiRequest::HostDelete { .. });
                         let started = std::time::Instant::now();
                         let ctl = self.ctl.clone();
                         let sessions = self.sessions.clone();
@@ -491,6 +591,9 @@ impl Server {
                         match &resp {
                             Ok(_) => info!(request = kind, "ok"),
                             Err(e) => info!(request = kind, code = ?e.code, "refused: {e}"),
+                        }
+                        if resp.is_ok() && req_is_delete {
+                            self.close_revoked_sessions().await;
                         }
                         metrics::api_request(
                             &self.metrics,
@@ -580,6 +683,7 @@ impl Server {
         mut send: SendStream,
         mut recv: RecvStream,
         hello: AgentHello,
+        fingerprint: String,
         remote: SocketAddr,
     ) {
         let host = hello.host.clone();
@@ -592,8 +696,10 @@ impl Server {
         let mut rx = self.sessions.with_entry(&host, |e| e.intent.subscribe());
         let ctl = self.ctl.clone();
         let h = hello.clone();
+        let f = fingerprint.clone();
         let registered =
-            tokio::task::spawn_blocking(move || ops::register_host(&ctl, &h, unix_now())).await;
+            tokio::task::spawn_blocking(move || ops::register_host(&ctl, &h, Some(&f), unix_now()))
+                .await;
         let (intent, changed) = match registered {
             Ok(Ok((_host, intent, changed))) => (intent, changed),
             Ok(Err(e)) => {
@@ -618,6 +724,7 @@ impl Server {
             e.lost_since = None;
             // A new session's agent reports its peers afresh.
             e.live.peers = None;
+            e.fingerprint = Some(fingerprint.clone());
             e.live.last_contact = Some(unix_now());
             e.live.remote = Some(remote.to_string());
             e.live.agent_version = Some(hello.agent_version.clone());
@@ -780,6 +887,9 @@ impl Server {
         info!("agent disconnected");
     }
 }
+
+/// How often an open host API connection looks whether its certificate was revoked since.
+const REVOCATION_RECHECK: Duration = Duration::from_secs(1);
 
 /// How long a session waits for its agent to report the intent last pushed before it pushes
 /// a newer one anyway (an agent that does not report, or reports late).

@@ -261,6 +261,18 @@ pub fn sample_requests() -> Vec<(&'static str, ApiRequest)> {
                 size: Some(1400),
             }),
         ),
+        ("host-drain", ApiRequest::HostDrain { name: "h1".into() }),
+        (
+            "host-undrain",
+            ApiRequest::HostUndrain { name: "h1".into() },
+        ),
+        (
+            "host-delete",
+            ApiRequest::HostDelete {
+                name: "h1".into(),
+                force: true,
+            },
+        ),
     ];
     let names = [
         "endpoint-create-netns",

@@ -205,8 +205,43 @@ fn a_clean_install_uninstalls_to_nothing() {
     let root = scratch.path().join("root");
     let dest = root.to_str().unwrap();
     install_ok(&["--destdir", dest]);
-    install_ok(&["--destdir", dest, "--uninstall"]);
+    let said = install_ok(&["--destdir", dest, "--uninstall"]);
+    assert!(!said.contains("ovl-agent cleanup"), "{said}");
     assert!(tree(&root).is_empty(), "left behind: {:#?}", tree(&root));
+}
+
+/// `--uninstall --purge` of the agent role runs the installed agent's cleanup before the
+/// binaries go; in a scratch root it only says so (the data plane is the machine's).
+#[test]
+fn a_purge_cleans_the_data_plane_with_the_installed_agent() {
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path().join("root");
+    let dest = root.to_str().unwrap();
+    install_ok(&["--destdir", dest, "--role", "agent"]);
+    let said = install_ok(&[
+        "--destdir",
+        dest,
+        "--role",
+        "agent",
+        "--uninstall",
+        "--purge",
+    ]);
+    assert!(
+        said.contains("would run /usr/local/bin/ovl-agent cleanup"),
+        "{said}"
+    );
+    assert!(tree(&root).is_empty(), "left behind: {:#?}", tree(&root));
+    // The controller role has no data plane to clean.
+    install_ok(&["--destdir", dest, "--role", "controller"]);
+    let said = install_ok(&[
+        "--destdir",
+        dest,
+        "--role",
+        "controller",
+        "--uninstall",
+        "--purge",
+    ]);
+    assert!(!said.contains("ovl-agent cleanup"), "{said}");
 }
 
 #[test]

@@ -90,7 +90,7 @@ fn ok(ctl: &Controller, req: &ApiRequest) -> ApiReply {
 /// addresses and MACs, a published port, a reservation, deletes.
 fn workload(ctl: &Controller) {
     for (i, h) in ["h1", "h2", "h3"].iter().enumerate() {
-        ops::register_host(ctl, &hello(h, 10 + i as u8), NOW).unwrap();
+        ops::register_host(ctl, &hello(h, 10 + i as u8), None, NOW).unwrap();
     }
     ok(ctl, &tenant("blue", "10.1.0.0/24"));
     ok(
@@ -163,7 +163,7 @@ fn a_commit_on_a_stale_copy_runs_again_on_the_new_state() {
     let etcd = start_etcd();
     let a = ops::open_etcd(&options(&etcd, "/ovl/"), Settings::default()).unwrap();
     let b = ops::open_etcd(&options(&etcd, "/ovl/"), Settings::default()).unwrap();
-    ops::register_host(&a, &hello("h1", 1), NOW).unwrap();
+    ops::register_host(&a, &hello("h1", 1), None, NOW).unwrap();
     // `b` has not seen the host yet: its copy is stale. Its first commit fails the compare,
     // reloads and runs again, so it sees the host and the tenant `a` creates next.
     ok(&a, &tenant("blue", "10.1.0.0/24"));

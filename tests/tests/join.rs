@@ -495,3 +495,50 @@ fn token_create_prints_a_join_command_that_works_as_printed() {
     assert!(o.status.success(), "{:?} failed: {}", words, stderr(&o));
     assert!(out_dir.join("tls.crt").exists());
 }
+
+/// A deleted host (`ovl host delete`) joins again with a new token under the same name: it
+/// is the certificate that is revoked, not the name. The old certificate stays refused.
+#[test]
+fn a_deleted_host_joins_again_with_a_new_token_and_its_old_certificate_stays_refused() {
+    let mut c = Cluster::new();
+    let ctl = JoinController::start(&c);
+    let hash = ca_hash(&c);
+    let bundle_dir = c.pki.join("hosts").join("h1");
+    let t = token(&c, &["--host", "h1"]);
+    let o = join(ctl.join, &t, &hash, None, &bundle_dir);
+    assert!(o.status.success(), "join failed: {}", stderr(&o));
+    let first = Bundle::load(&bundle_dir).expect("the first bundle");
+    c.start_fake_agent("h1", "198.51.100.1");
+    c.wait_converged(&["h1"]);
+
+    let o = c.ovl(&["host", "delete", "h1"]);
+    assert!(o.status.success(), "host delete: {}", stderr(&o));
+    c.stop_agent("h1");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ans = rt
+        .block_on(raw_hello(c.addr, &first, &agent_hello("h1")))
+        .unwrap();
+    match ans.result {
+        Err(Refusal::NotAuthorized { hint, .. }) => {
+            assert!(hint.contains("revoked"), "{hint}")
+        }
+        other => panic!("the revoked certificate got {other:?}"),
+    }
+
+    // A new token for the same name, a new key and certificate: accepted.
+    let again = c.path().join("rejoined");
+    let t = token(&c, &["--host", "h1"]);
+    let o = join(ctl.join, &t, &hash, None, &again);
+    assert!(o.status.success(), "the second join failed: {}", stderr(&o));
+    std::fs::remove_dir_all(&bundle_dir).unwrap();
+    std::fs::rename(&again, &bundle_dir).unwrap();
+    c.start_fake_agent("h1", "198.51.100.1");
+    c.wait_converged(&["h1"]);
+    let ans = rt
+        .block_on(raw_hello(c.addr, &first, &agent_hello("h1")))
+        .unwrap();
+    assert!(
+        matches!(ans.result, Err(Refusal::NotAuthorized { .. })),
+        "{ans:?}"
+    );
+}

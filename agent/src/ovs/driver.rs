@@ -21,7 +21,8 @@ use super::port::{BridgeState, ObservedPort, PortChange};
 use super::view::{read_ops, read_ops_for, DbView, BRIDGE_COLUMNS, PORT_COLUMNS};
 use super::{Error, DB};
 use crate::ovsdb::{
-    self, Client, MonitorEvent, MonitorRequest, MonitorStream, Mutation, Operation, OperationResult,
+    self, Atom, Client, Condition, MonitorEvent, MonitorRequest, MonitorStream, Mutation,
+    Operation, OperationResult, Value,
 };
 
 /// First and longest pause between two looks at `cur_cfg` while waiting for ovs-vswitchd.
@@ -38,6 +39,16 @@ pub struct BridgeWant {
     pub datapath: DatapathType,
     /// Set when given; left as it is otherwise.
     pub fail_mode: Option<FailMode>,
+}
+
+/// What [`OvsDriver::remove_bridge_if_only_ovls`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BridgeRemoval {
+    /// There was no such bridge.
+    Absent,
+    Removed,
+    /// Kept: these ports, not ovl's, are on it.
+    Kept(Vec<String>),
 }
 
 /// What the watcher reports.
@@ -316,6 +327,39 @@ impl OvsDriver {
     pub async fn bridge_state(&self, bridge: &str) -> Result<Option<BridgeState>, Error> {
         let view = self.read(|| format!("reading bridge {bridge}")).await?;
         Ok(view.bridge_state(bridge))
+    }
+
+    /// Removes `bridge` (`ovs-vsctl --if-exists del-br NAME`) only if no port but ovl's own
+    /// and the bridge's local port is on it; OVSDB then drops its ports and interfaces with
+    /// it. A bridge that holds anybody else's port is kept, and the answer names those ports.
+    pub async fn remove_bridge_if_only_ovls(&self, bridge: &str) -> Result<BridgeRemoval, Error> {
+        let view = self.read(|| format!("reading bridge {bridge}")).await?;
+        let Some(state) = view.bridge_state(bridge) else {
+            return Ok(BridgeRemoval::Absent);
+        };
+        let others: Vec<String> = state.foreign.into_iter().filter(|p| p != bridge).collect();
+        if !others.is_empty() {
+            return Ok(BridgeRemoval::Kept(others));
+        }
+        let [root] = view.roots.as_slice() else {
+            return Err(Error::RootRow {
+                rows: view.roots.len(),
+            });
+        };
+        let step = Step::new(
+            Operation::mutate(
+                "Open_vSwitch",
+                vec![Condition::uuid(root)],
+                vec![Mutation::delete(
+                    "bridges",
+                    Value::set([Atom::Uuid(state.uuid.clone())]),
+                )],
+            ),
+            format!("detach bridge {bridge} from the Open_vSwitch table"),
+        );
+        self.run(&[step], &format!("removing bridge {bridge}"))
+            .await?;
+        Ok(BridgeRemoval::Removed)
     }
 
     /// The ports on `bridge` that ovl owns (`external_ids:ovl-owner=ovl-agent`), sorted by

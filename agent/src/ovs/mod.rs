@@ -42,7 +42,7 @@ mod view;
 use std::time::Duration;
 
 pub use datapath::{choose_datapath, choose_datapath_with, DatapathType, KERNEL_MODULE_PATH};
-pub use driver::{BridgeWant, OvsDriver, OvsEvent, ReadCounts, Watcher};
+pub use driver::{BridgeRemoval, BridgeWant, OvsDriver, OvsEvent, ReadCounts, Watcher};
 pub use names::{endpoint_port_name, tunnel_port_name, MAX_IFNAME_LEN};
 pub use plan::{BridgeOutcome, FailMode};
 pub use port::{

@@ -22,7 +22,7 @@ pub(crate) struct Step {
 }
 
 impl Step {
-    fn new(op: Operation, what: impl Into<String>) -> Self {
+    pub(crate) fn new(op: Operation, what: impl Into<String>) -> Self {
         Self {
             op,
             what: what.into(),

@@ -4,7 +4,7 @@
 //!
 //! Layer: operations.
 
-use ovl_common::model::{validate_ifname, Endpoint, Tenant};
+use ovl_common::model::{validate_ifname, Endpoint, HostState, Tenant};
 use ovl_common::proto::{ApiError, EndpointCreate, ErrorCode};
 use ovl_common::{EndpointName, HostName, NetnsTarget};
 
@@ -52,6 +52,15 @@ pub(crate) fn endpoint_create(
             ),
         )
     })?;
+    if host.state == HostState::Drained {
+        return Err(Failure::Api(ApiError::field(
+            ErrorCode::Conflict,
+            "host",
+            format!(
+                "host '{host_name}' is drained: it takes no new endpoints; pick another host, or let it take them again with `ovl host undrain {host_name}`"
+            ),
+        )));
+    }
     if let Some(existing) = t.endpoint(name.as_str())? {
         return Err(Failure::Api(ApiError::field(
             ErrorCode::AlreadyExists,

@@ -45,6 +45,7 @@ impl Fixture {
                     last_applied: None,
                     agent_version: "test".into(),
                 },
+                None,
                 NOW,
             )
             .unwrap();

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use ovl_common::model::{Host, MIN_UNDERLAY_MTU};
+use ovl_common::model::{Host, HostState, MIN_UNDERLAY_MTU};
 use ovl_common::proto::AgentHello;
 
 use super::intents::recompile;
@@ -22,7 +22,15 @@ pub type Hello = (Host, Arc<SharedIntent>, Vec<Arc<SharedIntent>>);
 /// an underlay address does). Returns the host, its current intent (to send right after the
 /// hello) and the other hosts' changed intents. A reconnect that changes nothing writes
 /// nothing.
-pub fn register_host(ctl: &Controller, hello: &AgentHello, now: u64) -> Result<Hello, StoreError> {
+///
+/// `certificate` is the fingerprint of the certificate the agent connected with: recorded
+/// with the host (what `ovl host delete` revokes), and refused if it is revoked.
+pub fn register_host(
+    ctl: &Controller,
+    hello: &AgentHello,
+    certificate: Option<&str>,
+    now: u64,
+) -> Result<Hello, StoreError> {
     let refuse = |problem: String| StoreError::Hello {
         host: hello.host.clone(),
         problem,
@@ -41,7 +49,7 @@ pub fn register_host(ctl: &Controller, hello: &AgentHello, now: u64) -> Result<H
     }
 
     ctl.transact(|t, compiled| {
-        let r = apply_hello(t, compiled, hello, now)?;
+        let r = apply_hello(t, compiled, hello, certificate, now)?;
         let outcome = if r.wrote {
             Outcome::Commit
         } else {
@@ -64,14 +72,32 @@ fn apply_hello(
     t: &mut dyn Txn,
     compiled: &mut Compiled,
     hello: &AgentHello,
+    certificate: Option<&str>,
     now: u64,
 ) -> Result<Registered, StoreError> {
+    if let Some(r) = certificate.map(|c| t.revocation(c)).transpose()?.flatten() {
+        return Err(StoreError::Hello {
+            host: hello.host.clone(),
+            problem: format!(
+                "its certificate {} was revoked when host '{}' was deleted (by {}); join the host again with a new token",
+                r.fingerprint, r.host, r.by
+            ),
+        });
+    }
     let existing = t.host(hello.host.as_str())?;
+    let mut certificates = existing
+        .as_ref()
+        .map(|h| h.certificates.clone())
+        .unwrap_or_default();
+    if let Some(c) = certificate.filter(|c| !certificates.iter().any(|k| k == c)) {
+        certificates.push(c.to_string());
+    }
     let host = match &existing {
         Some(h) => Host {
             underlay: hello.underlay,
             underlay_mtu: hello.underlay_mtu,
             capabilities: hello.capabilities.clone(),
+            certificates,
             ..h.clone()
         },
         None => Host {
@@ -81,6 +107,8 @@ fn apply_hello(
             underlay_mtu: hello.underlay_mtu,
             capabilities: hello.capabilities.clone(),
             registered: now,
+            state: HostState::Active,
+            certificates,
         },
     };
     if existing.as_ref() == Some(&host) {

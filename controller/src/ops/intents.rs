@@ -235,7 +235,7 @@ pub(crate) fn recompile(
         .filter_map(|name| {
             let tenant = compiled.tenant(name)?;
             place_router(tenant, &compiled.endpoint_counts(name), |h| {
-                compiled.has_host(h)
+                compiled.host_state(h)
             })
         })
         .collect();

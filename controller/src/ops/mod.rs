@@ -1,7 +1,7 @@
 //! Operations: what each API request and each agent hello does to the store. One module per
 //! object — [`tenant`], [`endpoint`], [`publish`], [`reservation`] (the host API's address
 //! reservations), [`query`] (lists, shows, status and the replies), [`host`] (an agent's
-//! hello), [`router`] (failover moves) — over shared pieces: [`fields`] (validation of request
+//! hello), [`host_lifecycle`] (drain, undrain and delete a host), [`router`] (failover moves) — over shared pieces: [`fields`] (validation of request
 //! fields, named as the CLI flag that carries them), [`pools`] (taking and freeing allocated
 //! values), [`intents`] (recompiling inside the transaction) and [`outcome`].
 //!
@@ -21,6 +21,7 @@ pub mod backup;
 pub mod endpoint;
 pub mod fields;
 pub mod host;
+pub mod host_lifecycle;
 pub mod intents;
 pub mod outcome;
 pub mod pools;
@@ -291,6 +292,9 @@ pub fn is_mutation(req: &ApiRequest) -> bool {
             | ApiRequest::AddressRelease { .. }
             | ApiRequest::EndpointRetarget { .. }
             | ApiRequest::TenantSetAttach { .. }
+            | ApiRequest::HostDrain { .. }
+            | ApiRequest::HostUndrain { .. }
+            | ApiRequest::HostDelete { .. }
     )
 }
 
@@ -338,6 +342,15 @@ fn mutate(
             endpoint::endpoint_retarget(t, compiled, name, target)
         }
         ApiRequest::TenantSetAttach { name, attach } => tenant::tenant_set_attach(t, name, attach),
+        ApiRequest::HostDrain { name } => {
+            host_lifecycle::host_set_state(t, name, ovl_common::HostState::Drained)
+        }
+        ApiRequest::HostUndrain { name } => {
+            host_lifecycle::host_set_state(t, name, ovl_common::HostState::Active)
+        }
+        ApiRequest::HostDelete { name, force } => {
+            host_lifecycle::host_delete(t, compiled, name, *force, caller, now)
+        }
         other => Err(Failure::Api(ApiError::new(
             ErrorCode::Internal,
             format!("{} is not a change", other.kind()),

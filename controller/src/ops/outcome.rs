@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 
 use ovl_common::proto::ApiError;
-use ovl_common::{EndpointName, TenantName, ValidationError};
+use ovl_common::{EndpointName, HostName, TenantName, ValidationError};
 
 use crate::store::StoreError;
 
@@ -48,4 +48,6 @@ pub enum Done {
     EndpointChanged(EndpointName),
     /// A host reserved an address of a tenant.
     AddressReserved(TenantName, Ipv4Addr),
+    /// A host's lifecycle state changed (answered with the host).
+    HostChanged(HostName),
 }

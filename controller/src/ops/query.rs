@@ -34,6 +34,20 @@ pub(crate) fn reply_objects(
 ) -> Result<State, StoreError> {
     let mut state = State::default();
     let tenant = match done {
+        Done::HostChanged(name) => {
+            if let Some(h) = t.host(name.as_str())? {
+                state.hosts.insert(name.clone(), h);
+            }
+            if let Some(g) = t.generation(name.as_str())? {
+                state.generations.insert(name.clone(), g);
+            }
+            for e in compiled.host_endpoints(name) {
+                if let Some(stored) = t.endpoint(e.as_str())? {
+                    state.endpoints.insert(e.clone(), stored);
+                }
+            }
+            None
+        }
         Done::EndpointCreated(name) | Done::EndpointChanged(name) => {
             let Some(e) = t.endpoint(name.as_str())? else {
                 return Ok(state);
@@ -101,6 +115,18 @@ pub(crate) fn reply(state: &State, done: &Done, live: &dyn Live) -> ApiResponse 
                 .get(name)
                 .ok_or_else(|| missing("endpoint", name.as_str()))?;
             Ok(ApiReply::Endpoint(endpoint_info(state, e, live)?))
+        }
+        Done::HostChanged(name) => {
+            let h = state
+                .hosts
+                .get(name)
+                .ok_or_else(|| missing("host", name.as_str()))?;
+            Ok(ApiReply::Host(host_info(
+                state,
+                h,
+                live,
+                &endpoints_per_host(state),
+            )))
         }
         Done::AddressReserved(tenant, ip) => {
             let t = state

@@ -75,6 +75,7 @@ impl Fixture {
         let (h, own, others) = register_host(
             self.store(),
             &hello(host, Ipv4Addr::new(192, 168, 50, last_octet)),
+            Some(&format!("sha256:cert-of-{host}")),
             NOW,
         )
         .expect("register host");
@@ -937,6 +938,7 @@ fn intents_follow_endpoints_and_generations_only_grow() {
     let (_, own, others) = register_host(
         f.store(),
         &hello("h2", Ipv4Addr::new(192, 168, 60, 2)),
+        Some("sha256:cert-of-h2"),
         NOW + 5,
     )
     .unwrap();
@@ -966,6 +968,7 @@ fn intents_follow_endpoints_and_generations_only_grow() {
     let (_, own, others) = register_host(
         f.store(),
         &hello("h2", Ipv4Addr::new(192, 168, 60, 2)),
+        Some("sha256:cert-of-h2"),
         NOW + 9,
     )
     .unwrap();
@@ -983,7 +986,7 @@ fn intents_follow_endpoints_and_generations_only_grow() {
     assert_eq!(by_host["h2"].generation, 3);
     f.assert_clean();
 
-    let e = register_host(f.store(), &hello("h4", Ipv4Addr::UNSPECIFIED), NOW).unwrap_err();
+    let e = register_host(f.store(), &hello("h4", Ipv4Addr::UNSPECIFIED), None, NOW).unwrap_err();
     assert!(matches!(e, StoreError::Hello { .. }), "{e}");
 }
 
@@ -1075,8 +1078,8 @@ fn a_newer_schema_is_refused() {
         matches!(
             e,
             StoreError::SchemaTooNew {
-                found: 5,
-                supported: 4
+                found: 6,
+                supported: 5
             }
         ),
         "{e}"
@@ -2326,4 +2329,263 @@ fn only_an_administrator_gets_a_backup() {
         panic!("{reply:?}");
     };
     assert_eq!(total, data.len() as u64, "a small store fits one part");
+}
+
+fn host_of(reply: ApiReply) -> ovl_common::proto::HostInfo {
+    match reply {
+        ApiReply::Host(h) => h,
+        other => panic!("expected a host, got {other:?}"),
+    }
+}
+
+fn router_host(f: &Fixture, tenant: &str) -> Option<String> {
+    f.store().state().unwrap().tenants[&tenant.parse::<TenantName>().unwrap()]
+        .router_host
+        .as_ref()
+        .map(|h| h.to_string())
+}
+
+#[test]
+fn a_drained_host_takes_no_endpoints_and_its_routers_move() {
+    let mut f = Fixture::new();
+    f.hello("h1", 1);
+    f.hello("h2", 2);
+    f.hello("h3", 3);
+    f.ok(ApiRequest::TenantCreateGateway {
+        create: TenantCreate::new("red", "10.1.0.0/24"),
+        nat: true,
+        gateway_host: None,
+    });
+    f.endpoint(endpoint("a1", "red", "h1"));
+    f.endpoint(endpoint("a2", "red", "h1"));
+    f.endpoint(endpoint("b1", "red", "h2"));
+    assert_eq!(router_host(&f, "red").as_deref(), Some("h1"));
+
+    let (reply, changed) = f.ok(ApiRequest::HostDrain { name: "h1".into() });
+    let h1 = host_of(reply);
+    assert_eq!(h1.host.state, ovl_common::HostState::Drained);
+    assert_eq!(h1.status.endpoints, 2, "its endpoints stay");
+    assert_eq!(
+        router_host(&f, "red").as_deref(),
+        Some("h2"),
+        "the router moves to the active host with endpoints"
+    );
+    let h2 = changed
+        .iter()
+        .find(|i| i.host == hn("h2"))
+        .expect("h2 changed");
+    assert_eq!(h2.routers.len(), 1, "h2 carries the router");
+    assert!(f
+        .store()
+        .intent(&hn("h1"))
+        .unwrap()
+        .intent()
+        .routers
+        .is_empty());
+    f.assert_clean();
+
+    // New endpoints are refused, naming the host and the way back; nothing is written.
+    let e = f.fails(ApiRequest::EndpointCreate(endpoint("a3", "red", "h1")));
+    assert_eq!(e.code, ErrorCode::Conflict);
+    assert_eq!(e.field.as_deref(), Some("host"));
+    assert!(
+        e.message.contains("'h1' is drained") && e.message.contains("ovl host undrain h1"),
+        "{}",
+        e.message
+    );
+    // Draining again changes nothing; a host's own certificate may not drain.
+    let before = f.store().dump().unwrap();
+    f.ok(ApiRequest::HostDrain { name: "h1".into() });
+    assert_eq!(f.store().dump().unwrap(), before);
+    let e = f.host_fails("h2", ApiRequest::HostDrain { name: "h2".into() });
+    assert_eq!(e.code, ErrorCode::PermissionDenied);
+    let e = f.host_fails("h1", ApiRequest::HostUndrain { name: "h1".into() });
+    assert_eq!(e.code, ErrorCode::PermissionDenied);
+    let e = f.fails(ApiRequest::HostDrain {
+        name: "nope".into(),
+    });
+    assert_eq!(e.code, ErrorCode::NotFound);
+    assert!(e.message.contains("ovl host ls"), "{}", e.message);
+
+    // The state survives a restart, and so does the router's new place.
+    f.reopen();
+    assert_eq!(router_host(&f, "red").as_deref(), Some("h2"));
+
+    // Undrained, it takes endpoints again; the router stays where it went.
+    let h1 = host_of(f.ok(ApiRequest::HostUndrain { name: "h1".into() }).0);
+    assert_eq!(h1.host.state, ovl_common::HostState::Active);
+    f.endpoint(endpoint("a3", "red", "h1"));
+    assert_eq!(router_host(&f, "red").as_deref(), Some("h2"));
+    f.assert_clean();
+}
+
+#[test]
+fn a_tenant_whose_endpoints_are_all_on_drained_hosts_keeps_its_router() {
+    let f = Fixture::new();
+    f.hello("h1", 1);
+    f.hello("h2", 2);
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
+    f.endpoint(endpoint("a1", "red", "h1"));
+    f.ok(ApiRequest::HostDrain { name: "h1".into() });
+    assert_eq!(router_host(&f, "red").as_deref(), Some("h1"));
+    f.assert_clean();
+}
+
+#[test]
+fn a_deleted_host_loses_everything_and_its_certificate_is_revoked() {
+    let mut f = Fixture::new();
+    f.hello("h1", 1);
+    f.hello("h2", 2);
+    f.ok(ApiRequest::TenantCreateGateway {
+        create: TenantCreate {
+            attach: Some("*".into()),
+            ..TenantCreate::new("red", "10.1.0.0/29")
+        },
+        nat: true,
+        gateway_host: Some("h1".into()),
+    });
+    f.endpoint(endpoint("a1", "red", "h1"));
+    f.endpoint(endpoint("b1", "red", "h2"));
+    let reserved = address(f.host_ok("h1", reserve("red", None)).0).ip;
+    assert_eq!(router_host(&f, "red").as_deref(), Some("h1"));
+
+    // Not without --force while it has endpoints; not by a host; not an unknown host.
+    let e = f.fails(ApiRequest::HostDelete {
+        name: "h1".into(),
+        force: false,
+    });
+    assert_eq!(e.code, ErrorCode::Conflict);
+    assert!(
+        e.message.contains("1 endpoint (a1)") && e.message.contains("--force"),
+        "{}",
+        e.message
+    );
+    let e = f.host_fails(
+        "h1",
+        ApiRequest::HostDelete {
+            name: "h1".into(),
+            force: true,
+        },
+    );
+    assert_eq!(e.code, ErrorCode::PermissionDenied);
+    let e = f.fails(ApiRequest::HostDelete {
+        name: "h9".into(),
+        force: true,
+    });
+    assert_eq!(e.code, ErrorCode::NotFound);
+
+    let (reply, changed) = f.ok(ApiRequest::HostDelete {
+        name: "h1".into(),
+        force: true,
+    });
+    let removed = removed(reply);
+    assert_eq!(
+        removed,
+        vec![
+            "host h1".to_string(),
+            "endpoint a1".into(),
+            format!("reservation {reserved} of tenant red"),
+            "certificate sha256:cert-of-h1 (revoked)".into(),
+        ]
+    );
+    let state = f.store().state().unwrap();
+    assert!(!state.hosts.contains_key(&hn("h1")));
+    assert!(!state.generations.contains_key(&hn("h1")));
+    assert!(state.endpoints.keys().all(|e| e.as_str() != "a1"));
+    assert!(state.reservations.is_empty());
+    let red = &state.tenants[&"red".parse::<TenantName>().unwrap()];
+    assert_eq!(
+        red.gateway_host, None,
+        "the configured gateway host is gone"
+    );
+    assert_eq!(red.router_host, Some(hn("h2")), "the router moved");
+    assert!(changed
+        .iter()
+        .any(|i| i.host == hn("h2") && i.routers.len() == 1));
+    let r = f
+        .store()
+        .revocation("sha256:cert-of-h1")
+        .unwrap()
+        .expect("revoked");
+    assert_eq!((r.host.as_str(), r.revoked), ("h1", NOW));
+    assert!(r.by.contains("test"), "{}", r.by);
+    assert_eq!(f.store().revocations().unwrap().len(), 1);
+    f.assert_clean();
+    // The freed addresses are handed out again (the subnet has five).
+    for n in ["c1", "c2", "c3", "c4"] {
+        f.endpoint(endpoint(n, "red", "h2"));
+    }
+
+    // The same certificate cannot register again, whatever it claims; a new one can, and
+    // the host comes back as a new host.
+    let e = register_host(
+        f.store(),
+        &hello("h1", Ipv4Addr::new(192, 168, 50, 1)),
+        Some("sha256:cert-of-h1"),
+        NOW,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("revoked"), "{e}");
+    let (h1, _, _) = register_host(
+        f.store(),
+        &hello("h1", Ipv4Addr::new(192, 168, 50, 1)),
+        Some("sha256:new-cert-of-h1"),
+        NOW + 1,
+    )
+    .unwrap();
+    assert_eq!(h1.id, 3, "a new id: ids are never reused");
+    assert_eq!(h1.certificates, vec!["sha256:new-cert-of-h1".to_string()]);
+    f.assert_clean();
+
+    // The revocation list is kept across restarts and in backups.
+    f.reopen();
+    assert!(f.store().revocation("sha256:cert-of-h1").unwrap().is_some());
+    let backup = f.store().backup().unwrap();
+    assert!(
+        String::from_utf8(backup.to_bytes())
+            .unwrap()
+            .contains("revoked/sha256:cert-of-h1"),
+        "the backup carries the revoked table"
+    );
+}
+
+#[test]
+fn a_schema_4_store_reads_its_hosts_as_active() {
+    let mut f = Fixture::new();
+    f.hello("h1", 1);
+    f.tenant(TenantCreate::new("red", "10.1.0.0/24"));
+    f.endpoint(endpoint("a", "red", "h1"));
+    let hosts = f.store().hosts().unwrap();
+    f.store = None;
+    {
+        let db = Database::create(&f.path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = tables::WriteTables::open(&txn).unwrap();
+            for h in &hosts {
+                let bytes = postcard::to_allocvec(&tables::HostRow::v1(h)).unwrap();
+                t.hosts.insert(h.name.as_str(), bytes.as_slice()).unwrap();
+            }
+            t.set_meta(meta::SCHEMA_VERSION, 4).unwrap();
+        }
+        txn.delete_table(tables::REVOKED).unwrap();
+        txn.commit().unwrap();
+    }
+    f.reopen();
+    f.assert_clean();
+    let h1 = &f.store().hosts().unwrap()[0];
+    assert_eq!(h1.state, ovl_common::HostState::Active);
+    assert!(h1.certificates.is_empty(), "recorded at the next hello");
+    assert!(f.store().revocations().unwrap().is_empty());
+    let dump = f.store().dump().unwrap();
+    assert!(dump.tables["meta"].contains(&("schema_version".into(), SCHEMA_VERSION.to_string())));
+    // The next hello records the certificate.
+    let (h1, _, _) = register_host(
+        f.store(),
+        &hello("h1", Ipv4Addr::new(192, 168, 50, 1)),
+        Some("sha256:cert-of-h1"),
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(h1.certificates, vec!["sha256:cert-of-h1".to_string()]);
 }

@@ -1,7 +1,7 @@
 //! Backups: every row of a store read at one committed state, in a file either backend can be
 //! restored from (so a backup also moves a cluster from a redb file to etcd, or back).
 //!
-//! The file is JSON lines: a header `{"ovl_backup":1,"schema_version":4,"revision":R,"rows":N}`,
+//! The file is JSON lines: a header `{"ovl_backup":1,"schema_version":5,"revision":R,"rows":N}`,
 //! then one `{"k":"TABLE/KEY","v":"HEX"}` per row ([`super::rows`]' keys and value
 //! encodings). A file that is cut short, has another count, an unknown table or a newer schema
 //! is refused as a whole.
@@ -100,6 +100,7 @@ impl Backup {
             (Table::Tenants, tables::TENANTS),
             (Table::Hosts, tables::HOSTS),
             (Table::Endpoints, tables::ENDPOINTS),
+            (Table::Revoked, tables::REVOKED),
         ] {
             named(txn, table, def, |v: &[u8]| v.to_vec(), &mut rows)?;
         }

@@ -60,6 +60,10 @@ pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckR
     )?;
     let generation_rows = tables::all_generations(&open_read_table(txn, tables::GENERATIONS)?)?;
     let reservation_rows = tables::all_reservations(&open_read_table(txn, tables::RESERVATIONS)?)?;
+    let revoked_rows = tables::all_rows::<tables::RevocationRow>(
+        &open_read_table(txn, tables::REVOKED)?,
+        tables::REVOKED,
+    )?;
     for (key, row) in &tenant_rows {
         let t = Tenant::from(row.clone());
         if t.name.as_str() != key {
@@ -469,6 +473,39 @@ pub(super) fn check(txn: &ReadTransaction, settings: &Settings) -> Result<CheckR
         if !ok {
             p(format!(
                 "{proto} port {port} is held by '{owner}', which is not an endpoint publishing it (leaked)"
+            ));
+        }
+    }
+
+    // Revoked certificates: no registered host still counts one as its own, and a deleted
+    // host (one whose certificates are revoked and whose row is gone) holds no reservation.
+    // Its endpoints and routers are covered above: they would name a host that does not
+    // exist.
+    let mut deleted = BTreeSet::new();
+    for (fingerprint, row) in &revoked_rows {
+        let r = row.clone().into_revocation(fingerprint);
+        if !fingerprint.starts_with("sha256:") {
+            p(format!(
+                "revoked certificate '{fingerprint}' (host '{}') is not a sha256: fingerprint",
+                r.host
+            ));
+        }
+        match state.hosts.get(&r.host) {
+            Some(h) if h.certificates.contains(fingerprint) => p(format!(
+                "host '{}' is registered with certificate {fingerprint}, which is revoked",
+                r.host
+            )),
+            Some(_) => {}
+            None => {
+                deleted.insert(r.host);
+            }
+        }
+    }
+    for r in reservation_keys.values() {
+        if deleted.contains(&r.host) {
+            p(format!(
+                "deleted host '{}' still holds the reservation of {} in tenant '{}'",
+                r.host, r.ip, r.tenant
             ));
         }
     }

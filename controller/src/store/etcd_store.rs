@@ -35,7 +35,8 @@ use super::tables::meta;
 use crate::live::LiveHost;
 
 use super::{
-    Backup, CheckReport, Outcome, RedbStore, Settings, State, Store, StoreDump, StoreError, Txn,
+    Backup, CheckReport, Outcome, RedbStore, Revocation, Settings, State, Store, StoreDump,
+    StoreError, Txn,
 };
 
 /// How many times a transaction runs before a conflict is given up as an error: each retry
@@ -399,6 +400,16 @@ impl Store for EtcdStore {
 
     fn hosts(&self) -> Result<Vec<Host>, StoreError> {
         self.current().rows.hosts()
+    }
+
+    fn revocation(&self, fingerprint: &str) -> Result<Option<Revocation>, StoreError> {
+        self.refresh()?;
+        self.current().rows.revocation(fingerprint)
+    }
+
+    fn revocations(&self) -> Result<BTreeMap<String, Revocation>, StoreError> {
+        self.refresh()?;
+        self.current().rows.revocations()
     }
 
     fn check(&self) -> Result<CheckReport, StoreError> {

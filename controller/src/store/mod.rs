@@ -190,6 +190,19 @@ pub struct Reservation {
     pub reserved: u64,
 }
 
+/// A revoked certificate: a deleted host's, refused on every connection from then on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// `sha256:HEX` of the certificate's DER ([`ovl_common::tls::fingerprint`]).
+    pub fingerprint: String,
+    /// The host the certificate named.
+    pub host: HostName,
+    /// Unix time (seconds) of the revocation.
+    pub revoked: u64,
+    /// Who revoked it (the administrator's identity).
+    pub by: String,
+}
+
 /// Everything the store holds about objects, loaded at once (allocation tables excepted).
 /// Maps are keyed by name, so iterating them gives name order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -336,6 +349,12 @@ pub trait Txn {
     fn host(&self, name: &str) -> Result<Option<Host>, StoreError>;
     fn put_host(&mut self, h: &Host) -> Result<(), StoreError>;
     fn all_hosts(&self) -> Result<Vec<Host>, StoreError>;
+    /// Forgets a host: its row and its generation (only registered hosts have one).
+    fn remove_host(&mut self, name: &str) -> Result<(), StoreError>;
+
+    /// The revocation of the certificate with this fingerprint, if it is revoked.
+    fn revocation(&self, fingerprint: &str) -> Result<Option<Revocation>, StoreError>;
+    fn put_revocation(&mut self, r: &Revocation) -> Result<(), StoreError>;
 
     fn endpoint(&self, name: &str) -> Result<Option<StoredEndpoint>, StoreError>;
     fn put_endpoint(&mut self, e: &StoredEndpoint) -> Result<(), StoreError>;
@@ -445,6 +464,12 @@ pub trait Store: Send + Sync {
     fn generation(&self, host: &HostName) -> Result<Option<u64>, StoreError>;
     /// Every registered host, sorted by name.
     fn hosts(&self) -> Result<Vec<Host>, StoreError>;
+    /// The revocation of the certificate with this fingerprint, as of the store's current
+    /// state (a shared store is read afresh first, so a revocation made through another
+    /// controller counts at once).
+    fn revocation(&self, fingerprint: &str) -> Result<Option<Revocation>, StoreError>;
+    /// Every revoked certificate, by fingerprint, as of the store's current state.
+    fn revocations(&self) -> Result<BTreeMap<String, Revocation>, StoreError>;
     /// Audits the whole store (see [`CheckReport`]): no duplicated or leaked key, tag,
     /// address, MAC or id; every endpoint's tenant and host exist; every allocation belongs to
     /// a live object; derived MTUs match the underlay MTU; every registered host, and only

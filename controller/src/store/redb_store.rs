@@ -18,7 +18,9 @@ use redb::{
 use super::backup::Backup;
 use super::rows::{RawRow, RowKey};
 use super::tables::{self, meta, open_read_table, WriteTables, SCHEMA_VERSION};
-use super::{check, CheckReport, Outcome, Settings, State, Store, StoreDump, StoreError, Txn};
+use super::{
+    check, CheckReport, Outcome, Revocation, Settings, State, Store, StoreDump, StoreError, Txn,
+};
 
 /// redb's page cache. Its default (1 GiB) let a controller with a few MiB of state grow to
 /// hundreds of MiB; the whole store of a large cluster fits in far less.
@@ -285,6 +287,26 @@ impl Store for RedbStore {
             .collect())
     }
 
+    fn revocation(&self, fingerprint: &str) -> Result<Option<Revocation>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = open_read_table(&txn, tables::REVOKED)?;
+        Ok(
+            tables::get_row::<tables::RevocationRow>(&table, tables::REVOKED, fingerprint)?
+                .map(|r| r.into_revocation(fingerprint)),
+        )
+    }
+
+    fn revocations(&self) -> Result<BTreeMap<String, Revocation>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = open_read_table(&txn, tables::REVOKED)?;
+        Ok(
+            tables::all_rows::<tables::RevocationRow>(&table, tables::REVOKED)?
+                .into_iter()
+                .map(|(f, r)| (f.clone(), r.into_revocation(&f)))
+                .collect(),
+        )
+    }
+
     fn check(&self) -> Result<CheckReport, StoreError> {
         let txn = self.db.begin_read()?;
         check::check(&txn, &self.settings)
@@ -385,6 +407,10 @@ fn dump_txn(txn: &ReadTransaction) -> Result<StoreDump, StoreError> {
     tables.insert(
         "reservations".into(),
         dump_table(txn, tables::RESERVATIONS, |k| k.to_string(), to_hex)?,
+    );
+    tables.insert(
+        "revoked".into(),
+        dump_table(txn, tables::REVOKED, |k| k.to_string(), to_hex)?,
     );
     Ok(StoreDump { tables })
 }

@@ -30,10 +30,11 @@ pub(crate) enum Table {
     Macs,
     Ports,
     Reservations,
+    Revoked,
 }
 
 impl Table {
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 12] = [
         Table::Meta,
         Table::Tenants,
         Table::Hosts,
@@ -45,6 +46,7 @@ impl Table {
         Table::Macs,
         Table::Ports,
         Table::Reservations,
+        Table::Revoked,
     ];
 
     /// The table's name, as redb knows it.
@@ -61,6 +63,7 @@ impl Table {
             Table::Macs => "alloc_macs",
             Table::Ports => "alloc_ports",
             Table::Reservations => "reservations",
+            Table::Revoked => "revoked",
         }
     }
 
@@ -171,6 +174,7 @@ impl WriteTables<'_> {
             RowKey::Name(Table::Tenants, k) => bytes(&self.tenants, k)?,
             RowKey::Name(Table::Hosts, k) => bytes(&self.hosts, k)?,
             RowKey::Name(Table::Endpoints, k) => bytes(&self.endpoints, k)?,
+            RowKey::Name(Table::Revoked, k) => bytes(&self.revoked, k)?,
             RowKey::Number(Table::Keys, k) => named(&self.keys, *k)?,
             RowKey::Number(Table::Vlans, k) => named(&self.vlans, *k)?,
             RowKey::Number(Table::Ips, k) => named(&self.ips, *k)?,
@@ -201,6 +205,9 @@ impl WriteTables<'_> {
             }
             RowKey::Name(Table::Endpoints, k) => {
                 self.endpoints.insert(k.as_str(), value)?;
+            }
+            RowKey::Name(Table::Revoked, k) => {
+                self.revoked.insert(k.as_str(), value)?;
             }
             RowKey::Number(Table::Keys, k) => {
                 self.keys.insert(*k, text(key, value)?)?;

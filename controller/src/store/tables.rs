@@ -3,7 +3,7 @@
 //!
 //! Layer: persistence (the redb backend).
 //!
-//! Layout (schema version 4):
+//! Layout (schema version 5):
 //!
 //! | table         | key                          | value                                    |
 //! |---------------|------------------------------|------------------------------------------|
@@ -18,6 +18,7 @@
 //! | `alloc_macs`  | MAC as a 48-bit number       | endpoint name, or `tenant:NAME` for a tenant's gateway MAC |
 //! | `alloc_ports` | `protocol << 16 \| host port` (tcp 0, udp 1) | endpoint name (published ports) |
 //! | `reservations` | `tenant id << 32 \| address` | postcard [`ReservationRow`]: the reserving host and when |
+//! | `revoked`     | certificate fingerprint (`sha256:HEX`) | postcard [`RevocationRow`]: the host it named, when, by whom |
 //!
 //! Rows are store-owned types, not the model types from `ovl-common`, wrapped in an enum whose
 //! variant is the row's version: a later release (tenant NAT flag, gateway host, published
@@ -34,13 +35,17 @@
 //! versions 1–3, `(generation, postcard HostIntent)`): intents are a pure function of the
 //! other tables and are recompiled when the store is opened, generations cannot be, and a
 //! stored intent grows with the square of the cluster (every host lists its peers). The
-//! migration copies the generations and drops `intents`.
+//! migration copies the generations and drops `intents`. Version 5 added the host lifecycle:
+//! host `V2` rows carry the host's state (active or drained) and the fingerprints of the
+//! certificates its agent used (older rows read as active, with none recorded until the
+//! agent's next hello), and `revoked` lists the certificates of deleted hosts, which the
+//! server refuses on every connection; nothing is rewritten.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
-use ovl_common::model::{Endpoint, Host, HostAttach, Tenant};
+use ovl_common::model::{Endpoint, Host, HostAttach, HostState, Tenant};
 use ovl_common::{EndpointName, HostName, MacAddr, NetnsTarget, Publish, SegmentType, TenantName};
 use redb::{
     Legacy, ReadTransaction, ReadableTable, Table, TableDefinition, TableHandle, WriteTransaction,
@@ -50,14 +55,14 @@ use serde::{Deserialize, Serialize};
 
 use super::rows::{RowKey, Table as Tab};
 use super::{
-    Counter, Holders, Reservation, Settings, State, StoreError, StoredEndpoint, Touched, Txn,
-    NO_MAC,
+    Counter, Holders, Reservation, Revocation, Settings, State, StoreError, StoredEndpoint,
+    Touched, Txn, NO_MAC,
 };
 use crate::alloc::{Claim, Pool, PoolTable};
 use crate::ipam::{gateway_mac_owner, ip_key, mac_from_key, mac_pool};
 
 /// The table layout this build reads and writes.
-pub const SCHEMA_VERSION: u64 = 4;
+pub const SCHEMA_VERSION: u64 = 5;
 
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
@@ -73,9 +78,10 @@ pub(crate) const IPS: TableDefinition<u64, &str> = TableDefinition::new("alloc_i
 pub(crate) const MACS: TableDefinition<u64, &str> = TableDefinition::new("alloc_macs");
 pub(crate) const PORTS: TableDefinition<u64, &str> = TableDefinition::new("alloc_ports");
 pub(crate) const RESERVATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("reservations");
+pub(crate) const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked");
 
 /// Names of every table of the current layout.
-pub(crate) const ALL_TABLES: [&str; 11] = [
+pub(crate) const ALL_TABLES: [&str; 12] = [
     "meta",
     "tenants",
     "hosts",
@@ -87,6 +93,7 @@ pub(crate) const ALL_TABLES: [&str; 11] = [
     "alloc_macs",
     "alloc_ports",
     "reservations",
+    "revoked",
 ];
 
 /// Keys of the `meta` table.
@@ -277,6 +284,33 @@ impl From<TenantRow> for Tenant {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum HostRow {
     V1(HostV1),
+    V2(HostV2),
+}
+
+/// A host with its lifecycle state and the certificates it used (schema 5).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct HostV2 {
+    base: HostV1,
+    state: HostStateRow,
+    certificates: Vec<String>,
+}
+
+/// The store's own copy of [`HostState`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) enum HostStateRow {
+    Active,
+    Drained,
+}
+
+impl HostRow {
+    /// The schema 4 row of a host, as a store written before the host lifecycle holds it.
+    #[cfg(test)]
+    pub(crate) fn v1(h: &Host) -> Self {
+        match HostRow::from(h) {
+            HostRow::V2(v) => HostRow::V1(v.base),
+            other => other,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -291,20 +325,38 @@ pub(crate) struct HostV1 {
 
 impl From<&Host> for HostRow {
     fn from(h: &Host) -> Self {
-        HostRow::V1(HostV1 {
-            id: h.id,
-            name: h.name.clone(),
-            underlay: h.underlay,
-            underlay_mtu: h.underlay_mtu,
-            capabilities: h.capabilities.clone(),
-            registered: h.registered,
+        HostRow::V2(HostV2 {
+            base: HostV1 {
+                id: h.id,
+                name: h.name.clone(),
+                underlay: h.underlay,
+                underlay_mtu: h.underlay_mtu,
+                capabilities: h.capabilities.clone(),
+                registered: h.registered,
+            },
+            state: match h.state {
+                HostState::Active => HostStateRow::Active,
+                HostState::Drained => HostStateRow::Drained,
+            },
+            certificates: h.certificates.clone(),
         })
     }
 }
 
 impl From<HostRow> for Host {
     fn from(row: HostRow) -> Self {
-        let HostRow::V1(h) = row;
+        // Hosts stored before the lifecycle are active; their certificates are recorded at
+        // their agent's next hello.
+        let (h, state, certificates) = match row {
+            HostRow::V1(h) => (h, HostState::Active, Vec::new()),
+            HostRow::V2(v) => {
+                let state = match v.state {
+                    HostStateRow::Active => HostState::Active,
+                    HostStateRow::Drained => HostState::Drained,
+                };
+                (v.base, state, v.certificates)
+            }
+        };
         Host {
             id: h.id,
             name: h.name,
@@ -312,6 +364,44 @@ impl From<HostRow> for Host {
             underlay_mtu: h.underlay_mtu,
             capabilities: h.capabilities,
             registered: h.registered,
+            state,
+            certificates,
+        }
+    }
+}
+
+/// A revoked certificate, keyed by its fingerprint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum RevocationRow {
+    V1(RevocationV1),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RevocationV1 {
+    host: HostName,
+    revoked: u64,
+    by: String,
+}
+
+impl From<&Revocation> for RevocationRow {
+    fn from(r: &Revocation) -> Self {
+        RevocationRow::V1(RevocationV1 {
+            host: r.host.clone(),
+            revoked: r.revoked,
+            by: r.by.clone(),
+        })
+    }
+}
+
+impl RevocationRow {
+    /// The revocation of the certificate with this fingerprint.
+    pub(crate) fn into_revocation(self, fingerprint: &str) -> Revocation {
+        let RevocationRow::V1(r) = self;
+        Revocation {
+            fingerprint: fingerprint.to_string(),
+            host: r.host,
+            revoked: r.revoked,
+            by: r.by,
         }
     }
 }
@@ -517,6 +607,7 @@ pub(crate) struct WriteTables<'txn> {
     pub macs: Table<'txn, u64, &'static str>,
     pub ports: Table<'txn, u64, &'static str>,
     pub reservations: Table<'txn, u64, &'static [u8]>,
+    pub revoked: Table<'txn, &'static str, &'static [u8]>,
     /// The objects written or removed through [`Txn`] so far.
     touched: Touched,
     /// Every row written or removed so far (see [`super::rows`]).
@@ -559,6 +650,7 @@ impl<'txn> WriteTables<'txn> {
             macs: open_write_table(txn, MACS)?,
             ports: open_write_table(txn, PORTS)?,
             reservations: open_write_table(txn, RESERVATIONS)?,
+            revoked: open_write_table(txn, REVOKED)?,
             touched: Touched::default(),
             written: BTreeSet::new(),
         })
@@ -644,8 +736,9 @@ impl Txn for WriteTables<'_> {
                 if found < 4 {
                     migrate_to_v4(self)?;
                 }
-                // Schema 3 rewrites nothing: older tenant rows read as open to
-                // administrators only, and opening the tables created `reservations`.
+                // Schemas 3 and 5 rewrite nothing: older tenant rows read as open to
+                // administrators only, older host rows as active, and opening the tables
+                // created `reservations` and `revoked`.
                 if found < SCHEMA_VERSION {
                     self.set_meta(meta::SCHEMA_VERSION, SCHEMA_VERSION)?;
                 }
@@ -717,6 +810,30 @@ impl Txn for WriteTables<'_> {
             .into_iter()
             .map(|(_, r)| r.into())
             .collect())
+    }
+
+    fn remove_host(&mut self, name: &str) -> Result<(), StoreError> {
+        self.hosts.remove(name)?;
+        self.generations.remove(name)?;
+        self.touched.hosts.insert(name.to_string());
+        self.wrote(RowKey::Name(Tab::Hosts, name.to_string()));
+        self.wrote(RowKey::Name(Tab::Generations, name.to_string()));
+        Ok(())
+    }
+
+    fn revocation(&self, fingerprint: &str) -> Result<Option<Revocation>, StoreError> {
+        Ok(
+            get_row::<RevocationRow>(&self.revoked, REVOKED, fingerprint)?
+                .map(|r| r.into_revocation(fingerprint)),
+        )
+    }
+
+    fn put_revocation(&mut self, r: &Revocation) -> Result<(), StoreError> {
+        let bytes = encode("revoked", &r.fingerprint, &RevocationRow::from(r))?;
+        self.revoked
+            .insert(r.fingerprint.as_str(), bytes.as_slice())?;
+        self.wrote(RowKey::Name(Tab::Revoked, r.fingerprint.clone()));
+        Ok(())
     }
 
     fn endpoint(&self, name: &str) -> Result<Option<StoredEndpoint>, StoreError> {

@@ -38,7 +38,7 @@ fn lab() -> Lab {
             last_applied: None,
             agent_version: "test".into(),
         };
-        ops::register_host(&ctl, &hello, 1).unwrap();
+        ops::register_host(&ctl, &hello, None, 1).unwrap();
     }
     let requests = [
         ApiRequest::TenantCreateGateway {
