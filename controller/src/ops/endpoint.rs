@@ -184,14 +184,19 @@ pub(crate) fn check_ifname_free(
 pub(crate) fn endpoint_delete(t: &mut dyn Txn, name: &str) -> Result<Done, Failure> {
     let name = endpoint_name("name", name)?;
     let e = find_endpoint(t, "name", &name)?;
-    let tenant = t.tenant(e.endpoint.tenant.as_str())?.ok_or_else(|| {
-        StoreError::Inconsistent(format!(
-            "endpoint '{name}' belongs to tenant '{}', which does not exist",
-            e.endpoint.tenant
-        ))
-    })?;
+    let tenant = tenant_of(t, &e)?;
     remove_endpoint(t, &e, &tenant)?;
     Ok(Done::Deleted(vec![format!("endpoint {name}")]))
+}
+
+/// The tenant a stored endpoint belongs to; its absence is an inconsistent store.
+pub(crate) fn tenant_of(t: &dyn Txn, e: &StoredEndpoint) -> Result<Tenant, StoreError> {
+    t.tenant(e.endpoint.tenant.as_str())?.ok_or_else(|| {
+        StoreError::Inconsistent(format!(
+            "endpoint '{}' belongs to tenant '{}', which does not exist",
+            e.endpoint.name, e.endpoint.tenant
+        ))
+    })
 }
 
 /// Removes an endpoint row and frees what it held.

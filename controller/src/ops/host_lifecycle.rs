@@ -16,7 +16,7 @@ use ovl_common::model::{Host, HostState};
 use ovl_common::proto::{ApiError, ErrorCode};
 use ovl_common::HostName;
 
-use super::endpoint::remove_endpoint;
+use super::endpoint::{remove_endpoint, tenant_of};
 use super::fields::{count_of, host_name, list_names};
 use super::outcome::{Done, Failure};
 use super::reservation::drop_reservation;
@@ -86,12 +86,7 @@ pub(crate) fn host_delete(
         let Some(e) = t.endpoint(name.as_str())? else {
             continue;
         };
-        let tenant = t.tenant(e.endpoint.tenant.as_str())?.ok_or_else(|| {
-            StoreError::Inconsistent(format!(
-                "endpoint '{name}' belongs to tenant '{}', which does not exist",
-                e.endpoint.tenant
-            ))
-        })?;
+        let tenant = tenant_of(t, &e)?;
         remove_endpoint(t, &e, &tenant)?;
         removed.push(format!("endpoint {name}"));
     }
