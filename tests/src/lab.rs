@@ -287,6 +287,18 @@ pub fn stop_capture(mut child: Child, out: &std::path::Path) -> String {
     std::fs::read_to_string(out).unwrap_or_default()
 }
 
+/// The names of the network namespaces `ip netns` knows.
+pub fn netns_names() -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
 /// Runs a command inside a namespace and returns its output.
 pub fn ns_exec(ns: &str, args: &[&str]) -> Output {
     Command::new("ip")

@@ -10,18 +10,7 @@ use std::time::Duration;
 
 use ovl_common::proto::{ApiReply, ApiRequest, TenantCreate};
 use ovl_tests::cluster::wait_for;
-use ovl_tests::lab::{ns_exec, ping, TestLab};
-
-fn netns_names() -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns list");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect()
-}
+use ovl_tests::lab::{netns_names, ns_exec, ping, TestLab};
 
 /// The names of the links in namespace `ns` that start with `ovl-`.
 fn ovl_links(ns: &str) -> Vec<String> {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use ovl_common::proto::{ApiReply, ApiRequest, ErrorCode, TenantCreate, TenantInfo};
 use ovl_lab as lab;
-use ovl_tests::lab::{ns_exec, TestLab};
+use ovl_tests::lab::{netns_names, ns_exec, TestLab};
 
 /// Runs `f` on a thread that entered named network namespace `ns`; sockets it makes stay
 /// there.
@@ -199,17 +199,6 @@ fn nft(ns: &str, args: &[&str]) -> String {
     all.extend_from_slice(args);
     let out = ns_exec(ns, &all);
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn netns_names() -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns list");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect()
 }
 
 fn sysctl(ns: &str, key: &str) -> String {
