@@ -39,12 +39,13 @@ pub async fn run(ctl: Arc<Controller>, sessions: Arc<Sessions>, shutdown: Cancel
         let round = tokio::task::spawn_blocking(move || {
             ctl.store().announce(&connected)?;
             let elsewhere = ctl.store().elsewhere()?;
-            let intents = ctl.follow()?;
-            // Commits elsewhere may have deleted a host whose agent is connected here.
-            let revoked = if intents.is_empty() {
-                None
-            } else {
+            let (came_in, intents) = ctl.follow()?;
+            // Commits elsewhere may have deleted a host whose agent or tools are connected
+            // here.
+            let revoked = if came_in {
                 Some(ctl.store().revocations()?)
+            } else {
+                None
             };
             Ok::<_, crate::store::StoreError>((intents, elsewhere, revoked))
         });

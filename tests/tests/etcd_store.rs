@@ -15,7 +15,8 @@
 //!   survivor leads, nothing acknowledged is lost, and agents and the CLI, given both
 //!   addresses, carry on through the survivor (the times are printed);
 //! - [`peer_reports_on_a_follower_move_the_leader_s_routers`]: agents on the follower report
-//!   the router host down (BFD) and the leader moves its router.
+//!   the router host down (BFD) and the leader moves its router;
+//! - [`a_host_deleted_through_one_controller_loses_its_session_on_another`].
 //!
 //! The same control-plane tests that run on redb also run on etcd: `scripts/test.sh` runs
 //! `control_plane` again with `OVL_TEST_STORE=etcd`.
@@ -582,6 +583,40 @@ async fn peer_reports_on_a_follower_move_the_leader_s_routers() {
     for (_, p) in reporters {
         p.close().await;
     }
+}
+
+/// A host deleted through one controller loses its agent session on another at once, even
+/// when the delete changes no intent (the host had no endpoints): the follower reads the
+/// revocation list whenever another controller's commits come in.
+#[test]
+#[ignore = "privileged: starts etcd and controllers; run with --run-ignored all"]
+fn a_host_deleted_through_one_controller_loses_its_session_on_another() {
+    let mut c = Cluster::with_store(StoreKind::Etcd);
+    c.start_controller();
+    let second = c.start_extra_controller();
+    c.start_fake_agent_on("h1", "192.168.64.1", &second.to_string());
+    // Shown connected through the first controller, from the second's announcement.
+    ovl_tests::cluster::wait_for("h1 in session", Duration::from_secs(20), || {
+        let out = c.ovl(&["host", "show", "h1", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["status"]["connected"] == true).then_some(())
+    });
+    // Through the first controller: the host has no endpoints, so no --force.
+    let asked = std::time::Instant::now();
+    let out = c.ovl(&["host", "delete", "h1"]);
+    assert!(
+        out.status.success(),
+        "host delete: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = c.path().join("controller-x0.log");
+    wait_for_log(&log, "closing the session of a deleted host");
+    println!(
+        "h1's session on the other controller closed within {:.2?} of asking for the delete",
+        asked.elapsed()
+    );
+    // Its agent's reconnects are refused there.
+    wait_for_log(&log, "revoked when host 'h1' was deleted");
 }
 
 /// Waits up to 20 s for `needle` in the log at `path`.

@@ -100,10 +100,12 @@ impl Controller {
     }
 
     /// Takes in what other controllers sharing the store committed ([`Store::refresh`],
-    /// [`Intents::catch_up`]): returns the intents to publish, none if nothing changed.
-    pub fn follow(&self) -> Result<Vec<Arc<SharedIntent>>, StoreError> {
-        self.store.refresh()?;
-        self.intents.catch_up(self.store.as_ref())
+    /// [`Intents::catch_up`]): returns whether any came in, and the intents to publish
+    /// (none if no intent changed; a commit may change none, such as deleting a host
+    /// without endpoints).
+    pub fn follow(&self) -> Result<(bool, Vec<Arc<SharedIntent>>), StoreError> {
+        let came_in = self.store.refresh()?;
+        Ok((came_in, self.intents.catch_up(self.store.as_ref())?))
     }
 
     /// One write transaction with the compiled intents (see [`Intents::transact`]).
