@@ -95,6 +95,9 @@ pub struct Sessions {
     next_session: std::sync::atomic::AtomicU64,
     /// Woken when an agent's peer report changes, so the failover task acts at once.
     peers_changed: tokio::sync::Notify,
+    /// The open host API connections (the Docker driver, the CNI plugin), by a number of
+    /// their own, with their certificate's fingerprint, so a revocation closes them too.
+    host_api: Mutex<HashMap<u64, (String, quinn::Connection)>>,
 }
 
 impl Sessions {
@@ -116,16 +119,44 @@ impl Sessions {
     /// host's, [`crate::ops::host_lifecycle`]): at once on the controller that deleted the
     /// host, and on the others sharing its store when their follower takes the change in.
     pub fn close_revoked(&self, revoked: &std::collections::BTreeMap<String, Revocation>) {
-        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        for (name, e) in hosts.iter() {
-            let Some(r) = e.fingerprint.as_ref().and_then(|f| revoked.get(f)) else {
-                continue;
-            };
-            if let Some(conn) = &e.conn {
-                warn!(host = %name, certificate = %r.fingerprint, by = %r.by, "closing the session of a deleted host: its certificate is revoked");
-                conn.close(4u32.into(), b"certificate revoked: the host was deleted");
+        {
+            let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+            for (name, e) in hosts.iter() {
+                let Some(r) = e.fingerprint.as_ref().and_then(|f| revoked.get(f)) else {
+                    continue;
+                };
+                if let Some(conn) = &e.conn {
+                    warn!(host = %name, certificate = %r.fingerprint, by = %r.by, "closing the session of a deleted host: its certificate is revoked");
+                    conn.close(4u32.into(), REVOKED_REASON);
+                }
             }
         }
+        let api = self.host_api.lock().unwrap_or_else(|p| p.into_inner());
+        for (fingerprint, conn) in api.values() {
+            if let Some(r) = revoked.get(fingerprint) {
+                warn!(host = %r.host, certificate = %r.fingerprint, by = %r.by, "closing a host API connection: its certificate is revoked");
+                conn.close(4u32.into(), REVOKED_REASON);
+            }
+        }
+    }
+
+    /// Records an open host API connection, until [`Sessions::end_host_api`].
+    fn open_host_api(&self, fingerprint: String, conn: quinn::Connection) -> u64 {
+        let id = self
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.host_api
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (fingerprint, conn));
+        id
+    }
+
+    fn end_host_api(&self, id: u64) {
+        self.host_api
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
     }
 
     /// The peer reports of the hosts connected to this controller, for the gateway failover
@@ -495,8 +526,10 @@ impl Server {
         }
     }
 
-    /// [`Server::api`] for a host's own tools: a connection whose certificate is revoked
-    /// while it is open (its host deleted) is closed before its next request is served.
+    /// [`Server::api`] for a host's own tools. The connection is in the session table while
+    /// it is open, so revoking its certificate (its host deleted, here or, through the
+    /// follower, on another controller) closes it like an agent session
+    /// ([`Sessions::close_revoked`]).
     async fn api_as_host(
         &self,
         conn: &quinn::Connection,
@@ -505,25 +538,19 @@ impl Server {
         host: HostName,
         fingerprint: String,
     ) {
-        let watch = async {
-            loop {
-                tokio::time::sleep(REVOCATION_RECHECK).await;
-                let store = self.store().clone();
-                let f = fingerprint.clone();
-                if let Ok(Ok(Some(r))) =
-                    tokio::task::spawn_blocking(move || store.revocation(&f)).await
-                {
-                    return r;
-                }
-            }
-        };
-        tokio::select! {
-            _ = self.api(send, recv, Caller::Host(host)) => {}
-            r = watch => {
-                warn!(certificate = %r.fingerprint, by = %r.by, "closing a host API connection: its certificate is revoked");
-                conn.close(4u32.into(), b"certificate revoked: the host was deleted");
+        let id = self
+            .sessions
+            .open_host_api(fingerprint.clone(), conn.clone());
+        // A delete committed between the connection's first check and its entry in the
+        // table closed nothing: look once more now that it is there.
+        match self.revoked(conn).await {
+            Ok(_) => self.api(send, recv, Caller::Host(host)).await,
+            Err(why) => {
+                warn!(certificate = %fingerprint, "closing a host API connection: {why}");
+                conn.close(4u32.into(), REVOKED_REASON);
             }
         }
+        self.sessions.end_host_api(id);
     }
 
     /// Serves `caller`'s API requests until the client closes its stream.
@@ -888,8 +915,8 @@ impl Server {
     }
 }
 
-/// How often an open host API connection looks whether its certificate was revoked since.
-const REVOCATION_RECHECK: Duration = Duration::from_secs(1);
+/// Why a connection whose certificate was revoked is closed (QUIC close reason).
+const REVOKED_REASON: &[u8] = b"certificate revoked: the host was deleted";
 
 /// How long a session waits for its agent to report the intent last pushed before it pushes
 /// a newer one anyway (an agent that does not report, or reports late).
