@@ -27,20 +27,42 @@ use serde_json::Value;
 
 const NS: &str = "ovlvmt";
 
-/// Starts `count` pings 10 ms apart in a lab container, in the background inside its VM;
-/// [`ping_result`] waits for its summary. A count rather than a deadline (`-w`), so that the
-/// replies still in flight when it stops are waited for (`-W`) instead of counted as lost.
+/// Replies each ping across a restart waits for: 15 s at 10 ms apart.
+const PINGS: u32 = 1500;
+
+/// Starts pings 10 ms apart in a lab container, in the background inside its VM, until
+/// `count` replies have come back (or 120 s have passed); [`ping_result`] waits for it to end.
+///
+/// `-c` with `-w`, not `-c` alone: alone, ping waits for the last replies only two round trips
+/// (at least one interval, 10 ms) after its last request, not the `-W` time, so a VM that
+/// stalls at that moment (QEMU's emulation on a busy machine) turns a late reply into a "lost"
+/// one. With a deadline ping keeps sending until it has its `count` replies, so every request
+/// up to the last one answered has had its chance: those without a reply are lost.
 fn ping_start(lab: &VmLab, host: &str, container: &str, dest: &str, count: u32, tag: &str) {
     lab.sh(
         host,
         &format!(
-            "rm -f /tmp/ping-{tag}; nohup ip netns exec {container} ping -n -q -i 0.01 -c {count} -W 3 {dest} >/tmp/ping-{tag} 2>&1 &"
+            "rm -f /tmp/ping-{tag}; nohup ip netns exec {container} ping -n -D -i 0.01 -c {count} -w 120 {dest} >/tmp/ping-{tag} 2>&1 &"
         ),
     );
 }
 
-/// (transmitted, received) of a finished [`ping_start`].
-fn ping_result(lab: &VmLab, host: &str, tag: &str) -> (u64, u64) {
+/// What one [`ping_start`] saw.
+#[derive(Debug)]
+struct PingRun {
+    /// Requests sent.
+    sent: u64,
+    /// Distinct sequence numbers answered.
+    answered: u64,
+    /// The highest sequence number answered.
+    last: u64,
+    /// Sequence numbers up to `last` that got no reply, with the time of the reply before each.
+    lost: Vec<(u64, String)>,
+}
+
+/// Waits for a [`ping_start`] to end and reads its output: every reply line
+/// (`[TIME] 64 bytes from A: icmp_seq=N …`) and the summary.
+fn ping_result(lab: &VmLab, host: &str, tag: &str) -> PingRun {
     let start = Instant::now();
     let text = loop {
         let text = lab.sh(host, &format!("cat /tmp/ping-{tag}"));
@@ -49,30 +71,62 @@ fn ping_result(lab: &VmLab, host: &str, tag: &str) -> (u64, u64) {
         }
         std::thread::sleep(Duration::from_secs(2));
     };
-    let line = text
+    let summary = text
         .lines()
         .find(|l| l.contains("packets transmitted"))
         .unwrap_or_else(|| panic!("ping {tag} on {host} has no summary: {text}"));
-    let num = |word: &str| -> u64 {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let i = words
-            .iter()
-            .position(|w| w.starts_with(word))
-            .unwrap_or_else(|| panic!("no '{word}' in {line}"));
-        words[i - 1].parse().unwrap()
-    };
-    (num("packets"), num("received"))
+    let sent: u64 = summary
+        .split_whitespace()
+        .next()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {summary}"));
+    let mut answered = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| !l.contains("DUP!")) {
+        let Some(seq) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("icmp_seq="))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let time = line.split(']').next().unwrap_or("").trim_start_matches('[');
+        answered.entry(seq).or_insert_with(|| time.to_string());
+    }
+    let last = answered.keys().next_back().copied().unwrap_or(0);
+    let mut lost = Vec::new();
+    let mut before = String::from("(start)");
+    for seq in 1..=last {
+        match answered.get(&seq) {
+            Some(time) => before = time.clone(),
+            None => lost.push((seq, before.clone())),
+        }
+    }
+    PingRun {
+        sent,
+        answered: answered.len() as u64,
+        last,
+        lost,
+    }
 }
 
-fn assert_lossless(lab: &VmLab, host: &str, tag: &str, what: &str) {
-    let (sent, received) = ping_result(lab, host, tag);
-    eprintln!("[vm] {what}: {received}/{sent} pings answered");
-    assert!(sent >= 100, "{what}: only {sent} pings were sent");
-    assert_eq!(
-        sent,
-        received,
-        "{what}: {} of {sent} pings lost",
-        sent - received
+fn assert_lossless(lab: &VmLab, host: &str, tag: &str, what: &str, count: u64) {
+    let run = ping_result(lab, host, tag);
+    eprintln!(
+        "[vm] {what}: {} of {} requests answered, {} lost",
+        run.answered,
+        run.sent,
+        run.lost.len()
+    );
+    assert!(
+        run.lost.is_empty(),
+        "{what}: {} lost (sequence number, time of the reply before it): {:?}",
+        run.lost.len(),
+        run.lost
+    );
+    assert!(
+        run.answered >= count && run.last >= count,
+        "{what}: only {} of {count} replies within ping's deadline: {run:?}",
+        run.answered
     );
 }
 
@@ -180,9 +234,9 @@ fn vm_lab_kernel_datapath_end_to_end() {
     // Pings every 10 ms lose nothing across an agent restart on the router's host and a
     // controller restart: between endpoints, to the gateway, through SNAT egress.
     for (restart_on, unit) in [("host1", "ovl-agent"), ("controller", "ovl-controller")] {
-        ping_start(&lab, "host2", "r2", "10.50.0.11", 1500, "peer");
-        ping_start(&lab, "host1", "r1", "10.50.0.1", 1500, "gateway");
-        ping_start(&lab, "host1", "r1", "192.168.56.1", 1500, "egress");
+        ping_start(&lab, "host2", "r2", "10.50.0.11", PINGS, "peer");
+        ping_start(&lab, "host1", "r1", "10.50.0.1", PINGS, "gateway");
+        ping_start(&lab, "host1", "r1", "192.168.56.1", PINGS, "egress");
         std::thread::sleep(Duration::from_secs(5));
         let started = Instant::now();
         lab.sh(restart_on, &format!("systemctl restart {unit}"));
@@ -195,18 +249,21 @@ fn vm_lab_kernel_datapath_end_to_end() {
             "host2",
             "peer",
             &format!("r2 → r1 across restart of {unit}"),
+            PINGS.into(),
         );
         assert_lossless(
             &lab,
             "host1",
             "gateway",
             &format!("r1 → gateway across restart of {unit}"),
+            PINGS.into(),
         );
         assert_lossless(
             &lab,
             "host1",
             "egress",
             &format!("r1 → SNAT egress across restart of {unit}"),
+            PINGS.into(),
         );
         lab.wait_converged(Duration::from_secs(60));
     }
