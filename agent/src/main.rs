@@ -358,7 +358,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
                 params.capabilities = dp.capabilities();
                 let flows = ovl_agent::ovs::openflow::OfCtl::beside_ovsdb(&cfg.ovsdb);
-                params.trace = Some(ovl_agent::trace::Tracer::new(&flows, cfg.bridge.clone(), dp.driver().client().clone()));
+                params.trace = Some(ovl_agent::trace::Tracer::new(&flows, cfg.bridge.clone(), cfg.uplink.clone(), dp.driver().client().clone()));
                 run_observed(params, bundle, dp, cfg.resync, cfg.state_dir.clone(), shutdown, ready, observers).await;
             }
         }

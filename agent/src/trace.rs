@@ -6,11 +6,12 @@
 //! - [`flow_of`] (pure) turns a [`TraceProbe`] into the bridge and flow `ofproto/trace`
 //!   takes: `in_port=ovl-e3,dl_src=…,dl_dst=…,icmp,nw_src=…,nw_dst=…` on `br-int` for a
 //!   packet from an endpoint, `in_port=ovl-vx1,tun_id=0x3e9,tun_src=…,tun_dst=…,…` on `br-tun`
-//!   for one arriving over a tunnel;
+//!   for one arriving over a tunnel, `in_port=eth1,dl_vlan=310,…` on `br-int` for a `vlan`
+//!   tenant's frame arriving from the wire on the uplink (no `dl_vlan` for a `flat` one);
 //! - [`parse_trace`] and [`parse_dpif_show`] (pure, tolerant of lines they do not know) read
 //!   where the packet leaves from the trace's `Datapath actions:` line, naming datapath port
-//!   numbers by `dpif/show`: a port, a tunnel push (its key and remote underlay address), or a
-//!   drop;
+//!   numbers by `dpif/show`: a port, the uplink (with the VLAN tag the frame leaves with, or
+//!   none), a tunnel push (its key and remote underlay address), or a drop;
 //! - [`Tracer::trace`] runs them. The session answers the controller's
 //!   [`ControllerToAgent::Trace`](ovl_common::proto::ControllerToAgent::Trace) with it from a
 //!   task of its own, beside the reconcile loop, which it neither waits for nor wakes.
@@ -53,6 +54,8 @@ pub enum Error {
     Failed { command: String, stderr: String },
     #[error("ovs-appctl {command} did not answer within {TIMEOUT:?}; is ovs-vswitchd running?")]
     Timeout { command: String },
+    #[error("this host has no uplink (`uplink` in the agent's configuration), so no frame of a vlan or flat tenant reaches it from the wire")]
+    NoUplink,
     #[error("reading interface {port} from OVSDB: {source}")]
     Ovsdb {
         port: String,
@@ -70,15 +73,24 @@ pub struct Tracer {
     rundir: PathBuf,
     /// The integration bridge (`br-int` unless configured otherwise).
     bridge: String,
+    /// The uplink port on it (`uplink` in the agent's configuration), if any.
+    uplink: Option<String>,
     ovsdb: Client,
 }
 
 impl Tracer {
-    /// Traces on the ovs-vswitchd that `flows` reaches, reading ports through `ovsdb`.
-    pub fn new(flows: &OfCtl, bridge: impl Into<String>, ovsdb: Client) -> Self {
+    /// Traces on the ovs-vswitchd that `flows` reaches, reading ports through `ovsdb`;
+    /// `uplink` is the host's uplink port on `bridge`, if it has one.
+    pub fn new(
+        flows: &OfCtl,
+        bridge: impl Into<String>,
+        uplink: Option<String>,
+        ovsdb: Client,
+    ) -> Self {
         Self {
             rundir: flows.rundir().to_path_buf(),
             bridge: bridge.into(),
+            uplink,
             ovsdb,
         }
     }
@@ -86,7 +98,8 @@ impl Tracer {
     /// Traces `probe`: the trace, where the packet leaves, and the state of the ports asked
     /// about.
     pub async fn trace(&self, probe: &TraceProbe) -> Result<TraceReport> {
-        let (bridge, flow) = flow_of(probe, &self.bridge);
+        let (bridge, flow) =
+            flow_of(probe, &self.bridge, self.uplink.as_deref()).ok_or(Error::NoUplink)?;
         let text = self.appctl(&["ofproto/trace", &bridge, &flow]).await?;
         let ports = parse_dpif_show(&self.appctl(&["dpif/show"]).await?);
         let mut states = Vec::with_capacity(probe.ports.len());
@@ -96,7 +109,7 @@ impl Tracer {
         Ok(TraceReport {
             bridge,
             flow,
-            outputs: parse_trace(&text, &ports),
+            outputs: parse_trace(&text, &ports, self.uplink.as_deref()),
             lines: text.lines().map(str::to_string).collect(),
             ports: states,
         })
@@ -198,8 +211,13 @@ pub fn port_name(port: TracePort) -> String {
     }
 }
 
-/// The bridge and `ofproto/trace` flow for `probe`; `int_bridge` is the integration bridge.
-pub fn flow_of(probe: &TraceProbe, int_bridge: &str) -> (String, String) {
+/// The bridge and `ofproto/trace` flow for `probe`; `int_bridge` is the integration bridge and
+/// `uplink` its uplink port. `None` for a probe from the wire on a host without an uplink.
+pub fn flow_of(
+    probe: &TraceProbe,
+    int_bridge: &str,
+    uplink: Option<&str>,
+) -> Option<(String, String)> {
     let (bridge, ingress) = match &probe.ingress {
         TraceIngress::Endpoint { id } => (
             int_bridge.to_string(),
@@ -218,11 +236,18 @@ pub fn flow_of(probe: &TraceProbe, int_bridge: &str) -> (String, String) {
                 flow_tunnel_name(*segment, *peer_id)
             ),
         ),
+        TraceIngress::Uplink { vlan } => (
+            int_bridge.to_string(),
+            match vlan {
+                Some(vid) => format!("in_port={},dl_vlan={vid}", uplink?),
+                None => format!("in_port={}", uplink?),
+            },
+        ),
     };
-    (
+    Some((
         bridge,
         format!("{ingress},{}", packet_fields(&probe.packet)),
-    )
+    ))
 }
 
 /// The packet's headers in `ofproto/trace`'s flow syntax.
@@ -253,11 +278,19 @@ pub fn parse_dpif_show(text: &str) -> BTreeMap<u32, String> {
 }
 
 /// Where the packet leaves, from the trace's last `Datapath actions:` line: `drop`, output
-/// port numbers (named by `ports`), and tunnel pushes (`tnl_push(tnl_port(7),header(…
+/// port numbers (named by `ports`; the one named `uplink` with the VLAN tag the actions
+/// before it left on the frame), and tunnel pushes (`tnl_push(tnl_port(7),header(…
 /// ipv4(src=…,dst=REMOTE,…),…vxlan(flags=…,vni=0x3e9)),out_port(2))`, or `gre(…,key=0x…)`).
 /// Actions that only rewrite the packet (`push_vlan`, `set(…)`) are left out; anything else
 /// is kept as printed. No such line: nothing is known to leave.
-pub fn parse_trace(text: &str, ports: &BTreeMap<u32, String>) -> Vec<TraceOutput> {
+///
+/// The frame is taken to start untagged: the datapath sees it so from an endpoint's access
+/// port and from a tunnel, the only places a probe whose output may be the uplink enters.
+pub fn parse_trace(
+    text: &str,
+    ports: &BTreeMap<u32, String>,
+    uplink: Option<&str>,
+) -> Vec<TraceOutput> {
     let Some(actions) = text
         .lines()
         .rev()
@@ -266,13 +299,20 @@ pub fn parse_trace(text: &str, ports: &BTreeMap<u32, String>) -> Vec<TraceOutput
         return Vec::new();
     };
     let mut outputs = Vec::new();
-    read_actions(actions.trim(), ports, &mut outputs);
+    read_actions(actions.trim(), ports, uplink, None, &mut outputs);
     outputs
 }
 
-/// Reads one list of datapath actions into `outputs`; a `clone(…)` (how a flood reaches
-/// each tunnel) is read as the actions inside it.
-fn read_actions(actions: &str, ports: &BTreeMap<u32, String>, outputs: &mut Vec<TraceOutput>) {
+/// Reads one list of datapath actions into `outputs`, the frame tagged with `vlan` before
+/// them; a `clone(…)` (how a flood reaches each tunnel) is read as the actions inside it, on
+/// a copy of the frame.
+fn read_actions(
+    actions: &str,
+    ports: &BTreeMap<u32, String>,
+    uplink: Option<&str>,
+    mut vlan: Option<u16>,
+    outputs: &mut Vec<TraceOutput>,
+) {
     let name = |n: u32| {
         ports
             .get(&n)
@@ -283,10 +323,19 @@ fn read_actions(actions: &str, ports: &BTreeMap<u32, String>, outputs: &mut Vec<
         if action == "drop" {
             outputs.push(TraceOutput::Drop);
         } else if let Ok(n) = action.parse::<u32>() {
-            outputs.push(TraceOutput::Port { name: name(n) });
+            let port = name(n);
+            outputs.push(if Some(port.as_str()) == uplink {
+                TraceOutput::Uplink { port, vlan }
+            } else {
+                TraceOutput::Port { name: port }
+            });
+        } else if action.starts_with("push_vlan(") {
+            vlan = field_in(action, "vid=").and_then(|v| v.parse().ok());
+        } else if action == "pop_vlan" {
+            vlan = None;
         } else if let Some(inner) = field(action, "clone(").filter(|_| action.starts_with("clone("))
         {
-            read_actions(inner, ports, outputs);
+            read_actions(inner, ports, uplink, vlan, outputs);
         } else if action.starts_with("tnl_push(") {
             let port = field(action, "tnl_port(")
                 .and_then(|n| n.parse().ok())

@@ -178,7 +178,8 @@ pub enum Command {
             name) as the hosts' Open vSwitch would forward it, hop by hop, as `ovn-trace` and \
             Antrea's Traceflow show it: the source endpoint's port, its host's br-int and \
             br-tun (each agent runs `ovs-appctl ofproto/trace`), the tunnel (VNI or GRE key and \
-            remote host), the destination host, and the destination endpoint's port or the \
+            remote host) or, for a vlan or flat tenant, the uplinks' wire (its VLAN tag or \
+            none), the destination host, and the destination endpoint's port or the \
             tenant's router and its NAT. Where the packet stops, the last hop says why: \
             another tenant's address, no such address, a port that is down, a packet larger \
             than the MTU, a host whose agent is not connected. Nothing is sent and nothing is \

@@ -251,6 +251,9 @@ pub enum TraceIngress {
         remote: Ipv4Addr,
         local: Ipv4Addr,
     },
+    /// From the wire, on the host's uplink port of `br-int` (a `vlan` or `flat` tenant's
+    /// frame from another host): tagged with `vlan`, or untagged.
+    Uplink { vlan: Option<u16> },
 }
 
 /// A port of `br-int` whose state a trace reports.
@@ -312,6 +315,8 @@ pub enum TraceOutput {
         remote: Ipv4Addr,
         key: u32,
     },
+    /// Out of the host's uplink port `port` onto the wire, tagged with `vlan` or untagged.
+    Uplink { port: String, vlan: Option<u16> },
     /// A datapath action the agent does not interpret, as printed.
     Other(String),
 }

@@ -335,6 +335,10 @@ pub fn sample_trace_report() -> ovl_common::proto::TraceReport {
                 remote: Ipv4Addr::new(198, 51, 100, 3),
                 key: 1001,
             },
+            TraceOutput::Uplink {
+                port: "tr0".into(),
+                vlan: Some(310),
+            },
             TraceOutput::Drop,
         ],
         ports: vec![TracePortState {

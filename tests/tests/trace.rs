@@ -4,7 +4,8 @@
 //! host and endpoint; a real ping agrees), another tenant's address, an address nobody has,
 //! a packet larger than the tenant's MTU, a port that is down at either end, and an outside
 //! address through the tenant's router on a third host with its NAT (a real ping through it
-//! agrees); and a host's certificate refused.
+//! agrees); a vlan and a flat tenant across hosts on the uplinks' wire, tagged and untagged;
+//! and a host's certificate refused.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -209,6 +210,54 @@ async fn trace_names_the_hops_and_where_a_packet_stops() {
     assert!(tunnel.contains(&format!("h3 ({h3})")), "{tunnel}");
     let p = ping("tb-1", ext.parse().unwrap(), 3);
     assert!(p.received >= 1, "{p:?}");
+
+    // Between hosts without tunnels: a vlan tenant on the uplinks' wire with its tag, a flat
+    // one untagged; real pings agree.
+    lab.tenant("tg", "10.73.0.0/24", "vlan", Some(310)).await;
+    lab.tenant("tf", "10.74.0.0/24", "flat", None).await;
+    lab.endpoint("tg-1", "tg", "h1", "10.73.0.11").await;
+    let tg2 = lab.endpoint("tg-2", "tg", "h2", "10.73.0.12").await;
+    lab.endpoint("tf-1", "tf", "h1", "10.74.0.11").await;
+    lab.endpoint("tf-2", "tf", "h2", "10.74.0.12").await;
+    lab.wait_ok(&["tg-1", "tg-2", "tf-1", "tf-2"]).await;
+    lab.wait_converged().await;
+    for (src, dst, ip, tag) in [
+        (
+            "tg-1",
+            "tg-2",
+            Ipv4Addr::new(10, 73, 0, 12),
+            "tagged with VLAN 310",
+        ),
+        ("tf-1", "tf-2", Ipv4Addr::new(10, 74, 0, 12), "untagged"),
+    ] {
+        let p = ping(src, ip, 3);
+        assert_eq!(p.received, 3, "{src} → {dst}: {p:?}");
+        let (code, t) = trace(&lab, &[src, dst]);
+        assert_eq!(code, 0, "{t:#}");
+        assert_eq!(t["verdict"]["Delivered"]["endpoint"], dst, "{t:#}");
+        assert_eq!(t["verdict"]["Delivered"]["host"], "h2", "{t:#}");
+        let names: Vec<&str> = t["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["hop"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["source", "switch", "wire", "switch", "destination"],
+            "{t:#}"
+        );
+        let wire = hop(&t, "wire")["what"].as_str().unwrap().to_string();
+        assert!(wire.contains(tag) && wire.contains("h2"), "{wire}");
+        let out = t["hops"][1]["what"].as_str().unwrap();
+        assert!(out.contains("uplink tr0") && out.contains(tag), "{out}");
+    }
+    let tg2_port = format!("ovl-e{:x}", tg2.endpoint.id);
+    let arrival = hop(&trace(&lab, &["tg-1", "tg-2"]).1, "destination")["what"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(arrival.contains(&tg2_port), "{arrival}");
 
     // A host's own certificate may not ask for a trace.
     let bundle = Bundle::load(&lab.state.spec.pki().join("hosts").join("h1")).unwrap();

@@ -120,7 +120,7 @@ fn dpif_show_names_datapath_ports() {
 
 #[test]
 fn a_tunnel_push_gives_the_key_and_the_remote() {
-    let outputs = parse_trace(TRACE_OUT_OF_TUNNEL, &parse_dpif_show(DPIF_SHOW_H1));
+    let outputs = parse_trace(TRACE_OUT_OF_TUNNEL, &parse_dpif_show(DPIF_SHOW_H1), None);
     assert_eq!(
         outputs,
         vec![
@@ -139,12 +139,15 @@ fn a_tunnel_push_gives_the_key_and_the_remote() {
 fn an_output_names_the_port_and_a_drop_is_a_drop() {
     let ports = parse_dpif_show(DPIF_SHOW_H2);
     assert_eq!(
-        parse_trace(TRACE_INTO_ENDPOINT, &ports),
+        parse_trace(TRACE_INTO_ENDPOINT, &ports, None),
         vec![TraceOutput::Port {
             name: "ovl-e3".into()
         }]
     );
-    assert_eq!(parse_trace(TRACE_DROPPED, &ports), vec![TraceOutput::Drop]);
+    assert_eq!(
+        parse_trace(TRACE_DROPPED, &ports, None),
+        vec![TraceOutput::Drop]
+    );
 }
 
 #[test]
@@ -157,7 +160,7 @@ fn the_parser_tolerates_what_it_does_not_know() {
         ipv4(src=10.0.1.1,dst=10.0.2.1,proto=47,tos=0,ttl=64,frag=0x4000),\
         gre((flags=0x2000,proto=0x6558),key=0x2a)),out_port(2)),userspace(pid=0)";
     assert_eq!(
-        parse_trace(text, &ports),
+        parse_trace(text, &ports, None),
         vec![
             TraceOutput::Port {
                 name: "ovl-e1".into()
@@ -179,7 +182,7 @@ fn the_parser_tolerates_what_it_does_not_know() {
         ipv4(src=10.95.1.1,dst=10.95.3.1,proto=17,tos=0,ttl=64,frag=0x4000),\
         udp(src=0,dst=4789,csum=0x0),vxlan(flags=0x8000000,vni=0x3e8)),out_port(2)),1),5";
     assert_eq!(
-        parse_trace(flood, &ports),
+        parse_trace(flood, &ports, None),
         vec![
             TraceOutput::Port {
                 name: "port 3".into()
@@ -197,8 +200,50 @@ fn the_parser_tolerates_what_it_does_not_know() {
             },
         ]
     );
-    assert_eq!(parse_trace("ovs-appctl: nothing here\n", &ports), vec![]);
-    assert_eq!(parse_trace("Datapath actions: ", &ports), vec![]);
+    assert_eq!(
+        parse_trace("ovs-appctl: nothing here\n", &ports, None),
+        vec![]
+    );
+    assert_eq!(parse_trace("Datapath actions: ", &ports, None), vec![]);
+}
+
+#[test]
+fn the_uplink_is_named_with_the_tag_the_frame_leaves_with() {
+    let ports = BTreeMap::from([(1, "tr0".to_string()), (5, "ovl-e1".to_string())]);
+    // A vlan tenant's flood: tagged onto the wire, untagged into the local endpoint.
+    let vlan = "Datapath actions: push_vlan(vid=310,pcp=0),1,pop_vlan,5";
+    assert_eq!(
+        parse_trace(vlan, &ports, Some("tr0")),
+        vec![
+            TraceOutput::Uplink {
+                port: "tr0".into(),
+                vlan: Some(310)
+            },
+            TraceOutput::Port {
+                name: "ovl-e1".into()
+            },
+        ]
+    );
+    // A flat tenant's frame leaves untagged; a clone works on a copy of the frame.
+    let flat = "Datapath actions: clone(push_vlan(vid=7,pcp=0),1),1";
+    assert_eq!(
+        parse_trace(flat, &ports, Some("tr0")),
+        vec![
+            TraceOutput::Uplink {
+                port: "tr0".into(),
+                vlan: Some(7)
+            },
+            TraceOutput::Uplink {
+                port: "tr0".into(),
+                vlan: None
+            },
+        ]
+    );
+    // Without an uplink configured the port is only a port.
+    assert_eq!(
+        parse_trace(vlan, &ports, None)[0],
+        TraceOutput::Port { name: "tr0".into() }
+    );
 }
 
 fn packet(transport: TraceTransport) -> TracePacket {
@@ -219,13 +264,13 @@ fn probes_become_the_flows_ofproto_trace_takes() {
         ports: vec![TracePort::Endpoint { id: 2 }],
     };
     assert_eq!(
-        flow_of(&from_endpoint, "br-int"),
-        (
+        flow_of(&from_endpoint, "br-int", None),
+        Some((
             "br-int".to_string(),
             "in_port=ovl-e2,dl_src=0a:58:00:00:00:04,dl_dst=0a:58:00:00:00:05,icmp,\
              nw_src=10.10.0.2,nw_dst=10.10.0.3,nw_ttl=64,icmp_type=8,icmp_code=0"
                 .to_string()
-        )
+        ))
     );
     let over_tunnel = TraceProbe {
         ingress: TraceIngress::Tunnel {
@@ -239,15 +284,36 @@ fn probes_become_the_flows_ofproto_trace_takes() {
         ports: vec![TracePort::Router { tenant_id: 2 }],
     };
     assert_eq!(
-        flow_of(&over_tunnel, "br-int"),
-        (
+        flow_of(&over_tunnel, "br-int", None),
+        Some((
             "br-tun".to_string(),
             "in_port=ovl-gr1a,tun_id=0x3e9,tun_src=10.95.1.1,tun_dst=10.95.2.1,\
              dl_src=0a:58:00:00:00:04,dl_dst=0a:58:00:00:00:05,tcp,nw_src=10.10.0.2,\
              nw_dst=10.10.0.3,nw_ttl=64,tcp_src=40000,tcp_dst=80"
                 .to_string()
-        )
+        ))
     );
+    // From the wire: a vlan tenant's tag on the uplink, a flat tenant's frame untagged; a
+    // host without an uplink has no such probe to run.
+    let from_wire = |vlan| TraceProbe {
+        ingress: TraceIngress::Uplink { vlan },
+        packet: packet(TraceTransport::Icmp),
+        ports: vec![TracePort::Endpoint { id: 3 }],
+    };
+    let fields = "dl_src=0a:58:00:00:00:04,dl_dst=0a:58:00:00:00:05,icmp,nw_src=10.10.0.2,\
+                  nw_dst=10.10.0.3,nw_ttl=64,icmp_type=8,icmp_code=0";
+    assert_eq!(
+        flow_of(&from_wire(Some(310)), "br-int", Some("tr0")),
+        Some((
+            "br-int".to_string(),
+            format!("in_port=tr0,dl_vlan=310,{fields}")
+        ))
+    );
+    assert_eq!(
+        flow_of(&from_wire(None), "br-int", Some("tr0")),
+        Some(("br-int".to_string(), format!("in_port=tr0,{fields}")))
+    );
+    assert_eq!(flow_of(&from_wire(None), "br-int", None), None);
     assert_eq!(port_name(TracePort::Router { tenant_id: 26 }), "ovl-g1a");
     assert_eq!(port_name(TracePort::Endpoint { id: 3 }), "ovl-e3");
 }

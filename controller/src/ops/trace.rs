@@ -12,9 +12,10 @@
 //! their ports' state.
 //!
 //! Hops, in order: `source` (the endpoint's port on its host), `switch` (the source host's
-//! `br-int` and `br-tun`), `tunnel` (the key and remote the packet is encapsulated with),
-//! `switch` again on the destination host, and `destination` (an endpoint's port) or
-//! `router` (the tenant's router port, and its NAT).
+//! `br-int` and `br-tun`), `tunnel` (the key and remote the packet is encapsulated with) or,
+//! for a `vlan` or `flat` tenant, `wire` (the uplink it leaves by and the VLAN tag it
+//! carries, or none), `switch` again on the destination host, and `destination` (an
+//! endpoint's port) or `router` (the tenant's router port, and its NAT).
 //!
 //! Layer: operations (read-only; called by the server outside any transaction, after
 //! [`crate::authz`] allowed the request).
@@ -259,15 +260,6 @@ impl Tracing {
         let mut ports = vec![TracePort::Endpoint { id: self.source.id }];
         if target.host().name == self.source_host.name {
             ports.push(target.port(&self.tenant));
-        } else if self.tenant.segment.uses_uplink() {
-            return self.stop(
-                "switch",
-                format!(
-                    "tenant {tenant} is a {} segment: ovl trace follows packets between hosts \
-                     over VXLAN and GRE tunnels only",
-                    self.tenant.segment
-                ),
-            );
         }
         self.target = Some(target);
         Step::Ask {
@@ -343,6 +335,9 @@ impl Tracing {
             let want = report.ports.get(1).cloned();
             return self.arrive(target, &host, &report, want);
         }
+        if self.tenant.segment.uses_uplink() {
+            return self.onto_the_wire(target, &host, &report);
+        }
         // To another host: out of the tunnel to its underlay address, with the tenant's key.
         let remote = target.host().underlay;
         let tunnel = report.outputs.iter().find_map(|o| match o {
@@ -404,6 +399,73 @@ impl Tracing {
                     remote: self.source_host.underlay,
                     local: remote,
                 },
+                packet: self.packet.clone(),
+                ports: vec![target.port(&self.tenant)],
+            },
+        }
+    }
+
+    /// A `vlan` or `flat` tenant's packet for another host: out of the source host's uplink
+    /// with the tenant's tag (a `vlan` tenant's key is its tag on the wire) or untagged (a
+    /// `flat` one), then into the target host's uplink as the wire carries it.
+    fn onto_the_wire(&mut self, target: &Target, host: &HostName, report: &TraceReport) -> Step {
+        let want = match self.tenant.segment {
+            ovl_common::SegmentType::Flat => None,
+            _ => Some(self.tenant.vlan),
+        };
+        let tagged = |vlan: Option<u16>| match vlan {
+            Some(vid) => format!("tagged with VLAN {vid}"),
+            None => "untagged".to_string(),
+        };
+        let uplink = report.outputs.iter().find_map(|o| match o {
+            TraceOutput::Uplink { port, vlan } => Some((port.clone(), *vlan)),
+            _ => None,
+        });
+        let Some((port, vlan)) = uplink else {
+            let why = format!(
+                "{}; not out of the uplink towards {}",
+                outputs_said(&report.outputs),
+                target.host().name
+            );
+            return self.stop_with_ovs("switch", Some(host), why, ovs_lines(report));
+        };
+        self.hops.push(hop(
+            "switch",
+            Some(host),
+            format!("br-int sends it out of the uplink {port}, {}", tagged(vlan)),
+            true,
+            ovs_lines(report),
+        ));
+        if vlan != want {
+            return self.stop_at(
+                "wire",
+                Some(host),
+                format!(
+                    "the frame leaves {}, but tenant {} ({}) is {} on the wire",
+                    tagged(vlan),
+                    self.tenant.name,
+                    self.tenant.segment,
+                    tagged(want)
+                ),
+            );
+        }
+        self.hops.push(hop(
+            "wire",
+            Some(host),
+            format!(
+                "{} on the hosts' uplink wire, from {} to {}",
+                tagged(vlan),
+                host,
+                target.host().name
+            ),
+            true,
+            Vec::new(),
+        ));
+        self.stage = Stage::Destination;
+        Step::Ask {
+            host: target.host().name.clone(),
+            probe: TraceProbe {
+                ingress: TraceIngress::Uplink { vlan },
                 packet: self.packet.clone(),
                 ports: vec![target.port(&self.tenant)],
             },
@@ -716,6 +778,13 @@ fn outputs_said(outputs: &[TraceOutput]) -> String {
             TraceOutput::Port { name } => Some(name.clone()),
             TraceOutput::Tunnel { port, remote, key } => {
                 Some(format!("{port} (key {key} to {remote})"))
+            }
+            TraceOutput::Uplink {
+                port,
+                vlan: Some(vid),
+            } => Some(format!("{port} (the uplink, VLAN {vid})")),
+            TraceOutput::Uplink { port, vlan: None } => {
+                Some(format!("{port} (the uplink, untagged)"))
             }
             TraceOutput::Other(text) => Some(text.clone()),
         })

@@ -341,3 +341,119 @@ fn a_host_certificate_cannot_ask_for_a_trace() {
         .unwrap_err();
     assert_eq!(e.code, ovl_common::proto::ErrorCode::PermissionDenied);
 }
+
+/// A `vlan` tenant `green` (tag 310, `g1` on h1, `g2` on h2) and a `flat` tenant `lan` (`f1`
+/// on h1, `f2` on h2) beside the lab's tenants.
+fn uplink_lab() -> Lab {
+    let lab = lab();
+    let requests = [
+        ApiRequest::TenantCreate(TenantCreate {
+            segment: Some("vlan".into()),
+            vlan: Some(310),
+            ..TenantCreate::new("green", "10.30.0.0/24")
+        }),
+        ApiRequest::TenantCreate(TenantCreate {
+            segment: Some("flat".into()),
+            ..TenantCreate::new("lan", "10.31.0.0/24")
+        }),
+        ApiRequest::EndpointCreate(endpoint("g1", "green", "h1")),
+        ApiRequest::EndpointCreate(endpoint("g2", "green", "h2")),
+        ApiRequest::EndpointCreate(endpoint("f1", "lan", "h1")),
+        ApiRequest::EndpointCreate(endpoint("f2", "lan", "h2")),
+    ];
+    for req in requests {
+        let (reply, _) = ops::handle(&lab.ctl, &req, &admin(), &NoLive, 1);
+        reply.unwrap_or_else(|e| panic!("{}: {e}", req.kind()));
+    }
+    lab
+}
+
+#[test]
+fn a_vlan_tenant_crosses_hosts_on_the_wire_with_its_tag() {
+    let lab = uplink_lab();
+    let (mut t, step) = start(&lab, trace("g1", "g2"));
+    let Step::Ask { host, probe } = step else {
+        panic!("no question for the source host")
+    };
+    assert_eq!(host.as_str(), "h1");
+    let out = TraceOutput::Uplink {
+        port: "tr0".into(),
+        vlan: Some(310),
+    };
+    let step = t.answer(Ok(report(vec![out], vec![up(probe.ports[0], "ovl-e7")])));
+    let Step::Ask { host, probe } = step else {
+        panic!("no question for the destination host")
+    };
+    assert_eq!(host.as_str(), "h2");
+    assert_eq!(probe.ingress, TraceIngress::Uplink { vlan: Some(310) });
+    let info = done(t.answer(Ok(report(
+        vec![TraceOutput::Port {
+            name: "ovl-e8".into(),
+        }],
+        vec![up(probe.ports[0], "ovl-e8")],
+    ))));
+    assert!(
+        matches!(&info.verdict, TraceVerdict::Delivered { endpoint, .. } if endpoint.as_str() == "g2"),
+        "{info:?}"
+    );
+    let hops: Vec<&str> = info.hops.iter().map(|h| h.hop.as_str()).collect();
+    assert_eq!(hops, ["source", "switch", "wire", "switch", "destination"]);
+    assert!(info.hops[1].what.contains("tr0"), "{:?}", info.hops[1]);
+    assert!(
+        info.hops[2].what.contains("VLAN 310") && info.hops[2].what.contains("h2"),
+        "{:?}",
+        info.hops[2]
+    );
+}
+
+#[test]
+fn a_flat_tenant_leaves_untagged_and_a_wrong_tag_or_no_uplink_stops_the_trace() {
+    let lab = uplink_lab();
+    // Untagged out of h1, untagged into h2.
+    let (mut t, step) = start(&lab, trace("f1", "f2"));
+    let Step::Ask { probe, .. } = step else {
+        panic!("no question")
+    };
+    let untagged = TraceOutput::Uplink {
+        port: "tr0".into(),
+        vlan: None,
+    };
+    let step = t.answer(Ok(report(
+        vec![untagged],
+        vec![up(probe.ports[0], "ovl-e9")],
+    )));
+    let Step::Ask { probe, .. } = step else {
+        panic!("no question for the destination host")
+    };
+    assert_eq!(probe.ingress, TraceIngress::Uplink { vlan: None });
+
+    // A frame that leaves with a tag the tenant does not have on the wire.
+    let (mut t, step) = start(&lab, trace("f1", "f2"));
+    let Step::Ask { probe, .. } = step else {
+        panic!("no question")
+    };
+    let tagged = TraceOutput::Uplink {
+        port: "tr0".into(),
+        vlan: Some(5),
+    };
+    let info = done(t.answer(Ok(report(vec![tagged], vec![up(probe.ports[0], "ovl-e9")]))));
+    let (hop, why) = stopped(&info);
+    assert_eq!(hop, "wire");
+    assert!(
+        why.contains("tagged with VLAN 5") && why.contains("untagged"),
+        "{why}"
+    );
+
+    // Not out of the uplink at all (a host without one drops the frame).
+    let (mut t, step) = start(&lab, trace("g1", "g2"));
+    let Step::Ask { probe, .. } = step else {
+        panic!("no question")
+    };
+    let info = done(t.answer(Ok(report(
+        vec![TraceOutput::Drop],
+        vec![up(probe.ports[0], "ovl-e7")],
+    ))));
+    let (hop, why) = stopped(&info);
+    assert_eq!(hop, "switch");
+    assert!(why.contains("not out of the uplink towards h2"), "{why}");
+}
