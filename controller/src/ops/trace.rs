@@ -376,29 +376,39 @@ impl Tracing {
                 ),
             );
         }
-        self.hops.push(hop(
-            "tunnel",
-            Some(&host),
-            format!(
-                "{} key {key} from {} to {} ({remote})",
-                self.tenant.segment,
-                self.source_host.underlay,
-                target.host().name
-            ),
-            true,
-            Vec::new(),
-        ));
+        let what = format!(
+            "{} key {key} from {} to {} ({remote})",
+            self.tenant.segment,
+            self.source_host.underlay,
+            target.host().name
+        );
+        let ingress = TraceIngress::Tunnel {
+            segment: self.tenant.segment,
+            peer_id: self.source_host.id,
+            key,
+            remote: self.source_host.underlay,
+            local: remote,
+        };
+        self.cross(target, "tunnel", &host, what, ingress)
+    }
+
+    /// The hop between the hosts (`hop_name`, on the source host `host`), then the question
+    /// for the target's host: the packet coming in by `ingress`.
+    fn cross(
+        &mut self,
+        target: &Target,
+        hop_name: &str,
+        host: &HostName,
+        what: String,
+        ingress: TraceIngress,
+    ) -> Step {
+        self.hops
+            .push(hop(hop_name, Some(host), what, true, Vec::new()));
         self.stage = Stage::Destination;
         Step::Ask {
             host: target.host().name.clone(),
             probe: TraceProbe {
-                ingress: TraceIngress::Tunnel {
-                    segment: self.tenant.segment,
-                    peer_id: self.source_host.id,
-                    key,
-                    remote: self.source_host.underlay,
-                    local: remote,
-                },
+                ingress,
                 packet: self.packet.clone(),
                 ports: vec![target.port(&self.tenant)],
             },
@@ -449,27 +459,13 @@ impl Tracing {
                 ),
             );
         }
-        self.hops.push(hop(
-            "wire",
-            Some(host),
-            format!(
-                "{} on the hosts' uplink wire, from {} to {}",
-                tagged(vlan),
-                host,
-                target.host().name
-            ),
-            true,
-            Vec::new(),
-        ));
-        self.stage = Stage::Destination;
-        Step::Ask {
-            host: target.host().name.clone(),
-            probe: TraceProbe {
-                ingress: TraceIngress::Uplink { vlan },
-                packet: self.packet.clone(),
-                ports: vec![target.port(&self.tenant)],
-            },
-        }
+        let what = format!(
+            "{} on the hosts' uplink wire, from {} to {}",
+            tagged(vlan),
+            host,
+            target.host().name
+        );
+        self.cross(target, "wire", host, what, TraceIngress::Uplink { vlan })
     }
 
     fn destination_answer(&mut self, target: &Target, answer: Result<TraceReport, String>) -> Step {

@@ -102,6 +102,14 @@ fn report(outputs: Vec<TraceOutput>, ports: Vec<TracePortState>) -> TraceReport 
     }
 }
 
+/// The question a step asks: which host, and what to trace there.
+fn asked(step: Step) -> (HostName, TraceProbe) {
+    match step {
+        Step::Ask { host, probe } => (host, probe),
+        Step::Done(info) => panic!("no question for an agent: the trace ended {info:?}"),
+    }
+}
+
 fn done(step: Step) -> TraceInfo {
     match step {
         Step::Done(info) => info,
@@ -123,9 +131,7 @@ fn an_endpoint_on_another_host_is_reached_over_the_tunnel_with_the_tenant_key() 
     let blue = &state.tenants[&ovl_common::TenantName::new("blue").unwrap()];
     let a2 = &state.endpoints[&ovl_common::EndpointName::new("a2").unwrap()].endpoint;
     let (mut t, step) = start(&lab, trace("a1", "a2"));
-    let Step::Ask { host, probe } = step else {
-        panic!("no question for the source host")
-    };
+    let (host, probe) = asked(step);
     assert_eq!(host.as_str(), "h1");
     assert_eq!(probe.packet.dst_mac, a2.mac);
     assert_eq!(probe.packet.dst_ip, a2.ip);
@@ -136,9 +142,7 @@ fn an_endpoint_on_another_host_is_reached_over_the_tunnel_with_the_tenant_key() 
         key: blue.key,
     };
     let step = t.answer(Ok(report(vec![tunnel], vec![up(src, "ovl-e1")])));
-    let Step::Ask { host, probe } = step else {
-        panic!("no question for the destination host")
-    };
+    let (host, probe) = asked(step);
     assert_eq!(host.as_str(), "h2");
     assert!(matches!(
         probe.ingress,
@@ -173,9 +177,7 @@ fn an_endpoint_on_another_host_is_reached_over_the_tunnel_with_the_tenant_key() 
 fn an_endpoint_on_the_same_host_is_one_question() {
     let lab = lab();
     let (mut t, step) = start(&lab, trace("a1", "a3"));
-    let Step::Ask { probe, .. } = step else {
-        panic!("no question")
-    };
+    let (_, probe) = asked(step);
     assert_eq!(probe.ports.len(), 2);
     let out = TraceOutput::Port {
         name: "ovl-e3".into(),
@@ -223,9 +225,7 @@ fn what_the_store_rules_out_stops_before_any_host_is_asked() {
 fn a_port_that_is_down_stops_the_trace_naming_it() {
     let lab = lab();
     let (mut t, step) = start(&lab, trace("a1", "a3"));
-    let Step::Ask { probe, .. } = step else {
-        panic!("no question")
-    };
+    let (_, probe) = asked(step);
     let mut down = up(probe.ports[1], "ovl-e3");
     down.link_up = Some(false);
     let out = TraceOutput::Port {
@@ -244,9 +244,7 @@ fn a_port_that_is_down_stops_the_trace_naming_it() {
 fn a_drop_or_an_absent_host_stops_where_it_happens() {
     let lab = lab();
     let (mut t, step) = start(&lab, trace("a1", "a2"));
-    let Step::Ask { probe, .. } = step else {
-        panic!("no question")
-    };
+    let (_, probe) = asked(step);
     let info = done(t.answer(Ok(report(
         vec![TraceOutput::Drop],
         vec![up(probe.ports[0], "ovl-e1")],
@@ -268,22 +266,15 @@ fn an_outside_address_goes_to_the_router_and_its_nat() {
     let lab = lab();
     // a2 is on h2; blue's router is on h1.
     let (mut t, step) = start(&lab, trace("a2", "192.0.2.10"));
-    let Step::Ask { host, probe } = step else {
-        panic!("no question")
-    };
+    let (host, probe) = asked(step);
     assert_eq!(host.as_str(), "h2");
     let tunnel = TraceOutput::Tunnel {
         port: "ovl-vx1".into(),
         remote: Ipv4Addr::new(192, 168, 50, 1),
         key: 1000,
     };
-    let Step::Ask {
-        host,
-        probe: second,
-    } = t.answer(Ok(report(vec![tunnel], vec![up(probe.ports[0], "ovl-e2")])))
-    else {
-        panic!("no question for the router host")
-    };
+    let (host, second) =
+        asked(t.answer(Ok(report(vec![tunnel], vec![up(probe.ports[0], "ovl-e2")]))));
     assert_eq!(host.as_str(), "h1");
     assert!(matches!(second.ports[0], TracePort::Router { .. }));
     let info = done(t.answer(Ok(report(
@@ -372,18 +363,14 @@ fn uplink_lab() -> Lab {
 fn a_vlan_tenant_crosses_hosts_on_the_wire_with_its_tag() {
     let lab = uplink_lab();
     let (mut t, step) = start(&lab, trace("g1", "g2"));
-    let Step::Ask { host, probe } = step else {
-        panic!("no question for the source host")
-    };
+    let (host, probe) = asked(step);
     assert_eq!(host.as_str(), "h1");
     let out = TraceOutput::Uplink {
         port: "tr0".into(),
         vlan: Some(310),
     };
     let step = t.answer(Ok(report(vec![out], vec![up(probe.ports[0], "ovl-e7")])));
-    let Step::Ask { host, probe } = step else {
-        panic!("no question for the destination host")
-    };
+    let (host, probe) = asked(step);
     assert_eq!(host.as_str(), "h2");
     assert_eq!(probe.ingress, TraceIngress::Uplink { vlan: Some(310) });
     let info = done(t.answer(Ok(report(
@@ -411,9 +398,7 @@ fn a_flat_tenant_leaves_untagged_and_a_wrong_tag_or_no_uplink_stops_the_trace() 
     let lab = uplink_lab();
     // Untagged out of h1, untagged into h2.
     let (mut t, step) = start(&lab, trace("f1", "f2"));
-    let Step::Ask { probe, .. } = step else {
-        panic!("no question")
-    };
+    let (_, probe) = asked(step);
     let untagged = TraceOutput::Uplink {
         port: "tr0".into(),
         vlan: None,
@@ -422,16 +407,12 @@ fn a_flat_tenant_leaves_untagged_and_a_wrong_tag_or_no_uplink_stops_the_trace() 
         vec![untagged],
         vec![up(probe.ports[0], "ovl-e9")],
     )));
-    let Step::Ask { probe, .. } = step else {
-        panic!("no question for the destination host")
-    };
+    let (_, probe) = asked(step);
     assert_eq!(probe.ingress, TraceIngress::Uplink { vlan: None });
 
     // A frame that leaves with a tag the tenant does not have on the wire.
     let (mut t, step) = start(&lab, trace("f1", "f2"));
-    let Step::Ask { probe, .. } = step else {
-        panic!("no question")
-    };
+    let (_, probe) = asked(step);
     let tagged = TraceOutput::Uplink {
         port: "tr0".into(),
         vlan: Some(5),
@@ -446,9 +427,7 @@ fn a_flat_tenant_leaves_untagged_and_a_wrong_tag_or_no_uplink_stops_the_trace() 
 
     // Not out of the uplink at all (a host without one drops the frame).
     let (mut t, step) = start(&lab, trace("g1", "g2"));
-    let Step::Ask { probe, .. } = step else {
-        panic!("no question")
-    };
+    let (_, probe) = asked(step);
     let info = done(t.answer(Ok(report(
         vec![TraceOutput::Drop],
         vec![up(probe.ports[0], "ovl-e7")],
