@@ -8,8 +8,9 @@
 //! import each other:
 //!
 //! 1. service — [`server`] (QUIC, sessions) with its [`metrics`], [`failover`] (the gateway failover task),
-//!    [`follow`] (taking in other controllers' commits to a shared store), [`join`] (the
-//!    join endpoint) with [`tokens`];
+//!    [`follow`] (taking in other controllers' commits to a shared store, and answering their
+//!    questions for its agents), [`relay`] (asking agents connected to another controller),
+//!    [`join`] (the join endpoint) with [`tokens`];
 //! 2. operations — [`ops`] (one module per object) and [`authz`] (who may ask for what);
 //! 3. persistence — [`store`]: the [`store::Store`] and [`store::Txn`] traits and their redb
 //!    and etcd implementations;
@@ -32,6 +33,7 @@ pub mod live;
 pub mod metrics;
 pub mod ops;
 pub mod pki;
+pub mod relay;
 pub mod remote;
 pub mod server;
 pub mod store;

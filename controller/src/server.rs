@@ -202,6 +202,12 @@ impl Sessions {
             .collect()
     }
 
+    /// Whether `host`'s agent has a session with this controller.
+    pub fn holds(&self, host: &HostName) -> bool {
+        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts.get(host).is_some_and(|e| e.live.connected)
+    }
+
     /// The hosts connected to other controllers, as last read.
     pub fn elsewhere(&self) -> Arc<std::collections::BTreeMap<HostName, LiveHost>> {
         self.elsewhere
@@ -670,7 +676,8 @@ impl Server {
     }
 
     /// `ovl trace`: resolves the request against the store ([`ops::trace`]), then asks the
-    /// agents the trace needs, one after the other, through their sessions.
+    /// agents the trace needs, one after the other, through their sessions (here, or on a
+    /// shared store through the controller that holds one, [`crate::relay`]).
     async fn trace(&self, req: ApiRequest, caller: &Caller) -> ApiResponse {
         let ctl = self.ctl.clone();
         let who = caller.clone();
@@ -696,7 +703,19 @@ impl Server {
                 ops::trace::Step::Done(info) => return Ok(ApiReply::Trace(info)),
                 ops::trace::Step::Ask { host, probe } => {
                     debug!(%host, "asking for a trace");
-                    let answer = self.sessions.trace(&host, probe).await;
+                    let answer = if self.sessions.holds(&host)
+                        || !self
+                            .sessions
+                            .elsewhere()
+                            .get(&host)
+                            .is_some_and(|l| l.connected)
+                    {
+                        self.sessions.trace(&host, probe).await
+                    } else {
+                        // On a shared store, through the controller that holds its session.
+                        crate::relay::ask(self.ctl.clone(), host.clone(), probe, TRACE_TIMEOUT)
+                            .await
+                    };
                     step = tracing.answer(answer);
                 }
             }

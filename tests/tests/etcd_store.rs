@@ -628,3 +628,181 @@ fn wait_for_log(path: &std::path::Path, needle: &str) {
             .map(|_| ())
     });
 }
+
+/// An agent answering `ovl trace` questions by hand, on its session with `addr`: the source
+/// host of a flat tenant's packet says it leaves by the uplink untagged, any other host that
+/// it leaves by the endpoint's port; every port asked about is up.
+async fn tracing_agent(
+    c: &Cluster,
+    addr: std::net::SocketAddr,
+    name: &str,
+    octet: u8,
+) -> (
+    (quinn::Endpoint, quinn::Connection),
+    tokio::task::JoinHandle<u32>,
+) {
+    use ovl_common::proto::{
+        ControllerToAgent, TraceIngress, TraceOutput, TracePort, TracePortState, TraceReport,
+    };
+    let bundle = Bundle::load(&c.issue_host(name)).unwrap();
+    let mut p = RawPeer::with_bundle(addr, &bundle).await.unwrap();
+    let hello = ClientHello {
+        version: PROTOCOL_VERSION,
+        role: ClientRole::Agent(hello(name, octet)),
+    };
+    assert!(p.hello(&hello).await.unwrap().result.is_ok());
+    // The session's frames are read by a task that answers trace questions and counts them;
+    // everything else (intents) is only read.
+    let RawPeer {
+        endpoint,
+        conn,
+        mut send,
+        mut recv,
+    } = p;
+    let reader = tokio::spawn(async move {
+        let mut answered = 0;
+        while let Ok(msg) = frame::read_frame::<_, ControllerToAgent>(&mut recv).await {
+            let ControllerToAgent::Trace { id, probe } = msg else {
+                continue;
+            };
+            let port_name = |p: TracePort| match p {
+                TracePort::Endpoint { id } => format!("ovl-e{id:x}"),
+                TracePort::Router { tenant_id } => format!("ovl-g{tenant_id:x}"),
+            };
+            let ports: Vec<TracePortState> = probe
+                .ports
+                .iter()
+                .map(|p| TracePortState {
+                    port: *p,
+                    name: port_name(*p),
+                    exists: true,
+                    ofport: Some(3),
+                    link_up: Some(true),
+                    admin_up: Some(true),
+                    mtu: Some(1500),
+                    error: None,
+                })
+                .collect();
+            let outputs = match (&probe.ingress, probe.ports.len()) {
+                (TraceIngress::Endpoint { .. }, 1) => vec![TraceOutput::Uplink {
+                    port: "tr0".into(),
+                    vlan: None,
+                }],
+                _ => vec![TraceOutput::Port {
+                    name: ports.last().unwrap().name.clone(),
+                }],
+            };
+            let report = TraceReport {
+                bridge: "br-int".into(),
+                flow: "in_port=…".into(),
+                lines: vec!["Datapath actions: 1".into()],
+                outputs,
+                ports,
+            };
+            let answer = AgentToController::Trace {
+                id,
+                result: Ok(report),
+            };
+            if frame::write_frame(&mut send, &answer).await.is_err() {
+                break;
+            }
+            answered += 1;
+        }
+        answered
+    });
+    ((endpoint, conn), reader)
+}
+
+/// `ovl trace` through either of two controllers on one etcd store reaches the agents
+/// connected to the other: the question goes through the store to the controller holding
+/// the session, whose agent answers it, and the answer comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: starts etcd and controllers; run with --run-ignored all"]
+async fn a_trace_reaches_agents_connected_to_another_controller() {
+    let (c, first, second, admin) = tokio::task::spawn_blocking(|| {
+        let mut c = Cluster::with_store(StoreKind::Etcd);
+        c.start_controller();
+        let second = c.start_extra_controller();
+        let (first, admin) = (c.addr, c.admin_credentials());
+        (c, first, second, admin)
+    })
+    .await
+    .unwrap();
+    let (p1, answers1) = tracing_agent(&c, first, "h1", 1).await;
+    let (p2, answers2) = tracing_agent(&c, second, "h2", 2).await;
+    let ovl = move |addr: std::net::SocketAddr, args: &[&str]| {
+        ovl_tests::lab::run_ovl(&addr.to_string(), &admin, args)
+    };
+    let trace = {
+        let ovl = ovl.clone();
+        move |addr| {
+            let out = ovl(addr, &["trace", "f1", "f2", "-o", "json"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+                panic!(
+                    "no trace ({e}): {text}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+            (out.status.code(), v)
+        }
+    };
+    let (via_first, via_second, elapsed) = tokio::task::spawn_blocking(move || {
+        for args in [
+            &[
+                "tenant",
+                "create",
+                "lan",
+                "--subnet",
+                "10.55.0.0/24",
+                "--type",
+                "flat",
+            ][..],
+            &[
+                "endpoint", "create", "lan", "--host", "h1", "--name", "f1", "--netns", "f1",
+            ],
+            &[
+                "endpoint", "create", "lan", "--host", "h2", "--name", "f2", "--netns", "f2",
+            ],
+        ] {
+            let out = ovl(first, args);
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // Each controller has read the other's announcement.
+        ovl_tests::cluster::wait_for("both hosts seen connected", Duration::from_secs(20), || {
+            let out = ovl(first, &["status", "-o", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let hosts = v.as_array()?;
+            (hosts.len() == 2 && hosts.iter().all(|h| h["connected"] == true)).then_some(())
+        });
+        let started = std::time::Instant::now();
+        let via_first = trace(first);
+        let elapsed = started.elapsed();
+        (via_first, trace(second), elapsed)
+    })
+    .await
+    .unwrap();
+    println!("a trace with one relayed question took {elapsed:.2?}");
+    for (through, (code, t)) in [("first", via_first), ("second", via_second)] {
+        assert_eq!(code, Some(0), "through the {through} controller: {t:#}");
+        assert_eq!(t["verdict"]["Delivered"]["endpoint"], "f2", "{t:#}");
+        let hosts: Vec<&str> = t["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["host"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(hosts, ["h1", "h1", "h1", "h2", "h2"], "{t:#}");
+    }
+    for (endpoint, conn) in [p1, p2] {
+        conn.close(0u32.into(), b"done");
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    }
+    // Each agent answered both traces, one of them relayed.
+    assert_eq!(answers1.await.unwrap(), 2);
+    assert_eq!(answers2.await.unwrap(), 2);
+}

@@ -100,11 +100,7 @@ impl EtcdStore {
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
-            let answer = self.block_on(self.client.txn(&TxnRequest {
-                compare: Vec::new(),
-                success: std::mem::replace(&mut ops, look.to_vec()),
-                failure: Vec::new(),
-            }))?;
+            let answer = self.run_ops(std::mem::replace(&mut ops, look.to_vec()))?;
             let mut ranges = answer.responses.into_iter().filter_map(|r| match r {
                 OpResponse::ResponseRange(r) => Some(r.kvs),
                 _ => None,
@@ -148,7 +144,7 @@ impl EtcdStore {
 
     /// This controller's lease, granted or renewed as due; a lease found expired is replaced,
     /// and everything announced under it is announced again.
-    fn lease(&self, p: &mut Presence) -> Result<i64, StoreError> {
+    pub(super) fn lease(&self, p: &mut Presence) -> Result<i64, StoreError> {
         if let Some((id, renewed)) = p.lease {
             if renewed.elapsed() < RENEW_EVERY {
                 return Ok(id);
@@ -207,11 +203,7 @@ impl EtcdStore {
             ops.push(Op::delete(key(host)));
         }
         if !ops.is_empty() {
-            self.block_on(self.client.txn(&TxnRequest {
-                compare: Vec::new(),
-                success: ops,
-                failure: Vec::new(),
-            }))?;
+            self.run_ops(ops)?;
         }
         p.announced = now;
         Ok(())

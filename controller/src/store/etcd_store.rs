@@ -18,12 +18,13 @@
 //! Its methods block: like every store call, they are made from `spawn_blocking` or from
 //! plain threads; the etcd calls themselves run on a small runtime the store owns.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use ovl_common::model::Host;
+use ovl_common::proto::{TraceProbe, TraceReport};
 use ovl_common::HostName;
 use ovl_etcd::wire::{Compare, Op, TxnRequest};
 use ovl_etcd::{Client, EtcdError};
@@ -35,8 +36,8 @@ use super::tables::meta;
 use crate::live::LiveHost;
 
 use super::{
-    Backup, CheckReport, Outcome, RedbStore, Revocation, Settings, State, Store, StoreDump,
-    StoreError, Txn,
+    Backup, CheckReport, Outcome, RedbStore, RelayedQuestion, Revocation, Settings, State, Store,
+    StoreDump, StoreError, Txn,
 };
 
 /// How many times a transaction runs before a conflict is given up as an error: each retry
@@ -185,6 +186,15 @@ impl EtcdStore {
     ) -> Result<T, StoreError> {
         let runtime = self.runtime.as_ref().expect("the runtime lives until drop");
         runtime.block_on(call).map_err(StoreError::Etcd)
+    }
+
+    /// Runs `ops` in one transaction without conditions (one revision).
+    pub(super) fn run_ops(&self, ops: Vec<Op>) -> Result<ovl_etcd::TxnResponse, StoreError> {
+        self.block_on(self.client.txn(&TxnRequest {
+            compare: Vec::new(),
+            success: ops,
+            failure: Vec::new(),
+        }))
     }
 
     fn rows_prefix(&self) -> String {
@@ -385,6 +395,39 @@ impl Store for EtcdStore {
 
     fn lead(&self) -> Result<bool, StoreError> {
         self.take_lead()
+    }
+
+    fn post_question(
+        &self,
+        host: &HostName,
+        id: &str,
+        probe: &TraceProbe,
+    ) -> Result<bool, StoreError> {
+        self.relay_ask(host, id, probe)?;
+        Ok(true)
+    }
+
+    fn take_questions(
+        &self,
+        hosts: &BTreeSet<HostName>,
+    ) -> Result<Vec<RelayedQuestion>, StoreError> {
+        self.relay_take_questions(hosts)
+    }
+
+    fn post_answer(
+        &self,
+        question: &RelayedQuestion,
+        answer: &Result<TraceReport, String>,
+    ) -> Result<(), StoreError> {
+        self.relay_reply(question, answer)
+    }
+
+    fn take_answer(&self, id: &str) -> Result<Option<Result<TraceReport, String>>, StoreError> {
+        self.relay_take_answer(id)
+    }
+
+    fn withdraw_question(&self, host: &HostName, id: &str) -> Result<(), StoreError> {
+        self.relay_withdraw(host, id)
     }
 
     /// Read after a refresh, so that what one controller acknowledged is seen through any

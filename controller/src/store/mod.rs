@@ -18,6 +18,7 @@
 pub mod backup;
 mod check;
 mod etcd_presence;
+mod etcd_relay;
 mod etcd_store;
 mod redb_store;
 mod rows;
@@ -30,6 +31,7 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
 use ovl_common::model::{Endpoint, Host, Tenant, MIN_UNDERLAY_MTU};
+use ovl_common::proto::{TraceProbe, TraceReport};
 use ovl_common::{EndpointName, HostName, MacAddr, TenantName};
 
 use crate::alloc::{Claim, Pool};
@@ -412,6 +414,17 @@ pub trait Txn {
     fn next_mac(&mut self, owner: &str) -> Result<Option<MacAddr>, StoreError>;
 }
 
+/// A question posted for an agent connected to this controller by another controller
+/// sharing the store ([`Store::post_question`]).
+#[derive(Debug, Clone)]
+pub struct RelayedQuestion {
+    pub id: String,
+    pub host: HostName,
+    pub probe: TraceProbe,
+    /// The asker's lease, which the answer is bound to.
+    pub lease: i64,
+}
+
 /// Persistence: runs transactions. Cheap to share behind an `Arc`; every method takes `&self`
 /// and write transactions are serialised.
 pub trait Store: Send + Sync {
@@ -451,6 +464,43 @@ pub trait Store: Send + Sync {
     /// announced them.
     fn elsewhere(&self) -> Result<BTreeMap<HostName, LiveHost>, StoreError> {
         Ok(BTreeMap::new())
+    }
+    /// Posts `probe` (an `ovl trace` question) under `id` for `host`'s agent, whose session
+    /// is with another controller sharing the store; that controller's follower takes it
+    /// ([`Store::take_questions`]) and posts the answer ([`Store::post_answer`]), which
+    /// [`Store::take_answer`] reads. `false` when the store is not shared: there is no one
+    /// to ask.
+    fn post_question(
+        &self,
+        _host: &HostName,
+        _id: &str,
+        _probe: &TraceProbe,
+    ) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    /// Takes the questions other controllers posted for these hosts (the ones with a session
+    /// here): each is taken once.
+    fn take_questions(
+        &self,
+        _hosts: &BTreeSet<HostName>,
+    ) -> Result<Vec<RelayedQuestion>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Posts the answer to a question taken by [`Store::take_questions`].
+    fn post_answer(
+        &self,
+        _question: &RelayedQuestion,
+        _answer: &Result<TraceReport, String>,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Takes the answer to question `id`, once it has come.
+    fn take_answer(&self, _id: &str) -> Result<Option<Result<TraceReport, String>>, StoreError> {
+        Ok(None)
+    }
+    /// Deletes question `id` for `host` and any answer to it (the asker stopped waiting).
+    fn withdraw_question(&self, _host: &HostName, _id: &str) -> Result<(), StoreError> {
+        Ok(())
     }
     /// Whether this controller leads: runs what must run once in the cluster (the gateway
     /// failover). Taken when no one holds it, kept while this controller announces; the
