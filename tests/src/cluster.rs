@@ -48,7 +48,6 @@ pub fn free_udp_port() -> u16 {
     s.local_addr().expect("local addr").port()
 }
 
-/// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
 /// The hosts `ovl status -o json` printed, as the wire type (the CLI shows `last_contact` as
 /// RFC 3339; the wire carries Unix seconds).
 pub fn status_of_cli(stdout: &[u8]) -> anyhow::Result<Vec<HostStatus>> {
@@ -63,6 +62,7 @@ pub fn status_of_cli(stdout: &[u8]) -> anyhow::Result<Vec<HostStatus>> {
     Ok(serde_json::from_value(v)?)
 }
 
+/// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {

@@ -88,12 +88,13 @@ impl EtcdCluster {
             .tempdir()
             .context("making the cluster's directory")?;
         let (server, client) = make_pki(dir.path())?;
+        let ports = free_ports(2 * n)?;
         let mut members = Vec::new();
         for i in 0..n {
             members.push(Member {
                 name: format!("e{i}"),
-                client_port: free_port()?,
-                peer_port: free_port()?,
+                client_port: ports[2 * i],
+                peer_port: ports[2 * i + 1],
                 data: dir.path().join(format!("e{i}.data")),
                 log: dir.path().join(format!("e{i}.log")),
                 child: None,
@@ -297,9 +298,16 @@ impl Drop for EtcdCluster {
     }
 }
 
-fn free_port() -> Result<u16> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free TCP port")?;
-    Ok(l.local_addr().context("reading the bound port")?.port())
+/// `count` distinct free TCP ports. Every listener is held until all are picked: one closed
+/// at once may be handed out again by the next bind (CI once gave two members the same
+/// port, and etcd refused the cluster for its duplicate URL).
+fn free_ports(count: usize) -> Result<Vec<u16>> {
+    let held = (0..count)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free TCP port"))
+        .collect::<Result<Vec<_>>>()?;
+    held.iter()
+        .map(|l| Ok(l.local_addr().context("reading the bound port")?.port()))
+        .collect()
 }
 
 /// A CA, a member certificate (server and client use, for 127.0.0.1) and a client
