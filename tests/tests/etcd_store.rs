@@ -489,17 +489,11 @@ async fn peer_reports_on_a_follower_move_the_leader_s_routers() {
     // h2 and h3 are agents speaking the protocol by hand, so they can report their peers.
     let mut reporters = Vec::new();
     for (name, octet) in [("h2", 2), ("h3", 3)] {
-        let bundle = Bundle::load(&c.issue_host(name)).unwrap();
-        let mut p = RawPeer::with_bundle(second, &bundle).await.unwrap();
-        let hello = ClientHello {
-            version: PROTOCOL_VERSION,
-            role: ClientRole::Agent(AgentHello {
-                underlay: Ipv4Addr::new(192, 168, 63, octet),
-                ..hello(name, octet)
-            }),
+        let agent = AgentHello {
+            underlay: Ipv4Addr::new(192, 168, 63, octet),
+            ..hello(name, octet)
         };
-        assert!(p.hello(&hello).await.unwrap().result.is_ok());
-        reporters.push((name, p));
+        reporters.push((name, agent_by_hand(&c, second, agent).await));
     }
     let ovl = move |args: &[&str]| {
         let out = ovl_tests::lab::run_ovl(&second.to_string(), &admin, args);
@@ -629,6 +623,19 @@ fn wait_for_log(path: &std::path::Path, needle: &str) {
     });
 }
 
+/// An agent session with the controller at `addr`, accepted, spoken by hand: a certificate
+/// issued for the host, then `agent`'s hello.
+async fn agent_by_hand(c: &Cluster, addr: std::net::SocketAddr, agent: AgentHello) -> RawPeer {
+    let bundle = Bundle::load(&c.issue_host(agent.host.as_str())).unwrap();
+    let mut p = RawPeer::with_bundle(addr, &bundle).await.unwrap();
+    let hello = ClientHello {
+        version: PROTOCOL_VERSION,
+        role: ClientRole::Agent(agent),
+    };
+    assert!(p.hello(&hello).await.unwrap().result.is_ok());
+    p
+}
+
 /// An agent answering `ovl trace` questions by hand, on its session with `addr`: the source
 /// host of a flat tenant's packet says it leaves by the uplink untagged, any other host that
 /// it leaves by the endpoint's port; every port asked about is up.
@@ -644,13 +651,7 @@ async fn tracing_agent(
     use ovl_common::proto::{
         ControllerToAgent, TraceIngress, TraceOutput, TracePort, TracePortState, TraceReport,
     };
-    let bundle = Bundle::load(&c.issue_host(name)).unwrap();
-    let mut p = RawPeer::with_bundle(addr, &bundle).await.unwrap();
-    let hello = ClientHello {
-        version: PROTOCOL_VERSION,
-        role: ClientRole::Agent(hello(name, octet)),
-    };
-    assert!(p.hello(&hello).await.unwrap().result.is_ok());
+    let p = agent_by_hand(c, addr, hello(name, octet)).await;
     // The session's frames are read by a task that answers trace questions and counts them;
     // everything else (intents) is only read.
     let RawPeer {
